@@ -1,0 +1,174 @@
+"""Adapter files: `adapter_config.json` + `adapter_model.safetensors`, in PEFT's folder layout.
+
+Tensors (PEFT orientation, float32): `<tap>.lora_A.weight` (r, d_k) and `<tap>.lora_B.weight` (C, r)
+per tap, and `bias` (C,) when the adapter learns an output bias. The config records the backbone's
+fingerprint and the SHA-256 of the weights file, so a mismatched or corrupted adapter is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .bundle import Manifest
+from .fileio import PathLike, dumps_json, new_temp_dir, read_json, recover_dir, replace_dir, write_file
+from .lora import Layout, tap_A, tap_B, views
+from .schema import check, from_dict, to_dict
+
+ADAPTER_FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+MAX_WEIGHTS_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What an adapter is and which backbone it belongs to (saved as sorted, indented JSON)."""
+    backbone_fingerprint: str                 # Manifest.fingerprint of the bundle it was trained on
+    target_taps: tuple[str, ...]              # tap names, in order
+    tap_widths: tuple[int, ...]               # d_k per tap
+    num_outputs: int                          # C
+    task: Literal["classification", "regression"]
+    r: int = 4                                # rank
+    lora_alpha: float = 8.0                   # scale s = lora_alpha / r
+    bias: bool = True                         # learned output bias
+    classes: tuple[str, ...] = ()
+    weights_sha256: str = ""                  # of adapter_model.safetensors, filled in on save
+    format_version: int = ADAPTER_FORMAT_VERSION
+    peft_type: str = "SKIP_LORA"
+    training: dict[str, Any] = field(default_factory=dict)   # settings, choices and metrics of the run
+
+    def __post_init__(self):
+        check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
+        check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        check(len(self.target_taps) >= 1, "`target_taps` should name at least one tap")
+        check(len(self.target_taps) == len(self.tap_widths),
+              f"`tap_widths` should have one width per tap ({len(self.target_taps)}), found {len(self.tap_widths)}")
+        check(all(d >= 1 for d in self.tap_widths), f"`tap_widths` should be positive, found {self.tap_widths}")
+        check(self.num_outputs >= 1, f"`num_outputs` should be positive, found {self.num_outputs}")
+        check(self.peft_type == "SKIP_LORA", f"`peft_type` should be 'SKIP_LORA', found {self.peft_type!r}")
+        check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / self.r
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(tuple(self.target_taps), tuple(self.tap_widths), self.num_outputs, self.r, self.bias)
+
+
+@dataclass
+class Adapter:
+    """A trained adapter: its config and its flat float32 parameter buffer (see lora.views)."""
+    config: AdapterConfig
+    flat: np.ndarray
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return views(self.flat, self.config.layout)
+
+    def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
+        """Refuse an adapter that was not trained on this backbone."""
+        c = self.config
+        if c.backbone_fingerprint != manifest.fingerprint:
+            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.fingerprint}, "
+                             f"found {c.backbone_fingerprint}; retrain it on this bundle")
+        have = dict(zip(manifest.tap_names, manifest.tap_widths))
+        for name, d in zip(c.target_taps, c.tap_widths):
+            if have.get(name) != d:
+                raise ValueError(f"{where}: tap `{name}` of width {d} is not in the backbone "
+                                 f"(backbone taps: {have})")
+        if (c.num_outputs, c.task) != (manifest.num_outputs, manifest.task):
+            raise ValueError(f"{where}: expected a {manifest.task} adapter with {manifest.num_outputs} outputs, "
+                             f"found {c.task} with {c.num_outputs}")
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The PEFT-oriented tensors written to adapter_model.safetensors."""
+        p, c, lay = self.params, self.config, self.config.layout
+        out = {}
+        for k, name in enumerate(c.target_taps):
+            out[f"{name}.lora_A.weight"] = np.ascontiguousarray(tap_A(p, lay, k).T, np.float32)
+            out[f"{name}.lora_B.weight"] = np.ascontiguousarray(tap_B(p, lay, k).T, np.float32)
+        if c.bias:
+            out["bias"] = np.ascontiguousarray(p["bias"], np.float32)
+        return out
+
+    def save(self, folder: PathLike) -> Path:
+        """Write config + weights into a fresh folder and swap it in: never a half-written adapter."""
+        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora"})
+        config = from_dict(AdapterConfig, {**to_dict(self.config),
+                                           "weights_sha256": hashlib.sha256(blob).hexdigest()}, "adapter config")
+        tmp = new_temp_dir(folder)
+        try:
+            write_file(tmp / WEIGHTS_FILE, blob)
+            write_file(tmp / CONFIG_FILE, dumps_json(to_dict(config)))
+            replace_dir(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.config = config
+        return Path(folder)
+
+
+def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
+    """Read and fully validate an adapter folder (and, given a manifest, that it fits that backbone)."""
+    folder = Path(folder)
+    recover_dir(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter not found: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE} "
+                                f"at {folder}")
+    cpath, wpath = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    data = read_json(cpath, "adapter config")
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > ADAPTER_FORMAT_VERSION:
+        raise ValueError(f"{cpath}: format_version {version} is newer than this edgelora supports "
+                         f"({ADAPTER_FORMAT_VERSION}); upgrade edgelora to load it")
+    config = from_dict(AdapterConfig, data, str(cpath))
+    if not wpath.is_file():
+        raise FileNotFoundError(f"adapter weights missing: expected {wpath}")
+    size = wpath.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"{wpath} is {size} bytes; expected at most {MAX_WEIGHTS_BYTES}")
+    blob = wpath.read_bytes()
+    if config.weights_sha256 and hashlib.sha256(blob).hexdigest() != config.weights_sha256:
+        raise ValueError(f"{wpath} is corrupt: its SHA-256 does not match {CONFIG_FILE} "
+                         f"(expected {config.weights_sha256}); restore or retrain the adapter")
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise ValueError(f"{wpath} is not a valid safetensors file ({e}); it is corrupt or truncated") from None
+    adapter = Adapter(config, _flat_from_tensors(tensors, config, wpath))
+    if manifest is not None:
+        adapter.check_backbone(manifest, f"adapter {folder}")
+    return adapter
+
+
+def _flat_from_tensors(tensors: dict, config: AdapterConfig, where: Path) -> np.ndarray:
+    layout = config.layout
+    flat = np.zeros(layout.size, np.float32)
+    p = views(flat, layout)
+    r, c = config.r, config.num_outputs
+    expected = {}
+    for k, (name, d) in enumerate(zip(config.target_taps, config.tap_widths)):
+        expected[f"{name}.lora_A.weight"] = ((r, d), tap_A(p, layout, k).T)
+        expected[f"{name}.lora_B.weight"] = ((c, r), tap_B(p, layout, k).T)
+    if config.bias:
+        expected["bias"] = ((c,), p["bias"])
+    if set(tensors) != set(expected):
+        raise ValueError(f"{where}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
+    for key, (shape, dst) in expected.items():
+        a = tensors[key]
+        if a.shape != shape or a.dtype != np.float32:
+            raise ValueError(f"{where}: tensor `{key}` should be float32 {shape}, found {a.dtype} {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{where}: tensor `{key}` contains NaN or Inf")
+        dst[...] = a
+    return flat

@@ -1,0 +1,95 @@
+"""The frozen backbone: an onnxruntime session over a bundle that returns base output and taps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import Manifest, model_path, verify_bundle
+from .data import as_inputs, num_samples
+from .fileio import PathLike
+
+
+class Backbone:
+    """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
+
+    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 256):
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = verify_bundle(bundle_dir)
+        self.batch_size = batch_size
+        self.calls = 0  # samples sent through the network so far (the Skip-Cache tests count these)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        path = model_path(bundle_dir, self.manifest)
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
+            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        self._check_graph()
+        self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
+        self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
+                     for name, p in self.manifest.preprocess.items()}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def tap_widths(self) -> tuple[int, ...]:
+        return self.manifest.tap_widths
+
+    @property
+    def num_outputs(self) -> int:
+        return self.manifest.num_outputs
+
+    def run(self, x) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Base output and every tap for a batch of samples, in manifest order."""
+        y0, t = self.features(x)
+        bounds = np.cumsum((0,) + self.tap_widths)
+        return y0, [t[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def features(self, x, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(y0 (N, C), taps concatenated (N, sum d_k)) float32; runs in chunks of `batch_size`."""
+        inputs = x if validated else as_inputs(x, self.manifest)
+        n = num_samples(inputs)
+        y0 = np.empty((n, self.num_outputs), np.float32)
+        t = np.empty((n, sum(self.tap_widths)), np.float32)
+        for a in range(0, n, self.batch_size):
+            feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
+            outs = self._session.run(self._outputs, feed)
+            y0[a:a + len(outs[0])] = outs[0].reshape(len(outs[0]), -1)
+            t[a:a + len(outs[0])] = np.concatenate([o.reshape(len(o), -1) for o in outs[1:]], axis=1)
+        self.calls += n
+        return y0, t
+
+    def _prep(self, name: str, v: np.ndarray) -> np.ndarray:
+        if name not in self._pre:
+            return v
+        mean, std = self._pre[name]
+        return ((v - mean) / std).astype(v.dtype, copy=False)
+
+    def _check_graph(self) -> None:
+        """The manifest must describe this ONNX graph: same inputs and outputs, same widths."""
+        m, where = self.manifest, f"bundle {self.bundle_dir}"
+        have_in = {i.name: i for i in self._session.get_inputs()}
+        for spec in m.inputs:
+            if spec.name not in have_in:
+                raise ValueError(f"{where}: manifest input `{spec.name}` is not an input of the ONNX graph "
+                                 f"(graph inputs: {sorted(have_in)})")
+        have_out = {o.name: o for o in self._session.get_outputs()}
+        for name, width in [(m.output.name, m.output.width)] + [(t.output, t.width) for t in m.taps]:
+            if name not in have_out:
+                raise ValueError(f"{where}: manifest output `{name}` is not an output of the ONNX graph "
+                                 f"(graph outputs: {sorted(have_out)})")
+            shape = have_out[name].shape
+            if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
+                raise ValueError(f"{where}: output `{name}` should have shape (batch, {width}), "
+                                 f"the graph says {shape}")

@@ -1,0 +1,166 @@
+"""Backbone bundle: a folder holding the frozen ONNX backbone and its JSON manifest."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .fileio import (PathLike, atomic_write, dumps_json, new_temp_dir, read_json, replace_dir, safe_child,
+                     sha256_file, write_file)
+from .schema import check, from_dict, to_dict
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_FILE = "edgelora_bundle.json"
+MODEL_FILE = "backbone.onnx"
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+POOLINGS = ("none", "mean", "masked_mean", "global_avg")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str                                   # ONNX input name
+    shape: tuple[int | str | None, ...]         # per-sample shape incl. batch dim first; str/None = dynamic
+    dtype: str                                  # one of INPUT_DTYPES
+
+    def __post_init__(self):
+        check(self.dtype in INPUT_DTYPES, f"input `{self.name}`: dtype should be one of {INPUT_DTYPES}, found {self.dtype!r}")
+        check(len(self.shape) >= 1, f"input `{self.name}`: shape needs at least the batch dimension")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str                                   # ONNX output name
+    width: int                                  # C: classes (classification) or targets (regression)
+
+    def __post_init__(self):
+        check(self.width >= 1, f"output `{self.name}`: `width` should be a positive integer, found {self.width}")
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    name: str                                   # tap name used by adapters (e.g. "fc1.input")
+    output: str                                 # ONNX output carrying the pooled tap, shape (batch, width)
+    width: int                                  # d_k
+    pooling: str = "none"                       # how a feature map/sequence became a vector: POOLINGS
+    source: str = ""                            # the tensor or module that was tapped (for humans)
+
+    def __post_init__(self):
+        check(self.width >= 1, f"tap `{self.name}`: `width` should be a positive integer, found {self.width}")
+        check(self.pooling in POOLINGS, f"tap `{self.name}`: pooling should be one of {POOLINGS}, found {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class Standardize:
+    mean: float | list                          # broadcast against one sample of the input
+    std: float | list
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            try:
+                a = np.asarray(getattr(self, name), dtype=np.float64)
+            except (ValueError, TypeError):
+                raise ValueError(f"preprocess `{name}` should be a number or a nested list of numbers") from None
+            check(bool(np.isfinite(a).all()), f"preprocess `{name}` should be finite numbers")
+        check(bool((np.asarray(self.std, np.float64) > 0).all()), "preprocess `std` should be > 0")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the device needs to know about a backbone, saved as MANIFEST_FILE."""
+    format_version: int
+    fingerprint: str                            # "sha256:<hex>" of the ONNX file
+    inputs: tuple[InputSpec, ...]
+    output: OutputSpec
+    taps: tuple[TapSpec, ...]
+    task: Literal["classification", "regression"]
+    classes: tuple[str, ...] = ()               # class names (classification), len == output.width
+    model_file: str = MODEL_FILE
+    preprocess: dict[str, Standardize] = field(default_factory=dict)  # input name -> (x - mean) / std
+    opset: int = 17
+    producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
+
+    def __post_init__(self):
+        check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
+        check(self.fingerprint.startswith("sha256:") and len(self.fingerprint) == 71,
+              f"`fingerprint` should be 'sha256:' + 64 hex digits, found {self.fingerprint!r}")
+        check(len(self.inputs) >= 1, "`inputs` should list at least one input")
+        check(len(self.taps) >= 1, "`taps` should list at least one tap")
+        names = [t.name for t in self.taps]
+        check(len(set(names)) == len(names), f"tap names should be unique, found {names}")
+        if self.task == "classification":
+            check(len(self.classes) == self.output.width,
+                  f"`classes` should name {self.output.width} classes (output width), found {len(self.classes)}")
+        unknown = sorted(set(self.preprocess) - {i.name for i in self.inputs})
+        check(not unknown, f"`preprocess` names unknown input(s) {unknown}")
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.taps)
+
+    @property
+    def tap_widths(self) -> tuple[int, ...]:
+        return tuple(t.width for t in self.taps)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.output.width
+
+
+def load_manifest(bundle_dir: PathLike) -> Manifest:
+    """Read and validate a bundle's manifest (not the ONNX file; see `verify_bundle`)."""
+    folder = Path(bundle_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"bundle not found: expected a folder with {MANIFEST_FILE} and the ONNX "
+                                f"backbone at {folder}")
+    path = folder / MANIFEST_FILE
+    data = read_json(path, "bundle manifest")
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > BUNDLE_FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version} is newer than this edgelora supports "
+                         f"({BUNDLE_FORMAT_VERSION}); upgrade edgelora to load it")
+    return from_dict(Manifest, data, str(path))
+
+
+def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
+    """The ONNX file of a bundle; must be a plain file inside the bundle folder."""
+    path = safe_child(bundle_dir, manifest.model_file, "manifest field `model_file`")
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle {bundle_dir}: ONNX backbone missing, expected {path}")
+    return path
+
+
+def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Manifest:
+    """Load the manifest and check the ONNX file's hash against its fingerprint."""
+    manifest = manifest or load_manifest(bundle_dir)
+    found = sha256_file(model_path(bundle_dir, manifest))
+    if found != manifest.fingerprint:
+        raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} does not match the manifest "
+                         f"(expected fingerprint {manifest.fingerprint}, found {found}); the file is corrupt, "
+                         f"truncated or was replaced - re-export the bundle")
+    return manifest
+
+
+def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
+    """Write the manifest atomically (sorted, indented JSON)."""
+    os.makedirs(bundle_dir, exist_ok=True)
+    atomic_write(Path(bundle_dir) / MANIFEST_FILE, dumps_json(to_dict(manifest)))
+
+
+def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest) -> Manifest:
+    """Write a complete bundle (ONNX + manifest with its fingerprint filled in) in one atomic step."""
+    manifest = dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest())
+    tmp = new_temp_dir(bundle_dir)
+    try:
+        write_file(tmp / manifest.model_file, onnx_bytes)
+        write_file(tmp / MANIFEST_FILE, dumps_json(to_dict(manifest)))
+        replace_dir(tmp, bundle_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

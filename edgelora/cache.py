@@ -1,0 +1,265 @@
+"""Skip-Cache: the frozen backbone's outputs per sample, computed once, in RAM or on disk.
+
+A row holds [y0 | tap_1 | ... | tap_K] for one sample, keyed by a hash of the sample's input bytes.
+On disk (`directory`), one folder per (backbone fingerprint, dtype) holds append-only `keys`, `values`
+and per-row `crc` files; `meta.json`, replaced atomically after the data is synced, says how many rows
+are committed. Bytes beyond that count (an interrupted append) are ignored and cut; rows whose CRC
+fails are dropped and recomputed on the next miss.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import Backbone
+from .data import as_inputs, num_samples
+from .fileio import PathLike, atomic_write, dumps_json, read_json
+
+CACHE_FORMAT_VERSION = 1
+KEY_BYTES = 16
+FILL_CHUNK = 2048  # samples per backbone call while filling (bounds the RAM used by a fill)
+
+
+def sample_keys(inputs: dict[str, np.ndarray]) -> list[bytes]:
+    """One 16-byte BLAKE2b key per sample over every input's dtype, shape and bytes."""
+    names = sorted(inputs)
+    keys = []
+    for i in range(num_samples(inputs)):
+        h = hashlib.blake2b(digest_size=KEY_BYTES)
+        for name in names:
+            row = inputs[name][i]
+            h.update(f"{name}|{row.dtype.str}|{row.shape}|".encode())
+            h.update(row.tobytes())
+        keys.append(h.digest())
+    return keys
+
+
+class _RamStore:
+    """Rows in a growable numpy array."""
+    on_disk, path = False, None
+
+    def __init__(self, width: int, dtype: np.dtype):
+        self.keys: list[bytes] = []
+        self._buf = np.empty((0, width), dtype)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[:len(self.keys)]
+
+    def append(self, keys: list[bytes], rows: np.ndarray) -> None:
+        n = len(self.keys)
+        if n + len(rows) > len(self._buf):
+            grown = np.empty((max(2 * len(self._buf), n + len(rows), 64), self._buf.shape[1]), self._buf.dtype)
+            grown[:n] = self._buf[:n]
+            self._buf = grown
+        self._buf[n:n + len(rows)] = rows
+        self.keys.extend(keys)
+
+
+class _DiskStore:
+    """Rows in memory-mapped files under `path`, committed by an atomic `meta.json` update."""
+    on_disk = True
+
+    def __init__(self, path: Path, meta: dict, dtype: np.dtype):
+        self.path, self.meta, self.dtype = path, meta, dtype
+        self.width = meta["y0_width"] + sum(meta["tap_widths"])
+        self.row_bytes = self.width * dtype.itemsize
+        path.mkdir(parents=True, exist_ok=True)
+        self.keys: list[bytes] = []
+        self.repaired = 0
+        self._open()
+
+    def _file(self, kind: str) -> Path:
+        return self.path / f"{kind}-{self.meta['generation']}.bin"
+
+    def _open(self) -> None:
+        meta_path = self.path / "meta.json"
+        if meta_path.exists():
+            try:
+                found = read_json(meta_path, "cache meta")
+                same = all(found.get(k) == self.meta[k] for k in ("format_version", "fingerprint", "dtype",
+                                                                   "y0_width", "tap_widths"))
+                count, gen = int(found["count"]), int(found["generation"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                warnings.warn(f"cache {self.path}: unreadable meta.json ({e}); rebuilding the cache")
+                same = False
+            if same:
+                self.meta.update(count=count, generation=gen)
+                self._load_rows(count)
+                return
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True)
+        self.meta.update(count=0, generation=0)
+        self._commit([], b"", b"")
+
+    def _load_rows(self, count: int) -> None:
+        """Check the committed rows' CRCs; rewrite the files without bad rows if any failed."""
+        def read(kind: str) -> bytes:
+            return self._file(kind).read_bytes() if self._file(kind).exists() else b""
+        keys, crcs = read("keys"), read("crc")
+        vpath = self._file("values")
+        vsize = vpath.stat().st_size if vpath.exists() else 0
+        values = np.memmap(vpath, np.uint8, "r") if vsize else np.empty(0, np.uint8)
+        rb = self.row_bytes
+
+        def ok(i: int) -> bool:
+            key, row, crc = keys[i * KEY_BYTES:(i + 1) * KEY_BYTES], values[i * rb:(i + 1) * rb], crcs[i * 4:i * 4 + 4]
+            return len(key) == KEY_BYTES and len(row) == rb and len(crc) == 4 \
+                and zlib.crc32(key + row.tobytes()) == int.from_bytes(crc, "little")
+        good = [i for i in range(count) if ok(i)]
+        self.repaired = count - len(good)
+        if self.repaired:
+            warnings.warn(f"cache {self.path}: {self.repaired} of {count} rows failed their checksum or were "
+                          f"truncated; they will be recomputed")
+        if not self.repaired:
+            del values
+            for kind, size in (("keys", KEY_BYTES), ("values", rb), ("crc", 4)):
+                if self._file(kind).exists() and self._file(kind).stat().st_size > count * size:
+                    os.truncate(self._file(kind), count * size)  # bytes of an interrupted append
+            self.keys = [keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in range(count)]
+            self._map()
+            return
+        # rewrite the good rows into a new generation, switch meta atomically, then drop the old files
+        old = [self._file(k) for k in ("keys", "values", "crc")]
+        self.meta.update(generation=self.meta["generation"] + 1, count=0)
+        self._commit([keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good],
+                     b"".join(values[i * rb:(i + 1) * rb].tobytes() for i in good),
+                     b"".join(crcs[i * 4:i * 4 + 4] for i in good))
+        del values
+        for p in old:
+            p.unlink(missing_ok=True)
+
+    def _commit(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
+        n = self.meta["count"]
+        for kind, data, size in (("keys", b"".join(keys), KEY_BYTES), ("values", rows, self.row_bytes),
+                                 ("crc", crcs, 4)):
+            with open(self._file(kind), "r+b" if self._file(kind).exists() else "wb") as f:
+                f.truncate(n * size)  # cut anything an interrupted append left behind
+                f.seek(n * size)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        self.meta["count"] = n + len(keys)
+        atomic_write(self.path / "meta.json", dumps_json(self.meta))
+        self.keys.extend(keys)
+        self._map()
+
+    def _map(self) -> None:
+        n = self.meta["count"]
+        self._values = np.memmap(self._file("values"), self.dtype, "r", shape=(n, self.width)) if n else \
+            np.empty((0, self.width), self.dtype)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._values
+
+    def append(self, keys: list[bytes], rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, self.dtype)
+        crcs = b"".join(zlib.crc32(k + r.tobytes()).to_bytes(4, "little") for k, r in zip(keys, rows))
+        self._commit(keys, rows.tobytes(), crcs)
+
+
+class SkipCache:
+    """Per-sample cache of base output and taps for one backbone (Skip2-LoRA's Skip-Cache)."""
+
+    def __init__(self, backbone: Backbone, directory: PathLike | None = None, dtype: str = "float32",
+                 memory_budget: int | None = None):
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"cache `dtype` should be 'float32' or 'float16', found {dtype!r}")
+        if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget <= 0):
+            raise ValueError(f"`memory_budget` should be a positive number of bytes, found {memory_budget!r}")
+        self.backbone, self.dtype, self.memory_budget = backbone, np.dtype(dtype), memory_budget
+        self.y0_width = backbone.num_outputs
+        self.width = self.y0_width + sum(backbone.tap_widths)
+        self.directory = Path(directory) if directory is not None else None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.hits = self.misses = 0
+        self.fill_seconds = 0.0
+        self._store = self._disk_store(self.directory) if self.directory is not None else \
+            _RamStore(self.width, self.dtype)
+        self._index = {k: i for i, k in enumerate(self._store.keys)}
+
+    def _disk_store(self, root: Path) -> _DiskStore:
+        fp = self.backbone.fingerprint
+        meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": fp, "dtype": self.dtype.name,
+                "y0_width": self.y0_width, "tap_widths": list(self.backbone.tap_widths)}
+        return _DiskStore(root / f"{fp.split(':')[1][:16]}-{self.dtype.name}", meta, self.dtype)
+
+    @property
+    def values(self) -> np.ndarray:
+        """All cached rows, (rows, C + sum d_k) in the storage dtype (a memmap when on disk)."""
+        return self._store.values
+
+    def __len__(self) -> int:
+        return len(self._store.keys)
+
+    def rows(self, x) -> np.ndarray:
+        """Row index of each sample of `x`, running the backbone only on samples not cached yet."""
+        inputs = as_inputs(x, self.backbone.manifest)
+        keys = sample_keys(inputs)
+        new = {}
+        for i, k in enumerate(keys):
+            if k not in self._index and k not in new:
+                new[k] = i
+        self.misses += len(new)
+        self.hits += len(keys) - len(new)
+        if new:
+            self._fill(inputs, list(new.keys()), np.fromiter(new.values(), np.int64, len(new)))
+        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(y0 (n, C), taps (n, D)) as float32 for the given rows."""
+        v = self._store.values[rows].astype(np.float32, copy=False)
+        return v[:, :self.y0_width], v[:, self.y0_width:]
+
+    def _fill(self, inputs: dict, keys: list[bytes], idx: np.ndarray) -> None:
+        start = time.perf_counter()
+        self._maybe_spill(len(keys))
+        for a in range(0, len(keys), FILL_CHUNK):
+            sel = idx[a:a + FILL_CHUNK]
+            y0, t = self.backbone.features({k: v[sel] for k, v in inputs.items()}, validated=True)
+            rows = np.concatenate([y0, t], axis=1)
+            stored = rows.astype(self.dtype)
+            if self.dtype == np.float16 and not np.isfinite(stored).all():
+                raise ValueError(f"backbone outputs exceed the float16 range (max |value| "
+                                 f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")
+            chunk = keys[a:a + FILL_CHUNK]
+            base = len(self._store.keys)
+            self._store.append(chunk, stored)
+            self._index.update((k, base + j) for j, k in enumerate(chunk))
+        self.fill_seconds += time.perf_counter() - start
+
+    def _maybe_spill(self, extra: int) -> None:
+        """Move an in-RAM cache to disk when it would outgrow the memory budget."""
+        need = (len(self) + extra) * self.width * self.dtype.itemsize
+        if self._store.on_disk or self.memory_budget is None or need <= self.memory_budget:
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgelora-cache-")
+        old = self._store
+        self._store = self._disk_store(Path(self._tmp.name))
+        if old.keys:
+            self._store.append(old.keys, old.values)
+
+    def clear(self) -> None:
+        """Forget every cached row (and delete the on-disk files of this backbone and dtype)."""
+        if self._store.on_disk:
+            shutil.rmtree(self._store.path, ignore_errors=True)
+            self._store = self._disk_store(self._store.path.parent)
+        else:
+            self._store = _RamStore(self.width, self.dtype)
+        self._index = {}
+
+    def stats(self) -> dict:
+        """Hits, misses, rows, bytes of cached values, where they live, time spent filling."""
+        return {"hits": self.hits, "misses": self.misses, "rows": len(self),
+                "bytes": len(self) * self.width * self.dtype.itemsize, "dtype": self.dtype.name,
+                "on_disk": self._store.on_disk, "path": str(self._store.path) if self._store.on_disk else None,
+                "repaired_rows": getattr(self._store, "repaired", 0), "fill_seconds": self.fill_seconds}

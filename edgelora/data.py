@@ -1,0 +1,161 @@
+"""Data at the boundary: load .npz/.npy/.csv and validate inputs and targets against a manifest."""
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Manifest
+from .fileio import PathLike
+
+MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
+
+
+def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
+    """Validate model input(s) -> {input name: contiguous array in the manifest dtype}.
+
+    `x` is one array for a single-input backbone, or a dict keyed by input name. Floating inputs accept
+    any integer or float array (cast); integer inputs need integers. Shapes must match the manifest's
+    per-sample dims; NaN/Inf are refused.
+    """
+    specs = manifest.inputs
+    if not isinstance(x, dict):
+        if len(specs) != 1:
+            raise TypeError(f"{where}: this backbone has {len(specs)} inputs {[s.name for s in specs]}; "
+                            f"pass a dict of arrays keyed by input name")
+        x = {specs[0].name: x}
+    missing = [s.name for s in specs if s.name not in x]
+    extra = sorted(set(x) - {s.name for s in specs})
+    if missing or extra:
+        raise ValueError(f"{where}: expected inputs {[s.name for s in specs]}, found {sorted(x)}")
+    out, n = {}, None
+    for spec in specs:
+        name = f"{where}[{spec.name!r}]" if len(specs) > 1 else where
+        a = np.asarray(x[spec.name]) if not isinstance(x[spec.name], np.ndarray) else x[spec.name]
+        want = np.dtype(spec.dtype)
+        ok = (a.dtype.kind in "iuf" and want.kind == "f") or (a.dtype.kind in "iu" and want.kind in "iu") \
+            or (a.dtype.kind == "b" and want.kind == "b")
+        if not ok:
+            raise TypeError(f"{name}: expected numbers castable to {spec.dtype}, found dtype {a.dtype}")
+        expect = tuple(spec.shape[1:])
+        if a.ndim != len(expect) + 1 or any(isinstance(e, int) and e != f for e, f in zip(expect, a.shape[1:])):
+            shown = "(N, " + ", ".join("?" if not isinstance(e, int) else str(e) for e in expect) + ")"
+            raise ValueError(f"{name}: expected shape {shown} for input `{spec.name}`, found {a.shape}")
+        if n is not None and a.shape[0] != n:
+            raise ValueError(f"{name}: has {a.shape[0]} samples but the other inputs have {n}")
+        n = a.shape[0]
+        if a.dtype.kind == "f" and a.size:
+            bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{name}: {int(bad.sum())} sample(s) contain NaN or Inf "
+                                 f"(first at row {int(np.argmax(bad))}); clean or drop them")
+        out[spec.name] = np.ascontiguousarray(a, dtype=want)
+    if n == 0:
+        raise ValueError(f"{where}: no samples (empty array)")
+    return out
+
+
+def num_samples(inputs: dict[str, np.ndarray]) -> int:
+    return len(next(iter(inputs.values())))
+
+
+def as_targets(y, manifest: Manifest, n: int, where: str = "y") -> np.ndarray:
+    """Validate targets: int64 class indices (classification) or float32 (N, C) values (regression)."""
+    a = np.asarray(y)
+    if a.dtype.kind not in "iufb":
+        raise TypeError(f"{where}: expected numeric targets, found dtype {a.dtype}")
+    if len(a) != n:
+        raise ValueError(f"{where}: expected {n} targets (one per sample), found {len(a)}")
+    if manifest.task == "classification":
+        if a.ndim != 1:
+            raise ValueError(f"{where}: expected a 1-D array of class indices, found shape {a.shape}")
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all() or (a != np.round(a)).any():
+                raise TypeError(f"{where}: expected integer class indices, found non-integer floats")
+        if a.dtype.kind == "b":
+            raise TypeError(f"{where}: expected integer class indices, found booleans")
+        c = manifest.num_outputs
+        bad = (a < 0) | (a >= c)
+        if bad.any():
+            raise ValueError(f"{where}: labels must be class indices 0..{c - 1} ({', '.join(manifest.classes)}); "
+                             f"found {sorted(set(a[bad].tolist()))[:5]} at row {int(np.argmax(bad))}")
+        return a.astype(np.int64)
+    c = manifest.num_outputs
+    a = a.astype(np.float32).reshape(n, -1) if a.ndim == 1 else a.astype(np.float32)
+    if a.shape != (n, c):
+        raise ValueError(f"{where}: expected regression targets of shape ({n}, {c}), found {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where}: targets contain NaN or Inf")
+    return a
+
+
+def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
+                label_column: str | int | None = -1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric; `label_column` is the target)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_DATA_BYTES:
+        raise ValueError(f"data file {path} is {size} bytes; the limit is {MAX_DATA_BYTES}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if x_key not in keys or (y_key is not None and y_key not in keys):
+                    want = [k for k in (x_key, y_key) if k is not None]
+                    raise ValueError(f"{path}: expected array(s) {want}, found {keys}; choose keys with "
+                                     f"--x-key/--y-key")
+                return z[x_key], (z[y_key] if y_key is not None else None)
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if suffix == ".csv":
+            return _load_csv(path, label_column if y_key is not None else None)
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise ValueError(f"{path}: cannot read as {suffix} ({e}); the file is corrupt or truncated") from None
+    raise ValueError(f"{path}: unsupported data format {suffix!r}; expected .npz, .npy or .csv")
+
+
+def _load_csv(path: Path, label_column: str | int | None):
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text CSV file") from None
+    rows = [r for r in rows if r]
+    header = None
+    if rows and not all(_is_number(v) for v in rows[0]):
+        header, rows = rows[0], rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    width = len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != width or not all(_is_number(v) for v in r):
+            raise ValueError(f"{path}: row {i + 1 + (header is not None)} is not {width} numeric values")
+    table = np.array(rows, dtype=np.float64)
+    if label_column is None:
+        return table.astype(np.float32), None
+    if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
+        if header is None or label_column not in header:
+            raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
+        j = header.index(label_column)
+    else:
+        j = int(label_column)
+        if not -width <= j < width:
+            raise ValueError(f"{path}: label column {j} out of range for {width} columns")
+        j %= width
+    y = table[:, j]
+    if (y == np.round(y)).all():
+        y = y.astype(np.int64)
+    return np.delete(table, j, axis=1).astype(np.float32), y
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,108 @@
+"""Skip-LoRA adapter math (Skip2-LoRA, arXiv 2410.21073): pure numpy forward and backward.
+
+    y = y0 + s * sum_k (t_k @ A_k) @ B_k  (+ b)        s = alpha / r
+      = y0 + s * h @ B  (+ b)                           h = [t_1 A_1 | ... | t_K A_K],  B = [B_1; ...; B_K]
+
+The backward pass never enters the backbone: dB = s h^T g, dA_k = s t_k^T (g B_k^T), db = sum g.
+All parameters live in one flat buffer; `views` gives named views into it, so gradients and optimiser
+state are flat buffers with the same layout and an optimiser update is one vectorised step.
+
+A is kept per tap rather than as one block-diagonal (D, K r) matrix: with one wide input tap and narrow
+hidden taps (the paper's MLPs) the block-diagonal product does K times the multiply-adds and measured
+no faster. The B products of all taps are fused into one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The static shape of a set of skip adapters."""
+    taps: tuple[str, ...]
+    widths: tuple[int, ...]   # d_k per tap
+    num_outputs: int          # C
+    rank: int                 # r
+    bias: bool = False        # learn an output bias b (C,)
+
+    @cached_property
+    def bounds(self) -> list[tuple[int, int]]:
+        """Column range of each tap in the concatenated taps t (N, D = sum d_k)."""
+        ends = np.cumsum((0,) + self.widths).tolist()
+        return list(zip(ends[:-1], ends[1:]))
+
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        s = {f"A.{name}": (d, self.rank) for name, d in zip(self.taps, self.widths)}
+        s["B"] = (len(self.taps) * self.rank, self.num_outputs)
+        if self.bias:
+            s["bias"] = (self.num_outputs,)
+        return s
+
+    @cached_property
+    def size(self) -> int:
+        return sum(int(np.prod(s)) for s in self.shapes.values())
+
+    @cached_property
+    def a_keys(self) -> list[str]:
+        return [f"A.{name}" for name in self.taps]
+
+
+def views(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
+    """Named views into a flat parameter (or gradient) buffer."""
+    out, i = {}, 0
+    for name, shape in layout.shapes.items():
+        n = int(np.prod(shape))
+        out[name] = flat[i:i + n].reshape(shape)
+        i += n
+    return out
+
+
+def tap_A(p: dict, layout: Layout, k: int) -> np.ndarray:
+    """A_k (d_k, r) of tap k."""
+    return p[layout.a_keys[k]]
+
+
+def tap_B(p: dict, layout: Layout, k: int) -> np.ndarray:
+    """B_k (r, C) of tap k."""
+    return p["B"][k * layout.rank:(k + 1) * layout.rank]
+
+
+def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
+    """A ~ U(-1/sqrt(d), 1/sqrt(d)) (PEFT's kaiming-uniform bound), B = 0, bias = 0: y == y0 at start."""
+    rng = np.random.default_rng(seed)
+    flat = np.zeros(layout.size, dtype)
+    p = views(flat, layout)
+    for k, d in enumerate(layout.widths):
+        tap_A(p, layout, k)[:] = rng.uniform(-1.0, 1.0, (d, layout.rank)) / np.sqrt(d)
+    return flat
+
+
+def forward(p: dict, y0: np.ndarray, t: np.ndarray, layout: Layout, scale: float):
+    """y0, t  # (N, C), (N, D)  ->  y (N, C), saved = (t, h)  with h (N, K r)."""
+    r = layout.rank
+    h = np.empty((len(t), len(layout.taps) * r), t.dtype)
+    for k, (a, b) in enumerate(layout.bounds):
+        np.matmul(t[:, a:b], p[layout.a_keys[k]], out=h[:, k * r:(k + 1) * r])
+    y = h @ p["B"]
+    y *= scale
+    y += y0
+    if layout.bias:
+        y += p["bias"]
+    return y, (t, h)
+
+
+def backward(g: np.ndarray, saved, p: dict, grads: dict, layout: Layout, scale: float) -> None:
+    """g = dL/dy (N, C): write dL/dparam into `grads` (views of a flat buffer, same keys as `p`)."""
+    t, h = saved
+    if layout.bias:
+        np.add.reduce(g, axis=0, out=grads["bias"])
+    g = g * scale
+    np.matmul(h.T, g, out=grads["B"])                 # (K r, C)
+    gh = g @ p["B"].T                                 # (N, K r)
+    r = layout.rank
+    for k, (a, b) in enumerate(layout.bounds):
+        np.matmul(t[:, a:b].T, gh[:, k * r:(k + 1) * r], out=grads[layout.a_keys[k]])

@@ -1,0 +1,60 @@
+"""Losses as (value, dL/dy) pairs: softmax cross-entropy (optionally class-weighted) and MSE."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(y: np.ndarray) -> np.ndarray:
+    z = y - y.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(y: np.ndarray, labels: np.ndarray, class_weights: np.ndarray | None = None):
+    """y (N, C) logits, labels (N,) -> mean NLL and its gradient (N, C).
+
+    With class weights w the mean is sum_i w_{y_i} nll_i / sum_i w_{y_i}, as in torch.nn.CrossEntropyLoss.
+    """
+    n = len(y)
+    z = y - y.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    nll = np.log(s[:, 0]) - z[rows, labels]
+    e /= s                                       # softmax p
+    e[rows, labels] -= 1.0                       # p - onehot
+    if class_weights is None:
+        e /= n
+        return float(nll.mean()), e
+    w = class_weights[labels]
+    total = w.sum()
+    e *= (w / total)[:, None]
+    return float((w * nll).sum() / total), e
+
+
+def cross_entropy_grad(y: np.ndarray, onehot: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """dL/dy of `cross_entropy`, computed in place in y (the training loop's fast path).
+
+    onehot (N, C) holds the labels; w (N,) optional per-sample class weights.
+    """
+    np.subtract(y, np.maximum.reduce(y, axis=1, keepdims=True), out=y)
+    np.exp(y, out=y)
+    y /= np.add.reduce(y, axis=1, keepdims=True)
+    y -= onehot
+    if w is None:
+        y *= 1.0 / len(y)
+    else:
+        y *= (w / np.add.reduce(w))[:, None]
+    return y
+
+
+def mse(y: np.ndarray, target: np.ndarray):
+    """Mean squared error over all elements and its gradient."""
+    d = y - target
+    return float((d * d).mean()), d * (2.0 / d.size)
+
+
+def balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """w_c = N / (C * n_c) (scikit-learn's 'balanced'); classes absent from `labels` get weight 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)

@@ -1,0 +1,56 @@
+"""Inference: backbone + adapter -> outputs, probabilities, labels and metrics."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import lora
+from .adapter import Adapter
+from .backbone import Backbone
+from .data import as_inputs, as_targets, num_samples
+from .losses import log_softmax
+from .metrics import evaluate_outputs
+
+
+class Predictor:
+    """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model)."""
+
+    def __init__(self, backbone: Backbone, adapter: Adapter | None = None, batch_size: int = 256):
+        if adapter is not None:
+            adapter.check_backbone(backbone.manifest)
+        self.backbone, self.adapter, self.batch_size = backbone, adapter, batch_size
+
+    def outputs(self, x) -> np.ndarray:
+        """Model outputs (N, C): logits for classification, values for regression."""
+        inputs = as_inputs(x, self.backbone.manifest)
+        n = num_samples(inputs)
+        out = np.empty((n, self.backbone.num_outputs), np.float32)
+        for a in range(0, n, self.batch_size):
+            y0, t = self.backbone.features({k: v[a:a + self.batch_size] for k, v in inputs.items()}, validated=True)
+            out[a:a + len(y0)] = self.apply(y0, t)
+        return out
+
+    def apply(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Add the adapter to precomputed backbone results (e.g. from a SkipCache)."""
+        if self.adapter is None:
+            return y0
+        c = self.adapter.config
+        return lora.forward(self.adapter.params, y0, t, c.layout, c.scale)[0]
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities (N, C)."""
+        self._need_classes()
+        return np.exp(log_softmax(self.outputs(x).astype(np.float64))).astype(np.float32)
+
+    def predict(self, x) -> np.ndarray:
+        """Class indices (classification) or values (regression)."""
+        y = self.outputs(x)
+        return y.argmax(axis=1) if self.backbone.manifest.task == "classification" else y
+
+    def evaluate(self, x, y) -> dict[str, float]:
+        """accuracy, macro_f1, loss (classification) or mse, mae, loss (regression)."""
+        out = self.outputs(x)
+        return evaluate_outputs(out, as_targets(y, self.backbone.manifest, len(out)), self.backbone.manifest.task)
+
+    def _need_classes(self) -> None:
+        if self.backbone.manifest.task != "classification":
+            raise ValueError("probabilities need a classification backbone; this one does regression")

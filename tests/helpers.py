@@ -1,0 +1,54 @@
+"""Test helpers: tiny bundles built with onnx.helper from numpy weights (no torch needed)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
+
+
+def mlp_onnx(layers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, list[str]]:
+    """ONNX bytes of an MLP x -> [Linear, ReLU]* -> Linear, with every Linear's input as an extra output."""
+    nodes, inits, outputs, taps = [], [], [], []
+    h = "x"
+    for i, (w, b) in enumerate(layers):  # w (d_in, d_out), b (d_out,)
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
+        tap = f"tap{i}"
+        nodes.append(helper.make_node("Identity", [h], [tap]))
+        taps.append((tap, w.shape[0]))
+        nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"z{i}"]))
+        h = f"z{i}"
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [h], [f"a{i}"]))
+            h = f"a{i}"
+    nodes.append(helper.make_node("Identity", [h], ["logits"]))
+    outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", layers[-1][0].shape[1]]))
+    outputs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", d]) for t, d in taps]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           ["N", layers[0][0].shape[0]])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString(), [t for t, _ in taps]
+
+
+def mlp_bundle(folder, layers, classes=None, mean=None, std=None, task="classification") -> Manifest:
+    """Write a bundle for an MLP given as [(W (d_in, d_out), b)]."""
+    blob, taps = mlp_onnx(layers)
+    c = layers[-1][0].shape[1]
+    classes = tuple(classes or [f"c{i}" for i in range(c)]) if task == "classification" else ()
+    pre = {} if mean is None else {"x": Standardize(np.asarray(mean).tolist(), np.asarray(std).tolist())}
+    manifest = Manifest(
+        format_version=BUNDLE_FORMAT_VERSION, fingerprint="sha256:" + "0" * 64,
+        inputs=(InputSpec("x", ("N", layers[0][0].shape[0]), "float32"),), output=OutputSpec("logits", c),
+        taps=tuple(TapSpec(f"fc{i}.input", t, layers[i][0].shape[0], "none", f"fc{i}") for i, t in enumerate(taps)),
+        task=task, classes=classes, preprocess=pre, producer={"name": "tests.helpers"})
+    return write_bundle(folder, blob, manifest)
+
+
+def random_mlp(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((a, b)).astype(np.float32) / np.sqrt(a), rng.standard_normal(b).astype(np.float32) * 0.1)
+            for a, b in zip(sizes[:-1], sizes[1:])]
