@@ -131,7 +131,7 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     if isinstance(version, int) and not isinstance(version, bool) and version > ADAPTER_FORMAT_VERSION:
         raise ValueError(f"{cpath}: format_version {version} is newer than this edgelora supports "
                          f"({ADAPTER_FORMAT_VERSION}); upgrade edgelora to load it")
-    config = from_dict(AdapterConfig, data, str(cpath))
+    config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
     if not wpath.is_file():
         raise FileNotFoundError(f"adapter weights missing: expected {wpath}")
     size = wpath.stat().st_size

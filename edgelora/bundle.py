@@ -20,6 +20,7 @@ MANIFEST_FILE = "edgelora_bundle.json"
 MODEL_FILE = "backbone.onnx"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 POOLINGS = ("none", "mean", "masked_mean", "global_avg")
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer")  # top-level fields the JSON may leave out
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def load_manifest(bundle_dir: PathLike) -> Manifest:
     if isinstance(version, int) and not isinstance(version, bool) and version > BUNDLE_FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version} is newer than this edgelora supports "
                          f"({BUNDLE_FORMAT_VERSION}); upgrade edgelora to load it")
-    return from_dict(Manifest, data, str(path))
+    return from_dict(Manifest, data, str(path), optional=MANIFEST_OPTIONAL)
 
 
 def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:

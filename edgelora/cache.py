@@ -227,10 +227,10 @@ class SkipCache:
             sel = idx[a:a + FILL_CHUNK]
             y0, t = self.backbone.features({k: v[sel] for k, v in inputs.items()}, validated=True)
             rows = np.concatenate([y0, t], axis=1)
-            stored = rows.astype(self.dtype)
-            if self.dtype == np.float16 and not np.isfinite(stored).all():
+            if self.dtype == np.float16 and np.abs(rows).max() > np.finfo(np.float16).max:
                 raise ValueError(f"backbone outputs exceed the float16 range (max |value| "
                                  f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")
+            stored = rows.astype(self.dtype)
             chunk = keys[a:a + FILL_CHUNK]
             base = len(self._store.keys)
             self._store.append(chunk, stored)

@@ -13,8 +13,11 @@ def type_name(value: Any) -> str:
             dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def from_dict(cls: type, data: Any, where: str):
-    """Build dataclass `cls` from a parsed JSON object; unknown, missing or mistyped fields are errors."""
+def from_dict(cls: type, data: Any, where: str, optional: tuple[str, ...] | None = None):
+    """Build dataclass `cls` from a parsed JSON object; unknown, missing or mistyped fields are errors.
+
+    A field may be absent only if it has a default and (when `optional` is given) is listed there.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, found {type_name(data)}")
     hints = get_type_hints(cls)
@@ -25,7 +28,8 @@ def from_dict(cls: type, data: Any, where: str):
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if no_default or (optional is not None and f.name not in optional):
                 raise ValueError(f"{where}: missing field `{f.name}`")
             continue
         kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}: field `{f.name}`")

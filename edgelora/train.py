@@ -27,7 +27,7 @@ class TrainConfig:
     bias: bool = True                                # learn an output bias too
     epochs: int = 30                                 # passes over the training split
     batch_size: int = 20                             # samples per step
-    lr: float = 1e-2                                 # peak learning rate
+    lr: float = 3e-3                                 # peak learning rate
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     momentum: float = 0.9                            # SGD only
     weight_decay: float | Literal["auto"] = 1.0      # L2 (sgd, adam) or decoupled (adamw); "auto": pick from grid

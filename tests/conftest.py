@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import mlp_bundle, random_mlp  # noqa: E402
+
+
+@pytest.fixture
+def toy_bundle(tmp_path):
+    """A 10 -> 8 -> 8 -> 3 random MLP bundle with standardisation in the manifest."""
+    folder = tmp_path / "bundle"
+    mlp_bundle(folder, random_mlp([10, 8, 8, 3]), ["a", "b", "c"], mean=np.full(10, 0.5), std=np.full(10, 2.0))
+    return folder
+
+
+@pytest.fixture
+def toy_data():
+    """Three Gaussian blobs in 10-D, 120 samples; labels 0..2."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 10)) * 3
+    y = np.repeat(np.arange(3), 40)
+    x = (centres[y] + rng.standard_normal((120, 10))).astype(np.float32)
+    return x, y

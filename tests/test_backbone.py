@@ -1,0 +1,132 @@
+"""Bundle manifest and backbone: outputs, validation, and errors for bad bundles and bad input."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgelora import Backbone, load_manifest
+from edgelora.bundle import MANIFEST_FILE
+
+
+def test_run_returns_base_output_and_taps_in_manifest_order(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    x = toy_data[0][:5]
+    y0, taps = bb.run(x)
+    assert y0.shape == (5, 3) and [t.shape for t in taps] == [(5, 10), (5, 8), (5, 8)]
+    assert all(a.dtype == np.float32 for a in [y0, *taps])
+    np.testing.assert_allclose(taps[0], (x - 0.5) / 2.0, rtol=1e-6)  # preprocessing from the manifest
+    sess = ort.InferenceSession(str(toy_bundle / "backbone.onnx"))
+    ref = sess.run(None, {"x": ((x - 0.5) / 2.0).astype(np.float32)})
+    np.testing.assert_allclose(y0, ref[0], rtol=1e-6)
+    assert bb.calls == 5
+    m = load_manifest(toy_bundle)
+    assert m.tap_names == ("fc0.input", "fc1.input", "fc2.input") and m.tap_widths == (10, 8, 8)
+
+
+def test_batches_are_chunked(toy_bundle, toy_data):
+    x = toy_data[0]
+    a = Backbone(toy_bundle, batch_size=7).features(x)
+    b = Backbone(toy_bundle, batch_size=1000).features(x)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+def test_float64_and_int_inputs_are_cast(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    x = toy_data[0][:4]
+    np.testing.assert_allclose(bb.features(x.astype(np.float64))[0], bb.features(x)[0], rtol=1e-6)
+    assert bb.features(np.ones((2, 10), np.int64))[0].shape == (2, 3)
+
+
+def test_error_wrong_width(toy_bundle):
+    with pytest.raises(ValueError, match=r"expected shape \(N, 10\).*found \(4, 9\)"):
+        Backbone(toy_bundle).run(np.zeros((4, 9), np.float32))
+
+
+def test_error_wrong_dtype(toy_bundle):
+    with pytest.raises(TypeError, match="found dtype <U1"):
+        Backbone(toy_bundle).run(np.full((4, 10), "a"))
+    with pytest.raises(TypeError, match="complex"):
+        Backbone(toy_bundle).run(np.zeros((4, 10), np.complex64))
+
+
+def test_error_nan_and_inf(toy_bundle):
+    x = np.zeros((4, 10), np.float32)
+    x[2, 3] = np.nan
+    with pytest.raises(ValueError, match="1 sample.*NaN or Inf.*row 2"):
+        Backbone(toy_bundle).run(x)
+    x[2, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        Backbone(toy_bundle).run(x)
+
+
+def test_error_empty(toy_bundle):
+    with pytest.raises(ValueError, match="no samples"):
+        Backbone(toy_bundle).run(np.zeros((0, 10), np.float32))
+
+
+def edit_manifest(folder, change):
+    path = folder / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_error_manifest_missing_field(toy_bundle):
+    edit_manifest(toy_bundle, lambda d: d.pop("taps"))
+    with pytest.raises(ValueError, match="missing field `taps`"):
+        Backbone(toy_bundle)
+
+
+def test_error_manifest_newer_version(toy_bundle):
+    edit_manifest(toy_bundle, lambda d: d.update(format_version=99))
+    with pytest.raises(ValueError, match="format_version 99 is newer.*upgrade edgelora"):
+        Backbone(toy_bundle)
+
+
+def test_error_manifest_wrong_type_and_extra_field(toy_bundle):
+    edit_manifest(toy_bundle, lambda d: d["output"].update(width="3"))
+    with pytest.raises(ValueError, match=r"field `output`: field `width`: expected an integer, found string"):
+        Backbone(toy_bundle)
+    edit_manifest(toy_bundle, lambda d: (d["output"].update(width=3), d.update(colour="red")))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
+        Backbone(toy_bundle)
+
+
+def test_error_manifest_not_json(toy_bundle):
+    (toy_bundle / MANIFEST_FILE).write_text('{"format_version": 1, "taps": [')
+    with pytest.raises(ValueError, match="not valid JSON.*corrupt or truncated"):
+        Backbone(toy_bundle)
+
+
+def test_error_onnx_file_truncated_or_replaced(toy_bundle):
+    path = toy_bundle / "backbone.onnx"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="does not match the manifest.*corrupt, truncated"):
+        Backbone(toy_bundle)
+
+
+def test_error_missing_files(toy_bundle, tmp_path):
+    with pytest.raises(FileNotFoundError, match="bundle not found"):
+        Backbone(tmp_path / "nope")
+    (toy_bundle / "backbone.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="ONNX backbone missing"):
+        Backbone(toy_bundle)
+
+
+def test_error_model_file_outside_bundle(toy_bundle):
+    edit_manifest(toy_bundle, lambda d: d.update(model_file="../backbone.onnx"))
+    with pytest.raises(ValueError, match="plain file name"):
+        Backbone(toy_bundle)
+
+
+def test_error_manifest_output_not_in_graph(toy_bundle):
+    edit_manifest(toy_bundle, lambda d: d["taps"][0].update(output="nope"))
+    with pytest.raises(ValueError, match="`nope` is not an output of the ONNX graph"):
+        Backbone(toy_bundle)
+
+
+def test_error_bad_threads(toy_bundle):
+    with pytest.raises(ValueError, match="`threads` should be a positive integer"):
+        Backbone(toy_bundle, threads=0)

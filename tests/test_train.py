@@ -1,0 +1,168 @@
+"""The trainer: Skip-Cache equivalence, reproducibility, validation, early stopping, guards, errors."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
+from edgelora.train import validation_split
+
+FAST = TrainConfig(epochs=8, batch_size=10, lr=1e-2)
+
+
+def test_cached_equals_backbone_every_step_and_runs_backbone_once(toy_bundle, toy_data):
+    x, y = toy_data
+    bb_cached, bb_live = Backbone(toy_bundle), Backbone(toy_bundle)
+    a1, h1 = finetune(bb_cached, x, y, FAST)
+    a2, h2 = finetune(bb_live, x, y, FAST, use_cache=False)
+    assert np.abs(a1.flat - a2.flat).max() <= 1e-6
+    assert bb_cached.calls == len(x)                    # Skip-Cache: once per sample
+    assert bb_live.calls >= FAST.epochs * len(x)         # Skip-LoRA without cache: every step
+    assert [e["val_loss"] for e in h1.epochs] == pytest.approx([e["val_loss"] for e in h2.epochs], abs=1e-5)
+
+
+def test_same_seed_same_adapter_bit_for_bit(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    a1, _ = finetune(bb, *toy_data, FAST)
+    a2, _ = finetune(bb, *toy_data, FAST)
+    a3, _ = finetune(bb, *toy_data, dataclasses.replace(FAST, seed=1))
+    assert np.array_equal(a1.flat, a2.flat) and not np.array_equal(a1.flat, a3.flat)
+
+
+def test_training_improves_a_shifted_model(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    x, y = toy_data
+    adapter, history = finetune(bb, x, y, TrainConfig(epochs=30, batch_size=10, weight_decay=0.0))
+    before = Predictor(bb).evaluate(x, y)["accuracy"]
+    after = Predictor(bb, adapter).evaluate(x, y)["accuracy"]
+    assert after > before + 0.2 and after > 0.9
+    assert history.cache["misses"] == 120 and history.cache_seconds > 0 and history.train_seconds > 0
+    assert adapter.config.training["chosen"]["weight_decay"] == 0.0
+
+
+def test_history_restores_best_epoch_and_early_stops(toy_bundle, toy_data):
+    cfg = TrainConfig(epochs=40, batch_size=10, lr=0.05, patience=3, weight_decay=0.0)
+    x = toy_data[0]
+    y = np.random.default_rng(1).integers(0, 3, len(x))  # random labels: fitting them makes val loss rise
+    toy_data = (x, y)
+    adapter, h = finetune(Backbone(toy_bundle), x, y, cfg)
+    losses = [e["val_loss"] for e in h.epochs]
+    assert h.best_epoch == int(np.argmin(losses)) + 1
+    assert h.stopped == "early_stopping" and len(h.epochs) == h.best_epoch + 3
+    _, val = validation_split(y, 0.2, "tail", 0, "classification")
+    got = Predictor(Backbone(toy_bundle), adapter).evaluate(x[val], y[val])["loss"]
+    assert got == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_nan_guard_keeps_last_good_parameters(toy_bundle, toy_data):
+    x, y = toy_data
+    cfg = TrainConfig(epochs=5, batch_size=10, lr=1e30, optimizer="sgd", weight_decay=0.0, momentum=0.0)
+    with np.errstate(all="ignore"):
+        adapter, h = finetune(Backbone(toy_bundle), x * 1e3, y, cfg)
+    assert h.stopped == "non_finite" and np.isfinite(adapter.flat).all()
+
+
+def test_auto_weight_decay_and_rank_report_their_choice(toy_bundle, toy_data):
+    cfg = TrainConfig(epochs=4, batch_size=10, r="auto", weight_decay="auto", rank_grid=(2, 4),
+                      weight_decay_grid=(0.0, 0.1))
+    adapter, h = finetune(Backbone(toy_bundle), *toy_data, cfg)
+    assert len(h.candidates) == 4 and {c["r"] for c in h.candidates} == {2, 4}
+    assert adapter.config.r == h.chosen["r"] and adapter.config.training["chosen"] == h.chosen
+    best = min(c["best_val_loss"] for c in h.candidates)
+    chosen = next(c for c in h.candidates if (c["r"], c["weight_decay"]) == (h.chosen["r"], h.chosen["weight_decay"]))
+    assert chosen["best_val_loss"] <= best + cfg.select_tolerance
+
+
+def test_tail_split_takes_each_class_most_recent_samples():
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    train, val = validation_split(y, 0.2, "tail", 0, "classification")
+    assert val.tolist() == [8, 9] and len(train) == 8
+    train, val = validation_split(np.arange(10.0), 0.3, "tail", 0, "regression")
+    assert val.tolist() == [7, 8, 9]
+
+
+def test_warm_start_continues_from_an_adapter(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    first, _ = finetune(bb, *toy_data, FAST)
+    _, h = finetune(bb, *toy_data, dataclasses.replace(FAST, epochs=1), init=first)
+    _, cold = finetune(bb, *toy_data, dataclasses.replace(FAST, epochs=1))
+    assert h.epochs[0]["val_loss"] < cold.epochs[0]["val_loss"]
+
+
+def test_balanced_class_weights_and_callback(toy_bundle, toy_data):
+    x, y = toy_data
+    seen = []
+    finetune(Backbone(toy_bundle), x[:100], y[:100], dataclasses.replace(FAST, class_weights="balanced"),
+             callback=seen.append)
+    assert [s["epoch"] for s in seen] == list(range(1, 9)) and "val_loss" in seen[0]
+
+
+def test_regression(tmp_path):
+    from tests.helpers import mlp_bundle, random_mlp
+    mlp_bundle(tmp_path / "reg", random_mlp([6, 8, 2]), task="regression")
+    bb = Backbone(tmp_path / "reg")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    target = bb.features(x)[0] + x[:, :2] * 0.5
+    adapter, h = finetune(bb, x, target, TrainConfig(epochs=20, batch_size=20, weight_decay=0.0))
+    before, after = Predictor(bb).evaluate(x, target), Predictor(bb, adapter).evaluate(x, target)
+    assert after["mse"] < 0.2 * before["mse"] and set(after) >= {"mse", "mae"}
+
+
+def test_disk_float16_cache_trains(toy_bundle, toy_data, tmp_path):
+    bb = Backbone(toy_bundle)
+    cache = SkipCache(bb, tmp_path / "c", dtype="float16")
+    adapter, h = finetune(bb, *toy_data, FAST, cache=cache)
+    assert h.cache["dtype"] == "float16" and h.cache["on_disk"] and np.isfinite(adapter.flat).all()
+
+
+def test_error_labels_out_of_range(toy_bundle, toy_data):
+    x, y = toy_data
+    with pytest.raises(ValueError, match=r"class indices 0..2 \(a, b, c\); found \[3\]"):
+        finetune(Backbone(toy_bundle), x, np.where(y == 2, 3, y), FAST)
+
+
+def test_error_labels_wrong_type(toy_bundle, toy_data):
+    x, y = toy_data
+    with pytest.raises(TypeError, match="integer class indices"):
+        finetune(Backbone(toy_bundle), x, y + 0.5, FAST)
+    with pytest.raises(TypeError, match="numeric targets"):
+        finetune(Backbone(toy_bundle), x, y.astype(str), FAST)
+
+
+def test_error_label_count(toy_bundle, toy_data):
+    with pytest.raises(ValueError, match="expected 120 targets.*found 119"):
+        finetune(Backbone(toy_bundle), toy_data[0], toy_data[1][:-1], FAST)
+
+
+def test_error_single_class(toy_bundle, toy_data):
+    with pytest.raises(ValueError, match="same class.*at least 2 classes"):
+        finetune(Backbone(toy_bundle), toy_data[0], np.zeros(120, int), FAST)
+
+
+def test_error_fewer_samples_than_a_batch(toy_bundle, toy_data):
+    x, y = toy_data
+    with pytest.raises(ValueError, match="training split has 7 samples, fewer than `batch_size` 10"):
+        finetune(Backbone(toy_bundle), x[[0, 1, 2, 40, 41, 42, 80, 81, 82, 83]],
+                 y[[0, 1, 2, 40, 41, 42, 80, 81, 82, 83]], FAST)
+
+
+def test_error_empty_and_nan(toy_bundle, toy_data):
+    with pytest.raises(ValueError, match="no samples"):
+        finetune(Backbone(toy_bundle), np.zeros((0, 10), np.float32), np.zeros(0, int), FAST)
+    x = toy_data[0].copy()
+    x[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        finetune(Backbone(toy_bundle), x, toy_data[1], FAST)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("r", 0, "`r` should be a positive integer value but the value passed is 0"),
+    ("lr", -1.0, "`lr` should be a positive number"),
+    ("epochs", 0, "`epochs` should be a positive integer"),
+    ("weight_decay", -0.1, "`weight_decay` should be a number >= 0 or 'auto'"),
+    ("val_fraction", 1.0, "`val_fraction` should be in"),
+])
+def test_error_absurd_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
