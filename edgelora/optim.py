@@ -26,6 +26,9 @@ class SGD:
             grad = self.v
         theta -= lr * grad
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {"v": self.v}
+
 
 class Adam:
     """Adam (Kingma & Ba); `decoupled=True` is AdamW (Loshchilov & Hutter): decay applied to theta directly."""
@@ -59,8 +62,8 @@ class Adam:
         tmp *= lr * math.sqrt(c2) / c1
         theta -= tmp
 
-    def state(self) -> dict:
-        return {"m": self.m, "v": self.v, "t": self.t}
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {"m": self.m, "v": self.v}
 
 
 def AdamW(size: int, weight_decay: float = 1e-2, **kw) -> Adam:

@@ -1,6 +1,8 @@
 """The training loop: Skip2-LoRA fine-tuning of skip adapters on cached backbone outputs."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,10 +14,10 @@ from . import lora
 from .adapter import Adapter, AdapterConfig
 from .backbone import Backbone
 from .cache import SkipCache
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import as_inputs, as_targets, num_samples
-from .losses import balanced_weights, cross_entropy, cross_entropy_grad, mse
-from .metrics import evaluate_outputs
-from .optim import OPTIMIZERS, clip_grad_norm, learning_rate
+from .fileio import PathLike
+from .loop import Run
 from .schema import check, to_dict
 
 
@@ -102,12 +104,14 @@ def validation_split(targets: np.ndarray, fraction: float, how: str, seed: int, 
 
 
 def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, cache: SkipCache | None = None,
-             init: Adapter | None = None, use_cache: bool = True,
-             callback: Callable[[dict], None] | None = None) -> tuple[Adapter, History]:
+             init: Adapter | None = None, use_cache: bool = True, callback: Callable[[dict], None] | None = None,
+             checkpoint_dir: PathLike | None = None, resume: bool = False) -> tuple[Adapter, History]:
     """Train skip adapters on (x, y) over the frozen backbone; returns the best adapter and its history.
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
+    With `checkpoint_dir` the state is saved atomically after every epoch; `resume` continues from it
+    and ends with the same adapter as an uninterrupted run.
     """
     m = backbone.manifest
     inputs = as_inputs(x, m)
@@ -141,33 +145,61 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
-    runs = []
-    for r in ranks:
-        for wd in decays:
-            alpha = init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r)
-            layout = lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r,
-                                 init.config.bias if init is not None else config.bias)
-            run = _train(layout, alpha / r, wd, features, use_cache, targets, train_idx, val_idx, config, m.task,
-                         init.flat if init is not None else None, callback)
-            record = {"r": r, "lora_alpha": alpha, "weight_decay": wd, "best_val_loss": run["best_val_loss"],
-                      "best_epoch": run["best_epoch"], "stopped": run["stopped"]}
-            history.candidates.append(record)
-            runs.append({**run, "layout": layout, "record": record})
+    key = _run_key(m.fingerprint, config, inputs, targets, init)
+    saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
+    if saved is not None and saved[0].get("run_key") != key:
+        raise ValueError(f"the checkpoint in {checkpoint_dir} was written for other data, settings or backbone; "
+                         f"delete it or run without --resume")
+    runs: list[Run] = []
+    for i, (r, wd) in enumerate((r, wd) for r in ranks for wd in decays):
+        alpha = init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r)
+        layout = lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r,
+                             init.config.bias if init is not None else config.bias)
+        run = Run(layout, alpha / r, wd, config, m.task, init.flat if init is not None else None)
+        if saved is not None and i < len(saved[0]["runs"]):
+            run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
+                                              if k.startswith(f"{i}.")})
+        on_epoch = None if checkpoint_dir is None else \
+            (lambda _, done=runs + [run]: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)))
+        run.fit(features, use_cache, targets, train_idx, val_idx, callback, on_epoch)
+        runs.append(run)
     best = _select(runs, config.select_tolerance)
-    history.epochs, history.best_epoch, history.stopped = best["epochs"], best["best_epoch"], best["stopped"]
-    history.chosen = {k: best["record"][k] for k in ("r", "lora_alpha", "weight_decay")}
-    if len(history.candidates) == 1:
-        history.candidates = []
+    history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
+    history.chosen = {"r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
+                      "weight_decay": best.weight_decay}
+    history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.train_seconds = time.perf_counter() - start - history.cache_seconds
     history.cache = cache.stats() if use_cache else {}
-    config_dict = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
-                   "stopped": history.stopped, "samples": history.samples,
-                   "val_metrics": best["epochs"][best["best_epoch"] - 1].get("val", {}) if best["epochs"] else {}}
+    training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
+                "stopped": history.stopped, "samples": history.samples,
+                "val_metrics": best.epochs[best.best_epoch - 1].get("val", {}) if best.best_epoch else {}}
     acfg = AdapterConfig(backbone_fingerprint=m.fingerprint, target_taps=m.tap_names, tap_widths=m.tap_widths,
-                         num_outputs=m.num_outputs, task=m.task, r=best["layout"].rank,
-                         lora_alpha=float(history.chosen["lora_alpha"]), bias=best["layout"].bias,
-                         classes=m.classes, training=config_dict)
-    return Adapter(acfg, best["flat"]), history
+                         num_outputs=m.num_outputs, task=m.task, r=best.layout.rank,
+                         lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
+                         classes=m.classes, training=training)
+    return Adapter(acfg, best.result.copy()), history
+
+
+def _checkpoint(key: str, runs: list[Run]) -> tuple[dict, dict]:
+    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one)."""
+    meta, arrays = {"run_key": key, "runs": []}, {}
+    for i, run in enumerate(runs):
+        state, arr = run.state()
+        meta["runs"].append(state)
+        arrays.update({f"{i}.{k}": v for k, v in arr.items()})
+    return meta, arrays
+
+
+def _run_key(fingerprint: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> str:
+    """What a checkpoint must match to be resumed: backbone, settings, data and starting adapter."""
+    h = hashlib.sha256(fingerprint.encode())
+    h.update(json.dumps(to_dict(config), sort_keys=True).encode())
+    for name in sorted(inputs):
+        h.update(name.encode() + inputs[name].tobytes())
+    h.update(targets.tobytes())
+    if init is not None:
+        h.update(init.flat.tobytes())
+    return h.hexdigest()
 
 
 def _cached_rows(cache: SkipCache, inputs: dict) -> np.ndarray:
@@ -187,110 +219,15 @@ class _LazyRows:
         self.values, self.rows = values, rows
 
     def __getitem__(self, idx):
-        return self.values[np.sort(self.rows[idx])].astype(np.float32)
+        return self.values[self.rows[idx]].astype(np.float32)
 
 
-def _select(runs: list[dict], tolerance: float) -> dict:
+def _select(runs: list[Run], tolerance: float) -> Run:
     """The simplest run (smallest rank, then largest weight decay) whose validation loss is within
     `tolerance` of the best one. On shifted sensor data validation loss is near zero for every setting
     (the fan protocol: < 0.01 nats), so ties are common and the most regularised model generalises best."""
-    def loss(run):
-        return run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
+    def loss(run: Run) -> float:
+        return run.best_loss if run.best_loss is not None else math.inf
     floor = min(loss(run) for run in runs)
     ties = [run for run in runs if loss(run) <= floor + tolerance]
-    return min(ties, key=lambda run: (run["layout"].rank, -run["record"]["weight_decay"]))
-
-
-def _train(layout, scale, weight_decay, features, static, targets, train_idx, val_idx, cfg: TrainConfig, task,
-           init_flat, callback) -> dict:
-    """One training run: seeded mini-batch epochs, val tracking, best-epoch restore, NaN/Inf guard."""
-    rng = np.random.default_rng(cfg.seed)
-    flat = init_flat.astype(np.float32, copy=True) if init_flat is not None else lora.init(layout, cfg.seed)
-    grad = np.zeros_like(flat)
-    p, g = lora.views(flat, layout), lora.views(grad, layout)
-    opt = OPTIMIZERS[cfg.optimizer](flat.size, weight_decay=weight_decay,
-                                    **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
-    loss_fn, grad_fn = _objective(layout, cfg, task, targets, train_idx)
-    bs = cfg.batch_size
-    steps = math.ceil(len(train_idx) / bs)
-    total, warmup = cfg.epochs * steps, int(round(cfg.warmup_epochs * steps))
-    lrs = [learning_rate(i, total, cfg.lr, cfg.schedule, warmup) for i in range(total)]
-    # cached features never change: gather the evaluation sets once
-    val = features(val_idx) if len(val_idx) and static else None
-    train = features(train_idx) if static else None
-    good, best_flat = flat.copy(), flat.copy()
-    best_loss, best_epoch, stopped, since_best, epochs, step = None, 0, "completed", 0, [], 0
-    keep = 1.0 - cfg.lora_dropout
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        perm = rng.permutation(train_idx)
-        batch_losses = 0.0
-        for i in range(0, len(perm), bs):
-            idx = perm[i:i + bs]
-            y0, t = features(idx)
-            if cfg.lora_dropout:
-                t = t * (rng.random(t.shape, np.float32) < keep) / keep
-            y, saved = lora.forward(p, y0, t, layout, scale)
-            if not static:  # Skip-LoRA without a cache: the running mean costs nothing next to the backbone
-                batch_losses += loss_fn(y, idx) * len(idx)
-            lora.backward(grad_fn(y, idx), saved, p, g, layout, scale)
-            if cfg.clip_norm:
-                clip_grad_norm(grad, cfg.clip_norm)
-            opt.step(flat, grad, lrs[step])
-            step += 1
-        if not np.isfinite(flat).all():
-            flat[:] = good  # keep the last good parameters (end of the previous epoch)
-            stopped = "non_finite"
-            break
-        good[:] = flat
-        train_loss = loss_fn(lora.forward(p, *train, layout, scale)[0], train_idx) if static else \
-            batch_losses / len(perm)
-        rec = {"epoch": epoch, "train_loss": train_loss, "lr": lrs[step - 1], "seconds": time.perf_counter() - t0}
-        if len(val_idx):
-            vy0, vt = val if val is not None else features(val_idx)
-            rec["val"] = evaluate_outputs(lora.forward(p, vy0, vt, layout, scale)[0], targets[val_idx], task)
-            rec["val_loss"] = rec["val"]["loss"]
-            if best_loss is None or rec["val_loss"] < best_loss:
-                best_loss, best_epoch, since_best = rec["val_loss"], epoch, 0
-                best_flat[:] = flat
-            else:
-                since_best += 1
-        else:
-            best_epoch = epoch
-        epochs.append(rec)
-        if callback:
-            callback({**rec, "epochs": cfg.epochs, "r": layout.rank, "weight_decay": weight_decay})
-        if cfg.patience and since_best >= cfg.patience:
-            stopped = "early_stopping"
-            break
-    if best_loss is not None:
-        flat = best_flat
-    return {"flat": flat, "epochs": epochs, "best_epoch": best_epoch, "best_val_loss": best_loss, "stopped": stopped}
-
-
-def _objective(layout, cfg: TrainConfig, task: str, targets: np.ndarray, train_idx: np.ndarray):
-    """(loss(y, idx) -> float, grad(y, idx) -> dL/dy in place) for the samples idx."""
-    if task != "classification":
-        def loss(y, idx):
-            return mse(y, targets[idx])[0]
-
-        def grad(y, idx):
-            y -= targets[idx]
-            y *= 2.0 / y.size
-            return y
-        return loss, grad
-    c = layout.num_outputs
-    onehot = np.eye(c, dtype=np.float32)[targets]
-    weights = None if cfg.class_weights == "none" else \
-        balanced_weights(targets[train_idx], c) if cfg.class_weights == "balanced" else \
-        np.asarray(cfg.class_weights, np.float32)
-    if weights is not None and len(weights) != c:
-        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(weights)}")
-    sample_w = weights[targets] if weights is not None else None
-
-    def loss(y, idx):
-        return cross_entropy(y, targets[idx], weights)[0]
-
-    def grad(y, idx):
-        return cross_entropy_grad(y, onehot[idx], None if sample_w is None else sample_w[idx])
-    return loss, grad
+    return min(ties, key=lambda run: (run.layout.rank, -run.weight_decay))

@@ -166,3 +166,42 @@ def test_error_empty_and_nan(toy_bundle, toy_data):
 def test_error_absurd_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [1, 5, 11])
+def test_resume_from_checkpoint_gives_the_uninterrupted_adapter(toy_bundle, toy_data, tmp_path, stop_at):
+    cfg = TrainConfig(epochs=6, batch_size=10, weight_decay="auto", weight_decay_grid=(0.0, 0.1))
+    bb = Backbone(toy_bundle)
+    reference, ref_h = finetune(bb, *toy_data, cfg)
+    seen = []
+
+    def crash(rec):
+        seen.append(rec)
+        if len(seen) == stop_at:  # epochs are counted over both candidates: 11 = second candidate, epoch 5
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        finetune(bb, *toy_data, cfg, checkpoint_dir=tmp_path / "ckpt", callback=crash)
+    resumed, h = finetune(bb, *toy_data, cfg, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert np.array_equal(resumed.flat, reference.flat)
+    assert h.chosen == ref_h.chosen and [e["val_loss"] for e in h.epochs] == [e["val_loss"] for e in ref_h.epochs]
+
+
+def test_error_resume_with_other_data(toy_bundle, toy_data, tmp_path):
+    bb = Backbone(toy_bundle)
+    finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt")
+    x, y = toy_data
+    with pytest.raises(ValueError, match="written for other data, settings or backbone"):
+        finetune(bb, x[:100], y[:100], FAST, checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+
+def test_error_corrupt_checkpoint(toy_bundle, toy_data, tmp_path):
+    bb = Backbone(toy_bundle)
+    finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="checkpoint.safetensors is missing or corrupt"):
+        finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt", resume=True)
