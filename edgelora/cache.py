@@ -88,6 +88,8 @@ class _DiskStore:
                 same = all(found.get(k) == self.meta[k] for k in ("format_version", "fingerprint", "dtype",
                                                                    "y0_width", "tap_widths"))
                 count, gen = int(found["count"]), int(found["generation"])
+                if count < 0 or gen < 0:
+                    raise ValueError(f"negative count {count} or generation {gen}")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 warnings.warn(f"cache {self.path}: unreadable meta.json ({e}); rebuilding the cache")
                 same = False
@@ -114,8 +116,9 @@ class _DiskStore:
             key, row, crc = keys[i * KEY_BYTES:(i + 1) * KEY_BYTES], values[i * rb:(i + 1) * rb], crcs[i * 4:i * 4 + 4]
             return len(key) == KEY_BYTES and len(row) == rb and len(crc) == 4 \
                 and zlib.crc32(key + row.tobytes()) == int.from_bytes(crc, "little")
-        good = [i for i in range(count) if ok(i)]
-        self.repaired = count - len(good)
+        present = max(0, min(count, len(keys) // KEY_BYTES, vsize // rb, len(crcs) // 4))  # a bogus count can't loop
+        good = [i for i in range(present) if ok(i)]
+        self.repaired = max(0, count) - len(good)
         if self.repaired:
             warnings.warn(f"cache {self.path}: {self.repaired} of {count} rows failed their checksum or were "
                           f"truncated; they will be recomputed")
