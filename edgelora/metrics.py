@@ -32,3 +32,12 @@ def evaluate_outputs(y: np.ndarray, target: np.ndarray, task: str) -> dict[str, 
     d = y.astype(np.float64) - target
     return {"mse": float((d * d).mean()), "mae": float(np.abs(d).mean()), "loss": float((d * d).mean()),
             "samples": int(len(y))}
+
+
+def epoch_metrics(y: np.ndarray, target: np.ndarray, task: str) -> dict[str, float]:
+    """The cheap per-epoch subset: loss and accuracy (classification) or loss and MAE (regression)."""
+    if task == "classification":
+        loss = -log_softmax(y)[np.arange(len(y)), target].mean()
+        return {"loss": float(loss), "accuracy": float((y.argmax(axis=1) == target).mean())}
+    d = y - target
+    return {"loss": float((d * d).mean()), "mae": float(np.abs(d).mean())}

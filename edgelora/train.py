@@ -18,6 +18,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import as_inputs, as_targets, num_samples
 from .fileio import PathLike
 from .loop import Run
+from .metrics import evaluate_outputs
 from .schema import check, to_dict
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
 class History:
     """What a fine-tune did: per-epoch metrics, choices made and where the time went."""
     epochs: list[dict] = field(default_factory=list)      # epoch, train_loss, val_loss, val_accuracy, lr, seconds
+    val_metrics: dict = field(default_factory=dict)       # accuracy, macro_f1, loss (or mse, mae) of the result
     best_epoch: int = 0
     stopped: str = "completed"                            # completed | early_stopping | non_finite
     chosen: dict = field(default_factory=dict)            # r, lora_alpha, weight_decay actually used
@@ -170,9 +172,12 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.train_seconds = time.perf_counter() - start - history.cache_seconds
     history.cache = cache.stats() if use_cache else {}
+    if len(val_idx):
+        y0, t = features(val_idx)
+        out = lora.forward(lora.views(best.result, best.layout), y0, t, best.layout, best.scale)[0]
+        history.val_metrics = evaluate_outputs(out, targets[val_idx], m.task)
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
-                "stopped": history.stopped, "samples": history.samples,
-                "val_metrics": best.epochs[best.best_epoch - 1].get("val", {}) if best.best_epoch else {}}
+                "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics}
     acfg = AdapterConfig(backbone_fingerprint=m.fingerprint, target_taps=m.tap_names, tap_widths=m.tap_widths,
                          num_outputs=m.num_outputs, task=m.task, r=best.layout.rank,
                          lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
