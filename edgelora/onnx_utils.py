@@ -45,6 +45,7 @@ def conservative(model: onnx.ModelProto, opset: int = OPSET, ir_version: int = I
             warnings.warn(f"kept opset {have}: conversion to opset {opset} failed ({e}); runtimes older "
                           f"than what supports opset {have} will not load this model", stacklevel=2)
             return model
+        _drop_unknown_attributes(model.graph, opset)
     used = {n.domain for n in model.graph.node} | {"", "ai.onnx"}
     used |= {f.domain for f in model.functions}
     keep = [op for op in model.opset_import if op.domain in used]
@@ -54,6 +55,25 @@ def conservative(model: onnx.ModelProto, opset: int = OPSET, ir_version: int = I
         model.ir_version = min(model.ir_version, ir_version) if model.ir_version else ir_version
         model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import), True))
     return model
+
+
+def _drop_unknown_attributes(graph: onnx.GraphProto, opset: int) -> None:
+    """onnx's converter leaves attributes the older operator does not know (ReduceMean 18 -> 17 keeps
+    `noop_with_empty_axes`); drop them, they are no-ops by construction of the conversion."""
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            known = onnx.defs.get_schema(node.op_type, opset).attributes
+        except onnx.defs.SchemaError:
+            continue
+        keep = [a for a in node.attribute if a.name in known]
+        if len(keep) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(keep)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _drop_unknown_attributes(a.g, opset)
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
@@ -92,9 +112,11 @@ def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
             init.name = new
 
 
-def set_outputs(graph: onnx.GraphProto, sources: list[str], names: list[str]) -> None:
+def set_outputs(graph: onnx.GraphProto, sources: list[str], names: list[str],
+                shapes: dict[str, list] | None = None) -> None:
     """Make the graph's outputs exactly `names`, output i carrying tensor `sources[i]`.
 
+    `shapes` gives float32 output shapes for tensors the graph has no type for (new nodes).
     Each output gets its own Identity node, so two outputs of the same tensor, or an output that is
     a graph input, never clash (torch's exporter renames such values: see export/torch_export.py).
     """
@@ -105,7 +127,9 @@ def set_outputs(graph: onnx.GraphProto, sources: list[str], names: list[str]) ->
     new = []
     for src, name in zip(sources, names):
         vi = onnx.ValueInfoProto()
-        if src in infos:
+        if shapes and name in shapes:
+            vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shapes[name])
+        elif src in infos:
             vi.CopyFrom(infos[src])
         vi.name = name
         new.append(vi)

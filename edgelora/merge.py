@@ -1,0 +1,182 @@
+"""Deploy an adapter as plain ONNX: backbone + skip adapters (+ input standardisation) in one graph.
+
+`merge` bakes one adapter's weights in. `lora_model` instead makes the adapter weights graph inputs
+that default to "no adapter", and `export_ort_adapter` writes each adapter in onnxruntime's own LoRA
+adapter format (`.onnx_adapter`), so an app switches adapters per run with
+`RunOptions.add_active_adapter` (onnxruntime >= 1.20) and no edgelora present. Both graphs compute,
+with taps t_k of the backbone and its base output y0 (lora.py):
+
+    y = (concat_k(t_k @ A_k) @ B) * s + y0 + bias
+
+and output only y, under the backbone's base output name. The manifest's `preprocess` (x - mean) / std
+is baked in front of the graph, so the app feeds raw inputs, as to `edgelora.Predictor`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .adapter import Adapter, load_adapter
+from .bundle import Manifest, model_path, verify_bundle
+from .fileio import PathLike, atomic_write
+from .lora import tap_A, tap_B
+from .onnx_utils import conservative, rename_value, serialize, unique_name
+
+LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
+ADAPTER_SUFFIX = ".onnx_adapter"
+
+
+def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike, bake_preprocess: bool = True) -> Path:
+    """Write one ONNX model computing backbone + `adapter`; its single output has the backbone's base
+    output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
+    manifest, adapter = _load(bundle_dir, adapter)
+    params = _params(adapter, manifest)
+    proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
+    _describe(proto, manifest, adapter, bake_preprocess)
+    atomic_write(_out(out_path), serialize(conservative(proto)))
+    return Path(out_path)
+
+
+def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool = True) -> Path:
+    """Write backbone + skip adapters whose weights are graph inputs (`lora.*`, any rank r) with
+    defaults that leave the base output unchanged; feed them, or activate an `.onnx_adapter`."""
+    manifest = verify_bundle(bundle_dir)
+    c = manifest.num_outputs
+    defaults = {f"{LORA_PREFIX}A.{t.name}": np.zeros((t.width, 1), np.float32) for t in manifest.taps}
+    defaults.update({f"{LORA_PREFIX}B": np.zeros((len(manifest.taps), c), np.float32),
+                     f"{LORA_PREFIX}scale": np.ones((), np.float32), f"{LORA_PREFIX}bias": np.zeros(c, np.float32)})
+    proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in defaults.items()},
+                   bake_preprocess)
+    dims = {f"{LORA_PREFIX}A.{t.name}": [t.width, "r"] for t in manifest.taps}
+    dims.update({f"{LORA_PREFIX}B": ["taps_x_r", c], f"{LORA_PREFIX}scale": [], f"{LORA_PREFIX}bias": [c]})
+    proto.graph.input.extend(helper.make_tensor_value_info(k, TensorProto.FLOAT, d) for k, d in dims.items())
+    _describe(proto, manifest, None, bake_preprocess)
+    atomic_write(_out(out_path), serialize(conservative(proto)))
+    return Path(out_path)
+
+
+def adapter_inputs(bundle_dir: PathLike, adapter: Adapter | PathLike) -> dict[str, np.ndarray]:
+    """The `lora.*` feeds of `lora_model` for one adapter (taps it does not cover get zero weights)."""
+    manifest, adapter = _load(bundle_dir, adapter)
+    return _params(adapter, manifest)
+
+
+def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike) -> Path:
+    """Write `adapter` as an onnxruntime LoRA adapter file (`.onnx_adapter`) for `lora_model`'s graph."""
+    import onnxruntime as ort
+    manifest, adapter = _load(bundle_dir, adapter)
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in _params(adapter, manifest).items()}
+    fmt.set_parameters(values)
+    out = _out(out_path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        fmt.export_adapter(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter]:
+    manifest = verify_bundle(bundle_dir)
+    where = "adapter"
+    if not isinstance(adapter, Adapter):
+        where = f"adapter {adapter}"
+        adapter = load_adapter(adapter)
+    adapter.check_backbone(manifest, where)
+    return manifest, adapter
+
+
+def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
+    """lora.A.<tap> (d_k, r) for every backbone tap, lora.B (K r, C), lora.scale, lora.bias (float32)."""
+    c, p, lay = adapter.config, adapter.params, adapter.config.layout
+    index = {name: k for k, name in enumerate(c.target_taps)}
+    out, blocks = {}, []
+    for t in manifest.taps:
+        k = index.get(t.name)
+        out[f"{LORA_PREFIX}A.{t.name}"] = np.ascontiguousarray(
+            tap_A(p, lay, k) if k is not None else np.zeros((t.width, c.r)), np.float32)
+        blocks.append(tap_B(p, lay, k) if k is not None else np.zeros((c.r, c.num_outputs)))
+    out[f"{LORA_PREFIX}B"] = np.ascontiguousarray(np.concatenate(blocks), np.float32)
+    out[f"{LORA_PREFIX}scale"] = np.asarray(c.scale, np.float32)
+    out[f"{LORA_PREFIX}bias"] = np.ascontiguousarray(p["bias"] if c.bias else np.zeros(c.num_outputs), np.float32)
+    return out
+
+
+def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.TensorProto],
+           bake_preprocess: bool) -> onnx.ModelProto:
+    """The backbone graph with the adapter nodes appended and only the adapted output left."""
+    proto = onnx.load(str(model_path(bundle_dir, manifest)))
+    g = proto.graph
+    if bake_preprocess:
+        _standardize(g, manifest)
+    name, y0 = manifest.output.name, unique_name(g, f"base_{manifest.output.name}")
+    rename_value(g, name, y0)          # the adapted output takes over the base output's name
+    taps = [t.output for t in manifest.taps]
+    g.initializer.extend(weights.values())
+    h = []
+    for t, tensor in zip(manifest.taps, taps):
+        h.append(unique_name(g, f"lora_h.{t.name}"))
+        g.node.append(helper.make_node("MatMul", [tensor, f"{LORA_PREFIX}A.{t.name}"], [h[-1]], name=f"{h[-1]}_matmul"))
+    hh, hb, hs, y1 = (unique_name(g, n) for n in ("lora_h", "lora_hB", "lora_delta", "lora_y"))
+    g.node.extend([helper.make_node("Concat", h, [hh], axis=1, name="lora_concat"),
+                   helper.make_node("MatMul", [hh, f"{LORA_PREFIX}B"], [hb], name="lora_matmul_B"),
+                   helper.make_node("Mul", [hb, f"{LORA_PREFIX}scale"], [hs], name="lora_scale"),
+                   helper.make_node("Add", [hs, y0], [y1], name="lora_add_base"),
+                   helper.make_node("Add", [y1, f"{LORA_PREFIX}bias"], [name], name="lora_add_bias")])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", manifest.num_outputs]))
+    return proto
+
+
+def _standardize(g: onnx.GraphProto, manifest: Manifest) -> None:
+    """(x - mean) / std in float32 in front of the graph, as Backbone does before running it."""
+    dtypes = {i.name: i.dtype for i in manifest.inputs}
+    nodes = []
+    for name, pre in manifest.preprocess.items():
+        raw = unique_name(g, f"{name}_raw_to_standardized")
+        for node in g.node:
+            node.input[:] = [raw if i == name else i for i in node.input]
+        for out in g.output:  # an input that is itself an output (not expected in a bundle)
+            assert out.name != name, "graph input is also a graph output"
+        mean = numpy_helper.from_array(np.asarray(pre.mean, np.float32), unique_name(g, f"{name}_mean"))
+        std = numpy_helper.from_array(np.asarray(pre.std, np.float32), unique_name(g, f"{name}_std"))
+        g.initializer.extend([mean, std])
+        x = name
+        if dtypes[name] != "float32":
+            nodes.append(helper.make_node("Cast", [x], [f"{raw}_f32"], to=TensorProto.FLOAT, name=f"{raw}_cast_in"))
+            x = f"{raw}_f32"
+        final = raw if dtypes[name] == "float32" else f"{raw}_std"
+        nodes += [helper.make_node("Sub", [x, mean.name], [f"{raw}_centered"], name=f"{raw}_sub"),
+                  helper.make_node("Div", [f"{raw}_centered", std.name], [final], name=f"{raw}_div")]
+        if dtypes[name] != "float32":
+            to = helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name]))
+            nodes.append(helper.make_node("Cast", [final], [raw], to=to, name=f"{raw}_cast_out"))
+    for node in reversed(nodes):  # nodes must stay in topological order: these come first
+        g.node.insert(0, node)
+
+
+def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | None, baked: bool) -> None:
+    meta = {"edgelora.backbone_fingerprint": manifest.fingerprint,
+            "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
+            else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`"}
+    if adapter is not None:
+        meta["edgelora.adapter_weights_sha256"] = adapter.config.weights_sha256
+    helper.set_model_props(proto, meta)
+    proto.producer_name = "edgelora.merge"
+
+
+def _out(out_path: PathLike) -> Path:
+    out = Path(out_path)
+    if out.is_dir():
+        raise ValueError(f"output path {out} is a folder; expected a file path such as {out / 'model.onnx'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,201 @@
+"""Choosing taps on a torch model and pooling them to vectors (Skip2-LoRA: the input of each layer).
+
+`plan_taps` runs the model eagerly with forward pre-hooks at two batch sizes to learn each candidate
+layer's input shape and which dimension is the batch; `TapModel` wraps the model so that its forward
+returns (base output, pooled tap_1, ..., pooled tap_K), which is what gets exported to ONNX.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TAPPABLE = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "MultiheadAttention")  # auto
+CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: global average over the other dims
+NOT_LAYERS = ("LayerNorm", "GroupNorm", "Embedding", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "RMSNorm")
+
+
+@dataclass(frozen=True)
+class TapPlan:
+    """How one tap is taken and pooled."""
+    name: str                   # tap name in the manifest, "<module>.input"
+    module: str                 # module whose first input is tapped
+    kind: str                   # module class name (for humans)
+    pooling: str                # none | global_avg | mean | masked_mean
+    batch_dim: int              # 0, or 1 for sequence-first layers
+    reduce: tuple[int, ...]     # dims averaged away
+    width: int                  # d_k after pooling
+    aliases: tuple[str, ...] = ()   # other modules reading the same tensor (deduplicated by auto)
+
+
+def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None = None,
+              kinds: dict[str, str] | None = None) -> list[TapPlan]:
+    """Find the taps: `"auto"` (every Linear/Conv1d/Conv2d/MultiheadAttention input) or module names.
+
+    kinds: module name -> layer class name, where the modules are not the original classes (a .pt2
+    program's unflattened modules); by default each module's own class name.
+    """
+    first, seen, order = _record(model, args), _record(model, _grow(args)), []
+    calls = {name: t for name, t in first}
+    more = dict(seen)
+    available = [name for name, t in first if name in more]
+    modules = dict(model.named_modules())
+    kinds = {**{n: type(m).__name__ for n, m in modules.items()}, **(kinds or {})}
+    if taps == "auto":
+        chosen = [n for n in available if kinds[n] in TAPPABLE and not _inside_attention(n, kinds)]
+        _warn_untapped(modules, kinds, set(chosen))
+        if not chosen:
+            raise ValueError(f"auto taps found no Linear/Conv1d/Conv2d/MultiheadAttention layer with a "
+                             f"float input; name taps explicitly (available: {available or 'none'})")
+    else:
+        names = [taps] if isinstance(taps, str) else list(taps)
+        chosen = [n[:-len(".input")] if n.endswith(".input") and n[:-len(".input")] in modules else n for n in names]
+        unknown = [n for n in chosen if n not in available]
+        if unknown:
+            raise ValueError(f"unknown tap(s) {unknown}: expected module names whose input is a float tensor "
+                             f"that depends on the batch; available: {available}")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"tap names should be unique, found {names}")
+    mask = args[mask_index] if mask_index is not None else None
+    for name in chosen:
+        twin = next((p for p in order if calls[p.module] is calls[name]), None)
+        if taps == "auto" and twin is not None:   # q/k/v projections read one tensor: one tap
+            order[order.index(twin)] = TapPlan(**{**twin.__dict__, "aliases": twin.aliases + (name,)})
+            continue
+        order.append(_plan(name, kinds[name], calls[name].shape, more[name].shape, mask))
+    return order
+
+
+def pool(t: torch.Tensor, plan: TapPlan, mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, width) from a tapped tensor: mean over plan.reduce, masked over tokens if asked."""
+    t = t.float()
+    if plan.pooling == "masked_mean":
+        w = mask.to(t.dtype)                                   # (N, L): nonzero = a real token
+        if plan.batch_dim == 1:
+            w = w.transpose(0, 1)
+        w = w.unsqueeze(-1)
+        return (t * w).sum(dim=plan.reduce) / w.sum(dim=plan.reduce).clamp(min=1.0)
+    return t.mean(dim=plan.reduce) if plan.reduce else t
+
+
+class TapModel(nn.Module):
+    """forward(*inputs) -> (base output (N, C), tap_1 (N, d_1), ..., tap_K (N, d_K))."""
+
+    def __init__(self, model: nn.Module, plans: list[TapPlan], output=None, mask_index: int | None = None):
+        super().__init__()
+        self.model, self.plans, self.output, self.mask_index = model, plans, output, mask_index
+        self._seen: dict[str, torch.Tensor] = {}
+        self._handles = [model.get_submodule(p.module).register_forward_pre_hook(self._hook(p.module), with_kwargs=True)
+                         for p in plans]
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs):
+            if name not in self._seen:
+                self._seen[name] = _first_tensor(args, kwargs)
+        return hook
+
+    def forward(self, *inputs):
+        self._seen.clear()
+        y = select_output(self.model(*inputs), self.output)
+        mask = inputs[self.mask_index] if self.mask_index is not None else None
+        taps = [pool(self._seen[p.module], p, mask) for p in self.plans]
+        self._seen.clear()
+        return (y, *taps)
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def select_output(out, which=None) -> torch.Tensor:
+    """The one base output: a tensor, `which` of a tuple/dict, or a Hugging Face output's `logits`."""
+    if isinstance(out, torch.Tensor):
+        y = out
+    elif isinstance(out, dict):
+        key = which if which is not None else ("logits" if "logits" in out else None)
+        if key not in out:
+            raise ValueError(f"the model returns several outputs {list(out)}; choose the base output with "
+                             f"output=<key>")
+        y = out[key]
+    elif isinstance(out, (tuple, list)):
+        if not isinstance(which, int) or not -len(out) <= which < len(out):
+            raise ValueError(f"the model returns {len(out)} outputs; exactly one base output is needed: "
+                             f"choose it with output=<index>")
+        y = out[which]
+    else:
+        raise TypeError(f"the model should return a tensor, found {type(out).__name__}")
+    if not isinstance(y, torch.Tensor) or y.ndim != 2 or not y.is_floating_point():
+        raise ValueError(f"the base output should be a float tensor of shape (batch, outputs), found "
+                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+    return y
+
+
+def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask) -> TapPlan:
+    diff = [i for i, (a, b) in enumerate(zip(shape, shape2)) if a != b]
+    if len(diff) != 1 or diff[0] > 1 or len(shape) < 2:
+        raise ValueError(f"tap `{name}` ({kind}): cannot find its batch dimension in input shape {tuple(shape)} "
+                         f"(expected batch first, or second for sequence-first layers)")
+    b = diff[0]
+    if kind in CONV:
+        if b != 0:
+            raise ValueError(f"tap `{name}` ({kind}): expected the batch first in {tuple(shape)}")
+        reduce, width, pooling = tuple(range(2, len(shape))), shape[1], "global_avg"
+    else:
+        reduce = tuple(i for i in range(len(shape) - 1) if i != b)
+        width, pooling = shape[-1], "mean"
+        if mask is not None and len(reduce) == 1 and shape[reduce[0]] == mask.shape[-1]:
+            pooling = "masked_mean"
+    if not reduce:
+        pooling = "none"
+    return TapPlan(f"{name}.input", name, kind, pooling, b, reduce, int(width))
+
+
+def _record(model: nn.Module, args: tuple) -> list[tuple[str, torch.Tensor]]:
+    """(module name, its first float input) for every module call, in call order (first call only)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, a, kw):
+            t = _first_tensor(a, kw)
+            if name and name not in seen and isinstance(t, torch.Tensor) and t.is_floating_point():
+                seen[name] = t
+        return fn
+    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(seen.items())
+
+
+def _first_tensor(args, kwargs):
+    if args:
+        return args[0]
+    for key in ("input", "x", "query", "hidden_states"):
+        if key in kwargs:
+            return kwargs[key]
+    return next(iter(kwargs.values()), None)
+
+
+def _grow(args: tuple) -> tuple:
+    """The same inputs with one more sample (its first row repeated): reveals the batch dimension."""
+    return tuple(torch.cat([a, a[:1]]) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _inside_attention(name: str, kinds: dict) -> bool:
+    """out_proj of nn.MultiheadAttention: its weights are used directly, its hooks never fire in export."""
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    return parent != name and kinds.get(parent) == "MultiheadAttention"
+
+
+def _warn_untapped(modules: dict, kinds: dict, chosen: set) -> None:
+    skipped = [f"{n} ({kinds[n]})" for n, m in modules.items()
+               if n and n not in chosen and any(True for _ in m.parameters(recurse=False))
+               and kinds[n] not in TAPPABLE + NOT_LAYERS]
+    if skipped:
+        warnings.warn(f"auto taps cover Linear, Conv1d, Conv2d and MultiheadAttention only; layers with weights "
+                      f"not tapped: {', '.join(skipped)} (name them explicitly to tap their inputs)", stacklevel=3)
