@@ -59,3 +59,34 @@ def har() -> dict:
         users[u] = {"finetune": (x[idx[:half]], y[idx[:half]]), "test": (x[idx[half:]], y[idx[half:]])}
     return {"source": (x[src], y[src]), "users": users, "mean": mean, "std": std,
             "classes": [str(c) for c in d["class_names"][:6]]}
+
+
+def fsdd(fold: int = 0) -> dict:
+    """FSDD spoken digits, leave speaker `fold` out: pretrain on the other 5 speakers, fine-tune on the held-out
+    speaker's takes 5..49, test on its takes 0..4. Input = log-mel (N, 98, 40) float32; standardised per mel
+    band with source statistics (mean/std shape (1, 40), broadcast over time)."""
+    d = _load("fsdd/fsdd.npz")
+    speakers = [str(s) for s in d["speaker_names"]]
+    if not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(speakers):
+        raise ValueError(f"fsdd fold should be a speaker index 0..{len(speakers) - 1} ({speakers}), found {fold!r}")
+    x, y, subj, take = d["logmel"].astype(np.float32), d["y"], d["subject"], d["take"]
+    src, held = subj != fold, subj == fold
+    ft, te = held & (take >= 5), held & (take <= 4)
+    mean = x[src].mean(axis=(0, 1))[None, :].astype(np.float32)
+    std = (x[src].std(axis=(0, 1)) + 1e-6)[None, :].astype(np.float32)
+    return {"source": (x[src], y[src]), "finetune": (x[ft], y[ft]), "test": (x[te], y[te]), "mean": mean,
+            "std": std, "classes": [str(i) for i in range(10)], "speaker": speakers[fold]}
+
+
+def mnist() -> dict:
+    """MNIST writers: pretrain on writer group 0 (Census employees); group 1 (students) by index: first half
+    fine-tune, second half test. Input = pixels / 255 as (N, 28, 28) float32; one mean/std (scalars) of the source."""
+    d = _load("mnist_test/mnist_t10k.npz")
+    x, y, group = d["X"].astype(np.float32) / 255.0, d["y"], d["writer_group"]
+    src = np.flatnonzero(group == 0)
+    tgt = np.flatnonzero(group == 1)
+    half = len(tgt) // 2
+    ft, te = tgt[:half], tgt[half:]
+    mean, std = np.float32(x[src].mean()), np.float32(x[src].std() + 1e-6)
+    return {"source": (x[src], y[src]), "finetune": (x[ft], y[ft]), "test": (x[te], y[te]),
+            "mean": np.asarray(mean), "std": np.asarray(std), "classes": [str(i) for i in range(10)]}

@@ -40,7 +40,7 @@ def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None
     first, seen, order = _record(model, args), _record(model, _grow(args)), []
     calls = {name: t for name, t in first}
     more = dict(seen)
-    available = [name for name, t in first if name in more]
+    available = [name for name, t in first if name in more]        # "" = the model itself
     modules = dict(model.named_modules())
     kinds = {**{n: type(m).__name__ for n, m in modules.items()}, **(kinds or {})}
     if taps == "auto":
@@ -55,7 +55,7 @@ def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None
         unknown = [n for n in chosen if n not in available]
         if unknown:
             raise ValueError(f"unknown tap(s) {unknown}: expected module names whose input is a float tensor "
-                             f"that depends on the batch; available: {available}")
+                             f"that depends on the batch; available: {[n for n in available if n]}")
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"tap names should be unique, found {names}")
     mask = args[mask_index] if mask_index is not None else None
@@ -149,7 +149,7 @@ def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask) -> 
             pooling = "masked_mean"
     if not reduce:
         pooling = "none"
-    return TapPlan(f"{name}.input", name, kind, pooling, b, reduce, int(width))
+    return TapPlan(f"{name}.input" if name else "input", name, kind, pooling, b, reduce, int(width))
 
 
 def _record(model: nn.Module, args: tuple) -> list[tuple[str, torch.Tensor]]:
@@ -159,7 +159,7 @@ def _record(model: nn.Module, args: tuple) -> list[tuple[str, torch.Tensor]]:
     def hook(name):
         def fn(module, a, kw):
             t = _first_tensor(a, kw)
-            if name and name not in seen and isinstance(t, torch.Tensor) and t.is_floating_point():
+            if name not in seen and isinstance(t, torch.Tensor) and t.is_floating_point():
                 seen[name] = t
         return fn
     handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in model.named_modules()]
