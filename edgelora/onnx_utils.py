@@ -2,7 +2,7 @@
 
 Devices often run an older onnxruntime than the workstation, so every file edgelora writes declares
 opset 17 and IR version 8 (DESIGN.md "Dependencies"); `onnx.helper.make_model` would default to the
-newest (IR 14, opset 28 with onnx 1.23). Measured: onnxruntime 1.17.0 loads and runs these files
+newest (IR 14, opset 28 with onnx 1.23). Measured: onnxruntime 1.15.0 and 1.17.0 load and run these files
 (tests/test_export_onnx_compat.py).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper, version_converter
 
 OPSET = 17
 IR_VERSION = 8
-OLDEST_ORT = "1.17.0"  # oldest onnxruntime measured to load and run what edgelora writes
+OLDEST_ORT = "1.15.0"  # oldest onnxruntime measured to load and run what edgelora writes (.onnx_adapter: 1.20)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
