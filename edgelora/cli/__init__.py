@@ -1,0 +1,102 @@
+"""`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
+
+To add a subcommand: write `edgelora/cli/NAME.py` with a `register(subparsers)` that calls
+`common.add_command(subparsers, "name", run, report, ...)`, and add the module to COMMANDS below.
+`run(args) -> dict` does the work and returns the result (printed as JSON with --json);
+`report(result) -> str` is the text a person reads otherwise.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback); 1 anything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import traceback
+import warnings
+
+from . import cache, demo, evaluate, export, finetune, merge, predict
+from .common import CommandError, Parser
+
+COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge)   # the order of `edgelora --help`
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+    parser = Parser(prog="edgelora", description="On-device Skip2-LoRA fine-tuning over a frozen ONNX backbone. "
+                    "Run `edgelora demo` to see it work, `edgelora COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version=f"edgelora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors (argparse has already printed)
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        with _quiet_warnings(args), _blas_threads(args.threads):
+            result = args.run(args)
+    except KeyboardInterrupt:
+        print(f"edgelora {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        _fail(args, e)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
+        _fail(args, e, unexpected=True)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=None, sort_keys=True, default=_plain))
+    elif not args.quiet:
+        print(args.report(result))
+    return 0
+
+
+def _fail(args, e: Exception, unexpected: bool = False) -> None:
+    """One line on stderr; the traceback too with --verbose."""
+    if args.verbose:
+        traceback.print_exc(file=sys.stderr)
+    message = " ".join(str(e).split()) or type(e).__name__
+    kind = f"{type(e).__name__}: " if unexpected and not isinstance(e, CommandError) else ""
+    print(f"edgelora {args.command}: error: {kind}{message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet_warnings(args):
+    """Warnings (e.g. a repaired cache) as one `edgelora CMD: warning: ...` line; none with --quiet."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not args.quiet:
+            print(f"edgelora {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int):
+    """Limit numpy's BLAS threads too when threadpoolctl is installed (it is optional)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+def _plain(value):
+    """json.dumps fallback for numpy scalars and paths."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,181 @@
+"""What every subcommand shares: its parser, flag types that validate at the boundary, data and model loading."""
+from __future__ import annotations
+
+import argparse
+import math
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..adapter import Adapter, load_adapter
+from ..backbone import Backbone
+from ..bundle import Manifest
+from ..data import as_inputs, as_targets, load_arrays, num_samples
+
+Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
+Report = Callable[[dict], str]                   # the result as text for a person
+
+
+class CommandError(Exception):
+    """A failure whose message is written for the user as it is (exit 1), e.g. a missing optional package."""
+
+
+# --- flag types: a bad value is a usage error (exit 2) that names the flag -----------------------------
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), found {text!r}")
+    return value
+
+
+def rank(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found {text!r}") from None
+
+
+def decay(text: str) -> float | str:
+    if text == "auto":
+        return text
+    value = _float(text, "or 'auto'")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', found {text!r}")
+    return value
+
+
+def _float(text: str, alternative: str = "") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number{' ' + alternative if alternative else ''}, "
+                                         f"found {text!r}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (`edgelora eval: error: ...`) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output and resources")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    g.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and --json output)")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="log every epoch to stderr; print a traceback on unexpected errors")
+    g.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="CPU threads for onnxruntime and numpy (default 1, as on a small device)")
+    return p
+
+
+COMMON = _common()
+
+
+def add_command(subparsers, name: str, run: Run, report: Report, *, summary: str, description: str,
+                example: str) -> argparse.ArgumentParser:
+    """Register subcommand `name`: its parser (with the shared flags), what it runs and how it reports."""
+    parser = subparsers.add_parser(name, help=summary, description=textwrap.fill(description, 90), parents=[COMMON],
+                                   epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run, report=report)
+    return parser
+
+
+# --- data and models ---------------------------------------------------------------------------------
+
+def add_data_flags(parser: argparse.ArgumentParser, labels: bool, what: str = "samples") -> None:
+    g = parser.add_argument_group("data (.npz, .npy or .csv)")
+    g.add_argument("--data", required=True, type=Path, metavar="FILE", help=f"{what}: .npz, .npy or .csv")
+    g.add_argument("--x-key", default="x", metavar="KEY",
+                   help="array of inputs in a .npz (default x); for a bundle with several inputs, "
+                        "the .npz holds one array per input name")
+    if labels:
+        g.add_argument("--y-key", default="y", metavar="KEY", help="array of labels/targets in a .npz (default y)")
+        g.add_argument("--label-column", default="-1", metavar="NAME|INDEX",
+                       help="label column of a .csv: header name or index (default -1, the last)")
+
+
+def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tuple[dict, np.ndarray | None]:
+    """Read --data and validate it against the bundle: ({input name: array}, targets or None)."""
+    path: Path = args.data
+    y_key = args.y_key if labels else None
+    column = getattr(args, "label_column", None) if labels else None
+    names = [s.name for s in manifest.inputs]
+    if len(names) == 1:
+        x, y = load_arrays(path, args.x_key, y_key, column)
+        where = f"{path}['{args.x_key}']" if path.suffix.lower() == ".npz" else str(path)
+        inputs = as_inputs(x, manifest, where)
+    else:
+        if path.suffix.lower() != ".npz":
+            raise ValueError(f"{path}: this bundle has {len(names)} inputs {names}; give a .npz holding one "
+                             f"array per input name")
+        arrays = {name: load_arrays(path, name, None)[0] for name in names}
+        y = load_arrays(path, names[0], y_key)[1] if labels else None
+        inputs = as_inputs(arrays, manifest, str(path))
+    if not labels:
+        return inputs, None
+    if y is None:
+        raise ValueError(f"{path}: no labels; give a .npz with arrays '{args.x_key}' and '{args.y_key}', or a "
+                         f".csv with a label column (a .npy holds inputs only)")
+    where = f"{path}['{args.y_key}']" if path.suffix.lower() == ".npz" else f"{path} label column"
+    return inputs, as_targets(y, manifest, num_samples(inputs), where)
+
+
+def open_backbone(args: argparse.Namespace) -> Backbone:
+    return Backbone(args.bundle, threads=args.threads)
+
+
+def open_adapter(args: argparse.Namespace, manifest: Manifest) -> Adapter | None:
+    return None if getattr(args, "adapter", None) is None else load_adapter(args.adapter, manifest)
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(label, value text) for accuracy / macro-F1 / loss, or MSE / MAE / loss, in that order."""
+    names = [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("mse", "MSE"), ("mae", "MAE"), ("loss", "loss")]
+    return [(label, _fmt(k, metrics[k])) for k, label in names if k in metrics]
+
+
+def metric_lines(metrics: dict, indent: str = "  ") -> list[str]:
+    return [f"{indent}{label:<10} {value}" for label, value in metric_rows(metrics)]
+
+
+def _fmt(key: str, value: float) -> str:
+    return f"{100 * value:6.2f} %" if key in ("accuracy", "macro_f1") else f"{value:8.4f}"

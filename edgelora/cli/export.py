@@ -1,0 +1,77 @@
+"""`edgelora export`: a model -> backbone bundle. ONNX needs only onnx; a torch model needs torch (lazily)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import common
+
+EXAMPLE = """
+edgelora export model.onnx --out fan_bundle                        # any ONNX model; no torch needed
+edgelora export model.pt2 --out fan_bundle --taps auto             # a torch.export program
+edgelora export mypkg.models:make_mlp --weights mlp.pt --example 1,512 --out fan_bundle \\
+    --classes normal,imbalance,damaged
+"""
+
+
+def register(subparsers) -> None:
+    p = common.add_command(
+        subparsers, "export", run, report, summary="turn a model (ONNX, .pt2, or torch factory) into a bundle",
+        description="Write a backbone bundle (ONNX backbone with pooled tap outputs + manifest) from MODEL: an "
+                    ".onnx file (tapped with the onnx package only, so this also runs on the device), a "
+                    "torch.export program (.pt2) or package.module:factory with --weights (these two need torch: "
+                    "pip install 'edgelora[export]'). Taps: `auto` takes the input of every layer with weights "
+                    "(Skip2-LoRA); or name them. Torch exports are checked against onnxruntime before writing.",
+        example=EXAMPLE)
+    p.add_argument("model", metavar="MODEL", help="model.onnx, program.pt2 or package.module:factory")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument("--taps", default="auto", metavar="auto|NAME,...",
+                   help="auto, or comma-separated module names (torch) / tensor names (ONNX)")
+    p.add_argument("--example", default=None, metavar="SHAPE|FILE",
+                   help="torch only: example input shape with the batch dim (1,512) or a .npy/.npz file")
+    p.add_argument("--weights", type=Path, default=None, metavar="STATE_DICT",
+                   help="torch only: state dict file for package.module:factory")
+    p.add_argument("--task", choices=("classification", "regression"), default="classification")
+    p.add_argument("--classes", default=None, metavar="A,B,...", help="class names (default 0, 1, ...)")
+    p.add_argument("--output", default=None, metavar="NAME",
+                   help="which model output is the base output, if the model has several")
+    p.add_argument("--attention-mask", default=None, metavar="INPUT",
+                   help="input holding a (batch, tokens) mask, for masked mean pooling of token taps")
+
+
+def run(args: argparse.Namespace) -> dict:
+    taps = "auto" if args.taps == "auto" else [t.strip() for t in args.taps.split(",") if t.strip()]
+    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
+    options = {"task": args.task, "classes": classes, "attention_mask": args.attention_mask}
+    if str(args.model).lower().endswith(".onnx"):
+        for flag in ("example", "weights"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} is for torch models; an ONNX model carries its shapes and weights")
+        path = Path(args.model)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        from ..onnx_taps import add_taps
+        manifest = add_taps(path, args.out, taps, output=args.output, **options)
+    else:
+        try:
+            import torch  # noqa: F401  - only this subcommand ever imports torch
+            from export.spec import export_from_spec
+        except ImportError as e:
+            raise common.CommandError(f"exporting a torch model needs torch and edgelora's export package ({e}); "
+                                      f"install them with: pip install 'edgelora[export]' (an .onnx MODEL needs "
+                                      f"neither)") from None
+        output = int(args.output) if args.output is not None and args.output.isdigit() else args.output
+        manifest = export_from_spec(args.model, args.out, taps, example=args.example, weights=args.weights,
+                                    output=output, **options)
+    return {"bundle": str(args.out), "fingerprint": manifest.fingerprint, "task": manifest.task,
+            "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in manifest.inputs],
+            "output": {"name": manifest.output.name, "width": manifest.output.width},
+            "taps": [{"name": t.name, "width": t.width, "pooling": t.pooling} for t in manifest.taps]}
+
+
+def report(r: dict) -> str:
+    taps = ", ".join(f"{t['name']} ({t['width']}{', ' + t['pooling'] if t['pooling'] != 'none' else ''})"
+                     for t in r["taps"])
+    return (f"wrote bundle {r['bundle']} ({r['fingerprint'][:23]}...)\n"
+            f"  {r['task']}, output `{r['output']['name']}` of width {r['output']['width']}\n"
+            f"  {len(r['taps'])} taps: {taps}")

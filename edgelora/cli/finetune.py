@@ -1,0 +1,150 @@
+"""`edgelora finetune`: train a Skip2-LoRA adapter on labelled samples and save it."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import SkipCache
+from ..data import num_samples
+from ..metrics import evaluate_outputs
+from ..train import TrainConfig, finetune, validation_split
+from . import common
+from .progress import Progress
+
+EXAMPLE = """
+edgelora finetune fan_bundle --data new_site.npz --out adapters/site7
+edgelora finetune fan_bundle --data new_site.npz --out adapters/site7 --rank auto --weight-decay auto \\
+    --cache-dir /var/cache/edgelora --cache-dtype float16 --json
+"""
+FILL_CHUNKS = 40  # the cache is filled in this many steps so the progress bar moves
+
+
+def register(subparsers) -> None:
+    d = TrainConfig()
+    p = common.add_command(
+        subparsers, "finetune", run, report, summary="train a Skip2-LoRA adapter on labelled samples",
+        description="Fine-tune skip adapters over the frozen backbone of BUNDLE on labelled samples and save "
+                    "the best one (by validation loss) as a PEFT-style adapter folder. The backbone runs once "
+                    "per sample (Skip-Cache); every epoch after that costs a few small matrix products.",
+        example=EXAMPLE)
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
+    p.add_argument("--out", required=True, type=Path, metavar="ADAPTER_DIR", help="adapter folder to write")
+    common.add_data_flags(p, labels=True, what="labelled training samples")
+    t = p.add_argument_group("training")
+    t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
+                   help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} on validation loss (default {d.r})")
+    t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
+                   help="LoRA alpha; the adapter output is scaled by alpha / r (default 2 r)")
+    t.add_argument("--epochs", type=common.positive_int, default=d.epochs, help=f"default {d.epochs}")
+    t.add_argument("--batch-size", type=common.positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=d.optimizer,
+                   help=f"default {d.optimizer}")
+    t.add_argument("--weight-decay", type=common.decay, default=d.weight_decay, metavar="W|auto",
+                   help=f"weight decay, or auto: pick from {list(d.weight_decay_grid)} (default {d.weight_decay})")
+    t.add_argument("--val-fraction", type=common.fraction, default=d.val_fraction, metavar="F",
+                   help=f"share of each class's most recent samples held out for validation (default {d.val_fraction})")
+    t.add_argument("--patience", type=common.positive_int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs without a better validation loss (default: never)")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    c = p.add_argument_group("cache and checkpoints")
+    c.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="keep the Skip-Cache on disk here, so later runs only compute new samples")
+    c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 halves the cache (default float32)")
+    c.add_argument("--memory-budget", type=common.positive_float, default=None, metavar="MB",
+                   help="spill the cache to disk rather than hold more than this many MB in RAM")
+    c.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
+                   help="save the training state here after every epoch (for --resume)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --checkpoint-dir")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir: the folder where the interrupted run saved its checkpoints")
+    config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
+    start = time.perf_counter()
+    backbone = common.open_backbone(args)
+    m = backbone.manifest
+    inputs, targets = common.load_data(args, m, labels=True)
+    budget = None if args.memory_budget is None else max(1, int(args.memory_budget * 2**20))
+    cache = SkipCache(backbone, args.cache_dir, dtype=args.cache_dtype, memory_budget=budget)
+    rows = _fill(cache, inputs, not args.quiet)
+    cache_stats = cache.stats()  # hits: samples cached by earlier runs; misses: computed now
+
+    _, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
+    val_before = None
+    if len(val_idx):
+        y0, _ = cache.gather(rows[val_idx])
+        val_before = evaluate_outputs(y0, targets[val_idx], m.task)
+
+    candidates = (len(config.rank_grid) if config.r == "auto" else 1) * \
+        (len(config.weight_decay_grid) if config.weight_decay == "auto" else 1)
+    bar = Progress(candidates * config.epochs, "training", enabled=not args.quiet)
+    done = [0]
+
+    def on_epoch(rec: dict) -> None:
+        done[0] += 1
+        val = f"val loss {rec['val_loss']:.4f}" if "val_loss" in rec else f"train loss {rec['train_loss']:.4f}"
+        bar.update(done[0], f"r={rec['r']} wd={rec['weight_decay']:g} {val}")
+        if args.verbose and not bar.active:
+            print(f"epoch {rec['epoch']}/{rec['epochs']} r={rec['r']} wd={rec['weight_decay']:g} "
+                  f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
+
+    adapter, history = finetune(backbone, inputs, targets, config, cache=cache, callback=on_epoch,
+                                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    bar.close()
+    adapter.save(args.out)
+    best = history.epochs[history.best_epoch - 1] if history.best_epoch else {}
+    return {"adapter": str(args.out), "bundle": str(args.bundle), "task": m.task, "samples": history.samples,
+            "chosen": history.chosen, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
+            "stopped": history.stopped, "val_before": val_before, "val_after": history.val_metrics or None,
+            "train_loss": best.get("train_loss"), "candidates": history.candidates,
+            "cache": {**cache_stats, "fill_seconds": cache.fill_seconds},
+            "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
+                        "total": time.perf_counter() - start},
+            "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+                         "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
+                         "rank": config.r, "weight_decay": config.weight_decay, "resumed": args.resume},
+            "history": history.epochs}
+
+
+def _fill(cache: SkipCache, inputs: dict, show: bool) -> np.ndarray:
+    """Cache rows of every sample, filled in chunks so a progress bar can follow the backbone."""
+    n = num_samples(inputs)
+    step = max(256, -(-n // FILL_CHUNKS))
+    bar = Progress(n, "cache fill", enabled=show)
+    rows = []
+    for a in range(0, n, step):
+        rows.append(cache.rows({k: v[a:a + step] for k, v in inputs.items()}))
+        bar.update(a + len(rows[-1]), f"{cache.misses} computed, {cache.hits} cached")
+    bar.close()
+    return np.concatenate(rows)
+
+
+def report(r: dict) -> str:
+    s, c, t, ch = r["samples"], r["cache"], r["seconds"], r["chosen"]
+    lines = [f"Fine-tuned {s['train'] + s['val']} samples ({s['train']} train, {s['val']} validation) "
+             f"over {r['bundle']}"]
+    if r["val_before"] and r["val_after"]:
+        lines.append(f"  {'validation':<10} {'before':>9}    {'after':>9}")
+        for (label, b), (_, a) in zip(common.metric_rows(r["val_before"]), common.metric_rows(r["val_after"])):
+            lines.append(f"  {label:<10} {b.strip():>9} -> {a.strip():>9}")
+    else:
+        lines.append(f"  no validation split (--val-fraction 0); final train loss {r['train_loss']:.4f}")
+    auto = " (auto)" if "auto" in (r["settings"]["rank"], r["settings"]["weight_decay"]) else ""
+    lines += [f"  chosen     r={ch['r']} alpha={ch['lora_alpha']:g} weight_decay={ch['weight_decay']:g}{auto}; "
+              f"best epoch {r['best_epoch']} of {r['epochs_run']} ({r['stopped']})",
+              f"  cache      {c['misses']} samples computed by the backbone, {c['hits']} already cached; "
+              f"{c['rows']} rows, {common.human_bytes(c['bytes'])} {c['dtype']}"
+              f"{' on disk' if c['on_disk'] else ' in RAM'}",
+              f"  time       cache fill {t['cache_fill']:.3f} s, training {t['train']:.3f} s, total {t['total']:.2f} s",
+              f"  saved      {r['adapter']}"]
+    return "\n".join(lines)

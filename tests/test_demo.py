@@ -1,0 +1,104 @@
+"""`edgelora demo`: the shipped digits backbone, the scanner shift, the before/after report and its figure."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgelora import load_manifest
+from edgelora.bundle import verify_bundle
+from edgelora.cli import main
+from edgelora.cli.demo import BUNDLE
+
+pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (pip install 'edgelora[demo]')")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_json(capsys, *argv) -> dict:
+    code = main(["demo", "--json", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_shipped_bundle_is_valid_and_small():
+    manifest = verify_bundle(BUNDLE)
+    assert manifest.task == "classification" and manifest.classes == tuple("0123456789")
+    assert manifest.tap_widths == (64, 64, 32)
+    assert sum(p.stat().st_size for p in BUNDLE.iterdir()) < 100_000
+
+
+def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = demo_json(capsys, "--png", tmp_path / "story.png")
+    a = r["accuracy"]
+    print(f"demo: lab {a['lab']:.3f}, before {a['before']:.3f}, after {a['after']:.3f}, {r['seconds']}")
+    assert a["lab"] >= 0.85 and a["before"] <= 0.6, "the shift must really break the base model"
+    assert a["after"] - a["before"] >= 0.25, "Skip2-LoRA must fix most of it"
+    assert r["cache"]["misses"] == 400 and r["cache"]["hits"] == 400 and r["backbone_passes"] == 400
+    assert r["seconds"]["total"] < 60 and r["peak_rss_bytes"] > 0
+    assert len(r["curve"]) == r["epochs"] + 1 and r["curve"][0]["epoch"] == 0
+    png = tmp_path / "story.png"
+    assert r["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_demo_text_report(capsys, tmp_path):
+    code = main(["demo", "--no-plot", "--epochs", "20", "--weight-decay", "0.1"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    for words in ("lab scanner", "before", "after", "cache fill", "training", "misses", "hits", "peak RSS"):
+        assert words in out, words
+
+
+def test_demo_without_matplotlib_still_reports(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.delitem(sys.modules, "edgelora.cli.demo_plot", raising=False)
+    r = demo_json(capsys, "--png", tmp_path / "x.png", "--epochs", "5")
+    assert r["png"] is None and "pip install 'edgelora[demo]'" in r["png_note"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_error_demo_without_scikit_learn_says_how_to_install(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    code = main(["demo", "--no-plot"])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "pip install 'edgelora[demo]'" in err
+
+
+def test_error_demo_bad_flags(capsys, tmp_path):
+    for argv in (["--epochs", "0"], ["--rank", "-2"], ["--png", str(tmp_path / "no" / "x.png")]):
+        code = main(["demo", *argv])
+        _, err = capsys.readouterr()
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_demo_never_imports_torch():
+    code = ("import sys; from edgelora.cli import main; rc = main(['demo', '--no-plot', '--quiet', '--epochs', '3']);"
+            " print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0 False", out.stderr
+
+
+def test_make_demo_rebuilds_the_shipped_bundle(tmp_path):
+    """export/make_demo.py is deterministic: it rebuilds the shipped weights (to float rounding of the BLAS)."""
+    spec = importlib.util.spec_from_file_location("make_demo", ROOT / "export" / "make_demo.py")
+    make_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_demo)  # by path: the export package's __init__ would import torch
+    rebuilt = make_demo.build(tmp_path / "b")
+    shipped = load_manifest(BUNDLE)
+    same = {"fingerprint": shipped.fingerprint, "producer": shipped.producer}
+    assert dataclasses.replace(rebuilt, **same) == shipped
+
+    def weights(folder):
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(folder / "backbone.onnx")).graph.initializer}
+    a, b = weights(tmp_path / "b"), weights(BUNDLE)
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-4) for k in a)
