@@ -1,0 +1,170 @@
+"""Read a bundle's ONNX backbone as a chain of simple ops with numpy weights (for the baseline engines).
+
+The paper's baselines (FT-*, LoRA-*) need backprop through the backbone, which onnxruntime inference
+cannot do; device_bench re-runs the same network in numpy (device_bench.engine) and in torch
+(device_bench.torch_methods). Both are built from this chain, read from the ONNX initializers, so all
+methods start from the very same frozen weights. Supported: the reference families (MLP, 1D/2D CNN):
+a single path from the input to the base output of Gemm/MatMul(+Add)/Conv/Relu/MaxPool/ReduceMean/
+GlobalAveragePool/Transpose/Reshape/Flatten/(Un)Squeeze/Identity nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgelora.bundle import Manifest, load_manifest, model_path
+
+SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze")
+
+
+@dataclass
+class Op:
+    """One step of the chain. kind: linear | conv | relu | maxpool | mean | transpose | reshape."""
+    kind: str
+    layer: int = -1                       # index into Chain.weights for linear/conv
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Chain:
+    """A backbone as ops + weight layers. Linear: W (d_in, d_out); conv: W (O, C, *k) as in ONNX."""
+    ops: list[Op]
+    weights: list[tuple[np.ndarray, np.ndarray]]
+    mean: np.ndarray | None               # preprocessing of the manifest (applied before the chain)
+    std: np.ndarray | None
+    manifest: Manifest
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights)
+
+    def prep(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return x if self.mean is None else ((x - self.mean) / self.std).astype(np.float32)
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def load_chain(bundle_dir: str | Path) -> Chain:
+    """Parse the bundle's backbone into a Chain; ValueError naming the node when it is not supported."""
+    manifest = load_manifest(bundle_dir)
+    model = onnx.load(str(model_path(bundle_dir, manifest)))
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
+    if len(manifest.inputs) != 1:
+        raise ValueError(f"{bundle_dir}: the baseline engines support one input, found {len(manifest.inputs)}")
+    readers = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    # the path to the base output: follow, from the input, the consumer that leads to it
+    target = manifest.output.name
+    producers = {o: n for n in g.node for o in n.output}
+    path, value = [], target
+    while value != manifest.inputs[0].name:
+        if value not in producers:
+            raise ValueError(f"{bundle_dir}: cannot trace the base output `{target}` back to the input")
+        node = producers[value]
+        path.append(node)
+        data = [i for i in node.input if i and i not in consts]
+        if len(data) != 1:
+            raise ValueError(f"{bundle_dir}: node {node.name or node.op_type} ({node.op_type}) has {len(data)} "
+                             f"data inputs; the baseline engines support a single chain of ops")
+        value = data[0]
+    ops, weights = [], []
+    for node in reversed(path):
+        ops.extend(_convert(node, consts, weights, bundle_dir))
+    pre = manifest.preprocess.get(manifest.inputs[0].name)
+    mean = np.asarray(pre.mean, np.float32) if pre else None
+    std = np.asarray(pre.std, np.float32) if pre else None
+    return Chain(_fuse_bias(ops, weights), weights, mean, std, manifest)
+
+
+def _convert(node, consts: dict, weights: list, where) -> list[Op]:
+    t, a = node.op_type, _attrs(node)
+    if t == "Identity":
+        return []
+    if t == "Relu":
+        return [Op("relu")]
+    if t == "Gemm":
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise ValueError(f"{where}: Gemm {node.name} with transA/alpha/beta is not supported")
+        w = consts[node.input[1]]
+        w = w.T if a.get("transB", 0) else w
+        b = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[1], np.float32)
+        weights.append((np.ascontiguousarray(w, np.float32), b.astype(np.float32).reshape(-1)))
+        return [Op("linear", len(weights) - 1)]
+    if t == "MatMul":
+        w = consts[node.input[1]]
+        weights.append((np.ascontiguousarray(w, np.float32), np.zeros(w.shape[1], np.float32)))
+        return [Op("linear", len(weights) - 1)]
+    if t == "Add":  # a bias after a MatMul (fused by _fuse_bias)
+        return [Op("bias", attrs={"b": consts[[i for i in node.input if i in consts][0]].astype(np.float32)})]
+    if t == "Conv":
+        w = consts[node.input[1]].astype(np.float32)
+        k = w.ndim - 2
+        if a.get("group", 1) != 1 or any(s != 1 for s in a.get("strides", [1] * k)) \
+                or any(d != 1 for d in a.get("dilations", [1] * k)) or a.get("auto_pad", b"NOTSET") != b"NOTSET":
+            raise ValueError(f"{where}: Conv {node.name} needs group 1, stride 1, dilation 1, explicit pads")
+        pads = list(a.get("pads", [0] * 2 * k))
+        if pads[:k] != pads[k:]:
+            raise ValueError(f"{where}: Conv {node.name} has asymmetric pads {pads}")
+        b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+        weights.append((w, b.astype(np.float32)))
+        return [Op("conv", len(weights) - 1, {"pads": tuple(pads[:k])})]
+    if t == "MaxPool":
+        k = list(a["kernel_shape"])
+        if list(a.get("strides", k)) != k or any(a.get("pads", [0])) or a.get("ceil_mode", 0):
+            raise ValueError(f"{where}: MaxPool {node.name} needs stride == kernel, no pads, floor mode")
+        return [Op("maxpool", attrs={"k": tuple(k)})]
+    if t in ("ReduceMean", "GlobalAveragePool"):
+        axes = a.get("axes") or (list(consts[node.input[1]]) if len(node.input) > 1 else None)
+        keep = a.get("keepdims", 1) if t == "ReduceMean" else 1
+        return [Op("mean", attrs={"axes": tuple(axes) if axes is not None else None, "keepdims": bool(keep)})]
+    if t == "Transpose":
+        return [Op("transpose", attrs={"perm": tuple(a["perm"])})]
+    if t in SHAPE_OPS:
+        return [Op("reshape", attrs={"node": t, "a": a, "arg": consts.get(node.input[1]) if len(node.input) > 1
+                                     else None})]
+    raise ValueError(f"{where}: op {t} (node {node.name}) is not supported by the baseline engines; "
+                     f"supported: Gemm, MatMul, Add, Conv, Relu, MaxPool, ReduceMean, GlobalAveragePool, "
+                     f"{', '.join(SHAPE_OPS)}, Identity")
+
+
+def _fuse_bias(ops: list[Op], weights: list) -> list[Op]:
+    out = []
+    for op in ops:
+        if op.kind == "bias":
+            if not out or out[-1].kind != "linear":
+                raise ValueError("an Add that is not a bias after a MatMul is not supported")
+            w, b = weights[out[-1].layer]
+            weights[out[-1].layer] = (w, b + op.attrs["b"].reshape(-1))
+            continue
+        out.append(op)
+    return out
+
+
+def reshape_like(x: np.ndarray, op: Op) -> np.ndarray:
+    """Forward of a shape op (Reshape/Flatten/Unsqueeze/Squeeze) on a batch."""
+    t, a, arg = op.attrs["node"], op.attrs["a"], op.attrs["arg"]
+    if t == "Flatten":
+        axis = a.get("axis", 1)
+        return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    if t == "Reshape":
+        shape = [x.shape[i] if s == 0 else int(s) for i, s in enumerate(arg)]
+        return x.reshape(shape)
+    axes = sorted(int(v) for v in (a.get("axes") if "axes" in a else arg))
+    if t == "Unsqueeze":
+        for ax in axes:
+            x = np.expand_dims(x, ax)
+        return x
+    return np.squeeze(x, axis=tuple(axes))
