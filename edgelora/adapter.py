@@ -2,23 +2,25 @@
 
 Tensors (PEFT orientation, float32): `<tap>.lora_A.weight` (r, d_k) and `<tap>.lora_B.weight` (C, r)
 per tap, and `bias` (C,) when the adapter learns an output bias. The config records the backbone's
-fingerprint and the SHA-256 of the weights file, so a mismatched or corrupted adapter is refused.
+fingerprint and the SHA-256 of the weights file; the weights file's metadata records the SHA-256 of the
+config (`config_sha256`, over the config without `weights_sha256`). So a mismatched adapter, or a byte
+changed in either file, is refused.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from .bundle import Manifest
-from .fileio import PathLike, dumps_json, new_temp_dir, read_json, recover_dir, replace_dir, write_file
+from .fileio import (PathLike, dumps_json, new_temp_dir, parse_safetensors, read_bounded, read_json, recover_dir,
+                     replace_dir, safe_child, write_file)
 from .lora import Layout, tap_A, tap_B, views
 from .schema import check, from_dict, to_dict
 
@@ -46,6 +48,8 @@ class AdapterConfig:
     training: dict[str, Any] = field(default_factory=dict)   # settings, choices and metrics of the run
 
     def __post_init__(self):
+        check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
+              f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
         check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
         check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
         check(len(self.target_taps) >= 1, "`target_taps` should name at least one tap")
@@ -103,9 +107,10 @@ class Adapter:
 
     def save(self, folder: PathLike) -> Path:
         """Write config + weights into a fresh folder and swap it in: never a half-written adapter."""
-        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora"})
-        config = from_dict(AdapterConfig, {**to_dict(self.config),
-                                           "weights_sha256": hashlib.sha256(blob).hexdigest()}, "adapter config")
+        fields = {**to_dict(self.config), "weights_sha256": ""}
+        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora", "config_sha256": config_digest(fields)})
+        config = from_dict(AdapterConfig, {**fields, "weights_sha256": hashlib.sha256(blob).hexdigest()},
+                           "adapter config")
         tmp = new_temp_dir(folder)
         try:
             write_file(tmp / WEIGHTS_FILE, blob)
@@ -125,7 +130,8 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter not found: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE} "
                                 f"at {folder}")
-    cpath, wpath = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    cpath = safe_child(folder, CONFIG_FILE, "adapter config")
+    wpath = safe_child(folder, WEIGHTS_FILE, "adapter weights")
     data = read_json(cpath, "adapter config")
     version = data.get("format_version") if isinstance(data, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > ADAPTER_FORMAT_VERSION:
@@ -134,25 +140,30 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
     if not wpath.is_file():
         raise FileNotFoundError(f"adapter weights missing: expected {wpath}")
-    size = wpath.stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"{wpath} is {size} bytes; expected at most {MAX_WEIGHTS_BYTES}")
-    blob = wpath.read_bytes()
+    blob = read_bounded(wpath, "adapter weights", MAX_WEIGHTS_BYTES)
     if config.weights_sha256 and hashlib.sha256(blob).hexdigest() != config.weights_sha256:
         raise ValueError(f"{wpath} is corrupt: its SHA-256 does not match {CONFIG_FILE} "
                          f"(expected {config.weights_sha256}); restore or retrain the adapter")
-    try:
-        tensors = st_load(blob)
-    except (SafetensorError, ValueError, TypeError) as e:
-        raise ValueError(f"{wpath} is not a valid safetensors file ({e}); it is corrupt or truncated") from None
+    tensors, metadata = parse_safetensors(blob, str(wpath))
+    if "config_sha256" in metadata and metadata["config_sha256"] != config_digest(data):
+        raise ValueError(f"{cpath} is corrupt or was edited: it does not match the checksum recorded in "
+                         f"{WEIGHTS_FILE}; restore the adapter folder or retrain the adapter")
     adapter = Adapter(config, _flat_from_tensors(tensors, config, wpath))
     if manifest is not None:
         adapter.check_backbone(manifest, f"adapter {folder}")
     return adapter
 
 
+def config_digest(fields: dict) -> str:
+    """SHA-256 of an adapter config's JSON without `weights_sha256` (stored in the weights' metadata)."""
+    return hashlib.sha256(dumps_json({k: v for k, v in fields.items() if k != "weights_sha256"})).hexdigest()
+
+
 def _flat_from_tensors(tensors: dict, config: AdapterConfig, where: Path) -> np.ndarray:
     layout = config.layout
+    found = sum(a.size for a in tensors.values())
+    if layout.size > found:  # check before allocating: the config's shapes could be absurd
+        raise ValueError(f"{where}: the config declares {layout.size} adapter parameters, the file holds {found}")
     flat = np.zeros(layout.size, np.float32)
     p = views(flat, layout)
     r, c = config.r, config.num_outputs

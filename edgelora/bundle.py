@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class Manifest:
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
-        check(self.fingerprint.startswith("sha256:") and len(self.fingerprint) == 71,
+        check(re.fullmatch("sha256:[0-9a-f]{64}", self.fingerprint) is not None,
               f"`fingerprint` should be 'sha256:' + 64 hex digits, found {self.fingerprint!r}")
         check(len(self.inputs) >= 1, "`inputs` should list at least one input")
         check(len(self.taps) >= 1, "`taps` should list at least one tap")
@@ -119,7 +120,7 @@ def load_manifest(bundle_dir: PathLike) -> Manifest:
     if not folder.is_dir():
         raise FileNotFoundError(f"bundle not found: expected a folder with {MANIFEST_FILE} and the ONNX "
                                 f"backbone at {folder}")
-    path = folder / MANIFEST_FILE
+    path = safe_child(folder, MANIFEST_FILE, "bundle manifest")
     data = read_json(path, "bundle manifest")
     version = data.get("format_version") if isinstance(data, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > BUNDLE_FORMAT_VERSION:

@@ -3,8 +3,9 @@
 A row holds [y0 | tap_1 | ... | tap_K] for one sample, keyed by a hash of the sample's input bytes.
 On disk (`directory`), one folder per (backbone fingerprint, dtype) holds append-only `keys`, `values`
 and per-row `crc` files; `meta.json`, replaced atomically after the data is synced, says how many rows
-are committed. Bytes beyond that count (an interrupted append) are ignored and cut; rows whose CRC
-fails are dropped and recomputed on the next miss.
+are committed and carries a SHA-256 of its own content. Bytes beyond that count (an interrupted append)
+are cut; rows whose CRC fails are dropped; a corrupt `meta.json` drops the whole cache. Whatever was
+dropped is recomputed on the next miss, and a warning says so.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .backbone import Backbone
 from .data import as_inputs, num_samples
 from .fileio import PathLike, atomic_write, dumps_json, read_json
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: meta.json carries a checksum
 KEY_BYTES = 16
 FILL_CHUNK = 2048  # samples per backbone call while filling (bounds the RAM used by a fill)
 
@@ -74,24 +75,32 @@ class _DiskStore:
         self.row_bytes = self.width * dtype.itemsize
         path.mkdir(parents=True, exist_ok=True)
         self.keys: list[bytes] = []
-        self.repaired = 0
+        self.repaired = self.cut_bytes = 0
         self._open()
+        self._remove_other_generations()
 
     def _file(self, kind: str) -> Path:
         return self.path / f"{kind}-{self.meta['generation']}.bin"
 
     def _open(self) -> None:
         meta_path = self.path / "meta.json"
+        links = [p for p in [self.path, *self.path.iterdir()] if p.is_symlink()]
+        if links:  # writing through a link could truncate a file outside the cache
+            raise ValueError(f"cache {self.path}: {links[0]} is a symbolic link; a cache folder holds only its own "
+                             f"files - delete the folder")
         if meta_path.exists():
             try:
                 found = read_json(meta_path, "cache meta")
+                if found.get("format_version") == CACHE_FORMAT_VERSION or "checksum" in found:
+                    if found.pop("checksum", None) != _digest(found):
+                        raise ValueError("its checksum does not match its content")
                 same = all(found.get(k) == self.meta[k] for k in ("format_version", "fingerprint", "dtype",
                                                                    "y0_width", "tap_widths"))
-                count, gen = int(found["count"]), int(found["generation"])
-                if count < 0 or gen < 0:
-                    raise ValueError(f"negative count {count} or generation {gen}")
+                count, gen = found["count"], found["generation"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, gen)):
+                    raise ValueError(f"`count` {count!r} and `generation` {gen!r} should be integers >= 0")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                warnings.warn(f"cache {self.path}: unreadable meta.json ({e}); rebuilding the cache")
+                warnings.warn(f"cache {meta_path} is unreadable or corrupt ({e}); rebuilding the whole cache")
                 same = False
             if same:
                 self.meta.update(count=count, generation=gen)
@@ -101,6 +110,13 @@ class _DiskStore:
             self.path.mkdir(parents=True)
         self.meta.update(count=0, generation=0)
         self._commit([], b"", b"")
+
+    def _remove_other_generations(self) -> None:
+        """Files of an older generation: left when a crash fell between a repair's commit and its cleanup."""
+        current = {self._file(k).name for k in ("keys", "values", "crc")}
+        for p in self.path.glob("*-*.bin"):
+            if p.name not in current:
+                p.unlink(missing_ok=True)
 
     def _load_rows(self, count: int) -> None:
         """Check the committed rows' CRCs; rewrite the files without bad rows if any failed."""
@@ -120,13 +136,18 @@ class _DiskStore:
         good = [i for i in range(present) if ok(i)]
         self.repaired = max(0, count) - len(good)
         if self.repaired:
+            names = ", ".join(self._file(k).name for k in ("keys", "values", "crc"))
             warnings.warn(f"cache {self.path}: {self.repaired} of {count} rows failed their checksum or were "
-                          f"truncated; they will be recomputed")
+                          f"truncated ({names}); they will be recomputed")
         if not self.repaired:
             del values
             for kind, size in (("keys", KEY_BYTES), ("values", rb), ("crc", 4)):
                 if self._file(kind).exists() and self._file(kind).stat().st_size > count * size:
+                    self.cut_bytes += self._file(kind).stat().st_size - count * size
                     os.truncate(self._file(kind), count * size)  # bytes of an interrupted append
+            if self.cut_bytes:
+                warnings.warn(f"cache {self.path}: discarded {self.cut_bytes} bytes of an interrupted write "
+                              f"(rows never committed); they will be recomputed")
             self.keys = [keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in range(count)]
             self._map()
             return
@@ -151,7 +172,7 @@ class _DiskStore:
                 f.flush()
                 os.fsync(f.fileno())
         self.meta["count"] = n + len(keys)
-        atomic_write(self.path / "meta.json", dumps_json(self.meta))
+        atomic_write(self.path / "meta.json", dumps_json({**self.meta, "checksum": _digest(self.meta)}))
         self.keys.extend(keys)
         self._map()
 
@@ -168,6 +189,10 @@ class _DiskStore:
         rows = np.ascontiguousarray(rows, self.dtype)
         crcs = b"".join(zlib.crc32(k + r.tobytes()).to_bytes(4, "little") for k, r in zip(keys, rows))
         self._commit(keys, rows.tobytes(), crcs)
+
+
+def _digest(meta: dict) -> str:
+    return "sha256:" + hashlib.sha256(dumps_json(meta)).hexdigest()
 
 
 class SkipCache:
@@ -265,4 +290,5 @@ class SkipCache:
         return {"hits": self.hits, "misses": self.misses, "rows": len(self),
                 "bytes": len(self) * self.width * self.dtype.itemsize, "dtype": self.dtype.name,
                 "on_disk": self._store.on_disk, "path": str(self._store.path) if self._store.on_disk else None,
-                "repaired_rows": getattr(self._store, "repaired", 0), "fill_seconds": self.fill_seconds}
+                "repaired_rows": getattr(self._store, "repaired", 0),
+                "discarded_bytes": getattr(self._store, "cut_bytes", 0), "fill_seconds": self.fill_seconds}

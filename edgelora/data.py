@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .bundle import Manifest
 from .fileio import PathLike
 
 MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
+MAX_DEFLATE_RATIO = 1032      # deflate cannot expand data more than this: a larger claim is a corrupt zip
 
 
 def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
@@ -47,12 +49,14 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
         if n is not None and a.shape[0] != n:
             raise ValueError(f"{name}: has {a.shape[0]} samples but the other inputs have {n}")
         n = a.shape[0]
-        if a.dtype.kind == "f" and a.size:
-            bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        with np.errstate(over="ignore"):
+            cast = np.ascontiguousarray(a, dtype=want)
+        if cast.dtype.kind == "f" and cast.size:  # after the cast: 1e300 becomes Inf in float32
+            bad = ~np.isfinite(cast.reshape(len(cast), -1)).all(axis=1)
             if bad.any():
-                raise ValueError(f"{name}: {int(bad.sum())} sample(s) contain NaN or Inf "
-                                 f"(first at row {int(np.argmax(bad))}); clean or drop them")
-        out[spec.name] = np.ascontiguousarray(a, dtype=want)
+                raise ValueError(f"{name}: {int(bad.sum())} sample(s) contain NaN or Inf or values too large "
+                                 f"for {spec.dtype} (first at row {int(np.argmax(bad))}); clean or drop them")
+        out[spec.name] = cast
     if n == 0:
         raise ValueError(f"{where}: no samples (empty array)")
     return out
@@ -67,6 +71,8 @@ def as_targets(y, manifest: Manifest, n: int, where: str = "y") -> np.ndarray:
     a = np.asarray(y)
     if a.dtype.kind not in "iufb":
         raise TypeError(f"{where}: expected numeric targets, found dtype {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{where}: expected one target per sample, found a single value {a!r}")
     if len(a) != n:
         raise ValueError(f"{where}: expected {n} targets (one per sample), found {len(a)}")
     if manifest.task == "classification":
@@ -110,14 +116,56 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                     want = [k for k in (x_key, y_key) if k is not None]
                     raise ValueError(f"{path}: expected array(s) {want}, found {keys}; choose keys with "
                                      f"--x-key/--y-key")
+                for key in (x_key, y_key):
+                    if key is not None:
+                        _check_npz_member(z.zip, key, path)
                 return z[x_key], (z[y_key] if y_key is not None else None)
         if suffix == ".npy":
+            with open(path, "rb") as f:
+                _check_npy(f, size, str(path))
             return np.load(path, allow_pickle=False), None
         if suffix == ".csv":
             return _load_csv(path, label_column if y_key is not None else None)
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"{path}: cannot read as {suffix} ({e}); the file is corrupt or truncated") from None
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to load it; use a smaller file") from None
     raise ValueError(f"{path}: unsupported data format {suffix!r}; expected .npz, .npy or .csv")
+
+
+def _check_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> None:
+    """Check the .npy header of member `key` against the member's size before numpy allocates it."""
+    names = set(z.namelist())
+    name = key + ".npy" if key + ".npy" in names else key
+    info = z.getinfo(name)
+    where = f"{path}['{key}']"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"{where}: unsupported zip compression {info.compress_type}; save with np.savez")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO) + 1024
+    if info.file_size > min(limit, MAX_DATA_BYTES):
+        raise ValueError(f"{where}: the zip declares {info.file_size} bytes from {info.compress_size} stored; "
+                         f"the file is corrupt")
+    with z.open(info) as f:
+        _check_npy(f, info.file_size, where)
+
+
+def _check_npy(f, size: int, where: str) -> None:
+    """A .npy header must describe a non-object array whose bytes are exactly what the file holds."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read[version](f)
+    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError) as e:
+        raise ValueError(f"{where}: not a valid .npy array ({' '.join(str(e).split())[:200]})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where}: holds Python objects (dtype {dtype}); only numeric arrays are read (no pickle)")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - f.tell()
+    if need != have:
+        raise ValueError(f"{where}: the header declares shape {shape} of {dtype} ({need} bytes) but the file holds "
+                         f"{have} bytes of data; it is corrupt or truncated")
 
 
 def _load_csv(path: Path, label_column: str | int | None):
@@ -125,6 +173,8 @@ def _load_csv(path: Path, label_column: str | int | None):
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     rows = [r for r in rows if r]
     header = None
     if rows and not all(_is_number(v) for v in rows[0]):

@@ -5,14 +5,22 @@ import ctypes
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PathLike = str | os.PathLike
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a manifest or config is a few kB; refuse to parse anything huge
+MAX_SAFETENSORS_HEADER = 1024 * 1024  # the JSON header of an adapter or checkpoint is a few kB
+SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+                      "F16": "float16", "U32": "uint32", "I32": "int32", "F32": "float32", "U64": "uint64",
+                      "I64": "int64", "F64": "float64"}
 
 
 def sha256_file(path: PathLike) -> str:
@@ -46,10 +54,53 @@ def write_file(path: PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _temp_name(dst: Path) -> Path:
+    """A hidden sibling `.<name>.tmp-<pid>-<random>`; the pid lets a later writer remove it after a crash."""
+    return dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temps(dst: PathLike) -> int:
+    """Delete temp siblings of `dst` left by writers that died (killed, power loss); returns how many.
+
+    Only names made by `_temp_name` whose process no longer exists are touched, so a concurrent
+    writer's temp file or folder is never removed.
+    """
+    dst = Path(dst)
+    prefix, removed = f".{dst.name}.tmp-", 0
+    try:
+        names = os.listdir(dst.parent)
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = dst.parent / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a pid at all: leave it
+        return True
+    return True
+
+
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale_temps(path)
+    tmp = _temp_name(path)
     try:
         write_file(tmp, data)
         os.replace(tmp, path)
@@ -74,13 +125,89 @@ def read_json(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any
         raise ValueError(f"{what} {path} is {size} bytes; expected at most {max_bytes}")
     raw = path.read_bytes()
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge integers, NaN
         raise ValueError(f"{what} {path} is not valid JSON ({e}); the file is corrupt or truncated") from None
 
 
 def _reject_constant(name: str):
     raise ValueError(f"NaN/Infinity ({name}) is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def read_bounded(path: PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file, after checking its size (so a huge file is refused, not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: expected a file at {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{what} {path} is {size} bytes; expected at most {max_bytes}")
+    return path.read_bytes()
+
+
+def parse_safetensors(blob: bytes, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file's bytes, after checking its header against its size.
+
+    The header (8-byte length + JSON) must declare known dtypes, and byte ranges that match each
+    shape and tile the data exactly: a hostile header cannot make us allocate more than the file holds.
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{where} is not a valid safetensors file ({why}); it is corrupt or truncated")
+    if len(blob) < 8:
+        raise bad(f"{len(blob)} bytes, too short for a header")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > min(MAX_SAFETENSORS_HEADER, len(blob) - 8):
+        raise bad(f"header length {n} exceeds the file ({len(blob)} bytes) or the {MAX_SAFETENSORS_HEADER} limit")
+    try:
+        header = json.loads(blob[8:8 + n].decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise bad(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("`__metadata__` should map names to strings")
+    data = len(blob) - 8 - n
+    spans = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor `{name}`: expected dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise bad(f"tensor `{name}`: dtype {dtype!r} is not one of {sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(_index(d) for d in shape):
+            raise bad(f"tensor `{name}`: shape should be a list of integers >= 0, found {shape!r}"[:200])
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_index(o) for o in offsets) \
+                or not offsets[0] <= offsets[1] <= data:
+            raise bad(f"tensor `{name}`: data_offsets {offsets!r} outside the {data} data bytes"[:200])
+        size = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+        if offsets[1] - offsets[0] != size:
+            raise bad(f"tensor `{name}`: shape {shape} needs {size} bytes, data_offsets give {offsets[1] - offsets[0]}")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for a, b, name in sorted(spans):
+        if a != end:
+            raise bad(f"tensor `{name}` starts at byte {a}, expected {end} (overlapping or gapped data)")
+        end = b
+    if end != data:
+        raise bad(f"tensors cover {end} of {data} data bytes")
+    tensors = {}
+    for a, b, name in spans:  # safetensors is little-endian, as are the platforms edgelora supports
+        dtype = np.dtype(SAFETENSORS_DTYPES[header[name]["dtype"]])
+        flat = np.frombuffer(blob[8 + n + a:8 + n + b], dtype)
+        tensors[name] = flat.reshape(header[name]["shape"]).copy()
+    return tensors, metadata
+
+
+def _index(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def safe_child(folder: PathLike, name: str, what: str) -> Path:
@@ -98,7 +225,8 @@ def safe_child(folder: PathLike, name: str, what: str) -> Path:
 def new_temp_dir(dst: PathLike) -> Path:
     """A fresh hidden sibling folder of `dst` to build its replacement in."""
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale_temps(dst)
+    tmp = _temp_name(dst)
     tmp.mkdir(parents=True)
     return tmp
 
