@@ -1,0 +1,341 @@
+"""Adapter store: named adapters, each a list of immutable versions and a `current` pointer.
+
+    STORE/
+      store.json                    {"format_version": 1}: marks the folder as a store
+      .lock                         writers hold an flock on it (readers never lock)
+      cache/                        the Skip-Cache shared by every adapter (one folder per backbone)
+      adapters/NAME/
+        current.json                {"version": 3}: replaced atomically (os.replace); absent = none yet
+        pins.json                   [2, 3]: versions protected from delete and prune
+        versions/v0003/             adapter_config.json + adapter_model.safetensors + version.json
+        data/                       the adapter's accumulated samples (edgelora.personalize)
+
+A version folder is built under a hidden temporary name and renamed into place once complete, so a
+reader sees a whole version or none; versions are never modified afterwards. Switching the current
+version is one atomic file replace, so a reader sees the old or the new pointer, never a mix.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal
+
+from .adapter import Adapter, load_adapter
+from .bundle import Manifest
+from .fileio import PathLike, atomic_write, dumps_json, fsync_dir, read_json, safe_child, write_file
+from .schema import from_dict, to_dict
+
+STORE_FORMAT_VERSION = 1
+STORE_FILE = "store.json"
+CURRENT_FILE = "current.json"
+PINS_FILE = "pins.json"
+VERSION_FILE = "version.json"
+MAX_NAME = 64
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_VERSION_DIR = re.compile(r"v(\d{4,})")
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid adapter name, else raise a ValueError that says why."""
+    if not isinstance(name, str):
+        raise TypeError(f"adapter name should be a string, found {type(name).__name__}")
+    if not 1 <= len(name) <= MAX_NAME or not _NAME.fullmatch(name):
+        raise ValueError(f"adapter name {name!r} is not allowed: expected 1 to {MAX_NAME} characters from "
+                         f"A-Z a-z 0-9 . _ - not starting with a dot (e.g. 'user-42' or 'fan_3')")
+    return name
+
+
+def parse_version(text: str | int) -> int:
+    """3, '3' or 'v3' -> 3."""
+    s = str(text).strip()
+    s = s[1:] if s[:1] in ("v", "V") else s
+    if not s.isdigit() or int(s) < 1:
+        raise ValueError(f"expected a version number such as 3 or v3, found {text!r}")
+    return int(s)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a version is: written once into its folder's version.json, never changed."""
+    version: int                                   # 1, 2, ... per adapter
+    parent: int | None                             # the version it was warm-started from (None: from scratch)
+    created: str                                   # ISO-8601 UTC time of writing
+    samples: int                                   # samples it was trained on
+    status: Literal["accepted", "rejected"] = "accepted"  # the holdout gate's decision when it was made
+    reason: str = ""                               # why (the gate's message)
+    metrics: dict = field(default_factory=dict)    # holdout metrics of this version (and of what it was compared to)
+    extra: dict = field(default_factory=dict)      # anything else worth keeping (training summary, session id)
+
+
+def _locked(method):
+    """Run a writing method under the store's lock."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock():
+            return method(self, *args, **kwargs)
+    return locked
+
+
+class AdapterStore:
+    """A folder of named, versioned adapters. Reading needs no lock; writing takes the store's lock."""
+
+    def __init__(self, root: PathLike, create: bool = True):
+        self.root = Path(root)
+        marker = self.root / STORE_FILE
+        if not marker.is_file():
+            if not create:
+                raise FileNotFoundError(f"adapter store not found: expected a folder with {STORE_FILE} at {self.root}")
+            if self.root.exists() and any(self.root.iterdir()):
+                raise ValueError(f"{self.root} is not empty and not an adapter store (no {STORE_FILE}); "
+                                 f"choose an empty or new folder")
+            (self.root / "adapters").mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, dumps_json({"format_version": STORE_FORMAT_VERSION}))
+        found = read_json(marker, "adapter store marker")
+        version = found.get("format_version") if isinstance(found, dict) else None
+        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
+            raise ValueError(f"{marker}: expected format_version <= {STORE_FORMAT_VERSION}, found {version!r}; "
+                             f"upgrade edgelora to open this store")
+        (self.root / "adapters").mkdir(exist_ok=True)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    # --- paths -------------------------------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        """Where the Skip-Cache shared by this store's adapters lives."""
+        return self.root / "cache"
+
+    def adapter_dir(self, name: str) -> Path:
+        return safe_child(self.root / "adapters", check_name(name), "adapter name")
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.adapter_dir(name) / "versions" / f"v{version:04d}"
+
+    def pointer_path(self, name: str) -> Path:
+        """The small file whose replacement publishes a version (servers stat it to notice changes)."""
+        return self.adapter_dir(name) / CURRENT_FILE
+
+    # --- reading -----------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Adapter names, sorted."""
+        return sorted(p.name for p in (self.root / "adapters").iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and _NAME.fullmatch(p.name))
+
+    def exists(self, name: str) -> bool:
+        return self.adapter_dir(name).is_dir()
+
+    def _need(self, name: str) -> Path:
+        folder = self.adapter_dir(name)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no adapter named {name!r} in store {self.root} (adapters: {self.names()})")
+        return folder
+
+    def version_numbers(self, name: str) -> list[int]:
+        folder = self._need(name) / "versions"
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION_DIR.fullmatch(p.name)))
+
+    def info(self, name: str, version: int) -> VersionInfo:
+        folder = self.version_dir(name, version)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"adapter {name!r} has no version {version} "
+                                    f"(versions: {self.version_numbers(name)})")
+        path = folder / VERSION_FILE
+        return from_dict(VersionInfo, read_json(path, "version info"), str(path))
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        return [self.info(name, v) for v in self.version_numbers(name)]
+
+    def current(self, name: str) -> int | None:
+        """The version being served, or None before the first one is published."""
+        path = self._need(name) / CURRENT_FILE
+        if not path.exists():
+            return None
+        data = read_json(path, "current pointer")
+        v = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{path}: expected {{\"version\": <positive integer>}}, found {data!r}")
+        return v
+
+    def pins(self, name: str) -> list[int]:
+        path = self._need(name) / PINS_FILE
+        data = read_json(path, "pins") if path.exists() else []
+        if not isinstance(data, list) or not all(isinstance(v, int) for v in data):
+            raise ValueError(f"{path}: expected a list of version numbers, found {data!r}")
+        return sorted(data)
+
+    def load(self, name: str, version: int | None = None, manifest: Manifest | None = None) -> Adapter:
+        """The adapter of `version` (default: the current one), validated (and against `manifest`)."""
+        if version is None:
+            version = self.current(name)
+            if version is None:
+                raise FileNotFoundError(f"adapter {name!r} has no current version yet (nothing published)")
+        folder = self.version_dir(name, version)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"adapter {name!r} has no version {version} "
+                                    f"(versions: {self.version_numbers(name)})")
+        return load_adapter(folder, manifest)
+
+    def summary(self, name: str) -> dict:
+        """JSON-able description of one adapter: current, pins and every version's info."""
+        return {"name": name, "current": self.current(name), "pins": self.pins(name),
+                "versions": [to_dict(v) for v in self.versions(name)]}
+
+    # --- writing (under the store lock) ------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """Exclusive writer lock on the store: an flock (released by the OS if the process dies) held
+        by one thread at a time; re-entrant, so a writer may call other writing methods."""
+        if not self._thread_lock.acquire(timeout=timeout):
+            raise TimeoutError(f"adapter store {self.root} is busy: another thread holds its lock")
+        try:
+            self._depth += 1
+            if self._depth > 1:
+                yield
+                return
+            with open(self.root / ".lock", "a+b") as f:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError(f"adapter store {self.root} is busy: another writer holds "
+                                               f"{self.root / '.lock'} for more than {timeout:g} s") from None
+                        time.sleep(0.05)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._thread_lock.release()
+
+    @_locked
+    def add_version(self, name: str, adapter: Adapter, *, parent: int | None, samples: int,
+                    status: str = "accepted", reason: str = "", metrics: dict | None = None,
+                    extra: dict | None = None) -> VersionInfo:
+        """Write `adapter` as the next version of `name` (created if new); does not change `current`."""
+        folder = self.adapter_dir(name)
+        versions = folder / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(versions)
+        number = max(self.version_numbers(name), default=0) + 1
+        info = VersionInfo(version=number, parent=parent, created=_now(), samples=int(samples), status=status,
+                           reason=reason, metrics=metrics or {}, extra=extra or {})
+        from_dict(VersionInfo, to_dict(info), "version info")  # validate before writing anything
+        stage = versions / f".v{number:04d}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            adapter.save(stage)                      # builds in its own temp folder, then renames to `stage`
+            write_file(stage / VERSION_FILE, dumps_json(to_dict(info)))
+            fsync_dir(stage)
+            os.rename(stage, self.version_dir(name, number))  # the version appears whole or not at all
+            fsync_dir(versions)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return info
+
+    @_locked
+    def set_current(self, name: str, version: int) -> None:
+        """Serve `version` from now on (one atomic file replace)."""
+        self.info(name, version)  # must exist and be readable
+        atomic_write(self.pointer_path(name), dumps_json({"version": int(version)}))
+
+    @_locked
+    def rollback(self, name: str, to: int | None = None) -> int:
+        """Serve an earlier version: `to`, or by default the parent of the current one. Returns it."""
+        cur = self.current(name)
+        if to is None:
+            if cur is None:
+                raise ValueError(f"adapter {name!r} has no current version to roll back from")
+            to = self.info(name, cur).parent
+            if to is None:
+                raise ValueError(f"adapter {name!r}: the current version v{cur} has no parent to roll back to; "
+                                 f"name a version explicitly (versions: {self.version_numbers(name)})")
+            if to not in self.version_numbers(name):
+                raise FileNotFoundError(f"adapter {name!r}: v{cur}'s parent v{to} was deleted; name a version "
+                                        f"explicitly (versions: {self.version_numbers(name)})")
+        self.set_current(name, to)
+        return to
+
+    @_locked
+    def pin(self, name: str, version: int, pinned: bool = True) -> list[int]:
+        """Protect `version` from delete and prune (or remove that protection). Returns the pins."""
+        self.info(name, version)
+        pins = set(self.pins(name))
+        pins = pins | {version} if pinned else pins - {version}
+        atomic_write(self.adapter_dir(name) / PINS_FILE, dumps_json(sorted(pins)))
+        return sorted(pins)
+
+    @_locked
+    def delete(self, name: str, version: int | None = None, force: bool = False) -> list[int]:
+        """Delete one version, or the whole adapter (version None). The current version and pinned
+        versions are refused unless `force`. Returns the version numbers removed."""
+        folder = self._need(name)
+        cur, pins = self.current(name), self.pins(name)
+        if version is None:
+            if not force and (cur is not None or pins):
+                raise ValueError(f"adapter {name!r} is in use (current v{cur}, pinned {pins}); pass force to "
+                                 f"delete it with all its versions and data")
+            removed = self.version_numbers(name)
+            _remove_dir(folder)
+            _remove_leftovers(folder.parent)
+            return removed
+        self.info(name, version)
+        if version == cur and not force:
+            raise ValueError(f"v{version} is the current version of {name!r}; roll back first, or pass force")
+        if version in pins and not force:
+            raise ValueError(f"v{version} of {name!r} is pinned; unpin it first, or pass force")
+        if version == cur:
+            (folder / CURRENT_FILE).unlink()  # nothing is served rather than a missing version
+        if version in pins:
+            self.pin(name, version, pinned=False)
+        _remove_dir(self.version_dir(name, version))
+        return [version]
+
+    @_locked
+    def prune(self, name: str, keep: int) -> list[int]:
+        """Delete all but the newest `keep` versions; the current, its parent and pinned ones always stay."""
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` should be a positive integer, found {keep!r}")
+        numbers = self.version_numbers(name)
+        cur = self.current(name)
+        protect = set(numbers[-keep:]) | set(self.pins(name)) | {cur}
+        if cur is not None:
+            protect.add(self.info(name, cur).parent)
+        gone = [v for v in numbers if v not in protect]
+        for v in gone:
+            _remove_dir(self.version_dir(name, v))
+        return gone
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _remove_dir(folder: Path) -> None:
+    """Rename out of sight first (atomic), then delete: nobody sees a half-deleted folder under its name."""
+    trash = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
+    os.rename(folder, trash)
+    fsync_dir(folder.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete hidden temporary folders that an interrupted writer left (the caller holds the lock)."""
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (".tmp-" in p.name or ".deleted-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)

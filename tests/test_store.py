@@ -1,0 +1,153 @@
+"""The adapter store: names, immutable versions, the atomic current pointer, pin, rollback, delete, prune."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgelora import Backbone, TrainConfig, finetune
+from edgelora import store as store_mod
+from edgelora.store import AdapterStore, check_name, parse_version
+
+
+@pytest.fixture
+def adapters(toy_bundle, toy_data):
+    """Three different adapters of the toy backbone."""
+    bb = Backbone(toy_bundle)
+    return [finetune(bb, *toy_data, TrainConfig(epochs=2, batch_size=10, seed=s))[0] for s in range(3)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return AdapterStore(tmp_path / "store")
+
+
+def publish(store, name, adapter, parent=None):
+    info = store.add_version(name, adapter, parent=parent, samples=10, metrics={"accuracy": 0.5})
+    store.set_current(name, info.version)
+    return info.version
+
+
+def test_versions_current_and_info_round_trip(store, adapters, toy_bundle):
+    assert store.names() == []
+    v1 = publish(store, "user-1", adapters[0])
+    v2 = publish(store, "user-1", adapters[1], parent=v1)
+    assert (v1, v2) == (1, 2) and store.current("user-1") == 2 and store.names() == ["user-1"]
+    info = store.info("user-1", 2)
+    assert info.parent == 1 and info.samples == 10 and info.metrics == {"accuracy": 0.5} and info.created
+    loaded = store.load("user-1", manifest=Backbone(toy_bundle).manifest)
+    assert np.array_equal(loaded.flat, adapters[1].flat)
+    assert np.array_equal(store.load("user-1", 1).flat, adapters[0].flat)
+    summary = store.summary("user-1")
+    assert summary["current"] == 2 and [v["version"] for v in summary["versions"]] == [1, 2]
+    assert json.loads((store.adapter_dir("user-1") / "current.json").read_text()) == {"version": 2}
+
+
+def test_adding_a_version_does_not_change_current(store, adapters):
+    publish(store, "a", adapters[0])
+    store.add_version("a", adapters[1], parent=1, samples=5, status="rejected", reason="worse")
+    assert store.current("a") == 1 and store.info("a", 2).status == "rejected"
+
+
+def test_rollback_to_parent_or_named_version(store, adapters):
+    publish(store, "a", adapters[0])
+    publish(store, "a", adapters[1], parent=1)
+    publish(store, "a", adapters[2], parent=2)
+    assert store.rollback("a") == 2 and store.current("a") == 2
+    assert store.rollback("a") == 1
+    with pytest.raises(ValueError, match="no parent"):
+        store.rollback("a")
+    assert store.rollback("a", to=3) == 3
+
+
+def test_pin_protects_from_delete_and_prune(store, adapters):
+    for i in range(5):
+        publish(store, "a", adapters[i % 3], parent=i or None)
+    store.pin("a", 1)
+    with pytest.raises(ValueError, match="pinned"):
+        store.delete("a", 1)
+    gone = store.prune("a", keep=1)            # keeps newest (5 = current), its parent 4, pinned 1
+    assert gone == [2, 3] and store.version_numbers("a") == [1, 4, 5]
+    assert store.pin("a", 1, pinned=False) == []
+    assert store.delete("a", 1) == [1]
+
+
+def test_delete_refuses_current_unless_forced(store, adapters):
+    publish(store, "a", adapters[0])
+    publish(store, "a", adapters[1], parent=1)
+    with pytest.raises(ValueError, match="current version"):
+        store.delete("a", 2)
+    assert store.delete("a", 1) == [1]
+    with pytest.raises(ValueError, match="in use"):
+        store.delete("a")
+    assert store.delete("a", 2, force=True) == [2] and store.current("a") is None
+    assert store.delete("a") == []
+    assert store.names() == []
+
+
+def test_error_bad_names_are_refused(store, adapters):
+    for bad in ["", ".hidden", "..", "../x", "a/b", "a\\b", "x" * 65, "späť", "a b", "/abs"]:
+        with pytest.raises(ValueError, match="not allowed"):
+            check_name(bad)
+        with pytest.raises(ValueError, match="not allowed"):
+            store.add_version(bad, adapters[0], parent=None, samples=1)
+    with pytest.raises(TypeError):
+        check_name(3)
+    assert check_name("Fan_3.site-2") == "Fan_3.site-2"
+
+
+def test_error_symlinked_adapter_folder_is_refused(store, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", store.root / "adapters" / "evil")
+    with pytest.raises(ValueError, match="link"):
+        store.current("evil")
+
+
+def test_error_missing_things_say_what_exists(store, adapters):
+    with pytest.raises(FileNotFoundError, match="no adapter named 'nobody'"):
+        store.current("nobody")
+    publish(store, "a", adapters[0])
+    with pytest.raises(FileNotFoundError, match=r"no version 7 \(versions: \[1\]\)"):
+        store.load("a", 7)
+    with pytest.raises(ValueError, match="version number"):
+        parse_version("latest")
+    assert parse_version("v12") == 12 == parse_version("12")
+
+
+def test_error_corrupt_pointer_and_not_a_store(store, adapters, tmp_path):
+    publish(store, "a", adapters[0])
+    (store.adapter_dir("a") / "current.json").write_text('{"version": "one"}')
+    with pytest.raises(ValueError, match="current.json"):
+        store.current("a")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an adapter store"):
+        AdapterStore(tmp_path / "other")
+    with pytest.raises(FileNotFoundError):
+        AdapterStore(tmp_path / "missing", create=False)
+
+
+def test_interrupted_version_write_leaves_nothing_visible(store, adapters, monkeypatch):
+    publish(store, "a", adapters[0])
+    real = store_mod.write_file
+
+    def fail(path, data):
+        raise OSError("disk full")
+    monkeypatch.setattr(store_mod, "write_file", fail)   # fails while writing version.json
+    with pytest.raises(OSError, match="disk full"):
+        store.add_version("a", adapters[1], parent=1, samples=3)
+    monkeypatch.setattr(store_mod, "write_file", real)
+    assert store.version_numbers("a") == [1] and store.current("a") == 1
+    assert store.add_version("a", adapters[1], parent=1, samples=3).version == 2
+    assert not [p for p in (store.adapter_dir("a") / "versions").iterdir() if p.name.startswith(".")]
+
+
+def test_lock_is_reentrant_and_exclusive_between_processes(store, adapters):
+    import subprocess
+    import sys
+    with store.lock():
+        publish(store, "a", adapters[0])            # writing methods take the lock again: no deadlock
+        code = ("import sys; from edgelora.store import AdapterStore; s = AdapterStore(sys.argv[1]);\n"
+                "try:\n  s.lock(timeout=0.2).__enter__()\nexcept TimeoutError: sys.exit(3)")
+        r = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True)
+        assert r.returncode == 3, r.stderr.decode()
