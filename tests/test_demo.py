@@ -58,6 +58,14 @@ def test_demo_text_report(capsys, tmp_path):
         assert words in out, words
 
 
+def test_demo_saves_its_data_for_the_cli_quick_start(capsys, tmp_path):
+    r = demo_json(capsys, "--no-plot", "--epochs", "5", "--save-data", tmp_path / "files")
+    assert main(["eval", r["saved_data"]["bundle"], "--data", r["saved_data"]["test"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == r["accuracy"]["before"]
+    with np.load(r["saved_data"]["finetune"]) as z:
+        assert z["x"].shape == (400, 64) and z["y"].shape == (400,)
+
+
 def test_demo_without_matplotlib_still_reports(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.delitem(sys.modules, "edgelora.cli.demo_plot", raising=False)

@@ -6,13 +6,18 @@ the digits come from the installed scikit-learn (demo_data), no torch, no networ
 from __future__ import annotations
 
 import argparse
+import io
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..backbone import Backbone
 from ..cache import SkipCache
+from ..fileio import atomic_write
 from ..metrics import evaluate_outputs
 from ..predict import Predictor
 from ..train import TrainConfig, finetune, validation_split
@@ -24,6 +29,7 @@ EXAMPLE = """
 edgelora demo                          # report + edgelora_demo.png in the current folder
 edgelora demo --png /tmp/story.png --seed 1
 edgelora demo --json --no-plot
+edgelora demo --save-data demo_files   # also keep the bundle and the new scanner's data to try the CLI on
 """
 
 
@@ -45,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=common.decay, default="auto", metavar="W|auto",
                    help="weight decay, or auto: chosen on the device by validation loss (default auto)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--save-data", type=Path, default=None, metavar="DIR",
+                   help="also write DIR/bundle (the demo backbone), DIR/finetune.npz and DIR/test.npz (the new "
+                        "scanner's labelled scans, arrays x and y) to try the other commands on")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -81,7 +90,9 @@ def run(args: argparse.Namespace) -> dict:
     after = Predictor(backbone, adapter).evaluate(*data["test"])
     peak = _peak_rss()
 
+    saved = None if args.save_data is None else _save_data(args.save_data, data)
     result = {
+        "saved_data": saved,
         "accuracy": {"lab": lab["accuracy"], "before": before["accuracy"], "after": after["accuracy"]},
         "macro_f1": {"lab": lab["macro_f1"], "before": before["macro_f1"], "after": after["macro_f1"]},
         "gain_points": 100 * (after["accuracy"] - before["accuracy"]),
@@ -99,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
                  [{"epoch": e["epoch"], "val_accuracy": e["val_accuracy"], "val_loss": e["val_loss"],
                    "train_loss": e["train_loss"]} for e in history.epochs],
         "shift": demo_data.SHIFT, "data": demo_data.CITATION, "bundle": str(BUNDLE),
-        "png": None, "png_note": "--no-plot" if args.no_plot else None}
+        "png": None, "png_note": "not written (--no-plot)" if args.no_plot else None}
     if not args.no_plot:
         try:
             from .demo_plot import plot
@@ -109,6 +120,21 @@ def run(args: argparse.Namespace) -> dict:
             examples = (data["lab_test"][0][:6], data["test"][0][:6])
             result["png"] = str(plot(result, examples, args.png))
     return result
+
+
+def _save_data(folder: Path, data: dict) -> dict:
+    """Copy the bundle and write the new scanner's scans as .npz, for the CLI quick start."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "bundle").exists():
+        shutil.rmtree(folder / "bundle")
+    shutil.copytree(BUNDLE, folder / "bundle")
+    files = {"bundle": str(folder / "bundle")}
+    for name in ("finetune", "test"):
+        buf = io.BytesIO()
+        np.savez(buf, x=data[name][0], y=data[name][1])
+        atomic_write(folder / f"{name}.npz", buf.getvalue())
+        files[name] = str(folder / f"{name}.npz")
+    return files
 
 
 def _peak_rss() -> int:
@@ -141,4 +167,6 @@ def report(r: dict) -> str:
         f"{common.human_bytes(c['bytes'])} {c['dtype']}; backbone passes {r['backbone_passes']} "
         f"(without the cache: {r['passes_without_cache']:,})",
         f"  memory     peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB (the whole process: Python, numpy, onnxruntime)",
-        f"  figure     {figure}"])
+        f"  figure     {figure}"] +
+        ([f"  data       {r['saved_data']['bundle']}, {r['saved_data']['finetune']}, {r['saved_data']['test']}"]
+         if r["saved_data"] else []))
