@@ -1,0 +1,269 @@
+"""Personalisation over time: new labelled samples -> candidate adapter -> gate -> publish or keep back.
+
+Each call is a *session*. Its new samples join the adapter's accumulated samples (kept in the store,
+`adapters/NAME/data/`); only samples never seen before go through the backbone (the store's Skip-Cache
+keeps the rest). A candidate is trained on all accumulated training samples, warm-started from the
+current version, and published only if the gate passes; either way it is kept as a version.
+
+Holdout: of each session's new samples, the most recent `holdout_fraction` of each class (in the order
+given, which should be time order) is set aside and never trained on. Holdouts accumulate.
+The gate, against the current version (before the first one: the shared model without adapter):
+1. Holdout: on the *verified* holdout - the holdout samples of earlier joined sessions - the candidate
+   may be worse by at most `margin`. This session's own holdout is left out because its labels are what
+   is in question (wrong labels would vouch for themselves); it counts only while the verified holdout
+   is smaller than `min_holdout`.
+2. Labels: a session whose labels the current version finds implausible (probability < `implausible_p`)
+   for more than `max_implausible` of its samples is rejected. Only a personalised version is asked:
+   the shared model is wrong by design on the data personalisation is for.
+A rejected session is quarantined: its samples stay on disk but are left out of later training and
+holdouts (the same inputs sent again, e.g. with corrected labels, count as new). Too little data (one
+class, a training split smaller than a batch, a small holdout) defers: the samples join, nothing is trained.
+Classes absent from the training samples keep the shared model's outputs (`mask_unseen_classes`).
+
+Crash safety: the candidate version is written (atomic rename), then the accumulated data (atomic
+folder swap), then `current` is switched (atomic replace). Stopped anywhere, the current version keeps
+serving; the worst case is a candidate that was judged but not published, whose samples still count.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Literal
+
+import numpy as np
+
+from .backbone import Backbone
+from .cache import SkipCache, sample_keys
+from .data import as_inputs, as_targets, num_samples
+from .losses import log_softmax
+from .metrics import evaluate_outputs
+from .predict import Predictor
+from .samples import Samples
+from .schema import check, to_dict
+from .store import AdapterStore, check_name
+from .train import TrainConfig, finetune, validation_split
+
+Decision = Literal["published", "rejected", "deferred", "unchanged"]
+JOINED = ("published", "deferred")   # sessions whose samples are trained on and held out
+
+
+@dataclass(frozen=True)
+class PersonalizeConfig:
+    """How a session is trained and judged."""
+    train: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning settings (rank/alpha come from the current version)
+    holdout_fraction: float = 0.2            # most recent fraction of each class of each session, never trained on
+    min_holdout: int = 10                    # fewer accumulated holdout samples than this: defer, publish nothing
+    margin: float = 0.02                     # publish unless the candidate is worse than the current by more than this
+    gate_metric: Literal["accuracy", "loss"] = "accuracy"  # accuracy (higher is better) or loss (lower is better)
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    keep_versions: int = 10                  # prune older versions beyond this many (current, parent, pinned stay)
+    max_implausible: float | None = 0.5      # reject a session if the current version finds more than this
+                                             # fraction of its labels implausible; None: no label check
+    implausible_p: float = 1e-3              # a label the current version gives less probability than this is implausible
+    mask_unseen_classes: bool = True         # zero the adapter's outputs for classes absent from the training data
+    lock_timeout: float = 600.0              # seconds to wait for another writer of the store
+
+    def __post_init__(self):
+        check(0 < self.holdout_fraction < 1, f"`holdout_fraction` should be in (0, 1), found {self.holdout_fraction}")
+        check(self.min_holdout >= 1, f"`min_holdout` should be a positive integer, found {self.min_holdout}")
+        check(self.margin >= 0, f"`margin` should be >= 0, found {self.margin}")
+        check(self.gate_metric in ("accuracy", "loss"), f"`gate_metric` should be 'accuracy' or 'loss', "
+                                                        f"found {self.gate_metric!r}")
+        check(self.max_implausible is None or 0 <= self.max_implausible <= 1,
+              f"`max_implausible` should be a fraction in [0, 1] or None, found {self.max_implausible}")
+        check(0 < self.implausible_p < 1, f"`implausible_p` should be in (0, 1), found {self.implausible_p}")
+        check(self.keep_versions >= 1, f"`keep_versions` should be a positive integer, found {self.keep_versions}")
+
+
+@dataclass
+class PersonalizeResult:
+    """What a session did and why."""
+    name: str
+    decision: Decision
+    reason: str
+    session: int | None = None              # session number in the adapter's data (None: nothing new)
+    version: int | None = None              # the candidate written (published or rejected), None if none
+    current: int | None = None              # the version serving after this call
+    previous: int | None = None             # the version serving before it
+    samples: dict = field(default_factory=dict)   # new, duplicates, train, holdout, backbone_runs
+    metrics: dict = field(default_factory=dict)   # reference / candidate metrics on the gate holdout
+    seconds: dict = field(default_factory=dict)   # cache, train, total
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
+    """True for the last `fraction` (rounded, >= 1 when a class has >= 2 samples) of each class."""
+    mask = np.zeros(len(targets), bool)
+    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
+        else [np.arange(len(targets))]
+    for g in groups:
+        if len(g) >= 2:
+            mask[g[len(g) - min(len(g) - 1, max(1, int(round(fraction * len(g))))):]] = True
+    return mask
+
+
+def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new,
+                config: PersonalizeConfig = PersonalizeConfig(), *,
+                progress: Callable[[str], None] | None = None) -> PersonalizeResult:
+    """Add a session of labelled samples to adapter `name`; publish the new version if the gate passes.
+
+    `progress(stage)` is called after each stage: validated, trained, version_written, data_written, published.
+    """
+    start = time.perf_counter()
+    step = progress or (lambda stage: None)
+    check_name(name)
+    m = backbone.manifest
+    inputs = as_inputs(x_new, m, "x_new")
+    targets = as_targets(y_new, m, num_samples(inputs), "y_new")
+    step("validated")
+    with store.lock(config.lock_timeout):
+        folder = store.adapter_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = Samples.load(folder / "data", m)
+        cur = store.current(name)
+        current = store.load(name, cur, m) if cur is not None else None
+        keys = sample_keys(inputs)
+        fresh = _unseen(keys, {bytes(k) for k in data.keys[data.joined(JOINED)]})
+        counts = {"new": int(fresh.sum()), "duplicates": int(len(keys) - fresh.sum())}
+        result = PersonalizeResult(name, "unchanged", "", current=cur, previous=cur, samples=counts)
+        if not fresh.any():
+            result.reason = f"all {len(keys)} samples are already in the adapter's data; nothing to train"
+            result.seconds["total"] = time.perf_counter() - start
+            return result
+        session = result.session = data.next_session()
+        hold_new = holdout_mask(targets[fresh], config.holdout_fraction, m.task)
+        data = data.append({k: v[fresh] for k, v in inputs.items()}, targets[fresh],
+                           [k for k, f in zip(keys, fresh) if f], session, hold_new)
+        use, mine = data.joined(JOINED + ("pending",), pending=session), data.session == session
+        train = use & ~data.holdout
+        parts = {"verified": use & data.holdout & ~mine, "new": use & data.holdout & mine}
+        verified_only = parts["verified"].sum() >= config.min_holdout
+        parts["gate"] = parts["verified"] if verified_only else parts["verified"] | parts["new"]
+        counts.update(train=int(train.sum()), holdout_verified=int(parts["verified"].sum()),
+                      holdout_new=int(parts["new"].sum()))
+        cache = SkipCache(backbone, store.cache_dir, dtype=config.cache_dtype)
+        misses = cache.misses
+        cache.rows(data.inputs_at(mine))      # the only backbone work: this session's new samples, in one pass
+        result.decision = "deferred"
+        result.reason = _defer_reason(data.y[train], int(parts["gate"].sum()), config, m)
+        if result.reason is None:
+            candidate, history = finetune(backbone, data.inputs_at(train), data.y[train], config.train,
+                                          cache=cache, init=current)
+            if config.mask_unseen_classes and m.task == "classification":
+                _mask_unseen_classes(candidate, data.y[train])
+            result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}
+            step("trained")
+            ok, result.reason, result.metrics = _judge(backbone, cache, data, parts, mine, current, candidate,
+                                                       cur, verified_only, config)
+            result.decision = "published" if ok else "rejected"
+            info = store.add_version(name, candidate, parent=cur, samples=int(train.sum()),
+                                     status="accepted" if ok else "rejected", reason=result.reason,
+                                     metrics=result.metrics,
+                                     extra={"session": session, "chosen": history.chosen,
+                                            "best_epoch": history.best_epoch, "stopped": history.stopped})
+            result.version = info.version
+            step("version_written")
+        counts["backbone_runs"] = cache.misses - misses
+        data.save(folder / "data", {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                    "new": counts["new"], "duplicates": counts["duplicates"],
+                                    "holdout": counts["holdout_new"], "decision": result.decision,
+                                    "version": result.version, "reason": result.reason})
+        step("data_written")
+        if result.decision == "published":
+            store.set_current(name, result.version)
+            result.current = result.version
+            step("published")
+            store.prune(name, config.keep_versions)
+    result.seconds["total"] = time.perf_counter() - start
+    return result
+
+
+def _unseen(keys: list[bytes], known: set[bytes]) -> np.ndarray:
+    """Mask of samples whose key is neither in `known` nor earlier in `keys`."""
+    fresh = np.zeros(len(keys), bool)
+    for i, k in enumerate(keys):
+        if k not in known:
+            fresh[i] = True
+            known.add(k)
+    return fresh
+
+
+def _mask_unseen_classes(adapter, y_train: np.ndarray) -> None:
+    """Zero the adapter's B columns and bias of classes absent from y_train: those logits stay the shared
+    model's. Without this, a session of 2 activities teaches the adapter to push the other 4 down."""
+    p = adapter.params
+    unseen = np.setdiff1d(np.arange(adapter.config.num_outputs), np.unique(y_train))
+    p["B"][:, unseen] = 0.0
+    if "bias" in p:
+        p["bias"][unseen] = 0.0
+
+
+def _judge(backbone, cache, data, parts, mine, current, candidate, cur, verified_only, config):
+    """(publish?, reason, metrics): the label check, then the holdout comparison."""
+    ref_name = f"v{cur}" if cur is not None else "the shared model"
+    metrics = _evaluate(backbone, cache, data, parts, {"reference": current, "candidate": candidate})
+    metrics.update(reference_version=cur, gate_holdout="verified" if verified_only else "verified+new")
+    ok, why = _gate(metrics, config, ref_name)
+    if not verified_only:
+        why += (f" (earlier sessions' holdout has {int(parts['verified'].sum())} < min_holdout {config.min_holdout} "
+                f"samples, so this session's own holdout counts too)")
+    if current is not None and config.max_implausible is not None and backbone.manifest.task == "classification":
+        y0, t = cache.gather(cache.rows(data.inputs_at(mine)))
+        logp = log_softmax(Predictor(backbone, current).apply(y0, t).astype(np.float64))
+        frac = float((logp[np.arange(len(logp)), data.y[mine]] < np.log(config.implausible_p)).mean())
+        metrics["implausible_labels"] = frac
+        if frac > config.max_implausible:
+            ok, why = False, (f"rejected: {100 * frac:.0f} % of this session's labels are implausible for {ref_name} "
+                              f"(probability < {config.implausible_p:g}), more than max_implausible "
+                              f"{100 * config.max_implausible:g} %: wrong labels? {ref_name} keeps serving")
+    return ok, why, metrics
+
+
+def _defer_reason(y_train: np.ndarray, n_hold: int, config: PersonalizeConfig, m) -> str | None:
+    """Why there is too little data to train and judge a candidate yet, or None."""
+    tc = config.train
+    if m.task == "classification":
+        classes = np.unique(y_train)
+        if len(classes) < 2:
+            seen = ", ".join(m.classes[int(c)] for c in classes) or "none"
+            return (f"deferred: the training samples cover {len(classes)} class ({seen}); fine-tuning needs at "
+                    f"least 2 - the samples are kept and count once more classes arrive")
+    train_idx, _ = validation_split(y_train, tc.val_fraction, tc.val_split, tc.seed, m.task)
+    if len(train_idx) < tc.batch_size:
+        return (f"deferred: {len(y_train)} training samples leave {len(train_idx)} after the validation split, "
+                f"fewer than batch_size {tc.batch_size} - the samples are kept and count next time")
+    if n_hold < config.min_holdout:
+        return (f"deferred: the holdout has {n_hold} samples, fewer than min_holdout {config.min_holdout}, too "
+                f"few to judge a new version - the samples are kept and count next time")
+    return None
+
+
+def _evaluate(backbone: Backbone, cache: SkipCache, data: Samples, parts: dict, models: dict) -> dict:
+    """{model: {part: metrics}} for each non-empty holdout part, from cached backbone outputs."""
+    out = {name: {} for name in models}
+    for part, mask in parts.items():
+        if not mask.any():
+            continue
+        y0, t = cache.gather(cache.rows(data.inputs_at(mask)))
+        for name, adapter in models.items():
+            out[name][part] = evaluate_outputs(Predictor(backbone, adapter).apply(y0, t), data.y[mask],
+                                               backbone.manifest.task)
+    return out
+
+
+def _gate(metrics: dict, config: PersonalizeConfig, ref_name: str) -> tuple[bool, str]:
+    """(publish?, reason): on the gate holdout the candidate may be worse than the reference by at most `margin`."""
+    key = config.gate_metric
+    c, r = metrics["candidate"]["gate"][key], metrics["reference"]["gate"][key]
+    n = metrics["candidate"]["gate"]["samples"]
+    worse = (r - c) if key == "accuracy" else (c - r)
+    fmt = (lambda v: f"{100 * v:.1f} %") if key == "accuracy" else (lambda v: f"{v:.4f}")
+    unit, size = (" points", 100) if key == "accuracy" else ("", 1)
+    what = f"holdout {key} {fmt(c)} vs {fmt(r)} for {ref_name} on {n} samples"
+    if worse > config.margin + 1e-12:
+        return False, (f"rejected: {what}: worse by {size * worse:.1f}{unit}, more than the margin "
+                       f"{size * config.margin:g}{unit}; {ref_name} keeps serving")
+    return True, f"published: {what} (margin {size * config.margin:g}{unit})"
