@@ -1,0 +1,284 @@
+"""Serving many adapters over one backbone: one adapter name per request row.
+
+A batch runs the frozen backbone once; rows are grouped by adapter and each group gets its adapter's
+skip paths (lora.forward) on the rows' base output and taps. Loaded adapters are kept in an LRU within
+a memory budget. Before a row is served, its adapter's `current.json` is stat-ed (at most every
+`poll_seconds`): a replaced pointer file means a newly published (or rolled back) version, which is
+loaded in place of the old one - no restart, and the backbone is never reloaded. Versions are
+immutable folders that appear by atomic rename and carry a weights checksum, so a reader never sees a
+half-written adapter; if a new version cannot be loaded, the version already loaded keeps serving.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from . import lora
+from .adapter import Adapter
+from .backbone import Backbone
+from .data import as_inputs, num_samples
+from .losses import log_softmax
+from .schema import check
+from .store import AdapterStore
+
+
+MERGE_MAX_BYTES = 1024**2  # adapters whose merged (D, C) weight fits this are served as one product
+STACK_MAX_COLUMNS = 96     # a mixed batch of merged adapters runs as one product up to this many columns
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How adapters are kept and refreshed."""
+    memory_budget: int = 64 * 1024**2            # bytes of adapter weights kept loaded (least recently used go first)
+    poll_seconds: float = 1.0                    # stat an adapter's current.json at most this often (0: every request);
+                                                 # refresh() checks at once
+    missing: Literal["error", "shared"] = "error"  # an adapter with no published version: error, or the shared model
+    batch_size: int = 256                        # rows per backbone call
+
+    def __post_init__(self):
+        check(isinstance(self.memory_budget, int) and self.memory_budget > 0,
+              f"`memory_budget` should be a positive number of bytes, found {self.memory_budget!r}")
+        check(self.poll_seconds >= 0, f"`poll_seconds` should be >= 0, found {self.poll_seconds}")
+        check(self.missing in ("error", "shared"), f"`missing` should be 'error' or 'shared', found {self.missing!r}")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+              f"`batch_size` should be a positive integer, found {self.batch_size!r}")
+
+
+@dataclass
+class _Loaded:
+    version: int | None           # None: no published version, serving the shared model
+    adapter: Adapter | None
+    stamp: tuple                  # (inode, mtime_ns, size) of current.json when last read
+    checked: float                # time.monotonic() of the last pointer check
+    nbytes: int
+
+    def __post_init__(self):
+        """Prepare the forward pass once (Adapter.params and AdapterConfig.layout are rebuilt per access)."""
+        a = self.adapter
+        self.params = a.params if a is not None else None
+        self.layout = a.config.layout if a is not None else None
+        self.scale = a.config.scale if a is not None else 0.0
+        self.W = self.bias = None
+        if a is not None and _merged_bytes(self.layout) <= MERGE_MAX_BYTES:
+            self.W, self.bias = merged_weight(self.params, self.layout, self.scale)
+            self.nbytes += self.W.nbytes
+
+    def forward(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """y0 + the adapter's skip paths for rows (y0 (n, C), taps t (n, D))."""
+        if self.adapter is None:
+            return y0
+        if self.W is None:
+            return lora.forward(self.params, y0, t, self.layout, self.scale)[0]
+        y = t @ self.W
+        y += y0
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+class AdapterServer:
+    """Predictions for rows that each name their adapter (None: the shared model without adapter)."""
+
+    def __init__(self, backbone: Backbone, store: AdapterStore, config: ServeConfig = ServeConfig()):
+        self.backbone, self.store, self.config = backbone, store, config
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._pointers: dict[str, str] = {}  # name -> path of its current.json (validated once)
+        self._bytes = 0                      # weights held by the loaded adapters
+        self._stack = None                   # (key, W, b, entries) of the last mixed batch
+        self.counts = {"loads": 0, "reloads": 0, "evictions": 0, "failed_reloads": 0}
+
+    # --- public -------------------------------------------------------------------------------------
+    def outputs(self, x, names: str | None | Sequence[str | None]) -> np.ndarray:
+        """Model outputs (N, C) with each row's adapter; `names` is one name for all rows or one per row."""
+        inputs = as_inputs(x, self.backbone.manifest)
+        n = num_samples(inputs)
+        if names is None or isinstance(names, str):
+            codes, entries = None, [self._entry(names)]
+        else:
+            names = list(names)
+            if len(names) != n:
+                raise ValueError(f"names: expected one adapter name per row ({n}), found {len(names)}")
+            index: dict = {}
+            codes = np.fromiter((index.setdefault(name, len(index)) for name in names), np.intp, n)
+            entries = [self._entry(name) for name in index]
+        if self._bytes > self.config.memory_budget:
+            self._evict(keep={id(e) for e in entries})
+        bs = self.config.batch_size
+        if n <= bs:  # the common case: one backbone call, no copy
+            return self._apply(*self.backbone.features(inputs, validated=True), codes, entries)
+        out = np.empty((n, self.backbone.num_outputs), np.float32)
+        for a in range(0, n, bs):
+            y0, t = self.backbone.features({k: v[a:a + bs] for k, v in inputs.items()}, validated=True)
+            out[a:a + len(y0)] = self._apply(y0, t, None if codes is None else codes[a:a + bs], entries)
+        return out
+
+    def predict(self, x, names: str | None | Sequence[str | None]) -> np.ndarray:
+        """Class indices (classification) or values (regression)."""
+        y = self.outputs(x, names)
+        return y.argmax(axis=1) if self.backbone.manifest.task == "classification" else y
+
+    def predict_proba(self, x, names: str | None | Sequence[str | None]) -> np.ndarray:
+        if self.backbone.manifest.task != "classification":
+            raise ValueError("probabilities need a classification backbone; this one does regression")
+        return np.exp(log_softmax(self.outputs(x, names).astype(np.float64))).astype(np.float32)
+
+    def adapter(self, name: str | None) -> Adapter | None:
+        """The adapter serving `name` now (None for the shared model), refreshed if a new version is current."""
+        return self._entry(name).adapter
+
+    def version(self, name: str) -> int | None:
+        """The version of `name` serving now (None: the shared model)."""
+        return self._entry(name).version
+
+    def _entry(self, name: str | None) -> _Loaded:
+        if name is None:
+            return _SHARED
+        entry = self._loaded.get(name)
+        now = time.monotonic()
+        if entry is None or now - entry.checked >= self.config.poll_seconds:
+            entry = self._refresh(name, entry, now)
+        self._loaded.move_to_end(name)
+        return entry
+
+    def refresh(self, name: str | None = None) -> None:
+        """Check the current pointer of `name` (default: every loaded adapter) at its next use."""
+        for key in [name] if name is not None else list(self._loaded):
+            if key in self._loaded:
+                self._loaded[key].checked = -math.inf
+
+    def stats(self) -> dict:
+        return {**self.counts, "loaded": {k: e.version for k, e in self._loaded.items()},
+                "bytes": self._bytes, "budget": self.config.memory_budget}
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _apply(self, y0: np.ndarray, t: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+        """Each row's adapter on its (y0, taps)."""
+        if codes is None or len(entries) == 1:
+            return entries[0].forward(y0, t)
+        n, c = y0.shape
+        if len(entries) * c <= STACK_MAX_COLUMNS and all(e.W is not None or e.adapter is None for e in entries):
+            # few small adapters: one product with their merged weights side by side, then each row picks
+            # its own adapter's C columns (cheaper than a group-by, whose cost is numpy call overhead)
+            W, b = self._stacked(entries, t.shape[1], c)
+            y = (t @ W).reshape(n, len(entries), c)[np.arange(n), codes]
+            y += y0
+            y += b[codes]
+            return y
+        order = np.argsort(codes, kind="stable")    # group rows by adapter: each adapter runs once
+        ends = np.cumsum(np.bincount(codes, minlength=len(entries)))
+        y0s, ts = y0[order], t[order]
+        out = np.empty_like(y0)
+        start = 0
+        for code, end in enumerate(ends):
+            if end > start:
+                out[order[start:end]] = entries[code].forward(y0s[start:end], ts[start:end])
+            start = end
+        return out
+
+    def _stacked(self, entries: list[_Loaded], d: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """[W_1 | ... | W_G] (D, G C) and biases (G, C) of these entries (the last combination is kept)."""
+        key = tuple(id(e) for e in entries)
+        if self._stack is None or self._stack[0] != key:
+            W = np.zeros((d, len(entries) * c), np.float32)
+            b = np.zeros((len(entries), c), np.float32)
+            for g, e in enumerate(entries):
+                if e.W is not None:
+                    W[:, g * c:(g + 1) * c] = e.W
+                if e.bias is not None:
+                    b[g] = e.bias
+            self._stack = (key, W, b, entries)  # holding `entries` keeps their ids from being reused
+        return self._stack[1], self._stack[2]
+
+    def _refresh(self, name: str, entry: _Loaded | None, now: float) -> _Loaded:
+        path = self._pointers.get(name)
+        if path is None:
+            path = self._pointers[name] = str(self.store.pointer_path(name))  # validates the name
+        for attempt in range(2):  # a version deleted between reading the pointer and loading it: read again
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return self._no_version(name, now)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if entry is not None and entry.stamp == stamp:
+                entry.checked = now
+                return entry
+            try:
+                version = self.store.current(name)
+                if version is None:
+                    return self._no_version(name, now)
+                if entry is not None and entry.version == version:
+                    adapter = entry.adapter
+                else:
+                    adapter = self.store.load(name, version, self.backbone.manifest)
+                    self.counts["reloads" if entry is not None else "loads"] += 1
+            except (FileNotFoundError, ValueError) as e:
+                if attempt == 0 and isinstance(e, FileNotFoundError):
+                    continue
+                if entry is None or entry.adapter is None:
+                    raise
+                self.counts["failed_reloads"] += 1
+                warnings.warn(f"adapter {name!r}: cannot load the new current version ({e}); "
+                              f"v{entry.version} keeps serving")
+                entry.checked = now
+                return entry
+            self._forget(name)
+            entry = _Loaded(version, adapter, stamp, now, int(adapter.flat.nbytes))
+            self._loaded[name] = entry
+            self._bytes += entry.nbytes
+            return entry
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _no_version(self, name: str, now: float) -> _Loaded:
+        if self.config.missing == "error":
+            if not self.store.exists(name):
+                raise FileNotFoundError(f"no adapter named {name!r} in store {self.store.root} "
+                                        f"(adapters: {self.store.names()})")
+            raise FileNotFoundError(f"adapter {name!r} has no published version yet; serve it with "
+                                    f"missing='shared' to use the shared model until it has one")
+        self._forget(name)
+        entry = _Loaded(None, None, (), now, 0)
+        self._loaded[name] = entry
+        return entry
+
+    def _evict(self, keep: set) -> None:
+        """Drop least recently used adapters until the loaded ones fit the budget (never those of the
+        request being served, `keep` = their ids)."""
+        for name, entry in list(self._loaded.items()):
+            if self._bytes <= self.config.memory_budget:
+                break
+            if id(entry) not in keep:
+                self._forget(name)
+                self.counts["evictions"] += 1
+
+    def _forget(self, name: str) -> None:
+        entry = self._loaded.pop(name, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes
+
+
+_SHARED = _Loaded(None, None, (), 0.0, 0)
+
+
+def _merged_bytes(layout: lora.Layout) -> int:
+    return sum(layout.widths) * layout.num_outputs * 4
+
+
+def merged_weight(p: dict, layout: lora.Layout, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(W (D, C), bias) with  s * sum_k (t_k A_k) B_k == t @ W,  W = s [A_1 B_1; ...; A_K B_K].
+
+    The same linear map as lora.forward in one product: at batch 1 a small adapter costs a few numpy
+    calls' overhead rather than its multiply-adds, so one call instead of K + 4 is what makes it cheap.
+    Used while W stays small (MERGE_MAX_BYTES); bigger adapters keep the low-rank form.
+    """
+    W = np.empty((sum(layout.widths), layout.num_outputs), np.float32)
+    for k, (a, b) in enumerate(layout.bounds):
+        np.matmul(lora.tap_A(p, layout, k), lora.tap_B(p, layout, k), out=W[a:b])
+    W *= scale
+    return W, (p["bias"].copy() if layout.bias else None)
