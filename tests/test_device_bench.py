@@ -16,8 +16,10 @@ from tests.helpers import mlp_bundle, random_mlp
 MODES = {"ft-all": "full", "lora-all": "lora"}
 
 
-def _bundles(tmp_path):
-    """An MLP (onnx.helper) and, with torch, a 1D and a 2D CNN exported by export/ (the reference families)."""
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """An MLP (onnx.helper) and a 1D and a 2D CNN exported by export/ (the reference families)."""
+    tmp_path = tmp_path_factory.mktemp("bench_bundles")
     out = [(mlp_bundle(tmp_path / "mlp", random_mlp([12, 8, 8, 3])) and tmp_path / "mlp", (12,))]
     torch = pytest.importorskip("torch")
     from export import export_model
@@ -58,8 +60,8 @@ def _torch_grads(chain, modes, p, x, dy, r, scale):
 
 
 @pytest.mark.parametrize("method", ["ft-all", "lora-all", "ft-last", "lora-last"])
-def test_engine_gradients_match_torch(tmp_path, method):
-    for bundle, shape in _bundles(tmp_path / method):
+def test_engine_gradients_match_torch(bundles, method):
+    for bundle, shape in bundles:
         chain = load_chain(bundle)
         n_layers = chain.num_layers
         mode = MODES[method.replace("last", "all")]
@@ -86,8 +88,8 @@ def test_engine_gradients_match_torch(tmp_path, method):
                                        err_msg=f"{bundle.name} {method} d{k}")
 
 
-def test_chain_forward_matches_onnxruntime(tmp_path):
-    for bundle, shape in _bundles(tmp_path):
+def test_chain_forward_matches_onnxruntime(bundles):
+    for bundle, shape in bundles:
         chain = load_chain(bundle)
         eng = Engine(chain, ["frozen"] * chain.num_layers)
         x = np.random.default_rng(0).standard_normal((7,) + shape).astype(np.float32)
