@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
             "chosen": history.chosen, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
             "stopped": history.stopped, "val_before": val_before, "val_after": history.val_metrics or None,
             "train_loss": best.get("train_loss"), "candidates": history.candidates,
-            "cache": {**cache_stats, "fill_seconds": cache.fill_seconds},
+            "cache": cache_stats,
             "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                         "total": time.perf_counter() - start},
             "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,

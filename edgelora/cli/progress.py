@@ -18,10 +18,10 @@ class Progress:
         self.stream = stream or sys.stderr
         self.total, self.label = max(int(total), 1), label
         self.active = enabled and _isatty(self.stream)
-        self.start, self.done, self._last = time.perf_counter(), 0, 0.0
+        self.start, self.done, self.note, self._last = time.perf_counter(), 0, "", 0.0
 
     def update(self, done: int, note: str = "") -> None:
-        self.done = min(int(done), self.total)
+        self.done, self.note = min(int(done), self.total), note
         now = time.perf_counter()
         if not self.active or (now - self._last < 0.05 and self.done < self.total):
             return  # redraw at most 20 times a second
@@ -35,7 +35,7 @@ class Progress:
     def close(self) -> None:
         if self.active:
             self._last = 0.0
-            self.update(self.done)
+            self.update(self.done, self.note)
             self.stream.write("\n")
             self.stream.flush()
 
