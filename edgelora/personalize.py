@@ -55,7 +55,7 @@ class PersonalizeConfig:
     holdout_fraction: float = 0.2            # most recent fraction of each class of each session, never trained on
     min_holdout: int = 10                    # fewer accumulated holdout samples than this: defer, publish nothing
     margin: float = 0.02                     # publish unless the candidate is worse than the current by more than this
-    gate_metric: Literal["accuracy", "loss"] = "accuracy"  # accuracy (higher is better) or loss (lower is better)
+    gate_metric: Literal["auto", "accuracy", "loss"] = "auto"  # auto: accuracy (classification), loss (regression)
     cache_dtype: Literal["float32", "float16"] = "float32"
     keep_versions: int = 10                  # prune older versions beyond this many (current, parent, pinned stay)
     max_implausible: float | None = 0.5      # reject a session if the current version finds more than this
@@ -68,8 +68,8 @@ class PersonalizeConfig:
         check(0 < self.holdout_fraction < 1, f"`holdout_fraction` should be in (0, 1), found {self.holdout_fraction}")
         check(self.min_holdout >= 1, f"`min_holdout` should be a positive integer, found {self.min_holdout}")
         check(self.margin >= 0, f"`margin` should be >= 0, found {self.margin}")
-        check(self.gate_metric in ("accuracy", "loss"), f"`gate_metric` should be 'accuracy' or 'loss', "
-                                                        f"found {self.gate_metric!r}")
+        check(self.gate_metric in ("auto", "accuracy", "loss"), f"`gate_metric` should be 'auto', 'accuracy' or "
+                                                                f"'loss', found {self.gate_metric!r}")
         check(self.max_implausible is None or 0 <= self.max_implausible <= 1,
               f"`max_implausible` should be a fraction in [0, 1] or None, found {self.max_implausible}")
         check(0 < self.implausible_p < 1, f"`implausible_p` should be in (0, 1), found {self.implausible_p}")
@@ -256,7 +256,10 @@ def _evaluate(backbone: Backbone, cache: SkipCache, data: Samples, parts: dict, 
 
 def _gate(metrics: dict, config: PersonalizeConfig, ref_name: str) -> tuple[bool, str]:
     """(publish?, reason): on the gate holdout the candidate may be worse than the reference by at most `margin`."""
-    key = config.gate_metric
+    key = config.gate_metric if config.gate_metric != "auto" else \
+        ("accuracy" if "accuracy" in metrics["candidate"]["gate"] else "loss")
+    if key not in metrics["candidate"]["gate"]:
+        raise ValueError(f"`gate_metric` {key!r} does not apply to a regression backbone; use 'loss' or 'auto'")
     c, r = metrics["candidate"]["gate"][key], metrics["reference"]["gate"][key]
     n = metrics["candidate"]["gate"]["samples"]
     worse = (r - c) if key == "accuracy" else (c - r)

@@ -177,3 +177,15 @@ def test_error_corrupt_data_is_detected(bb, store):
     with pytest.raises(ValueError, match="corrupt"):
         personalize(store, "u", bb, *session(60, 2), CFG)
     assert store.current("u") == 1
+
+
+def test_regression_backbone_is_gated_on_loss(tmp_path):
+    mlp_bundle(tmp_path / "reg", random_mlp([10, 8, 2]), task="regression")
+    bb, store = Backbone(tmp_path / "reg"), AdapterStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((10, 2))
+    for day in range(2):
+        x = rng.standard_normal((60, 10)).astype(np.float32)
+        r = personalize(store, "r", bb, x, (x @ w).astype(np.float32), CFG)
+        assert r.decision == "published" and "holdout loss" in r.reason, r.reason
+    assert "accuracy" not in r.metrics["candidate"]["gate"]
