@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", choices=("auto", "on", "off"), default="auto",
                    help="cost vs N and rank runs (auto: on for fan)")
     p.add_argument("--max-address-space-mb", type=int, default=None, help="RLIMIT_AS of every worker")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="fine-tunes per seed in each process; the median time is kept (default 1: one cold run)")
     p.add_argument("--no-profile", action="store_true", help="skip the instrumented Skip-LoRA replays")
     p.add_argument("--no-plots", action="store_true")
     for f in fields(BenchConfig):
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args.protocol, seeds=args.seeds, out=args.out, methods=[m for m in args.methods.split(",") if m],
             cfg=cfg, arch=args.arch, bundle=args.bundle, subset=args.subset,
             with_scaling={"auto": None, "on": True, "off": False}[args.scaling],
-            max_address_space_mb=args.max_address_space_mb, profile=not args.no_profile, plot=not args.no_plots)
+            max_address_space_mb=args.max_address_space_mb, profile=not args.no_profile, plot=not args.no_plots,
+            repeat=args.repeat)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"device_bench: error: {e}", file=sys.stderr)
         return 2

@@ -17,25 +17,24 @@ def _plt():
 
 
 def breakdown(results: dict, path: Path) -> None:
-    """Horizontal stacked bars of where each method's fine-tune time goes (log-scaled twin for small ones)."""
+    """Stacked bars of where each method's fine-tune time goes: seconds, and shares of the total."""
     plt = _plt()
     m = results["methods"]
     names = [r["name"] for r in m.values()]
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 1.8), sharey=True)
-    for ax, log in zip(axes, (False, True)):
-        left = [1e-6 if log else 0.0] * len(names)
+    for ax, share in zip(axes, (False, True)):
+        left = [0.0] * len(names)
         for part in PARTS:
-            widths = [r["breakdown"].get(part, 0.0) for r in m.values()]
+            widths = [r["breakdown"].get(part, 0.0) / (sum(r["breakdown"].values()) / 100 if share else 1.0)
+                      for r in m.values()]
             ax.barh(names, widths, left=left, color=COLORS[part], label=part)
             left = [a + b for a, b in zip(left, widths)]
-        for i, r in enumerate(m.values()):
-            ax.text(r["seconds_mean"] * (1.1 if log else 1.01), i, f"{r['seconds_mean']:.3f} s", va="center", fontsize=8)
-        ax.set_xlabel("fine-tune time (s)" + (", log scale" if log else ""))
-        if log:
-            ax.set_xscale("log")
-            ax.set_xlim(left=min(r["seconds_mean"] for r in m.values()) / 20)
+        if not share:
+            for i, r in enumerate(m.values()):
+                ax.text(r["seconds_mean"] * 1.01, i, f"{r['seconds_mean']:.3f} s", va="center", fontsize=8)
+        ax.set_xlabel("share of the fine-tune time (%)" if share else "fine-tune time (s)")
     axes[0].invert_yaxis()
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="lower right", framealpha=0.9)
     fig.suptitle(f"{results['protocol']}: where the fine-tune time goes (1 thread, mean per fine-tune)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -30,6 +30,7 @@ def aggregate(processes: list[dict]) -> dict:
             "accuracy_per_seed": [float(a) for a in acc],
             "seconds_mean": float(np.mean(sec)), "seconds_std": float(np.std(sec)),
             "seconds_per_seed": [float(s) for s in sec], "breakdown": parts,
+            "cold_seconds_mean": float(np.mean([r.get("cold_seconds", r["seconds"]) for r in runs])),
             "epoch_seconds": float(np.mean([r["epoch_seconds"] for r in runs])),
             "steps": int(np.mean([r["steps"] for r in runs])),
             "trainable_params": int(np.mean([r["trainable_params"] for r in runs])),

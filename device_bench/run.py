@@ -57,13 +57,13 @@ def run(protocol: str, seeds: int = SEEDS, out: str | Path | None = None, method
         cfg: BenchConfig = BenchConfig(), arch: str | None = None, bundle: str | None = None, subset: int | None = None,
         with_scaling: bool | None = None, scaling_factors=scaling.FACTORS, scaling_methods=scaling.N_METHODS,
         ranks=scaling.RANKS, max_address_space_mb: int | None = None, profile: bool = True, plot: bool = True,
-        bundles: Path = BUNDLES, log=print) -> dict:
+        bundles: Path = BUNDLES, repeat: int = 1, log=print) -> dict:
     """Run the benchmark; writes results.json, results.md and PNGs into `out`; returns the results dict."""
     out = Path(out) if out is not None else OUT / protocol
     out.mkdir(parents=True, exist_ok=True)
     methods = check_methods(methods or METHOD_ORDER)
-    if seeds < 1:
-        raise ValueError(f"`seeds` should be at least 1, found {seeds}")
+    if seeds < 1 or repeat < 1:
+        raise ValueError(f"`seeds` and `repeat` should be at least 1, found {seeds} and {repeat}")
     load = [os.getloadavg()[0]]
     arch = arch or DEFAULT_ARCH[protocol]
     tasks = prepare(protocol, out, bundles, arch, bundle, subset)
@@ -73,25 +73,28 @@ def run(protocol: str, seeds: int = SEEDS, out: str | Path | None = None, method
     for seed in range(seeds):          # seeds outer: every method sees the same machine conditions
         for method in methods:
             rep = spawn({"method": method, "seeds": [seed], "tasks": tasks, "config": cfg.to_dict(),
-                         "profile": profile, "max_address_space_mb": max_address_space_mb}, out / "specs")
+                         "profile": profile, "max_address_space_mb": max_address_space_mb, "repeat": repeat},
+                        out / "specs")
             processes.append(rep)
             acc = np.mean([r["accuracy"] for r in rep["runs"]])
             sec = np.mean([r["seconds"] for r in rep["runs"]])
             log(f"  seed {seed} {method:15s} acc {100 * acc:5.1f} %  fine-tune {sec:8.4f} s  "
                 f"peak RSS {rep['peak_rss_mb']:6.1f} MB  process {rep['process_seconds']:5.1f} s")
         load.append(os.getloadavg()[0])
-    results = {"protocol": protocol, "arch": arch, "config": cfg.to_dict(), "seeds": seeds, "device": device_info(),
+    results = {"protocol": protocol, "arch": arch, "config": cfg.to_dict(), "seeds": seeds, "repeat": repeat,
+               "device": device_info(),
                "tasks": tasks, "before_accuracy": base_accuracy(tasks), "methods": report.aggregate(processes),
                "processes": processes, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if with_scaling if with_scaling is not None else protocol == "fan":
         log("scaling with N and rank:")
         results["scaling"] = scaling.run(tasks[0], out, cfg, factors=scaling_factors, methods=scaling_methods,
-                                         ranks=ranks, seeds=seeds, log=log)
+                                         ranks=ranks, seeds=seeds, repeat=repeat, log=log)
         load.append(os.getloadavg()[0])
     results["load_average_1min"] = load
     results["targets"] = report.targets(results)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    md = [f"### {protocol} ({arch}), {seeds} seed(s), load {min(load):.2f}-{max(load):.2f}",
+    md = [f"### {protocol} ({arch}), {seeds} seed(s), median of {repeat} run(s) per seed, 1-min load "
+          f"{min(load):.2f}-{max(load):.2f}",
           "", report.markdown(results), "", *[f"- {line}" for line in report.target_lines(results)]]
     if results.get("scaling"):
         md += ["", "#### cost vs N and rank", "", scaling.markdown(results["scaling"])]

@@ -2,7 +2,7 @@
 
 N: the protocol's (first) fine-tune set at 25/50/100 % (random subsets) and 4x/16x (jittered copies,
 see tasks.scaled_task), one process per (method, N), seed 0. The linearity check fits the cost of a
-cached Skip2-LoRA epoch (the mean of epochs 2..E, which includes its val and train-loss evaluations)
+cached Skip2-LoRA epoch (the median of epochs 2..E, which include the per-epoch monitoring)
 as a + b N. Rank: Skip2-LoRA and LoRA-All (numpy) at r in RANKS, alpha = 2 r (s = 2), 3 seeds in one
 process each.
 """
@@ -35,7 +35,7 @@ def linear_fit(n, y) -> dict:
 
 
 def run(task: dict, out: Path, cfg: BenchConfig, factors=FACTORS, methods=N_METHODS, ranks=RANKS,
-        rank_methods=RANK_METHODS, seeds=3, log=print) -> dict:
+        rank_methods=RANK_METHODS, seeds=3, repeat=1, log=print) -> dict:
     """Scaling runs on one task dict (name, bundle, data); returns the 'scaling' section of results.json."""
     with np.load(task["data"]) as f:
         ft, te = (f["x_ft"], f["y_ft"]), (f["x_te"], f["y_te"])
@@ -46,7 +46,7 @@ def run(task: dict, out: Path, cfg: BenchConfig, factors=FACTORS, methods=N_METH
         for method in methods:
             spec = {"method": method, "seeds": [0], "tasks": [{"name": f"x{factor:g}", "bundle": task["bundle"],
                                                                "data": path}],
-                    "config": cfg.to_dict(), "profile": False}
+                    "config": cfg.to_dict(), "profile": False, "repeat": repeat}
             rep = spawn(spec, Path(out) / "specs")
             r = rep["runs"][0]
             points.append({"method": method, "factor": factor, "n": int(len(y)), "seconds": r["seconds"],
@@ -61,7 +61,7 @@ def run(task: dict, out: Path, cfg: BenchConfig, factors=FACTORS, methods=N_METH
         rcfg = replace(cfg, rank=r, alpha=2.0 * r)
         for method in rank_methods:
             rep = spawn({"method": method, "seeds": list(range(seeds)), "tasks": [task], "config": rcfg.to_dict(),
-                         "profile": False}, Path(out) / "specs")
+                         "profile": False, "repeat": repeat}, Path(out) / "specs")
             runs = rep["runs"]
             rank_points.append({"method": method, "rank": r, "seconds": float(np.mean([q["seconds"] for q in runs])),
                                 "accuracy": float(np.mean([q["accuracy"] for q in runs])),

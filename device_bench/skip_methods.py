@@ -90,7 +90,7 @@ def finetune_skip(method: str, backbone: Backbone, x, y, cfg: BenchConfig, seed:
     record = {"seconds": seconds, "call_seconds": call, "cache_seconds": history.cache_seconds,
               "train_seconds": history.train_seconds, "trainable_params": int(adapter.flat.size),
               "best_epoch": history.best_epoch, "samples": history.samples,
-              "epoch_seconds": float(np.mean(epochs[1:] if len(epochs) > 1 else epochs)),
+              "epoch_seconds": float(np.median(epochs[1:] if len(epochs) > 1 else epochs)),
               "steps": cfg.epochs * -(-history.samples["train"] // cfg.batch_size), "peak_rss_mb": peak_rss_mb()}
     if cached:
         record["cache_bytes"] = history.cache.get("bytes", 0)
