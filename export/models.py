@@ -37,20 +37,29 @@ class CNN1d(nn.Module):
 
 
 class CNN2d(nn.Module):
-    """Images or log-mel spectrograms (N, H, W) -> three Conv2d blocks -> global average -> Linear."""
+    """Images or log-mel spectrograms (N, H, W) -> three Conv2d blocks -> average -> Linear.
 
-    def __init__(self, classes: int, width: int = 16):
+    pool_width: None averages over H and W (images); an int (W / 4) keeps the W axis (for spectrograms
+    (N, time, mel): the mel axis, where a digit's formants are) and averages over H only.
+    strided: the first block is a stride-2 convolution instead of convolution + max-pool (3x faster).
+    """
+
+    def __init__(self, classes: int, width: int = 16, pool_width: int | None = None, strided: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
-        self.head = nn.Linear(2 * width, classes)
+        self.strided = strided
+        self.conv1 = nn.Conv2d(1, width // 2, 3, padding=1, stride=2 if strided else 1)
+        self.conv2 = nn.Conv2d(width // 2, width, 3, padding=1)
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.head = nn.Linear(2 * width * (pool_width or 1), classes)
+        self.keep_width = pool_width is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)                                      # (N, 1, H, W)
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.relu(self.conv1(x))
+        x = x if self.strided else torch.max_pool2d(x, 2)
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.relu(self.conv3(x)).mean(dim=(2, 3))
+        x = torch.relu(self.conv3(x))
+        x = x.mean(dim=2).flatten(1) if self.keep_width else x.mean(dim=(2, 3))
         return self.head(x)
 
 

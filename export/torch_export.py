@@ -135,6 +135,9 @@ def _finish(proto: onnx.ModelProto, names: list[str], outputs: list[str]) -> tup
     set_outputs(graph, sources, tmp)          # two steps: a wanted name may already name another tensor
     for t, name in zip(tmp, outputs):
         rename_value(graph, t, name)
+    for node in graph.node:            # the exporter's per-node stack traces hold local file paths:
+        del node.metadata_props[:]     # drop them so the same weights give the same bytes anywhere
+        node.ClearField("doc_string")
     proto = conservative(proto)
     return serialize(proto), outputs
 

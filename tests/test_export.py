@@ -29,6 +29,8 @@ def test_mlp_bundle_matches_torch_for_any_batch(tmp_path):
     assert m.inputs[0].shape == ("batch", 12) and m.classes == ("0", "1", "2")
     assert float(m.producer["max_rel_diff"]) <= 1e-4
     assert load_manifest(tmp_path / "b") == m
+    again = export_model(model, torch.randn(4, 12), tmp_path / "again", preprocess={"x": (np.zeros(12), np.ones(12))})
+    assert again.fingerprint == m.fingerprint                   # same weights, same bytes (no stack traces/paths)
     backbone = Backbone(tmp_path / "b")
     for n in (1, 7, 300):                                       # dynamic batch (Backbone chunks by 256)
         x = torch.randn(n, 12)
