@@ -109,21 +109,20 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
         raise ValueError(f"data file {path} is {size} bytes; the limit is {MAX_DATA_BYTES}")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.files)
+        if suffix == ".npz":  # read with zipfile + the .npy reader: np.load would guess the format from the bytes
+            with zipfile.ZipFile(path) as z:
+                keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
                 if x_key not in keys or (y_key is not None and y_key not in keys):
                     want = [k for k in (x_key, y_key) if k is not None]
                     raise ValueError(f"{path}: expected array(s) {want}, found {keys}; choose keys with "
                                      f"--x-key/--y-key")
-                for key in (x_key, y_key):
-                    if key is not None:
-                        _check_npz_member(z.zip, key, path)
-                return z[x_key], (z[y_key] if y_key is not None else None)
+                return _read_npz_member(z, x_key, path), \
+                    (_read_npz_member(z, y_key, path) if y_key is not None else None)
         if suffix == ".npy":
             with open(path, "rb") as f:
                 _check_npy(f, size, str(path))
-            return np.load(path, allow_pickle=False), None
+                f.seek(0)
+                return np.lib.format.read_array(f, allow_pickle=False), None
         if suffix == ".csv":
             return _load_csv(path, label_column if y_key is not None else None)
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
@@ -133,11 +132,9 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
     raise ValueError(f"{path}: unsupported data format {suffix!r}; expected .npz, .npy or .csv")
 
 
-def _check_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> None:
-    """Check the .npy header of member `key` against the member's size before numpy allocates it."""
-    names = set(z.namelist())
-    name = key + ".npy" if key + ".npy" in names else key
-    info = z.getinfo(name)
+def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
+    """Array `key` of a .npz, after checking its .npy header against the member's size."""
+    info = z.getinfo(key + ".npy")
     where = f"{path}['{key}']"
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{where}: unsupported zip compression {info.compress_type}; save with np.savez")
@@ -147,6 +144,8 @@ def _check_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> None:
                          f"the file is corrupt")
     with z.open(info) as f:
         _check_npy(f, info.file_size, where)
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _check_npy(f, size: int, where: str) -> None:
@@ -157,12 +156,14 @@ def _check_npy(f, size: int, where: str) -> None:
         if version not in read:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, fortran, dtype = read[version](f)
-    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - numpy parses the header with ast/tokenize: SyntaxError, TokenError, ...
         raise ValueError(f"{where}: not a valid .npy array ({' '.join(str(e).split())[:200]})") from None
     if dtype.hasobject:
         raise ValueError(f"{where}: holds Python objects (dtype {dtype}); only numeric arrays are read (no pickle)")
     need = math.prod(shape) * dtype.itemsize
     have = size - f.tell()
+    if any(not 0 <= d <= MAX_DATA_BYTES for d in shape):  # (0, 2**62) or (0, -1): 0 bytes, numpy refuses it
+        raise ValueError(f"{where}: the header declares an impossible shape {shape}; the file is corrupt")
     if need != have:
         raise ValueError(f"{where}: the header declares shape {shape} of {dtype} ({need} bytes) but the file holds "
                          f"{have} bytes of data; it is corrupt or truncated")
@@ -198,7 +199,7 @@ def _load_csv(path: Path, label_column: str | int | None):
             raise ValueError(f"{path}: label column {j} out of range for {width} columns")
         j %= width
     y = table[:, j]
-    if (y == np.round(y)).all():
+    if (np.abs(y) < 2**53).all() and (y == np.round(y)).all():  # whole numbers are class indices (not NaN/Inf)
         y = y.astype(np.int64)
     return np.delete(table, j, axis=1).astype(np.float32), y
 
