@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", required=True, choices=PROTOCOLS)
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--out", default=None, help="results folder (default bench_out/PROTOCOL)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default="", help=f"comma-separated subset of {','.join(METHODS)} "
+                   f"(default: all; ort-* only with --ort-python)")
+    p.add_argument("--ort-python", default=None, help="python of a venv with onnxruntime-training==1.19.2 and "
+                   "onnx==1.17.0: adds the optional onnxruntime-training peer (ort-ft-all, ort-ft-last)")
     p.add_argument("--arch", default=None, help="backbone family (default: mlp for fan/har, cnn2d for fsdd/mnist; "
                    "har also cnn1d): picks export/'s reference bundle PROTOCOL_ARCH")
     p.add_argument("--bundle", default=None, help="use this bundle instead of the reference backbone")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg=cfg, arch=args.arch, bundle=args.bundle, subset=args.subset,
             with_scaling={"auto": None, "on": True, "off": False}[args.scaling],
             max_address_space_mb=args.max_address_space_mb, profile=not args.no_profile, plot=not args.no_plots,
-            repeat=args.repeat)
+            repeat=args.repeat, ort_python=args.ort_python)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"device_bench: error: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,9 @@ METHODS = {
     "torch-ft-all": ("PyTorch FT-All", "torch", "all weights"),
     "torch-ft-last": ("PyTorch FT-Last", "torch", "last layer"),
     "torch-lora-all": ("PyTorch LoRA-All", "torch", "LoRA (plain, PEFT conventions) in every layer"),
+    # optional peer, run only with `--ort-python` (its own virtual environment)
+    "ort-ft-all": ("ORT-training FT-All", "ort-training", "all weights, onnxruntime-training 1.19.2"),
+    "ort-ft-last": ("ORT-training FT-Last", "ort-training", "last layer, onnxruntime-training 1.19.2"),
 }
 SKIP2 = "skip2-lora"
 

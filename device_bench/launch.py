@@ -23,7 +23,8 @@ def spawn(spec: dict, workdir: Path, timeout: float = 3600) -> dict:
     env = device_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "device_bench.worker", str(path)], env=env, cwd=REPO,
+    python = spec.get("python") or sys.executable   # the onnxruntime-training peer has its own venv
+    proc = subprocess.run([python, "-m", "device_bench.worker", str(path)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
     if proc.returncode != 0 or not proc.stdout.strip():

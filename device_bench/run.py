@@ -57,11 +57,14 @@ def run(protocol: str, seeds: int = SEEDS, out: str | Path | None = None, method
         cfg: BenchConfig = BenchConfig(), arch: str | None = None, bundle: str | None = None, subset: int | None = None,
         with_scaling: bool | None = None, scaling_factors=scaling.FACTORS, scaling_methods=scaling.N_METHODS,
         ranks=scaling.RANKS, max_address_space_mb: int | None = None, profile: bool = True, plot: bool = True,
-        bundles: Path = BUNDLES, repeat: int = 1, log=print) -> dict:
+        bundles: Path = BUNDLES, repeat: int = 1, ort_python: str | None = None, log=print) -> dict:
     """Run the benchmark; writes results.json, results.md and PNGs into `out`; returns the results dict."""
     out = Path(out) if out is not None else OUT / protocol
     out.mkdir(parents=True, exist_ok=True)
-    methods = check_methods(methods or METHOD_ORDER)
+    methods = check_methods(methods or [m for m in METHOD_ORDER if ort_python or not m.startswith("ort-")])
+    if any(m.startswith("ort-") for m in methods) and not ort_python:
+        raise ValueError("the onnxruntime-training methods need `--ort-python`: the python of a virtual "
+                         "environment with onnxruntime-training==1.19.2 and onnx==1.17.0 (README)")
     if seeds < 1 or repeat < 1:
         raise ValueError(f"`seeds` and `repeat` should be at least 1, found {seeds} and {repeat}")
     load = [os.getloadavg()[0]]
@@ -73,6 +76,7 @@ def run(protocol: str, seeds: int = SEEDS, out: str | Path | None = None, method
     for seed in range(seeds):          # seeds outer: every method sees the same machine conditions
         for method in methods:
             rep = spawn({"method": method, "seeds": [seed], "tasks": tasks, "config": cfg.to_dict(),
+                         "python": ort_python if method.startswith("ort-") else None,
                          "profile": profile, "max_address_space_mb": max_address_space_mb, "repeat": repeat},
                         out / "specs")
             processes.append(rep)

@@ -21,6 +21,9 @@ def _runner(method: str):
     if method.startswith("torch-"):
         from . import torch_methods
         return torch_methods.run
+    if method.startswith("ort-"):
+        from . import ort_methods
+        return ort_methods.run
     if method.startswith("np-"):
         from . import numpy_methods
         return numpy_methods.run
