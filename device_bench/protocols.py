@@ -72,8 +72,8 @@ def fsdd(fold: int = 0) -> dict:
     x, y, subj, take = d["logmel"].astype(np.float32), d["y"], d["subject"], d["take"]
     src, held = subj != fold, subj == fold
     ft, te = held & (take >= 5), held & (take <= 4)
-    mean = x[src].mean(axis=(0, 1))[None, :].astype(np.float32)
-    std = (x[src].std(axis=(0, 1)) + 1e-6)[None, :].astype(np.float32)
+    mean = x[src].mean(axis=(0, 1), dtype=np.float64)[None, :].astype(np.float32)   # float64 sums: 245k terms
+    std = (x[src].std(axis=(0, 1), dtype=np.float64) + 1e-6)[None, :].astype(np.float32)
     return {"source": (x[src], y[src]), "finetune": (x[ft], y[ft]), "test": (x[te], y[te]), "mean": mean,
             "std": std, "classes": [str(i) for i in range(10)], "speaker": speakers[fold]}
 
@@ -87,6 +87,6 @@ def mnist() -> dict:
     tgt = np.flatnonzero(group == 1)
     half = len(tgt) // 2
     ft, te = tgt[:half], tgt[half:]
-    mean, std = np.float32(x[src].mean()), np.float32(x[src].std() + 1e-6)
+    mean, std = np.float32(x[src].mean(dtype=np.float64)), np.float32(x[src].std(dtype=np.float64) + 1e-6)
     return {"source": (x[src], y[src]), "finetune": (x[ft], y[ft]), "test": (x[te], y[te]),
             "mean": np.asarray(mean), "std": np.asarray(std), "classes": [str(i) for i in range(10)]}
