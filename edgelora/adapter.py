@@ -111,11 +111,15 @@ class Adapter:
         blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora", "config_sha256": config_digest(fields)})
         config = from_dict(AdapterConfig, {**fields, "weights_sha256": hashlib.sha256(blob).hexdigest()},
                            "adapter config")
-        tmp = new_temp_dir(folder)
+        tmp = Path(folder)
         try:
+            tmp = new_temp_dir(folder)
             write_file(tmp / WEIGHTS_FILE, blob)
             write_file(tmp / CONFIG_FILE, dumps_json(to_dict(config)))
             replace_dir(tmp, folder)
+        except OSError as e:  # a full disk, say: say where, and that nothing was lost
+            raise OSError(e.errno, f"could not save the adapter to {folder}: {e.strerror or e}; "
+                                   f"the adapter that was there is unchanged") from e
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -163,21 +163,27 @@ class _DiskStore:
 
     def _commit(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
         n = self.meta["count"]
-        for kind, data, size in (("keys", b"".join(keys), KEY_BYTES), ("values", rows, self.row_bytes),
-                                 ("crc", crcs, 4)):
-            with open(self._file(kind), "r+b" if self._file(kind).exists() else "wb") as f:
-                f.truncate(n * size)  # cut anything an interrupted append left behind
-                f.seek(n * size)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        self.meta["count"] = n + len(keys)
-        atomic_write(self.path / "meta.json", dumps_json({**self.meta, "checksum": _digest(self.meta)}))
+        meta = {**self.meta, "count": n + len(keys)}
+        try:
+            for kind, data, size in (("keys", b"".join(keys), KEY_BYTES), ("values", rows, self.row_bytes),
+                                     ("crc", crcs, 4)):
+                with open(self._file(kind), "r+b" if self._file(kind).exists() else "wb") as f:
+                    f.truncate(n * size)  # cut anything an interrupted append left behind
+                    f.seek(n * size)
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            atomic_write(self.path / "meta.json", dumps_json({**meta, "checksum": _digest(meta)}))
+        except OSError as e:  # nothing is committed: the next open cuts what was appended
+            raise OSError(e.errno, f"could not add rows to the cache in {self.path}: {e.strerror or e}; "
+                                   f"the rows cached before are kept") from e
+        self.meta = meta
         self.keys.extend(keys)
         self._map()
 
     def _map(self) -> None:
         n = self.meta["count"]
+        self._values = None  # drop the old mapping first: two at once would need twice the address space
         self._values = np.memmap(self._file("values"), self.dtype, "r", shape=(n, self.width)) if n else \
             np.empty((0, self.width), self.dtype)
 
@@ -188,7 +194,7 @@ class _DiskStore:
     def append(self, keys: list[bytes], rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, self.dtype)
         crcs = b"".join(zlib.crc32(k + r.tobytes()).to_bytes(4, "little") for k, r in zip(keys, rows))
-        self._commit(keys, rows.tobytes(), crcs)
+        self._commit(keys, memoryview(rows).cast("B"), crcs)  # no copy of the rows
 
 
 def _digest(meta: dict) -> str:
@@ -251,15 +257,17 @@ class SkipCache:
     def _fill(self, inputs: dict, keys: list[bytes], idx: np.ndarray) -> None:
         start = time.perf_counter()
         self._maybe_spill(len(keys))
-        for a in range(0, len(keys), FILL_CHUNK):
-            sel = idx[a:a + FILL_CHUNK]
+        step = FILL_CHUNK if self.memory_budget is None else \
+            max(1, min(FILL_CHUNK, self.memory_budget // (4 * self.width * 4)))  # a step's float32 rows <= budget / 4
+        for a in range(0, len(keys), step):
+            sel = idx[a:a + step]
             y0, t = self.backbone.features({k: v[sel] for k, v in inputs.items()}, validated=True)
             rows = np.concatenate([y0, t], axis=1)
             if self.dtype == np.float16 and np.abs(rows).max() > np.finfo(np.float16).max:
                 raise ValueError(f"backbone outputs exceed the float16 range (max |value| "
                                  f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")
-            stored = rows.astype(self.dtype)
-            chunk = keys[a:a + FILL_CHUNK]
+            stored = rows.astype(self.dtype, copy=False)
+            chunk = keys[a:a + step]
             base = len(self._store.keys)
             self._store.append(chunk, stored)
             self._index.update((k, base + j) for j, k in enumerate(chunk))

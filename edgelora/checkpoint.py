@@ -22,11 +22,15 @@ def save_checkpoint(folder: PathLike, meta: dict, arrays: dict[str, np.ndarray])
     meta = {**meta, "format_version": CHECKPOINT_FORMAT_VERSION}
     blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta_sha256": _digest(meta)})
     meta["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
-    tmp = new_temp_dir(folder)
+    tmp = Path(folder)
     try:
+        tmp = new_temp_dir(folder)
         write_file(tmp / ARRAYS_FILE, blob)
         write_file(tmp / META_FILE, dumps_json(meta))
         replace_dir(tmp, folder)
+    except OSError as e:
+        raise OSError(e.errno, f"could not save a checkpoint to {folder}: {e.strerror or e}; "
+                               f"the previous checkpoint there is unchanged") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
