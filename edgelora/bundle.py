@@ -65,8 +65,11 @@ class Standardize:
     def __post_init__(self):
         for name in ("mean", "std"):
             try:
-                a = np.asarray(getattr(self, name), dtype=np.float64)
-            except (ValueError, TypeError):
+                a = np.asarray(getattr(self, name))
+                if a.dtype.kind not in "iuf":  # strings would be parsed as numbers by a float64 cast
+                    raise TypeError
+                a = a.astype(np.float64)
+            except (ValueError, TypeError, RecursionError):
                 raise ValueError(f"preprocess `{name}` should be a number or a nested list of numbers") from None
             check(bool(np.isfinite(a).all()), f"preprocess `{name}` should be finite numbers")
         check(bool((np.asarray(self.std, np.float64) > 0).all()), "preprocess `std` should be > 0")

@@ -1,4 +1,13 @@
-"""Data at the boundary: load .npz/.npy/.csv and validate inputs and targets against a manifest."""
+"""Data at the boundary: load .npz/.npy/.csv and validate inputs and targets against a manifest.
+
+The error contract, for everything edgelora reads from outside (data files and arrays here, and bundles,
+adapters, checkpoints and caches elsewhere): bad input raises ValueError (bad content), TypeError (a
+value of the wrong type) or FileNotFoundError (a missing file or folder), with a message naming the file,
+array or field, what was expected and what was found. No other exception, crash or hang, whatever the
+bytes (tests/test_fuzz_*.py); sizes are checked before anything is allocated. A corrupt Skip-Cache is not
+an error: the bad rows are dropped with a warning and recomputed. OSError is left for the machine's
+own failures, such as a full disk while saving. The CLI exits 2 on the three, 1 on anything else.
+"""
 from __future__ import annotations
 
 import csv
@@ -36,7 +45,7 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
     out, n = {}, None
     for spec in specs:
         name = f"{where}[{spec.name!r}]" if len(specs) > 1 else where
-        a = np.asarray(x[spec.name]) if not isinstance(x[spec.name], np.ndarray) else x[spec.name]
+        a = x[spec.name] if isinstance(x[spec.name], np.ndarray) else _array(x[spec.name], name)
         want = np.dtype(spec.dtype)
         ok = (a.dtype.kind in "iuf" and want.kind == "f") or (a.dtype.kind in "iu" and want.kind in "iu") \
             or (a.dtype.kind == "b" and want.kind == "b")
@@ -62,13 +71,22 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
     return out
 
 
+def _array(value, where: str) -> np.ndarray:
+    """np.asarray with an error that says where (ragged nested lists cannot become an array)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{where}: expected an array of numbers, found something numpy cannot read as one "
+                        f"({' '.join(str(e).split())[:120]})") from None
+
+
 def num_samples(inputs: dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values())))
 
 
 def as_targets(y, manifest: Manifest, n: int, where: str = "y") -> np.ndarray:
     """Validate targets: int64 class indices (classification) or float32 (N, C) values (regression)."""
-    a = np.asarray(y)
+    a = _array(y, where)
     if a.dtype.kind not in "iufb":
         raise TypeError(f"{where}: expected numeric targets, found dtype {a.dtype}")
     if a.ndim == 0:

@@ -115,13 +115,35 @@ def _describe(tp) -> str:
         return f"one of {list(get_args(tp))}"
     if dataclasses.is_dataclass(tp):
         return "an object"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            type(None): "null"}.get(tp, str(tp))
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(tp, str(tp))
 
 
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_types(obj) -> None:
+    """TypeError naming the field when a dataclass built from Python (not JSON) holds a value of the wrong
+    type (`TrainConfig(epochs=2.5)`); numpy scalars count as the Python number they hold. Call it first
+    in `__post_init__`, before comparisons that would fail on a wrong type with a less clear message."""
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = to_dict(obj)[f.name] if dataclasses.is_dataclass(getattr(obj, f.name)) else getattr(obj, f.name)
+        value = _plain_scalars(value)
+        try:
+            _convert(hints[f.name], value, f"`{f.name}`")
+        except ValueError as e:
+            raise TypeError(str(e)) from None
+
+
+def _plain_scalars(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain_scalars(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_scalars(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else value
 
 
 def check(condition: bool, message: str) -> None:
