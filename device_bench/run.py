@@ -70,7 +70,8 @@ def run(protocol: str, seeds: int = SEEDS, out: str | Path | None = None, method
     load = [os.getloadavg()[0]]
     arch = arch or DEFAULT_ARCH[protocol]
     tasks = prepare(protocol, out, bundles, arch, bundle, subset)
-    log(f"{protocol}: {len(tasks)} task(s), bundle {tasks[0]['bundle']}, fine-tune/test samples "
+    log(f"{protocol}: {len(tasks)} task(s), bundle {tasks[0]['source_bundle']} ({tasks[0]['fingerprint'][:19]}), "
+        f"fine-tune/test samples "
         f"{tasks[0]['n_ft']}/{tasks[0]['n_te']}{' (first task)' if len(tasks) > 1 else ''}; load {load[0]:.2f}")
     processes = []
     for seed in range(seeds):          # seeds outer: every method sees the same machine conditions

@@ -6,12 +6,13 @@ is part of the bundle (its manifest), applied by each engine.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import protocols
-from edgelora.bundle import load_manifest
+from edgelora.bundle import load_manifest, verify_bundle
 
 from .backbones import EXPORTED, exported_bundle, reference_bundle
 
@@ -59,20 +60,34 @@ def write_task(path: Path, ft: tuple, te: tuple) -> str:
 
 def prepare(protocol: str, out: Path, bundles: Path, arch: str | None = None, bundle: str | None = None,
             subset: int | None = None) -> list[dict]:
-    """Write the task files under out/data; returns [{"name", "bundle", "data", "n_ft", "n_te"}].
+    """Write the task files under out/data and a copy of each bundle under out/bundles; returns
+    [{"name", "bundle", "data", "n_ft", "n_te", "fingerprint", "source_bundle"}].
 
     Inputs are reshaped to the bundle's input shape (har's flat windows -> (128, 6) for a 1D CNN).
     subset: keep about `subset` fine-tune and test samples of each task (the smoke configuration).
     """
-    specs = []
+    specs, snapshots = [], {}
     for name, ft, te, path in load(protocol, arch or DEFAULT_ARCH[protocol], bundles, bundle):
+        if path not in snapshots:  # every worker reads the same bytes even if the source is rebuilt meanwhile
+            snapshots[path] = _snapshot(Path(path), Path(out) / "bundles" / Path(path).name)
+        source, path = path, snapshots[path]
         if subset:
             ft, te = _stratified(ft, subset), _stratified(te, subset)
         shape = [int(s) for s in load_manifest(path).inputs[0].shape[1:]]
         ft, te = ((x.reshape(len(x), *shape), y) for x, y in (ft, te))
         specs.append({"name": name, "bundle": str(path), "data": write_task(Path(out) / "data" / f"{name}.npz", ft, te),
-                      "n_ft": int(len(ft[1])), "n_te": int(len(te[1]))})
+                      "n_ft": int(len(ft[1])), "n_te": int(len(te[1])),
+                      "fingerprint": load_manifest(path).fingerprint, "source_bundle": str(source)})
     return specs
+
+
+def _snapshot(src: Path, dst: Path) -> Path:
+    """Copy a bundle folder (verified: the ONNX file matches its fingerprint) for this run."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    verify_bundle(dst)
+    return dst
 
 
 def _stratified(xy: tuple, n: int) -> tuple:
