@@ -151,7 +151,6 @@ class Bench:
         # OLD: what the device had before this fine-tune (another seed); REF: the uninterrupted result
         self.old, self.ref = root / "old", root / "ref"
         self.run(self.command(self.old, root / "ref-cache", root / "old-ckpt", seed=1), check=True)
-        t0 = time.perf_counter()
         self.run(self.command(self.ref, root / "ref-cache", root / "ref-ckpt"), check=True)
         self.old_bytes = {p.name: p.read_bytes() for p in self.old.iterdir()}
         from edgelora import load_adapter
@@ -239,7 +238,8 @@ def check_after_kill(bench: Bench, work: Path) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 cache = SkipCache(Backbone(bench.bundle), copy)
-            found["cache_rows"] = len(cache)
+            stats = cache.stats()
+            found["cache_interrupted"] = bool(stats["repaired_rows"] or stats["discarded_bytes"])
             found["problems"] += cache_problems(bench, cache)["problems"]
         except Exception as e:  # noqa: BLE001
             found["problems"].append(f"cache does not open: {type(e).__name__}: {e}")
@@ -316,6 +316,7 @@ def run_trials(trials: int, seed: int, root: Path, log=print) -> dict:
             kills.append({"trial": i, "mode": mode, "phase": phase, "op": op, "rerun": not first,
                           "adapter": state["adapter"]})
             lost += state["adapter"] == "lost"
+            detected["interrupted cache writes"] += state.get("cache_interrupted", False)
             old_kept += state["adapter"] == "old"
             new_kept += state["adapter"] == "new"
             problems += [f"trial {i} ({mode} kill, {phase} {op}): {p}" for p in state["problems"]]
@@ -340,7 +341,8 @@ def run_trials(trials: int, seed: int, root: Path, log=print) -> dict:
         "kills_by_mode": dict(collections.Counter(k["mode"] for k in real)),
         "kills_by_step": dict(collections.Counter(f"{k['phase']}:{k['op']}" for k in real if k["op"]).most_common()),
         "adapters_lost": lost, "old_adapter_after_kill": old_kept, "new_adapter_after_kill": new_kept,
-        "resumed_bit_exact": resumed_exact, "caches_repaired_by_next_run": detected["repaired by the next run"],
+        "resumed_bit_exact": resumed_exact, "kills_that_left_an_interrupted_cache": detected["interrupted cache writes"],
+        "caches_repaired_by_next_run": detected["repaired by the next run"],
         "leftover_temp_files": leftover, "problems": problems,
         "seconds_per_uninterrupted_run": bench.seconds,
     }
@@ -385,7 +387,9 @@ def report(r: dict) -> str:
              f"  adapters lost: {r['adapters_lost']}  (after a kill OUT held the old adapter {r['old_adapter_after_kill']} "
              f"times, the new one {r['new_adapter_after_kill']} times)",
              f"  resumed runs bit-identical to the uninterrupted run: {r['resumed_bit_exact']} of {r['trials']}",
-             f"  interrupted caches repaired by the next run: {r['caches_repaired_by_next_run']}",
+             f"  kills that left an interrupted cache write: {r['kills_that_left_an_interrupted_cache']} (every one "
+             f"found and cut when the cache was next opened: {r['caches_repaired_by_next_run']} by the run that "
+             f"completed, the others by a rerun that was killed in turn)",
              f"  temp files left after recovery: {len(r['leftover_temp_files'])}",
              f"  problems: {len(r['problems'])}"]
     lines += [f"    {p}" for p in r["problems"][:20]]

@@ -117,13 +117,7 @@ def dumps_json(obj: Any) -> bytes:
 
 def read_json(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Parse a JSON file; missing, oversized or malformed files raise errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: expected a file at {path}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{what} {path} is {size} bytes; expected at most {max_bytes}")
-    raw = path.read_bytes()
+    raw = read_bounded(path, what, max_bytes)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge integers, NaN
