@@ -1,5 +1,6 @@
 """Serving many adapters: per-row adapters, one backbone pass, LRU budget, hot pickup of new versions."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_lru_keeps_loaded_adapters_within_the_memory_budget(bb, store, adapters,
 def test_reader_never_sees_a_half_written_adapter(bb, store, adapters, toy_data):
     x = toy_data[0][:8]
     outputs = [expected(bb, a, x) for a in adapters]
-    stop, seen, errors = threading.Event(), set(), []
+    stop, seen, errors, published = threading.Event(), set(), [], []
 
     def publish():
         i = 0
@@ -118,12 +119,14 @@ def test_reader_never_sees_a_half_written_adapter(bb, store, adapters, toy_data)
             info = store.add_version("m0", adapters[i % 4], parent=None, samples=1)
             store.set_current("m0", info.version)
             store.prune("m0", keep=2)
+            published.append(info.version)
 
     writer = threading.Thread(target=publish)
     writer.start()
     try:
         server = AdapterServer(Backbone(bb.bundle_dir), store, LIVE)
-        for _ in range(150):
+        deadline = time.monotonic() + 20
+        while (len(published) < 10 or len(seen) < 2) and time.monotonic() < deadline:
             out = server.outputs(x, "m0")
             match = [k for k, ref in enumerate(outputs) if np.allclose(out, ref, atol=1e-5)]
             if not match:
