@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 
 from edgelora.bundle import InputSpec, Manifest, OutputSpec, TapSpec
 from edgelora.data import as_inputs, as_targets, load_arrays
@@ -84,9 +85,12 @@ def npy_bytes(draw):
     """A .npy file: a valid array, or a header with a hostile shape/dtype/length, or a mutated file."""
     kind = draw(st.sampled_from(["valid", "header", "mutated"]))
     buf = io.BytesIO()
-    np.save(buf, np.arange(12, dtype=np.float32).reshape(3, 4), allow_pickle=False)
-    if kind == "valid":
+    if kind == "valid":  # any numeric array, any layout: loads, then meets the manifest's checks
+        dtype = draw(st.sampled_from(["<f4", ">f8", "<f2", "<i8", "|u1", "|b1", "<c8", "<U2"]))
+        a = draw(arrays(dtype, array_shapes(min_dims=0, max_dims=3, max_side=5)))
+        np.save(buf, np.asfortranarray(a) if draw(st.booleans()) else a, allow_pickle=False)
         return buf.getvalue()
+    np.save(buf, np.arange(12, dtype=np.float32).reshape(3, 4), allow_pickle=False)
     if kind == "mutated":
         return byte_edits(buf.getvalue(), draw(BYTE_EDITS))
     shape = draw(SHAPE.map(tuple) | st.integers() | st.text(max_size=3))
@@ -147,12 +151,14 @@ def npz_bytes(draw):
     """A zip of members (valid or hostile .npy, or not .npy at all), stored or deflated, maybe mutated."""
     buf = io.BytesIO()
     compression = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
+    names = draw(st.lists(st.sampled_from(["x.npy", "y.npy", "x", "y", "z.npy", "../x.npy"]), max_size=3, unique=True))
+    if draw(st.booleans()):  # half the time the arrays the loader asks for are there
+        names = ["x.npy", "y.npy"] + [n for n in names if n not in ("x.npy", "y.npy")]
     with zipfile.ZipFile(buf, "w", compression) as z:
-        for name in draw(st.lists(st.sampled_from(["x.npy", "y.npy", "x", "y", "z.npy", "../x.npy"]), max_size=3,
-                                  unique=True)):
+        for name in names:
             z.writestr(name, draw(npy_bytes() | st.binary(max_size=32)))
     raw = buf.getvalue()
-    return byte_edits(raw, draw(BYTE_EDITS)) if draw(st.booleans()) else raw
+    return byte_edits(raw, draw(BYTE_EDITS)) if draw(st.integers(0, 2)) == 0 else raw
 
 
 def test_fuzz_npz_loader(work):
