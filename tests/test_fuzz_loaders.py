@@ -117,9 +117,9 @@ def check_loaded(x, y, labels: bool):
         pass
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    return scratch(tmp_path_factory.mktemp("loaders"))
+@pytest.fixture
+def work(scratch):
+    return scratch
 
 
 def load(path, **kw):

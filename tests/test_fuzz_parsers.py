@@ -6,6 +6,7 @@ FileNotFoundError with a message naming the file. Never another exception, a cra
 """
 import copy
 import json
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -110,10 +111,13 @@ def bundle_and_adapter(tmp_path_factory):
     return root, bb
 
 
-def scratch(root: Path) -> Path:
-    """A folder for the examples' files: in RAM when /dev/shm exists (thousands of small files)."""
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder for the examples' files: in RAM when /dev/shm exists (thousands of small files), removed after."""
     shm = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix="edgelora-fuzz-", dir=shm if shm.is_dir() else root))
+    work = Path(tempfile.mkdtemp(prefix="edgelora-fuzz-", dir=shm if shm.is_dir() else tmp_path))
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _check(fn, outcomes=None):
@@ -127,11 +131,11 @@ def _check(fn, outcomes=None):
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
 
-def test_fuzz_manifest_parser(bundle_and_adapter):
+def test_fuzz_manifest_parser(bundle_and_adapter, scratch):
     root, _ = bundle_and_adapter
     good = json.loads((root / "bundle" / MANIFEST_FILE).read_text())
     raw = (root / "bundle" / MANIFEST_FILE).read_bytes()
-    work = scratch(root)
+    work = scratch
     count = [0]
 
     @FUZZ
@@ -147,7 +151,7 @@ def test_fuzz_manifest_parser(bundle_and_adapter):
     assert count[0] >= 1000
 
 
-def test_fuzz_adapter_config_parser(bundle_and_adapter):
+def test_fuzz_adapter_config_parser(bundle_and_adapter, scratch):
     """Mutated configs; half of them beside weights without checksums (a hand-made or legacy adapter),
     so that the mutations reach the weight loading instead of stopping at the checksum."""
     root, bb = bundle_and_adapter
@@ -157,7 +161,7 @@ def test_fuzz_adapter_config_parser(bundle_and_adapter):
     from edgelora.fileio import parse_safetensors
     plain = st_save(parse_safetensors(weights, "w")[0])  # no config checksum in its metadata
     unchecked = {**good, "weights_sha256": ""}
-    work = scratch(root)
+    work = scratch
     count = [0]
 
     @FUZZ
