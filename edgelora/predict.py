@@ -17,6 +17,8 @@ class Predictor:
     def __init__(self, backbone: Backbone, adapter: Adapter | None = None, batch_size: int = 256):
         if adapter is not None:
             adapter.check_backbone(backbone.manifest)
+            # built once: rebuilding the layout and views per call cost more than the backbone at batch 1
+            self._layout, self._params, self._scale = adapter.config.layout, adapter.params, adapter.config.scale
         self.backbone, self.adapter, self.batch_size = backbone, adapter, batch_size
 
     def outputs(self, x) -> np.ndarray:
@@ -33,8 +35,7 @@ class Predictor:
         """Add the adapter to precomputed backbone results (e.g. from a SkipCache)."""
         if self.adapter is None:
             return y0
-        c = self.adapter.config
-        return lora.forward(self.adapter.params, y0, t, c.layout, c.scale)[0]
+        return lora.forward(self._params, y0, t, self._layout, self._scale)[0]
 
     def predict_proba(self, x) -> np.ndarray:
         """Class probabilities (N, C)."""

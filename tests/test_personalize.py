@@ -1,4 +1,5 @@
 """Personalisation over time: sessions, holdout gate, label check, deferral, warm start, crash safety."""
+import importlib
 import os
 import signal
 import subprocess
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, TrainConfig
-from edgelora import personalize as pmod
 from edgelora.personalize import PersonalizeConfig, holdout_mask, personalize
 from edgelora.samples import Samples
 from edgelora.store import AdapterStore
 from tests.helpers import mlp_bundle, random_mlp
+
+pmod = importlib.import_module("edgelora.personalize")  # the module; `edgelora.personalize` is also the function
 
 CFG = PersonalizeConfig(train=TrainConfig(epochs=10, batch_size=10))
 CENTRES = np.random.default_rng(0).standard_normal((3, 10)) * 3
