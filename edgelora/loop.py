@@ -38,8 +38,9 @@ class Run:
         self.stopped: str | None = None  # completed | early_stopping | non_finite once finished
 
     def fit(self, features: Features, static: bool, targets: np.ndarray, train_idx: np.ndarray,
-            val_idx: np.ndarray, callback=None, on_epoch=None) -> None:
-        """Run the remaining epochs. `static`: features never change (cached), so gather eval sets once."""
+            val_idx: np.ndarray, callback=None, on_epoch=None, val: tuple | None = None) -> None:
+        """Run the remaining epochs. `static`: features never change (cached), so gather eval sets once;
+        `val`: the validation features when the caller already has them."""
         cfg, layout, scale = self.cfg, self.layout, self.scale
         loss_fn, grad_fn = objective(layout.num_outputs, cfg.class_weights, self.task, targets, train_idx)
         p, g = lora.views(self.flat, layout), lora.views(self.grad, layout)
@@ -48,7 +49,8 @@ class Run:
         total = cfg.epochs * steps
         lrs = [learning_rate(i, total, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
                for i in range(total)]
-        val = features(val_idx) if len(val_idx) and static else None
+        if val is None and len(val_idx) and static:
+            val = features(val_idx)
         # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
         monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
         train = features(monitor) if static else None

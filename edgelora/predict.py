@@ -15,6 +15,8 @@ class Predictor:
     """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model)."""
 
     def __init__(self, backbone: Backbone, adapter: Adapter | None = None, batch_size: int = 256):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
         if adapter is not None:
             adapter.check_backbone(backbone.manifest)
             # built once: rebuilding the layout and views per call cost more than the backbone at batch 1

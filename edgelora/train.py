@@ -19,7 +19,7 @@ from .data import as_inputs, as_targets, num_samples
 from .fileio import PathLike
 from .loop import Run
 from .metrics import evaluate_outputs
-from .schema import check, to_dict
+from .schema import check, check_types, to_dict
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_types(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
+        for name, value in vars(self).items():  # numpy scalars become the Python numbers they hold (JSON-able)
+            if isinstance(value, np.generic) or (isinstance(value, tuple) and any(isinstance(v, np.generic) for v in value)):
+                object.__setattr__(self, name, value.item() if isinstance(value, np.generic) else
+                                   tuple(v.item() if isinstance(v, np.generic) else v for v in value))
         check(self.r == "auto" or self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
         check(self.lora_alpha is None or self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
         check(self.epochs >= 1, f"`epochs` should be a positive integer, found {self.epochs}")
@@ -152,6 +157,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     if saved is not None and saved[0].get("run_key") != key:
         raise ValueError(f"the checkpoint in {checkpoint_dir} was written for other data, settings or backbone; "
                          f"delete it or run without --resume")
+    val_features = features(val_idx) if use_cache and len(val_idx) else None  # cached: gathered once for all
     runs: list[Run] = []
     for i, (r, wd) in enumerate((r, wd) for r in ranks for wd in decays):
         alpha = init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r)
@@ -163,7 +169,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
                                               if k.startswith(f"{i}.")})
         on_epoch = None if checkpoint_dir is None else \
             (lambda _, done=runs + [run]: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)))
-        run.fit(features, use_cache, targets, train_idx, val_idx, callback, on_epoch)
+        run.fit(features, use_cache, targets, train_idx, val_idx, callback, on_epoch, val_features)
         runs.append(run)
     best = _select(runs, config.select_tolerance)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
@@ -173,7 +179,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     history.train_seconds = time.perf_counter() - start - history.cache_seconds
     history.cache = cache.stats() if use_cache else {}
     if len(val_idx):
-        y0, t = features(val_idx)
+        y0, t = val_features if val_features is not None else features(val_idx)
         out = lora.forward(lora.views(best.result, best.layout), y0, t, best.layout, best.scale)[0]
         history.val_metrics = evaluate_outputs(out, targets[val_idx], m.task)
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
@@ -224,7 +230,7 @@ class _LazyRows:
         self.values, self.rows = values, rows
 
     def __getitem__(self, idx):
-        return self.values[self.rows[idx]].astype(np.float32)
+        return self.values[self.rows[idx]].astype(np.float32, copy=False)
 
 
 def _select(runs: list[Run], tolerance: float) -> Run:

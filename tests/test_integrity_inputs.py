@@ -127,10 +127,8 @@ def test_error_corrupt_data_files(tmp_path, toy_data):
         load_arrays(tmp_path / "ok.csv", label_column="y")
 
 
-# TrainConfig is validated for values but not types: these pass TrainConfig() and fail later (KeyError, a
-# TypeError without the field's name) or are silently accepted. Fix: `check_types(self)` (edgelora.schema)
-# as the first line of TrainConfig.__post_init__ (train.py, not edited here); then drop the xfail.
-@pytest.mark.xfail(strict=True, reason="TrainConfig does not check field types yet (train.py change requested)")
+# TrainConfig checks types first (check_types), so none of these fail later with a KeyError, a TypeError
+# without the field's name, or pass silently.
 @pytest.mark.parametrize("field,value", [("epochs", 2.5), ("r", "4"), ("lr", "0.1"), ("optimizer", "lbfgs"),
                                          ("schedule", "linear"), ("val_split", "latest"), ("batch_size", True)])
 def test_error_train_config_of_the_wrong_type(field, value):

@@ -205,3 +205,17 @@ def test_error_corrupt_checkpoint(toy_bundle, toy_data, tmp_path):
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(ValueError, match="checkpoint.safetensors is missing or corrupt"):
         finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+
+def test_numpy_scalars_in_a_config_become_python_numbers(toy_bundle, toy_data, tmp_path):
+    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.01), weight_decay_grid=(np.float64(0.0), 0.1),
+                      batch_size=10, weight_decay="auto")
+    assert type(cfg.epochs) is int and type(cfg.lr) is float and type(cfg.weight_decay_grid[0]) is float
+    adapter, _ = finetune(Backbone(toy_bundle), *toy_data, cfg)
+    adapter.save(tmp_path / "ad")  # the settings are written as JSON
+
+
+def test_error_predictor_batch_size(toy_bundle):
+    from edgelora import Predictor
+    with pytest.raises(ValueError, match="`batch_size` should be a positive integer, found 0"):
+        Predictor(Backbone(toy_bundle), batch_size=0)
