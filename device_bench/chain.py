@@ -112,15 +112,15 @@ def _convert(node, consts: dict, weights: list, where) -> list[Op]:
     if t == "Conv":
         w = consts[node.input[1]].astype(np.float32)
         k = w.ndim - 2
-        if a.get("group", 1) != 1 or any(s != 1 for s in a.get("strides", [1] * k)) \
-                or any(d != 1 for d in a.get("dilations", [1] * k)) or a.get("auto_pad", b"NOTSET") != b"NOTSET":
-            raise ValueError(f"{where}: Conv {node.name} needs group 1, stride 1, dilation 1, explicit pads")
+        if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1] * k)) \
+                or a.get("auto_pad", b"NOTSET") != b"NOTSET":
+            raise ValueError(f"{where}: Conv {node.name} needs group 1, dilation 1, explicit pads")
         pads = list(a.get("pads", [0] * 2 * k))
         if pads[:k] != pads[k:]:
             raise ValueError(f"{where}: Conv {node.name} has asymmetric pads {pads}")
         b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         weights.append((w, b.astype(np.float32)))
-        return [Op("conv", len(weights) - 1, {"pads": tuple(pads[:k])})]
+        return [Op("conv", len(weights) - 1, {"pads": tuple(pads[:k]), "strides": tuple(a.get("strides", [1] * k))})]
     if t == "MaxPool":
         k = list(a["kernel_shape"])
         if list(a.get("strides", k)) != k or any(a.get("pads", [0])) or a.get("ceil_mode", 0):
@@ -159,8 +159,8 @@ def reshape_like(x: np.ndarray, op: Op) -> np.ndarray:
     if t == "Flatten":
         axis = a.get("axis", 1)
         return x.reshape(int(np.prod(x.shape[:axis])), -1)
-    if t == "Reshape":
-        shape = [x.shape[i] if s == 0 else int(s) for i, s in enumerate(arg)]
+    if t == "Reshape":  # 0 copies the input's dim unless allowzero (then it is a real 0)
+        shape = [x.shape[i] if s == 0 and not a.get("allowzero", 0) else int(s) for i, s in enumerate(arg)]
         return x.reshape(shape)
     axes = sorted(int(v) for v in (a.get("axes") if "axes" in a else arg))
     if t == "Unsqueeze":

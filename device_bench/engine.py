@@ -121,7 +121,7 @@ class Engine:
         i, mode = op.layer, self.modes[op.layer]
         n = len(x)
         if op.kind == "conv":
-            cols, spatial = _im2col(x, self.chain.weights[i][0].shape[2:], op.attrs["pads"])
+            cols, spatial = _im2col(x, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
         else:
             cols, spatial = x, None
         w, b = (p[f"W{i}"], p[f"b{i}"]) if mode == "full" and p is not None else self.frozen[i]
@@ -183,28 +183,30 @@ class Engine:
             dcols += (self.scale * dh) @ a.T
         if spatial is None:
             return dcols
-        return _col2im(dcols, xshape, self.chain.weights[i][0].shape[2:], op.attrs["pads"])
+        return _col2im(dcols, xshape, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
 
 
-def _im2col(x: np.ndarray, k: tuple, pads: tuple):
+def _im2col(x: np.ndarray, k: tuple, pads: tuple, strides: tuple):
     """x (N, C, *S) -> columns (N * prod(S_out), C * prod(k)) ordered like W.reshape(O, -1), and S_out."""
     nd = len(k)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(q, q) for q in pads]) if any(pads) else x
-    win = sliding_window_view(xp, tuple(k), axis=tuple(range(2, 2 + nd)))        # (N, C, *S_out, *k)
+    win = sliding_window_view(xp, tuple(k), axis=tuple(range(2, 2 + nd)))        # (N, C, *S_full, *k)
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]  # (N, C, *S_out, *k)
     spatial = win.shape[2:2 + nd]
     perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
     return win.transpose(perm).reshape(-1, x.shape[1] * int(np.prod(k))), spatial
 
 
-def _col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple) -> np.ndarray:
+def _col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple, strides: tuple) -> np.ndarray:
     """Adjoint of _im2col: scatter-add the column gradients back onto the (padded) input."""
     n, c, nd = xshape[0], xshape[1], len(k)
     padded = tuple(s + 2 * q for s, q in zip(xshape[2:], pads))
-    spatial = tuple(s - kk + 1 for s, kk in zip(padded, k))
+    spatial = tuple((s - kk) // st + 1 for s, kk, st in zip(padded, k, strides))
     d = dcols.reshape(n, *spatial, c, *k)
     dx = np.zeros((n, c) + padded, dcols.dtype)
     for off in np.ndindex(*k):
-        sl = (slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(off, spatial))
+        sl = (slice(None), slice(None)) + tuple(slice(o, o + st * (s - 1) + 1, st)
+                                                for o, s, st in zip(off, spatial, strides))
         dx[sl] += np.moveaxis(d[(Ellipsis,) + off], -1, 1)
     return dx[(slice(None), slice(None)) + tuple(slice(q, q + s) for q, s in zip(pads, xshape[2:]))]
 

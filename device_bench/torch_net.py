@@ -50,7 +50,7 @@ class LoRA(nn.Module):
             self.B = nn.Linear(r, base.out_features, bias=False)
         else:
             conv = type(base)
-            self.A = conv(base.in_channels, r, base.kernel_size, padding=base.padding, bias=False)
+            self.A = conv(base.in_channels, r, base.kernel_size, stride=base.stride, padding=base.padding, bias=False)
             self.B = conv(r, base.out_channels, 1, bias=False)
         nn.init.kaiming_uniform_(self.A.weight, a=5 ** 0.5)   # PEFT: bound 1 / sqrt(fan_in)
         nn.init.zeros_(self.B.weight)
@@ -70,7 +70,7 @@ def build(chain: Chain) -> nn.Sequential:
                 m.weight.data = torch.from_numpy(np.ascontiguousarray(w.T)).clone()
             else:
                 conv = {3: nn.Conv1d, 4: nn.Conv2d}[w.ndim]
-                m = conv(w.shape[1], w.shape[0], w.shape[2:], padding=op.attrs["pads"])
+                m = conv(w.shape[1], w.shape[0], w.shape[2:], stride=op.attrs["strides"], padding=op.attrs["pads"])
                 m.weight.data = torch.from_numpy(w).clone()
             m.bias.data = torch.from_numpy(b).clone()
             layers.append(m)

@@ -27,7 +27,9 @@ def bundles(tmp_path_factory):
     torch.manual_seed(0)
     export_model(CNN1d(3, 4, width=6), torch.randn(2, 16, 3), tmp_path / "cnn1d")
     export_model(CNN2d(5, width=4), torch.randn(2, 10, 9), tmp_path / "cnn2d")
-    return out + [(tmp_path / "cnn1d", (16, 3)), (tmp_path / "cnn2d", (10, 9))]
+    # the fsdd/mnist reference shape: stride-2 first conv, mean over H only, then Reshape
+    export_model(CNN2d(5, width=4, pool_width=3, strided=True), torch.randn(2, 10, 12), tmp_path / "cnn2d_strided")
+    return out + [(tmp_path / "cnn1d", (16, 3)), (tmp_path / "cnn2d", (10, 9)), (tmp_path / "cnn2d_strided", (10, 12))]
 
 
 def _torch_grads(chain, modes, p, x, dy, r, scale):
