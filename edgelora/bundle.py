@@ -21,7 +21,7 @@ MANIFEST_FILE = "edgelora_bundle.json"
 MODEL_FILE = "backbone.onnx"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 POOLINGS = ("none", "mean", "masked_mean", "global_avg")
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer")  # top-level fields the JSON may leave out
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Manifest:
     preprocess: dict[str, Standardize] = field(default_factory=dict)  # input name -> (x - mean) / std
     opset: int = 17
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
+    checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -117,6 +118,16 @@ class Manifest:
         return self.output.width
 
 
+def manifest_checksum(manifest: Manifest) -> str:
+    """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
+    blob = dumps_json(to_dict(dataclasses.replace(manifest, checksum="")))
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def with_checksum(manifest: Manifest) -> Manifest:
+    return dataclasses.replace(manifest, checksum=manifest_checksum(manifest))
+
+
 def load_manifest(bundle_dir: PathLike) -> Manifest:
     """Read and validate a bundle's manifest (not the ONNX file; see `verify_bundle`)."""
     folder = Path(bundle_dir)
@@ -129,7 +140,12 @@ def load_manifest(bundle_dir: PathLike) -> Manifest:
     if isinstance(version, int) and not isinstance(version, bool) and version > BUNDLE_FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version} is newer than this edgelora supports "
                          f"({BUNDLE_FORMAT_VERSION}); upgrade edgelora to load it")
-    return from_dict(Manifest, data, str(path), optional=MANIFEST_OPTIONAL)
+    manifest = from_dict(Manifest, data, str(path), optional=MANIFEST_OPTIONAL)
+    if manifest.checksum and manifest.checksum != manifest_checksum(manifest):
+        raise ValueError(f"{path}: the manifest is corrupt or was edited (its content does not match its "
+                         f"`checksum` {manifest.checksum}); re-export the bundle, or after checking every field "
+                         f"by hand remove `checksum`")
+    return manifest
 
 
 def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
@@ -152,14 +168,14 @@ def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Man
 
 
 def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
-    """Write the manifest atomically (sorted, indented JSON)."""
+    """Write the manifest atomically (sorted, indented JSON, with its checksum)."""
     os.makedirs(bundle_dir, exist_ok=True)
-    atomic_write(Path(bundle_dir) / MANIFEST_FILE, dumps_json(to_dict(manifest)))
+    atomic_write(Path(bundle_dir) / MANIFEST_FILE, dumps_json(to_dict(with_checksum(manifest))))
 
 
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest) -> Manifest:
-    """Write a complete bundle (ONNX + manifest with its fingerprint filled in) in one atomic step."""
-    manifest = dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest())
+    """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step."""
+    manifest = with_checksum(dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest()))
     tmp = new_temp_dir(bundle_dir)
     try:
         write_file(tmp / manifest.model_file, onnx_bytes)

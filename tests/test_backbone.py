@@ -70,7 +70,20 @@ def edit_manifest(folder, change):
     path = folder / MANIFEST_FILE
     data = json.loads(path.read_text())
     change(data)
+    data.pop("checksum", None)  # a hand edit: without its checksum the manifest is taken as written
     path.write_text(json.dumps(data))
+
+
+def test_error_manifest_edited_or_corrupt(toy_bundle):
+    path = toy_bundle / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["classes"][0] = "A"  # still valid JSON and a valid manifest: only the checksum tells
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="manifest is corrupt or was edited.*re-export the bundle"):
+        Backbone(toy_bundle)
+    data.pop("checksum")
+    path.write_text(json.dumps(data))
+    assert Backbone(toy_bundle).manifest.classes[0] == "A"
 
 
 def test_error_manifest_missing_field(toy_bundle):
