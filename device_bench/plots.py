@@ -34,7 +34,7 @@ def breakdown(results: dict, path: Path) -> None:
                 ax.text(r["seconds_mean"] * 1.01, i, f"{r['seconds_mean']:.3f} s", va="center", fontsize=8)
         ax.set_xlabel("share of the fine-tune time (%)" if share else "fine-tune time (s)")
     axes[0].invert_yaxis()
-    axes[1].legend(fontsize=8, loc="lower right", framealpha=0.9)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{results['protocol']}: where the fine-tune time goes (1 thread, mean per fine-tune)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
