@@ -14,7 +14,7 @@ from .fileio import PathLike
 class Backbone:
     """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
 
-    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 256):
+    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -55,6 +55,14 @@ class _RamStore:
     def values(self) -> np.ndarray:
         return self._buf[:len(self.keys)]
 
+    def reserve(self, extra: int) -> None:
+        """Room for exactly `extra` more rows (a fill knows its size: no doubling, no repeated growth copies)."""
+        n = len(self.keys)
+        if n + extra > len(self._buf):
+            grown = np.empty((n + extra, self._buf.shape[1]), self._buf.dtype)
+            grown[:n] = self._buf[:n]
+            self._buf = grown
+
     def append(self, keys: list[bytes], rows: np.ndarray) -> None:
         n = len(self.keys)
         if n + len(rows) > len(self._buf):
@@ -257,6 +265,8 @@ class SkipCache:
     def _fill(self, inputs: dict, keys: list[bytes], idx: np.ndarray) -> None:
         start = time.perf_counter()
         self._maybe_spill(len(keys))
+        if not self._store.on_disk:
+            self._store.reserve(len(keys))
         step = FILL_CHUNK if self.memory_budget is None else \
             max(1, min(FILL_CHUNK, self.memory_budget // (4 * self.width * 4)))  # a step's float32 rows <= budget / 4
         for a in range(0, len(keys), step):

@@ -152,7 +152,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
-    key = _run_key(m.fingerprint, config, inputs, targets, init)
+    # hashing every input costs time (inside train_seconds) and two input-sized copies: only a checkpoint needs it
+    key = _run_key(m.fingerprint, config, inputs, targets, init) if checkpoint_dir is not None else ""
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None and saved[0].get("run_key") != key:
         raise ValueError(f"the checkpoint in {checkpoint_dir} was written for other data, settings or backbone; "
@@ -205,8 +206,9 @@ def _run_key(fingerprint: str, config: TrainConfig, inputs: dict, targets: np.nd
     """What a checkpoint must match to be resumed: backbone, settings, data and starting adapter."""
     h = hashlib.sha256(fingerprint.encode())
     h.update(json.dumps(to_dict(config), sort_keys=True).encode())
-    for name in sorted(inputs):
-        h.update(name.encode() + inputs[name].tobytes())
+    for name in sorted(inputs):  # streamed: same digest as hashing name + bytes, without copying the input
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(inputs[name]).data)
     h.update(targets.tobytes())
     if init is not None:
         h.update(init.flat.tobytes())
@@ -219,7 +221,11 @@ def _cached_rows(cache: SkipCache, inputs: dict) -> np.ndarray:
     rows = cache.rows(inputs)
     need = len(rows) * cache.width * 4
     if cache.memory_budget is None or need <= cache.memory_budget:
-        return cache.values[rows].astype(np.float32)
+        values = cache.values
+        if values.dtype == np.float32 and not isinstance(values, np.memmap) and len(rows) == len(values) \
+                and np.array_equal(rows, np.arange(len(rows))):
+            return values  # the cache holds exactly these rows in order: read it in place (only read below)
+        return values[rows].astype(np.float32, copy=False)  # fancy indexing already copied
     return _LazyRows(cache.values, rows)
 
 
