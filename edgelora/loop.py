@@ -55,25 +55,29 @@ class Run:
         monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
         train = features(monitor) if static else None
         keep = 1.0 - cfg.lora_dropout
+        # the step loop runs ~50 numpy calls' worth of Python per batch: keep its lookups local
+        dropout, clip, opt_step, flat, grad, forward, backward = (cfg.lora_dropout, cfg.clip_norm, self.opt.step,
+                                                                 self.flat, self.grad, lora.forward, lora.backward)
         while self.stopped is None:
             t0 = time.perf_counter()
-            good = self.flat.copy()
+            good = flat.copy()
             perm = self.rng.permutation(train_idx)
-            batch_losses = 0.0
+            batch_losses, step = 0.0, self.step
             with np.errstate(over="ignore", invalid="ignore"):  # the guard below handles overflow
                 for i in range(0, len(perm), bs):
                     idx = perm[i:i + bs]
                     y0, t = features(idx)
-                    if cfg.lora_dropout:
+                    if dropout:
                         t = t * (self.rng.random(t.shape, np.float32) < keep) / keep
-                    y, saved = lora.forward(p, y0, t, layout, scale)
+                    y, saved = forward(p, y0, t, layout, scale)
                     if not static:  # Skip-LoRA without a cache: a running mean costs nothing next to the backbone
                         batch_losses += loss_fn(y, idx) * len(idx)
-                    lora.backward(grad_fn(y, idx), saved, p, g, layout, scale)
-                    if cfg.clip_norm:
-                        clip_grad_norm(self.grad, cfg.clip_norm)
-                    self.opt.step(self.flat, self.grad, lrs[self.step])
-                    self.step += 1
+                    backward(grad_fn(y, idx), saved, p, g, layout, scale)
+                    if clip:
+                        clip_grad_norm(grad, clip)
+                    opt_step(flat, grad, lrs[step])
+                    step += 1
+            self.step = step
             self.epoch += 1
             if not np.isfinite(self.flat).all():
                 self.flat[:] = good  # keep the last good parameters (end of the previous epoch)
