@@ -8,9 +8,10 @@ changed in either file, is refused.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,10 +20,18 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from .bundle import Manifest
-from .fileio import (PathLike, dumps_json, new_temp_dir, parse_safetensors, read_bounded, read_json, recover_dir,
-                     replace_dir, safe_child, write_file)
+from .fileio import (
+    PathLike,
+    dumps_json,
+    parse_safetensors,
+    read_bounded,
+    read_json,
+    recover_dir,
+    safe_child,
+    write_folder,
+)
 from .lora import Layout, tap_A, tap_B, views
-from .schema import check, from_dict, to_dict
+from .schema import check, from_dict, normalize, to_dict
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -33,7 +42,7 @@ MAX_WEIGHTS_BYTES = 2 * 1024**3
 @dataclass(frozen=True)
 class AdapterConfig:
     """What an adapter is and which backbone it belongs to (saved as sorted, indented JSON)."""
-    backbone_fingerprint: str                 # Manifest.fingerprint of the bundle it was trained on
+    backbone_fingerprint: str                 # Manifest.identity of the bundle it was trained on
     target_taps: tuple[str, ...]              # tap names, in order
     tap_widths: tuple[int, ...]               # d_k per tap
     num_outputs: int                          # C
@@ -48,11 +57,13 @@ class AdapterConfig:
     training: dict[str, Any] = field(default_factory=dict)   # settings, choices and metrics of the run
 
     def __post_init__(self):
+        normalize(self)
         check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
               f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
         check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
         check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
         check(len(self.target_taps) >= 1, "`target_taps` should name at least one tap")
+        check(len(set(self.target_taps)) == len(self.target_taps), f"`target_taps` should be unique, found {self.target_taps}")
         check(len(self.target_taps) == len(self.tap_widths),
               f"`tap_widths` should have one width per tap ({len(self.target_taps)}), found {len(self.tap_widths)}")
         check(all(d >= 1 for d in self.tap_widths), f"`tap_widths` should be positive, found {self.tap_widths}")
@@ -64,7 +75,7 @@ class AdapterConfig:
     def scale(self) -> float:
         return self.lora_alpha / self.r
 
-    @property
+    @functools.cached_property  # built once: it is asked for on every prediction
     def layout(self) -> Layout:
         return Layout(tuple(self.target_taps), tuple(self.tap_widths), self.num_outputs, self.r, self.bias)
 
@@ -82,14 +93,12 @@ class Adapter:
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
         """Refuse an adapter that was not trained on this backbone."""
         c = self.config
-        if c.backbone_fingerprint != manifest.fingerprint:
-            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.fingerprint}, "
+        if c.backbone_fingerprint != manifest.identity:
+            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity}, "
                              f"found {c.backbone_fingerprint}; retrain it on this bundle")
-        have = dict(zip(manifest.tap_names, manifest.tap_widths))
-        for name, d in zip(c.target_taps, c.tap_widths):
-            if have.get(name) != d:
-                raise ValueError(f"{where}: tap `{name}` of width {d} is not in the backbone "
-                                 f"(backbone taps: {have})")
+        have, found = dict(zip(manifest.tap_names, manifest.tap_widths)), dict(zip(c.target_taps, c.tap_widths))
+        if (c.target_taps, c.tap_widths) != (manifest.tap_names, manifest.tap_widths):  # every tap, in order
+            raise ValueError(f"{where}: expected taps {have} (the backbone's, in order), found {found}")
         if (c.num_outputs, c.task) != (manifest.num_outputs, manifest.task):
             raise ValueError(f"{where}: expected a {manifest.task} adapter with {manifest.num_outputs} outputs, "
                              f"found {c.task} with {c.num_outputs}")
@@ -107,22 +116,12 @@ class Adapter:
 
     def save(self, folder: PathLike) -> Path:
         """Write config + weights into a fresh folder and swap it in: never a half-written adapter."""
-        fields = {**to_dict(self.config), "weights_sha256": ""}
-        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora", "config_sha256": config_digest(fields)})
-        config = from_dict(AdapterConfig, {**fields, "weights_sha256": hashlib.sha256(blob).hexdigest()},
-                           "adapter config")
-        tmp = Path(folder)
-        try:
-            tmp = new_temp_dir(folder)
-            write_file(tmp / WEIGHTS_FILE, blob)
-            write_file(tmp / CONFIG_FILE, dumps_json(to_dict(config)))
-            replace_dir(tmp, folder)
-        except OSError as e:  # a full disk, say: say where, and that nothing was lost
-            raise OSError(e.errno, f"could not save the adapter to {folder}: {e.strerror or e}; "
-                                   f"the adapter that was there is unchanged") from e
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
+        config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
+        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora",
+                                                 "config_sha256": config_digest(to_dict(config))})
+        config = dataclasses.replace(config, weights_sha256=hashlib.sha256(blob).hexdigest())
+        write_folder(folder, {WEIGHTS_FILE: blob, CONFIG_FILE: dumps_json(to_dict(config))}, "adapter")
         self.config = config
         return Path(folder)
 

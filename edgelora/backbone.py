@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Manifest, model_path, verify_bundle
+from .bundle import Manifest, load_manifest, model_path, read_model
 from .data import as_inputs, num_samples
 from .fileio import PathLike
 
@@ -20,7 +20,8 @@ class Backbone:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
         self.bundle_dir = Path(bundle_dir)
-        self.manifest: Manifest = verify_bundle(bundle_dir)
+        self.manifest: Manifest = load_manifest(bundle_dir)
+        self._identity = self.manifest.identity
         self.batch_size = batch_size
         self.calls = 0  # samples sent through the network so far (the Skip-Cache tests count these)
         opts = ort.SessionOptions()
@@ -29,10 +30,12 @@ class Backbone:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         path = model_path(bundle_dir, self.manifest)
+        blob = read_model(bundle_dir, self.manifest)
         try:
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        del blob
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
@@ -40,7 +43,13 @@ class Backbone:
 
     @property
     def fingerprint(self) -> str:
+        """SHA-256 of the ONNX file."""
         return self.manifest.fingerprint
+
+    @property
+    def identity(self) -> str:
+        """What caches and adapters are bound to (Manifest.identity)."""
+        return self._identity
 
     @property
     def tap_widths(self) -> tuple[int, ...]:
@@ -64,7 +73,12 @@ class Backbone:
         t = np.empty((n, sum(self.tap_widths)), np.float32)
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
-            outs = self._session.run(self._outputs, feed)
+            try:
+                outs = self._session.run(self._outputs, feed)
+            except Exception as e:  # onnxruntime's own types: out-of-range token ids, inconsistent shapes, ...
+                raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on samples {a}.."
+                                 f"{min(a + self.batch_size, n) - 1}: {e}; check the input values (token ids "
+                                 f"within the vocabulary, say) and shapes") from None
             y0[a:a + len(outs[0])] = outs[0].reshape(len(outs[0]), -1)
             t[a:a + len(outs[0])] = np.concatenate([o.reshape(len(o), -1) for o in outs[1:]], axis=1)
         self.calls += n

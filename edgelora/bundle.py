@@ -5,15 +5,21 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .fileio import (PathLike, atomic_write, dumps_json, new_temp_dir, read_json, replace_dir, safe_child,
-                     sha256_file, write_file)
+from .fileio import (
+    PathLike,
+    atomic_write,
+    dumps_json,
+    read_json,
+    safe_child,
+    sha256_file,
+    write_folder,
+)
 from .schema import check, from_dict, to_dict
 
 BUNDLE_FORMAT_VERSION = 1
@@ -117,6 +123,14 @@ class Manifest:
     def num_outputs(self) -> int:
         return self.output.width
 
+    @property
+    def identity(self) -> str:
+        """'sha256:<hex>' over the ONNX fingerprint and every manifest field that changes what the backbone
+        computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
+        re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
+        what = {k: to_dict(self)[k] for k in ("fingerprint", "inputs", "output", "taps", "preprocess", "task")}
+        return "sha256:" + hashlib.sha256(dumps_json(what)).hexdigest()
+
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
@@ -159,12 +173,22 @@ def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
 def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Manifest:
     """Load the manifest and check the ONNX file's hash against its fingerprint."""
     manifest = manifest or load_manifest(bundle_dir)
-    found = sha256_file(model_path(bundle_dir, manifest))
+    _check_fingerprint(bundle_dir, manifest, sha256_file(model_path(bundle_dir, manifest)))
+    return manifest
+
+
+def read_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
+    """The ONNX file's bytes, checked against the fingerprint: what is hashed is exactly what is run."""
+    blob = model_path(bundle_dir, manifest).read_bytes()
+    _check_fingerprint(bundle_dir, manifest, "sha256:" + hashlib.sha256(blob).hexdigest())
+    return blob
+
+
+def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> None:
     if found != manifest.fingerprint:
         raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} does not match the manifest "
                          f"(expected fingerprint {manifest.fingerprint}, found {found}); the file is corrupt, "
                          f"truncated or was replaced - re-export the bundle")
-    return manifest
 
 
 def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
@@ -176,12 +200,5 @@ def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest) -> Manifest:
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step."""
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest()))
-    tmp = new_temp_dir(bundle_dir)
-    try:
-        write_file(tmp / manifest.model_file, onnx_bytes)
-        write_file(tmp / MANIFEST_FILE, dumps_json(to_dict(manifest)))
-        replace_dir(tmp, bundle_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
     return manifest

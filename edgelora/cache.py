@@ -1,7 +1,7 @@
 """Skip-Cache: the frozen backbone's outputs per sample, computed once, in RAM or on disk.
 
 A row holds [y0 | tap_1 | ... | tap_K] for one sample, keyed by a hash of the sample's input bytes.
-On disk (`directory`), one folder per (backbone fingerprint, dtype) holds append-only `keys`, `values`
+On disk (`directory`), one folder per (backbone identity, dtype) holds append-only `keys`, `values`
 and per-row `crc` files; `meta.json`, replaced atomically after the data is synced, says how many rows
 are committed and carries a SHA-256 of its own content. Bytes beyond that count (an interrupted append)
 are cut; rows whose CRC fails are dropped; a corrupt `meta.json` drops the whole cache. Whatever was
@@ -22,25 +22,35 @@ import numpy as np
 
 from .backbone import Backbone
 from .data import as_inputs, num_samples
-from .fileio import PathLike, atomic_write, dumps_json, read_json
+from .fileio import FileLock, PathLike, atomic_write, dumps_json, read_json
 
-CACHE_FORMAT_VERSION = 2  # 2: meta.json carries a checksum
+CACHE_FORMAT_VERSION = 3  # 2: meta.json carries a checksum; 3: bound to Manifest.identity
 KEY_BYTES = 16
+LOCK_TIMEOUT = 60.0  # seconds to wait while another process opens or appends to the same cache folder
 FILL_CHUNK = 2048  # samples per backbone call while filling (bounds the RAM used by a fill)
 
 
 def sample_keys(inputs: dict[str, np.ndarray]) -> list[bytes]:
     """One 16-byte BLAKE2b key per sample over every input's dtype, shape and bytes."""
-    names = sorted(inputs)
+    arrays = [np.ascontiguousarray(inputs[name]) for name in sorted(inputs)]
+    prefixes = [f"{name}|{a.dtype.str}|{a.shape[1:]}|".encode() for name, a in zip(sorted(inputs), arrays)]
     keys = []
     for i in range(num_samples(inputs)):
         h = hashlib.blake2b(digest_size=KEY_BYTES)
-        for name in names:
-            row = inputs[name][i]
-            h.update(f"{name}|{row.dtype.str}|{row.shape}|".encode())
-            h.update(row.tobytes())
+        for prefix, a in zip(prefixes, arrays):
+            h.update(prefix)
+            h.update(a[i])  # a contiguous row: hashed in place, no copy
         keys.append(h.digest())
     return keys
+
+
+class CacheConflictError(RuntimeError):
+    """Another process appended to the same on-disk cache folder at the same time."""
+
+
+def folder_name(identity: str, dtype: str) -> str:
+    """The sub-folder of a cache directory holding one backbone's rows in one storage dtype."""
+    return f"{identity.split(':')[1][:16]}-{dtype}"
 
 
 class _RamStore:
@@ -82,10 +92,14 @@ class _DiskStore:
         self.width = meta["y0_width"] + sum(meta["tap_widths"])
         self.row_bytes = self.width * dtype.itemsize
         path.mkdir(parents=True, exist_ok=True)
+        # opening and appending hold an flock, so two processes never write at once; the lock file sits
+        # beside the folder, which a rebuild may delete
+        self._lock = FileLock(path.with_name(f".{path.name}.lock"), f"cache {path}", LOCK_TIMEOUT)
         self.keys: list[bytes] = []
         self.repaired = self.cut_bytes = 0
-        self._open()
-        self._remove_other_generations()
+        with self._lock:
+            self._open()
+            self._remove_other_generations()
 
     def _file(self, kind: str) -> Path:
         return self.path / f"{kind}-{self.meta['generation']}.bin"
@@ -117,7 +131,7 @@ class _DiskStore:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True)
         self.meta.update(count=0, generation=0)
-        self._commit([], b"", b"")
+        self._write([], b"", b"")
 
     def _remove_other_generations(self) -> None:
         """Files of an older generation: left when a crash fell between a repair's commit and its cleanup."""
@@ -162,7 +176,7 @@ class _DiskStore:
         # rewrite the good rows into a new generation, switch meta atomically, then drop the old files
         old = [self._file(k) for k in ("keys", "values", "crc")]
         self.meta.update(generation=self.meta["generation"] + 1, count=0)
-        self._commit([keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good],
+        self._write([keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good],
                      b"".join(values[i * rb:(i + 1) * rb].tobytes() for i in good),
                      b"".join(crcs[i * 4:i * 4 + 4] for i in good))
         del values
@@ -170,6 +184,25 @@ class _DiskStore:
             p.unlink(missing_ok=True)
 
     def _commit(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
+        with self._lock:
+            self._check_unchanged()
+            self._write(keys, rows, crcs)
+
+    def _check_unchanged(self) -> None:
+        """Appends go at the count read when the folder was opened: refuse if another writer moved it
+        since (writing anyway would cut that writer's rows)."""
+        path = self.path / "meta.json"
+        try:
+            found = read_json(path, "cache meta")
+            now = (found["count"], found["generation"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            now = None
+        if now is not None and now != (self.meta["count"], self.meta["generation"]):
+            raise CacheConflictError(f"cache {self.path} was changed by another writer since it was opened "
+                                     f"({now[0]} rows now, {self.meta['count']} then); nothing was written - "
+                                     f"open the cache again (or use one cache folder per process)")
+
+    def _write(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
         n = self.meta["count"]
         meta = {**self.meta, "count": n + len(keys)}
         try:
@@ -230,10 +263,9 @@ class SkipCache:
         self._index = {k: i for i, k in enumerate(self._store.keys)}
 
     def _disk_store(self, root: Path) -> _DiskStore:
-        fp = self.backbone.fingerprint
-        meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": fp, "dtype": self.dtype.name,
+        meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": self.backbone.identity, "dtype": self.dtype.name,
                 "y0_width": self.y0_width, "tap_widths": list(self.backbone.tap_widths)}
-        return _DiskStore(root / f"{fp.split(':')[1][:16]}-{self.dtype.name}", meta, self.dtype)
+        return _DiskStore(root / folder_name(self.backbone.identity, self.dtype.name), meta, self.dtype)
 
     @property
     def values(self) -> np.ndarray:

@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from .fileio import (PathLike, dumps_json, new_temp_dir, parse_safetensors, read_bounded, read_json, recover_dir,
-                     replace_dir, safe_child, write_file)
+from .fileio import (
+    PathLike,
+    dumps_json,
+    parse_safetensors,
+    read_bounded,
+    read_json,
+    recover_dir,
+    safe_child,
+    write_folder,
+)
 
 CHECKPOINT_FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
@@ -22,18 +29,7 @@ def save_checkpoint(folder: PathLike, meta: dict, arrays: dict[str, np.ndarray])
     meta = {**meta, "format_version": CHECKPOINT_FORMAT_VERSION}
     blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta_sha256": _digest(meta)})
     meta["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
-    tmp = Path(folder)
-    try:
-        tmp = new_temp_dir(folder)
-        write_file(tmp / ARRAYS_FILE, blob)
-        write_file(tmp / META_FILE, dumps_json(meta))
-        replace_dir(tmp, folder)
-    except OSError as e:
-        raise OSError(e.errno, f"could not save a checkpoint to {folder}: {e.strerror or e}; "
-                               f"the previous checkpoint there is unchanged") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_folder(folder, {ARRAYS_FILE: blob, META_FILE: dumps_json(meta)}, "checkpoint")
 
 
 def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | None:

@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 return np.lib.format.read_array(f, allow_pickle=False), None
         if suffix == ".csv":
             return _load_csv(path, label_column if y_key is not None else None)
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"{path}: cannot read as {suffix} ({e}); the file is corrupt or truncated") from None
     except MemoryError:
         raise ValueError(f"{path}: not enough memory to load it; use a smaller file") from None

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
 import struct
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,7 @@ def safe_child(folder: PathLike, name: str, what: str) -> Path:
 def new_temp_dir(dst: PathLike) -> Path:
     """A fresh hidden sibling folder of `dst` to build its replacement in."""
     dst = Path(dst)
+    _check_folder_target(dst)
     remove_stale_temps(dst)
     tmp = _temp_name(dst)
     tmp.mkdir(parents=True)
@@ -233,6 +236,7 @@ def replace_dir(tmp: PathLike, dst: PathLike) -> None:
     aside first and `recover_dir` puts it back if a crash fell between the two renames.
     """
     tmp, dst = Path(tmp), Path(dst)
+    _check_folder_target(dst)
     fsync_dir(tmp)
     if not dst.exists():
         os.rename(tmp, dst)
@@ -245,6 +249,69 @@ def replace_dir(tmp: PathLike, dst: PathLike) -> None:
         os.rename(tmp, dst)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(dst.parent)
+
+
+def _check_folder_target(dst: Path) -> None:
+    """A folder may replace a folder, never a file or a link (the swap would hide the user's file)."""
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise ValueError(f"{dst} exists and is not a folder; expected a folder path (nothing was written)")
+
+
+def write_folder(dst: PathLike, files: dict[str, bytes], what: str) -> Path:
+    """Write `files` (name -> bytes) as the folder `dst` in one atomic swap: readers see the old folder
+    or the new one, never a mix; on failure (a full disk, say) the old folder is left as it was."""
+    dst, tmp = Path(dst), None
+    try:
+        tmp = new_temp_dir(dst)
+        for name, data in files.items():
+            write_file(tmp / name, data)
+        replace_dir(tmp, dst)
+    except OSError as e:
+        raise OSError(e.errno, f"could not save the {what} to {dst}: {e.strerror or e}; "
+                               f"the {what} that was there is unchanged") from e
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+class FileLock:
+    """An exclusive flock on `path` (released by the OS if the process dies); waits up to `timeout` s."""
+
+    def __init__(self, path: PathLike, what: str, timeout: float = 60.0):
+        self.path, self.what, self.timeout, self._file, self._depth = Path(path), what, timeout, None, 0
+
+    def acquire(self) -> "FileLock":
+        """Take the lock (re-entrant for this object: nested acquires just count)."""
+        if self._depth:
+            self._depth += 1
+            return self
+        f = open(self.path, "a+b")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._file, self._depth = f, 1
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.close()
+                    raise TimeoutError(f"{self.what} is busy: another process has held {self.path} for more "
+                                       f"than {self.timeout:g} s") from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def recover_dir(dst: PathLike) -> None:

@@ -13,7 +13,7 @@ is baked in front of the graph, so the app feeds raw inputs, as to `edgelora.Pre
 """
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .adapter import Adapter, load_adapter
 from .bundle import Manifest, model_path, verify_bundle
 from .fileio import PathLike, atomic_write
-from .lora import tap_A, tap_B
+from .lora import tap_A
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
@@ -75,13 +75,9 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
     values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in _params(adapter, manifest).items()}
     fmt.set_parameters(values)
     out = _out(out_path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        fmt.export_adapter(str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with tempfile.TemporaryDirectory(prefix="edgelora-adapter-") as scratch:  # onnxruntime writes by path
+        fmt.export_adapter(str(Path(scratch) / "adapter"))
+        atomic_write(out, (Path(scratch) / "adapter").read_bytes())  # small; synced and swapped in
     return out
 
 
@@ -97,15 +93,10 @@ def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter]:
 
 def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
     """lora.A.<tap> (d_k, r) for every backbone tap, lora.B (K r, C), lora.scale, lora.bias (float32)."""
-    c, p, lay = adapter.config, adapter.params, adapter.config.layout
-    index = {name: k for k, name in enumerate(c.target_taps)}
-    out, blocks = {}, []
-    for t in manifest.taps:
-        k = index.get(t.name)
-        out[f"{LORA_PREFIX}A.{t.name}"] = np.ascontiguousarray(
-            tap_A(p, lay, k) if k is not None else np.zeros((t.width, c.r)), np.float32)
-        blocks.append(tap_B(p, lay, k) if k is not None else np.zeros((c.r, c.num_outputs)))
-    out[f"{LORA_PREFIX}B"] = np.ascontiguousarray(np.concatenate(blocks), np.float32)
+    c, p, lay = adapter.config, adapter.params, adapter.config.layout  # taps == manifest.taps (check_backbone)
+    out = {f"{LORA_PREFIX}A.{name}": np.ascontiguousarray(tap_A(p, lay, k), np.float32)
+           for k, name in enumerate(c.target_taps)}
+    out[f"{LORA_PREFIX}B"] = np.ascontiguousarray(p["B"], np.float32)
     out[f"{LORA_PREFIX}scale"] = np.asarray(c.scale, np.float32)
     out[f"{LORA_PREFIX}bias"] = np.ascontiguousarray(p["bias"] if c.bias else np.zeros(c.num_outputs), np.float32)
     return out
@@ -165,7 +156,7 @@ def _standardize(g: onnx.GraphProto, manifest: Manifest) -> None:
 
 
 def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | None, baked: bool) -> None:
-    meta = {"edgelora.backbone_fingerprint": manifest.fingerprint,
+    meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
             else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`"}
     if adapter is not None:

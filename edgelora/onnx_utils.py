@@ -90,7 +90,10 @@ def load(source) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return _copy(source)
     if isinstance(source, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(source))
+        try:
+            return onnx.load_from_string(bytes(source))
+        except Exception as e:  # protobuf's DecodeError and friends
+            raise ValueError(f"the bytes given are not an ONNX model ({e})") from None
     try:
         return onnx.load(str(source))
     except FileNotFoundError:

@@ -40,9 +40,9 @@ from .losses import log_softmax
 from .metrics import evaluate_outputs
 from .predict import Predictor
 from .samples import Samples
-from .schema import check, to_dict
+from .schema import check, normalize, to_dict
 from .store import AdapterStore, check_name
-from .train import TrainConfig, finetune, validation_split
+from .train import TrainConfig, finetune, holdout_mask, validation_split
 
 Decision = Literal["published", "rejected", "deferred", "unchanged"]
 JOINED = ("published", "deferred")   # sessions whose samples are trained on and held out
@@ -65,6 +65,7 @@ class PersonalizeConfig:
     lock_timeout: float = 600.0              # seconds to wait for another writer of the store
 
     def __post_init__(self):
+        normalize(self)
         check(0 < self.holdout_fraction < 1, f"`holdout_fraction` should be in (0, 1), found {self.holdout_fraction}")
         check(self.min_holdout >= 1, f"`min_holdout` should be a positive integer, found {self.min_holdout}")
         check(self.margin >= 0, f"`margin` should be >= 0, found {self.margin}")
@@ -94,17 +95,6 @@ class PersonalizeResult:
         return to_dict(self)
 
 
-def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
-    """True for the last `fraction` (rounded, >= 1 when a class has >= 2 samples) of each class."""
-    mask = np.zeros(len(targets), bool)
-    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
-        else [np.arange(len(targets))]
-    for g in groups:
-        if len(g) >= 2:
-            mask[g[len(g) - min(len(g) - 1, max(1, int(round(fraction * len(g))))):]] = True
-    return mask
-
-
 def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new,
                 config: PersonalizeConfig = PersonalizeConfig(), *,
                 progress: Callable[[str], None] | None = None) -> PersonalizeResult:
@@ -116,6 +106,8 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
     step = progress or (lambda stage: None)
     check_name(name)
     m = backbone.manifest
+    if config.gate_metric == "accuracy" and m.task != "classification":  # before any work, not after training
+        raise ValueError("`gate_metric` 'accuracy' does not apply to a regression backbone; use 'loss' or 'auto'")
     inputs = as_inputs(x_new, m, "x_new")
     targets = as_targets(y_new, m, num_samples(inputs), "y_new")
     step("validated")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,15 @@ import numpy as np
 from .bundle import Manifest
 from .cache import KEY_BYTES
 from .data import MAX_DATA_BYTES, as_inputs, as_targets
-from .fileio import (PathLike, dumps_json, new_temp_dir, read_bounded, read_json, recover_dir, replace_dir, safe_child,
-                     write_file)
+from .fileio import (
+    PathLike,
+    dumps_json,
+    read_bounded,
+    read_json,
+    recover_dir,
+    safe_child,
+    write_folder,
+)
 
 SAMPLES_FILE = "samples.npz"
 SESSIONS_FILE = "sessions.json"
@@ -130,12 +136,5 @@ class Samples:
         blob = buf.getvalue()
         index = {"format_version": SAMPLES_FORMAT_VERSION, "samples_sha256": hashlib.sha256(blob).hexdigest(),
                  "sessions": sessions}
-        tmp = new_temp_dir(folder)
-        try:
-            write_file(tmp / SAMPLES_FILE, blob)
-            write_file(tmp / SESSIONS_FILE, dumps_json(index))
-            replace_dir(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        write_folder(folder, {SAMPLES_FILE: blob, SESSIONS_FILE: dumps_json(index)}, "adapter's samples")
         self.sessions = sessions

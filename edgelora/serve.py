@@ -25,7 +25,7 @@ from .adapter import Adapter
 from .backbone import Backbone
 from .data import as_inputs, num_samples
 from .losses import log_softmax
-from .schema import check
+from .schema import check, normalize
 from .store import AdapterStore
 
 
@@ -43,6 +43,7 @@ class ServeConfig:
     batch_size: int = 256                        # rows per backbone call
 
     def __post_init__(self):
+        normalize(self)
         check(isinstance(self.memory_budget, int) and self.memory_budget > 0,
               f"`memory_budget` should be a positive number of bytes, found {self.memory_budget!r}")
         check(self.poll_seconds >= 0, f"`poll_seconds` should be >= 0, found {self.poll_seconds}")
@@ -93,7 +94,10 @@ class _Loaded:
 
 
 class AdapterServer:
-    """Predictions for rows that each name their adapter (None: the shared model without adapter)."""
+    """Predictions for rows that each name their adapter (None: the shared model without adapter).
+
+    Not thread-safe (its LRU is a plain OrderedDict): use one server per thread, or a lock around calls.
+    """
 
     def __init__(self, backbone: Backbone, store: AdapterStore, config: ServeConfig = ServeConfig()):
         self.backbone, self.store, self.config = backbone, store, config

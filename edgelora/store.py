@@ -17,13 +17,11 @@ version is one atomic file replace, so a reader sees the old or the new pointer,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import re
 import shutil
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +30,16 @@ from typing import Iterator, Literal
 
 from .adapter import Adapter, load_adapter
 from .bundle import Manifest
-from .fileio import PathLike, atomic_write, dumps_json, fsync_dir, read_json, safe_child, write_file
+from .fileio import (
+    FileLock,
+    PathLike,
+    atomic_write,
+    dumps_json,
+    fsync_dir,
+    read_json,
+    safe_child,
+    write_file,
+)
 from .schema import from_dict, to_dict
 
 STORE_FORMAT_VERSION = 1
@@ -91,6 +98,8 @@ class AdapterStore:
 
     def __init__(self, root: PathLike, create: bool = True):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"adapter store {self.root} is a file; expected a folder")
         marker = self.root / STORE_FILE
         if not marker.is_file():
             if not create:
@@ -204,21 +213,8 @@ class AdapterStore:
             if self._depth > 1:
                 yield
                 return
-            with open(self.root / ".lock", "a+b") as f:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError(f"adapter store {self.root} is busy: another writer holds "
-                                               f"{self.root / '.lock'} for more than {timeout:g} s") from None
-                        time.sleep(0.05)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            with FileLock(self.root / ".lock", f"adapter store {self.root}", timeout):
+                yield
         finally:
             self._depth -= 1
             self._thread_lock.release()

@@ -19,7 +19,7 @@ from .data import as_inputs, as_targets, num_samples
 from .fileio import PathLike
 from .loop import Run
 from .metrics import evaluate_outputs
-from .schema import check, check_types, to_dict
+from .schema import check, normalize, to_dict
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_types(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
-        for name, value in vars(self).items():  # numpy scalars become the Python numbers they hold (JSON-able)
-            if isinstance(value, np.generic) or (isinstance(value, tuple) and any(isinstance(v, np.generic) for v in value)):
-                object.__setattr__(self, name, value.item() if isinstance(value, np.generic) else
-                                   tuple(v.item() if isinstance(v, np.generic) else v for v in value))
+        normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
         check(self.r == "auto" or self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
         check(self.lora_alpha is None or self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
         check(self.epochs >= 1, f"`epochs` should be a positive integer, found {self.epochs}")
@@ -69,8 +65,10 @@ class TrainConfig:
         check(self.warmup_epochs >= 0, f"`warmup_epochs` should be >= 0, found {self.warmup_epochs}")
         check(self.clip_norm is None or self.clip_norm > 0, f"`clip_norm` should be positive, found {self.clip_norm}")
         check(0 <= self.lora_dropout < 1, f"`lora_dropout` should be in [0, 1), found {self.lora_dropout}")
-        check(isinstance(self.class_weights, str) or all(w >= 0 for w in self.class_weights),
-              f"`class_weights` should be 'none', 'balanced' or a list of weights >= 0, found {self.class_weights}")
+        check(isinstance(self.class_weights, str) or (all(w >= 0 for w in self.class_weights)
+                                                      and sum(self.class_weights) > 0),
+              f"`class_weights` should be 'none', 'balanced' or a list of weights >= 0 (not all 0), "
+              f"found {self.class_weights}")
         check(0 <= self.val_fraction < 1, f"`val_fraction` should be in [0, 1), found {self.val_fraction}")
         check(self.patience is None or self.patience >= 1, f"`patience` should be positive, found {self.patience}")
         needs_val = self.weight_decay == "auto" or self.r == "auto"
@@ -104,10 +102,20 @@ def validation_split(targets: np.ndarray, fraction: float, how: str, seed: int, 
         perm = np.random.default_rng(seed).permutation(n)
         k = max(1, int(round(fraction * n)))
         return np.sort(perm[k:]), np.sort(perm[:k])
-    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" else [np.arange(n)]
-    val = [g[len(g) - min(len(g) - 1, max(1, int(round(fraction * len(g))))):] for g in groups if len(g) >= 2]
-    val = np.sort(np.concatenate(val)) if val else np.arange(0)
-    return np.setdiff1d(np.arange(n), val), val
+    tail = holdout_mask(targets, fraction, task)
+    return np.flatnonzero(~tail), np.flatnonzero(tail)
+
+
+def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
+    """True for the last `fraction` (rounded; >= 1, and never all, when a class has >= 2 samples) of each
+    class in sample order (of all samples for regression): the most recent ones."""
+    mask = np.zeros(len(targets), bool)
+    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
+        else [np.arange(len(targets))]
+    for g in groups:
+        if len(g) >= 2:
+            mask[g[len(g) - min(len(g) - 1, max(1, int(round(fraction * len(g))))):]] = True
+    return mask
 
 
 def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, cache: SkipCache | None = None,
@@ -137,14 +145,13 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     start = time.perf_counter()
     if use_cache:
         cache = cache if cache is not None else SkipCache(backbone)
-        if cache.backbone.fingerprint != backbone.fingerprint:
+        if cache.backbone.identity != backbone.identity:
             raise ValueError("the cache belongs to another backbone (fingerprints differ)")
         values, c = _cached_rows(cache, inputs), m.num_outputs
 
         def features(idx):
             v = values[idx]
             return v[:, :c], v[:, c:]
-        history.cache = cache.stats()
     else:
         def features(idx):
             return backbone.features({k: v[idx] for k, v in inputs.items()}, validated=True)
@@ -152,8 +159,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
-    # hashing every input costs time (inside train_seconds) and two input-sized copies: only a checkpoint needs it
-    key = _run_key(m.fingerprint, config, inputs, targets, init) if checkpoint_dir is not None else ""
+    # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
+    source = f"cache {cache.dtype.name}" if use_cache else "backbone every step"  # float16 rows train differently
+    key = _run_key(m.identity, source, config, inputs, targets, init) if checkpoint_dir is not None else ""
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None and saved[0].get("run_key") != key:
         raise ValueError(f"the checkpoint in {checkpoint_dir} was written for other data, settings or backbone; "
@@ -185,7 +193,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         history.val_metrics = evaluate_outputs(out, targets[val_idx], m.task)
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics}
-    acfg = AdapterConfig(backbone_fingerprint=m.fingerprint, target_taps=m.tap_names, tap_widths=m.tap_widths,
+    acfg = AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
                          num_outputs=m.num_outputs, task=m.task, r=best.layout.rank,
                          lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
                          classes=m.classes, training=training)
@@ -202,9 +210,9 @@ def _checkpoint(key: str, runs: list[Run]) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _run_key(fingerprint: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> str:
-    """What a checkpoint must match to be resumed: backbone, settings, data and starting adapter."""
-    h = hashlib.sha256(fingerprint.encode())
+def _run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> str:
+    """What a checkpoint must match to be resumed: backbone, feature source, settings, data, starting adapter."""
+    h = hashlib.sha256(f"{identity}|{source}".encode())
     h.update(json.dumps(to_dict(config), sort_keys=True).encode())
     for name in sorted(inputs):  # streamed: same digest as hashing name + bytes, without copying the input
         h.update(name.encode())

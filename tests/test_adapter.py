@@ -36,7 +36,7 @@ def test_peft_layout(trained):
     assert tensors["bias"].shape == (3,) and len(tensors) == 7
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["peft_type"] == "SKIP_LORA"
-    assert config["backbone_fingerprint"] == bb.fingerprint and config["training"]["settings"]["epochs"] == 3
+    assert config["backbone_fingerprint"] == bb.identity and config["training"]["settings"]["epochs"] == 3
     assert list(config) == sorted(config)
 
 
@@ -47,7 +47,7 @@ def test_failed_save_leaves_the_old_adapter(trained, toy_data, monkeypatch):
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("edgelora.adapter.write_file", disk_full)
+    monkeypatch.setattr("edgelora.fileio.write_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         newer.save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -142,3 +142,35 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         fileio.atomic_write(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_error_adapter_with_other_taps(trained, toy_data):
+    import dataclasses as dc
+    from edgelora import Adapter, AdapterConfig
+    from edgelora.lora import Layout
+    bb, adapter, _ = trained
+    c = adapter.config
+    subset = dc.replace(c, target_taps=c.target_taps[1:], tap_widths=c.tap_widths[1:])
+    flat = np.zeros(Layout(subset.target_taps, subset.tap_widths, 3, c.r, c.bias).size, np.float32)
+    with pytest.raises(ValueError, match="expected taps .*'fc0.input': 10.*the backbone's, in order.*found"):
+        Predictor(bb, Adapter(subset, flat))
+    with pytest.raises(ValueError, match="`target_taps` should be unique"):
+        AdapterConfig(**{**dc.asdict(c), "target_taps": ("a", "a", "b")})
+
+
+def test_integer_alpha_and_numpy_scalars_save_and_load(trained, tmp_path):
+    import dataclasses as dc
+    bb, adapter, _ = trained
+    adapter.config = dc.replace(adapter.config, lora_alpha=8, r=np.int64(4))
+    assert type(adapter.config.lora_alpha) is float and type(adapter.config.r) is int
+    adapter.save(tmp_path / "again")
+    assert load_adapter(tmp_path / "again", bb.manifest).config.lora_alpha == 8.0
+
+
+def test_error_saving_over_a_file_keeps_the_file(trained, tmp_path):
+    _, adapter, _ = trained
+    precious = tmp_path / "precious.npz"
+    precious.write_bytes(b"user data")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        adapter.save(precious)
+    assert precious.read_bytes() == b"user data" and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

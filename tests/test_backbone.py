@@ -143,3 +143,24 @@ def test_error_manifest_output_not_in_graph(toy_bundle):
 def test_error_bad_threads(toy_bundle):
     with pytest.raises(ValueError, match="`threads` should be a positive integer"):
         Backbone(toy_bundle, threads=0)
+
+
+def test_error_backbone_failure_is_a_value_error(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle
+    emb = numpy_helper.from_array(np.ones((10, 4), np.float32), "emb")
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("ReduceMean", ["e"], ["h"], axes=[1],
+                                                                                 keepdims=0),
+             helper.make_node("Identity", ["h"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4])], [emb])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    write_bundle(tmp_path / "b", model.SerializeToString(), Manifest(
+        BUNDLE_FORMAT_VERSION, "sha256:" + "0" * 64, (InputSpec("ids", ("N", 3), "int64"),), OutputSpec("logits", 4),
+        (TapSpec("h", "h", 4),), "classification", tuple("abcd")))
+    bb = Backbone(tmp_path / "b")
+    assert bb.run(np.array([[1, 2, 3]]))[0].shape == (1, 4)
+    with pytest.raises(ValueError, match="the backbone failed on samples 0..0.*token ids"):
+        bb.run(np.array([[1, 2, 50]]))                  # token id outside the 10-word vocabulary

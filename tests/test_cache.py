@@ -146,3 +146,29 @@ def test_error_float16_overflow(tmp_path):
     mlp_bundle(tmp_path / "b", big)
     with pytest.raises(ValueError, match="float16 range.*use a float32 cache"):
         SkipCache(Backbone(tmp_path / "b"), dtype="float16").rows(np.ones((2, 4), np.float32))
+
+
+def test_two_writers_never_cut_each_others_rows(toy_bundle, toy_data, tmp_path):
+    from edgelora.cache import CacheConflictError
+    x = toy_data[0]
+    a, b = SkipCache(Backbone(toy_bundle), tmp_path / "c"), SkipCache(Backbone(toy_bundle), tmp_path / "c")
+    b.rows(x[:12])                                   # b appends after a opened
+    with pytest.raises(CacheConflictError, match="changed by another writer since it was opened"):
+        a.rows(x[20:30])
+    again = SkipCache(Backbone(toy_bundle), tmp_path / "c")
+    assert len(again) == 12                          # b's rows are all there
+    np.testing.assert_array_equal(again.gather(again.rows(x[:12]))[1], Backbone(toy_bundle).features(x[:12])[1])
+
+
+def test_new_standardisation_constants_never_reuse_old_rows(toy_bundle, toy_data, tmp_path):
+    import json
+    from edgelora.bundle import MANIFEST_FILE
+    SkipCache(Backbone(toy_bundle), tmp_path / "c").rows(toy_data[0][:10])
+    path = toy_bundle / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data.pop("checksum")
+    data["preprocess"]["x"]["mean"] = [0.0] * 10      # same ONNX file, other preprocessing
+    path.write_text(json.dumps(data))
+    bb = Backbone(toy_bundle)
+    SkipCache(bb, tmp_path / "c").rows(toy_data[0][:10])
+    assert bb.calls == 10

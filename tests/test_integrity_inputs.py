@@ -243,3 +243,28 @@ def test_cli_bad_input_exits_2_with_one_line(cli_files, capsys, setup, argv, wor
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err, err
     assert not (d / "new").exists()   # nothing half-written where the adapter was to go
+
+
+def test_error_npz_with_a_corrupt_compressed_member(tmp_path):
+    import zipfile
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, x=np.arange(4000, dtype=np.float32).reshape(400, 10), y=np.zeros(400, int))
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("x.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 20, start + 60):          # scramble the deflate stream, keep the zip structure
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="d.npz"):
+        load_arrays(path)
+
+
+def test_error_onnx_bytes_and_store_paths(tmp_path):
+    from edgelora import AdapterStore
+    from edgelora.onnx_taps import add_taps
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        add_taps(b"definitely not protobuf \xff\xff", tmp_path / "b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; expected a folder"):
+        AdapterStore(tmp_path / "file")

@@ -48,7 +48,7 @@ def test_merged_model_equals_predictor(trained, tmp_path):
     proto = onnx.load(str(out))
     assert proto.opset_import[0].version <= OPSET and proto.ir_version <= IR_VERSION
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["edgelora.backbone_fingerprint"] == backbone.fingerprint
+    assert meta["edgelora.backbone_fingerprint"] == backbone.identity
     assert "baked" in meta["edgelora.preprocess"]
 
 

@@ -219,3 +219,16 @@ def test_error_predictor_batch_size(toy_bundle):
     from edgelora import Predictor
     with pytest.raises(ValueError, match="`batch_size` should be a positive integer, found 0"):
         Predictor(Backbone(toy_bundle), batch_size=0)
+
+
+def test_error_resume_with_another_cache_dtype(toy_bundle, toy_data, tmp_path):
+    bb = Backbone(toy_bundle)
+    finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="written for other data, settings or backbone"):
+        finetune(bb, *toy_data, FAST, cache=SkipCache(bb, dtype="float16"), checkpoint_dir=tmp_path / "ckpt",
+                 resume=True)
+
+
+def test_error_all_zero_class_weights():
+    with pytest.raises(ValueError, match="not all 0"):
+        TrainConfig(class_weights=(0.0, 0.0, 0.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cache import SkipCache
+from ..cache import SkipCache, folder_name
 from . import common
 
 EXAMPLE = """
@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> dict:
     if not args.cache_dir.is_dir():
         raise FileNotFoundError(f"cache directory not found: {args.cache_dir}")
     backbone = common.open_backbone(args)
-    prefix = backbone.fingerprint.split(":")[1][:16]
+    prefix = folder_name(backbone.identity, "")
     caches = []
     for dtype in (args.cache_dtype,) if args.cache_dtype else DTYPES:
-        if not (args.cache_dir / f"{prefix}-{dtype}").is_dir():
+        if not (args.cache_dir / folder_name(backbone.identity, dtype)).is_dir():
             continue  # opening a SkipCache would create it; info and clear must not
         cache = SkipCache(backbone, args.cache_dir, dtype=dtype)
         stats = cache.stats()
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
         caches.append({k: stats[k] for k in ("dtype", "rows", "bytes", "path", "repaired_rows")} |
                       ({"cleared": True} if args.action == "clear" else {}))
     others = sorted(p.name for p in args.cache_dir.iterdir() if p.is_dir() and not p.name.startswith(prefix))
-    return {"action": args.action, "bundle": str(args.bundle), "fingerprint": backbone.fingerprint,
+    return {"action": args.action, "bundle": str(args.bundle), "fingerprint": backbone.identity,
             "cache_dir": str(args.cache_dir), "caches": caches, "other_backbones": others}
 
 
