@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -123,7 +124,7 @@ class Manifest:
     def num_outputs(self) -> int:
         return self.output.width
 
-    @property
+    @functools.cached_property  # hashes the preprocessing constants: computed once per manifest
     def identity(self) -> str:
         """'sha256:<hex>' over the ONNX fingerprint and every manifest field that changes what the backbone
         computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
