@@ -95,7 +95,6 @@ SITECUSTOMIZE = "import os\nif os.environ.get('EDGELORA_CRASH_TRACE'):\n" \
 
 def make_bundle(folder: Path, seed: int = 0):
     """A random MLP backbone whose Linear inputs are the taps (written with onnx.helper, no torch)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle

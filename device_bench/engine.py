@@ -199,7 +199,7 @@ def _im2col(x: np.ndarray, k: tuple, pads: tuple, strides: tuple):
 
 def _col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple, strides: tuple) -> np.ndarray:
     """Adjoint of _im2col: scatter-add the column gradients back onto the (padded) input."""
-    n, c, nd = xshape[0], xshape[1], len(k)
+    n, c = xshape[0], xshape[1]
     padded = tuple(s + 2 * q for s, q in zip(xshape[2:], pads))
     spatial = tuple((s - kk) // st + 1 for s, kk, st in zip(padded, k, strides))
     d = dcols.reshape(n, *spatial, c, *k)

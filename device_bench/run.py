@@ -48,7 +48,7 @@ def base_accuracy(tasks: list[dict]) -> float:
     from edgelora import Backbone, Predictor
     accs = []
     for t in tasks:
-        with np.load(t["data"]) as f:
+        with np.load(t["data"], allow_pickle=False) as f:
             accs.append(Predictor(Backbone(t["bundle"])).evaluate(f["x_te"], f["y_te"])["accuracy"])
     return float(np.mean(accs))
 

@@ -37,7 +37,7 @@ def linear_fit(n, y) -> dict:
 def run(task: dict, out: Path, cfg: BenchConfig, factors=FACTORS, methods=N_METHODS, ranks=RANKS,
         rank_methods=RANK_METHODS, seeds=3, repeat=1, log=print) -> dict:
     """Scaling runs on one task dict (name, bundle, data); returns the 'scaling' section of results.json."""
-    with np.load(task["data"]) as f:
+    with np.load(task["data"], allow_pickle=False) as f:
         ft, te = (f["x_ft"], f["y_ft"]), (f["x_te"], f["y_te"])
     points = []
     for factor in factors:

@@ -18,7 +18,6 @@ At the CLI every one of them exits with code 2 and one line on stderr that names
 """
 import hashlib
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from edgelora import Backbone, TrainConfig, finetune
 from edgelora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from edgelora.bundle import MANIFEST_FILE
 from edgelora.cli import main
-from edgelora.data import as_inputs, as_targets, load_arrays
+from edgelora.data import as_targets, load_arrays
 from edgelora.schema import check_types
 from tests.helpers import mlp_bundle, random_mlp
 

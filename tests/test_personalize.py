@@ -1,6 +1,5 @@
 """Personalisation over time: sessions, holdout gate, label check, deferral, warm start, crash safety."""
 import importlib
-import os
 import signal
 import subprocess
 import sys
