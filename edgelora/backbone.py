@@ -38,6 +38,8 @@ class Backbone:
         del blob
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
+        ends = np.cumsum((0, self.manifest.num_outputs) + self.manifest.tap_widths).tolist()
+        self._spans = list(zip(ends[:-1], ends[1:]))  # columns of each output in a row
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
 
@@ -66,11 +68,21 @@ class Backbone:
         return y0, [t[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def features(self, x, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(y0 (N, C), taps concatenated (N, sum d_k)) float32; runs in chunks of `batch_size`."""
+        """(y0 (N, C), taps concatenated (N, sum d_k)) float32: views into `rows(x)`."""
+        r = self.rows(x, validated)
+        return r[:, :self.num_outputs], r[:, self.num_outputs:-1]
+
+    def rows(self, x, validated: bool = False) -> np.ndarray:
+        """[y0 | tap_1 | ... | tap_K | 1] (N, C + sum d_k + 1) float32, computed in chunks of `batch_size`.
+
+        One buffer written in place (no concatenation); the constant last column lets a server fold an
+        adapter's identity, weights and bias into a single product over a row.
+        """
         inputs = x if validated else as_inputs(x, self.manifest)
         n = num_samples(inputs)
-        y0 = np.empty((n, self.num_outputs), np.float32)
-        t = np.empty((n, sum(self.tap_widths)), np.float32)
+        spans = self._spans
+        r = np.empty((n, spans[-1][1] + 1), np.float32)
+        r[:, -1] = 1.0
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
             try:
@@ -79,10 +91,11 @@ class Backbone:
                 raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on samples {a}.."
                                  f"{min(a + self.batch_size, n) - 1}: {e}; check the input values (token ids "
                                  f"within the vocabulary, say) and shapes") from None
-            y0[a:a + len(outs[0])] = outs[0].reshape(len(outs[0]), -1)
-            t[a:a + len(outs[0])] = np.concatenate([o.reshape(len(o), -1) for o in outs[1:]], axis=1)
+            m = len(outs[0])
+            for o, (lo, hi) in zip(outs, spans):
+                r[a:a + m, lo:hi] = o
         self.calls += n
-        return y0, t
+        return r
 
     def _prep(self, name: str, v: np.ndarray) -> np.ndarray:
         if name not in self._pre:

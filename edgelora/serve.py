@@ -61,36 +61,34 @@ class _Loaded:
     nbytes: int
 
     def __post_init__(self):
-        """Prepare the forward pass once (Adapter.params and AdapterConfig.layout are rebuilt per access)."""
+        """Prepare the forward pass once. A small adapter becomes one matrix M over a backbone row
+        [y0 | taps | 1]: M = [I; W; bias] with W = s [A_1 B_1; ...; A_K B_K], so y = row @ M is a
+        single product (at batch 1 the adapter costs one numpy call, not K + 4)."""
         a = self.adapter
         self.params = a.params if a is not None else None
         self.layout = a.config.layout if a is not None else None
         self.scale = a.config.scale if a is not None else 0.0
-        self.W = self.WT = None
-        self.bias = np.zeros(a.config.num_outputs, np.float32) if a is not None else None
+        self.M = self.MT = None
         if a is not None and _merged_bytes(self.layout) <= MERGE_MAX_BYTES:
             W, bias = merged_weight(self.params, self.layout, self.scale)
-            self.WT = np.ascontiguousarray(W.T)   # (C, D): one row was measured faster than (D, C) at batch 1
-            self.W = self.WT.T                    # (D, C) view for batches
-            self.nbytes += self.WT.nbytes
+            c = a.config.num_outputs
+            self.MT = np.zeros((c, c + len(W) + 1), np.float32)  # (C, C+D+1): one row is faster at batch 1
+            self.MT[:, :c] = np.eye(c, dtype=np.float32)
+            self.MT[:, c:-1] = W.T
             if bias is not None:
-                self.bias = bias
+                self.MT[:, -1] = bias
+            self.M = self.MT.T                                  # (C+D+1, C) view for batches
+            self.nbytes += self.MT.nbytes
 
-    def forward(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """y0 + the adapter's skip paths for rows (y0 (n, C), taps t (n, D))."""
+    def forward(self, rows: np.ndarray, c: int) -> np.ndarray:
+        """Outputs (n, C) for backbone rows [y0 | taps | 1] (Backbone.rows)."""
         if self.adapter is None:
-            return y0
-        if self.W is None:
-            return lora.forward(self.params, y0, t, self.layout, self.scale)[0]
-        if len(t) == 1:                           # batch 1: a matrix-vector product on 1-D arrays
-            y = self.WT @ t[0]
-            y += y0[0]
-            y += self.bias
-            return y[None]
-        y = t @ self.W
-        y += y0
-        y += self.bias
-        return y
+            return rows[:, :c]
+        if self.M is None:
+            return lora.forward(self.params, rows[:, :c], rows[:, c:-1], self.layout, self.scale)[0]
+        if len(rows) == 1:
+            return (self.MT @ rows[0])[None]
+        return rows @ self.M
 
 
 class AdapterServer:
@@ -115,7 +113,7 @@ class AdapterServer:
         if names is None or isinstance(names, str):
             entry = self._entry(names)
             if n <= self.config.batch_size and self._bytes <= self.config.memory_budget:  # the common case
-                return entry.forward(*self.backbone.features(inputs, validated=True))
+                return entry.forward(self.backbone.rows(inputs, validated=True), self.backbone.num_outputs)
             codes, entries = None, [entry]
         else:
             names = list(names)
@@ -128,11 +126,11 @@ class AdapterServer:
             self._evict(keep={id(e) for e in entries})
         bs = self.config.batch_size
         if n <= bs:  # the common case: one backbone call, no copy
-            return self._apply(*self.backbone.features(inputs, validated=True), codes, entries)
+            return self._apply(self.backbone.rows(inputs, validated=True), codes, entries)
         out = np.empty((n, self.backbone.num_outputs), np.float32)
         for a in range(0, n, bs):
-            y0, t = self.backbone.features({k: v[a:a + bs] for k, v in inputs.items()}, validated=True)
-            out[a:a + len(y0)] = self._apply(y0, t, None if codes is None else codes[a:a + bs], entries)
+            rows = self.backbone.rows({k: v[a:a + bs] for k, v in inputs.items()}, validated=True)
+            out[a:a + len(rows)] = self._apply(rows, None if codes is None else codes[a:a + bs], entries)
         return out
 
     def predict(self, x, names: str | None | Sequence[str | None]) -> np.ndarray:
@@ -174,42 +172,37 @@ class AdapterServer:
                 "bytes": self._bytes, "budget": self.config.memory_budget}
 
     # --- internals ----------------------------------------------------------------------------------
-    def _apply(self, y0: np.ndarray, t: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
-        """Each row's adapter on its (y0, taps)."""
+    def _apply(self, rows: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+        """Each row's adapter on its backbone row [y0 | taps | 1]."""
+        c = self.backbone.num_outputs
         if codes is None or len(entries) == 1:
-            return entries[0].forward(y0, t)
-        n, c = y0.shape
-        if len(entries) * c <= STACK_MAX_COLUMNS and all(e.W is not None or e.adapter is None for e in entries):
-            # few small adapters: one product with their merged weights side by side, then each row picks
-            # its own adapter's C columns (cheaper than a group-by, whose cost is numpy call overhead)
-            W, b = self._stacked(entries, t.shape[1], c)
-            y = (t @ W).reshape(n, len(entries), c)[np.arange(n), codes]
-            y += y0
-            y += b[codes]
-            return y
+            return entries[0].forward(rows, c)
+        n = len(rows)
+        if len(entries) * c <= STACK_MAX_COLUMNS and all(e.M is not None or e.adapter is None for e in entries):
+            # few small adapters: one product with their matrices side by side, then each row picks its
+            # own adapter's C columns (cheaper than a group-by, whose cost is numpy call overhead)
+            return (rows @ self._stacked(entries, rows.shape[1], c)).reshape(n, len(entries), c)[np.arange(n), codes]
         order = np.argsort(codes, kind="stable")    # group rows by adapter: each adapter runs once
         ends = np.cumsum(np.bincount(codes, minlength=len(entries)))
-        y0s, ts = y0[order], t[order]
-        out = np.empty_like(y0)
+        sorted_rows = rows[order]
+        out = np.empty((n, c), np.float32)
         start = 0
         for code, end in enumerate(ends):
             if end > start:
-                out[order[start:end]] = entries[code].forward(y0s[start:end], ts[start:end])
+                out[order[start:end]] = entries[code].forward(sorted_rows[start:end], c)
             start = end
         return out
 
-    def _stacked(self, entries: list[_Loaded], d: int, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """[W_1 | ... | W_G] (D, G C) and biases (G, C) of these entries (the last combination is kept)."""
+    def _stacked(self, entries: list[_Loaded], width: int, c: int) -> np.ndarray:
+        """[M_1 | ... | M_G] (C+D+1, G C) of these entries (the last combination is kept); the shared
+        model's block is [I; 0; 0]."""
         key = tuple(id(e) for e in entries)
         if self._stack is None or self._stack[0] != key:
-            W = np.zeros((d, len(entries) * c), np.float32)
-            b = np.zeros((len(entries), c), np.float32)
+            M = np.zeros((width, len(entries) * c), np.float32)
             for g, e in enumerate(entries):
-                if e.W is not None:
-                    W[:, g * c:(g + 1) * c] = e.W
-                    b[g] = e.bias
-            self._stack = (key, W, b, entries)  # holding `entries` keeps their ids from being reused
-        return self._stack[1], self._stack[2]
+                M[:, g * c:(g + 1) * c] = e.M if e.M is not None else np.eye(width, c, dtype=np.float32)
+            self._stack = (key, M, entries)  # holding `entries` keeps their ids from being reused
+        return self._stack[1]
 
     def _refresh(self, name: str, entry: _Loaded | None, now: float) -> _Loaded:
         path = self._pointers.get(name)
