@@ -31,7 +31,7 @@ from .fileio import (
     write_folder,
 )
 from .lora import Layout, tap_A, tap_B, views
-from .schema import check, from_dict, normalize, to_dict
+from .schema import check, check_not_newer, from_dict, normalize, to_dict
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -136,10 +136,7 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     cpath = safe_child(folder, CONFIG_FILE, "adapter config")
     wpath = safe_child(folder, WEIGHTS_FILE, "adapter weights")
     data = read_json(cpath, "adapter config")
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > ADAPTER_FORMAT_VERSION:
-        raise ValueError(f"{cpath}: format_version {version} is newer than this edgelora supports "
-                         f"({ADAPTER_FORMAT_VERSION}); upgrade edgelora to load it")
+    check_not_newer(data, ADAPTER_FORMAT_VERSION, str(cpath))
     config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
     if not wpath.is_file():
         raise FileNotFoundError(f"adapter weights missing: expected {wpath}")

@@ -21,7 +21,7 @@ from .fileio import (
     sha256_file,
     write_folder,
 )
-from .schema import check, from_dict, to_dict
+from .schema import check, check_not_newer, from_dict, to_dict
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"
@@ -151,10 +151,7 @@ def load_manifest(bundle_dir: PathLike) -> Manifest:
                                 f"backbone at {folder}")
     path = safe_child(folder, MANIFEST_FILE, "bundle manifest")
     data = read_json(path, "bundle manifest")
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > BUNDLE_FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version} is newer than this edgelora supports "
-                         f"({BUNDLE_FORMAT_VERSION}); upgrade edgelora to load it")
+    check_not_newer(data, BUNDLE_FORMAT_VERSION, str(path))
     manifest = from_dict(Manifest, data, str(path), optional=MANIFEST_OPTIONAL)
     if manifest.checksum and manifest.checksum != manifest_checksum(manifest):
         raise ValueError(f"{path}: the manifest is corrupt or was edited (its content does not match its "
