@@ -141,7 +141,7 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
             with open(path, "rb") as f:
                 _check_npy(f, size, str(path))
                 f.seek(0)
-                return np.lib.format.read_array(f, allow_pickle=False), None
+                return _read_array(f, str(path)), None
         if suffix == ".csv":
             return _load_csv(path, label_column if y_key is not None else None)
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
@@ -164,7 +164,15 @@ def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
     with z.open(info) as f:
         _check_npy(f, info.file_size, where)
     with z.open(info) as f:
+        return _read_array(f, where)
+
+
+def _read_array(f, where: str) -> np.ndarray:
+    """np.lib.format.read_array, its own ValueErrors (a header numpy cannot build) naming the file."""
+    try:
         return np.lib.format.read_array(f, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{where}: not a valid .npy array ({' '.join(str(e).split())[:200]})") from None
 
 
 def _check_npy(f, size: int, where: str) -> None:
@@ -183,6 +191,9 @@ def _check_npy(f, size: int, where: str) -> None:
     have = size - f.tell()
     if any(not 0 <= d <= MAX_DATA_BYTES for d in shape):  # (0, 2**62) or (0, -1): 0 bytes, numpy refuses it
         raise ValueError(f"{where}: the header declares an impossible shape {shape}; the file is corrupt")
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_DATA_BYTES:  # (0, 2**31, 2**31): numpy's "too big"
+        raise ValueError(f"{where}: the header declares shape {shape} of {dtype}, larger than the {MAX_DATA_BYTES} "
+                         f"bytes edgelora reads, even if a zero dimension makes it empty; the file is corrupt")
     if need != have:
         raise ValueError(f"{where}: the header declares shape {shape} of {dtype} ({need} bytes) but the file holds "
                          f"{have} bytes of data; it is corrupt or truncated")

@@ -222,3 +222,12 @@ def test_fuzz_csv_loader(work):
         path.unlink()
     run()
     assert count[0] >= 1000
+
+
+def test_npy_header_with_a_zero_dimension_and_an_absurd_shape_names_the_file(work):
+    """(0, 2**31, 2**31) holds no bytes, yet numpy cannot build it ("array is too big"): the error names the file."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (0, 2**31, 2**31)})
+    (work / "absurd.npy").write_bytes(header.getvalue())
+    with pytest.raises(ValueError, match=r"absurd.npy: the header declares shape \(0, 2147483648, 2147483648\)"):
+        load_arrays(work / "absurd.npy", y_key=None)
