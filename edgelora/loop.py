@@ -15,6 +15,7 @@ from . import lora
 from .losses import balanced_weights, cross_entropy, cross_entropy_grad, mse
 from .metrics import epoch_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, learning_rate
+from .shuffle import SplitMix64
 
 MONITOR = 256
 Features = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # sample indices -> (y0, taps), float32
@@ -31,7 +32,8 @@ class Run:
         self.best_flat = self.flat.copy()
         self.opt = OPTIMIZERS[cfg.optimizer](self.flat.size, weight_decay=weight_decay,
                                              **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
+        self.shuffler = SplitMix64(cfg.seed)       # specified PRNG: every client shuffles identically
         self.epoch = self.step = self.best_epoch = self.since_best = 0
         self.best_loss: float | None = None
         self.epochs: list[dict] = []
@@ -61,7 +63,7 @@ class Run:
         while self.stopped is None:
             t0 = time.perf_counter()
             good = flat.copy()
-            perm = self.rng.permutation(train_idx)
+            perm = train_idx[self.shuffler.permutation(len(train_idx))]
             batch_losses, step = 0.0, self.step
             with np.errstate(over="ignore", invalid="ignore"):  # the guard below handles overflow
                 for i in range(0, len(perm), bs):
@@ -125,7 +127,7 @@ class Run:
         arrays = {"flat": self.flat, "best_flat": self.best_flat, **{f"opt.{k}": v for k, v in self.opt.buffers().items()}}
         meta = {"epoch": self.epoch, "step": self.step, "best_epoch": self.best_epoch, "since_best": self.since_best,
                 "best_loss": self.best_loss, "epochs": self.epochs, "stopped": self.stopped,
-                "rng": self.rng.bit_generator.state, "opt_t": getattr(self.opt, "t", 0)}
+                "rng": self.rng.bit_generator.state, "shuffle": self.shuffler.state, "opt_t": getattr(self.opt, "t", 0)}
         return meta, arrays
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -135,6 +137,7 @@ class Run:
         if hasattr(self.opt, "t"):
             self.opt.t = meta["opt_t"]
         self.rng.bit_generator.state = meta["rng"]
+        self.shuffler.state = meta["shuffle"]
         self.epoch, self.step, self.best_epoch = meta["epoch"], meta["step"], meta["best_epoch"]
         self.since_best, self.best_loss, self.epochs, self.stopped = (meta["since_best"], meta["best_loss"],
                                                                        meta["epochs"], meta["stopped"])

@@ -18,6 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .shuffle import init_values
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -72,12 +74,12 @@ def tap_B(p: dict, layout: Layout, k: int) -> np.ndarray:
 
 
 def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
-    """A ~ U(-1/sqrt(d), 1/sqrt(d)) (PEFT's kaiming-uniform bound), B = 0, bias = 0: y == y0 at start."""
-    rng = np.random.default_rng(seed)
+    """A ~ U(-1/sqrt(d), 1/sqrt(d)) (PEFT's kaiming-uniform bound), B = 0, bias = 0: y == y0 at start.
+    The draws come from `shuffle.SplitMix64`, so every training client starts from the same A."""
     flat = np.zeros(layout.size, dtype)
     p = views(flat, layout)
-    for k, d in enumerate(layout.widths):
-        tap_A(p, layout, k)[:] = rng.uniform(-1.0, 1.0, (d, layout.rank)) / np.sqrt(d)
+    for k, a in enumerate(init_values(layout.widths, layout.rank, seed)):
+        tap_A(p, layout, k)[:] = a
     return flat
 
 
