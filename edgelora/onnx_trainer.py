@@ -1,0 +1,167 @@
+"""`finetune(..., engine="onnx")`: the training kit driven from Python with onnxruntime alone.
+
+Every operation on parameters and optimiser state runs inside the kit's ONNX graphs; Python only feeds
+cached rows, the epoch's permutation (shuffle.SplitMix64) and learning rates, and keeps the best epoch.
+It is the reference for other clients (clients/js) and gives the numpy trainer's adapter (loop.Run).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from .adapter import Adapter, AdapterConfig
+from .backbone import Backbone
+from .cache import SkipCache
+from .data import as_inputs, as_targets, num_samples
+from .kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
+from .losses import balanced_weights
+from .metrics import evaluate_outputs
+from .optim import learning_rate
+from .schema import to_dict
+from .shuffle import SplitMix64, init_values
+from .train import History, TrainConfig, validation_split
+
+MONITOR = 256  # as loop.MONITOR: train loss is reported on a fixed sample of at most this many rows
+
+
+def recipe_from_config(config: TrainConfig) -> KitRecipe:
+    """The kit recipe of an explicit TrainConfig; "auto" settings and dropout are refused."""
+    auto = [f for f in ("r", "weight_decay", "tap_scaling") if getattr(config, f, "none") == "auto"]
+    if auto:
+        raise ValueError(f"engine='onnx' trains one explicit recipe; found 'auto' for {auto}: pass explicit "
+                         f"settings (e.g. r=4, weight_decay=0.1, tap_scaling='none') or use engine='numpy'")
+    if getattr(config, "tap_scaling", "none") != "none":
+        raise ValueError(f"engine='onnx' trains on raw taps: expected tap_scaling='none', found {config.tap_scaling!r}")
+    if config.lora_dropout:
+        raise ValueError(f"engine='onnx' has no tap dropout: expected lora_dropout=0, found {config.lora_dropout}")
+    return KitRecipe(r=config.r, lora_alpha=config.lora_alpha, bias=config.bias, batch_size=config.batch_size,
+                     optimizer=config.optimizer, momentum=config.momentum, clip_norm=config.clip_norm)
+
+
+class KitSessions:
+    """onnxruntime sessions over a kit's two graphs."""
+
+    def __init__(self, kit: Kit, threads: int = 1):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.log_severity_level = 3
+        try:
+            self.train = ort.InferenceSession(kit.train_epoch, opts, providers=["CPUExecutionProvider"])
+            self.evaluate = ort.InferenceSession(kit.evaluate, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception types
+            raise ValueError(f"onnxruntime cannot load the training kit's graphs: {e}") from None
+        self.cls = kit.contract["backbone"]["task"] == "classification"
+
+    def run_eval(self, rows: np.ndarray, targets: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, float]:
+        outputs, loss = self.evaluate.run(None, {"rows": rows, "targets": targets, "params": params})
+        return outputs, float(loss)
+
+
+def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainConfig, *,
+               val: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1,
+               callback: Callable[[dict], None] | None = None) -> tuple[np.ndarray, dict]:
+    """Train on cached rows [y0 | taps] with the kit: (flat parameters, outcome of the run)."""
+    contract, s = kit.contract, KitSessions(kit, threads)
+    lay = contract["layout"]
+    params = np.zeros(lay["size"], np.float32)
+    params[:sum(d * lay["rank"] for d in lay["widths"])] = np.concatenate(
+        [a.ravel() for a in init_values(tuple(lay["widths"]), lay["rank"], config.seed)])
+    state = {"params": params, "opt_m": np.zeros_like(params), "opt_v": np.zeros_like(params),
+             "step": np.array(0, np.int64)}
+    n, bs = len(rows), contract["recipe"]["batch_size"]
+    steps = math.ceil(n / bs)
+    total = config.epochs * steps
+    warmup = int(round(config.warmup_epochs * steps))
+    lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
+    feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
+    if s.cls:
+        feed["class_weights"] = class_weights(config.class_weights, targets, lay["num_outputs"])
+    shuffler, monitor = SplitMix64(config.seed), np.arange(0, n, max(1, n // MONITOR))
+    best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        out = s.train.run(None, {**feed, **state, "perm": shuffler.permutation(n),
+                                 "lr": lrs[(epoch - 1) * steps:epoch * steps]})
+        if not out[4]:
+            stopped = "non_finite"  # keep the last good parameters (end of the previous epoch)
+            break
+        state = dict(zip(("params", "opt_m", "opt_v", "step"), out[:4]))
+        rec = {"epoch": epoch, "train_loss": s.run_eval(rows[monitor], targets[monitor], state["params"])[1],
+               "lr": float(lrs[epoch * steps - 1]), "seconds": time.perf_counter() - t0}
+        if val is not None:
+            outputs, rec["val_loss"] = s.run_eval(val[0], val[1], state["params"])
+            if s.cls:
+                rec["val_accuracy"] = float((outputs.argmax(1) == val[1]).mean())
+            if best_loss is None or rec["val_loss"] < best_loss:
+                best, best_loss, best_epoch, since = state["params"], rec["val_loss"], epoch, 0
+            else:
+                since += 1
+        else:
+            best, best_epoch = state["params"], epoch
+        records.append(rec)
+        if callback:
+            callback({**rec, "epochs": config.epochs, "r": lay["rank"], "weight_decay": config.weight_decay})
+        if config.patience and since >= config.patience:
+            stopped = "early_stopping"
+            break
+    return best, {"epochs": records, "best_epoch": best_epoch, "stopped": stopped or "completed"}
+
+
+def class_weights(mode, targets: np.ndarray, c: int) -> np.ndarray:
+    """The `class_weights` input: ones ('none'), scikit-learn's 'balanced' on the training labels, or a list."""
+    if mode == "none":
+        return np.ones(c, np.float32)
+    w = balanced_weights(targets, c) if mode == "balanced" else np.asarray(mode, np.float32)
+    if len(w) != c:
+        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(w)}")
+    return w
+
+
+def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache | None = None,
+                  callback: Callable[[dict], None] | None = None, kit: Kit | None = None,
+                  threads: int = 1) -> tuple[Adapter, History]:
+    """Fine-tune with the training kit (built from `config` unless given); see train.finetune."""
+    m = backbone.manifest
+    kit = kit or build_kit(m, recipe_from_config(config))
+    recipe = recipe_of(kit)
+    if kit.contract["backbone"]["identity"] != m.identity:
+        raise ValueError(f"the training kit was built for another backbone: expected identity {m.identity}, "
+                         f"found {kit.contract['backbone']['identity']}; rebuild it with `edgelora kit`")
+    inputs = as_inputs(x, m)
+    n = num_samples(inputs)
+    targets = as_targets(y, m, n)
+    if m.task == "classification" and len(np.unique(targets)) < 2:
+        raise ValueError(f"y: all {n} samples have the same class; fine-tuning needs samples of at least 2 classes")
+    train_idx, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
+    if len(train_idx) < recipe.batch_size:
+        raise ValueError(f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
+                         f"{recipe.batch_size}; lower the batch size or collect more samples")
+    history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))})
+    start = time.perf_counter()
+    cache = cache if cache is not None else SkipCache(backbone)
+    if cache.backbone.identity != backbone.identity:
+        raise ValueError("the cache belongs to another backbone (fingerprints differ)")
+    index = cache.rows(inputs)  # runs the backbone on samples not cached yet
+    rows = np.asarray(cache.values[index], np.float32)
+    history.cache_seconds = time.perf_counter() - start
+    val = (rows[val_idx], targets[val_idx]) if len(val_idx) else None
+    flat, run = train_rows(kit, rows[train_idx], targets[train_idx], config, val=val, threads=threads,
+                           callback=callback)
+    history.epochs, history.best_epoch, history.stopped = run["epochs"], run["best_epoch"], run["stopped"]
+    history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay}
+    if val is not None:
+        history.val_metrics = evaluate_outputs(KitSessions(kit, threads).run_eval(*val, flat)[0], val[1], m.task)
+    history.train_seconds = time.perf_counter() - start - history.cache_seconds
+    history.cache = cache.stats()
+    training = {"settings": to_dict(config), "engine": "onnx", "chosen": history.chosen,
+                "best_epoch": history.best_epoch, "stopped": history.stopped, "samples": history.samples,
+                "val_metrics": history.val_metrics}
+    acfg = AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
+                         num_outputs=m.num_outputs, task=m.task, r=recipe.r, lora_alpha=recipe.alpha,
+                         bias=recipe.bias, classes=m.classes, training=training)
+    assert layout_of(m, recipe).size == flat.size
+    return Adapter(acfg, flat), history

@@ -1,0 +1,136 @@
+"""The training kit (edgelora/kit.py, kit_graphs.py) and the Python engine over it (onnx_trainer.py)."""
+import dataclasses
+import json
+import os
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+
+from edgelora import Backbone, Predictor, TrainConfig, finetune
+from edgelora.kit import KitRecipe, build_kit, load_kit
+from edgelora.onnx_trainer import finetune_onnx
+from edgelora.onnx_utils import OLDEST_ORT
+from tests.helpers import mlp_bundle, random_mlp
+
+OLD_PYTHON = os.environ.get("EDGELORA_OLD_ORT_PYTHON")
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def explicit(**kw) -> TrainConfig:
+    """One explicit recipe, trained on every sample (no selection), whatever TrainConfig's defaults are."""
+    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", epochs=12)
+    return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from edgelora.cli.demo_data import splits
+    from edgelora.cli.demo import BUNDLE
+    s = splits(0)
+    return Backbone(BUNDLE), s["finetune"], s["test"]
+
+
+def test_graphs_pass_the_full_check_at_opset_17_ir_8(toy_bundle):
+    for recipe in (KitRecipe(), KitRecipe(optimizer="sgd", clip_norm=1.0, bias=False), KitRecipe(optimizer="adam")):
+        kit = build_kit(Backbone(toy_bundle).manifest, recipe)
+        for blob in (kit.train_epoch, kit.evaluate):
+            model = onnx.load_from_string(blob)
+            onnx.checker.check_model(model, full_check=True)
+            assert model.ir_version == 8 and [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    layout = kit.contract["layout"]
+    assert layout["size"] == sum(int(np.prod(t["shape"])) for t in layout["tensors"])
+    assert [t["name"] for t in layout["tensors"]] == ["A.fc0.input", "A.fc1.input", "A.fc2.input", "B", "bias"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"optimizer": "sgd", "lr": 0.01, "clip_norm": 0.5},
+                                   {"optimizer": "adam", "class_weights": "balanced", "schedule": "cosine",
+                                    "warmup_epochs": 1.0, "batch_size": 32},
+                                   {"val_fraction": 0.2, "patience": 3}])
+def test_onnx_engine_gives_the_numpy_trainers_adapter(digits, extra):
+    backbone, train, test = digits
+    cfg = explicit(**extra)
+    a, ha = finetune(backbone, *train, cfg)
+    b, hb = finetune_onnx(backbone, *train, cfg)
+    assert np.abs(a.flat).max() > 0.05 and np.abs(a.flat - b.flat).max() <= 1e-4
+    assert (ha.best_epoch, ha.stopped) == (hb.best_epoch, hb.stopped) and len(ha.epochs) == len(hb.epochs)
+    acc = [Predictor(backbone, x).evaluate(*test)["accuracy"] for x in (a, b)]
+    assert abs(acc[0] - acc[1]) <= 0.001 and acc[1] > 0.7
+    assert b.config.training["engine"] == "onnx"
+
+
+def test_regression_kit_matches_numpy(tmp_path):
+    mlp_bundle(tmp_path / "b", random_mlp([6, 8, 2]), task="regression")
+    backbone = Backbone(tmp_path / "b")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((90, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] * 2, x[:, 1] - x[:, 2]], 1).astype(np.float32)
+    a, _ = finetune(backbone, x, y, explicit(epochs=8))
+    b, _ = finetune_onnx(backbone, x, y, explicit(epochs=8))
+    assert np.abs(a.flat - b.flat).max() <= 1e-4 and np.abs(a.flat).max() > 0.05
+
+
+def test_kit_saves_loads_and_trains_the_same(toy_bundle, toy_data, tmp_path):
+    backbone = Backbone(toy_bundle)
+    kit = build_kit(backbone.manifest, KitRecipe(r=2))
+    kit.save(tmp_path / "kit")
+    again = load_kit(tmp_path / "kit", backbone.manifest)
+    assert again.train_epoch == kit.train_epoch and again.contract == json.loads(json.dumps(kit.contract))
+    a, _ = finetune_onnx(backbone, *toy_data, explicit(r=2), kit=again)
+    b, _ = finetune(backbone, *toy_data, explicit(r=2))
+    assert np.abs(a.flat - b.flat).max() <= 1e-4
+
+
+def test_error_truncated_graph_and_other_backbone(toy_bundle, tmp_path):
+    backbone = Backbone(toy_bundle)
+    build_kit(backbone.manifest, KitRecipe()).save(tmp_path / "kit")
+    blob = (tmp_path / "kit" / "train_epoch.onnx").read_bytes()
+    (tmp_path / "kit" / "train_epoch.onnx").write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(ValueError, match="train_epoch.onnx is corrupt or truncated"):
+        load_kit(tmp_path / "kit")
+    mlp_bundle(tmp_path / "other", random_mlp([10, 8, 8, 3], seed=1))
+    kit = build_kit(Backbone(tmp_path / "other").manifest, KitRecipe())
+    with pytest.raises(ValueError, match="built for another backbone: expected identity sha256:"):
+        finetune_onnx(backbone, np.zeros((30, 10), np.float32), np.arange(30) % 3, explicit(), kit=kit)
+    (tmp_path / "notakit").mkdir()
+    (tmp_path / "notakit" / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="is not a training kit"):
+        kit.save(tmp_path / "notakit")
+    assert (tmp_path / "notakit" / "mine.txt").read_text() == "keep"
+
+
+def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
+    backbone = Backbone(toy_bundle)
+    with pytest.raises(ValueError, match=r"engine='onnx' trains one explicit recipe; found 'auto' for \['r'\]"):
+        finetune_onnx(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
+    with pytest.raises(ValueError, match="expected lora_dropout=0"):
+        finetune_onnx(backbone, *toy_data, explicit(lora_dropout=0.1))
+
+
+def test_error_non_finite_keeps_the_last_good_epoch(toy_bundle, toy_data):
+    x, y = toy_data
+    _, h = finetune_onnx(Backbone(toy_bundle), x * 1e30, y, explicit(lr=1e30, optimizer="sgd"))
+    assert h.stopped == "non_finite"
+
+
+@pytest.mark.skipif(not OLD_PYTHON, reason="set EDGELORA_OLD_ORT_PYTHON to a Python with an older onnxruntime "
+                                           f"(measured: {OLDEST_ORT} runs the kit)")
+def test_an_older_onnxruntime_runs_an_epoch(toy_bundle, tmp_path):
+    build_kit(Backbone(toy_bundle).manifest, KitRecipe(r=2)).save(tmp_path / "kit")
+    code = (
+        "import sys, json, numpy as np, onnxruntime as ort\n"
+        "k = json.load(open(sys.argv[1] + '/kit.json')); P = k['layout']['size']\n"
+        "s = ort.InferenceSession(sys.argv[1] + '/train_epoch.onnx', providers=['CPUExecutionProvider'])\n"
+        "n, w = 45, k['layout']['row_width']\n"
+        "p = np.random.default_rng(0).standard_normal(P).astype(np.float32) * 0.1\n"
+        "out = s.run(None, {'rows': np.ones((n, w), np.float32), 'targets': np.arange(n) % 3,\n"
+        "    'class_weights': np.ones(3, np.float32), 'perm': np.arange(n), 'lr': np.full(3, 1e-3),\n"
+        "    'weight_decay': np.array(0.1), 'params': p, 'opt_m': 0 * p, 'opt_v': 0 * p, 'step': np.array(0)})\n"
+        "assert out[3] == 3 and out[4] and np.abs(out[0] - p).max() > 0, out\n"
+        "e = ort.InferenceSession(sys.argv[1] + '/evaluate.onnx', providers=['CPUExecutionProvider'])\n"
+        "assert e.run(None, {'rows': np.ones((n, w), np.float32), 'targets': np.arange(n) % 3, 'params': p})[0].shape == (n, 3)\n"
+        "print(ort.__version__)\n")
+    out = subprocess.run([OLD_PYTHON, "-c", code, str(tmp_path / "kit")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    print("onnxruntime", out.stdout.strip(), "ran an epoch of the kit")
