@@ -1,0 +1,67 @@
+"""`edgelora kit`: write the training kit (plain ONNX graphs + a JSON contract) for any onnxruntime client."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..bundle import load_manifest
+from ..kit import CONTRACT_FILE, EVAL_FILE, TRAIN_FILE, KitRecipe, build_kit
+from ..train import TrainConfig
+from . import common
+
+EXAMPLE = """
+edgelora kit fan_bundle --out fan_kit
+edgelora kit fan_bundle --out fan_kit --rank 8 --batch-size 32 --weight-decay 0.1 --epochs 40
+node clients/js/src/cli.js train --bundle fan_bundle --kit fan_kit --x x.npy --y y.npy --out adapters/site7
+"""
+
+
+def register(subparsers) -> None:
+    d, k = TrainConfig(), KitRecipe()
+    p = common.add_command(
+        subparsers, "kit", run, report, summary="write the training kit: fine-tuning as plain ONNX graphs",
+        description=f"Write KIT, a folder with {TRAIN_FILE} (one epoch of Skip2-LoRA training as a single ONNX "
+                    f"Loop), {EVAL_FILE} (adapter outputs and loss on cached rows) and {CONTRACT_FILE} (inputs, "
+                    "outputs, layout, recipe, the backbone it belongs to). Opset 17, IR 8: any onnxruntime (Kotlin, "
+                    "Swift, JavaScript/wasm, C/C++) can fine-tune with it, no Python needed; clients/js is the "
+                    "reference client. Rank, alpha, batch size and optimiser are baked into the graphs; epochs, "
+                    "learning rate, weight decay, class weights and seed are recorded as defaults the client "
+                    "may change.", example=EXAMPLE)
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
+    p.add_argument("--out", required=True, type=Path, metavar="KIT", help="kit folder to write")
+    g = p.add_argument_group("recipe baked into the graphs")
+    g.add_argument("--rank", type=common.positive_int, default=k.r, help=f"adapter rank r (default {k.r})")
+    g.add_argument("--alpha", type=common.positive_float, default=None, help="LoRA alpha (default 2 r)")
+    g.add_argument("--batch-size", type=common.positive_int, default=k.batch_size, help=f"default {k.batch_size}")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=k.optimizer, help=f"default {k.optimizer}")
+    g.add_argument("--clip-norm", type=common.positive_float, default=None, help="clip the gradient norm (default off)")
+    g.add_argument("--no-bias", action="store_true", help="do not learn an output bias")
+    r = p.add_argument_group("run defaults recorded in the contract")
+    r.add_argument("--epochs", type=common.positive_int, default=d.epochs, help=f"default {d.epochs}")
+    r.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"default {d.lr}")
+    r.add_argument("--weight-decay", type=common.decay, default=0.1, metavar="W",
+                   help="weight decay (default 0.1; the kit takes it as an input, so one kit serves several)")
+    r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.weight_decay == "auto":
+        raise ValueError("--weight-decay: the kit records one default, expected a number >= 0, found 'auto'; "
+                         "a client may train several decays with one kit and compare them on `evaluate`")
+    manifest = load_manifest(args.bundle)
+    recipe = KitRecipe(r=args.rank, lora_alpha=args.alpha, bias=not args.no_bias, batch_size=args.batch_size,
+                       optimizer=args.optimizer, clip_norm=args.clip_norm)
+    defaults = {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
+                "schedule": "constant", "warmup_epochs": 0.0, "class_weights": "none", "val_fraction": 0.0}
+    kit = build_kit(manifest, recipe, defaults)
+    out = kit.save(args.out)
+    return {"out": str(out), "bundle": str(args.bundle), "identity": manifest.identity,
+            "recipe": kit.contract["recipe"], "defaults": defaults, "parameters": kit.contract["layout"]["size"],
+            "bytes": sum(f.stat().st_size for f in Path(out).iterdir())}
+
+
+def report(r: dict) -> str:
+    rec = r["recipe"]
+    return (f"wrote {r['out']} (training kit, {common.human_bytes(r['bytes'])}): r={rec['r']} alpha={rec['lora_alpha']:g} "
+            f"batch {rec['batch_size']} {rec['optimizer']}, {r['parameters']} parameters\n"
+            f"  for backbone {r['identity'][:23]}... of {r['bundle']}")
