@@ -1,0 +1,77 @@
+"""The fleet's Flower ServerApp: `edgelora.fleet.server_app:app`.
+
+It reads the bundle's manifest (the server never runs the backbone), starts from a fresh adapter (A
+random, B zero) or `init`, runs `num-rounds` rounds of FleetStrategy and, after every round that changed
+it, saves the shared adapter to `out` as an ordinary edgelora adapter (atomic folder swap) and the round
+log to `<out>.rounds.json`. A server stopped between rounds leaves the latest shared adapter on disk.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from ..adapter import CONFIG_FILE, load_adapter
+from ..bundle import load_manifest
+from ..fileio import atomic_write
+from .aggregate import ServerOptimizer
+from .settings import FleetSettings, round_to_config
+from .strategy import FleetStrategy
+from .update import SHARED_KEY, AdapterSpec, adapter_from, initial_adapter, spec_for
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_fleet(grid, FleetSettings.from_run_config(context.run_config))
+
+
+def rounds_path(out: Path) -> Path:
+    return out.with_name(out.name + ".rounds.json")
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace anything but an earlier adapter (a command never replaces files it did not write)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
+        raise ValueError(f"out: {out} exists and is not an adapter folder; choose a new folder")
+
+
+def run_fleet(grid: Grid, settings: FleetSettings) -> dict:
+    """Run the rounds on `grid`; returns the round log (also written next to the adapter)."""
+    manifest = load_manifest(settings.bundle)
+    out = Path(settings.out)
+    check_out(out)
+    if settings.init:
+        start = load_adapter(settings.init, manifest)
+        c = start.config
+        spec = AdapterSpec(manifest.identity, c.r, c.lora_alpha, c.bias, int(start.flat.size))
+    else:
+        spec = spec_for(manifest, settings.rank, settings.lora_alpha or None, bias=True)
+        start = initial_adapter(manifest, spec, settings.seed)
+    log = {"settings": settings.to_run_config(), "spec": spec.to_record(), "rounds": [], "started": time.time()}
+
+    def on_round(info: dict) -> None:
+        log["rounds"].append({k: v for k, v in info.items() if k != "evaluate"})
+        if info["changed"]:
+            fleet = {"round": info["round"], "devices": info["accepted"], "samples": int(sum(info["samples"])),
+                     "strategy": settings.strategy}
+            adapter_from(spec, manifest, strategy.shared, {"fleet": fleet, "settings": settings.to_run_config()}
+                         ).save(out)
+        atomic_write(rounds_path(out), json.dumps(log, indent=1, sort_keys=True, default=float).encode())
+
+    optimizer = ServerOptimizer(settings.strategy, settings.server_momentum, settings.server_lr)
+    strategy = FleetStrategy(spec, optimizer, min_clients=settings.min_clients, node_wait=settings.node_wait,
+                             max_samples=settings.max_samples, max_norm=settings.max_norm,
+                             evaluate=settings.evaluate, on_round=on_round)
+    round_config = ConfigRecord(round_to_config(settings.round))
+    strategy.start(grid=grid, initial_arrays=ArrayRecord({SHARED_KEY: Array(start.flat)}),
+                   num_rounds=settings.num_rounds, timeout=settings.round_timeout,
+                   train_config=round_config, evaluate_config=ConfigRecord(round_to_config(settings.round)))
+    log["rounds"] = strategy.rounds
+    log["seconds"] = time.time() - log.pop("started")
+    atomic_write(rounds_path(out), json.dumps(log, indent=1, sort_keys=True, default=float).encode())
+    return log

@@ -1,0 +1,88 @@
+"""The fleet's run configuration: one flat table of TOML values (Flower's run config), validated here.
+
+Keys are kebab-case as Flower expects; `edgelora fleet run` fills them from its flags and
+`flwr run APP --run-config 'key=value ...'` can override them. Nothing here imports flwr.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schema import check
+from .aggregate import STRATEGIES
+from .device import RoundSettings
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Everything the ServerApp needs; `round` is what it sends to every device each round."""
+    bundle: str                                   # the backbone bundle every device holds (server reads its manifest)
+    out: str                                      # folder of the shared adapter (rewritten after every round)
+    num_rounds: int = 10
+    min_clients: int = 2                          # devices needed to start a round and valid updates to aggregate
+    round_timeout: float = 120.0                  # seconds a round waits for replies; late or lost ones are dropped
+    node_wait: float = 120.0                      # seconds to wait for min-clients connected devices
+    strategy: str = "fedavg"                      # fedavg | fedavgm (server momentum)
+    server_momentum: float = 0.9                  # fedavgm's beta
+    server_lr: float = 1.0
+    rank: int = 4
+    lora_alpha: float = 0.0                       # 0: 2 * rank (TrainConfig's default)
+    init: str = ""                                # warm-start the fleet from this adapter folder ("" = fresh)
+    seed: int = 0                                 # of the initial A matrices
+    max_norm: float = 1e3                         # reject updates with a larger L2 norm
+    max_samples: int = 1_000_000                  # reject updates claiming more samples (weight poisoning)
+    evaluate: bool = False                        # ask devices for validation metrics of each shared adapter
+    round: RoundSettings = field(default_factory=RoundSettings)
+
+    def __post_init__(self):
+        check(self.num_rounds >= 1, f"`num-rounds` should be a positive integer, found {self.num_rounds}")
+        check(self.min_clients >= 1, f"`min-clients` should be a positive integer, found {self.min_clients}")
+        check(self.round_timeout > 0 and self.node_wait > 0, "`round-timeout` and `node-wait` should be positive")
+        check(self.strategy in STRATEGIES, f"`strategy` should be one of {STRATEGIES}, found {self.strategy!r}")
+        check(self.rank >= 1, f"`rank` should be a positive integer, found {self.rank}")
+        check(self.lora_alpha >= 0, f"`lora-alpha` should be >= 0 (0: 2 * rank), found {self.lora_alpha}")
+        check(self.max_norm > 0 and self.max_samples >= 1, "`max-norm` and `max-samples` should be positive")
+        check(bool(self.bundle) and bool(self.out), "`bundle` and `out` are required")
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat kebab-case table for Flower's run config."""
+        top = {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items() if k != "round"}
+        return {**top, **round_to_config(self.round)}
+
+    @classmethod
+    def from_run_config(cls, config) -> "FleetSettings":
+        """From Flower's run config (unknown keys are errors, types are checked)."""
+        config = dict(config)
+        round_keys = {f"{f.name.replace('_', '-')}" for f in dataclasses.fields(RoundSettings)}
+        top = {f.name for f in dataclasses.fields(cls)} - {"round"}
+        known = {k.replace("_", "-") for k in top} | round_keys
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"fleet run config: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        kwargs = {k: _typed(cls, k, config[k.replace("_", "-")]) for k in top if k.replace("_", "-") in config}
+        return cls(**kwargs, round=round_from_config({k: v for k, v in config.items() if k in round_keys}))
+
+
+def round_to_config(settings: RoundSettings) -> dict[str, Any]:
+    return {k.replace("_", "-"): v for k, v in dataclasses.asdict(settings).items()}
+
+
+def round_from_config(config) -> RoundSettings:
+    """RoundSettings from the kebab-case keys the server sends (missing keys keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(RoundSettings)}
+    kwargs = {n: _typed(RoundSettings, n, config[n.replace("_", "-")]) for n in names
+              if n.replace("_", "-") in config}
+    return RoundSettings(**kwargs)
+
+
+def _typed(cls, name: str, value):
+    """TOML gives ints for whole floats: accept them for float fields; refuse anything else mistyped."""
+    default = next(f for f in dataclasses.fields(cls) if f.name == name).default
+    kind = str if default is dataclasses.MISSING else type(default)   # bundle, out
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"fleet run config: `{name.replace('_', '-')}` should be {kind.__name__}, "
+                        f"found {type(value).__name__} {value!r}")
+    return value
