@@ -1,7 +1,21 @@
-"""Training checkpoints: a folder with `checkpoint.json` and `checkpoint.safetensors`, swapped in atomically."""
+"""Training checkpoints: a folder swapped in atomically after every epoch, at a cost that does not grow.
+
+    checkpoint.json          the state: settings digests, each run's counters, the history's committed
+                             length and hash chain, the SHA-256 of the arrays file (a few kB, constant)
+    checkpoint.safetensors   each run's parameters and optimiser buffers; metadata `meta_sha256`
+    history.jsonl            one line per finished epoch, {"run": i, "record": {...}}, only ever appended;
+                             bytes beyond the committed length (a crash mid-append) are ignored
+
+An epoch builds the new folder beside the old one with the history hard-linked (not copied) and its new
+lines appended, then swaps it in (fileio.replace_dir), so the folder is at every instant a complete
+checkpoint and epoch 3,000 costs what epoch 3 did. The first save of a run writes everything afresh.
+"""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +24,7 @@ from safetensors.numpy import save as st_save
 from .fileio import (
     PathLike,
     dumps_json,
+    fsync_dir,
     parse_safetensors,
     read_bounded,
     read_json,
@@ -17,23 +32,44 @@ from .fileio import (
     safe_child,
     write_folder,
 )
+from .targets import check_target, folder_kind
 
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2  # 2: epochs in an append-only history.jsonl, separate settings digests
 META_FILE = "checkpoint.json"
 ARRAYS_FILE = "checkpoint.safetensors"
+HISTORY_FILE = "history.jsonl"
 MAX_ARRAYS_BYTES = 2 * 1024**3
+MAX_HISTORY_BYTES = 1024**3
+CHECKPOINT_KIND = folder_kind("checkpoint folder", (META_FILE, ARRAYS_FILE), (HISTORY_FILE,))
 
 
 def save_checkpoint(folder: PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write meta + arrays into a fresh folder and swap it in (a crash leaves the previous checkpoint)."""
-    meta = {**meta, "format_version": CHECKPOINT_FORMAT_VERSION}
-    blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta_sha256": _digest(meta)})
-    meta["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
-    write_folder(folder, {ARRAYS_FILE: blob, META_FILE: dumps_json(meta)}, "checkpoint")
+    """Save `meta` ({"run_key", "session", "runs": [state with its "epochs" list]}) and `arrays`.
+
+    Epoch records already on disk for the same `session` are not rewritten: only new ones are appended.
+    """
+    folder = Path(folder)
+    records = [run["epochs"] for run in meta["runs"]]
+    state = {**{k: v for k, v in meta.items() if k != "runs"}, "format_version": CHECKPOINT_FORMAT_VERSION,
+             "runs": [{**{k: v for k, v in run.items() if k != "epochs"}, "epochs": len(run["epochs"])}
+                      for run in meta["runs"]]}
+    on_disk = _committed(folder, meta.get("session"))
+    done = [run["epochs"] for run in on_disk["runs"]] if on_disk else []
+    fresh = on_disk is None or len(done) > len(records) or any(d > len(r) for d, r in zip(done, records))
+    old = {"bytes": 0, "sha256": ""} if fresh else on_disk["history"]
+    lines = _lines(records, [0] * len(records) if fresh else done + [0] * (len(records) - len(done)))
+    files = _files(state, {"bytes": old["bytes"] + len(lines), "sha256": _chain(old["sha256"], lines)}, arrays)
+    if fresh:  # a new run: the whole folder afresh (replacing only an older checkpoint)
+        check_target(folder, CHECKPOINT_KIND)
+        write_folder(folder, {HISTORY_FILE: lines, **files}, "checkpoint")
+    else:      # the same run: link the history, append this epoch's lines, swap
+        write_folder(folder, files, "checkpoint",
+                     fill=lambda tmp: _append(folder / HISTORY_FILE, tmp / HISTORY_FILE, old["bytes"], lines))
 
 
 def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """(meta, arrays) of the checkpoint in `folder`, None if there is none; corruption is an error."""
+    """(meta, arrays) of the checkpoint in `folder` (each run's "epochs" its list of records), None if
+    there is none; corruption is an error naming the file."""
     folder = Path(folder)
     recover_dir(folder)
     mpath = safe_child(folder, META_FILE, "checkpoint")
@@ -41,8 +77,9 @@ def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | No
         return None
     meta = read_json(mpath, "checkpoint")
     if not isinstance(meta, dict) or meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(f"{mpath}: expected a checkpoint of format_version "
-                         f"{CHECKPOINT_FORMAT_VERSION}; delete the folder to start afresh")
+        found = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{mpath}: expected a checkpoint of format_version {CHECKPOINT_FORMAT_VERSION}, found "
+                         f"{found!r}; delete {folder} to start afresh")
     path = safe_child(folder, ARRAYS_FILE, "checkpoint arrays")
     blob = read_bounded(path, "checkpoint arrays", MAX_ARRAYS_BYTES) if path.is_file() else b""
     if hashlib.sha256(blob).hexdigest() != meta.get("arrays_sha256"):
@@ -52,9 +89,90 @@ def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | No
     if metadata.get("meta_sha256") != _digest(meta):
         raise ValueError(f"{mpath} is corrupt (it does not match the checksum recorded in {ARRAYS_FILE}); "
                          f"delete {folder} to start afresh")
+    meta["runs"] = _with_history(folder, meta)
     return meta, arrays
+
+
+def _committed(folder: Path, session) -> dict | None:
+    """The on-disk state if it was written by this same `session` (so its history can be extended)."""
+    try:
+        found = read_json(folder / META_FILE, "checkpoint") if session else None
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and found.get("format_version") == CHECKPOINT_FORMAT_VERSION and \
+        found.get("session") == session and (folder / HISTORY_FILE).is_file()
+    return found if ok else None
+
+
+def _append(old: Path, new: Path, committed: int, lines: bytes) -> None:
+    """`new` = the first `committed` bytes of `old` + `lines`: a hard link plus an append (a copy where
+    the file system has no hard links). The old folder reads only its own committed prefix."""
+    try:
+        os.link(old, new)
+    except OSError:
+        shutil.copyfile(old, new)
+    with open(new, "r+b") as f:
+        f.truncate(committed)  # drop what a crashed append left beyond the committed length
+        f.seek(committed)
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(new.parent)
+
+
+def _files(state: dict, history: dict, arrays: dict) -> dict[str, bytes]:
+    """The state and arrays files, each carrying the other's checksum."""
+    meta = {**state, "history": history}
+    blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta_sha256": _digest(meta)})
+    meta["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+    return {ARRAYS_FILE: blob, META_FILE: dumps_json(meta)}
+
+
+def _lines(records: list[list[dict]], start: list[int]) -> bytes:
+    """JSON lines for the records of each run from index start[i] on."""
+    return b"".join(json.dumps({"run": i, "record": rec}, sort_keys=True, allow_nan=False).encode() + b"\n"
+                    for i, recs in enumerate(records) for rec in recs[start[i]:])
+
+
+def _chain(previous: str, lines: bytes) -> str:
+    """Hash chain over lines: h = sha256(h_prev + line), so appending never rereads the file."""
+    h = previous
+    for line in lines.splitlines(keepends=True):
+        h = hashlib.sha256(h.encode() + line).hexdigest()
+    return h
+
+
+def _with_history(folder: Path, meta: dict) -> list[dict]:
+    """Each run's state with its list of epoch records, read from the committed part of the history."""
+    path = safe_child(folder, HISTORY_FILE, "checkpoint history")
+    history, runs = meta.get("history"), meta.get("runs")
+    blob = read_bounded(path, "checkpoint history", MAX_HISTORY_BYTES)
+    committed = history.get("bytes") if isinstance(history, dict) else None
+    if not isinstance(runs, list) or not isinstance(committed, int) or len(blob) < committed or \
+            _chain("", blob[:committed]) != history.get("sha256"):
+        raise ValueError(f"{path} is truncated or corrupt (it does not match {META_FILE}); delete {folder} to "
+                         f"start afresh")
+    epochs: list[list[dict]] = [[] for _ in runs]
+    for line in blob[:committed].splitlines():
+        entry = json.loads(line)
+        epochs[entry["run"]].append(entry["record"])
+    if [len(e) for e in epochs] != [run.get("epochs") for run in runs]:
+        raise ValueError(f"{path}: expected {[run.get('epochs') for run in runs]} epochs per run, found "
+                         f"{[len(e) for e in epochs]}; delete {folder} to start afresh")
+    return [{**run, "epochs": e} for run, e in zip(runs, epochs)]
 
 
 def _digest(meta: dict) -> str:
     """SHA-256 of the checkpoint's JSON without `arrays_sha256` (stored in the arrays file's metadata)."""
     return hashlib.sha256(dumps_json({k: v for k, v in meta.items() if k != "arrays_sha256"})).hexdigest()
+
+
+def check_same_run(meta: dict, key: dict, folder: PathLike) -> None:
+    """Refuse to resume a checkpoint written for another run, naming what differs (data, settings, ...)."""
+    found = meta.get("run_key")
+    found = found if isinstance(found, dict) else {}
+    differ = [what for what in key if found.get(what) != key[what]]
+    if differ:
+        raise ValueError(f"the checkpoint in {folder} was written for another run (different {' and '.join(differ)}); "
+                         f"resume with the same {', '.join(differ)}, or delete {folder} (or run without --resume) "
+                         f"to start afresh")

@@ -13,7 +13,7 @@ import struct
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -257,12 +257,15 @@ def _check_folder_target(dst: Path) -> None:
         raise ValueError(f"{dst} exists and is not a folder; expected a folder path (nothing was written)")
 
 
-def write_folder(dst: PathLike, files: dict[str, bytes], what: str) -> Path:
+def write_folder(dst: PathLike, files: dict[str, bytes], what: str, fill: Callable[[Path], None] | None = None) -> Path:
     """Write `files` (name -> bytes) as the folder `dst` in one atomic swap: readers see the old folder
-    or the new one, never a mix; on failure (a full disk, say) the old folder is left as it was."""
+    or the new one, never a mix; on failure (a full disk, say) the old folder is left as it was.
+    `fill(tmp)` may first put more into the new folder (e.g. a hard link to a file of the old one)."""
     dst, tmp = Path(dst), None
     try:
         tmp = new_temp_dir(dst)
+        if fill is not None:
+            fill(tmp)
         for name, data in files.items():
             write_file(tmp / name, data)
         replace_dir(tmp, dst)

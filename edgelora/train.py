@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -14,7 +15,7 @@ from . import lora
 from .adapter import Adapter, AdapterConfig
 from .backbone import Backbone
 from .cache import SkipCache
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .data import as_inputs, as_targets, num_samples
 from .fileio import PathLike
 from .loop import Run
@@ -163,9 +164,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     source = f"cache {cache.dtype.name}" if use_cache else "backbone every step"  # float16 rows train differently
     key = _run_key(m.identity, source, config, inputs, targets, init) if checkpoint_dir is not None else ""
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
-    if saved is not None and saved[0].get("run_key") != key:
-        raise ValueError(f"the checkpoint in {checkpoint_dir} was written for other data, settings or backbone; "
-                         f"delete it or run without --resume")
+    if saved is not None:
+        check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
     val_features = features(val_idx) if use_cache and len(val_idx) else None  # cached: gathered once for all
     runs: list[Run] = []
     for i, (r, wd) in enumerate((r, wd) for r in ranks for wd in decays):
@@ -200,9 +200,11 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     return Adapter(acfg, best.result.copy()), history
 
 
-def _checkpoint(key: str, runs: list[Run]) -> tuple[dict, dict]:
-    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one)."""
-    meta, arrays = {"run_key": key, "runs": []}, {}
+def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
+    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one).
+    `session` names this fine-tune call, so the checkpoint only appends the epochs it has not yet seen."""
+    session = runs[0].__dict__.setdefault("checkpoint_session", uuid.uuid4().hex)
+    meta, arrays = {"run_key": key, "session": session, "runs": []}, {}
     for i, run in enumerate(runs):
         state, arr = run.state()
         meta["runs"].append(state)
@@ -210,17 +212,18 @@ def _checkpoint(key: str, runs: list[Run]) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> str:
-    """What a checkpoint must match to be resumed: backbone, feature source, settings, data, starting adapter."""
-    h = hashlib.sha256(f"{identity}|{source}".encode())
-    h.update(json.dumps(to_dict(config), sort_keys=True).encode())
+def _run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> dict:
+    """What a checkpoint must match to be resumed, one entry each: backbone, feature source (cache dtype),
+    settings, data, starting adapter; a refused resume names the ones that differ."""
+    data = hashlib.sha256()
     for name in sorted(inputs):  # streamed: same digest as hashing name + bytes, without copying the input
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(inputs[name]).data)
-    h.update(targets.tobytes())
-    if init is not None:
-        h.update(init.flat.tobytes())
-    return h.hexdigest()
+        data.update(name.encode())
+        data.update(np.ascontiguousarray(inputs[name]).data)
+    data.update(targets.tobytes())
+    return {"backbone": hashlib.sha256(identity.encode()).hexdigest(), "feature source": source,
+            "settings": hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest(),
+            "data": data.hexdigest(),
+            "starting adapter": None if init is None else hashlib.sha256(init.flat.tobytes()).hexdigest()}
 
 
 def _cached_rows(cache: SkipCache, inputs: dict) -> np.ndarray:
