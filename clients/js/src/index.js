@@ -1,0 +1,65 @@
+'use strict';
+// edgelora's reference JavaScript client: fine-tune skip adapters with the training kit, no Python.
+const { saveAdapter } = require('./adapter');
+const { loadBundle, loadKit, checkKitFits } = require('./bundle');
+const { prepareInputs, prepareTargets } = require('./data');
+const { readNpy, UserError } = require('./npy');
+const { runtime, session, fillRows, trainKit } = require('./train');
+
+const SETTINGS = ['epochs', 'lr', 'weight_decay', 'seed', 'schedule', 'warmup_epochs', 'class_weights', 'val_fraction', 'patience'];
+
+/**
+ * Fine-tune: bundle + kit + x.npy/y.npy -> adapter folder `out` (edgelora's format; `edgelora eval` loads it).
+ * options: backend 'node' | 'wasm', and any of SETTINGS (default: the kit's recorded defaults).
+ */
+async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }) {
+  const t0 = process.hrtime.bigint();
+  const seconds = () => Number(process.hrtime.bigint() - t0) / 1e9;
+  const k = loadKit(kit);
+  const b = loadBundle(bundle);
+  checkKitFits(k, b.manifest, `the training kit ${kit}`);
+  const contract = k.contract;
+  const settings = { schedule: 'constant', warmup_epochs: 0, class_weights: 'none', val_fraction: 0, patience: null,
+    ...contract.defaults };
+  for (const key of SETTINGS) if (options[key] !== undefined && options[key] !== null) settings[key] = options[key];
+  checkSettings(settings);
+  const backboneInfo = contract.backbone;
+  const inputs = prepareInputs(readNpy(x), x, backboneInfo);
+  const targets = prepareTargets(readNpy(y), y, inputs.n, backboneInfo, contract.layout.num_outputs);
+  if (backboneInfo.task === 'classification' && new Set(targets).size < 2) {
+    throw new UserError(`${y}: all samples have the same class; fine-tuning needs samples of at least 2 classes`);
+  }
+  const ort = runtime(backend);
+  const backboneSession = await session(ort, backend, b.model, `${bundle}/${b.manifest.model_file || 'backbone.onnx'}`);
+  const sessions = { train: await session(ort, backend, k.train, `${kit}/${contract.graphs.train_epoch.file}`),
+    evaluate: await session(ort, backend, k.evaluate, `${kit}/${contract.graphs.evaluate.file}`) };
+  const loaded = seconds();
+  const rows = await fillRows(ort, backboneSession, inputs, backboneInfo, contract.layout.row_width);
+  const filled = seconds();
+  const { params, history } = await trainKit(ort, sessions, contract, rows, targets, inputs.n, settings);
+  const trained = seconds();
+  const recipe = contract.recipe;
+  const chosen = { r: recipe.r, lora_alpha: recipe.lora_alpha, weight_decay: settings.weight_decay };
+  const config = {
+    backbone_fingerprint: backboneInfo.identity, target_taps: contract.layout.taps, tap_widths: contract.layout.widths,
+    num_outputs: contract.layout.num_outputs, task: backboneInfo.task, r: recipe.r, lora_alpha: recipe.lora_alpha,
+    bias: recipe.bias, classes: backboneInfo.classes || [], format_version: 1, peft_type: 'SKIP_LORA',
+    training: { engine: `js-${backend}`, settings: { ...settings, ...recipe }, chosen, best_epoch: history.best_epoch,
+      stopped: history.stopped, samples: history.samples, val_metrics: history.val_metrics },
+  };
+  saveAdapter(out, config, params, contract.layout);
+  return { out, backend, n: inputs.n, load_seconds: loaded, cache_seconds: filled - loaded,
+    train_seconds: trained - filled, seconds: seconds(), ...history, epochs: history.epochs.length, chosen };
+}
+
+function checkSettings(s) {
+  const bad = (what) => { throw new UserError(what); };
+  if (!Number.isInteger(s.epochs) || s.epochs < 1) bad(`epochs: expected a positive integer, found ${s.epochs}`);
+  if (!(s.lr > 0) || !Number.isFinite(s.lr)) bad(`lr: expected a positive number, found ${s.lr}`);
+  if (!(s.weight_decay >= 0) || !Number.isFinite(s.weight_decay)) bad(`weight_decay: expected a number >= 0, found ${s.weight_decay}`);
+  if (!Number.isSafeInteger(s.seed)) bad(`seed: expected an integer, found ${s.seed}`);
+  if (!(s.val_fraction >= 0 && s.val_fraction < 1)) bad(`val_fraction: expected a fraction in [0, 1), found ${s.val_fraction}`);
+  if (!['constant', 'cosine'].includes(s.schedule)) bad(`schedule: expected constant or cosine, found ${s.schedule}`);
+}
+
+module.exports = { finetune, UserError };

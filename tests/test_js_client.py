@@ -1,0 +1,154 @@
+"""The reference JavaScript client (clients/js) on onnxruntime-node and onnxruntime-web (wasm).
+
+Needs node and npm (Node 20 is on the machine image and in CI): without them these tests FAIL, not skip.
+`npm ci --ignore-scripts` installs the pinned packages when clients/js/node_modules is missing.
+"""
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
+from edgelora.cli import main
+from edgelora.kit import KitRecipe, build_kit
+from edgelora.onnx_trainer import finetune_onnx
+from tests.helpers import mlp_bundle, random_mlp
+
+CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def explicit(**kw) -> TrainConfig:
+    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", epochs=12)
+    return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
+
+
+@pytest.fixture(scope="module")
+def node():
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 18 and npm")
+    if not (CLIENT / "node_modules" / "onnxruntime-web").is_dir() or not (CLIENT / "node_modules" / "onnxruntime-node").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is not installed: it installs the client's pinned onnxruntime packages")
+        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=CLIENT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"npm ci failed: {done.stderr[-2000:]}"
+    return exe
+
+
+def js(node, *args, check=True):
+    out = subprocess.run([node, str(CLIENT / "src" / "cli.js"), "train", *map(str, args)], capture_output=True,
+                         text=True, timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from edgelora.cli.demo import BUNDLE
+    from edgelora.cli.demo_data import splits
+    folder = tmp_path_factory.mktemp("js")
+    s = splits(0)
+    np.save(folder / "x.npy", s["finetune"][0])
+    np.save(folder / "y.npy", s["finetune"][1])
+    backbone = Backbone(BUNDLE)
+    build_kit(backbone.manifest, KitRecipe(), {"epochs": 12, "lr": 3e-3, "weight_decay": 0.1, "seed": 0}).save(folder / "kit")
+    return backbone, BUNDLE, folder, s
+
+
+def compare(node, backbone, bundle, folder, train, test, cfg, extra=()):
+    """Adapters of the JS client on both backends against engine='onnx' and the numpy trainer."""
+    want, _ = finetune_onnx(backbone, *train, cfg)
+    numpy_adapter, _ = finetune(backbone, *train, cfg)
+    acc = Predictor(backbone, want).evaluate(*test)["accuracy"]
+    for backend in ("node", "wasm"):
+        out = folder / f"adapter_{backend}"
+        r = json.loads(js(node, "--bundle", bundle, "--kit", folder / "kit", "--x", folder / "x.npy", "--y",
+                          folder / "y.npy", "--out", out, "--backend", backend, "--json", *extra).stdout)
+        got = load_adapter(out, backbone.manifest)  # checksums, shapes, backbone identity
+        assert np.abs(got.flat - want.flat).max() <= 1e-5, backend
+        assert np.abs(got.flat - numpy_adapter.flat).max() <= 1e-4, backend
+        assert abs(Predictor(backbone, got).evaluate(*test)["accuracy"] - acc) <= 0.001, backend
+        assert got.config.training["engine"] == f"js-{backend}" and r["epochs"] == cfg.epochs
+    return acc
+
+
+def test_js_adapters_equal_the_python_ones_on_the_demo(node, demo, capsys):
+    backbone, bundle, folder, s = demo
+    acc = compare(node, backbone, bundle, folder, s["finetune"], s["test"], explicit())
+    assert acc > 0.75
+    # `edgelora eval` loads what the JS client wrote
+    np.savez(folder / "test.npz", x=s["test"][0], y=s["test"][1])
+    capsys.readouterr()
+    assert main(["eval", str(bundle), "--adapter", str(folder / "adapter_node"), "--data", str(folder / "test.npz"),
+                 "--json"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["accuracy"] - acc) <= 0.001
+
+
+def test_js_holdout_and_early_stopping_match(node, demo):
+    backbone, bundle, folder, s = demo
+    cfg = explicit(val_fraction=0.2, patience=3, epochs=20, seed=3, class_weights="balanced")
+    compare(node, backbone, bundle, folder, s["finetune"], s["test"], cfg,
+            ("--val-fraction", 0.2, "--patience", 3, "--epochs", 20, "--seed", 3, "--class-weights", "balanced"))
+
+
+def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp_path):
+    backbone, bundle, folder, s = demo
+    out = tmp_path / "adapter"
+    js(node, "--bundle", bundle, "--kit", folder / "kit", "--x", folder / "x.npy", "--y", folder / "y.npy",
+       "--out", out, "--epochs", 1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    mlp_bundle(tmp_path / "other", random_mlp([64, 8, 10], seed=1))
+    build_kit(Backbone(tmp_path / "other").manifest, KitRecipe()).save(tmp_path / "other_kit")
+    x = s["finetune"][0]
+    np.save(tmp_path / "int.npy", x.astype(np.int32))
+    np.save(tmp_path / "wide.npy", np.zeros((400, 65), np.float32))
+    nan = x.copy()
+    nan[7, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "short_y.npy", s["finetune"][1][:10])
+    shutil.copytree(folder / "kit", tmp_path / "cut_kit")
+    graph = tmp_path / "cut_kit" / "train_epoch.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    (tmp_path / "cut.npy").write_bytes((folder / "x.npy").read_bytes()[:5000])
+    cases = [
+        (("--kit", tmp_path / "other_kit"), "was built for another backbone: expected fingerprint"),
+        (("--x", tmp_path / "int.npy"), "expected float32 or float64 inputs, found dtype <i4"),
+        (("--x", tmp_path / "wide.npy"), "expected shape (N, 64) for input `x`, found (400, 65)"),
+        (("--x", tmp_path / "nan.npy"), "sample 7 contains NaN or Inf"),
+        (("--y", tmp_path / "short_y.npy"), "expected 400 targets (one per sample), found 10"),
+        (("--kit", tmp_path / "cut_kit"), "train_epoch.onnx is corrupt or truncated"),
+        (("--x", tmp_path / "cut.npy"), "needs 102400 data bytes, found"),
+        (("--backend", "gpu"), "--backend: expected node or wasm"),
+    ]
+    base = {"--bundle": bundle, "--kit": folder / "kit", "--x": folder / "x.npy", "--y": folder / "y.npy", "--out": out}
+    for change, message in cases:
+        argv = {**base, **dict(zip(change[::2], change[1::2]))}
+        r = js(node, *[v for kv in argv.items() for v in kv], check=False)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (change, r.stderr)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, change
+
+
+@pytest.mark.torch
+def test_js_adapters_equal_the_python_ones_on_fan(node, tmp_path):
+    from device_bench.protocols import DATASETS
+    if not (DATASETS / "cooling_fan").is_dir():
+        pytest.skip(f"{DATASETS / 'cooling_fan'} not present")
+    from device_bench.protocols import fan as load
+    from tests.reference import reference_bundle
+    data = load()
+    reference_bundle(tmp_path / "bundle", data)
+    backbone = Backbone(tmp_path / "bundle")
+    np.save(tmp_path / "x.npy", data["finetune"][0])
+    np.save(tmp_path / "y.npy", data["finetune"][1])
+    build_kit(backbone.manifest, KitRecipe(), {"epochs": 30, "lr": 3e-3, "weight_decay": 0.1, "seed": 0}).save(tmp_path / "kit")
+    acc = compare(node, backbone, tmp_path / "bundle", tmp_path, data["finetune"], data["test"], explicit(epochs=30))
+    print(f"fan: JS node and wasm adapters reach {acc:.3f} on the target test set, as engine='onnx' and numpy")
+    assert acc > 0.6
