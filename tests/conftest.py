@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -6,6 +7,22 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.helpers import mlp_bundle, random_mlp  # noqa: E402
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None   # without importing it (seconds, hundreds of MB)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: needs torch (the export extra); skipped, saying so, without it. "
+                                       "The device side never needs it: `-m 'not torch'` is the device's suite")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason="needs torch, which is not installed (pip install 'edgelora[export]')")
+    for item in items:
+        if item.get_closest_marker("torch"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

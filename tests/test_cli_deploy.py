@@ -70,6 +70,7 @@ def tiny_torch_mlp():
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
 
 
+@pytest.mark.torch
 def test_export_torch_factory(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("export.spec", reason="export/ (issue 3) is not in this tree")

@@ -61,6 +61,7 @@ def _torch_grads(chain, modes, p, x, dy, r, scale):
     return out.detach().numpy(), grads
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("method", ["ft-all", "lora-all", "ft-last", "lora-last"])
 def test_engine_gradients_match_torch(bundles, method):
     for bundle, shape in bundles:
@@ -90,6 +91,7 @@ def test_engine_gradients_match_torch(bundles, method):
                                        err_msg=f"{bundle.name} {method} d{k}")
 
 
+@pytest.mark.torch
 def test_chain_forward_matches_onnxruntime(bundles):
     for bundle, shape in bundles:
         chain = load_chain(bundle)
@@ -127,6 +129,7 @@ def test_error_cli_unknown_method():
     assert "unknown method(s) ['sgd-magic']" in proc.stderr
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS} not present")
 def test_smoke_run_end_to_end(tmp_path):
     pytest.importorskip("torch")

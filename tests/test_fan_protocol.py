@@ -5,7 +5,7 @@ import pytest
 from device_bench.protocols import DATASETS
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
 
-pytestmark = pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS} not present")
+pytestmark = [pytest.mark.torch, pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS} not present")]
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ def test_gradients_match_finite_differences(bias):
     assert set(names) == {"A.t0", "A.t1", "A.t2", "B"} | ({"bias"} if bias else set())
 
 
+@pytest.mark.torch
 def test_gradients_match_torch_autograd():
     torch = pytest.importorskip("torch")
     layout, flat, y0, t, labels = setup(n=11)
@@ -59,6 +60,7 @@ def test_gradients_match_torch_autograd():
         np.testing.assert_allclose(g[k], v.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.torch
 def test_mse_gradient_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)

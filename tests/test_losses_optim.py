@@ -5,12 +5,12 @@ import pytest
 from edgelora.losses import balanced_weights, cross_entropy, cross_entropy_grad
 from edgelora.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate
 
-torch = pytest.importorskip("torch")
 
-
+@pytest.mark.torch
 def test_weighted_cross_entropy_matches_torch():
     rng = np.random.default_rng(0)
     y, labels = rng.standard_normal((9, 4)), rng.integers(0, 4, 9)
+    torch = pytest.importorskip("torch")
     w = np.array([0.5, 2.0, 1.0, 3.0])
     loss, g = cross_entropy(y, labels, w)
     ty = torch.tensor(y, requires_grad=True)
@@ -34,8 +34,10 @@ def test_balanced_weights():
     np.testing.assert_allclose(w, [4 / 9, 4 / 3, 0.0], rtol=1e-6)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_optimisers_match_torch(name):
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     theta0 = rng.standard_normal(10)
     grads = rng.standard_normal((6, 10))

@@ -2,8 +2,11 @@
 
 The memory test runs in a subprocess under RLIMIT_AS = (address space after start-up) + 1.5 x the cache's
 size. With `memory_budget` the cache spills to a memory-mapped file (file-backed pages the kernel can
-evict) and a fine-tune completes while the process's anonymous memory (RssAnon, what cannot be paged
-out) grows by far less than the cache; without a budget the whole cache is anonymous memory. The full-disk test mounts a small
+evict) and a fine-tune completes while what edgelora allocates (the peak of Python and numpy allocations,
+tracemalloc) and the process's anonymous memory (RssAnon, what cannot be paged out) grow by far less
+than the cache; without a budget the whole cache is allocated. Under qemu-user (emulated aarch64) the
+limit is not enforced and RssAnon includes the emulator's own heap: the script detects that the limit is
+not enforced and the test then judges the allocations alone. The full-disk test mounts a small
 tmpfs in a private mount namespace (`unshare -rm`, no root needed where user namespaces are allowed)
 and fills it; where that is not possible it is skipped, and the failing-writer tests below (a writer
 that writes half its bytes, then raises ENOSPC) cover the same code paths everywhere.
@@ -26,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = TrainConfig(epochs=2, batch_size=10)
 
 MEMORY_SCRIPT = """
-import resource, sys
+import mmap, resource, sys, tracemalloc
 import numpy as np
 from device_bench import crash
 from edgelora import Backbone, SkipCache, TrainConfig, finetune
@@ -46,12 +49,18 @@ def anon():                                   # resident memory that is not file
 
 used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (used + int(1.5 * size), resource.RLIM_INFINITY))
+try:                                          # qemu-user ignores RLIMIT_AS: then only the allocations count
+    mmap.mmap(-1, 2 * size).close()           # reserves address space only, touches no page
+    enforced = 0
+except OSError:
+    enforced = 1
 start = anon()
+tracemalloc.start()
 try:
     cache = SkipCache(bb, memory_budget=32 * 2**20 if budget else None)
     cache.rows(x)
     finetune(bb, x, y, TrainConfig(epochs=1, batch_size=64, val_fraction=0.0), cache=cache)
-    print("ok", cache.stats()["on_disk"], size, anon() - start)
+    print("ok", cache.stats()["on_disk"], size, anon() - start, tracemalloc.get_traced_memory()[1], enforced)
 except MemoryError as e:
     print("MemoryError", e)
 """
@@ -67,10 +76,12 @@ def test_memory_budget_is_honoured_under_an_address_space_limit(tmp_path):
         return out.stdout.split()
     with_budget = run("budget")
     assert with_budget[:2] == ["ok", "True"], with_budget    # spilled to disk and fine-tuned within the cap
-    size, grown = int(with_budget[2]), int(with_budget[3])
-    assert grown < 0.25 * size, with_budget                  # the cache's rows stayed out of anonymous memory
+    size, grown, allocated, enforced = map(int, with_budget[2:])
+    assert allocated < 0.25 * size, with_budget              # edgelora allocated far less than the cache
+    assert not enforced or grown < 0.25 * size, with_budget  # and its rows stayed out of anonymous memory
     without = run("none")
-    assert without[0] == "MemoryError" or (without[1] == "False" and int(without[3]) >= 0.9 * size), without
+    assert without[0] == "MemoryError" or (without[1] == "False" and int(without[4]) >= 0.9 * size
+                                           and (not enforced or int(without[3]) >= 0.9 * size)), without
 
 
 # --- a full disk ---------------------------------------------------------------------------------------

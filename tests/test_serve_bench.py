@@ -6,6 +6,7 @@ from device_bench.protocols import DATASETS
 pytestmark = pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS}/cooling_fan not present")
 
 
+@pytest.mark.torch
 def test_serving_benchmark_smoke(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from device_bench import serving

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+from ..bundle import BUNDLE_KIND
 from . import common
 
 EXAMPLE = """
@@ -24,7 +26,11 @@ def register(subparsers) -> None:
                     "(Skip2-LoRA); or name them. Torch exports are checked against onnxruntime before writing.",
         example=EXAMPLE)
     p.add_argument("model", metavar="MODEL", help="model.onnx, program.pt2 or package.module:factory")
-    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE",
+                   help="bundle folder to write (new, empty, or a bundle, which is replaced atomically)")
+    common.add_overwrite(p, "--out")
+    p.set_defaults(targets=lambda a: ([("--out", a.out, BUNDLE_KIND)],
+                                      [("model", a.model), ("weights file", a.weights), ("example file", a.example)]))
     p.add_argument("--taps", default="auto", metavar="auto|NAME,...",
                    help="auto, or comma-separated module names (torch) / tensor names (ONNX)")
     p.add_argument("--example", default=None, metavar="SHAPE|FILE",
@@ -53,6 +59,9 @@ def run(args: argparse.Namespace) -> dict:
         from ..onnx_taps import add_taps
         manifest = add_taps(path, args.out, taps, output=args.output, **options)
     else:
+        # the form first, so that a wrong MODEL is bad input (exit 2) whether torch is installed or not
+        if not (str(args.model).endswith(".pt2") or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", str(args.model))):
+            raise ValueError(f"MODEL should be model.onnx, program.pt2 or package.module:factory, found {args.model!r}")
         try:
             import torch  # noqa: F401  - only this subcommand ever imports torch
             from export.spec import export_from_spec
