@@ -15,10 +15,10 @@ import sys
 import traceback
 import warnings
 
-from . import cache, demo, evaluate, export, finetune, kit, merge, personalize, predict, store
+from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
 from .common import CommandError, Parser
 
-COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store)  # `--help` order
+COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store, fleet)  # `--help` order
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
 
 

@@ -16,6 +16,7 @@ from ..adapter import Adapter
 from ..backbone import Backbone
 from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..store import AdapterStore
+from .update import flat_sha256
 
 BASE_KEY = "fleet_shared_sha256"   # VersionInfo.extra key: digest of the shared adapter a version is
 
@@ -23,9 +24,8 @@ BASE_KEY = "fleet_shared_sha256"   # VersionInfo.extra key: digest of the shared
 def shared_digest(shared: Adapter) -> str:
     """SHA-256 of the shared adapter's parameters and shape (what identifies one round's result)."""
     c = shared.config
-    h = hashlib.sha256(f"{c.backbone_fingerprint}|{c.r}|{c.lora_alpha}|{c.bias}|".encode())
-    h.update(shared.flat.astype("float32").tobytes())
-    return h.hexdigest()
+    return hashlib.sha256(f"{c.backbone_fingerprint}|{c.r}|{c.lora_alpha}|{c.bias}|{flat_sha256(shared.flat)}"
+                          .encode()).hexdigest()
 
 
 def base_of(store: AdapterStore, name: str) -> str | None:

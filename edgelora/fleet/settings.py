@@ -32,7 +32,8 @@ class FleetSettings:
     seed: int = 0                                 # of the initial A matrices
     max_norm: float = 1e3                         # reject updates with a larger L2 norm
     max_samples: int = 1_000_000                  # reject updates claiming more samples (weight poisoning)
-    evaluate: bool = False                        # ask devices for validation metrics of each shared adapter
+    evaluate: bool = False                        # devices report validation metrics of each round's shared
+                                                  # adapter; `out` keeps the round with the lowest loss
     round: RoundSettings = field(default_factory=RoundSettings)
 
     def __post_init__(self):

@@ -8,6 +8,7 @@ Differences from Flower's FedAvg, and why:
   are decoded), NaN/inf, an absurd norm or sample count. A rejected update is logged with its reason and
   left out; Flower's FedAvg would raise on inconsistent replies and stop the whole run.
 - With fewer than `min_clients` valid updates the shared adapter stays as it was for that round.
+- `on_round(info)` is called once per round: after aggregation, or after evaluation when devices evaluate.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from .aggregate import ServerOptimizer, weighted_mean
-from .update import SHARED_KEY, SPEC_KEY, UPDATE_KEY, AdapterSpec, check_declared, check_update
+from .update import SHARED_KEY, flat_sha256, SPEC_KEY, UPDATE_KEY, AdapterSpec, check_declared, check_update
 
 NUM_EXAMPLES = "num-examples"
 
@@ -57,7 +58,7 @@ class FleetStrategy(FedAvg):
         self.max_samples, self.max_norm, self.on_round = max_samples, max_norm, on_round
         self.shared: np.ndarray | None = None
         self.rounds: list[dict] = []
-        self._sent_at = 0.0
+        self._sent_at, self._sent_sha = 0.0, ""
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
                   kind: str) -> Iterable[Message]:
@@ -72,6 +73,7 @@ class FleetStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self.shared = arrays[SHARED_KEY].numpy().astype(np.float32)
         self._sent_at = time.monotonic()
+        self._sent_sha = flat_sha256(self.shared)
         return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -115,7 +117,8 @@ class FleetStrategy(FedAvg):
             samples.append(n)
             accepted.append(msg)
             sizes.append(message_bytes(msg))
-        info = {"round": server_round, "accepted": len(accepted), "rejected": rejected,
+        info = {"round": server_round, "accepted": len(accepted), "rejected": rejected, "sent_sha256": self._sent_sha,
+                "nodes": [int(m.metadata.src_node_id) for m in accepted],
                 "seconds": time.monotonic() - self._sent_at,
                 "update_bytes": [len(m.content[self.arrayrecord_key][UPDATE_KEY].data) for m in accepted],
                 "reply_bytes": sizes, "samples": samples}
@@ -132,7 +135,7 @@ class FleetStrategy(FedAvg):
         info["changed"] = arrays is not None
         info["metrics"] = _mean_metrics([m.content.metric_records["metrics"] for m in accepted], samples)
         self.rounds.append(info)
-        if self.on_round is not None:
+        if self.on_round is not None and self.fraction_evaluate == 0.0:   # else once the round is evaluated
             self.on_round(info)
         return arrays, MetricRecord(info["metrics"]) if info["metrics"] else None
 
@@ -143,6 +146,8 @@ class FleetStrategy(FedAvg):
         metrics = _mean_metrics(good, [r[NUM_EXAMPLES] for r in good])
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1]["evaluate"] = metrics
+            if self.on_round is not None and self.fraction_evaluate > 0.0:
+                self.on_round(self.rounds[-1])
         return MetricRecord(metrics) if metrics else None
 
 

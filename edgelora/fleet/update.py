@@ -8,6 +8,7 @@ Nothing here imports flwr.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,11 @@ def encode_update(local: np.ndarray, shared: np.ndarray, dtype: str = "float16")
     if dtype not in UPDATE_DTYPES:
         raise ValueError(f"update dtype: expected one of {UPDATE_DTYPES}, found {dtype!r}")
     return (np.asarray(local, np.float64) - np.asarray(shared, np.float64)).astype(dtype)
+
+
+def flat_sha256(flat: np.ndarray) -> str:
+    """SHA-256 of flat float32 parameters: which shared adapter a round sent, or a device holds."""
+    return hashlib.sha256(np.ascontiguousarray(flat, np.float32).tobytes()).hexdigest()
 
 
 def check_declared(dtype: str, shape, spec: AdapterSpec) -> str | None:

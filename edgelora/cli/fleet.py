@@ -1,0 +1,164 @@
+"""`edgelora fleet link|node|run|personalize`: federated Skip2-LoRA over Flower (needs edgelora[fleet])."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import common
+
+EXAMPLE = """
+edgelora fleet link --port 9091 --home fleet_home                  # the server's endpoint (SuperLink)
+edgelora fleet node har_bundle --data dev1.npz --workdir dev1 --superlink 127.0.0.1:9091   # one per device
+edgelora fleet run har_bundle --out fleet_adapter --superlink 127.0.0.1:9091 --home fleet_home --rounds 20 --min-clients 3
+edgelora fleet personalize store me --bundle har_bundle --shared fleet_adapter --data mine.npz
+"""
+ACTIONS = ("link", "node", "run", "personalize")
+
+
+def register(subparsers) -> None:
+    p = common.add_command(
+        subparsers, "fleet", run, report, summary="federated fine-tuning of a fleet of devices (Flower)",
+        description="A fleet trains one shared adapter without raw data leaving any device, on Flower's "
+                    "deployment runtime. link: start the SuperLink (the server's endpoint). node: start one "
+                    "device (a SuperNode) with its bundle, labelled samples and a work folder (its adapter store "
+                    "and Skip-Cache). run: submit the rounds; every device fine-tunes from the shared adapter on "
+                    "its own samples and sends its update (local - shared, float16: a few kB); the server "
+                    "rejects malformed updates, averages the rest weighted by samples (fedavg, or fedavgm: with "
+                    "server momentum) and saves the shared adapter to --out after every round, with the round "
+                    "log in OUT.rounds.json. A device lost mid-round is left out of that round after "
+                    "--round-timeout; a restarted device serves the last shared adapter it received and trains "
+                    "from the latest one. personalize: train a personal adapter on top of the shared one through "
+                    "an adapter store's holdout gate. Needs: pip install 'edgelora[fleet]'.",
+        example=EXAMPLE)
+    p.add_argument("action", choices=ACTIONS, help="what to do")
+    p.add_argument("target", nargs="?", type=Path, default=None, metavar="BUNDLE|STORE",
+                   help="node, run: the backbone bundle; personalize: the adapter store")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="personalize: the personal adapter's name")
+    n = p.add_argument_group("network (link, node, run)")
+    n.add_argument("--host", default="127.0.0.1", help="link: address to listen on (default 127.0.0.1)")
+    n.add_argument("--port", type=common.positive_int, default=None, help="link: port (default 9091); node: its "
+                   "local runtime port (default 9094; one per device on a machine)")
+    n.add_argument("--superlink", default="127.0.0.1:9091", metavar="HOST:PORT",
+                   help="node, run: the SuperLink's address (default 127.0.0.1:9091)")
+    n.add_argument("--home", type=Path, default=None, metavar="DIR",
+                   help="Flower's private folder (FLWR_HOME; default a temporary one)")
+    d = p.add_argument_group("device (node, personalize)")
+    d.add_argument("--data", type=Path, default=None, metavar="FILE", help="labelled samples (.npz or .csv)")
+    d.add_argument("--x-key", default="x", metavar="KEY", help="inputs in a .npz (default x)")
+    d.add_argument("--y-key", default="y", metavar="KEY", help="labels in a .npz (default y)")
+    d.add_argument("--workdir", type=Path, default=None, metavar="DIR", help="node: its store and cache (kept)")
+    d.add_argument("--max-wait", type=common.positive_float, default=600.0, metavar="S",
+                   help="node: exit after this many seconds without the SuperLink (default 600)")
+    d.add_argument("--bundle", type=Path, default=None, help="personalize: the backbone bundle")
+    d.add_argument("--shared", type=Path, default=None, metavar="DIR", help="personalize: the shared adapter")
+    r = p.add_argument_group("rounds (run)")
+    r.add_argument("--out", type=Path, default=None, metavar="DIR", help="the shared adapter's folder")
+    r.add_argument("--rounds", type=common.positive_int, default=10, help="default 10")
+    r.add_argument("--min-clients", type=common.positive_int, default=2,
+                   help="devices needed to start a round and valid updates to change the adapter (default 2)")
+    r.add_argument("--strategy", choices=("fedavg", "fedavgm"), default="fedavg", help="default fedavg")
+    r.add_argument("--rank", type=common.positive_int, default=4, help="adapter rank (default 4)")
+    r.add_argument("--local-epochs", type=common.positive_int, default=2, help="per device and round (default 2)")
+    r.add_argument("--round-timeout", type=common.positive_float, default=120.0, metavar="S",
+                   help="wait this long for replies; later ones are dropped (default 120)")
+    r.add_argument("--update-dtype", choices=("float16", "float32"), default="float16", help="default float16")
+    r.add_argument("--init", type=Path, default=None, metavar="DIR", help="start from this adapter")
+    r.add_argument("--timeout", type=common.positive_float, default=3600.0, metavar="S",
+                   help="stop waiting for the whole run after this many seconds (default 3600)")
+
+
+def _need(args, *names: str) -> None:
+    missing = [f"--{n.replace('_', '-')}" if n not in ("target", "name") else n.upper() for n in names
+               if getattr(args, n) is None]
+    if missing:
+        raise ValueError(f"`edgelora fleet {args.action}` needs {', '.join(missing)}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    try:
+        from ..fleet import deploy
+    except ImportError as e:  # pragma: no cover - depends on the installed extras
+        raise ValueError(f"the fleet needs Flower: pip install 'edgelora[fleet]' ({e})") from None
+    if args.action == "personalize":
+        return _personalize(args)
+    if args.home is not None:
+        return _serve(args, deploy, args.home)
+    with tempfile.TemporaryDirectory(prefix="edgelora-fleet-") as home:
+        return _serve(args, deploy, Path(home))
+
+
+def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
+    host, _, port = (args.superlink if args.action != "link" else f"{args.host}:{args.port or 9091}").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--superlink: expected HOST:PORT, found {args.superlink!r}")
+    env = deploy.flwr_env(home, host, int(port))
+    if args.action == "link":
+        return _foreground(deploy.superlink_command(args.host, args.port or 9091), env, "link")
+    if args.action == "node":
+        _need(args, "target", "data", "workdir")
+        cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
+                                       str(args.workdir), args.x_key, args.y_key)
+        return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait), env, "node")
+    _need(args, "target", "out")
+    from ..fleet.device import RoundSettings
+    from ..fleet.server_app import check_out, rounds_path
+    from ..fleet.settings import FleetSettings
+    check_out(args.out.resolve())
+    settings = FleetSettings(bundle=str(args.target.resolve()), out=str(args.out.resolve()), num_rounds=args.rounds,
+                             min_clients=args.min_clients, strategy=args.strategy, rank=args.rank,
+                             round_timeout=args.round_timeout, init=str(args.init.resolve()) if args.init else "",
+                             round=RoundSettings(local_epochs=args.local_epochs, update_dtype=args.update_dtype))
+    app = deploy.write_app(home / "app", settings)
+    start = time.monotonic()
+    done = subprocess.run(deploy.run_command(app), env=env, timeout=args.timeout, capture_output=True, text=True)
+    log_path = rounds_path(args.out.resolve())
+    if done.returncode != 0 or not log_path.is_file():
+        tail = " ".join((done.stderr or done.stdout).split()[-40:])
+        raise RuntimeError(f"flwr run failed (exit {done.returncode}): {tail}")
+    log = json.loads(log_path.read_text())
+    return {"action": "run", "out": str(args.out), "rounds": log["rounds"], "seconds": time.monotonic() - start,
+            "log": str(log_path)}
+
+
+def _foreground(command: list[str], env: dict, what: str) -> dict:
+    """Run a Flower server process until it ends (Ctrl-C or SIGTERM ends it too)."""
+    proc = subprocess.Popen(command, env=env)
+    try:
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    return {"action": what, "exit_code": code}
+
+
+def _personalize(args: argparse.Namespace) -> dict:
+    _need(args, "target", "name", "bundle", "shared", "data")
+    from ..adapter import load_adapter
+    from ..backbone import Backbone
+    from ..fleet.personal import personalize_on_shared
+    from ..store import AdapterStore
+    backbone = Backbone(args.bundle, threads=args.threads)
+    args.label_column = "-1"
+    inputs, targets = common.load_data(args, backbone.manifest, labels=True)
+    shared = load_adapter(args.shared, backbone.manifest)
+    result = personalize_on_shared(AdapterStore(args.target), args.name, backbone, shared, inputs, targets)
+    return {"action": "personalize", **result.to_dict()}
+
+
+def report(r: dict) -> str:
+    if r["action"] in ("link", "node"):
+        return f"fleet {r['action']} exited with code {r['exit_code']}"
+    if r["action"] == "personalize":
+        return f"{r['name']}: {r['decision'].upper()} - {r['reason']} (serving v{r['current']})"
+    lines = [f"fleet run: {len(r['rounds'])} rounds in {r['seconds']:.1f} s; shared adapter in {r['out']}",
+             "  round  devices  rejected  seconds  bytes sent per device"]
+    for x in r["rounds"]:
+        lines.append(f"  {x['round']:5d}  {x['accepted']:7d}  {len(x['rejected']):8d}  {x['seconds']:7.1f}  "
+                     f"{max(x['reply_bytes'] or [0]):7d}")
+        lines += [f"         rejected node {y['node']}: {y['reason']}" for y in x["rejected"]]
+    return "\n".join(lines + [f"  log: {r['log']}"])
