@@ -14,11 +14,12 @@ class SGD:
     """SGD with (optional) momentum and L2 weight decay added to the gradient."""
 
     def __init__(self, size: int, momentum: float = 0.9, weight_decay: float = 0.0, dtype=np.float32):
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay = momentum, weight_decay  # decay: a number or per-element
+        self._decay = bool(np.any(np.asarray(weight_decay) != 0))
         self.v = np.zeros(size, dtype)
 
     def step(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        if self.weight_decay:
+        if self._decay:
             grad = grad + self.weight_decay * theta
         if self.momentum:
             self.v *= self.momentum
@@ -36,14 +37,15 @@ class Adam:
     def __init__(self, size: int, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  decoupled: bool = False, dtype=np.float32):
         self.b1, self.b2 = betas
-        self.eps, self.weight_decay, self.decoupled = eps, weight_decay, decoupled
+        self.eps, self.weight_decay, self.decoupled = eps, weight_decay, decoupled  # decay: a number or per-element
+        self._decay = bool(np.any(np.asarray(weight_decay) != 0))
         self.m, self.v = np.zeros(size, dtype), np.zeros(size, dtype)
         self._tmp = np.zeros(size, dtype)
         self.t = 0
 
     def step(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
         self.t += 1
-        if self.weight_decay and not self.decoupled:
+        if self._decay and not self.decoupled:
             grad = grad + self.weight_decay * theta
         m, v, tmp = self.m, self.v, self._tmp
         m *= self.b1
@@ -52,7 +54,7 @@ class Adam:
         np.multiply(grad, grad, out=tmp)
         tmp *= 1 - self.b2
         v += tmp
-        if self.weight_decay and self.decoupled:
+        if self._decay and self.decoupled:
             theta *= 1 - lr * self.weight_decay
         # theta -= lr_t * m / (sqrt(v) + eps_t), with the bias corrections folded into lr_t and eps_t
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t

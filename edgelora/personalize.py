@@ -48,10 +48,15 @@ Decision = Literal["published", "rejected", "deferred", "unchanged"]
 JOINED = ("published", "deferred")   # sessions whose samples are trained on and held out
 
 
+# a session warm-starts from the current version on raw taps; its own holdout (not cross-validation) picks the
+# epoch, as measured on har (device_bench/personalize_har.py)
+SESSION_TRAINING = TrainConfig(val_fraction=0.2, weight_decay=1.0, tap_scaling="none")
+
+
 @dataclass(frozen=True)
 class PersonalizeConfig:
     """How a session is trained and judged."""
-    train: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning settings (rank/alpha come from the current version)
+    train: TrainConfig = field(default_factory=lambda: SESSION_TRAINING)  # rank/alpha come from the current version
     holdout_fraction: float = 0.2            # most recent fraction of each class of each session, never trained on
     min_holdout: int = 10                    # fewer accumulated holdout samples than this: defer, publish nothing
     margin: float = 0.02                     # publish unless the candidate is worse than the current by more than this

@@ -6,12 +6,12 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import numpy as np
 
-from . import lora
+from . import crossval, lora
 from .adapter import Adapter, AdapterConfig
 from .backbone import Backbone
 from .cache import SkipCache
@@ -37,14 +37,20 @@ class TrainConfig:
     weight_decay: float | Literal["auto"] = 1.0      # L2 (sgd, adam) or decoupled (adamw); "auto": pick from grid
     weight_decay_grid: tuple[float, ...] = (0.0, 1e-2, 1e-1, 1.0)
     rank_grid: tuple[int, ...] = (2, 4, 8)
-    select_tolerance: float = 0.02                   # "auto": val losses within this (nats) of the best tie;
+    tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
+                                                     # fine-tune samples (folded into A and the bias when saved)
+    select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
                                                      # among ties the simplest wins (smallest r, largest decay)
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = 0.0                       # linear warm-up length in epochs
     clip_norm: float | None = None                   # clip the gradient's L2 norm to this
     lora_dropout: float = 0.0                        # dropout on the taps during training
     class_weights: Literal["none", "balanced"] | tuple[float, ...] = "none"
-    val_fraction: float = 0.2                        # held out for early stopping and model selection
+    val_fraction: float = 0.0                        # > 0: hold this share out (best epoch restored, "auto" chosen
+                                                     # on it); 0: choose by cross-validation, then train on all
+    cv_folds: int = 5                                # k of the k-fold cross-validation (val_fraction 0); 0: none,
+                                                     # train exactly the given settings on every sample
+    epoch_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # cross-validation also picks how many of `epochs` to train
     val_split: Literal["tail", "random"] = "tail"    # tail: each class's most recent samples (no time leak)
     patience: int | None = None                      # stop after this many epochs without a better val loss
     seed: int = 0
@@ -72,8 +78,12 @@ class TrainConfig:
               f"found {self.class_weights}")
         check(0 <= self.val_fraction < 1, f"`val_fraction` should be in [0, 1), found {self.val_fraction}")
         check(self.patience is None or self.patience >= 1, f"`patience` should be positive, found {self.patience}")
-        needs_val = self.weight_decay == "auto" or self.r == "auto"
-        check(not needs_val or self.val_fraction > 0, "automatic selection ('auto') needs `val_fraction` > 0")
+        check(self.cv_folds == 0 or self.cv_folds >= 2, f"`cv_folds` should be 0 (off) or >= 2, found {self.cv_folds}")
+        check(len(self.epoch_fractions) >= 1 and all(0 < f <= 1 for f in self.epoch_fractions),
+              f"`epoch_fractions` should list numbers in (0, 1], found {self.epoch_fractions}")
+        auto = [f for f in ("r", "weight_decay", "tap_scaling") if getattr(self, f) == "auto"]
+        check(not auto or self.val_fraction > 0 or self.cv_folds >= 2,
+              f"automatic selection of {auto} needs cross-validation (`cv_folds` >= 2) or a holdout (`val_fraction` > 0)")
 
 
 @dataclass
@@ -85,6 +95,8 @@ class History:
     stopped: str = "completed"                            # completed | early_stopping | non_finite
     chosen: dict = field(default_factory=dict)            # r, lora_alpha, weight_decay actually used
     candidates: list[dict] = field(default_factory=list)  # model selection: settings and best val loss of each
+    selection: dict = field(default_factory=dict)         # cross-validation: estimate of the chosen recipe and of
+                                                          # no fine-tuning (mean, spread over folds), every candidate
     samples: dict = field(default_factory=dict)           # train / val counts
     cache_seconds: float = 0.0                            # backbone forward passes (filling the Skip-Cache)
     train_seconds: float = 0.0                            # everything after the cache was filled
@@ -121,14 +133,25 @@ def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
 
 def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, cache: SkipCache | None = None,
              init: Adapter | None = None, use_cache: bool = True, callback: Callable[[dict], None] | None = None,
-             checkpoint_dir: PathLike | None = None, resume: bool = False) -> tuple[Adapter, History]:
+             checkpoint_dir: PathLike | None = None, resume: bool = False,
+             engine: Literal["numpy", "onnx"] = "numpy") -> tuple[Adapter, History]:
     """Train skip adapters on (x, y) over the frozen backbone; returns the best adapter and its history.
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
     With `checkpoint_dir` the state is saved atomically after every epoch; `resume` continues from it
     and ends with the same adapter as an uninterrupted run.
+    `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py), no numpy
+    arithmetic on parameters: same adapter, within float rounding, as any onnxruntime client.
     """
+    if engine != "numpy":
+        if engine != "onnx":
+            raise ValueError(f"engine should be 'numpy' or 'onnx', found {engine!r}")
+        if init is not None or not use_cache or checkpoint_dir is not None:
+            raise ValueError("engine='onnx' trains a new adapter from the Skip-Cache: init, use_cache=False and "
+                             "checkpoint_dir need engine='numpy'")
+        from .onnx_trainer import finetune_onnx  # imports this module: load it only when asked for
+        return finetune_onnx(backbone, x, y, config, cache=cache, callback=callback)
     m = backbone.manifest
     inputs = as_inputs(x, m)
     n = num_samples(inputs)
@@ -160,44 +183,95 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
+    bias = init.config.bias if init is not None else config.bias
+    # a warm start's parameters act on raw taps; standardising needs the bias to absorb the tap means
+    scalings = ["none"] if init is not None or not bias else \
+        (list(crossval.SCALINGS) if config.tap_scaling == "auto" else [config.tap_scaling])
+    if config.tap_scaling == "standard" and scalings != ["standard"]:
+        raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
+    scaled = {"none": features}
+    if "standard" in scalings:
+        mu, inv = crossval.tap_standardizer(features(np.arange(n))[1])
+        scaled["standard"] = lambda idx: (lambda y0, t: (y0, (t - mu) * inv))(*features(idx))
     # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
     source = f"cache {cache.dtype.name}" if use_cache else "backbone every step"  # float16 rows train differently
     key = _run_key(m.identity, source, config, inputs, targets, init) if checkpoint_dir is not None else ""
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    val_features = features(val_idx) if use_cache and len(val_idx) else None  # cached: gathered once for all
+    alphas = {r: init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r) for r in ranks}
+    layouts = {r: lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for r in ranks}
+    if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
+        recipe, history.selection = _cross_validate(scaled, scalings, n, targets, layouts, alphas, decays, config,
+                                                    m.task, init)
+        candidates = [(recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
+    else:
+        candidates = [(r, wd, sc, config.epochs) for r in ranks for wd in decays for sc in scalings]
+    val_features = {sc: scaled[sc](val_idx) for sc in scalings} if use_cache and len(val_idx) else {}
     runs: list[Run] = []
-    for i, (r, wd) in enumerate((r, wd) for r in ranks for wd in decays):
-        alpha = init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r)
-        layout = lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r,
-                             init.config.bias if init is not None else config.bias)
-        run = Run(layout, alpha / r, wd, config, m.task, init.flat if init is not None else None)
+    for i, (r, wd, sc, epochs) in enumerate(candidates):
+        run = Run(layouts[r], alphas[r] / r, wd, replace(config, epochs=epochs), m.task,
+                  init.flat if init is not None else None)
         if saved is not None and i < len(saved[0]["runs"]):
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
         on_epoch = None if checkpoint_dir is None else \
             (lambda _, done=runs + [run]: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)))
-        run.fit(features, use_cache, targets, train_idx, val_idx, callback, on_epoch, val_features)
+        run.fit(scaled[sc], use_cache, targets, train_idx, val_idx, callback, on_epoch, val_features.get(sc))
         runs.append(run)
     best = _select(runs, config.select_tolerance)
+    scaling = candidates[runs.index(best)][2]
+    result = best.result.copy() if scaling == "none" else \
+        crossval.fold_standardizer(best.result, best.layout, best.scale, mu, inv)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
     history.chosen = {"r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
-                      "weight_decay": best.weight_decay}
+                      "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.train_seconds = time.perf_counter() - start - history.cache_seconds
     history.cache = cache.stats() if use_cache else {}
     if len(val_idx):
-        y0, t = val_features if val_features is not None else features(val_idx)
-        out = lora.forward(lora.views(best.result, best.layout), y0, t, best.layout, best.scale)[0]
+        y0, t = features(val_idx)  # raw taps: also checks that the folded standardisation is exact
+        out = lora.forward(lora.views(result, best.layout), y0, t, best.layout, best.scale)[0]
         history.val_metrics = evaluate_outputs(out, targets[val_idx], m.task)
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
-                "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics}
+                "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
+                "cross_validation": _brief(history.selection)}
     acfg = AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
                          num_outputs=m.num_outputs, task=m.task, r=best.layout.rank,
                          lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
                          classes=m.classes, training=training)
-    return Adapter(acfg, best.result.copy()), history
+    return Adapter(acfg, result), history
+
+
+def _cross_validate(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layouts: dict, alphas: dict,
+                    decays: list[float], config: TrainConfig, task: str, init) -> tuple[crossval.Recipe, dict]:
+    """Choose the recipe by k-fold cross-validation on the cached rows; what it found, for History.selection."""
+    k = min(config.cv_folds, n // 2)
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
+                         f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
+    everything = np.arange(n)
+    y0 = scaled["none"](everything)[0]
+    taps = {sc: np.ascontiguousarray(scaled[sc](everything)[1], np.float32) for sc in scalings}
+    marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
+    results, base, fold = crossval.cross_validate(y0, taps, targets, layouts, alphas, decays, marks, k, config, task,
+                                                  None if init is None else init.flat)
+    best, table = crossval.choose(results, fold, k)
+    baseline = crossval.summarize(base["score"], base["loss"], fold, k)
+    metric = "accuracy" if task == "classification" else "neg_mse"
+    return best["recipe"], {
+        "method": f"{k}-fold cross-validation", "folds": k, "metric": metric,
+        "chosen": {**to_dict(best["recipe"]), "score": best["score"], "score_spread": best["spread"],
+                   "loss": best["loss"], "score_folds": best["folds"]},
+        "no_finetune": {"score": baseline["score"], "score_spread": baseline["spread"], "loss": baseline["loss"],
+                        "score_folds": baseline["folds"]},
+        "helps": best["score"] > baseline["score"],
+        "candidates": [{**to_dict(row["recipe"]), "score": row["score"], "loss": row["loss"]} for row in table]}
+
+
+def _brief(selection: dict) -> dict:
+    """What the adapter file keeps of the selection: the estimate, not the whole table."""
+    return {key: selection[key] for key in ("method", "metric", "chosen", "no_finetune", "helps")} if selection else {}
 
 
 def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:

@@ -4,19 +4,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from edgelora import Backbone, TrainConfig
-from edgelora.personalize import PersonalizeConfig, holdout_mask, personalize
+from edgelora import Backbone
+from edgelora.personalize import SESSION_TRAINING, PersonalizeConfig, holdout_mask, personalize
 from edgelora.samples import Samples
 from edgelora.store import AdapterStore
 from tests.helpers import mlp_bundle, random_mlp
 
 pmod = importlib.import_module("edgelora.personalize")  # the module; `edgelora.personalize` is also the function
 
-CFG = PersonalizeConfig(train=TrainConfig(epochs=10, batch_size=10))
+CFG = PersonalizeConfig(train=replace(SESSION_TRAINING, epochs=10, batch_size=10))
 CENTRES = np.random.default_rng(0).standard_normal((3, 10)) * 3
 
 

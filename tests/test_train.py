@@ -7,7 +7,12 @@ import pytest
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
 from edgelora.train import validation_split
 
-FAST = TrainConfig(epochs=8, batch_size=10, lr=1e-2)
+def holdout(**settings) -> TrainConfig:
+    """The holdout policy these tests exercise: the last 20 % of each class validates, raw taps, decay 1.0."""
+    return TrainConfig(**{"val_fraction": 0.2, "weight_decay": 1.0, "tap_scaling": "none", **settings})
+
+
+FAST = holdout(epochs=8, batch_size=10, lr=1e-2)
 
 
 def test_cached_equals_backbone_every_step_and_runs_backbone_once(toy_bundle, toy_data):
@@ -32,7 +37,7 @@ def test_same_seed_same_adapter_bit_for_bit(toy_bundle, toy_data):
 def test_training_improves_a_shifted_model(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
     x, y = toy_data
-    adapter, history = finetune(bb, x, y, TrainConfig(epochs=30, batch_size=10, weight_decay=0.0))
+    adapter, history = finetune(bb, x, y, holdout(epochs=30, batch_size=10, weight_decay=0.0))
     before = Predictor(bb).evaluate(x, y)["accuracy"]
     after = Predictor(bb, adapter).evaluate(x, y)["accuracy"]
     assert after > before + 0.2 and after > 0.9
@@ -41,7 +46,7 @@ def test_training_improves_a_shifted_model(toy_bundle, toy_data):
 
 
 def test_history_restores_best_epoch_and_early_stops(toy_bundle, toy_data):
-    cfg = TrainConfig(epochs=40, batch_size=10, lr=0.05, patience=3, weight_decay=0.0)
+    cfg = holdout(epochs=40, batch_size=10, lr=0.05, patience=3, weight_decay=0.0)
     x = toy_data[0]
     y = np.random.default_rng(1).integers(0, 3, len(x))  # random labels: fitting them makes val loss rise
     toy_data = (x, y)
@@ -56,14 +61,14 @@ def test_history_restores_best_epoch_and_early_stops(toy_bundle, toy_data):
 
 def test_nan_guard_keeps_last_good_parameters(toy_bundle, toy_data):
     x, y = toy_data
-    cfg = TrainConfig(epochs=5, batch_size=10, lr=1e30, optimizer="sgd", weight_decay=0.0, momentum=0.0)
+    cfg = holdout(epochs=5, batch_size=10, lr=1e30, optimizer="sgd", weight_decay=0.0, momentum=0.0)
     with np.errstate(all="ignore"):
         adapter, h = finetune(Backbone(toy_bundle), x * 1e3, y, cfg)
     assert h.stopped == "non_finite" and np.isfinite(adapter.flat).all()
 
 
 def test_auto_weight_decay_and_rank_report_their_choice(toy_bundle, toy_data):
-    cfg = TrainConfig(epochs=4, batch_size=10, r="auto", weight_decay="auto", rank_grid=(2, 4),
+    cfg = holdout(epochs=4, batch_size=10, r="auto", weight_decay="auto", rank_grid=(2, 4),
                       weight_decay_grid=(0.0, 0.1))
     adapter, h = finetune(Backbone(toy_bundle), *toy_data, cfg)
     assert len(h.candidates) == 4 and {c["r"] for c in h.candidates} == {2, 4}
@@ -104,7 +109,7 @@ def test_regression(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 6)).astype(np.float32)
     target = bb.features(x)[0] + x[:, :2] * 0.5
-    adapter, h = finetune(bb, x, target, TrainConfig(epochs=20, batch_size=20, weight_decay=0.0))
+    adapter, h = finetune(bb, x, target, holdout(epochs=20, batch_size=20, weight_decay=0.0))
     before, after = Predictor(bb).evaluate(x, target), Predictor(bb, adapter).evaluate(x, target)
     assert after["mse"] < 0.2 * before["mse"] and set(after) >= {"mse", "mae"}
 
@@ -174,7 +179,7 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("stop_at", [1, 5, 11])
 def test_resume_from_checkpoint_gives_the_uninterrupted_adapter(toy_bundle, toy_data, tmp_path, stop_at):
-    cfg = TrainConfig(epochs=6, batch_size=10, weight_decay="auto", weight_decay_grid=(0.0, 0.1))
+    cfg = holdout(epochs=6, batch_size=10, weight_decay="auto", weight_decay_grid=(0.0, 0.1))
     bb = Backbone(toy_bundle)
     reference, ref_h = finetune(bb, *toy_data, cfg)
     seen = []
@@ -213,7 +218,7 @@ def test_error_corrupt_checkpoint(toy_bundle, toy_data, tmp_path):
 
 
 def test_numpy_scalars_in_a_config_become_python_numbers(toy_bundle, toy_data, tmp_path):
-    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.01), weight_decay_grid=(np.float64(0.0), 0.1),
+    cfg = holdout(epochs=np.int64(2), lr=np.float32(0.01), weight_decay_grid=(np.float64(0.0), 0.1),
                       batch_size=10, weight_decay="auto")
     assert type(cfg.epochs) is int and type(cfg.lr) is float and type(cfg.weight_decay_grid[0]) is float
     adapter, _ = finetune(Backbone(toy_bundle), *toy_data, cfg)

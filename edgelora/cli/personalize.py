@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from ..personalize import PersonalizeConfig, personalize
-from ..store import AdapterStore
-from ..train import TrainConfig
+from ..personalize import SESSION_TRAINING, PersonalizeConfig, personalize
+from ..store import STORE_KIND, AdapterStore
 from . import common
 
 EXAMPLE = """
@@ -16,7 +16,7 @@ edgelora personalize store site-7 --bundle fan_bundle --data batch.npz --margin 
 
 
 def register(subparsers) -> None:
-    d, t = PersonalizeConfig(), TrainConfig()
+    d, t = PersonalizeConfig(), SESSION_TRAINING
     p = common.add_command(
         subparsers, "personalize", run, report, summary="personalise a named adapter with new labelled samples",
         description="Add new labelled samples to adapter NAME in STORE (both created if new). Only samples never "
@@ -31,6 +31,8 @@ def register(subparsers) -> None:
         example=EXAMPLE)
     p.add_argument("store", type=Path, metavar="STORE", help="adapter store folder (created if missing)")
     p.add_argument("name", metavar="NAME", help="adapter name: letters, digits, '.', '_', '-'")
+    p.set_defaults(targets=lambda a: ([("STORE", a.store, STORE_KIND)], [("input bundle", a.bundle),
+                                                                         ("data file", a.data)]))
     p.add_argument("--bundle", required=True, type=Path, metavar="BUNDLE", help="backbone bundle folder")
     common.add_data_flags(p, labels=True, what="the new labelled samples, in time order")
     g = p.add_argument_group("gate")
@@ -68,7 +70,8 @@ def _fraction_or_none(text: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    train = TrainConfig(r=args.rank, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    train = replace(SESSION_TRAINING, r=args.rank, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed)
     config = PersonalizeConfig(train=train, margin=args.margin, holdout_fraction=args.holdout_fraction,
                                min_holdout=args.min_holdout, max_implausible=args.max_implausible,
                                keep_versions=args.keep_versions, cache_dtype=args.cache_dtype)

@@ -1,0 +1,237 @@
+"""Recipe selection by k-fold cross-validation on the Skip-Cache, every fold and recipe trained at once.
+
+Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one
+model per (recipe, fold) and score each fold's model on the samples it never saw. All models of one
+tap scaling and rank form a *stack*: they share each mini-batch (one shuffle of all samples per epoch),
+a fold's model gives its own validation rows weight 0, and the products of all models are single
+matrix products over the stacked parameters, so a whole cross-validation costs about one training run
+of numpy calls. Folds are contiguous blocks in sample order within each class (the data is correlated in
+time); every class stays in every fold's training part.
+
+    A_k  (d_k, M, r)   B (M, K r, C)   bias (M, C)          per stack of M models
+    h    (M, b, K r) = [t_k A_k]        y = y0 + s h B + bias
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import lora
+from .losses import balanced_weights
+from .optim import OPTIMIZERS, learning_rate
+
+SCALINGS = ("none", "standard")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate: how taps are scaled, the weight decay, the rank and how many epochs to train."""
+    tap_scaling: str
+    weight_decay: float
+    r: int
+    epochs: int
+
+
+def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
+    """Fold id (0..k-1) per sample: each class's samples, in sample order, cut into k contiguous blocks."""
+    fold = np.zeros(len(targets), np.int64)
+    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
+        else [np.arange(len(targets))]
+    for g in groups:
+        fold[g] = np.arange(len(g)) * k // len(g)
+    return fold
+
+
+def tap_standardizer(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1/std) per tap feature over all samples (no labels used); constant features get 1/std = 0."""
+    t64 = t.astype(np.float64)
+    mu = t64.mean(axis=0)
+    sd = t64.std(axis=0)
+    inv = np.where(sd > 1e-6 * (np.abs(mu) + 1.0), 1.0 / np.maximum(sd, 1e-30), 0.0)
+    return mu.astype(np.float32), inv.astype(np.float32)
+
+
+def fold_standardizer(flat: np.ndarray, layout: lora.Layout, scale: float, mu: np.ndarray,
+                      inv: np.ndarray) -> np.ndarray:
+    """Parameters trained on standardised taps (t - mu) * inv, rewritten to act on raw taps t (exact):
+    A_k <- diag(inv_k) A_k and bias <- bias - s * sum_k ((mu_k * inv_k) A_k) B_k."""
+    assert layout.bias, "folding the tap means needs an output bias"
+    out = flat.astype(np.float64)
+    p = lora.views(out, layout)
+    shift = np.zeros(layout.num_outputs)
+    for k, (a, b) in enumerate(layout.bounds):
+        A = p[layout.a_keys[k]]
+        shift += ((mu[a:b] * inv[a:b]) @ A) @ lora.tap_B(p, layout, k)
+        A *= inv[a:b, None]
+    p["bias"] -= scale * shift
+    return out.astype(np.float32)
+
+
+class Stack:
+    """M skip adapters of one layout trained side by side (one optimiser, per-model weight decay)."""
+
+    def __init__(self, layout: lora.Layout, m: int, scale: float, decays: np.ndarray, cfg,
+                 init_flat: np.ndarray | None = None):
+        self.layout, self.m, self.scale = layout, m, scale
+        one = lora.init(layout, cfg.seed) if init_flat is None else init_flat  # where a single run starts
+        p1 = lora.views(one, layout)
+        self.shapes = {**{key: (d, m, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
+                       "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
+        if layout.bias:
+            self.shapes["bias"] = (m, layout.num_outputs)
+        size = sum(int(np.prod(s)) for s in self.shapes.values())
+        self.flat, self.grad, wd = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
+        self.p, self.g, w = self._views(self.flat), self._views(self.grad), self._views(wd)
+        for key in layout.a_keys:
+            self.p[key][:] = p1[key][:, None, :]
+            w[key][:] = decays[None, :, None]
+        self.p["B"][:], w["B"][:] = p1["B"], decays[:, None, None]
+        if layout.bias:
+            self.p["bias"][:], w["bias"][:] = p1["bias"], decays[:, None]
+        self.opt = OPTIMIZERS[cfg.optimizer](size, weight_decay=wd,
+                                             **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+
+    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out, i = {}, 0
+        for key, shape in self.shapes.items():
+            n = int(np.prod(shape))
+            out[key] = flat[i:i + n].reshape(shape)
+            i += n
+        return out
+
+    def forward(self, y0: np.ndarray, t: np.ndarray):
+        """y0, t  # (b, C), (b, D)  ->  y (M, b, C), h (M, b, K r)."""
+        lay, m, r = self.layout, self.m, self.layout.rank
+        h = np.empty((m, len(t), len(lay.taps) * r), np.float32)
+        for k, (a, b) in enumerate(lay.bounds):
+            hk = t[:, a:b] @ self.p[lay.a_keys[k]].reshape(b - a, m * r)          # (b, M r)
+            h[:, :, k * r:(k + 1) * r] = hk.reshape(len(t), m, r).transpose(1, 0, 2)
+        y = h @ self.p["B"]
+        y *= self.scale
+        y += y0
+        if lay.bias:
+            y += self.p["bias"][:, None, :]
+        return y, h
+
+    def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float) -> None:
+        """One optimiser step of every model. weight (M, b, 1): each model's per-sample loss weight, summing
+        to 1 over its samples (0 = not its data), as `cross_validate` builds it."""
+        lay, m, r = self.layout, self.m, self.layout.rank
+        y, h = self.forward(y0, t)
+        g = grad_fn(y)                                       # (M, b, C): dL/dy per sample, unnormalised
+        g *= weight
+        if lay.bias:
+            np.add.reduce(g, axis=1, out=self.g["bias"])
+        g *= self.scale
+        np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
+        gh = g @ self.p["B"].transpose(0, 2, 1)              # (M, b, K r)
+        for k, (a, b) in enumerate(lay.bounds):
+            ghk = gh[:, :, k * r:(k + 1) * r].transpose(1, 0, 2).reshape(len(t), m * r)
+            np.matmul(t[:, a:b].T, ghk, out=self.g[lay.a_keys[k]].reshape(b - a, m * r))
+        self.opt.step(self.flat, self.grad, lr)
+
+
+def _grad_fn(task: str, c: int, targets: np.ndarray):
+    """grad(y (M, b, C), idx) -> per-sample dL/dy (not yet divided by the batch size), in place in y."""
+    if task != "classification":
+        def grad(y, idx):
+            y -= targets[idx][None]
+            y *= 2.0 / c
+            return y
+        return grad
+    onehot = np.eye(c, dtype=np.float32)[targets]
+
+    def grad(y, idx):
+        y -= y.max(axis=2, keepdims=True)
+        np.exp(y, out=y)
+        y /= y.sum(axis=2, keepdims=True)
+        y -= onehot[idx][None]
+        return y
+    return grad
+
+
+def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (correct, loss) of outputs y (..., N, C): accuracy and cross-entropy, or -sq.err and mse."""
+    y = y.astype(np.float64)
+    if task != "classification":
+        se = ((y - targets) ** 2).mean(axis=-1)
+        return -se, se
+    z = y - y.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    nll = -np.take_along_axis(logp, np.broadcast_to(targets[:, None], y.shape[:-1] + (1,)), axis=-1)[..., 0]
+    return (y.argmax(axis=-1) == targets).astype(np.float64), nll
+
+
+def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndarray, layouts: dict[int, lora.Layout],
+                   alpha: dict[int, float], decays: list[float], marks: list[int], k: int, cfg, task: str,
+                   init_flat: np.ndarray | None = None):
+    """Train every (scaling, rank, decay) on every fold; score each at the epochs in `marks`.
+
+    y0 (N, C); taps: scaling -> (N, D) tap matrix. Returns (results, baseline, fold ids): results a list of
+    {"recipe", "score": (N,) per-sample score of the model that did not train on it, "loss": (N,)}.
+    The settings of `cfg` apply as in a single run (batch size, lr and schedule, optimiser, class weights,
+    seed) except `clip_norm` and `lora_dropout`, which cross-validation leaves out.
+    """
+    n, c = y0.shape
+    fold = folds(targets, k, task)
+    grad = _grad_fn(task, c, targets)
+    sample_w = np.ones(n, np.float32)
+    if task == "classification" and not isinstance(cfg.class_weights, str):
+        sample_w = np.asarray(cfg.class_weights, np.float32)[targets]
+    elif task == "classification" and cfg.class_weights == "balanced":
+        sample_w = balanced_weights(targets, c)[targets]
+    rng = np.random.default_rng(cfg.seed)
+    wds = np.repeat(np.asarray(decays, np.float32), k)            # model j: decay j // k, fold j % k
+    stacks = {(sc, r): Stack(layout, len(wds), alpha[r] / r, wds, cfg, init_flat)
+              for sc in taps for r, layout in layouts.items()}
+    own = np.tile(np.arange(k), len(decays))                      # fold of each model in a stack
+    bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
+    total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
+    results = []
+    for epoch in range(1, max(marks) + 1):
+        perm = rng.permutation(n)
+        for i in range(steps):
+            idx = perm[i * bs:(i + 1) * bs]
+            weight = (fold[idx][None, :] != own[:, None]) * sample_w[idx]
+            weight = (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
+            lr = learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup)
+            b0 = y0[idx]
+            for (sc, _), stack in stacks.items():
+                stack.step(b0, taps[sc][idx], lambda y: grad(y, idx), weight, lr)
+        if epoch in marks:
+            for (sc, r), stack in stacks.items():
+                y, _ = stack.forward(y0, taps[sc])               # (M, N, C): every model on every sample
+                score, loss = _scores(y, targets, task)
+                bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
+                score[bad], loss[bad] = -np.inf, np.inf
+                mine = own[:, None] == fold[None, :]             # each sample scored by its fold's model
+                for j, wd in enumerate(decays):
+                    sel = mine[j * k:(j + 1) * k]
+                    s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
+                    lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)
+                    results.append({"recipe": Recipe(sc, float(wd), r, epoch), "score": s, "loss": lo})
+    base_score, base_loss = _scores(y0, targets, task)
+    return results, {"score": base_score, "loss": base_loss}, fold
+
+
+def summarize(score: np.ndarray, loss: np.ndarray, fold: np.ndarray, k: int) -> dict:
+    """Mean and per-fold means of a per-sample score (accuracy, or minus squared error) and loss."""
+    per = [float(score[fold == f].mean()) for f in range(k) if (fold == f).any()]
+    finite = np.isfinite(score).all() and np.isfinite(loss).all()
+    return {"score": float(score.mean()) if finite else -math.inf, "loss": float(loss.mean()) if finite else math.inf,
+            "folds": per, "spread": float(np.std(per)) if finite else math.inf}
+
+
+def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[dict]]:
+    """The recipe to refit, and every recipe's summary. One-standard-error rule: among the recipes whose
+    cross-validated score is within one standard error (over folds) of the best, prefer raw taps (the
+    paper's read-out), then the higher score, then the lower loss. With a few dozen samples per fold,
+    score differences inside that band are noise, and standardised taps measured worse on fan."""
+    table = [{"recipe": res["recipe"], **summarize(res["score"], res["loss"], fold, k)} for res in results]
+    top = max(table, key=lambda row: (row["score"], -row["loss"]))
+    band = top["score"] - top["spread"] / math.sqrt(k) if math.isfinite(top["spread"]) else top["score"]
+    ties = [row for row in table if row["score"] >= band]
+    best = max(ties, key=lambda row: (row["recipe"].tap_scaling == "none", row["score"], -row["loss"]))
+    return best, table

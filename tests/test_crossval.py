@@ -1,0 +1,166 @@
+"""Cross-validated recipe selection: folds, the stacked trainer against single runs, folding, refit, seeds."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgelora import Backbone, Predictor, TrainConfig, finetune, lora
+from edgelora.crossval import Recipe, Stack, _grad_fn, choose, fold_standardizer, folds, tap_standardizer
+from edgelora.losses import cross_entropy_grad
+from edgelora.optim import AdamW
+
+CV = TrainConfig(epochs=6, batch_size=10, lr=1e-2)
+
+
+def unit(weight):
+    """(M, b) 0/1 weights -> (M, b, 1) summing to 1 per model (what Stack.step takes)."""
+    return (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
+
+
+def test_folds_are_contiguous_per_class_and_cover_every_sample_once():
+    y = np.array([0] * 7 + [1] * 5 + [0] * 3 + [2] * 10)
+    fold = folds(y, 3, "classification")
+    for c in np.unique(y):
+        f = fold[y == c]
+        assert np.all(np.diff(f) >= 0)                       # contiguous blocks in sample order
+        assert set(f) == {0, 1, 2}                           # every class in every fold
+    assert np.bincount(fold).min() >= 6
+    regression = folds(np.linspace(0, 1, 10), 5, "regression")
+    assert regression.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_no_sample_trains_the_model_that_validates_it():
+    """The stack gives each fold's model weight 0 on its own fold: a model's gradient never sees them."""
+    rng = np.random.default_rng(0)
+    layout = lora.Layout(("a",), (5,), 3, 2, True)
+    k, n = 4, 40
+    y = rng.integers(0, 3, n)
+    fold = folds(y, k, "classification")
+    t, y0 = rng.standard_normal((n, 5)).astype(np.float32), rng.standard_normal((n, 3)).astype(np.float32)
+    for f in range(k):
+        stack = Stack(layout, k, 1.0, np.zeros(k, np.float32), CV)
+        only = np.flatnonzero(fold == f)                     # a batch of fold f's samples only
+        weight = (fold[only][None, :] != np.arange(k)[:, None]).astype(np.float32)
+        grad = _grad_fn("classification", 3, y)
+        stack.step(y0[only], t[only], lambda out: grad(out, only), unit(weight), 0.1)
+        moved = [bool(np.any(stack.p["B"][j]) or np.any(stack.p["bias"][j])) for j in range(k)]
+        assert moved == [j != f for j in range(k)]
+
+
+def test_stack_equals_single_runs():
+    """Each model of a stack follows exactly the single-model forward/backward/AdamW on its own rows."""
+    rng = np.random.default_rng(1)
+    layout = lora.Layout(("a", "b"), (6, 4), 3, 2, True)
+    m, b = 3, 8
+    decays = np.array([0.0, 0.1, 1.0], np.float32)
+    stack = Stack(layout, m, 2.0, decays, CV)
+    y = rng.integers(0, 3, b)
+    weight = (rng.random((m, b)) < 0.7).astype(np.float32)
+    weight[:, 0] = 1.0
+    singles = [lora.init(layout, CV.seed) for _ in range(m)]
+    opts = [AdamW(layout.size, weight_decay=float(d)) for d in decays]
+    grad = _grad_fn("classification", 3, y)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    for _ in range(5):
+        t, y0 = rng.standard_normal((b, 10)).astype(np.float32), rng.standard_normal((b, 3)).astype(np.float32)
+        idx = np.arange(b)
+        stack.step(y0, t, lambda out: grad(out, idx), unit(weight), 0.05)
+        for j in range(m):
+            rows = weight[j] > 0
+            p, g = lora.views(singles[j], layout), lora.views(np.zeros_like(singles[j]), layout)
+            out, saved = lora.forward(p, y0[rows], t[rows], layout, 2.0)
+            lora.backward(cross_entropy_grad(out, onehot[rows]), saved, p, g, layout, 2.0)
+            opts[j].step(singles[j], np.concatenate([v.ravel() for v in g.values()]), 0.05)
+    for j in range(m):
+        p = lora.views(singles[j], layout)
+        assert np.allclose(stack.p["A.a"][:, j], p["A.a"], atol=1e-5)
+        assert np.allclose(stack.p["A.b"][:, j], p["A.b"], atol=1e-5)
+        assert np.allclose(stack.p["B"][j], p["B"], atol=1e-5)
+        assert np.allclose(stack.p["bias"][j], p["bias"], atol=1e-5)
+
+
+def test_choose_prefers_raw_taps_within_one_standard_error():
+    fold = np.repeat(np.arange(4), 5)
+
+    def result(scaling, per_fold):
+        score = np.repeat(per_fold, 5).astype(float)
+        return {"recipe": Recipe(scaling, 1.0, 4, 10), "score": score, "loss": 1 - score}
+    near = [result("standard", [1.0, 0.8, 1.0, 0.8]), result("none", [0.9, 0.8, 1.0, 0.8])]  # 0.025 < 1 SE (0.05)
+    assert choose(near, fold, 4)[0]["recipe"].tap_scaling == "none"
+    far = [result("standard", [1.0, 1.0, 1.0, 1.0]), result("none", [0.9, 0.9, 0.9, 0.9])]
+    assert choose(far, fold, 4)[0]["recipe"].tap_scaling == "standard"
+
+
+def test_folded_standardisation_is_exact():
+    rng = np.random.default_rng(2)
+    layout = lora.Layout(("a", "b"), (5, 3), 4, 2, True)
+    t = (rng.standard_normal((30, 8)) * 5 + 3).astype(np.float32)
+    t[:, 2] = 7.0                                             # a constant feature: ignored, not divided by 0
+    mu, inv = tap_standardizer(t)
+    flat = rng.standard_normal(layout.size).astype(np.float32)
+    y0 = rng.standard_normal((30, 4)).astype(np.float32)
+    want = lora.forward(lora.views(flat, layout), y0, (t - mu) * inv, layout, 1.5)[0]
+    folded = fold_standardizer(flat, layout, 1.5, mu, inv)
+    got = lora.forward(lora.views(folded, layout), y0, t, layout, 1.5)[0]
+    assert inv[2] == 0 and np.abs(got - want).max() <= 1e-4
+
+
+def test_cv_refits_on_every_sample_and_reports_an_estimate(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    x, y = toy_data
+    adapter, history = finetune(bb, x, y, CV)
+    assert history.samples == {"train": len(x), "val": 0}
+    sel = history.selection
+    assert sel["folds"] == 5 and len(sel["candidates"]) == 2 * 3          # tap scalings x epoch marks
+    chosen = history.chosen
+    best = max(c["score"] for c in sel["candidates"])                        # one-standard-error rule
+    assert best - sel["chosen"]["score"] <= max(sel["chosen"]["score_spread"], 0.05) / 5 ** 0.5 + 0.05
+    assert 0 <= sel["no_finetune"]["score"] <= 1 and len(sel["chosen"]["score_folds"]) == 5
+    # the refit is exactly the chosen recipe trained on all samples without selection
+    fixed = dataclasses.replace(CV, weight_decay=chosen["weight_decay"], tap_scaling=chosen["tap_scaling"],
+                                epochs=chosen["epochs"], cv_folds=0)
+    again, h2 = finetune(bb, x, y, fixed)
+    assert np.array_equal(adapter.flat, again.flat) and h2.samples["train"] == len(x)
+    assert adapter.config.training["cross_validation"]["chosen"]["score"] == sel["chosen"]["score"]
+    before = Predictor(bb).evaluate(x, y)["accuracy"]
+    assert Predictor(bb, adapter).evaluate(x, y)["accuracy"] > before
+
+
+def test_cv_same_seed_bit_identical(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    a1, h1 = finetune(bb, *toy_data, CV)
+    a2, h2 = finetune(bb, *toy_data, CV)
+    assert np.array_equal(a1.flat, a2.flat) and h1.selection == h2.selection
+
+
+def test_standard_scaling_adapter_acts_on_raw_taps(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle)
+    x, y = toy_data
+    adapter, history = finetune(bb, x, y, dataclasses.replace(CV, tap_scaling="standard", weight_decay=0.1, cv_folds=0))
+    assert history.chosen["tap_scaling"] == "standard"
+    y0, t = bb.features({"x": x})
+    layout = lora.Layout(bb.manifest.tap_names, bb.manifest.tap_widths, 3, adapter.config.r, True)
+    out = lora.forward(lora.views(adapter.flat, layout), y0, t, layout, adapter.config.lora_alpha / adapter.config.r)[0]
+    assert np.abs(out - Predictor(bb, adapter).outputs(x)).max() < 1e-4
+    assert (out.argmax(1) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("cv_folds", 1, "`cv_folds` should be 0"),
+    ("epoch_fractions", (0.0,), "`epoch_fractions` should list numbers in"),
+])
+def test_error_bad_cv_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_error_auto_without_selection():
+    with pytest.raises(ValueError, match="needs cross-validation"):
+        TrainConfig(cv_folds=0)
+
+
+def test_error_too_few_samples_for_cv(toy_bundle):
+    bb = Backbone(toy_bundle)
+    x = np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32)
+    with pytest.raises(ValueError, match="cross-validation needs at least 10 samples, found 3"):
+        finetune(bb, x, np.array([0, 1, 2]), dataclasses.replace(CV, batch_size=2))
