@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -82,6 +82,47 @@ class Standardize:
         check(bool((np.asarray(self.std, np.float64) > 0).all()), "preprocess `std` should be > 0")
 
 
+def as_preprocess(pre: dict | None, inputs: Sequence[str]) -> dict[str, Standardize]:
+    """{input name: {"mean": m, "std": s} | (mean, std) | Standardize} -> {input name: Standardize}.
+
+    Means and stds may be numbers, nested lists or arrays (stored as nested lists of float64)."""
+    if pre is None:
+        return {}
+    if not isinstance(pre, dict):
+        raise TypeError(f"preprocess: expected a dict {{input name: {{'mean': m, 'std': s}}}}, found "
+                        f"{type(pre).__name__}")
+    unknown = [k for k in pre if k not in inputs]
+    if unknown:
+        hint = " (an nn.Sequential's input is named `input`)" if "input" in inputs else ""
+        raise ValueError(f"preprocess: names unknown input(s) {unknown}; the model's inputs are {list(inputs)}{hint}")
+    return {name: _standardize(value, f"preprocess[{name!r}]") for name, value in pre.items()}
+
+
+def _standardize(value, where: str) -> Standardize:
+    if isinstance(value, Standardize):
+        return value
+    if isinstance(value, dict):
+        if sorted(map(str, value)) != ["mean", "std"]:
+            raise ValueError(f"{where}: expected keys ['mean', 'std'], found {sorted(map(str, value))}")
+        pair = (value["mean"], value["std"])
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise TypeError(f"{where}: expected {{'mean': m, 'std': s}} or a (mean, std) pair, found "
+                        f"{type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''}")
+    plain = []
+    for key, v in zip(("mean", "std"), pair):
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError, RecursionError):  # ragged lists
+            a = np.asarray([object()])
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"{where}: `{key}` should be a number or an array of numbers, found {type(v).__name__}"
+                            f"{f' of dtype {a.dtype}' if a.dtype.kind != 'O' else ''}")
+        plain.append(a.astype(np.float64).tolist())
+    return Standardize(*plain)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything the device needs to know about a backbone, saved as MANIFEST_FILE."""
@@ -110,7 +151,8 @@ class Manifest:
             check(len(self.classes) == self.output.width,
                   f"`classes` should name {self.output.width} classes (output width), found {len(self.classes)}")
         unknown = sorted(set(self.preprocess) - {i.name for i in self.inputs})
-        check(not unknown, f"`preprocess` names unknown input(s) {unknown}")
+        check(not unknown, f"`preprocess` names unknown input(s) {unknown}; the inputs are "
+                           f"{[i.name for i in self.inputs]}")
 
     @property
     def tap_names(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
+from .bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
 from .fileio import PathLike
 from .onnx_utils import (OPSET, add_const, conservative, default_opset, load, mean_node, serialize, set_outputs,
                          sum_node, unique_name)
@@ -75,8 +75,7 @@ def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output
         inputs=tuple(InputSpec(i.name, ("batch", *_dims(i)[1:]), _dtype(i)) for i in feeds),
         output=OutputSpec(base, c), taps=tuple(specs), task=task,
         classes=tuple(classes) if classes is not None else (tuple(str(i) for i in range(c)) if task == "classification" else ()),
-        preprocess={k: v if isinstance(v, Standardize) else Standardize(np.asarray(v[0]).tolist(), np.asarray(v[1]).tolist())
-                    for k, v in (preprocess or {}).items()},
+        preprocess=as_preprocess(preprocess, [i.name for i in feeds]),
         opset=opset, producer={"name": "edgelora.onnx_taps", "onnx": onnx.__version__})
     return write_bundle(out, blob, manifest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -32,11 +33,11 @@ def export_from_spec(model_spec: str, out: PathLike, taps: str | Sequence[str] =
         None uses the example stored in the .pt2 program.
     options: passed to export.export_model (task, classes, preprocess, attention_mask, output, ...).
     """
-    kinds = None
+    kinds, static = None, None
     if str(model_spec).endswith(".pt2"):
         if weights is not None:
             raise ValueError("`weights` is for package.module:factory models; a .pt2 program carries its own")
-        model, kinds, stored = load_program(model_spec)
+        model, kinds, stored, static = load_program(model_spec)
         example = stored if example is None else example
     elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", str(model_spec)):
         model = load_factory(model_spec, weights)
@@ -44,11 +45,16 @@ def export_from_spec(model_spec: str, out: PathLike, taps: str | Sequence[str] =
         raise ValueError(f"MODEL should be a .pt2 file or package.module:factory, found {model_spec!r}")
     if example is None:
         raise ValueError("an example input is needed: give its shape (e.g. 1,512) or a .npy/.npz file")
-    return export_model(model, parse_example(example), out, taps, kinds=kinds, **options)
+    example = parse_example(example)
+    if static is not None:
+        check_batch_free(model, example, f"{model_spec} was exported with a static batch of {static}")
+    return export_model(model, example, out, taps, kinds=kinds, **options)
 
 
-def load_program(path: PathLike) -> tuple[nn.Module, dict[str, str], tuple | None]:
-    """(module with the original submodule names, {name: layer class}, stored example inputs) of a .pt2."""
+def load_program(path: PathLike) -> tuple[nn.Module, dict[str, str], tuple | None, int | None]:
+    """(module with the original submodule names, {name: layer class}, stored example inputs, the static
+    batch size or None) of a .pt2. A static batch (torch.export.export(net, (x,)) without dynamic_shapes)
+    gets its input-shape check switched off; `check_batch_free` then tests that the graph allows it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"torch.export program not found: {path}")
@@ -66,7 +72,38 @@ def load_program(path: PathLike) -> tuple[nn.Module, dict[str, str], tuple | Non
                              f"dropout/batch-norm would make the backbone non-deterministic; call model.eval() "
                              f"before torch.export.export and save the program again")
     stored = program.example_inputs[0] if program.example_inputs else None
-    return torch.export.unflatten(program), kinds, stored
+    user = set(program.graph_signature.user_inputs)
+    batches = [n.meta["val"].shape[0] for n in program.graph.nodes if n.op == "placeholder" and n.name in user
+               and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].ndim]   # SymInts are unhashable
+    static = batches[0] if batches and all(isinstance(b, int) for b in batches) else None
+    with warnings.catch_warnings():  # torch 2.13's own unflatten warns about its own deprecated LeafSpec
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
+        module = torch.export.unflatten(program)
+    if static is not None:
+        module.check_input_constraints = False
+    return module, kinds, stored, static
+
+
+def check_batch_free(model: nn.Module, example, what: str) -> None:
+    """Raise ValueError unless `model` gives every sample of a batch the output it gives that sample alone."""
+    args = example if isinstance(example, tuple) else (example,)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
+    gen = torch.Generator().manual_seed(0)
+    batch = tuple(torch.cat([a[:1], a[:1] + torch.randn(a[:1].shape, generator=gen) * (float(a.float().std()) or 1.0)])
+                  if a.is_floating_point() else torch.cat([a[:1], a[:1]]) for a in args)
+    fix = ("re-export it with a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
+           "torch.export.Dim('batch')},)), or export package.module:factory instead")
+    try:
+        with torch.no_grad():
+            together = model(*batch)
+            alone = [model(*(a[i:i + 1] for a in batch)) for i in range(2)]
+    except Exception as e:
+        reason = " ".join(str(e).split("While executing")[0].split())[:160]
+        raise ValueError(f"{what} and its graph depends on it ({type(e).__name__}: {reason}); {fix}") from None
+    first = lambda y: y[0] if isinstance(y, (tuple, list)) else y  # noqa: E731
+    if not all(torch.allclose(first(together)[i], first(alone[i])[0], rtol=1e-4, atol=1e-5) for i in range(2)):
+        raise ValueError(f"{what}, and its output for a sample depends on the other samples of the batch; a "
+                         f"backbone must compute each sample on its own (no batch statistics)")
 
 
 def load_factory(spec: str, weights: PathLike | None = None) -> nn.Module:

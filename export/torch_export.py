@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
+from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
 from edgelora.fileio import PathLike
 from edgelora.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
 
@@ -40,7 +40,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     """Export `model` (called as model(*example)) to a bundle folder `out`; returns its manifest.
 
     example: one tensor/array or a tuple of them (batch first). taps: "auto" or module names.
-    preprocess: {input name: Standardize or (mean, std)} applied by the device before the graph.
+    preprocess: {input name: {"mean": m, "std": s} or (mean, std)}: the device computes (x - mean) / std
+        before the graph. Input names are forward's argument names (`input` for an nn.Sequential) or input_names.
     attention_mask: name of the input holding a (batch, tokens) mask (nonzero = real token); token
     sequences are then averaged over real tokens only. output: which output, if the model returns several.
     kinds: module name -> layer class name when the modules are stand-ins (see export.spec for .pt2).
@@ -50,6 +51,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     if len(names) != len(args):
         raise ValueError(f"expected {len(args)} input names (one per example input), found {names}")
     mask_index = _mask_index(attention_mask, names)
+    pre = as_preprocess(preprocess, names)      # before the slow export: a wrong name fails at once
     base = "logits" if task == "classification" else "values"
     with _eval_mode(model), _no_fastpath():
         plans = plan_taps(model, args, taps, mask_index, kinds)
@@ -70,7 +72,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                    for p, o in zip(plans, outputs[1:])),
         task=task, classes=tuple(classes) if classes is not None else
         (tuple(str(i) for i in range(c)) if task == "classification" else ()),
-        preprocess=_preprocess(preprocess), opset=OPSET,
+        preprocess=pre, opset=OPSET,
         producer={"name": "edgelora.export", "torch": torch.__version__, "onnx": onnx.__version__,
                   "max_rel_diff": f"{max(diffs):.3g}"})
     return write_bundle(out, blob, manifest)
@@ -196,16 +198,6 @@ def _random_like(args: tuple, gen: torch.Generator) -> tuple:
         else:
             out.append(a[rows].clone())
     return tuple(out)
-
-
-def _preprocess(pre: dict | None) -> dict[str, Standardize]:
-    out = {}
-    for name, p in (pre or {}).items():
-        if not isinstance(p, Standardize):
-            mean, std = p
-            p = Standardize(np.asarray(mean, np.float64).tolist(), np.asarray(std, np.float64).tolist())
-        out[name] = p
-    return out
 
 
 @contextlib.contextmanager
