@@ -24,6 +24,7 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.prefix, self.count = prefix, 0
+        self.consts: dict[tuple, str] = {}  # one initializer per distinct value: each costs time per Loop step
 
     def _name(self) -> str:
         self.count += 1
@@ -35,9 +36,19 @@ class _Graph:
         return out
 
     def const(self, value, dtype) -> str:
-        name = self._name()
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
+        a = np.asarray(value, dtype)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self._name()
+            self.inits.append(numpy_helper.from_array(a, self.consts[key]))
+        return self.consts[key]
+
+    def split(self, x: str, sizes: list[int], axis: int = 0) -> list[str]:
+        """Split x into pieces of `sizes` along `axis` (one node)."""
+        outs = [self._name() for _ in sizes]
+        self.nodes.append(helper.make_node("Split", [x, self.const(sizes, np.int64)], outs, name=f"Split_{outs[0]}",
+                                           axis=axis))
+        return outs
 
     def cut(self, x: str, start: int, end: int, axis: int = 0) -> str:
         """x[start:end] along `axis`."""
@@ -46,21 +57,16 @@ class _Graph:
 
 
 def _param_views(g: _Graph, params: str, layout: Layout) -> dict[str, str]:
-    """Named views (reshaped slices) of the flat parameter buffer, in lora.views order."""
-    out, i = {}, 0
-    for key, shape in layout.shapes.items():
-        n = int(np.prod(shape))
-        piece = g.cut(params, i, i + n)
-        out[key] = piece if len(shape) == 1 else g.op("Reshape", piece, g.const(shape, np.int64))
-        i += n
-    return out
+    """Named views (reshaped pieces) of the flat parameter buffer, in lora.views order."""
+    shapes = layout.shapes
+    pieces = g.split(params, [int(np.prod(s)) for s in shapes.values()])
+    return {key: piece if len(shape) == 1 else g.op("Reshape", piece, g.const(shape, np.int64))
+            for (key, shape), piece in zip(shapes.items(), pieces)}
 
 
 def _forward(g: _Graph, rows: str, p: dict[str, str], layout: Layout, scale: float):
     """rows [y0 | taps] (b, C + D) -> (y (b, C), h (b, K r), taps t_k): lora.forward."""
-    c = layout.num_outputs
-    y0 = g.cut(rows, 0, c, axis=1)
-    taps = [g.cut(rows, c + a, c + b, axis=1) for a, b in layout.bounds]
+    y0, *taps = g.split(rows, [layout.num_outputs, *layout.widths], axis=1)
     hs = [g.op("MatMul", t, p[key]) for t, key in zip(taps, layout.a_keys)]
     h = hs[0] if len(hs) == 1 else g.op("Concat", *hs, axis=1)
     y = g.op("Add", g.op("Mul", g.op("MatMul", h, p["B"]), g.const(scale, np.float32)), y0)
@@ -90,8 +96,9 @@ def _backward(g: _Graph, gy: str, h: str, taps: list[str], p: dict[str, str], la
     gs = g.op("Mul", gy, g.const(scale, np.float32))
     parts["B"] = g.op("Gemm", h, gs, transA=1)
     gh = g.op("Gemm", gs, p["B"], transB=1)
-    for k, (t, key) in enumerate(zip(taps, layout.a_keys)):
-        parts[key] = g.op("Gemm", t, g.cut(gh, k * r, (k + 1) * r, axis=1), transA=1)
+    ghs = g.split(gh, [r] * len(taps), axis=1) if len(taps) > 1 else [gh]
+    for t, key, ghk in zip(taps, layout.a_keys, ghs):
+        parts[key] = g.op("Gemm", t, ghk, transA=1)
     flat = [parts[key] if key == "bias" else g.op("Reshape", parts[key], g.const([-1], np.int64))
             for key in layout.shapes]
     return g.op("Concat", *flat, axis=0)

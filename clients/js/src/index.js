@@ -49,7 +49,8 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
   };
   saveAdapter(out, config, params, contract.layout);
   return { out, backend, n: inputs.n, load_seconds: loaded, cache_seconds: filled - loaded,
-    train_seconds: trained - filled, seconds: seconds(), ...history, epochs: history.epochs.length, chosen };
+    train_seconds: trained - filled, seconds: seconds(), ...history, epochs: history.epochs.length,
+    epoch_seconds: history.epochs.map((e) => e.seconds), chosen };
 }
 
 function checkSettings(s) {
