@@ -106,6 +106,17 @@ def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
         finetune_onnx(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
     with pytest.raises(ValueError, match="expected lora_dropout=0"):
         finetune_onnx(backbone, *toy_data, explicit(lora_dropout=0.1))
+    with pytest.raises(ValueError, match="engine should be 'numpy' or 'onnx', found 'torch'"):
+        finetune(backbone, *toy_data, explicit(), engine="torch")
+    with pytest.raises(ValueError, match="init, use_cache=False and checkpoint_dir need engine='numpy'"):
+        finetune(backbone, *toy_data, explicit(), engine="onnx", use_cache=False)
+
+
+def test_finetune_engine_onnx_dispatches_to_the_kit(toy_bundle, toy_data):
+    a, h = finetune(Backbone(toy_bundle), *toy_data, explicit(), engine="onnx")
+    b, _ = finetune(Backbone(toy_bundle), *toy_data, explicit())
+    assert a.config.training["engine"] == "onnx" and np.abs(a.flat - b.flat).max() <= 1e-4
+    assert h.stopped == "completed" and len(h.epochs) == 12
 
 
 def test_error_non_finite_keeps_the_last_good_epoch(toy_bundle, toy_data):
