@@ -1,0 +1,132 @@
+"""Fine-tuning without Python: the training kit on onnxruntime (Python, JS node, JS wasm) against numpy.
+
+    python -m device_bench.kit_bench [--repeats 5] [--out bench_out/kit]
+
+The fan protocol's fine-tune set, the reference MLP, one explicit recipe (below). Each run is its own
+process, pinned to one thread. Fine-tune time is in-process (cache fill + training, imports and session
+loading excluded), as in the main benchmark; peak RSS is the whole process's (os.wait4). Targets (issue 12):
+JS node <= 1.5x and JS wasm <= 3x the numpy trainer's time. Reported: the median over `repeats` runs and
+the ratio of medians; the machine is shared, so the min is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT = REPO / "clients" / "js" / "src" / "cli.js"
+RECIPE = {"r": 4, "weight_decay": 0.1, "epochs": 30, "batch_size": 20, "lr": 3e-3, "seed": 0}
+METHODS = ("numpy", "onnx", "js-node", "js-wasm")
+TARGETS = {"js-node": 1.5, "js-wasm": 3.0}
+WARM = 5  # epochs after which the JIT (V8's wasm tier-up) has settled: "warm epoch" is the median after these
+
+
+def _config():
+    import dataclasses
+
+    from edgelora import TrainConfig
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {**RECIPE, "val_fraction": 0.0, "cv_folds": 0, "tap_scaling": "none"}
+    return TrainConfig(**{k: v for k, v in settings.items() if k in fields})
+
+
+def worker(engine: str, folder: Path) -> dict:
+    """One Python fine-tune (numpy or onnx engine) in this process."""
+    from edgelora import Backbone, Predictor, finetune
+    from edgelora.onnx_trainer import finetune_onnx
+    backbone = Backbone(folder / "bundle")
+    x, y = np.load(folder / "x.npy"), np.load(folder / "y.npy")
+    adapter, history = (finetune_onnx if engine == "onnx" else finetune)(backbone, x, y, _config())
+    adapter.save(folder / f"adapter_{engine}")
+    test = np.load(folder / "test.npz")
+    return {"cache_seconds": history.cache_seconds, "train_seconds": history.train_seconds,
+            "epoch_seconds": [e["seconds"] for e in history.epochs],
+            "accuracy": Predictor(backbone, adapter).evaluate(test["x"], test["y"])["accuracy"]}
+
+
+def _run(cmd: list[str]) -> tuple[dict, int, float]:
+    """(JSON printed by the child, its peak RSS in bytes, wall seconds)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)  # reap it ourselves: the child's own rusage (Popen.wait would discard it)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed with exit code {p.returncode}; run it by hand to see why")
+    return json.loads(out.decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024, time.perf_counter() - start
+
+
+def prepare(folder: Path) -> None:
+    from device_bench.backbones import reference_bundle
+    from device_bench.protocols import fan
+    from edgelora import Backbone
+    from edgelora.kit import KitRecipe, build_kit
+    data = fan()
+    folder.mkdir(parents=True, exist_ok=True)
+    src = reference_bundle("fan", data, folder / "bundles")
+    if not (folder / "bundle").exists():
+        shutil.copytree(src, folder / "bundle")
+    np.save(folder / "x.npy", data["finetune"][0])
+    np.save(folder / "y.npy", data["finetune"][1])
+    np.savez(folder / "test.npz", x=data["test"][0], y=data["test"][1])
+    recipe = KitRecipe(r=RECIPE["r"], batch_size=RECIPE["batch_size"])
+    defaults = {k: RECIPE[k] for k in ("epochs", "lr", "weight_decay", "seed")}
+    build_kit(Backbone(folder / "bundle").manifest, recipe, defaults).save(folder / "kit")
+
+
+def command(method: str, folder: Path) -> list[str]:
+    if method in ("numpy", "onnx"):
+        return [sys.executable, "-m", "device_bench.kit_bench", "--worker", method, "--out", str(folder)]
+    return [shutil.which("node") or "node", str(CLIENT), "train", "--bundle", str(folder / "bundle"), "--kit",
+            str(folder / "kit"), "--x", str(folder / "x.npy"), "--y", str(folder / "y.npy"), "--out",
+            str(folder / f"adapter_{method}"), "--backend", method.split("-")[1], "--json"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "kit")
+    ap.add_argument("--worker", choices=("numpy", "onnx"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.out)))
+        return 0
+    prepare(args.out)
+    runs = {m: [] for m in METHODS}
+    for _ in range(args.repeats):  # interleaved, so a burst of load hits every method alike
+        for m in METHODS:
+            r, rss, wall = _run(command(m, args.out))
+            runs[m].append({"seconds": r["cache_seconds"] + r["train_seconds"], "rss": rss, "wall": wall,
+                            "warm_epoch": float(np.median(r["epoch_seconds"][WARM:]))})
+    from edgelora import Backbone, Predictor, load_adapter
+    backbone, test = Backbone(args.out / "bundle"), np.load(args.out / "test.npz")
+    base = load_adapter(args.out / "adapter_numpy", backbone.manifest)
+    rows, med = [], {m: float(np.median([r["seconds"] for r in runs[m]])) for m in METHODS}
+    for m in METHODS:
+        a = load_adapter(args.out / f"adapter_{m}", backbone.manifest)
+        acc = Predictor(backbone, a).evaluate(test["x"], test["y"])["accuracy"]
+        ratio = med[m] / med["numpy"]
+        verdict = "" if m not in TARGETS else (" PASS" if ratio <= TARGETS[m] else " MISS") + f" (target <= {TARGETS[m]}x)"
+        rows.append({"method": m, "median_s": med[m], "min_s": min(r["seconds"] for r in runs[m]),
+                     "peak_rss_mb": max(r["rss"] for r in runs[m]) / 2**20,
+                     "wall_s": float(np.median([r["wall"] for r in runs[m]])), "ratio": ratio, "accuracy": acc,
+                     "warm_epoch_ms": 1e3 * float(np.median([r["warm_epoch"] for r in runs[m]])),
+                     "max_abs_diff_vs_numpy": float(np.abs(a.flat - base.flat).max()), "verdict": verdict.strip()})
+        print(f"{m:8s} fine-tune {med[m]:.3f} s (min {rows[-1]['min_s']:.3f}) {ratio:5.2f}x numpy{verdict}; "
+              f"warm epoch {rows[-1]['warm_epoch_ms']:.2f} ms; process {rows[-1]['wall_s']:.2f} s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB; "
+              f"accuracy {acc:.4f}; max |adapter - numpy's| {rows[-1]['max_abs_diff_vs_numpy']:.1e}")
+    (args.out / "kit_bench.json").write_text(json.dumps({"recipe": RECIPE, "results": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
