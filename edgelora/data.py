@@ -10,8 +10,6 @@ own failures, such as a full disk while saving. The CLI exits 2 on the three, 1 
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import zipfile
 import zlib
@@ -19,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Manifest
+from .bundle import InputSpec, Manifest
+from .csv_data import load_csv
 from .fileio import PathLike
 
 MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
@@ -72,6 +71,18 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
     return out
 
 
+def csv_rows(x: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """CSV rows (N, width) -> (N, *the input's per-sample shape), row-major, when the width matches."""
+    dims = tuple(spec.shape[1:])
+    if x.ndim != 2 or not all(isinstance(d, int) for d in dims):
+        return x
+    need = math.prod(dims)
+    if x.shape[1] != need:
+        raise ValueError(f"{where}: each row holds {x.shape[1]} input values (label column excluded), but input "
+                         f"`{spec.name}` takes {need} per sample (shape {dims}); check the columns and --label-column")
+    return x.reshape(len(x), *dims)
+
+
 def _array(value, where: str) -> np.ndarray:
     """np.asarray with an error that says where (ragged nested lists cannot become an array)."""
     try:
@@ -88,8 +99,11 @@ def num_samples(inputs: dict[str, np.ndarray]) -> int:
 def as_targets(y, manifest: Manifest, n: int, where: str = "y") -> np.ndarray:
     """Validate targets: int64 class indices (classification) or float32 (N, C) values (regression)."""
     a = _array(y, where)
+    if a.dtype.kind in "US" and manifest.task == "classification" and a.ndim == 1:
+        a = class_indices(a, manifest, where)
     if a.dtype.kind not in "iufb":
-        raise TypeError(f"{where}: expected numeric targets, found dtype {a.dtype}")
+        raise TypeError(f"{where}: expected numeric targets{' or class names' if manifest.task == 'classification' else ''}"
+                        f", found dtype {a.dtype}")
     if a.ndim == 0:
         raise ValueError(f"{where}: expected one target per sample, found a single value {a!r}")
     if len(a) != n:
@@ -117,9 +131,20 @@ def as_targets(y, manifest: Manifest, n: int, where: str = "y") -> np.ndarray:
     return a
 
 
+def class_indices(names: np.ndarray, manifest: Manifest, where: str = "y") -> np.ndarray:
+    """Class names (str or bytes) -> int64 indices into the bundle's `classes`; an unknown name is refused."""
+    index = {c: i for i, c in enumerate(manifest.classes)}
+    text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names.tolist()]
+    for row, v in enumerate(text):
+        if v not in index:
+            raise ValueError(f"{where}: label {v!r} (sample {row}) is not a class of this bundle; expected one of "
+                             f"{list(manifest.classes)} or an index 0..{len(index) - 1}")
+    return np.array([index[v] for v in text], dtype=np.int64)
+
+
 def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 label_column: str | int | None = -1) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric; `label_column` is the target)."""
+    """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric inputs; `label_column` is the target)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -143,7 +168,7 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 f.seek(0)
                 return _read_array(f, str(path)), None
         if suffix == ".csv":
-            return _load_csv(path, label_column if y_key is not None else None)
+            return load_csv(path, label_column if y_key is not None else None)
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"{path}: cannot read as {suffix} ({e}); the file is corrupt or truncated") from None
     except MemoryError:
@@ -197,46 +222,3 @@ def _check_npy(f, size: int, where: str) -> None:
     if need != have:
         raise ValueError(f"{where}: the header declares shape {shape} of {dtype} ({need} bytes) but the file holds "
                          f"{have} bytes of data; it is corrupt or truncated")
-
-
-def _load_csv(path: Path, label_column: str | int | None):
-    try:
-        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text CSV file") from None
-    except csv.Error as e:
-        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
-    rows = [r for r in rows if r]
-    header = None
-    if rows and not all(_is_number(v) for v in rows[0]):
-        header, rows = rows[0], rows[1:]
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    width = len(rows[0])
-    for i, r in enumerate(rows):
-        if len(r) != width or not all(_is_number(v) for v in r):
-            raise ValueError(f"{path}: row {i + 1 + (header is not None)} is not {width} numeric values")
-    table = np.array(rows, dtype=np.float64)
-    if label_column is None:
-        return table.astype(np.float32), None
-    if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
-        if header is None or label_column not in header:
-            raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
-        j = header.index(label_column)
-    else:
-        j = int(label_column)
-        if not -width <= j < width:
-            raise ValueError(f"{path}: label column {j} out of range for {width} columns")
-        j %= width
-    y = table[:, j]
-    if (np.abs(y) < 2**53).all() and (y == np.round(y)).all():  # whole numbers are class indices (not NaN/Inf)
-        y = y.astype(np.int64)
-    return np.delete(table, j, axis=1).astype(np.float32), y
-
-
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return False

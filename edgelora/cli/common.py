@@ -12,7 +12,7 @@ import numpy as np
 from ..adapter import Adapter, load_adapter
 from ..backbone import Backbone
 from ..bundle import Manifest
-from ..data import as_inputs, as_targets, load_arrays, num_samples
+from ..data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
 Report = Callable[[dict], str]                   # the result as text for a person
@@ -120,7 +120,12 @@ def add_data_flags(parser: argparse.ArgumentParser, labels: bool, what: str = "s
     if labels:
         g.add_argument("--y-key", default="y", metavar="KEY", help="array of labels/targets in a .npz (default y)")
         g.add_argument("--label-column", default="-1", metavar="NAME|INDEX",
-                       help="label column of a .csv: header name or index (default -1, the last)")
+                       help="label column of a .csv: header name or index (default -1, the last); labels are "
+                            "class indices or the bundle's class names")
+    else:
+        g.add_argument("--label-column", default=None, metavar="NAME|INDEX",
+                       help="label column of a .csv, ignored: header name or index (default: the last column if "
+                            "the rows hold one value more than the bundle's input, else none)")
 
 
 def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tuple[dict, np.ndarray | None]:
@@ -130,9 +135,13 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
     column = getattr(args, "label_column", None) if labels else None
     names = [s.name for s in manifest.inputs]
     if len(names) == 1:
-        x, y = load_arrays(path, args.x_key, y_key, column)
+        is_csv = path.suffix.lower() == ".csv"
+        if is_csv and not labels:
+            x, y = _csv_inputs(path, manifest, getattr(args, "label_column", None)), None
+        else:
+            x, y = load_arrays(path, args.x_key, y_key, column)
         where = f"{path}['{args.x_key}']" if path.suffix.lower() == ".npz" else str(path)
-        inputs = as_inputs(x, manifest, where)
+        inputs = as_inputs(csv_rows(x, manifest.inputs[0], where) if is_csv else x, manifest, where)
     else:
         if path.suffix.lower() != ".npz":
             raise ValueError(f"{path}: this bundle has {len(names)} inputs {names}; give a .npz holding one "
@@ -147,6 +156,16 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
                          f".csv with a label column (a .npy holds inputs only)")
     where = f"{path}['{args.y_key}']" if path.suffix.lower() == ".npz" else f"{path} label column"
     return inputs, as_targets(y, manifest, num_samples(inputs), where)
+
+
+def _csv_inputs(path: Path, manifest: Manifest, column: str | None) -> np.ndarray:
+    """The inputs of a .csv whose label column, if any, is ignored (predict): the named column, else the last
+    column when the rows hold one value more than the bundle's input."""
+    x, y = load_arrays(path, "x", "y", "-1" if column is None else column)
+    width = math.prod(d if isinstance(d, int) else 0 for d in manifest.inputs[0].shape[1:])
+    if column is None and x.shape[1] + 1 == width and y.dtype.kind in "iuf":
+        x = np.column_stack([x, y]).astype(np.float32)  # no label column: the last column was an input
+    return x
 
 
 def open_backbone(args: argparse.Namespace) -> Backbone:
