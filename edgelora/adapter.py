@@ -32,11 +32,13 @@ from .fileio import (
 )
 from .lora import Layout, tap_A, tap_B, views
 from .schema import check, check_not_newer, from_dict, normalize, to_dict
+from .targets import check_target, folder_kind
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_WEIGHTS_BYTES = 2 * 1024**3
+ADAPTER_KIND = folder_kind("adapter folder", CONFIG_FILE, (WEIGHTS_FILE,))
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,10 @@ class Adapter:
             out["bias"] = np.ascontiguousarray(p["bias"], np.float32)
         return out
 
-    def save(self, folder: PathLike) -> Path:
-        """Write config + weights into a fresh folder and swap it in: never a half-written adapter."""
+    def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
+        """Write config + weights into a fresh folder and swap it in: never a half-written adapter.
+        An existing `folder` must be an adapter or empty, unless `overwrite` (see edgelora.targets)."""
+        check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
         config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
         blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora",

@@ -22,6 +22,7 @@ from .fileio import (
     write_folder,
 )
 from .schema import check, check_not_newer, from_dict, to_dict
+from .targets import check_target, folder_kind
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"
@@ -29,6 +30,7 @@ MODEL_FILE = "backbone.onnx"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 POOLINGS = ("none", "mean", "masked_mean", "global_avg")
 MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
+BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ def with_checksum(manifest: Manifest) -> Manifest:
 def load_manifest(bundle_dir: PathLike) -> Manifest:
     """Read and validate a bundle's manifest (not the ONNX file; see `verify_bundle`)."""
     folder = Path(bundle_dir)
+    if folder.is_file() and folder.suffix.lower() == ".onnx":
+        raise ValueError(f"{folder} is an ONNX model, not a bundle folder; make a bundle from it with: "
+                         f"edgelora export {folder} --out BUNDLE")
     if not folder.is_dir():
         raise FileNotFoundError(f"bundle not found: expected a folder with {MANIFEST_FILE} and the ONNX "
                                 f"backbone at {folder}")
@@ -237,8 +242,10 @@ def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
     atomic_write(Path(bundle_dir) / MANIFEST_FILE, dumps_json(to_dict(with_checksum(manifest))))
 
 
-def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest) -> Manifest:
-    """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step."""
+def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:
+    """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
+    An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.targets)."""
+    check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest()))
     write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
     return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ import numpy as np
 from .backbone import Backbone
 from .data import as_inputs, num_samples
 from .fileio import FileLock, PathLike, atomic_write, dumps_json, read_json
+from .targets import folder_kind
 
 CACHE_FORMAT_VERSION = 3  # 2: meta.json carries a checksum; 3: bound to Manifest.identity
 KEY_BYTES = 16
@@ -51,6 +53,16 @@ class CacheConflictError(RuntimeError):
 def folder_name(identity: str, dtype: str) -> str:
     """The sub-folder of a cache directory holding one backbone's rows in one storage dtype."""
     return f"{identity.split(':')[1][:16]}-{dtype}"
+
+
+CACHE_FOLDER = r"[0-9a-f]{16}-(float32|float16)"  # folder_name's pattern
+CACHE_DIR_KIND = folder_kind("cache directory", (), pattern=CACHE_FOLDER, container=True)
+
+
+def cache_folders(directory: PathLike) -> list[str]:
+    """Names of the sub-folders of `directory` that are Skip-Caches (named as folder_name, with meta.json)."""
+    return sorted(p.name for p in Path(directory).iterdir()
+                  if p.is_dir() and re.fullmatch(CACHE_FOLDER, p.name) and (p / "meta.json").is_file())
 
 
 class _RamStore:

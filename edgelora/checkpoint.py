@@ -24,7 +24,6 @@ from safetensors.numpy import save as st_save
 from .fileio import (
     PathLike,
     dumps_json,
-    fsync_dir,
     parse_safetensors,
     read_bounded,
     read_json,
@@ -116,8 +115,7 @@ def _append(old: Path, new: Path, committed: int, lines: bytes) -> None:
         f.seek(committed)
         f.write(lines)
         f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(new.parent)
+        os.fsync(f.fileno())  # before the swap that commits it (replace_dir syncs the folder entries)
 
 
 def _files(state: dict, history: dict, arrays: dict) -> dict[str, bytes]:

@@ -23,27 +23,34 @@ from onnx import TensorProto, helper, numpy_helper
 from .adapter import Adapter, load_adapter
 from .bundle import Manifest, model_path, verify_bundle
 from .fileio import PathLike, atomic_write
+from .targets import check_target, file_kind
 from .lora import tap_A
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
 ADAPTER_SUFFIX = ".onnx_adapter"
+MERGED_KIND = file_kind("ONNX model written by edgelora merge", lambda head: b"edgelora.merge" in head)
+ORT_ADAPTER_KIND = file_kind("onnxruntime LoRA adapter file", lambda head: head[4:8] == b"TORT")  # flatbuffer id
 
 
-def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike, bake_preprocess: bool = True) -> Path:
+def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike, bake_preprocess: bool = True, *,
+          overwrite: bool = False) -> Path:
     """Write one ONNX model computing backbone + `adapter`; its single output has the backbone's base
     output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
+    check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
     params = _params(adapter, manifest)
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
-    atomic_write(_out(out_path), serialize(conservative(proto)))
+    atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
     return Path(out_path)
 
 
-def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool = True) -> Path:
+def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool = True, *,
+               overwrite: bool = False) -> Path:
     """Write backbone + skip adapters whose weights are graph inputs (`lora.*`, any rank r) with
     defaults that leave the base output unchanged; feed them, or activate an `.onnx_adapter`."""
+    check_target(out_path, MERGED_KIND, overwrite=overwrite)
     manifest = verify_bundle(bundle_dir)
     c = manifest.num_outputs
     defaults = {f"{LORA_PREFIX}A.{t.name}": np.zeros((t.width, 1), np.float32) for t in manifest.taps}
@@ -55,7 +62,7 @@ def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool =
     dims.update({f"{LORA_PREFIX}B": ["taps_x_r", c], f"{LORA_PREFIX}scale": [], f"{LORA_PREFIX}bias": [c]})
     proto.graph.input.extend(helper.make_tensor_value_info(k, TensorProto.FLOAT, d) for k, d in dims.items())
     _describe(proto, manifest, None, bake_preprocess)
-    atomic_write(_out(out_path), serialize(conservative(proto)))
+    atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
     return Path(out_path)
 
 
@@ -65,16 +72,18 @@ def adapter_inputs(bundle_dir: PathLike, adapter: Adapter | PathLike) -> dict[st
     return _params(adapter, manifest)
 
 
-def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike) -> Path:
+def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike, *,
+                       overwrite: bool = False) -> Path:
     """Write `adapter` as an onnxruntime LoRA adapter file (`.onnx_adapter`) for `lora_model`'s graph."""
     import onnxruntime as ort
+    check_target(out_path, ORT_ADAPTER_KIND, overwrite=overwrite)
     manifest, adapter = _load(bundle_dir, adapter)
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
     values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in _params(adapter, manifest).items()}
     fmt.set_parameters(values)
-    out = _out(out_path)
+    out = _out(out_path, ORT_ADAPTER_KIND, overwrite)
     with tempfile.TemporaryDirectory(prefix="edgelora-adapter-") as scratch:  # onnxruntime writes by path
         fmt.export_adapter(str(Path(scratch) / "adapter"))
         atomic_write(out, (Path(scratch) / "adapter").read_bytes())  # small; synced and swapped in
@@ -165,9 +174,9 @@ def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | Non
     proto.producer_name = "edgelora.merge"
 
 
-def _out(out_path: PathLike) -> Path:
-    out = Path(out_path)
-    if out.is_dir():
+def _out(out_path: PathLike, kind, overwrite: bool) -> Path:
+    out = check_target(out_path, kind, overwrite=overwrite)
+    if out.is_dir():  # a symlink to a folder
         raise ValueError(f"output path {out} is a folder; expected a file path such as {out / 'model.onnx'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out

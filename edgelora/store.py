@@ -41,6 +41,7 @@ from .fileio import (
     write_file,
 )
 from .schema import from_dict, to_dict
+from .targets import check_target, folder_kind
 
 STORE_FORMAT_VERSION = 1
 STORE_FILE = "store.json"
@@ -50,6 +51,7 @@ VERSION_FILE = "version.json"
 MAX_NAME = 64
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _VERSION_DIR = re.compile(r"v(\d{4,})")
+STORE_KIND = folder_kind("adapter store", STORE_FILE, (".lock", "cache", "adapters"), container=True)
 
 
 def check_name(name: str) -> str:
@@ -104,9 +106,7 @@ class AdapterStore:
         if not marker.is_file():
             if not create:
                 raise FileNotFoundError(f"adapter store not found: expected a folder with {STORE_FILE} at {self.root}")
-            if self.root.exists() and any(self.root.iterdir()):
-                raise ValueError(f"{self.root} is not empty and not an adapter store (no {STORE_FILE}); "
-                                 f"choose an empty or new folder")
+            check_target(self.root, STORE_KIND)  # a new or empty folder: never one holding other things
             (self.root / "adapters").mkdir(parents=True, exist_ok=True)
             atomic_write(marker, dumps_json({"format_version": STORE_FORMAT_VERSION}))
         found = read_json(marker, "adapter store marker")

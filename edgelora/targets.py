@@ -93,8 +93,8 @@ def check_target(path: PathLike, kind: Kind, *, overwrite: bool = False,
     if not path.exists():
         return path
     if path.is_dir() != kind.folder:
-        raise ValueError(f"{path} is {'a folder' if path.is_dir() else 'a file'}; expected a path for the "
-                         f"{kind.what} ({'a folder' if kind.folder else 'a file'}); nothing was written")
+        raise ValueError(f"{path} exists and is not a folder; expected a folder path for the {kind.what}" if kind.folder
+                         else f"{path} is a folder; expected a file path for the {kind.what}")
     if (kind.folder and not any(path.iterdir())) or kind.accepts(path):
         return path
     if not kind.container and (overwrite or here in _ALLOWED.get()):

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
 
 from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
-from .common import CommandError, Parser
+from ..targets import overwrite_allowed
+from .common import CommandError, Parser, check_targets
 
 COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store, fleet)  # `--help` order
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
@@ -39,27 +43,79 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors (argparse has already printed)
+        if not _flushed():
+            return 141
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     try:
-        with _quiet_warnings(args), _blas_threads(args.threads):
-            result = args.run(args)
-    except KeyboardInterrupt:
-        print(f"edgelora {args.command}: interrupted", file=sys.stderr)
-        return 130
+        with _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
+            with overwrite_allowed(check_targets(args)):  # refuses unsafe outputs before any work
+                result = args.run(args)
+    except (KeyboardInterrupt, Terminated) as e:
+        print(interrupted(args, sys.argv[1:] if argv is None else argv, e), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except USER_ERRORS as e:
         _fail(args, e)
         return 2
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
         _fail(args, e, unexpected=True)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=None, sort_keys=True, default=_plain))
-    elif not args.quiet:
-        print(args.report(result))
-    return 0
+    try:
+        if args.json:
+            print(json.dumps(result, indent=None, sort_keys=True, default=_plain))
+        elif not args.quiet:
+            print(args.report(result))
+    except BrokenPipeError:
+        _flushed()
+        return 141
+    return 0 if _flushed() else 141
+
+
+def _flushed() -> bool:
+    """Flush stdout; False if its reader has gone (`edgelora ... | head -1`): then we stop quietly, as Unix
+    tools do, with stdout sent to /dev/null so that Python's exit does not report the pipe a second time."""
+    try:
+        sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised like KeyboardInterrupt, so the same cleanup runs)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(args, argv: list[str], e: BaseException) -> str:
+    """One line: what stopped us, that what the outputs held is intact, and how to resume."""
+    why = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+    outputs = [(flag, path, kind) for flag, path, kind in (args.targets(args)[0] if getattr(args, "targets", None)
+                                                          else []) if path is not None]
+    kept = [str(path) for flag, path, kind in outputs if not kind.container and flag != "--checkpoint-dir"]
+    text = f"edgelora {args.command}: interrupted by {why}" +         (f"; nothing was saved to {' or '.join(kept)} (what was there, if anything, is intact)" if kept else "")
+    if any(flag == "--checkpoint-dir" for flag, _, _ in outputs):
+        resume = [*argv, "--resume"] if "--resume" not in argv else argv
+        text += f"; continue from the last finished epoch with: edgelora {shlex.join(resume)}"
+    elif hasattr(args, "checkpoint_dir"):
+        text += "; with --checkpoint-dir DIR a run can be resumed"
+    return text
 
 
 def _fail(args, e: Exception, unexpected: bool = False) -> None:

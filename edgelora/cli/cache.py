@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cache import SkipCache, folder_name
+from ..cache import CACHE_DIR_KIND, SkipCache, cache_folders, folder_name
 from . import common
 
 EXAMPLE = """
@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
     p.add_argument("--cache-dir", required=True, type=Path, metavar="DIR", help="the cache directory")
     p.add_argument("--cache-dtype", choices=DTYPES, default=None, help="only this storage dtype (default: both)")
+    p.set_defaults(targets=lambda a: ([("--cache-dir", a.cache_dir if a.action == "clear" else None, CACHE_DIR_KIND)],
+                                      [("input bundle", a.bundle)]))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> dict:
             cache.clear()
         caches.append({k: stats[k] for k in ("dtype", "rows", "bytes", "path", "repaired_rows")} |
                       ({"cleared": True} if args.action == "clear" else {}))
-    others = sorted(p.name for p in args.cache_dir.iterdir() if p.is_dir() and not p.name.startswith(prefix))
+    others = [name for name in cache_folders(args.cache_dir) if not name.startswith(prefix)]
     return {"action": args.action, "bundle": str(args.bundle), "fingerprint": backbone.identity,
             "cache_dir": str(args.cache_dir), "caches": caches, "other_backbones": others}
 

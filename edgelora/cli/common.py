@@ -9,13 +9,18 @@ from typing import Callable
 
 import numpy as np
 
-from ..adapter import Adapter, load_adapter
+from ..adapter import CONFIG_FILE, Adapter, load_adapter
 from ..backbone import Backbone
 from ..bundle import Manifest
+from ..store import STORE_FILE, AdapterStore, parse_version
+from ..targets import Kind, check_target
 from ..data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
 Report = Callable[[dict], str]                   # the result as text for a person
+Output = tuple[str, "Path | None", Kind]         # (flag, path, kind of what is written there)
+Input = tuple[str, "Path | None"]                # (what, path): never replaced, held or written into
+Targets = Callable[[argparse.Namespace], tuple[list[Output], list[Input]]]
 
 
 class CommandError(Exception):
@@ -84,25 +89,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(epochs: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("output and resources")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     g.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and --json output)")
     g.add_argument("-v", "--verbose", action="store_true",
-                   help="log every epoch to stderr; print a traceback on unexpected errors")
+                   help=("log every epoch to stderr; " if epochs else "") + "print a traceback on unexpected errors")
     g.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="CPU threads for onnxruntime and numpy (default 1, as on a small device)")
     return p
 
 
-COMMON = _common()
+COMMON, COMMON_EPOCHS = _common(epochs=False), _common(epochs=True)
 
 
 def add_command(subparsers, name: str, run: Run, report: Report, *, summary: str, description: str,
-                example: str) -> argparse.ArgumentParser:
-    """Register subcommand `name`: its parser (with the shared flags), what it runs and how it reports."""
-    parser = subparsers.add_parser(name, help=summary, description=textwrap.fill(description, 90), parents=[COMMON],
+                example: str, epochs: bool = False) -> argparse.ArgumentParser:
+    """Register subcommand `name`: its parser (with the shared flags), what it runs and how it reports.
+    `epochs`: the command trains, so --verbose also logs every epoch."""
+    parser = subparsers.add_parser(name, help=summary, description=textwrap.fill(description, 90),
+                                   parents=[COMMON_EPOCHS if epochs else COMMON],
                                    epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(run=run, report=report)
@@ -173,7 +180,55 @@ def open_backbone(args: argparse.Namespace) -> Backbone:
 
 
 def open_adapter(args: argparse.Namespace, manifest: Manifest) -> Adapter | None:
-    return None if getattr(args, "adapter", None) is None else load_adapter(args.adapter, manifest)
+    return None if getattr(args, "adapter", None) is None else load_adapter(adapter_path(args.adapter), manifest)
+
+
+ADAPTER_HELP = "adapter folder, or a stored adapter STORE/NAME (its current version) or STORE/NAME@vN"
+
+
+def adapter_path(spec: str | Path) -> Path:
+    """The folder of an adapter named as a folder, as STORE/NAME (the store's current version of NAME)
+    or as STORE/NAME@vN (version N)."""
+    path = Path(spec)
+    if (path / CONFIG_FILE).exists() or "@" not in path.name and not (path.parent / STORE_FILE).is_file():
+        return path  # a plain adapter folder (load_adapter says what is wrong with it, if anything)
+    name, _, version = path.name.partition("@")
+    store = AdapterStore(path.parent, create=False)
+    if name not in store.names():
+        raise FileNotFoundError(f"{spec}: store {path.parent} has no adapter {name!r} (adapters: {store.names()})")
+    number = parse_version(version) if version else store.current(name)
+    if number is None:
+        raise ValueError(f"{spec}: adapter {name!r} has no current version yet; name one as "
+                         f"{path.parent / name}@vN (versions: {store.version_numbers(name)})")
+    folder = store.version_dir(name, number)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{spec}: adapter {name!r} has no version {number} "
+                                f"(versions: {store.version_numbers(name)})")
+    return folder
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} even if it holds something else (never the command's inputs, the "
+                             f"current folder or one above it)")
+
+
+def check_targets(args: argparse.Namespace) -> list[Path]:
+    """Refuse, before any work, outputs that would replace what is not ours (edgelora.targets); returns
+    the outputs --overwrite lets the command replace."""
+    if getattr(args, "targets", None) is None:
+        return []
+    outputs, inputs = args.targets(args)
+    outputs = [(flag, Path(p), kind) for flag, p, kind in outputs if p is not None]
+    protect = [(what, Path(p)) for what, p in inputs if p is not None]
+    overwrite = getattr(args, "overwrite", False)
+    for flag, path, kind in outputs:
+        others = [(f"{other} folder" if k.folder else f"{other} file", p) for other, p, k in outputs if other != flag]
+        try:
+            check_target(path, kind, overwrite=overwrite, protect=protect + others, flag="--overwrite")
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
+    return [path for _, path, kind in outputs if overwrite and not kind.container]
 
 
 # --- text --------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import io
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backbone import Backbone
+from ..bundle import BUNDLE_KIND
 from ..cache import SkipCache
-from ..fileio import atomic_write
+from ..fileio import atomic_write, write_folder
 from ..metrics import evaluate_outputs
 from ..predict import Predictor
+from ..targets import Kind, check_target, file_kind
 from ..train import TrainConfig, finetune, validation_split
 from . import common, demo_data
 from .progress import Progress
@@ -53,7 +54,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--save-data", type=Path, default=None, metavar="DIR",
                    help="also write DIR/bundle (the demo backbone), DIR/finetune.npz and DIR/test.npz (the new "
-                        "scanner's labelled scans, arrays x and y) to try the other commands on")
+                        "scanner's labelled scans, arrays x and y) to try the other commands on; DIR must be "
+                        "new, empty or written by an earlier --save-data")
+    p.set_defaults(targets=lambda a: ([("--save-data", a.save_data, DEMO_DATA_KIND),
+                                       ("--png", None if a.no_plot else a.png, PNG_KIND)],
+                                      [("shipped demo bundle", BUNDLE)]))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -122,12 +127,20 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+PNG_KIND = file_kind("PNG figure", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"))
+NPZ_KIND = file_kind("demo data file (.npz)", lambda head: head.startswith(b"PK"))
+DEMO_DATA_KIND = Kind("demo data folder (bundle/, finetune.npz, test.npz)", True, container=True,
+                      accepts=lambda p: (p / "bundle").is_dir() and BUNDLE_KIND.accepts(p / "bundle") and
+                      all((p / n).is_file() and NPZ_KIND.accepts(p / n) for n in ("finetune.npz", "test.npz")))
+
+
 def _save_data(folder: Path, data: dict) -> dict:
-    """Copy the bundle and write the new scanner's scans as .npz, for the CLI quick start."""
+    """Copy the bundle and write the new scanner's scans as .npz, for the CLI quick start: each file
+    replaced atomically, and only what an earlier --save-data wrote."""
+    for name, kind in (("bundle", BUNDLE_KIND), ("finetune.npz", NPZ_KIND), ("test.npz", NPZ_KIND)):
+        check_target(folder / name, kind)
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "bundle").exists():
-        shutil.rmtree(folder / "bundle")
-    shutil.copytree(BUNDLE, folder / "bundle")
+    write_folder(folder / "bundle", {p.name: p.read_bytes() for p in BUNDLE.iterdir() if p.is_file()}, "demo bundle")
     files = {"bundle": str(folder / "bundle")}
     for name in ("finetune", "test"):
         buf = io.BytesIO()

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                     "JSON keys: accuracy, macro_f1, loss (or mse, mae, loss), samples.",
         example=EXAMPLE)
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
-    p.add_argument("--adapter", type=Path, default=None, metavar="DIR", help="adapter folder (default: none)")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                   help=common.ADAPTER_HELP + " (default: none)")
     common.add_data_flags(p, labels=True, what="labelled test samples")
 
 

@@ -5,6 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
+from ..bundle import BUNDLE_KIND
 from . import common
 
 EXAMPLE = """
@@ -25,7 +26,11 @@ def register(subparsers) -> None:
                     "(Skip2-LoRA); or name them. Torch exports are checked against onnxruntime before writing.",
         example=EXAMPLE)
     p.add_argument("model", metavar="MODEL", help="model.onnx, program.pt2 or package.module:factory")
-    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE",
+                   help="bundle folder to write (new, empty, or a bundle, which is replaced atomically)")
+    common.add_overwrite(p, "--out")
+    p.set_defaults(targets=lambda a: ([("--out", a.out, BUNDLE_KIND)],
+                                      [("model", a.model), ("weights file", a.weights), ("example file", a.example)]))
     p.add_argument("--taps", default="auto", metavar="auto|NAME,...",
                    help="auto, or comma-separated module names (torch) / tensor names (ONNX)")
     p.add_argument("--example", default=None, metavar="SHAPE|FILE",

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import SkipCache
+from ..adapter import ADAPTER_KIND
+from ..cache import CACHE_DIR_KIND, SkipCache
+from ..checkpoint import CHECKPOINT_KIND
 from ..data import num_samples
 from ..metrics import evaluate_outputs
 from ..train import TrainConfig, finetune, validation_split
@@ -30,9 +32,12 @@ def register(subparsers) -> None:
         description="Fine-tune skip adapters over the frozen backbone of BUNDLE on labelled samples and save "
                     "the best one (by validation loss) as a PEFT-style adapter folder. The backbone runs once "
                     "per sample (Skip-Cache); every epoch after that costs a few small matrix products.",
-        example=EXAMPLE)
+        example=EXAMPLE, epochs=True)
+    p.set_defaults(targets=targets)
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
-    p.add_argument("--out", required=True, type=Path, metavar="ADAPTER_DIR", help="adapter folder to write")
+    p.add_argument("--out", required=True, type=Path, metavar="ADAPTER_DIR",
+                   help="adapter folder to write (new, empty, or an adapter, which is replaced atomically)")
+    common.add_overwrite(p, "--out")
     common.add_data_flags(p, labels=True, what="labelled training samples")
     t = p.add_argument_group("training")
     t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
@@ -62,6 +67,13 @@ def register(subparsers) -> None:
                    help="save the training state here after every epoch (for --resume)")
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --checkpoint-dir")
+
+
+def targets(args: argparse.Namespace) -> tuple[list, list]:
+    """What this command writes, and what it reads (never to be replaced); see common.check_targets."""
+    return ([("--out", args.out, ADAPTER_KIND), ("--checkpoint-dir", args.checkpoint_dir, CHECKPOINT_KIND),
+             ("--cache-dir", args.cache_dir, CACHE_DIR_KIND)],
+            [("input bundle", args.bundle), ("data file", args.data)])
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..merge import MERGED_KIND, ORT_ADAPTER_KIND
 from . import common
 
 EXAMPLE = """
@@ -24,26 +25,36 @@ def register(subparsers) -> None:
                     "lora_model with RunOptions.add_active_adapter (onnxruntime >= 1.20).",
         example=EXAMPLE)
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
-    p.add_argument("adapter", type=Path, nargs="?", default=None, metavar="ADAPTER", help="adapter folder")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="model.onnx or name.onnx_adapter")
+    p.add_argument("adapter", type=Path, nargs="?", default=None, metavar="ADAPTER", help=common.ADAPTER_HELP)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="model.onnx or name.onnx_adapter (new, or one this command wrote, which is replaced)")
+    common.add_overwrite(p, "--out")
+    p.set_defaults(targets=targets)
     p.add_argument("--format", choices=FORMATS, default="merged", help="what to write (default merged)")
     p.add_argument("--no-preprocess", action="store_true",
                    help="leave input standardisation out of the graph (the app feeds standardised inputs)")
+
+
+def targets(args: argparse.Namespace) -> tuple[list, list]:
+    kind = ORT_ADAPTER_KIND if args.format == "onnx_adapter" else MERGED_KIND
+    adapter = None if args.adapter is None else common.adapter_path(args.adapter)
+    return [("--out", args.out, kind)], [("input bundle", args.bundle), ("adapter", adapter)]
 
 
 def run(args: argparse.Namespace) -> dict:
     from .. import merge as m
     if args.format != "lora_model" and args.adapter is None:
         raise ValueError(f"--format {args.format} needs an ADAPTER folder after BUNDLE")
+    adapter = None if args.adapter is None else common.adapter_path(args.adapter)
     if not args.out.parent.is_dir():
         raise FileNotFoundError(f"--out: folder {args.out.parent} does not exist")
     bake = not args.no_preprocess
     if args.format == "merged":
-        out = m.merge(args.bundle, args.adapter, args.out, bake_preprocess=bake)
+        out = m.merge(args.bundle, adapter, args.out, bake_preprocess=bake)
     elif args.format == "lora_model":
         out = m.lora_model(args.bundle, args.out, bake_preprocess=bake)
     else:
-        out = m.export_ort_adapter(args.bundle, args.adapter, args.out)
+        out = m.export_ort_adapter(args.bundle, adapter, args.out)
     return {"out": str(out), "format": args.format, "bundle": str(args.bundle),
             "adapter": None if args.adapter is None else str(args.adapter), "bytes": Path(out).stat().st_size,
             "preprocess_baked": bake and args.format != "onnx_adapter"}

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..fileio import atomic_write
 from ..predict import Predictor
+from ..targets import file_kind
 from . import common
 
 EXAMPLE = """
@@ -27,10 +28,30 @@ def register(subparsers) -> None:
                     "Labels in the data file, if any, are ignored.",
         example=EXAMPLE)
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
-    p.add_argument("--adapter", type=Path, default=None, metavar="DIR", help="adapter folder (default: none)")
-    p.add_argument("--out", required=True, type=Path, metavar="PRED.npy", help="where to write the predictions")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                   help=common.ADAPTER_HELP + " (default: none)")
+    p.add_argument("--out", required=True, type=Path, metavar="PRED.npy",
+                   help="where to write the predictions (new, or an earlier prediction file, which is replaced)")
+    common.add_overwrite(p, "--out")
+    p.set_defaults(targets=lambda a: ([("--out", a.out, PREDICTIONS_KIND)],
+                                      [("input bundle", a.bundle), ("data file", a.data),
+                                       ("adapter", None if a.adapter is None else common.adapter_path(a.adapter))]))
     p.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
     common.add_data_flags(p, labels=False, what="samples to predict")
+
+
+def _is_prediction(head: bytes) -> bool:
+    """A .npy this command could have written: int64 labels (N,) or float32 values (N, C)."""
+    f, fmt = io.BytesIO(head), np.lib.format
+    try:
+        major, _ = fmt.read_magic(f)
+        shape, _, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
+    except (ValueError, EOFError, SyntaxError):
+        return False
+    return (dtype == np.int64 and len(shape) == 1) or (dtype == np.float32 and len(shape) == 2)
+
+
+PREDICTIONS_KIND = file_kind("prediction file (.npy)", _is_prediction)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> dict:
         result.update(version=args.version_, removed=store.delete(name, args.version_, force=args.force))
         return result
     result.update(store.summary(name))
+    for v in result["versions"]:  # where each version lives: `--adapter STORE/NAME@vN` names the same folder
+        v["path"] = str(store.version_dir(name, v["version"]))
+    result["path"] = None if result["current"] is None else str(store.version_dir(name, result["current"]))
     return result
 
 
@@ -104,4 +107,8 @@ def report(r: dict) -> str:
         parent = f"v{v['parent']}" if v["parent"] else "-"
         lines.append(f" {mark}v{v['version']:<4} {v['created']}  {v['status']:<8} samples {v['samples']:<6} "
                      f"parent {parent:<5} {v['reason']}")
+        lines.append(f"        {v['path']}")
+    if r["action"] == "show":
+        lines.append(f"  use it as --adapter {Path(r['store']) / r['name']} (current) or "
+                     f"{Path(r['store']) / r['name']}@vN")
     return "\n".join(lines)

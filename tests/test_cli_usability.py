@@ -1,0 +1,143 @@
+"""What a new user hit (issue 11): interrupts, stored adapters by name, pipes, wrong paths, help texts."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgelora import AdapterStore, Backbone, TrainConfig, finetune, load_adapter
+from edgelora.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--epochs", "6", "--batch-size", "10", "--weight-decay", "0.1"]
+
+
+@pytest.fixture
+def files(toy_bundle, toy_data, tmp_path):
+    x, y = toy_data
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    return toy_bundle, tmp_path
+
+
+def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, monkeypatch):
+    bundle, d = files
+    args = ["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), "--quiet", *FAST]
+    assert main(args + ["--out", str(d / "reference")]) == 0
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in (d / "ad").iterdir()}
+    import edgelora.train
+    real = edgelora.train.save_checkpoint
+
+    def save_then_terminate(folder, meta, arrays):
+        real(folder, meta, arrays)
+        if len(meta["runs"][-1]["epochs"]) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or systemd sends
+    monkeypatch.setattr(edgelora.train, "save_checkpoint", save_then_terminate)
+    capsys.readouterr()
+    assert main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck")]) == 143
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("edgelora finetune: interrupted by SIGTERM; nothing was "
+                                                         f"saved to {d / 'ad'}"), err
+    assert {p.name: p.read_bytes() for p in (d / "ad").iterdir()} == before  # the previous adapter is intact
+    command = shlex.split(err.split("continue from the last finished epoch with: ")[1])
+    assert command[0] == "edgelora" and command[-1] == "--resume"
+    monkeypatch.setattr(edgelora.train, "save_checkpoint", real)
+    assert main(command[1:]) == 0
+    assert np.array_equal(load_adapter(d / "ad").flat, load_adapter(d / "reference").flat)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+
+def test_ctrl_c_without_a_checkpoint_says_how_to_make_runs_resumable(files, capsys, monkeypatch):
+    bundle, d = files
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("edgelora.cli.finetune.finetune", interrupt)
+    assert main(["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), *FAST]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"edgelora finetune: interrupted by Ctrl-C; nothing was saved to {d / 'ad'} (what was there, if "
+                   f"anything, is intact); with --checkpoint-dir DIR a run can be resumed")
+
+
+@pytest.fixture
+def store(toy_bundle, toy_data, tmp_path):
+    """A store with adapter `user-1`: v1 (current) and v2 (trained longer)."""
+    bb = Backbone(toy_bundle)
+    s = AdapterStore(tmp_path / "store")
+    for epochs in (1, 20):
+        adapter, _ = finetune(bb, *toy_data, TrainConfig(epochs=epochs, batch_size=10, lr=0.05))
+        s.add_version("user-1", adapter, parent=None, samples=120)
+    s.set_current("user-1", 1)
+    return tmp_path / "store"
+
+
+def test_a_stored_adapter_is_named_as_store_slash_name_at_version(files, store, capsys):
+    bundle, d = files
+    base = ["eval", str(bundle), "--data", str(d / "train.npz"), "--json", "--adapter"]
+    current = run_json(capsys, *base, f"{store}/user-1")
+    v1, v2 = run_json(capsys, *base, f"{store}/user-1@v1"), run_json(capsys, *base, f"{store}/user-1@2")
+    assert current["loss"] == v1["loss"] != v2["loss"]
+    shown = run_json(capsys, "store", "show", str(store), "user-1", "--json")
+    paths = [v["path"] for v in shown["versions"]]
+    assert shown["path"] == paths[0] and run_json(capsys, *base, paths[1])["loss"] == v2["loss"]
+    assert main(["store", "show", str(store), "user-1"]) == 0 and paths[1] in capsys.readouterr().out
+    out = d / "p.npy"
+    assert main(["predict", str(bundle), "--adapter", f"{store}/user-1@v2", "--data", str(d / "train.npz"),
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["merge", str(bundle), f"{store}/user-1", "--out", str(d / "m.onnx"), "--quiet"]) == 0
+    for spec, message in ((f"{store}/nobody", "has no adapter 'nobody' (adapters: ['user-1'])"),
+                          (f"{store}/user-1@v9", "adapter 'user-1' has no version 9 (versions: [1, 2])")):
+        assert main(base[:-1] + ["--adapter", spec]) == 2
+        assert message in capsys.readouterr().err
+
+
+def run_json(capsys, *args):
+    assert main(list(args)) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_output_into_a_closed_pipe_exits_quietly(toy_bundle, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "edgelora.cli", "store", "--help"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # like `| head -1` that has already exited
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    store = AdapterStore(tmp_path / "store")
+    store.add_version("a", finetune(Backbone(toy_bundle), np.zeros((20, 10), np.float32), np.arange(20) % 3,
+                                    TrainConfig(epochs=1, batch_size=10))[0], parent=None, samples=20)
+    p = subprocess.Popen([sys.executable, "-m", "edgelora.cli", "store", "show", str(tmp_path / "store"), "a"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err
+
+
+def test_error_an_onnx_file_given_as_bundle_hints_at_export(toy_bundle, tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_bytes((toy_bundle / "backbone.onnx").read_bytes())
+    np.save(tmp_path / "x.npy", np.zeros((2, 10), np.float32))
+    assert main(["predict", str(model), "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.npy")]) == 2
+    assert f"make a bundle from it with: edgelora export {model} --out BUNDLE" in capsys.readouterr().err
+
+
+def test_cache_info_counts_only_caches(files, capsys):
+    bundle, d = files
+    assert main(["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), "--quiet",
+                 "--cache-dir", str(d / "cache"), *FAST]) == 0
+    (d / "cache" / "old_notes").mkdir()
+    (d / "cache" / "0123456789abcdef-float32").mkdir()  # a cache's name, but no cache in it
+    info = run_json(capsys, "cache", "info", str(bundle), "--cache-dir", str(d / "cache"), "--json")
+    assert info["other_backbones"] == [] and info["caches"][0]["rows"] == 120
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "merge", "export", "cache", "store", "personalize", "demo"])
+def test_verbose_help_mentions_epochs_only_where_there_are_epochs(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "every epoch" not in capsys.readouterr().out
+    assert main(["finetune", "--help"]) == 0 and "log every epoch" in capsys.readouterr().out
