@@ -85,7 +85,8 @@ def test_transformer_encoder_with_masked_mean(tmp_path):
 
 
 def test_huggingface_bert_encoder(tmp_path):
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed (optional)")
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (it is in the test "
+                                                              "extra: ./run test, or pip install -e '.[test]')")
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=16, num_labels=3)
     torch.manual_seed(0)
