@@ -97,14 +97,12 @@ def adapter_diff(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, float]
 def print_agree(out: str) -> int:
     """Compare the demo reports and the seeded fine-tune of OUT/x86 (this host) and OUT/arm (aarch64)."""
     o, bad = Path(out), 0
-    keys = ("accuracy_clean", "accuracy_before", "accuracy_after")
     if (o / "demo-arm.json").is_file():
-        x86, arm = (json.loads((o / f"demo-{m}.json").read_text()) for m in ("x86", "arm"))
-        pick = [k for k in keys if k in x86] or sorted(k for k in x86 if "accuracy" in k)
-        for k in pick:
+        x86, arm = (json.loads((o / f"demo-{m}.json").read_text())["accuracy"] for m in ("x86", "arm"))
+        for k in sorted(x86):                    # lab scanner, new scanner before and after fine-tuning
             same = x86[k] == arm.get(k)
             bad += not same
-            print(f"demo {k:<18} x86_64 {x86[k]:.4f}  aarch64 {arm.get(k, float('nan')):.4f}  "
+            print(f"demo accuracy {k:<7} x86_64 {x86[k]:.6f}  aarch64 {arm.get(k, float('nan')):.6f}  "
                   f"{'same' if same else 'DIFFERENT'}")
     if (o / "arm" / "eval.json").is_file():
         diff = adapter_diff(o / "x86" / "adapter", o / "arm" / "adapter")

@@ -12,8 +12,8 @@
 # and pid namespace (unshare), so they vanish with it, also when the run is interrupted or killed.
 # Settings (environment): EDGELORA_ARM_ROOT (default /var/cache/edgelora-arm/bookworm-arm64),
 # EDGELORA_ARM_MIRROR (http://deb.debian.org/debian), EDGELORA_ARM_OUT (bench_out/arm),
-# EDGELORA_ARM_SOURCE (head = the committed tree, `git archive HEAD`; worktree = tracked files as they are
-# now), HOST_PYTHON (x86_64 side of the comparison; default .venv-test/bin/python).
+# EDGELORA_ARM_SOURCE (head = the committed tree, `git archive HEAD`; a git revision; worktree = tracked
+# files as they are now), HOST_PYTHON (x86_64 side of the comparison; default .venv-test/bin/python).
 # Emulation is ~50x slower than native: for correctness only, never for timing.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -94,7 +94,12 @@ while [ $# -gt 0 ]; do
 done
 if [ $# -eq 0 ]; then set -- -m "'not torch'" tests; fi
 PYTEST_ARGS="$*"
-case "$SOURCE" in head|worktree) ;; *) die "EDGELORA_ARM_SOURCE: expected head or worktree, found '$SOURCE'" ;; esac
+case "$SOURCE" in
+    worktree) ;;
+    head) SOURCE=HEAD ;;
+    *) git -C "$REPO" rev-parse --verify --quiet "$SOURCE^{commit}" >/dev/null \
+        || die "EDGELORA_ARM_SOURCE: expected head, worktree or a git revision, found '$SOURCE'" ;;
+esac
 for s in $(echo "$STEPS" | tr , ' '); do
     case "$s" in suite|demo|agree) ;; *) die "--steps: expected a list of suite,demo,agree, found '$s'" ;; esac
 done
@@ -159,12 +164,12 @@ fi
 #    extra into the root from official aarch64 wheels only
 if [ "$DRY" = 0 ]; then
     rm -rf "$OUT/src" "$ROOT$SRC" && mkdir -p "$OUT/src" "$ROOT$SRC"
-    if [ "$SOURCE" = head ]; then
-        git -C "$REPO" archive HEAD | tar -x -C "$OUT/src"
-        say "source: $(git -C "$REPO" rev-parse --short HEAD) (git archive HEAD)"
-    else
+    if [ "$SOURCE" = worktree ]; then
         (cd "$REPO" && git ls-files -z | xargs -0 tar -c --ignore-failed-read) | tar -x -C "$OUT/src"
         say "source: tracked files of the work tree as they are now"
+    else
+        git -C "$REPO" archive "$SOURCE" | tar -x -C "$OUT/src"
+        say "source: $(git -C "$REPO" rev-parse --short "$SOURCE") (git archive $SOURCE)"
     fi
     cp -r "$OUT/src/." "$ROOT$SRC/"
     chroot "$ROOT" chown -R edgelora:edgelora "$SRC"
