@@ -52,3 +52,10 @@ def random_mlp(sizes, seed=0):
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal((a, b)).astype(np.float32) / np.sqrt(a), rng.standard_normal(b).astype(np.float32) * 0.1)
             for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def no_datasets(path) -> str:
+    """Skip reason for a test on a real dataset that is absent, saying where the datasets come from."""
+    return (f"{path} not present: the real datasets are not in the repository; they are read from "
+            f"../shared/datasets beside the clone (the project's workspace and CI provide it; each folder's "
+            f"README.txt names its public source) or from $EDGELORA_DATASETS")

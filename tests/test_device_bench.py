@@ -11,7 +11,7 @@ from device_bench.engine import Engine, init_params, views
 from device_bench.profile import peak_rss_mb
 from device_bench.protocols import DATASETS
 from edgelora import Backbone
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import mlp_bundle, no_datasets, random_mlp
 
 MODES = {"ft-all": "full", "lora-all": "lora"}
 
@@ -130,7 +130,7 @@ def test_error_cli_unknown_method():
 
 
 @pytest.mark.torch
-@pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS} not present")
+@pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=no_datasets(DATASETS / "cooling_fan"))
 def test_smoke_run_end_to_end(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")

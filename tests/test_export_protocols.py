@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from device_bench import protocols
+from tests.helpers import no_datasets
 
 pytestmark = pytest.mark.skipif(not (protocols.DATASETS / "fsdd").is_dir() or not (protocols.DATASETS / "mnist_test").is_dir(),
-                                reason=f"shared datasets not found at {protocols.DATASETS}")
+                                reason=no_datasets(protocols.DATASETS / "fsdd or mnist_test"))
 
 
 def test_fsdd_leaves_one_speaker_out():

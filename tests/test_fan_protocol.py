@@ -4,8 +4,10 @@ import pytest
 
 from device_bench.protocols import DATASETS
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
+from tests.helpers import no_datasets
 
-pytestmark = [pytest.mark.torch, pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS} not present")]
+pytestmark = [pytest.mark.torch, pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(),
+                                                    reason=no_datasets(DATASETS / "cooling_fan"))]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.cli import main
 from edgelora.kit import KitRecipe, build_kit
 from edgelora.onnx_trainer import finetune_onnx
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import mlp_bundle, no_datasets, random_mlp
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -140,7 +140,7 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
 def test_js_adapters_equal_the_python_ones_on_fan(node, tmp_path):
     from device_bench.protocols import DATASETS
     if not (DATASETS / "cooling_fan").is_dir():
-        pytest.skip(f"{DATASETS / 'cooling_fan'} not present")
+        pytest.skip(no_datasets(DATASETS / "cooling_fan"))
     from device_bench.protocols import fan as load
     from tests.reference import reference_bundle
     data = load()

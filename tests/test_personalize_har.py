@@ -7,9 +7,9 @@ import pytest
 from device_bench.protocols import DATASETS
 from edgelora import TrainConfig
 from edgelora.personalize import PersonalizeConfig
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import mlp_bundle, no_datasets, random_mlp
 
-pytestmark = pytest.mark.skipif(not (DATASETS / "hapt_raw").is_dir(), reason=f"{DATASETS}/hapt_raw not present")
+pytestmark = pytest.mark.skipif(not (DATASETS / "hapt_raw").is_dir(), reason=no_datasets(DATASETS / "hapt_raw"))
 
 
 def test_har_scenario_smoke(tmp_path):

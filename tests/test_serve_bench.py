@@ -2,8 +2,9 @@
 import pytest
 
 from device_bench.protocols import DATASETS
+from tests.helpers import no_datasets
 
-pytestmark = pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=f"{DATASETS}/cooling_fan not present")
+pytestmark = pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=no_datasets(DATASETS / "cooling_fan"))
 
 
 @pytest.mark.torch
