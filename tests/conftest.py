@@ -19,7 +19,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if HAS_TORCH:
         return
-    skip = pytest.mark.skip(reason="needs torch, which is not installed (pip install 'edgelora[export]')")
+    skip = pytest.mark.skip(reason="needs torch, which is not installed (from the clone: pip install -e '.[export]', "
+                                   "or ./run test)")
     for item in items:
         if item.get_closest_marker("torch"):
             item.add_marker(skip)

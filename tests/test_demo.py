@@ -18,7 +18,8 @@ from edgelora.bundle import verify_bundle
 from edgelora.cli import main
 from edgelora.cli.demo import BUNDLE
 
-pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (pip install 'edgelora[demo]')")
+pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (from the clone: pip install -e "
+                                      "'.[demo]', or ./run test)")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,7 +71,7 @@ def test_demo_without_matplotlib_still_reports(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.delitem(sys.modules, "edgelora.cli.demo_plot", raising=False)
     r = demo_json(capsys, "--png", tmp_path / "x.png", "--epochs", "5")
-    assert r["png"] is None and "pip install 'edgelora[demo]'" in r["png_note"]
+    assert r["png"] is None and "pip install -e '.[demo]'" in r["png_note"]
     assert not (tmp_path / "x.png").exists()
 
 
@@ -79,7 +80,7 @@ def test_error_demo_without_scikit_learn_says_how_to_install(capsys, monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
     code = main(["demo", "--no-plot"])
     _, err = capsys.readouterr()
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "pip install 'edgelora[demo]'" in err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "pip install -e '.[demo]'" in err
 
 
 def test_error_demo_bad_flags(capsys, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("flwr", reason="the fleet needs Flower: pip install 'edgelora[fleet]'")
+pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
 from edgelora.bundle import load_manifest  # noqa: E402

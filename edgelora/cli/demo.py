@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                     "collapses. The device fine-tunes Skip2-LoRA adapters on 400 labelled scans (on one core, "
                     "in well under a second) and the accuracy comes back. Prints accuracy before/after, time "
                     "(cache fill vs training), peak memory and cache hits, and draws the story as a PNG. Needs "
-                    "scikit-learn (the digits) and matplotlib (the PNG): pip install 'edgelora[demo]'.",
+                    "scikit-learn (the digits) and matplotlib (the PNG): from the edgelora clone, "
+                    "pip install -e '.[demo]' (or ./run demo).",
         example=EXAMPLE)
     p.add_argument("--png", type=Path, default=Path("edgelora_demo.png"), metavar="FILE",
                    help="where to write the figure (default edgelora_demo.png)")
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
         try:
             from .demo_plot import plot
         except ImportError:
-            result["png_note"] = "not written: matplotlib is not installed; pip install 'edgelora[demo]'"
+            result["png_note"] = ("not written: matplotlib is not installed; from the edgelora clone: "
+                                  "pip install -e '.[demo]'")
         else:
             examples = (data["lab_test"][0][:6], data["test"][0][:6])
             result["png"] = str(plot(result, examples, args.png))

@@ -33,7 +33,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
         raise MissingDependency("the demo reads scikit-learn's bundled digits, and scikit-learn is not installed; "
-                                "install it with: pip install 'edgelora[demo]'  (or: pip install scikit-learn)")
+                                "install it from the edgelora clone with: pip install -e '.[demo]'  (or: pip install "
+                                "scikit-learn)")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if path.is_file():
         table = np.loadtxt(path, delimiter=",", dtype=np.float32)

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         description="Write a backbone bundle (ONNX backbone with pooled tap outputs + manifest) from MODEL: an "
                     ".onnx file (tapped with the onnx package only, so this also runs on the device), a "
                     "torch.export program (.pt2) or package.module:factory with --weights (these two need torch: "
-                    "pip install 'edgelora[export]'). Taps: `auto` takes the input of every layer with weights "
+                    "from the edgelora clone: pip install -e '.[export]'). Taps: `auto` takes the input of every "
+                    "layer with weights "
                     "(Skip2-LoRA); or name them. Torch exports are checked against onnxruntime before writing.",
         example=EXAMPLE)
     p.add_argument("model", metavar="MODEL", help="model.onnx, program.pt2 or package.module:factory")
@@ -67,8 +68,8 @@ def run(args: argparse.Namespace) -> dict:
             from export.spec import export_from_spec
         except ImportError as e:
             raise common.CommandError(f"exporting a torch model needs torch and edgelora's export package ({e}); "
-                                      f"install them with: pip install 'edgelora[export]' (an .onnx MODEL needs "
-                                      f"neither)") from None
+                                      f"install them from the edgelora clone with: pip install -e '.[export]' "
+                                      f"(an .onnx MODEL needs neither)") from None
         output = int(args.output) if args.output is not None and args.output.isdigit() else args.output
         manifest = export_from_spec(args.model, args.out, taps, example=args.example, weights=args.weights,
                                     output=output, **options)

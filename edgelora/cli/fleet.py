@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                     "log in OUT.rounds.json. A device lost mid-round is left out of that round after "
                     "--round-timeout; a restarted device serves the last shared adapter it received and trains "
                     "from the latest one. personalize: train a personal adapter on top of the shared one through "
-                    "an adapter store's holdout gate. Needs: pip install 'edgelora[fleet]'.",
+                    "an adapter store's holdout gate. Needs Flower: from the edgelora clone, "
+                    "pip install -e '.[fleet]'.",
         example=EXAMPLE)
     p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("target", nargs="?", type=Path, default=None, metavar="BUNDLE|STORE",
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         from ..fleet import deploy
     except ImportError as e:  # pragma: no cover - depends on the installed extras
-        raise ValueError(f"the fleet needs Flower: pip install 'edgelora[fleet]' ({e})") from None
+        raise ValueError(f"the fleet needs Flower: from the edgelora clone, pip install -e '.[fleet]' ({e})") from None
     if args.action == "personalize":
         return _personalize(args)
     if args.home is not None:

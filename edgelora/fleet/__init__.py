@@ -1,4 +1,4 @@
-"""Fleets: federated Skip2-LoRA over Flower (`pip install 'edgelora[fleet]'`).
+"""Fleets: federated Skip2-LoRA over Flower (from the edgelora clone: `pip install -e '.[fleet]'`).
 
 Devices train skip adapters on their own Skip-Cache and send only the adapter update (a few kB); a
 Flower ServerApp averages the updates into the fleet's shared adapter, saved as an ordinary edgelora

@@ -71,7 +71,7 @@ def _tool(name: str) -> str:
     path = Path(sys.executable).parent / name
     if not path.is_file():
         raise FileNotFoundError(f"{name} not found beside {sys.executable}; install the fleet extra: "
-                                f"pip install 'edgelora[fleet]'")
+                                f"from the edgelora clone, pip install -e '.[fleet]'")
     return str(path)
 
 
