@@ -1,8 +1,8 @@
 """Fine-tuning without Python: the training kit on onnxruntime (Python, JS node, JS wasm) against numpy.
 
-    python -m device_bench.kit_bench [--repeats 5] [--out bench_out/kit]
+    python -m device_bench.kit_bench [--protocol fan|demo] [--repeats 5] [--out bench_out/kit_fan]
 
-The fan protocol's fine-tune set, the reference MLP, one explicit recipe (below). Each run is its own
+The fan protocol's fine-tune set and reference MLP (or `--protocol demo`), one explicit recipe (below). Each run is its own
 process, pinned to one thread. Fine-tune time is in-process (cache fill + training, imports and session
 loading excluded), as in the main benchmark; peak RSS is the whole process's (os.wait4). Targets (issue 12):
 JS node <= 1.5x and JS wasm <= 3x the numpy trainer's time. Reported: the median over `repeats` runs and
@@ -52,8 +52,8 @@ def worker(engine: str, folder: Path) -> dict:
             "accuracy": Predictor(backbone, adapter).evaluate(test["x"], test["y"])["accuracy"]}
 
 
-def _run(cmd: list[str]) -> tuple[dict, int, float]:
-    """(JSON printed by the child, its peak RSS in bytes, wall seconds)."""
+def _run(cmd: list[str]) -> tuple[dict, int, float, float]:
+    """(JSON printed by the child, its peak RSS in bytes, wall seconds, CPU seconds)."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -62,17 +62,24 @@ def _run(cmd: list[str]) -> tuple[dict, int, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed with exit code {p.returncode}; run it by hand to see why")
-    return json.loads(out.decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024, time.perf_counter() - start
+    return (json.loads(out.decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024, time.perf_counter() - start,
+            usage.ru_utime + usage.ru_stime)
 
 
-def prepare(folder: Path) -> None:
-    from device_bench.backbones import reference_bundle
-    from device_bench.protocols import fan
+def prepare(folder: Path, protocol: str) -> None:
+    """Bundle, kit, x.npy/y.npy (fine-tune set) and test.npz of the fan protocol or the demo."""
     from edgelora import Backbone
     from edgelora.kit import KitRecipe, build_kit
-    data = fan()
     folder.mkdir(parents=True, exist_ok=True)
-    src = reference_bundle("fan", data, folder / "bundles")
+    if protocol == "fan":
+        from device_bench.backbones import reference_bundle
+        from device_bench.protocols import fan
+        data = fan()
+        src = reference_bundle("fan", data, folder / "bundles")
+    else:
+        from edgelora.cli.demo import BUNDLE as src
+        from edgelora.cli.demo_data import splits
+        data = splits(0)
     if not (folder / "bundle").exists():
         shutil.copytree(src, folder / "bundle")
     np.save(folder / "x.npy", data["finetune"][0])
@@ -94,22 +101,25 @@ def command(method: str, folder: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "kit")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default bench_out/kit_PROTOCOL)")
+    ap.add_argument("--protocol", choices=("fan", "demo"), default="fan")
     ap.add_argument("--worker", choices=("numpy", "onnx"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.out = args.out or REPO / "bench_out" / f"kit_{args.protocol}"
     if args.worker:
         print(json.dumps(worker(args.worker, args.out)))
         return 0
-    prepare(args.out)
+    prepare(args.out, args.protocol)
     runs = {m: [] for m in METHODS}
     for _ in range(args.repeats):  # interleaved, so a burst of load hits every method alike
         for m in METHODS:
-            r, rss, wall = _run(command(m, args.out))
-            runs[m].append({"seconds": r["cache_seconds"] + r["train_seconds"], "rss": rss, "wall": wall,
+            r, rss, wall, cpu = _run(command(m, args.out))
+            runs[m].append({"seconds": r["cache_seconds"] + r["train_seconds"], "rss": rss, "wall": wall, "cpu": cpu,
                             "warm_epoch": float(np.median(r["epoch_seconds"][WARM:]))})
     from edgelora import Backbone, Predictor, load_adapter
     backbone, test = Backbone(args.out / "bundle"), np.load(args.out / "test.npz")
     base = load_adapter(args.out / "adapter_numpy", backbone.manifest)
+    ref = load_adapter(args.out / "adapter_onnx", backbone.manifest)
     rows, med = [], {m: float(np.median([r["seconds"] for r in runs[m]])) for m in METHODS}
     for m in METHODS:
         a = load_adapter(args.out / f"adapter_{m}", backbone.manifest)
@@ -120,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                      "peak_rss_mb": max(r["rss"] for r in runs[m]) / 2**20,
                      "wall_s": float(np.median([r["wall"] for r in runs[m]])), "ratio": ratio, "accuracy": acc,
                      "warm_epoch_ms": 1e3 * float(np.median([r["warm_epoch"] for r in runs[m]])),
-                     "max_abs_diff_vs_numpy": float(np.abs(a.flat - base.flat).max()), "verdict": verdict.strip()})
+                     "process_cpu_s": float(np.median([r["cpu"] for r in runs[m]])),
+                     "max_abs_diff_vs_numpy": float(np.abs(a.flat - base.flat).max()),
+                     "max_abs_diff_vs_onnx": float(np.abs(a.flat - ref.flat).max()), "verdict": verdict.strip()})
         print(f"{m:8s} fine-tune {med[m]:.3f} s (min {rows[-1]['min_s']:.3f}) {ratio:5.2f}x numpy{verdict}; "
-              f"warm epoch {rows[-1]['warm_epoch_ms']:.2f} ms; process {rows[-1]['wall_s']:.2f} s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB; "
-              f"accuracy {acc:.4f}; max |adapter - numpy's| {rows[-1]['max_abs_diff_vs_numpy']:.1e}")
+              f"warm epoch {rows[-1]['warm_epoch_ms']:.2f} ms; process {rows[-1]['wall_s']:.2f} s "
+              f"({rows[-1]['process_cpu_s']:.2f} s CPU), peak RSS {rows[-1]['peak_rss_mb']:.0f} MB; "
+              f"accuracy {acc:.4f}; max |adapter - numpy's| {rows[-1]['max_abs_diff_vs_numpy']:.1e}, "
+              f"- onnx's {rows[-1]['max_abs_diff_vs_onnx']:.1e}")
     (args.out / "kit_bench.json").write_text(json.dumps({"recipe": RECIPE, "results": rows}, indent=1))
     return 0
 

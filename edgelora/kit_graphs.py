@@ -79,13 +79,24 @@ def _loss_grad(g: _Graph, y: str, idx: str, task: str, c: int) -> str:
     """dL/dy of the batch: weighted softmax cross-entropy (losses.cross_entropy_grad) or MSE."""
     if task == "classification":
         labels = g.op("Gather", "targets", idx)
-        diff = g.op("Sub", g.op("Softmax", y, axis=1), g.op("Gather", g.const(np.eye(c), np.float32), labels))
+        diff = g.op("Sub", _softmax(g, y), g.op("Gather", g.const(np.eye(c), np.float32), labels))
         w = g.op("Gather", "class_weights", labels)
         share = g.op("Div", w, g.op("ReduceSum", w, keepdims=0))
         return g.op("Mul", diff, g.op("Unsqueeze", share, g.const([1], np.int64)))
     d = g.op("Sub", y, g.op("Gather", "targets", idx))
     size = g.op("Cast", g.op("ReduceProd", g.op("Shape", y), keepdims=0), to=F64)
     return g.op("Mul", d, g.op("Cast", g.op("Div", g.const(2.0, np.float64), size), to=F32))
+
+
+def _softmax(g: _Graph, y: str) -> str:
+    """Softmax over classes with numpy's float32 roundings (losses.cross_entropy_grad), but exp and the sum
+    taken in double and rounded once: float32 exp and reductions are platform kernels (AVX2, NEON, wasm SIMD)
+    that differ in the last bit, and Adam turns such bits into visible differences within a few epochs."""
+    axis = g.const([1], np.int64)
+    z = g.op("Sub", y, g.op("ReduceMax", y, axes=[1], keepdims=1))
+    e = g.op("Cast", g.op("Exp", g.op("Cast", z, to=F64)), to=F32)
+    total = g.op("Cast", g.op("ReduceSum", g.op("Cast", e, to=F64), axis, keepdims=1), to=F32)
+    return g.op("Div", e, total)
 
 
 def _backward(g: _Graph, gy: str, h: str, taps: list[str], p: dict[str, str], layout: Layout, scale: float) -> str:
@@ -205,10 +216,10 @@ def evaluate_graph(layout: Layout, scale: float, task: str) -> onnx.ModelProto:
     g, c = _Graph("e"), layout.num_outputs
     y, _, _ = _forward(g, "rows", _param_views(g, "params", layout), layout, scale)
     g.op("Identity", y, out="outputs")
-    if task == "classification":
-        picked = g.op("GatherElements", g.op("LogSoftmax", y, axis=1),
+    if task == "classification":  # in double, as in training: the same loss on every platform's kernels
+        picked = g.op("GatherElements", g.op("LogSoftmax", g.op("Cast", y, to=F64), axis=1),
                       g.op("Unsqueeze", "targets", g.const([1], np.int64)), axis=1)
-        g.op("Neg", g.op("ReduceMean", picked, keepdims=0), out="loss")
+        g.op("Cast", g.op("Neg", g.op("ReduceMean", picked, keepdims=0)), to=F32, out="loss")
     else:
         d = g.op("Sub", y, "targets")
         g.op("ReduceMean", g.op("Mul", d, d), keepdims=0, out="loss")

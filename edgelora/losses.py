@@ -34,11 +34,14 @@ def cross_entropy(y: np.ndarray, labels: np.ndarray, class_weights: np.ndarray |
 def cross_entropy_grad(y: np.ndarray, onehot: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """dL/dy of `cross_entropy`, computed in place in y (the training loop's fast path).
 
-    onehot (N, C) holds the labels; w (N,) optional per-sample class weights.
+    onehot (N, C) holds the labels; w (N,) optional per-sample class weights. exp and the row sums are taken
+    in float64 and rounded to float32 once: float32 exp and sums differ in the last bit between CPUs (numpy's
+    and onnxruntime's SIMD kernels), and Adam turns such bits into visible differences within a few epochs;
+    rounded from float64 they agree on every platform and with the training kit (kit_graphs._softmax).
     """
     np.subtract(y, np.maximum.reduce(y, axis=1, keepdims=True), out=y)
-    np.exp(y, out=y)
-    y /= np.add.reduce(y, axis=1, keepdims=True)
+    y[...] = np.exp(y, dtype=np.float64)
+    y /= np.add.reduce(y, axis=1, keepdims=True, dtype=np.float64).astype(y.dtype)
     y -= onehot
     if w is None:
         y *= 1.0 / len(y)

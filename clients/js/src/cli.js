@@ -38,7 +38,7 @@ async function main() {
     const r = await finetune(opts);
     if (opts.json) console.log(JSON.stringify(r));
     else {
-      console.log(`fine-tuned ${r.samples} samples on ${r.backend}: best epoch ${r.best_epoch} (${r.stopped}), ` +
+      console.log(`fine-tuned ${r.n} samples on ${r.backend}: best epoch ${r.best_epoch} (${r.stopped}), ` +
         `cache fill ${r.cache_seconds.toFixed(3)} s, training ${r.train_seconds.toFixed(3)} s`);
       console.log(`  saved ${r.out}`);
     }
