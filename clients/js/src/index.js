@@ -34,10 +34,12 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
   const sessions = { train: await session(ort, backend, k.train, `${kit}/${contract.graphs.train_epoch.file}`),
     evaluate: await session(ort, backend, k.evaluate, `${kit}/${contract.graphs.evaluate.file}`) };
   const loaded = seconds();
+  const cpu0 = process.cpuUsage();  // CPU time too: on a busy machine wall time mostly measures waiting
   const rows = await fillRows(ort, backboneSession, inputs, backboneInfo, contract.layout.row_width);
   const filled = seconds();
   const { params, history } = await trainKit(ort, sessions, contract, rows, targets, inputs.n, settings);
   const trained = seconds();
+  const cpu = process.cpuUsage(cpu0);
   const recipe = contract.recipe;
   const chosen = { r: recipe.r, lora_alpha: recipe.lora_alpha, weight_decay: settings.weight_decay };
   const config = {
@@ -49,7 +51,7 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
   };
   saveAdapter(out, config, params, contract.layout);
   return { out, backend, n: inputs.n, load_seconds: loaded, cache_seconds: filled - loaded,
-    train_seconds: trained - filled, seconds: seconds(), ...history, epochs: history.epochs.length,
+    train_seconds: trained - filled, cpu_seconds: (cpu.user + cpu.system) / 1e6, seconds: seconds(), ...history, epochs: history.epochs.length,
     epoch_seconds: history.epochs.map((e) => e.seconds), chosen };
 }
 
