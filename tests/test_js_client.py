@@ -108,7 +108,7 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
     mlp_bundle(tmp_path / "other", random_mlp([64, 8, 10], seed=1))
     build_kit(Backbone(tmp_path / "other").manifest, KitRecipe()).save(tmp_path / "other_kit")
     x = s["finetune"][0]
-    np.save(tmp_path / "int.npy", x.astype(np.int32))
+    np.save(tmp_path / "bool.npy", x > 8)
     np.save(tmp_path / "wide.npy", np.zeros((400, 65), np.float32))
     nan = x.copy()
     nan[7, 3] = np.nan
@@ -120,7 +120,7 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
     (tmp_path / "cut.npy").write_bytes((folder / "x.npy").read_bytes()[:5000])
     cases = [
         (("--kit", tmp_path / "other_kit"), "was built for another backbone: expected fingerprint"),
-        (("--x", tmp_path / "int.npy"), "expected float32 or float64 inputs, found dtype <i4"),
+        (("--x", tmp_path / "bool.npy"), "dtype |b1 is not supported; expected one of <f4, <f8"),
         (("--x", tmp_path / "wide.npy"), "expected shape (N, 64) for input `x`, found (400, 65)"),
         (("--x", tmp_path / "nan.npy"), "sample 7 contains NaN or Inf"),
         (("--y", tmp_path / "short_y.npy"), "expected 400 targets (one per sample), found 10"),

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -117,6 +118,18 @@ def test_finetune_engine_onnx_dispatches_to_the_kit(toy_bundle, toy_data):
     b, _ = finetune(Backbone(toy_bundle), *toy_data, explicit())
     assert a.config.training["engine"] == "onnx" and np.abs(a.flat - b.flat).max() <= 1e-4
     assert h.stopped == "completed" and len(h.epochs) == 12
+
+
+def test_error_bad_data_is_refused_before_training(toy_bundle, toy_data):
+    backbone, (x, y) = Backbone(toy_bundle), toy_data
+    nan = x.copy()
+    nan[5, 2] = np.nan
+    cases = [((x[:, :9], y), re.escape("expected shape (N, 10) for input `x`, found (120, 9)")),
+             ((nan, y), "contain NaN or Inf"), ((x, y[:7]), "expected 120 targets"),
+             ((x, y + 0.5), "expected integer class indices")]
+    for (xx, yy), message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            finetune_onnx(backbone, xx, yy, explicit())
 
 
 def test_error_non_finite_keeps_the_last_good_epoch(toy_bundle, toy_data):

@@ -9,9 +9,6 @@ function prepareInputs(x, where, backbone) {
   }
   const spec = backbone.inputs[0];
   if (spec.dtype !== 'float32') throw new UserError(`this client supports float32 inputs; the bundle's input \`${spec.name}\` is ${spec.dtype}`);
-  if (!(x.data instanceof Float32Array || x.data instanceof Float64Array)) {
-    throw new UserError(`${where}: expected float32 or float64 inputs, found dtype ${x.dtype}`);
-  }
   const want = spec.shape.slice(1);
   const got = x.shape.slice(1);
   const fits = got.length === want.length && want.every((d, i) => typeof d !== 'number' || d === got[i]);
@@ -20,7 +17,7 @@ function prepareInputs(x, where, backbone) {
   }
   const n = x.shape[0];
   const size = got.reduce((a, b) => a * b, 1);
-  const out = Float32Array.from(x.data);
+  const out = Float32Array.from(x.data, Number);  // any numeric dtype, as edgelora casts to the manifest's float32
   for (let i = 0; i < out.length; i++) {
     if (!Number.isFinite(out[i])) {
       throw new UserError(`${where}: sample ${Math.floor(i / size)} contains NaN or Inf; expected finite inputs`);
