@@ -28,7 +28,10 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"
 MODEL_FILE = "backbone.onnx"
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
-POOLINGS = ("none", "mean", "masked_mean", "global_avg")
+# how a conv feature map (N, C, L...) becomes a tap vector: per-channel means (C), means then standard
+# deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
+FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
+POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
 MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
+from .bundle import BUNDLE_FORMAT_VERSION, FEATURE_MAP_POOLINGS, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
 from .fileio import PathLike
 from .onnx_utils import (OPSET, add_const, conservative, default_opset, load, mean_node, serialize, set_outputs,
                          sum_node, unique_name)
@@ -30,12 +30,16 @@ DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorPr
 
 def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output: str | None = None,
              task: Literal["classification", "regression"] = "classification", classes: Sequence[str] | None = None,
-             preprocess: dict | None = None, attention_mask: str | None = None) -> Manifest:
+             preprocess: dict | None = None, attention_mask: str | None = None,
+             pooling: str = "global_avg") -> Manifest:
     """Add pooled tap outputs to an ONNX model (path, bytes or ModelProto) and write a bundle to `out`.
 
     taps: "auto" or tensor names. output: the base output when the graph has several.
     attention_mask: name of a (batch, tokens) input, nonzero = real token, for masked mean pooling.
+    pooling: how Conv inputs (N, C, L...) are pooled: one of FEATURE_MAP_POOLINGS (as export_model).
     """
+    if pooling not in FEATURE_MAP_POOLINGS:
+        raise ValueError(f"`pooling` should be one of {FEATURE_MAP_POOLINGS}, found {pooling!r}")
     original = load(model)
     owners = {n.input[0]: _module_of(n) for n in original.graph.node if n.op_type in WEIGHTED_OPS and n.input}
     proto = _versioned(original)          # (the version converter drops node metadata: read owners first)
@@ -57,9 +61,9 @@ def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output
         if shape is None or len(shape) < 2 or not isinstance(shape[-1 if tensor not in conv_inputs else 1], int):
             raise ValueError(f"tap `{tensor}`: shape inference gives {shape}; expected (batch, ..., width) with a "
                              f"known width")
-        src, pooling, width = _pool(graph, tensor, shape, tensor in conv_inputs, attention_mask,
-                                    shapes.get(attention_mask, [None, None])[1] if attention_mask else None, opset)
-        specs.append(TapSpec(name, f"tap.{name}", width, pooling, tensor))
+        src, how, width = _pool(graph, tensor, shape, pooling if tensor in conv_inputs else None, attention_mask,
+                                shapes.get(attention_mask, [None, None])[1] if attention_mask else None, opset)
+        specs.append(TapSpec(name, f"tap.{name}", width, how, tensor))
         sources.append(src)
     base_width = shapes.get(base)
     if base_width is None or len(base_width) != 2 or not isinstance(base_width[1], int):
@@ -183,8 +187,10 @@ def _module_of(node: onnx.NodeProto) -> str:
     return ".".join(parts)
 
 
-def _pool(graph, tensor: str, shape: list, conv: bool, mask: str | None, mask_len, opset: int) -> tuple[str, str, int]:
-    """Add nodes turning `tensor` into (batch, width) float32; returns (output tensor, pooling, width)."""
+def _pool(graph, tensor: str, shape: list, conv: str | None, mask: str | None, mask_len,
+          opset: int) -> tuple[str, str, int]:
+    """Add nodes turning `tensor` into (batch, width) float32; returns (output tensor, pooling, width).
+    conv: the pooling of a Conv input (a feature map), None for anything else."""
     x = tensor
     cast = unique_name(graph, f"{tensor}_f32")
     graph.node.append(helper.make_node("Cast", [x], [cast], to=TensorProto.FLOAT, name=f"{cast}_cast"))
@@ -193,8 +199,7 @@ def _pool(graph, tensor: str, shape: list, conv: bool, mask: str | None, mask_le
         return x, "none", shape[1]
     pooled = unique_name(graph, f"{tensor}_pooled")
     if conv:
-        graph.node.append(mean_node(x, list(range(2, len(shape))), pooled, opset, graph))
-        return pooled, "global_avg", shape[1]
+        return _pool_feature_map(graph, x, shape, conv, pooled, opset)
     if mask is not None and len(shape) == 3 and shape[1] == mask_len:
         m = unique_name(graph, f"{pooled}_mask")
         graph.node.append(helper.make_node("Cast", [mask], [m], to=TensorProto.FLOAT, name=f"{m}_cast"))
@@ -209,6 +214,40 @@ def _pool(graph, tensor: str, shape: list, conv: bool, mask: str | None, mask_le
         return pooled, "masked_mean", shape[-1]
     graph.node.append(mean_node(x, list(range(1, len(shape) - 1)), pooled, opset, graph))
     return pooled, "mean", shape[-1]
+
+
+def _pool_feature_map(graph, x: str, shape: list, pooling: str, pooled: str, opset: int) -> tuple[str, str, int]:
+    """(N, C, L...) -> per-channel means (C), means then standard deviations (2 C), or the means of S
+    contiguous segments of the first spatial axis, channel-major (C S): as export.taps.pool."""
+    axes, c = list(range(2, len(shape))), shape[1]
+    segments = int(pooling.rsplit("_", 1)[1]) if pooling.startswith("segment_avg_") else 0
+    if segments and not (isinstance(shape[2], int) and shape[2] >= segments):
+        pooling, segments = "global_avg", 0          # unknown or too short an axis: the mean is all there is
+    if pooling == "global_avg":
+        graph.node.append(mean_node(x, axes, pooled, opset, graph))
+        return pooled, pooling, c
+    add = graph.node.append
+    if pooling == "global_avg_std":
+        add(mean_node(x, axes, pooled + "_m", opset, graph, keepdims=1))
+        add(helper.make_node("Sub", [x, pooled + "_m"], [pooled + "_d"], name=f"{pooled}_sub"))
+        add(helper.make_node("Mul", [pooled + "_d", pooled + "_d"], [pooled + "_d2"], name=f"{pooled}_sq"))
+        add(mean_node(pooled + "_d2", axes, pooled + "_var", opset, graph))
+        add(helper.make_node("Sqrt", [pooled + "_var"], [pooled + "_std"], name=f"{pooled}_sqrt"))
+        add(mean_node(x, axes, pooled + "_mean", opset, graph))
+        add(helper.make_node("Concat", [pooled + "_mean", pooled + "_std"], [pooled], axis=1, name=f"{pooled}_cat"))
+        return pooled, pooling, 2 * c
+    cuts = [i * shape[2] // segments for i in range(segments + 1)]
+    parts = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        seg = f"{pooled}_seg{i}"
+        starts, ends, axis = (add_const(graph, unique_name(graph, f"{seg}_{k}"), np.asarray([v], np.int64))
+                              for k, v in (("start", a), ("end", b), ("axis", 2)))
+        add(helper.make_node("Slice", [x, starts, ends, axis], [seg + "_x"], name=f"{seg}_slice"))
+        add(mean_node(seg + "_x", axes, seg, opset, graph, keepdims=1))       # (N, C, 1, 1...)
+        parts.append(seg)
+    add(helper.make_node("Concat", parts, [pooled + "_cat"], axis=2, name=f"{pooled}_cat"))  # (N, C, S, 1...)
+    add(helper.make_node("Flatten", [pooled + "_cat"], [pooled], axis=1, name=f"{pooled}_flatten"))
+    return pooled, pooling, c * segments
 
 
 def _dynamic_batch(graph: onnx.GraphProto, feeds: list) -> None:

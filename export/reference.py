@@ -23,6 +23,7 @@ from edgelora.fileio import atomic_write, dumps_json
 
 from .models import CNN1d, CNN2d, MLP
 from .pretrain import pretrain
+from .taps import FEATURE_MAP_POOLINGS
 from .torch_export import export_model
 
 PROTOCOLS = ("fan", "har", "fsdd", "mnist")
@@ -32,7 +33,8 @@ SEED = 0
 SETTINGS = {"mlp": (30, 1e-3), "cnn1d": (15, 1e-3), "fsdd": (12, 3e-3), "mnist": (10, 3e-3)}
 
 
-def build(name: str, make, data: dict, reshape: tuple | None, settings: tuple, out: Path, targets: dict) -> dict:
+def build(name: str, make, data: dict, reshape: tuple | None, settings: tuple, out: Path, targets: dict,
+          pooling: str = "global_avg") -> dict:
     """Pre-train `make()` on standardised source data, export the bundle, measure accuracy via edgelora."""
     t0 = time.perf_counter()
     torch.manual_seed(SEED)                     # the initial weights too: the same bundle on every run
@@ -45,7 +47,7 @@ def build(name: str, make, data: dict, reshape: tuple | None, settings: tuple, o
     epochs, lr = settings
     pretrain(model, (xs - mean) / std, ys, epochs=epochs, lr=lr, seed=SEED)
     manifest = export_model(model, (xs[:8] - mean) / std, out / name, classes=data["classes"],
-                            preprocess={"x": (mean, std)})
+                            preprocess={"x": (mean, std)}, pooling=pooling)
     backbone = Backbone(out / name, threads=2)
 
     def acc(x, y):
@@ -63,6 +65,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="artifacts/bundles", help="folder for the bundles and reference.json")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset of " + ",".join(PROTOCOLS))
     ap.add_argument("--fsdd-folds", default="0", help="held-out speakers for fsdd, e.g. 0,1,2,3,4,5")
+    ap.add_argument("--pooling", default="global_avg", choices=FEATURE_MAP_POOLINGS,
+                    help="how the CNNs' feature-map taps are pooled (export_model's `pooling`)")
     args = ap.parse_args(argv)
     chosen = [p.strip() for p in args.protocols.split(",") if p.strip()]
     unknown = sorted(set(chosen) - set(PROTOCOLS))
@@ -73,13 +77,14 @@ def main(argv=None) -> dict:
     results = []
     if "fan" in chosen:
         d = protocols.fan()
-        results.append(build("fan_mlp", lambda: MLP(512, 3), d, None, SETTINGS["mlp"], out, {"target_test": d["test"]}))
+        results.append(build("fan_mlp", lambda: MLP(512, 3), d, None, SETTINGS["mlp"], out, {"target_test": d["test"]},
+                             args.pooling))
     if "har" in chosen:
         d = protocols.har()
         users = {f"target_test_user{u}": v["test"] for u, v in d["users"].items()}
         for name, make, shape, ep in (("har_mlp", lambda: MLP(768, 6), None, SETTINGS["mlp"]),
                                       ("har_cnn1d", lambda: CNN1d(6, 6), (128, 6), SETTINGS["cnn1d"])):
-            r = build(name, make, d, shape, ep, out, users)
+            r = build(name, make, d, shape, ep, out, users, args.pooling)
             r["target_test_accuracy"] = float(np.mean([r.pop(f"{k}_accuracy") for k in users]))
             results.append(r)
     if "fsdd" in chosen:
@@ -87,10 +92,11 @@ def main(argv=None) -> dict:
             d = protocols.fsdd(fold)
             make = lambda: CNN2d(10, 16, pool_width=10, strided=True)   # noqa: E731 (98 time, 40 mel): keep mel
             results.append(build(f"fsdd_cnn2d_fold{fold}", make, d, None, SETTINGS["fsdd"], out,
-                                 {"target_test": d["test"]}))
+                                 {"target_test": d["test"]}, args.pooling))
     if "mnist" in chosen:
         d = protocols.mnist()
-        results.append(build("mnist_cnn2d", lambda: CNN2d(10, 16, pool_width=7, strided=True), d, None, SETTINGS["mnist"], out, {"target_test": d["test"]}))
+        results.append(build("mnist_cnn2d", lambda: CNN2d(10, 16, pool_width=7, strided=True), d, None,
+                             SETTINGS["mnist"], out, {"target_test": d["test"]}, args.pooling))
     for r in results:
         print(f"{r['bundle']:20s} source {r['source_accuracy']:.3f}  target {r['target_test_accuracy']:.3f}  "
               f"({r['seconds']} s)")

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgelora.bundle import FEATURE_MAP_POOLINGS
+
 TAPPABLE = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "MultiheadAttention")  # auto
-CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: global average over the other dims
+CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: pooled over the other dims
 NOT_LAYERS = ("LayerNorm", "GroupNorm", "Embedding", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "RMSNorm")
 
 
@@ -23,7 +25,7 @@ class TapPlan:
     name: str                   # tap name in the manifest, "<module>.input"
     module: str                 # module whose first input is tapped
     kind: str                   # module class name (for humans)
-    pooling: str                # none | global_avg | mean | masked_mean
+    pooling: str                # none | mean | masked_mean | one of FEATURE_MAP_POOLINGS
     batch_dim: int              # 0, or 1 for sequence-first layers
     reduce: tuple[int, ...]     # dims averaged away
     width: int                  # d_k after pooling
@@ -31,8 +33,9 @@ class TapPlan:
 
 
 def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None = None,
-              kinds: dict[str, str] | None = None) -> list[TapPlan]:
+              kinds: dict[str, str] | None = None, pooling: str = "global_avg") -> list[TapPlan]:
     """Find the taps: `"auto"` (every Linear/Conv1d/Conv2d/MultiheadAttention input) or module names.
+    pooling: how conv feature maps are pooled (FEATURE_MAP_POOLINGS); token sequences are averaged.
 
     kinds: module name -> layer class name, where the modules are not the original classes (a .pt2
     program's unflattened modules); by default each module's own class name.
@@ -58,19 +61,31 @@ def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None
                              f"that depends on the batch; available: {[n for n in available if n]}")
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"tap names should be unique, found {names}")
+    if pooling not in FEATURE_MAP_POOLINGS:
+        raise ValueError(f"`pooling` should be one of {FEATURE_MAP_POOLINGS}, found {pooling!r}")
     mask = args[mask_index] if mask_index is not None else None
     for name in chosen:
         twin = next((p for p in order if calls[p.module] is calls[name]), None)
         if taps == "auto" and twin is not None:   # q/k/v projections read one tensor: one tap
             order[order.index(twin)] = TapPlan(**{**twin.__dict__, "aliases": twin.aliases + (name,)})
             continue
-        order.append(_plan(name, kinds[name], calls[name].shape, more[name].shape, mask))
+        order.append(_plan(name, kinds[name], calls[name].shape, more[name].shape, mask, pooling))
     return order
 
 
 def pool(t: torch.Tensor, plan: TapPlan, mask: torch.Tensor | None) -> torch.Tensor:
-    """(batch, width) from a tapped tensor: mean over plan.reduce, masked over tokens if asked."""
+    """(batch, width) from a tapped tensor: mean over plan.reduce (masked over tokens if asked), plus the
+    standard deviation, or means of segments, for feature maps."""
     t = t.float()
+    if plan.pooling == "global_avg_std":
+        mean = t.mean(dim=plan.reduce, keepdim=True)
+        std = ((t - mean) ** 2).mean(dim=plan.reduce).sqrt()
+        return torch.cat([mean.flatten(1), std], dim=1)                           # (N, 2 C): means, then stds
+    if plan.pooling.startswith("segment_avg_"):
+        s, length = int(plan.pooling.rsplit("_", 1)[1]), t.shape[2]
+        cuts = [i * length // s for i in range(s + 1)]                          # as adaptive average pooling
+        parts = [t[:, :, a:b].mean(dim=plan.reduce) for a, b in zip(cuts[:-1], cuts[1:])]
+        return torch.stack(parts, dim=2).flatten(1)                             # (N, C S): channel-major
     if plan.pooling == "masked_mean":
         w = mask.to(t.dtype)                                   # (N, L): nonzero = a real token
         if plan.batch_dim == 1:
@@ -132,7 +147,7 @@ def select_output(out, which=None) -> torch.Tensor:
     return y
 
 
-def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask) -> TapPlan:
+def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask, pooling: str) -> TapPlan:
     diff = [i for i, (a, b) in enumerate(zip(shape, shape2)) if a != b]
     if len(diff) != 1 or diff[0] > 1 or len(shape) < 2:
         raise ValueError(f"tap `{name}` ({kind}): cannot find its batch dimension in input shape {tuple(shape)} "
@@ -141,7 +156,11 @@ def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask) -> 
     if kind in CONV:
         if b != 0:
             raise ValueError(f"tap `{name}` ({kind}): expected the batch first in {tuple(shape)}")
-        reduce, width, pooling = tuple(range(2, len(shape))), shape[1], "global_avg"
+        reduce, width = tuple(range(2, len(shape))), shape[1]
+        if pooling.startswith("segment_avg_") and shape[2] < int(pooling.rsplit("_", 1)[1]):
+            pooling = "global_avg"             # fewer positions than segments: the mean is all there is
+        width *= 2 if pooling == "global_avg_std" else \
+            int(pooling.rsplit("_", 1)[1]) if pooling.startswith("segment_avg_") else 1
     else:
         reduce = tuple(i for i in range(len(shape) - 1) if i != b)
         width, pooling = shape[-1], "mean"

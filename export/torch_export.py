@@ -36,7 +36,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                  task: Literal["classification", "regression"] = "classification",
                  classes: Sequence[str] | None = None, preprocess: dict | None = None,
                  input_names: Sequence[str] | None = None, attention_mask: str | None = None,
-                 output=None, seed: int = 0, kinds: dict[str, str] | None = None) -> Manifest:
+                 output=None, seed: int = 0, kinds: dict[str, str] | None = None,
+                 pooling: str = "global_avg") -> Manifest:
     """Export `model` (called as model(*example)) to a bundle folder `out`; returns its manifest.
 
     example: one tensor/array or a tuple of them (batch first). taps: "auto" or module names.
@@ -45,6 +46,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     attention_mask: name of the input holding a (batch, tokens) mask (nonzero = real token); token
     sequences are then averaged over real tokens only. output: which output, if the model returns several.
     kinds: module name -> layer class name when the modules are stand-ins (see export.spec for .pt2).
+    pooling: conv feature maps -> vectors (export.taps.FEATURE_MAP_POOLINGS): the channel means, means and
+    standard deviations, or the means of 2/4/8 segments along the first spatial axis.
     """
     args = _as_args(example)
     names = list(input_names or _arg_names(model, len(args)))
@@ -54,7 +57,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     pre = as_preprocess(preprocess, names)      # before the slow export: a wrong name fails at once
     base = "logits" if task == "classification" else "values"
     with _eval_mode(model), _no_fastpath():
-        plans = plan_taps(model, args, taps, mask_index, kinds)
+        plans = plan_taps(model, args, taps, mask_index, kinds, pooling)
         wrapper = TapModel(model, plans, output, mask_index).eval()
         try:
             y = wrapper(*args)[0]

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgelora import Backbone
-from edgelora.bundle import load_manifest
+from edgelora.bundle import FEATURE_MAP_POOLINGS, load_manifest
 from edgelora.onnx_taps import add_taps
 
 RNG = np.random.default_rng(0)
@@ -125,3 +125,34 @@ def test_device_side_modules_do_not_import_torch():
     code = "import sys, edgelora.onnx_taps, edgelora.merge, edgelora.onnx_utils; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("pooling", FEATURE_MAP_POOLINGS)
+def test_conv_feature_map_poolings_match_numpy(tmp_path, pooling):
+    """Each feature-map pooling of a Conv input (here the graph input x, (N, 2, 7)) equals numpy's."""
+    w = {"cw": RNG.standard_normal((4, 2, 3)), "hw": RNG.standard_normal((4, 3))}
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1], name="/conv/Conv"),
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("MatMul", ["m", "hw"], ["y"], name="/head/MatMul")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], w)
+    m = add_taps(model, tmp_path / "b", taps=["x"], pooling=pooling)
+    x = RNG.standard_normal((5, 2, 7)).astype(np.float32)
+    _, (t,) = Backbone(tmp_path / "b").run({"x": x})
+    assert m.taps[0].pooling == ("global_avg" if pooling == "segment_avg_8" else pooling)  # 7 < 8 positions
+    pooling = m.taps[0].pooling
+    if pooling == "global_avg":
+        want = x.mean(axis=2)
+    elif pooling == "global_avg_std":
+        want = np.concatenate([x.mean(axis=2), x.std(axis=2)], axis=1)
+    else:
+        s = int(pooling.rsplit("_", 1)[1])
+        cuts = [i * 7 // s for i in range(s + 1)]
+        want = np.stack([x[:, :, a:b].mean(axis=2) for a, b in zip(cuts[:-1], cuts[1:])], axis=2).reshape(5, -1)
+    assert m.taps[0].width == want.shape[1]
+    np.testing.assert_allclose(t, want, rtol=1e-5, atol=1e-6)
+
+
+def test_error_unknown_pooling_onnx(tmp_path):
+    with pytest.raises(ValueError, match="`pooling` should be one of"):
+        add_taps(_mlp(), tmp_path / "b", pooling="max")
