@@ -43,6 +43,16 @@ def aggregate(processes: list[dict]) -> dict:
             "process_seconds": float(np.mean([p["process_seconds"] - sum(r.get("profile_seconds", 0.0)
                                                                           for r in p["runs"]) for p in procs])),
         }
+        if all("base_accuracy" in r for r in runs):
+            # harm: a task (user, fold) whose fine-tuned model is below the same backbone without fine-tuning
+            harmed = [r for r in runs if r["accuracy"] < r["base_accuracy"]]
+            out[method]["harm_rate"] = len(harmed) / len(runs)
+            out[method]["harmed"] = sorted({r["task"] for r in harmed})
+        if all("cv_estimate" in r for r in runs):
+            out[method]["cv_estimate_mean"] = float(np.mean([r["cv_estimate"] for r in runs]))
+            out[method]["cv_gap_points"] = float(np.mean([100 * abs(r["cv_estimate"] - r["accuracy"]) for r in runs]))
+            out[method]["cv_flagged"] = sorted({r["task"] for r in runs if not r["cv_helps"]})
+            out[method]["chosen"] = [{"seed": r["seed"], "task": r["task"], **r["chosen"]} for r in runs]
         if method in ("skip-lora", "skip2-lora"):
             out[method]["call_seconds"] = float(np.mean([r["call_seconds"] for r in runs]))
             out[method]["cache_seconds"] = float(np.mean([r["cache_seconds"] for r in runs]))
@@ -67,6 +77,20 @@ def targets(results: dict) -> list[dict]:
                 ratio = s2["seconds_mean"] / m[other]["seconds_mean"]
                 add(tid, ratio, ratio <= 0.05, f"{s2['seconds_mean']:.4f} s / {m[other]['seconds_mean']:.4f} s "
                                                 f"= {ratio:.3f} x")
+        if "torch-ft-all" in m:
+            ratio = s2["seconds_mean"] / m["torch-ft-all"]["seconds_mean"]
+            limit = 0.25 if results.get("arch", "mlp") == "mlp" else 0.1
+            add("default_vs_torch_ft_all", ratio, ratio <= limit,
+                f"{ratio:.3f} x (target {limit} x for {results.get('arch', 'mlp')})")
+        if "harm_rate" in s2:
+            add("skip2_harm", s2["harm_rate"], s2["harm_rate"] <= 1 / 9 + 1e-9,
+                f"{100 * s2['harm_rate']:.0f} % of (seed, task) runs below no fine-tuning"
+                + (f": {', '.join(s2['harmed'])}" if s2["harmed"] else "")
+                + (f"; cross-validation flagged {', '.join(s2['cv_flagged'])}" if s2.get("cv_flagged") else ""))
+        if "cv_gap_points" in s2:
+            add("cv_estimate", s2["cv_gap_points"], s2["cv_gap_points"] <= 5.0,
+                f"estimate {100 * s2['cv_estimate_mean']:.1f} % vs test {100 * s2['accuracy_mean']:.1f} %, mean "
+                f"|gap| {s2['cv_gap_points']:.1f} points")
         if "np-lora-all" in m:
             saved = 1 - s2["seconds_mean"] / m["np-lora-all"]["seconds_mean"]
             add("skip2_vs_np_lora_all", saved, saved >= 0.90,

@@ -23,9 +23,13 @@ from .profile import peak_rss_mb
 
 
 def train_config(cfg: BenchConfig, seed: int) -> TrainConfig:
-    """edgelora's defaults, with the bench's shared recipe (epochs, batch, rank, alpha, split) made explicit."""
+    """`default`: edgelora's defaults as a user runs them (cross-validated recipe), with the bench's epochs and
+    batch; `fixed`: the bench's shared recipe (rank, alpha, lr, decay, split) and no selection."""
+    if cfg.skip_policy == "default":
+        return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=seed)
     return TrainConfig(r=cfg.rank, lora_alpha=cfg.alpha, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       lr=cfg.lora_lr, weight_decay=cfg.lora_weight_decay, val_fraction=cfg.val_fraction, seed=seed)
+                       lr=cfg.lora_lr, weight_decay=cfg.lora_weight_decay, val_fraction=cfg.val_fraction,
+                       tap_scaling="none", cv_folds=0, seed=seed)
 
 
 # (module, function, part): what the trainer calls, by the part of a step it belongs to. Entries a given
@@ -95,6 +99,10 @@ def finetune_skip(method: str, backbone: Backbone, x, y, cfg: BenchConfig, seed:
               "steps": cfg.epochs * -(-history.samples["train"] // cfg.batch_size), "peak_rss_mb": peak_rss_mb()}
     if cached:
         record["cache_bytes"] = history.cache.get("bytes", 0)
+    if history.selection:
+        sel = history.selection
+        record.update(cv_estimate=sel["chosen"]["score"], cv_no_finetune=sel["no_finetune"]["score"],
+                      cv_helps=sel["helps"], chosen=history.chosen)
     if profile:
         t = time.perf_counter()
         with instrumented(backbone, cfg.batch_size) as parts:
@@ -116,4 +124,5 @@ def run(method: str, bundle: str, data: dict, cfg: BenchConfig, seed: int, profi
     backbone = Backbone(bundle, threads=1)
     adapter, record = finetune_skip(method, backbone, data["x_ft"], data["y_ft"], cfg, seed, profile)
     record["accuracy"] = Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"]
+    record["base_accuracy"] = Predictor(backbone).evaluate(data["x_te"], data["y_te"])["accuracy"]
     return record
