@@ -14,7 +14,7 @@ from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
 from edgelora.bundle import load_manifest  # noqa: E402
 from edgelora.cli import main  # noqa: E402
 from edgelora.cli.demo_data import splits  # noqa: E402
-from edgelora.fleet import deploy  # noqa: E402
+from edgelora.fleet import deploy, processes  # noqa: E402
 from edgelora.fleet.aggregate import ServerOptimizer, weighted_mean  # noqa: E402
 from edgelora.fleet.client_app import app as client_app  # noqa: E402
 from edgelora.fleet.device import FleetDevice, RoundSettings  # noqa: E402
@@ -187,23 +187,26 @@ def test_import_edgelora_does_not_import_flower():
 def test_loopback_deployment_superlink_and_four_supernodes(tmp_path, demo):
     """The deployment runtime as separate processes on 127.0.0.1: 4 devices, 2 rounds, all processes end."""
     nodes = device_nodes(tmp_path, demo)
-    port = deploy.free_port()
+    before = set(processes._adopted_children())
+    port = processes.free_port()
     env = deploy.flwr_env(tmp_path / "home", "127.0.0.1", port)
-    procs = deploy.Processes(tmp_path / "logs", env)
+    procs = processes.Processes(tmp_path / "logs", env)
     settings = FleetSettings(bundle=str(BUNDLE), out=str(tmp_path / "shared"), num_rounds=2, min_clients=4,
                              round_timeout=120, node_wait=120, round=RoundSettings(local_epochs=2))
     try:
         procs.start("superlink", deploy.superlink_command("127.0.0.1", port))
-        deploy.wait_for_port("127.0.0.1", port, 60)
+        processes.wait_for_port("127.0.0.1", port, 60)
         for i, n in enumerate(nodes):
             cfg = deploy.write_node_config(tmp_path / f"n{i}.toml", n["bundle"], n["data"], n["workdir"])
-            procs.start(f"node{i}", deploy.supernode_command(f"127.0.0.1:{port}", deploy.free_port(), cfg, 30))
+            procs.start(f"node{i}", deploy.supernode_command(f"127.0.0.1:{port}", processes.free_port(), cfg, 30))
         done = subprocess.run(deploy.run_command(deploy.write_app(tmp_path / "app", settings)), env=env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         procs.stop(10)
     assert all(p.poll() is not None for p in procs.procs.values())
+    alive = [pid for pid in processes._adopted_children() if pid not in before and not processes._is_zombie(pid)]
+    assert alive == []                         # Flower's detached helpers were adopted and ended too
     log = json.loads((tmp_path / "shared.rounds.json").read_text())
     assert [r["accepted"] for r in log["rounds"]] == [4, 4]
     assert load_adapter(tmp_path / "shared", MANIFEST).config.training["fleet"]["round"] == 2

@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     d.add_argument("--workdir", type=Path, default=None, metavar="DIR", help="node: its store and cache (kept)")
     d.add_argument("--max-wait", type=common.positive_float, default=600.0, metavar="S",
                    help="node: exit after this many seconds without the SuperLink (default 600)")
+    d.add_argument("--fault", choices=("nan", "shape", "fingerprint"), default="", help=argparse.SUPPRESS)  # tests
     d.add_argument("--bundle", type=Path, default=None, help="personalize: the backbone bundle")
     d.add_argument("--shared", type=Path, default=None, metavar="DIR", help="personalize: the shared adapter")
     r = p.add_argument_group("rounds (run)")
@@ -102,7 +103,7 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
     if args.action == "node":
         _need(args, "target", "data", "workdir")
         cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
-                                       str(args.workdir), args.x_key, args.y_key)
+                                       str(args.workdir), args.x_key, args.y_key, args.fault)
         return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait), env, "node")
     _need(args, "target", "out")
     from ..fleet.device import RoundSettings
@@ -126,15 +127,9 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
 
 
 def _foreground(command: list[str], env: dict, what: str) -> dict:
-    """Run a Flower server process until it ends (Ctrl-C or SIGTERM ends it too)."""
-    proc = subprocess.Popen(command, env=env)
-    try:
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-    return {"action": what, "exit_code": code}
+    """Run a Flower server process until it ends; Ctrl-C or SIGTERM ends it too (processes.supervise)."""
+    from ..fleet.processes import supervise
+    return {"action": what, "exit_code": supervise(command, env)}
 
 
 def _personalize(args: argparse.Namespace) -> dict:

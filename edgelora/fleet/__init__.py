@@ -12,7 +12,8 @@ adapter. Modules:
     client_app  the Flower ClientApp (`edgelora.fleet.client_app:app`)
     server_app  the Flower ServerApp (`edgelora.fleet.server_app:app`)
     local_grid  an in-process Flower Grid: the same apps without SuperLink, for experiments and tests
-    deploy      the Flower app folder, SuperLink and SuperNode command lines, bounded process handling
+    deploy      the Flower app folder, the environment, SuperLink and SuperNode command lines
+    processes   starting, supervising and stopping them: bounded waits, no process left behind
 
 `import edgelora` never imports this package; `update`, `aggregate`, `device` and `personal` do not
 import flwr either.

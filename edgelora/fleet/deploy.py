@@ -1,20 +1,18 @@
-"""A fleet on Flower's deployment runtime: the app folder, the command lines, bounded process handling.
+"""A fleet on Flower's deployment runtime: the app folder, the environment and the command lines.
 
 Flower's deployment is three kinds of process: one SuperLink (the server's endpoint; it starts the
 ServerApp when a run is submitted), one SuperNode per device (it starts the ClientApp for each message),
 and `flwr run`, which submits the app to the SuperLink. Every command here binds to or dials the given
 host (127.0.0.1 by default), disables Flower's telemetry, update check and run-time dependency
 installation (no network beyond the fleet), and keeps Flower's files under a private FLWR_HOME.
+Starting, supervising and stopping the processes is edgelora.fleet.processes.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .settings import FleetSettings
@@ -102,124 +100,3 @@ def write_node_config(path: Path, bundle: str, data: str, workdir: str, x_key: s
 
 def run_command(app: Path) -> list[str]:
     return [_tool("flwr"), "run", str(app), CONNECTION, "--stream"]
-
-
-def _become_subreaper() -> bool:
-    """Linux: orphans of our process tree (Flower detaches helper processes) become our children, so we can
-    reap them instead of leaving zombies under an init that may not reap."""
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0   # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-def _adopted_children() -> list[int]:
-    """PIDs whose parent is this process (started here, or orphans of them adopted as subreaper)."""
-    me, out = os.getpid(), []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == me:
-            out.append(int(entry.name))
-    return out
-
-
-class Processes:
-    """Processes started in their own session, each with a log file; `stop` ends every one it started
-    and every descendant Flower detached from them (this process is their subreaper)."""
-
-    def __init__(self, logs: Path, env: dict):
-        self.logs, self.env, self.procs = logs, env, {}
-        logs.mkdir(parents=True, exist_ok=True)
-        self.subreaper = _become_subreaper()
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal the process group of `name` (the process and the children Flower started for it)."""
-        proc = self.procs[name]
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, grace: float = 10.0) -> dict[str, int | None]:
-        """SIGTERM every group still running, SIGKILL after `grace` seconds; returns exit codes."""
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                self.kill(name, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill(name, signal.SIGKILL)
-                proc.wait(5)
-        for name in self.procs:   # children Flower left in a group whose leader exited
-            self.kill(name, signal.SIGKILL)
-        self.leftovers = self.reap(grace)
-        return {name: proc.returncode for name, proc in self.procs.items()}
-
-    def reap(self, grace: float) -> int:
-        """End and reap adopted descendants (SIGTERM, then SIGKILL); returns how many were still running."""
-        if not self.subreaper:
-            return 0
-        mine = {p.pid for p in self.procs.values()}
-        running = [pid for pid in _adopted_children() if pid not in mine and not _is_zombie(pid)]
-        for pid in running:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(not _is_zombie(p) for p in running):
-            time.sleep(0.1)
-        for pid in running:
-            _signal(pid, signal.SIGKILL)
-        for pid in _adopted_children():
-            if pid not in mine:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
-        return len(running)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True   # gone
-    return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def wait_for_port(host: str, port: int, timeout: float) -> None:
-    """Return once something listens on host:port; TimeoutError after `timeout` seconds."""
-    import socket
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
