@@ -120,7 +120,7 @@ def test_error_corrupt_data_files(tmp_path, toy_data):
     with pytest.raises(ValueError, match="cut.npz"):
         load_arrays(tmp_path / "cut.npz")
     (tmp_path / "bad.csv").write_text("a,b,label\n1,2,0\n3,x,1\n")
-    with pytest.raises(ValueError, match="bad.csv: row 3 is not 3 numeric values"):
+    with pytest.raises(ValueError, match=r"bad.csv: row 3, column 1 \('b'\): expected a number, found 'x'"):
         load_arrays(tmp_path / "bad.csv")
     (tmp_path / "ok.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
     with pytest.raises(ValueError, match="label column 'y' not found; columns are \\['a', 'b', 'label'\\]"):
