@@ -80,6 +80,21 @@ def compare(node, backbone, bundle, folder, train, test, cfg, extra=()):
     return acc
 
 
+def test_js_prng_follows_the_specification(node):
+    from edgelora.shuffle import SplitMix64, init_values
+    code = ("const { SplitMix64, initValues } = require(process.argv[1]);"
+            "const r = new SplitMix64(0, 0);"
+            "console.log(JSON.stringify({ first: [r.next(), r.next()].map(String),"
+            " perm: Array.from(new SplitMix64(-3).permutation(1000), Number),"
+            " init: Array.from(initValues([5, 3], 2, 11)) }));")
+    out = subprocess.run([node, "-e", code, str(CLIENT / "src" / "prng.js")], capture_output=True, text=True, timeout=60)
+    got = json.loads(out.stdout)
+    assert [int(v) for v in got["first"]] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+    assert got["perm"] == SplitMix64(-3).permutation(1000).tolist()
+    want = np.concatenate([a.ravel() for a in init_values((5, 3), 2, 11)])
+    assert np.array_equal(np.asarray(got["init"], np.float32), want)
+
+
 def test_js_adapters_equal_the_python_ones_on_the_demo(node, demo, capsys):
     backbone, bundle, folder, s = demo
     acc = compare(node, backbone, bundle, folder, s["finetune"], s["test"], explicit())
