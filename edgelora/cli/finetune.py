@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
     p.add_argument("--out", required=True, type=Path, metavar="ADAPTER_DIR",
                    help="adapter folder to write (new, empty, or an adapter, which is replaced atomically)")
-    common.add_overwrite(p, "--out")
+    common.add_overwrite(p, "--out (and --checkpoint-dir)")
     common.add_data_flags(p, labels=True, what="labelled training samples")
     t = p.add_argument_group("training")
     t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
