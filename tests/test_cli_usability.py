@@ -39,7 +39,16 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
             os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or systemd sends
     monkeypatch.setattr(edgelora.train, "save_checkpoint", save_then_terminate)
     capsys.readouterr()
-    assert main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck")]) == 143
+
+    def unhandled(signum, frame):  # what pytest would see if the command did not handle SIGTERM itself
+        raise RuntimeError("SIGTERM reached the test's own handler")
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code = main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck")])
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the command's handler is removed again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("edgelora finetune: interrupted by SIGTERM; nothing was "
                                                          f"saved to {d / 'ad'}"), err
@@ -49,7 +58,6 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
     monkeypatch.setattr(edgelora.train, "save_checkpoint", real)
     assert main(command[1:]) == 0
     assert np.array_equal(load_adapter(d / "ad").flat, load_adapter(d / "reference").flat)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
 
 
 def test_ctrl_c_without_a_checkpoint_says_how_to_make_runs_resumable(files, capsys, monkeypatch):
