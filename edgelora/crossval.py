@@ -70,26 +70,30 @@ def fold_standardizer(flat: np.ndarray, layout: lora.Layout, scale: float, mu: n
 
 
 class Stack:
-    """M skip adapters of one layout trained side by side (one optimiser, per-model weight decay)."""
+    """M = G x Mg skip adapters of one layout trained side by side: G input groups (one per tap scaling, each
+    reading its own version of the taps) of Mg models each; one optimiser with per-model weight decay.
+    Model m = g Mg + j. Each product is one (batched) matrix product over all models."""
 
-    def __init__(self, layout: lora.Layout, m: int, scale: float, decays: np.ndarray, cfg,
+    def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
                  init_flat: np.ndarray | None = None):
-        self.layout, self.m, self.scale = layout, m, scale
+        """decays (Mg,): the weight decay of model j of every group."""
+        self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
         one = lora.init(layout, cfg.seed) if init_flat is None else init_flat  # where a single run starts
         p1 = lora.views(one, layout)
-        self.shapes = {**{key: (d, m, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
-                       "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
+        self.shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
+                       "B": (self.m, len(layout.taps) * layout.rank, layout.num_outputs)}
         if layout.bias:
-            self.shapes["bias"] = (m, layout.num_outputs)
+            self.shapes["bias"] = (self.m, layout.num_outputs)
         size = sum(int(np.prod(s)) for s in self.shapes.values())
         self.flat, self.grad, wd = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
         self.p, self.g, w = self._views(self.flat), self._views(self.grad), self._views(wd)
+        every = np.tile(decays, groups)
         for key in layout.a_keys:
-            self.p[key][:] = p1[key][:, None, :]
-            w[key][:] = decays[None, :, None]
-        self.p["B"][:], w["B"][:] = p1["B"], decays[:, None, None]
+            self.p[key][:] = p1[key][None, :, None, :]
+            w[key][:] = decays[None, None, :, None]
+        self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None]
         if layout.bias:
-            self.p["bias"][:], w["bias"][:] = p1["bias"], decays[:, None]
+            self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
         self.opt = OPTIMIZERS[cfg.optimizer](size, weight_decay=wd,
                                              **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
 
@@ -101,13 +105,19 @@ class Stack:
             i += n
         return out
 
+    def A(self, k: int, p: dict | None = None) -> np.ndarray:
+        """A_k of every model as (G, d_k, Mg r): a view for one batched product per tap."""
+        a = (self.p if p is None else p)[self.layout.a_keys[k]]
+        return a.reshape(self.g_, a.shape[1], self.mg * self.layout.rank)
+
     def forward(self, y0: np.ndarray, t: np.ndarray):
-        """y0, t  # (b, C), (b, D)  ->  y (M, b, C), h (M, b, K r)."""
-        lay, m, r = self.layout, self.m, self.layout.rank
-        h = np.empty((m, len(t), len(lay.taps) * r), np.float32)
+        """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C), h (M, b, K r)."""
+        lay, (g, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
+        h = np.empty((g, mg, n, len(lay.taps) * r), np.float32)
         for k, (a, b) in enumerate(lay.bounds):
-            hk = t[:, a:b] @ self.p[lay.a_keys[k]].reshape(b - a, m * r)          # (b, M r)
-            h[:, :, k * r:(k + 1) * r] = hk.reshape(len(t), m, r).transpose(1, 0, 2)
+            hk = np.matmul(t[:, :, a:b], self.A(k))                                 # (G, b, Mg r)
+            h[:, :, :, k * r:(k + 1) * r] = hk.reshape(g, n, mg, r).transpose(0, 2, 1, 3)
+        h = h.reshape(self.m, n, -1)
         y = h @ self.p["B"]
         y *= self.scale
         y += y0
@@ -118,7 +128,7 @@ class Stack:
     def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float) -> None:
         """One optimiser step of every model. weight (M, b, 1): each model's per-sample loss weight, summing
         to 1 over its samples (0 = not its data), as `cross_validate` builds it."""
-        lay, m, r = self.layout, self.m, self.layout.rank
+        lay, (g_, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
         y, h = self.forward(y0, t)
         g = grad_fn(y)                                       # (M, b, C): dL/dy per sample, unnormalised
         g *= weight
@@ -126,10 +136,10 @@ class Stack:
             np.add.reduce(g, axis=1, out=self.g["bias"])
         g *= self.scale
         np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
-        gh = g @ self.p["B"].transpose(0, 2, 1)              # (M, b, K r)
+        gh = (g @ self.p["B"].transpose(0, 2, 1)).reshape(g_, mg, n, -1)       # (G, Mg, b, K r)
         for k, (a, b) in enumerate(lay.bounds):
-            ghk = gh[:, :, k * r:(k + 1) * r].transpose(1, 0, 2).reshape(len(t), m * r)
-            np.matmul(t[:, a:b].T, ghk, out=self.g[lay.a_keys[k]].reshape(b - a, m * r))
+            ghk = gh[..., k * r:(k + 1) * r].transpose(0, 2, 1, 3).reshape(g_, n, mg * r)
+            np.matmul(t[:, :, a:b].transpose(0, 2, 1), ghk, out=self.A(k, self.g))
         self.opt.step(self.flat, self.grad, lr)
 
 
@@ -183,10 +193,12 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
     elif task == "classification" and cfg.class_weights == "balanced":
         sample_w = balanced_weights(targets, c)[targets]
     rng = np.random.default_rng(cfg.seed)
-    wds = np.repeat(np.asarray(decays, np.float32), k)            # model j: decay j // k, fold j % k
-    stacks = {(sc, r): Stack(layout, len(wds), alpha[r] / r, wds, cfg, init_flat)
-              for sc in taps for r, layout in layouts.items()}
-    own = np.tile(np.arange(k), len(decays))                      # fold of each model in a stack
+    scalings = list(taps)
+    t_all = np.stack([taps[sc] for sc in scalings])              # (G, N, D): one group per tap scaling
+    wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
+    stacks = {r: Stack(layout, len(scalings), len(wds), alpha[r] / r, wds, cfg, init_flat)
+              for r, layout in layouts.items()}
+    own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
     total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
     results = []
@@ -197,17 +209,17 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
             weight = (fold[idx][None, :] != own[:, None]) * sample_w[idx]
             weight = (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
             lr = learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup)
-            b0 = y0[idx]
-            for (sc, _), stack in stacks.items():
-                stack.step(b0, taps[sc][idx], lambda y: grad(y, idx), weight, lr)
+            b0, t = y0[idx], t_all[:, idx]
+            for stack in stacks.values():
+                stack.step(b0, t, lambda y: grad(y, idx), weight, lr)
         if epoch in marks:
-            for (sc, r), stack in stacks.items():
-                y, _ = stack.forward(y0, taps[sc])               # (M, N, C): every model on every sample
+            for r, stack in stacks.items():
+                y, _ = stack.forward(y0, t_all)                  # (M, N, C): every model on every sample
                 score, loss = _scores(y, targets, task)
                 bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
                 score[bad], loss[bad] = -np.inf, np.inf
                 mine = own[:, None] == fold[None, :]             # each sample scored by its fold's model
-                for j, wd in enumerate(decays):
+                for j, (sc, wd) in enumerate((sc, wd) for sc in scalings for wd in decays):
                     sel = mine[j * k:(j + 1) * k]
                     s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)

@@ -38,45 +38,46 @@ def test_no_sample_trains_the_model_that_validates_it():
     fold = folds(y, k, "classification")
     t, y0 = rng.standard_normal((n, 5)).astype(np.float32), rng.standard_normal((n, 3)).astype(np.float32)
     for f in range(k):
-        stack = Stack(layout, k, 1.0, np.zeros(k, np.float32), CV)
+        stack = Stack(layout, 1, k, 1.0, np.zeros(k, np.float32), CV)
         only = np.flatnonzero(fold == f)                     # a batch of fold f's samples only
         weight = (fold[only][None, :] != np.arange(k)[:, None]).astype(np.float32)
         grad = _grad_fn("classification", 3, y)
-        stack.step(y0[only], t[only], lambda out: grad(out, only), unit(weight), 0.1)
+        stack.step(y0[only], t[only][None], lambda out: grad(out, only), unit(weight), 0.1)
         moved = [bool(np.any(stack.p["B"][j]) or np.any(stack.p["bias"][j])) for j in range(k)]
         assert moved == [j != f for j in range(k)]
 
 
 def test_stack_equals_single_runs():
-    """Each model of a stack follows exactly the single-model forward/backward/AdamW on its own rows."""
+    """Each model of a stack (2 input groups x 3 models) follows exactly the single-model forward/backward/AdamW
+    on its own rows of its own group's taps."""
     rng = np.random.default_rng(1)
     layout = lora.Layout(("a", "b"), (6, 4), 3, 2, True)
-    m, b = 3, 8
+    groups, mg, b = 2, 3, 8
     decays = np.array([0.0, 0.1, 1.0], np.float32)
-    stack = Stack(layout, m, 2.0, decays, CV)
+    stack = Stack(layout, groups, mg, 2.0, decays, CV)
     y = rng.integers(0, 3, b)
-    weight = (rng.random((m, b)) < 0.7).astype(np.float32)
+    weight = (rng.random((groups * mg, b)) < 0.7).astype(np.float32)
     weight[:, 0] = 1.0
-    singles = [lora.init(layout, CV.seed) for _ in range(m)]
-    opts = [AdamW(layout.size, weight_decay=float(d)) for d in decays]
+    singles = [lora.init(layout, CV.seed) for _ in range(groups * mg)]
+    opts = [AdamW(layout.size, weight_decay=float(decays[m % mg])) for m in range(groups * mg)]
     grad = _grad_fn("classification", 3, y)
     onehot = np.eye(3, dtype=np.float32)[y]
     for _ in range(5):
-        t, y0 = rng.standard_normal((b, 10)).astype(np.float32), rng.standard_normal((b, 3)).astype(np.float32)
+        t, y0 = rng.standard_normal((groups, b, 10)).astype(np.float32), rng.standard_normal((b, 3)).astype(np.float32)
         idx = np.arange(b)
         stack.step(y0, t, lambda out: grad(out, idx), unit(weight), 0.05)
-        for j in range(m):
-            rows = weight[j] > 0
-            p, g = lora.views(singles[j], layout), lora.views(np.zeros_like(singles[j]), layout)
-            out, saved = lora.forward(p, y0[rows], t[rows], layout, 2.0)
+        for m in range(groups * mg):
+            rows = weight[m] > 0
+            p, g = lora.views(singles[m], layout), lora.views(np.zeros_like(singles[m]), layout)
+            out, saved = lora.forward(p, y0[rows], t[m // mg][rows], layout, 2.0)
             lora.backward(cross_entropy_grad(out, onehot[rows]), saved, p, g, layout, 2.0)
-            opts[j].step(singles[j], np.concatenate([v.ravel() for v in g.values()]), 0.05)
-    for j in range(m):
-        p = lora.views(singles[j], layout)
-        assert np.allclose(stack.p["A.a"][:, j], p["A.a"], atol=1e-5)
-        assert np.allclose(stack.p["A.b"][:, j], p["A.b"], atol=1e-5)
-        assert np.allclose(stack.p["B"][j], p["B"], atol=1e-5)
-        assert np.allclose(stack.p["bias"][j], p["bias"], atol=1e-5)
+            opts[m].step(singles[m], np.concatenate([v.ravel() for v in g.values()]), 0.05)
+    for m in range(groups * mg):
+        p = lora.views(singles[m], layout)
+        assert np.allclose(stack.p["A.a"][m // mg, :, m % mg], p["A.a"], atol=1e-5)
+        assert np.allclose(stack.p["A.b"][m // mg, :, m % mg], p["A.b"], atol=1e-5)
+        assert np.allclose(stack.p["B"][m], p["B"], atol=1e-5)
+        assert np.allclose(stack.p["bias"][m], p["bias"], atol=1e-5)
 
 
 def test_choose_prefers_raw_taps_within_one_standard_error():
