@@ -21,11 +21,13 @@ from .kit_graphs import evaluate_graph, train_epoch_graph
 from .lora import Layout
 from .onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
 from .schema import check, normalize, to_dict
+from .targets import check_target, folder_kind
 
 KIT_FORMAT_VERSION = 1
 CONTRACT_FILE, TRAIN_FILE, EVAL_FILE = "kit.json", "train_epoch.onnx", "evaluate.onnx"
 MAX_GRAPH_BYTES = 64 * 2**20
 BETAS, EPS = (0.9, 0.999), 1e-8  # optim.Adam's defaults
+KIT_KIND = folder_kind("training kit folder", CONTRACT_FILE, (TRAIN_FILE, EVAL_FILE))
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,10 @@ class Kit:
     evaluate: bytes
     contract: dict
 
-    def save(self, folder: PathLike) -> Path:
-        """Write the kit folder in one atomic swap; refuse to replace a folder that is not a kit."""
-        folder = Path(folder)
-        if folder.exists() and folder.is_dir() and any(folder.iterdir()) and not (folder / CONTRACT_FILE).is_file():
-            raise ValueError(f"{folder} exists and is not a training kit (no {CONTRACT_FILE}); choose a new "
-                             f"folder for --out (nothing was written)")
+    def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
+        """Write the kit folder in one atomic swap. An existing `folder` must be a kit or empty, unless
+        `overwrite` (see edgelora.targets)."""
+        check_target(folder, KIT_KIND, overwrite=overwrite)
         return write_folder(folder, {TRAIN_FILE: self.train_epoch, EVAL_FILE: self.evaluate,
                                      CONTRACT_FILE: dumps_json(self.contract)}, "training kit")
 

@@ -96,9 +96,24 @@ def test_error_truncated_graph_and_other_backbone(toy_bundle, tmp_path):
         finetune_onnx(backbone, np.zeros((30, 10), np.float32), np.arange(30) % 3, explicit(), kit=kit)
     (tmp_path / "notakit").mkdir()
     (tmp_path / "notakit" / "mine.txt").write_text("keep")
-    with pytest.raises(ValueError, match="is not a training kit"):
+    with pytest.raises(ValueError, match="not a training kit folder; refusing to replace it"):
         kit.save(tmp_path / "notakit")
     assert (tmp_path / "notakit" / "mine.txt").read_text() == "keep"
+
+
+def test_cli_kit_writes_a_loadable_kit_and_refuses_foreign_outputs(toy_bundle, tmp_path, capsys):
+    from edgelora.cli import main
+    assert main(["kit", str(toy_bundle), "--out", str(tmp_path / "kit"), "--rank", "2", "--epochs", "7", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    kit = load_kit(tmp_path / "kit", Backbone(toy_bundle).manifest)
+    assert r["recipe"]["r"] == 2 and kit.contract["defaults"]["epochs"] == 7 and kit.contract["layout"]["rank"] == 2
+    assert main(["kit", str(toy_bundle), "--out", str(tmp_path / "kit"), "--quiet"]) == 0   # a kit is replaced
+    for out, message in ((toy_bundle, "is the input bundle"), (tmp_path / "kit" / "kit.json", "")):
+        assert main(["kit", str(toy_bundle), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert main(["kit", str(toy_bundle), "--out", str(tmp_path / "k2"), "--weight-decay", "auto"]) == 2
+    assert "found 'auto'" in capsys.readouterr().err and not (tmp_path / "k2").exists()
 
 
 def test_error_auto_settings_and_dropout(toy_bundle, toy_data):

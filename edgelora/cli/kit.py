@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..bundle import load_manifest
-from ..kit import CONTRACT_FILE, EVAL_FILE, TRAIN_FILE, KitRecipe, build_kit
+from ..kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
 from ..train import TrainConfig
 from . import common
 
@@ -27,8 +27,11 @@ def register(subparsers) -> None:
                     "reference client. Rank, alpha, batch size and optimiser are baked into the graphs; epochs, "
                     "learning rate, weight decay, class weights and seed are recorded as defaults the client "
                     "may change.", example=EXAMPLE)
+    p.set_defaults(targets=lambda args: ([("--out", args.out, KIT_KIND)], [("input bundle", args.bundle)]))
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
-    p.add_argument("--out", required=True, type=Path, metavar="KIT", help="kit folder to write")
+    p.add_argument("--out", required=True, type=Path, metavar="KIT",
+                   help="kit folder to write (new, empty, or a kit, which is replaced atomically)")
+    common.add_overwrite(p, "--out")
     g = p.add_argument_group("recipe baked into the graphs")
     g.add_argument("--rank", type=common.positive_int, default=k.r, help=f"adapter rank r (default {k.r})")
     g.add_argument("--alpha", type=common.positive_float, default=None, help="LoRA alpha (default 2 r)")
