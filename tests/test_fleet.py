@@ -179,6 +179,19 @@ def test_cli_fleet_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
+def test_supervise_ends_a_hung_supernode_and_the_helpers_it_detached(tmp_path):
+    """flwr 1.42's SuperNode can hang after giving up; its detached helpers outlive it. Neither may stay."""
+    fake = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(120)'], start_new_session=True); print('helper', p.pid, flush=True); "
+            "print('Giving up reconnection after 1 s', flush=True); time.sleep(120)")
+    runner = ("import os, sys; from edgelora.fleet.processes import supervise; "
+              f"print('CODE', supervise([sys.executable, '-c', {fake!r}], dict(os.environ), grace=1.0))")
+    done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=60)
+    assert "CODE -15" in done.stdout, done.stdout + done.stderr     # terminated after the grace
+    helper = int(done.stdout.split("helper ")[1].split()[0])
+    assert not Path(f"/proc/{helper}").exists() or " Z" in Path(f"/proc/{helper}/stat").read_text()
+
+
 def test_import_edgelora_does_not_import_flower():
     code = "import sys, edgelora; sys.exit('flwr' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

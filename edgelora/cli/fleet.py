@@ -107,8 +107,7 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
         return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait), env, "node")
     _need(args, "target", "out")
     from ..fleet.device import RoundSettings
-    from ..fleet.server_app import check_out, rounds_path
-    from ..fleet.settings import FleetSettings
+    from ..fleet.settings import FleetSettings, check_out, rounds_path
     check_out(args.out.resolve())
     settings = FleetSettings(bundle=str(args.target.resolve()), out=str(args.out.resolve()), num_rounds=args.rounds,
                              min_clients=args.min_clients, strategy=args.strategy, rank=args.rank,

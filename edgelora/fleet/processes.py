@@ -170,21 +170,15 @@ def supervise(command: list[str], env: dict, grace: float = 10.0, out=None) -> i
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
-    gave_up = None
     try:
-        for line in iter(proc.stdout.readline, b""):
-            out.write(line.decode(errors="replace"))
-            out.flush()
-            if GAVE_UP in line.decode(errors="replace"):
-                gave_up = time.monotonic()
-                break
-        if gave_up is not None:
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
+        _echo_until(proc, out, GAVE_UP)   # returns when it exits or gives up
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        proc.stdout.close()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -195,3 +189,22 @@ def supervise(command: list[str], env: dict, grace: float = 10.0, out=None) -> i
         if subreaper:
             end_adopted(grace, exclude=set())
     return proc.returncode
+
+
+def _echo_until(proc: subprocess.Popen, out, marker: str) -> None:
+    """Copy proc's output to `out` until proc exits or prints `marker`. Polls, because Flower's detached
+    helpers inherit the pipe: it may never reach end-of-file while they live."""
+    import select
+    fd, pending = proc.stdout.fileno(), b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        chunk = os.read(fd, 65536) if ready else b""
+        if chunk:
+            text = chunk.decode(errors="replace")
+            out.write(text)
+            out.flush()
+            pending = (pending + chunk)[-4096:]
+            if marker.encode() in pending:
+                return
+        elif ready or proc.poll() is not None:   # end of file, or exited with its output drained
+            return

@@ -18,11 +18,11 @@ from typing import Callable
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..adapter import CONFIG_FILE, Adapter, load_adapter
+from ..adapter import Adapter, load_adapter
 from ..bundle import load_manifest
 from ..fileio import atomic_write
 from .aggregate import ServerOptimizer
-from .settings import FleetSettings, round_to_config
+from .settings import FleetSettings, check_out, round_to_config, rounds_path
 from .strategy import FleetStrategy
 from .update import SHARED_KEY, AdapterSpec, adapter_from, initial_adapter, spec_for
 
@@ -32,16 +32,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_fleet(grid, FleetSettings.from_run_config(context.run_config))
-
-
-def rounds_path(out: Path) -> Path:
-    return out.with_name(out.name + ".rounds.json")
-
-
-def check_out(out: Path) -> None:
-    """Refuse to replace anything but an earlier adapter (a command never replaces files it did not write)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
-        raise ValueError(f"out: {out} exists and is not an adapter folder; choose a new folder")
 
 
 def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Adapter], None] | None = None) -> dict:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..adapter import CONFIG_FILE
 from ..schema import check
 from .aggregate import STRATEGIES
 from .device import RoundSettings
@@ -87,3 +89,14 @@ def _typed(cls, name: str, value):
         raise TypeError(f"fleet run config: `{name.replace('_', '-')}` should be {kind.__name__}, "
                         f"found {type(value).__name__} {value!r}")
     return value
+
+
+def rounds_path(out: Path) -> Path:
+    """Where the server writes the round log next to the shared adapter folder `out`."""
+    return out.with_name(out.name + ".rounds.json")
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace anything but an earlier adapter (a command never replaces files it did not write)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
+        raise ValueError(f"out: {out} exists and is not an adapter folder; choose a new folder")
