@@ -52,7 +52,8 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
   saveAdapter(out, config, params, contract.layout);
   return { out, backend, n: inputs.n, load_seconds: loaded, cache_seconds: filled - loaded,
     train_seconds: trained - filled, cpu_seconds: (cpu.user + cpu.system) / 1e6, seconds: seconds(), ...history, epochs: history.epochs.length,
-    epoch_seconds: history.epochs.map((e) => e.seconds), chosen };
+    epoch_seconds: history.epochs.map((e) => e.seconds), epoch_cpu_seconds: history.epochs.map((e) => e.cpu_seconds),
+    chosen };
 }
 
 function checkSettings(s) {

@@ -143,6 +143,7 @@ async function trainKit(ort, sessions, contract, rows, targets, n, settings) {
   const epochs = [];
   for (let epoch = 1; epoch <= settings.epochs; epoch++) {
     const t0 = process.hrtime.bigint();
+    const cpu0 = process.cpuUsage();
     const out = await sessions.train.run({ ...feed, ...state, perm: T(shuffler.permutation(nt), 'int64', [nt]),
       lr: T(lrs.subarray((epoch - 1) * steps, epoch * steps), 'float64', [steps]) });
     if (!out.finite.data[0]) { stopped = 'non_finite'; break; }  // keep the last good parameters
@@ -155,6 +156,8 @@ async function trainKit(ort, sessions, contract, rows, targets, n, settings) {
       if (bestLoss === null || rec.val_loss < bestLoss) { best = state.params; bestLoss = rec.val_loss; bestEpoch = epoch; since = 0; } else since += 1;
     } else { best = state.params; bestEpoch = epoch; }
     rec.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
+    rec.cpu_seconds = (cpu.user + cpu.system) / 1e6;
     epochs.push(rec);
     if (settings.patience && since >= settings.patience) { stopped = 'early_stopping'; break; }
   }
