@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     r.add_argument("--round-timeout", type=common.positive_float, default=120.0, metavar="S",
                    help="wait this long for replies; later ones are dropped (default 120)")
     r.add_argument("--update-dtype", choices=("float16", "float32"), default="float16", help="default float16")
+    r.add_argument("--evaluate", action="store_true",
+                   help="devices report each round's shared adapter's loss on their own validation split; "
+                        "--out keeps the round with the lowest loss")
     r.add_argument("--init", type=Path, default=None, metavar="DIR", help="start from this adapter")
     r.add_argument("--timeout", type=common.positive_float, default=3600.0, metavar="S",
                    help="stop waiting for the whole run after this many seconds (default 3600)")
@@ -112,6 +115,7 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
     settings = FleetSettings(bundle=str(args.target.resolve()), out=str(args.out.resolve()), num_rounds=args.rounds,
                              min_clients=args.min_clients, strategy=args.strategy, rank=args.rank,
                              round_timeout=args.round_timeout, init=str(args.init.resolve()) if args.init else "",
+                             evaluate=args.evaluate,
                              round=RoundSettings(local_epochs=args.local_epochs, update_dtype=args.update_dtype))
     app = deploy.write_app(home / "app", settings)
     start = time.monotonic()
