@@ -61,8 +61,11 @@ def test_finetune_then_eval_and_predict(files, capsys):
     d, bundle = files
     r = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", *FAST)
     assert (d / "ad" / "adapter_config.json").is_file() and (d / "ad" / "adapter_model.safetensors").is_file()
-    assert r["samples"] == {"train": 96, "val": 24} and r["cache"]["misses"] == 120 and r["cache"]["hits"] == 0
-    assert set(r["seconds"]) == {"cache_fill", "train", "total"} and r["val_before"] and r["val_after"]
+    assert r["samples"] == {"train": 120, "val": 0} and r["cache"]["misses"] == 120 and r["cache"]["hits"] == 0
+    assert set(r["seconds"]) == {"cache_fill", "train", "total"} and not r["val_before"] and not r["val_after"]
+    cv = r["cross_validation"]                       # the default: cross-validation, then a refit on every sample
+    assert cv["folds"] == 5 and {"score", "score_spread", "score_folds"} <= set(cv["chosen"])
+    assert r["chosen"]["epochs"] in (1, 2, 3) and r["chosen"]["tap_scaling"] in ("none", "standard")
     base = run_json(capsys, "eval", bundle, "--data", d / "train.npz")
     tuned = run_json(capsys, "eval", bundle, "--adapter", d / "ad", "--data", d / "train.npz")
     for m in (base, tuned):
@@ -84,7 +87,11 @@ def test_text_reports_show_before_and_after(files, capsys):
     d, bundle = files
     code, out, err = run(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", *FAST)
     assert code == 0 and err == ""  # stderr is not a terminal here: no progress bar
-    assert "before" in out and "after" in out and "cache fill" in out and str(d / "ad") in out
+    assert "cross-validated accuracy" in out and "without fine-tuning" in out and "cache fill" in out
+    assert str(d / "ad") in out
+    code, out, err = run(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad2", *FAST,
+                         "--val-fraction", "0.2")
+    assert code == 0 and "before" in out and "after" in out and "best epoch" in out
     code, out, _ = run(capsys, "eval", bundle, "--adapter", d / "ad", "--data", d / "train.npz")
     assert code == 0 and "accuracy" in out and "macro-F1" in out
     code, out, err = run(capsys, "eval", bundle, "--data", d / "train.npz", "--quiet")
@@ -103,7 +110,24 @@ def test_auto_rank_and_weight_decay(files, capsys):
     d, bundle = files
     r = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--rank", "auto",
                  "--weight-decay", "auto", *FAST)
-    assert len(r["candidates"]) == 12 and r["chosen"]["r"] in (2, 4, 8)
+    cands = r["cross_validation"]["candidates"]      # ranks x decays x tap scalings x epoch marks (1, 2, 3)
+    assert len(cands) == 3 * 4 * 2 * 3 and r["chosen"]["r"] in (2, 4, 8)
+    held = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--rank", "auto",
+                    "--weight-decay", "auto", "--tap-scaling", "none", "--val-fraction", "0.2", "--overwrite", *FAST)
+    assert len(held["candidates"]) == 12 and held["chosen"]["r"] in (2, 4, 8)
+
+
+def test_require_gain_refuses_an_adapter_that_does_not_help(files, capsys):
+    d, bundle = files
+    from edgelora import Backbone, Predictor
+    x = np.load(d / "train.npz")["x"]
+    # labels the backbone already gets right: no adapter can beat it
+    np.savez(d / "noise.npz", x=x, y=Predictor(Backbone(bundle)).predict(x))
+    code, out, err = run(capsys, "finetune", bundle, "--data", d / "noise.npz", "--out", d / "noisy", *FAST,
+                         "--require-gain")
+    assert code == 1 and "--require-gain" in err and "does not help" in err and not (d / "noisy").exists()
+    code, out, _ = run(capsys, "finetune", bundle, "--data", d / "noise.npz", "--out", d / "noisy", *FAST)
+    assert code == 0 and "fine-tuning does not help" in out and (d / "noisy").is_dir()
 
 
 def test_persistent_cache_second_run_hits_and_cache_command(files, capsys):

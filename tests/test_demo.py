@@ -46,7 +46,11 @@ def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path):
     assert a["after"] - a["before"] >= 0.25, "Skip2-LoRA must fix most of it"
     assert r["cache"]["misses"] == 400 and r["cache"]["hits"] == 400 and r["backbone_passes"] == 400
     assert r["seconds"]["total"] < 60 and r["peak_rss_bytes"] > 0
-    assert len(r["curve"]) == r["epochs"] + 1 and r["curve"][0]["epoch"] == 0
+    # the curve: cross-validated accuracy without an adapter (epoch 0) and after 1/4, 1/2 and all epochs
+    assert [c["epoch"] for c in r["curve"]] == [0, 15, 30, 60] and r["chosen"]["epochs"] in (15, 30, 60)
+    cv = r["cross_validation"]
+    assert cv["folds"] == 5 and r["curve"][0]["cv_accuracy"] == cv["no_finetune"]["score"]
+    assert cv["chosen"]["score"] > cv["no_finetune"]["score"] + 0.25 and cv["helps"]
     png = tmp_path / "story.png"
     assert r["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 

@@ -39,6 +39,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fold_count(text: str) -> int:
+    """--cv-folds: 0 (off) or an integer >= 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"expected 0 (no cross-validation) or a number of folds >= 2, found {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _float(text)
     if value <= 0:

@@ -21,7 +21,7 @@ from ..fileio import atomic_write, write_folder
 from ..metrics import evaluate_outputs
 from ..predict import Predictor
 from ..targets import Kind, check_target, file_kind
-from ..train import TrainConfig, finetune, validation_split
+from ..train import TrainConfig, finetune
 from . import common, demo_data
 from .progress import Progress
 
@@ -48,10 +48,12 @@ def register(subparsers) -> None:
     p.add_argument("--png", type=Path, default=Path("edgelora_demo.png"), metavar="FILE",
                    help="where to write the figure (default edgelora_demo.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
-    p.add_argument("--epochs", type=common.positive_int, default=60, help="epochs per candidate (default 60)")
+    p.add_argument("--epochs", type=common.positive_int, default=60,
+                   help="most epochs to train; cross-validation picks 1/4, 1/2 or all of them (default 60)")
     p.add_argument("--rank", type=common.rank, default=8, metavar="N|auto", help="adapter rank (default 8)")
-    p.add_argument("--weight-decay", type=common.decay, default="auto", metavar="W|auto",
-                   help="weight decay, or auto: chosen on the device by validation loss (default auto)")
+    p.add_argument("--weight-decay", type=common.decay, default=TrainConfig().weight_decay, metavar="W|auto",
+                   help=f"weight decay, or auto: chosen on the device by cross-validation "
+                        f"(default {TrainConfig().weight_decay})")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--save-data", type=Path, default=None, metavar="DIR",
                    help="also write DIR/bundle (the demo backbone), DIR/finetune.npz and DIR/test.npz (the new "
@@ -83,15 +85,15 @@ def run(args: argparse.Namespace) -> dict:
     rows = cache.rows(x)
     y0, _ = cache.gather(rows)
     collected = evaluate_outputs(y0, y, "classification")
+    # edgelora's default policy: cross-validation on the cache picks the tap scaling and the epoch count,
+    # then the adapter is trained on all 400 scans
     config = TrainConfig(r=args.rank, epochs=args.epochs, weight_decay=args.weight_decay, seed=args.seed)
-    _, val_idx = validation_split(y, config.val_fraction, config.val_split, config.seed, "classification")
-    val0 = evaluate_outputs(y0[val_idx], y[val_idx], "classification")
-    runs = (len(config.rank_grid) if config.r == "auto" else 1) * \
-        (len(config.weight_decay_grid) if config.weight_decay == "auto" else 1)
-    bar = Progress(runs * config.epochs, "training", enabled=not args.quiet)
+    bar = Progress(config.epochs, "training", enabled=not args.quiet)
     adapter, history = finetune(backbone, x, y, config, cache=cache,
-                                callback=lambda rec: bar.update(bar.done + 1, f"val loss {rec['val_loss']:.3f}"))
+                                callback=lambda rec: bar.update(bar.done + 1, f"train loss {rec['train_loss']:.3f}"))
     bar.close()
+    sel, ch = history.selection, history.chosen
+    recipes = len(sel["candidates"])
     backbone_passes = backbone.calls - calls0
     after = Predictor(backbone, adapter).evaluate(*data["test"])
     peak = _peak_rss()
@@ -104,17 +106,19 @@ def run(args: argparse.Namespace) -> dict:
         "gain_points": 100 * (after["accuracy"] - before["accuracy"]),
         "samples": {"finetune": int(len(y)), **history.samples, "test": before["samples"]},
         "collected_accuracy_before": collected["accuracy"],
-        "chosen": history.chosen, "candidates": history.candidates, "best_epoch": history.best_epoch,
-        "epochs": config.epochs, "runs": runs,
+        "chosen": ch, "cross_validation": sel, "epochs": config.epochs, "recipes": recipes,
         "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                     "total": time.perf_counter() - start},
         "cache": {"hits": cache.hits, "misses": cache.misses, "rows": len(cache),
                   "bytes": cache.stats()["bytes"], "dtype": cache.stats()["dtype"]},
-        "backbone_passes": backbone_passes, "passes_without_cache": runs * config.epochs * history.samples["train"],
+        "backbone_passes": backbone_passes,
+        "passes_without_cache": (len({c["tap_scaling"] for c in sel["candidates"]}) * sel["folds"] + 1)
+        * config.epochs * history.samples["train"],    # every fold model of each tap scaling, and the refit
         "peak_rss_bytes": peak, "threads": args.threads,
-        "curve": [{"epoch": 0, "val_accuracy": val0["accuracy"], "val_loss": val0["loss"]}] +
-                 [{"epoch": e["epoch"], "val_accuracy": e["val_accuracy"], "val_loss": e["val_loss"],
-                   "train_loss": e["train_loss"]} for e in history.epochs],
+        # cross-validated accuracy of the chosen recipe after each epoch count tried; epoch 0 = no adapter
+        "curve": [{"epoch": 0, "cv_accuracy": sel["no_finetune"]["score"]}] +
+                 [{"epoch": c["epochs"], "cv_accuracy": c["score"]} for c in sel["candidates"]
+                  if (c["tap_scaling"], c["weight_decay"], c["r"]) == (ch["tap_scaling"], ch["weight_decay"], ch["r"])],
         "shift": demo_data.SHIFT, "data": demo_data.CITATION, "bundle": str(BUNDLE),
         "png": None, "png_note": "not written (--no-plot)" if args.no_plot else None}
     if not args.no_plot:
@@ -160,24 +164,29 @@ def _peak_rss() -> int:
 
 def report(r: dict) -> str:
     a, s, t, c, ch = r["accuracy"], r["samples"], r["seconds"], r["cache"], r["chosen"]
-    auto = f" (auto: best validation loss of {r['runs']} candidates)" if r["runs"] > 1 else ""
+    cv = r["cross_validation"]
     figure = r["png"] or r["png_note"]
     return "\n".join([
         "edgelora demo: a digit classifier meets a new scanner",
         "  backbone   MLP 64 -> 64 -> 32 -> 10, pre-trained in the lab on 1000 clean scans (shipped in edgelora)",
         f"  shift      {r['shift']}",
         f"  device     fine-tunes Skip2-LoRA adapters on {s['finetune']} labelled scans from the new scanner "
-        f"({s['train']} train, {s['val']} validation), {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
+        f"(chosen by {cv['folds']}-fold cross-validation, then trained on all {s['train']}), "
+        f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}",
         "",
         f"  accuracy on {s['test']} test digits",
         f"    lab scanner (clean)      {100 * a['lab']:5.1f} %",
         f"    new scanner, before      {100 * a['before']:5.1f} %",
         f"    new scanner, after       {100 * a['after']:5.1f} %   ({r['gain_points']:+.1f} points)",
         "",
-        f"  chosen     r={ch['r']}, weight decay {ch['weight_decay']:g}{auto}, best epoch {r['best_epoch']} "
-        f"of {r['epochs']}",
+        f"  expected   {100 * cv['chosen']['score']:.1f} % by cross-validation on the 400 scans "
+        f"(± {100 * cv['chosen']['score_spread']:.1f} over folds; {100 * cv['no_finetune']['score']:.1f} % without "
+        f"fine-tuning)",
+        f"  chosen     r={ch['r']}, weight decay {ch['weight_decay']:g}, taps "
+        f"{'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}, {ch['epochs']} epochs "
+        f"(best of {r['recipes']} recipes)",
         f"  time       cache fill {t['cache_fill']:.3f} s (backbone, once per scan), training {t['train']:.3f} s "
-        f"({r['runs']} x {r['epochs']} epochs); whole demo {t['total']:.1f} s",
+        f"({cv['folds']} folds x {r['recipes']} recipes, then the refit); whole demo {t['total']:.1f} s",
         f"  cache      {c['misses']} misses (backbone runs), {c['hits']} hits; {c['rows']} rows, "
         f"{common.human_bytes(c['bytes'])} {c['dtype']}; backbone passes {r['backbone_passes']} "
         f"(without the cache: {r['passes_without_cache']:,})",

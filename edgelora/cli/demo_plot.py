@@ -57,23 +57,23 @@ def _examples(fig, cell, clean: np.ndarray, shifted: np.ndarray) -> None:
 
 
 def _curve(ax, r: dict) -> None:
-    """Validation accuracy per epoch; epoch 0 is the pre-trained backbone without adapters."""
+    """Cross-validated accuracy of the chosen recipe after each epoch count tried; epoch 0 = no adapter."""
     epochs = [c["epoch"] for c in r["curve"]]
-    acc = [100 * c["val_accuracy"] for c in r["curve"]]
-    ax.plot(epochs, acc, color=BLUE, lw=2, label=f"validation accuracy ({r['samples']['val']} held-out new scans)")
-    best = r["best_epoch"]
-    ax.plot([best], [acc[best]], "o", color=GREEN, ms=8, label=f"kept: best validation loss (epoch {best})")
+    acc = [100 * c["cv_accuracy"] for c in r["curve"]]
+    cv, ch = r["cross_validation"], r["chosen"]
+    ax.plot(epochs, acc, "o-", color=BLUE, lw=2,
+            label=f"cross-validated accuracy ({cv['folds']} folds of the {r['samples']['train']} new scans)")
+    kept = epochs.index(ch["epochs"])
+    ax.plot([ch["epochs"]], [acc[kept]], "o", color=GREEN, ms=10, label=f"chosen: {ch['epochs']} epochs")
     ax.axhline(100 * r["accuracy"]["lab"], color=GREY, ls="--", lw=1.2, label="lab accuracy (clean test scans)")
     ax.annotate("pre-trained\nbackbone", (0, acc[0]), xytext=(8, -4), textcoords="offset points", fontsize=9,
                 va="top")
-    ax.set_xlabel("epoch of on-device fine-tuning")
+    ax.set_xlabel("epochs of on-device fine-tuning")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_xlim(-1, max(epochs) + 1)
-    ch = r["chosen"]
-    runs = f"{r['runs']} candidates x {r['epochs']} epochs" if r["runs"] > 1 else f"{r['epochs']} epochs"
     ax.set_title(f"Fine-tuning on the device (r={ch['r']}, weight decay {ch['weight_decay']:g}):\n"
-                 f"{runs} in {r['seconds']['train']:.2f} s", fontsize=11)
+                 f"{r['recipes']} recipes x {cv['folds']} folds + refit in {r['seconds']['train']:.2f} s", fontsize=11)
     ax.legend(loc="lower right", fontsize=9, frameon=False)
     ax.grid(alpha=0.3)
 

@@ -5,7 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
-from ..bundle import BUNDLE_KIND
+from ..bundle import BUNDLE_KIND, FEATURE_MAP_POOLINGS
 from . import common
 
 EXAMPLE = """
@@ -44,12 +44,16 @@ def register(subparsers) -> None:
                    help="which model output is the base output, if the model has several")
     p.add_argument("--attention-mask", default=None, metavar="INPUT",
                    help="input holding a (batch, tokens) mask, for masked mean pooling of token taps")
+    p.add_argument("--pooling", choices=FEATURE_MAP_POOLINGS, default="global_avg",
+                   help="how conv feature-map taps become vectors: channel means (C values), means and standard "
+                        "deviations (2 C), or means of 2/4/8 segments along time or image rows (C S) "
+                        "(default global_avg)")
 
 
 def run(args: argparse.Namespace) -> dict:
     taps = "auto" if args.taps == "auto" else [t.strip() for t in args.taps.split(",") if t.strip()]
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
-    options = {"task": args.task, "classes": classes, "attention_mask": args.attention_mask}
+    options = {"task": args.task, "classes": classes, "attention_mask": args.attention_mask, "pooling": args.pooling}
     if str(args.model).lower().endswith(".onnx"):
         for flag in ("example", "weights"):
             if getattr(args, flag) is not None:

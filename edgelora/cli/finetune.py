@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     common.add_data_flags(p, labels=True, what="labelled training samples")
     t = p.add_argument_group("training")
     t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
-                   help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} on validation loss (default {d.r})")
+                   help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} (default {d.r})")
     t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
                    help="LoRA alpha; the adapter output is scaled by alpha / r (default 2 r)")
     t.add_argument("--epochs", type=common.positive_int, default=d.epochs, help=f"default {d.epochs}")
@@ -51,8 +51,19 @@ def register(subparsers) -> None:
                    help=f"default {d.optimizer}")
     t.add_argument("--weight-decay", type=common.decay, default=d.weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: pick from {list(d.weight_decay_grid)} (default {d.weight_decay})")
+    t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
+                   help="taps as cached, or each feature standardised over these samples (folded into the saved "
+                        f"adapter); auto: choose (default {d.tap_scaling})")
+    t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
+                   help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
+                        "(folds: blocks in sample order within each class), then train on every sample; 0: no "
+                        f"selection, train exactly the given settings (default {d.cv_folds})")
     t.add_argument("--val-fraction", type=common.fraction, default=d.val_fraction, metavar="F",
-                   help=f"share of each class's most recent samples held out for validation (default {d.val_fraction})")
+                   help="instead of cross-validation, hold out this share of each class's most recent samples, "
+                        f"choose on it and restore the best epoch (default {d.val_fraction}: cross-validation)")
+    t.add_argument("--require-gain", action="store_true",
+                   help="save nothing (exit 1) when cross-validation says the adapter does not beat the backbone "
+                        "without fine-tuning")
     t.add_argument("--patience", type=common.positive_int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss (default: never)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
@@ -81,7 +92,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--resume needs --checkpoint-dir: the folder where the interrupted run saved its checkpoints")
     config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
+                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                         tap_scaling=args.tap_scaling, cv_folds=args.cv_folds)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
@@ -97,8 +109,9 @@ def run(args: argparse.Namespace) -> dict:
         y0, _ = cache.gather(rows[val_idx])
         val_before = evaluate_outputs(y0, targets[val_idx], m.task)
 
-    candidates = (len(config.rank_grid) if config.r == "auto" else 1) * \
-        (len(config.weight_decay_grid) if config.weight_decay == "auto" else 1)
+    holdout = config.val_fraction > 0   # else: one refit after cross-validation (or none at all)
+    candidates = (len(config.rank_grid) if config.r == "auto" and holdout else 1) * \
+        (len(config.weight_decay_grid) if config.weight_decay == "auto" and holdout else 1)
     bar = Progress(candidates * config.epochs, "training", enabled=not args.quiet)
     done = [0]
 
@@ -113,18 +126,23 @@ def run(args: argparse.Namespace) -> dict:
     adapter, history = finetune(backbone, inputs, targets, config, cache=cache, callback=on_epoch,
                                 checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     bar.close()
+    selection = history.selection
+    if args.require_gain and selection and not selection["helps"]:
+        raise common.CommandError(f"no adapter written (--require-gain): {_verdict(selection, m.task)}")
     adapter.save(args.out)
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else {}
     return {"adapter": str(args.out), "bundle": str(args.bundle), "task": m.task, "samples": history.samples,
             "chosen": history.chosen, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
             "stopped": history.stopped, "val_before": val_before, "val_after": history.val_metrics or None,
             "train_loss": best.get("train_loss"), "candidates": history.candidates,
+            "cross_validation": selection or None,
             "cache": cache_stats,
             "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                         "total": time.perf_counter() - start},
             "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                          "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
-                         "rank": config.r, "weight_decay": config.weight_decay, "resumed": args.resume},
+                         "rank": config.r, "weight_decay": config.weight_decay, "tap_scaling": config.tap_scaling,
+                         "cv_folds": config.cv_folds, "resumed": args.resume},
             "history": history.epochs}
 
 
@@ -149,14 +167,41 @@ def report(r: dict) -> str:
         lines.append(f"  {'validation':<10} {'before':>9}    {'after':>9}")
         for (label, b), (_, a) in zip(common.metric_rows(r["val_before"]), common.metric_rows(r["val_after"])):
             lines.append(f"  {label:<10} {b.strip():>9} -> {a.strip():>9}")
+    elif r["cross_validation"]:
+        lines += _cv_lines(r["cross_validation"], r["task"])
     else:
-        lines.append(f"  no validation split (--val-fraction 0); final train loss {r['train_loss']:.4f}")
-    auto = " (auto)" if "auto" in (r["settings"]["rank"], r["settings"]["weight_decay"]) else ""
-    lines += [f"  chosen     r={ch['r']} alpha={ch['lora_alpha']:g} weight_decay={ch['weight_decay']:g}{auto}; "
-              f"best epoch {r['best_epoch']} of {r['epochs_run']} ({r['stopped']})",
+        lines.append(f"  no selection (--cv-folds 0); final train loss {r['train_loss']:.4f}")
+    auto = " (auto)" if "auto" in (r["settings"]["rank"], r["settings"]["weight_decay"], r["settings"]["tap_scaling"]) \
+        else ""
+    how = f"best epoch {r['best_epoch']} of {r['epochs_run']}" if r["val_after"] else f"{r['epochs_run']} epochs"
+    lines += [f"  chosen     r={ch['r']} alpha={ch['lora_alpha']:g} weight_decay={ch['weight_decay']:g} "
+              f"taps {'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}{auto}; {how} ({r['stopped']})",
               f"  cache      {c['misses']} samples computed by the backbone, {c['hits']} already cached; "
               f"{c['rows']} rows, {common.human_bytes(c['bytes'])} {c['dtype']}"
               f"{' on disk' if c['on_disk'] else ' in RAM'}",
               f"  time       cache fill {t['cache_fill']:.3f} s, training {t['train']:.3f} s, total {t['total']:.2f} s",
               f"  saved      {r['adapter']}"]
     return "\n".join(lines)
+
+
+def _pct(score: float, spread: float, task: str) -> str:
+    """A cross-validated score as text: accuracy in %, or the MSE for regression (stored as -MSE)."""
+    return f"{100 * score:.1f} ± {100 * spread:.1f} %" if task == "classification" else f"MSE {-score:.4g} ± {spread:.2g}"
+
+
+def _verdict(sel: dict, task: str) -> str:
+    """One line: does fine-tuning help, by cross-validation."""
+    what = "accuracy" if task == "classification" else "error"
+    a, b = sel["chosen"], sel["no_finetune"]
+    return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
+            f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
+            + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
+
+
+def _cv_lines(sel: dict, task: str) -> list[str]:
+    lines = [f"  expected   {_verdict(sel, task)}",
+             f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
+             f"fold's model scored on samples it never saw)"]
+    if not sel["helps"]:
+        lines.append("  warning    the adapter is saved anyway; --require-gain refuses to save one that does not help")
+    return lines

@@ -33,8 +33,6 @@ def register(subparsers) -> None:
     p.add_argument("name", metavar="NAME", help="adapter name: letters, digits, '.', '_', '-'")
     p.set_defaults(targets=lambda a: ([("STORE", a.store, STORE_KIND)], [("input bundle", a.bundle),
                                                                          ("data file", a.data)]))
-    p.set_defaults(targets=lambda a: ([("STORE", a.store, STORE_KIND)], [("input bundle", a.bundle),
-                                                                         ("data file", a.data)]))
     p.add_argument("--bundle", required=True, type=Path, metavar="BUNDLE", help="backbone bundle folder")
     common.add_data_flags(p, labels=True, what="the new labelled samples, in time order")
     g = p.add_argument_group("gate")
