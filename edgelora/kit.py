@@ -141,6 +141,10 @@ def load_kit(folder: PathLike, manifest: Manifest | None = None) -> Kit:
     if contract.get("format_version", 0) > KIT_FORMAT_VERSION:
         raise ValueError(f"{folder}: kit format {contract['format_version']} is newer than this edgelora supports "
                          f"({KIT_FORMAT_VERSION}); upgrade edgelora")
+    missing = sorted({"backbone", "recipe", "layout", "graphs"} - set(contract)) or \
+        sorted({"train_epoch", "evaluate"} - set(contract["graphs"] if isinstance(contract["graphs"], dict) else ()))
+    if missing:
+        raise ValueError(f"{folder / CONTRACT_FILE}: missing {missing}; the kit is incomplete, rebuild it with `edgelora kit`")
     blobs = {}
     for key, info in contract["graphs"].items():
         path = safe_child(folder, info["file"], f"kit graph {key}")

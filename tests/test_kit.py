@@ -90,6 +90,11 @@ def test_error_truncated_graph_and_other_backbone(toy_bundle, tmp_path):
     (tmp_path / "kit" / "train_epoch.onnx").write_bytes(blob[:len(blob) // 2])
     with pytest.raises(ValueError, match="train_epoch.onnx is corrupt or truncated"):
         load_kit(tmp_path / "kit")
+    contract = json.loads((tmp_path / "kit" / "kit.json").read_text())
+    del contract["layout"]
+    (tmp_path / "kit" / "kit.json").write_text(json.dumps(contract))
+    with pytest.raises(ValueError, match=r"missing \['layout'\]; the kit is incomplete"):
+        load_kit(tmp_path / "kit")
     mlp_bundle(tmp_path / "other", random_mlp([10, 8, 8, 3], seed=1))
     kit = build_kit(Backbone(tmp_path / "other").manifest, KitRecipe())
     with pytest.raises(ValueError, match="built for another backbone: expected identity sha256:"):

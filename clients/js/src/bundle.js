@@ -52,6 +52,11 @@ function loadKit(folder) {
   if (contract.format_version > 1) {
     throw new UserError(`${folder}: kit format ${contract.format_version} is newer than this client supports (1); update the client`);
   }
+  const missing = ['backbone', 'recipe', 'layout', 'graphs'].filter((k) => !(k in contract))
+    .concat(['train_epoch', 'evaluate'].filter((k) => contract.graphs && !(k in contract.graphs)));
+  if (missing.length) {
+    throw new UserError(`${folder}/kit.json: missing ${JSON.stringify(missing)}; the kit is incomplete, rebuild it with \`edgelora kit\``);
+  }
   const graphs = {};
   for (const [key, info] of Object.entries(contract.graphs)) {
     const file = plainName(info.file, folder, `kit graph ${key}`);
