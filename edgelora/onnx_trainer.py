@@ -33,7 +33,8 @@ def recipe_from_config(config: TrainConfig) -> KitRecipe:
     auto = [f for f in ("r", "weight_decay", "tap_scaling") if getattr(config, f, "none") == "auto"]
     if auto:
         raise ValueError(f"engine='onnx' trains one explicit recipe; found 'auto' for {auto}: pass explicit "
-                         f"settings (e.g. r=4, weight_decay=0.1, tap_scaling='none') or use engine='numpy'")
+                         f"settings (e.g. r=4, weight_decay=0.1, tap_scaling='none'; on the command line --rank 4 "
+                         f"--weight-decay 0.1 --tap-scaling none) or use engine='numpy'")
     if getattr(config, "tap_scaling", "none") != "none":
         raise ValueError(f"engine='onnx' trains on raw taps: expected tap_scaling='none', found {config.tap_scaling!r}")
     if config.lora_dropout:
@@ -152,7 +153,8 @@ def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipC
     flat, run = train_rows(kit, rows[train_idx], targets[train_idx], config, val=val, threads=threads,
                            callback=callback)
     history.epochs, history.best_epoch, history.stopped = run["epochs"], run["best_epoch"], run["stopped"]
-    history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay}
+    history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
+                      "tap_scaling": "none", "epochs": config.epochs}
     if val is not None:
         history.val_metrics = evaluate_outputs(KitSessions(kit, threads).run_eval(*val, flat)[0], val[1], m.task)
     history.train_seconds = time.perf_counter() - start - history.cache_seconds

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgelora import Backbone, Predictor, TrainConfig, finetune
+from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.kit import KitRecipe, build_kit, load_kit
 from edgelora.onnx_trainer import finetune_onnx
 from edgelora.onnx_utils import OLDEST_ORT
@@ -138,6 +138,17 @@ def test_finetune_engine_onnx_dispatches_to_the_kit(toy_bundle, toy_data):
     b, _ = finetune(Backbone(toy_bundle), *toy_data, explicit())
     assert a.config.training["engine"] == "onnx" and np.abs(a.flat - b.flat).max() <= 1e-4
     assert h.stopped == "completed" and len(h.epochs) == 12
+
+
+def test_cli_finetune_engine_onnx(toy_bundle, toy_data, tmp_path, capsys):
+    from edgelora.cli import main
+    np.savez(tmp_path / "d.npz", x=toy_data[0], y=toy_data[1])
+    argv = ["finetune", str(toy_bundle), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "a"), "--engine", "onnx"]
+    assert main(argv + ["--tap-scaling", "auto"]) == 2
+    assert "engine='onnx' trains one explicit recipe" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(argv + ["--rank", "2", "--weight-decay", "0.1", "--tap-scaling", "none", "--epochs", "5", "--quiet"]) == 0
+    adapter = load_adapter(tmp_path / "a", Backbone(toy_bundle).manifest)
+    assert adapter.config.training["engine"] == "onnx" and adapter.config.r == 2
 
 
 def test_error_bad_data_is_refused_before_training(toy_bundle, toy_data):

@@ -67,6 +67,9 @@ def register(subparsers) -> None:
     t.add_argument("--patience", type=common.positive_int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss (default: never)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    t.add_argument("--engine", choices=("numpy", "onnx"), default="numpy",
+                   help="numpy (default), or onnx: the training kit's graphs on onnxruntime (as any onnxruntime "
+                        "client trains; one explicit recipe: --rank N --weight-decay W --tap-scaling none)")
     c = p.add_argument_group("cache and checkpoints")
     c.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help="keep the Skip-Cache on disk here, so later runs only compute new samples")
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
                   f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
 
     adapter, history = finetune(backbone, inputs, targets, config, cache=cache, callback=on_epoch,
-                                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                                checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine)
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
