@@ -172,6 +172,9 @@ def test_personal_on_shared_goes_through_the_gate_and_adopts_a_new_shared_adapte
 def test_cli_fleet_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert main(["fleet", "node", str(BUNDLE)]) == 2
     assert "needs --data, --workdir" in capsys.readouterr().err
+    assert main(["fleet", "node", str(BUNDLE), "--data", str(tmp_path / "none.npz"), "--workdir",
+                 str(tmp_path / "w"), "--max-wait", "1"]) == 2        # refused before any SuperNode starts
+    assert "data file not found" in capsys.readouterr().err
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     assert main(["fleet", "run", str(BUNDLE), "--out", str(tmp_path / "notes")]) == 2

@@ -105,6 +105,8 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
         return _foreground(deploy.superlink_command(args.host, args.port or 9091), env, "link")
     if args.action == "node":
         _need(args, "target", "data", "workdir")
+        from ..fleet.device import FleetDevice   # check bundle, data and workdir now, not at the first round
+        FleetDevice.from_files(args.target, args.data, args.workdir, args.x_key, args.y_key, args.threads)
         cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
                                        str(args.workdir), args.x_key, args.y_key, args.fault)
         return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait), env, "node")
