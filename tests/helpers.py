@@ -59,3 +59,25 @@ def no_datasets(path) -> str:
     return (f"{path} not present: the real datasets are not in the repository; they are read from "
             f"../shared/datasets beside the clone (the project's workspace and CI provide it; each folder's "
             f"README.txt names its public source) or from $EDGELORA_DATASETS")
+
+
+def js_client() -> str:
+    """The `node` executable, after `npm ci --ignore-scripts` in clients/js when its pinned packages are
+    missing. Fails, never skips, without node or npm: CI must run the JavaScript client's tests."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+    client = Path(__file__).resolve().parent.parent / "clients" / "js"
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 18 and npm")
+    if not all((client / "node_modules" / p).is_dir() for p in ("onnxruntime-node", "onnxruntime-web")):
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is not installed: it installs the JavaScript client's pinned onnxruntime packages")
+        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=client,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"npm ci in {client} failed: {done.stderr[-2000:]}"
+    return node

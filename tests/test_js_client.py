@@ -16,7 +16,7 @@ from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.cli import main
 from edgelora.kit import KitRecipe, build_kit
 from edgelora.onnx_trainer import finetune_onnx
-from tests.helpers import mlp_bundle, no_datasets, random_mlp
+from tests.helpers import js_client, mlp_bundle, no_datasets, random_mlp
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -29,17 +29,7 @@ def explicit(**kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def node():
-    exe = shutil.which("node")
-    if exe is None:
-        pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 18 and npm")
-    if not (CLIENT / "node_modules" / "onnxruntime-web").is_dir() or not (CLIENT / "node_modules" / "onnxruntime-node").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is not installed: it installs the client's pinned onnxruntime packages")
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=CLIENT,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"npm ci failed: {done.stderr[-2000:]}"
-    return exe
+    return js_client()
 
 
 def js(node, *args, check=True):
@@ -105,6 +95,18 @@ def test_js_adapters_equal_the_python_ones_on_the_demo(node, demo, capsys):
     assert main(["eval", str(bundle), "--adapter", str(folder / "adapter_node"), "--data", str(folder / "test.npz"),
                  "--json"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["accuracy"] - acc) <= 0.001
+
+
+def test_js_reads_npz_like_npy(node, demo, tmp_path):
+    backbone, bundle, folder, s = demo
+    np.savez_compressed(tmp_path / "d.npz", images=s["finetune"][0], labels=s["finetune"][1])
+    base = ["--bundle", bundle, "--kit", folder / "kit", "--epochs", 2]
+    js(node, *base, "--x", folder / "x.npy", "--y", folder / "y.npy", "--out", tmp_path / "a")
+    js(node, *base, "--data", tmp_path / "d.npz", "--x-key", "images", "--y-key", "labels", "--out", tmp_path / "b")
+    a, b = (load_adapter(tmp_path / n, backbone.manifest) for n in "ab")
+    assert np.array_equal(a.flat, b.flat)
+    r = js(node, *base, "--data", tmp_path / "d.npz", "--out", tmp_path / "c", check=False)
+    assert r.returncode == 2 and """expected arrays ["x","y"], found ["images","labels"]""" in r.stderr
 
 
 def test_js_holdout_and_early_stopping_match(node, demo):

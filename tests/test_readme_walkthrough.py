@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edgelora.cli import main
+from tests.helpers import js_client
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -108,8 +109,9 @@ def output_agrees(shown: list[str], got: list[str], loose: bool) -> bool:
 
 def run_shell(command: str) -> tuple[int, list[str]]:
     argv = shlex.split(command)
-    if argv[0] == "python":                          # the README's scripts, run from the clone
-        p = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
+    if argv[0] in ("python", "node"):                # the README's scripts and JS client, run from the clone
+        exe = sys.executable if argv[0] == "python" else js_client()
+        p = subprocess.run([exe, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
         return p.returncode, (p.stdout + p.stderr).splitlines()
     assert argv[0] == "edgelora", command
     out, err = io.StringIO(), io.StringIO()

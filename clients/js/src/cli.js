@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 'use strict';
-// edgelora-js train --bundle B --kit K --x X.npy --y Y.npy --out ADAPTER [--backend node|wasm] [settings]
+// edgelora-js train --bundle B --kit K (--data D.npz | --x X.npy --y Y.npy) --out ADAPTER [--backend node|wasm] [settings]
 const { finetune, UserError } = require('./index');
 
-const USAGE = `usage: edgelora-js train --bundle BUNDLE --kit KIT --x X.npy --y Y.npy --out ADAPTER_DIR
-         [--backend node|wasm] [--epochs N] [--lr LR] [--weight-decay W] [--seed S]
+const USAGE = `usage: edgelora-js train --bundle BUNDLE --kit KIT (--data D.npz | --x X.npy --y Y.npy) --out ADAPTER_DIR
+         [--x-key x] [--y-key y] [--backend node|wasm] [--epochs N] [--lr LR] [--weight-decay W] [--seed S]
          [--val-fraction F] [--patience N] [--class-weights none|balanced] [--schedule constant|cosine]
          [--warmup-epochs E] [--json]`;
 const NUMBERS = { epochs: parseInt, lr: Number, 'weight-decay': Number, seed: parseInt, 'val-fraction': Number,
   patience: parseInt, 'warmup-epochs': Number };
-const STRINGS = ['bundle', 'kit', 'x', 'y', 'out', 'backend', 'class-weights', 'schedule'];
+const STRINGS = ['bundle', 'kit', 'data', 'x-key', 'y-key', 'x', 'y', 'out', 'backend', 'class-weights', 'schedule'];
 
 function parse(argv) {
   if (argv[0] !== 'train') throw new UserError(`expected the command 'train', found ${JSON.stringify(argv[0] || '')}\n${USAGE}`);
@@ -27,7 +27,7 @@ function parse(argv) {
       opts[key] = v;
     } else opts[key] = value;
   }
-  for (const need of ['bundle', 'kit', 'x', 'y', 'out']) if (!opts[need]) throw new UserError(`--${need} is required\n${USAGE}`);
+  for (const need of ['bundle', 'kit', 'out']) if (!opts[need]) throw new UserError(`--${need} is required\n${USAGE}`);
   return opts;
 }
 

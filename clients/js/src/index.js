@@ -3,13 +3,13 @@
 const { saveAdapter } = require('./adapter');
 const { loadBundle, loadKit, checkKitFits } = require('./bundle');
 const { prepareInputs, prepareTargets } = require('./data');
-const { readNpy, UserError } = require('./npy');
+const { readNpy, readNpz, UserError } = require('./npy');
 const { runtime, session, fillRows, trainKit } = require('./train');
 
 const SETTINGS = ['epochs', 'lr', 'weight_decay', 'seed', 'schedule', 'warmup_epochs', 'class_weights', 'val_fraction', 'patience'];
 
 /**
- * Fine-tune: bundle + kit + x.npy/y.npy -> adapter folder `out` (edgelora's format; `edgelora eval` loads it).
+ * Fine-tune: bundle + kit + data (.npz, or x.npy and y.npy) -> adapter folder `out` (edgelora's format; `edgelora eval` loads it).
  * options: backend 'node' | 'wasm', and any of SETTINGS (default: the kit's recorded defaults).
  */
 async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }) {
@@ -24,8 +24,9 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
   for (const key of SETTINGS) if (options[key] !== undefined && options[key] !== null) settings[key] = options[key];
   checkSettings(settings);
   const backboneInfo = contract.backbone;
-  const inputs = prepareInputs(readNpy(x), x, backboneInfo);
-  const targets = prepareTargets(readNpy(y), y, inputs.n, backboneInfo, contract.layout.num_outputs);
+  const [xa, ya, xWhere, yWhere] = arrays(options, x, y);
+  const inputs = prepareInputs(xa, xWhere, backboneInfo);
+  const targets = prepareTargets(ya, yWhere, inputs.n, backboneInfo, contract.layout.num_outputs);
   if (backboneInfo.task === 'classification' && new Set(targets).size < 2) {
     throw new UserError(`${y}: all samples have the same class; fine-tuning needs samples of at least 2 classes`);
   }
@@ -54,6 +55,20 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
     train_seconds: trained - filled, cpu_seconds: (cpu.user + cpu.system) / 1e6, seconds: seconds(), ...history, epochs: history.epochs.length,
     epoch_seconds: history.epochs.map((e) => e.seconds), epoch_cpu_seconds: history.epochs.map((e) => e.cpu_seconds),
     chosen };
+}
+
+/** (inputs, targets, where, where) from --data FILE.npz (arrays --x-key, --y-key) or --x X.npy --y Y.npy. */
+function arrays({ data, x_key: xKey = 'x', y_key: yKey = 'y' }, x, y) {
+  if (data) {
+    const found = readNpz(data);
+    const missing = [xKey, yKey].filter((k) => !(k in found));
+    if (missing.length) {
+      throw new UserError(`${data}: expected arrays ${JSON.stringify([xKey, yKey])}, found ${JSON.stringify(Object.keys(found))}; choose them with --x-key/--y-key`);
+    }
+    return [found[xKey], found[yKey], `${data}['${xKey}']`, `${data}['${yKey}']`];
+  }
+  if (!x || !y) throw new UserError('expected --data FILE.npz, or --x X.npy and --y Y.npy');
+  return [readNpy(x), readNpy(y), x, y];
 }
 
 function checkSettings(s) {
