@@ -176,7 +176,7 @@ if [ "$DRY" = 0 ]; then
 fi
 stamp=$(cksum < "$REPO/pyproject.toml")
 if [ "$DRY" = 1 ] || [ "$(cat "$ROOT$VENV/.installed" 2>/dev/null || true)" != "$stamp" ]; then
-    run_inside "python3 -m venv --clear $VENV && pip install --quiet --only-binary=:all: -e '.[test]' && \
+    run_inside "{ [ -x $VENV/bin/python ] || python3 -m venv $VENV; } && pip install --quiet --only-binary=:all: -e '.[test]' && \
 if python -c 'import torch' 2>/dev/null; then echo 'torch must not be installed' >&2; exit 1; fi"
     [ "$DRY" = 1 ] || echo "$stamp" > "$ROOT$VENV/.installed"
 fi
@@ -184,23 +184,7 @@ run_inside "python device_bench/arm/report.py wheels $VENV > /tmp/wheels.txt"
 [ "$DRY" = 1 ] || { cp "$ROOT/tmp/wheels.txt" "$OUT/wheels.txt"; cat "$OUT/wheels.txt" >&2; }
 
 status=0
-# 4. the torch-free suite
-if has suite; then
-    say "suite: pytest $PYTEST_ARGS"
-    t=$(date +%s)
-    rm -f "$ROOT/tmp/junit.xml"
-    if [ "$DRY" = 1 ]; then run_inside "python -m pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml $PYTEST_ARGS"
-    else run_inside "python -m pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml $PYTEST_ARGS" > "$OUT/suite.log" 2>&1 || true
-    fi
-    [ "$DRY" = 1 ] || {
-        cp "$ROOT/tmp/junit.xml" "$OUT/junit.xml" 2>/dev/null || true
-        tail -n 3 "$OUT/suite.log" >&2
-        "$HOST_PYTHON" "$HERE/report.py" junit "$OUT/junit.xml" --seconds $(( $(date +%s) - t )) \
-            | tee "$OUT/suite.txt" >&2 || status=1
-    }
-fi
-
-# 5. the demo, and 6. a seeded fine-tune of the demo's data on both machines, compared
+# 4. the demo, and 5. a seeded fine-tune of the demo's data on both machines, compared
 if has demo || has agree; then
     if [ "$DRY" = 1 ]; then
         echo "  [host x86_64] $HOST_PYTHON -m edgelora.cli demo --no-plot --json --save-data $OUT/x86"
@@ -231,7 +215,25 @@ edgelora eval bundle --adapter adapter --data test.npz --json > eval.json"
     fi
 fi
 if [ "$DRY" = 0 ] && { has demo || has agree; }; then
-    "$HOST_PYTHON" "$HERE/report.py" agree "$OUT" | tee "$OUT/agree.txt" >&2 || status=1
+    "$HOST_PYTHON" "$HERE/report.py" agree "$OUT" > "$OUT/agree.txt" || status=1
+    cat "$OUT/agree.txt" >&2
+fi
+
+# 6. the torch-free suite (last: the longest)
+if has suite; then
+    say "suite: pytest $PYTEST_ARGS"
+    t=$(date +%s)
+    rm -f "$ROOT/tmp/junit.xml"
+    if [ "$DRY" = 1 ]; then run_inside "python -m pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml $PYTEST_ARGS"
+    else run_inside "python -m pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml $PYTEST_ARGS" > "$OUT/suite.log" 2>&1 || true
+    fi
+    [ "$DRY" = 1 ] || {
+        cp "$ROOT/tmp/junit.xml" "$OUT/junit.xml" 2>/dev/null || true
+        tail -n 3 "$OUT/suite.log" >&2
+        "$HOST_PYTHON" "$HERE/report.py" junit "$OUT/junit.xml" --seconds $(( $(date +%s) - t )) \
+            > "$OUT/suite.txt" || status=1
+        cat "$OUT/suite.txt" >&2
+    }
 fi
 
 if [ "$DRY" = 0 ]; then
