@@ -40,8 +40,8 @@ def cross_entropy_grad(y: np.ndarray, onehot: np.ndarray, w: np.ndarray | None =
     rounded from float64 they agree on every platform and with the training kit (kit_graphs._softmax).
     """
     np.subtract(y, np.maximum.reduce(y, axis=1, keepdims=True), out=y)
-    y[...] = np.exp(y, dtype=np.float64)
-    y /= np.add.reduce(y, axis=1, keepdims=True, dtype=np.float64).astype(y.dtype)
+    np.exp(y, out=y, dtype=np.float64)                                         # in double, rounded once
+    np.divide(y, np.add.reduce(y, axis=1, keepdims=True, dtype=np.float64), out=y, dtype=y.dtype)
     y -= onehot
     if w is None:
         y *= 1.0 / len(y)
