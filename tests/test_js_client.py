@@ -109,6 +109,23 @@ def test_js_reads_npz_like_npy(node, demo, tmp_path):
     assert r.returncode == 2 and """expected arrays ["x","y"], found ["images","labels"]""" in r.stderr
 
 
+def test_js_regression_matches(node, tmp_path):
+    mlp_bundle(tmp_path / "b", random_mlp([6, 8, 2]), task="regression", mean=np.full(6, 0.5), std=np.full(6, 2.0))
+    backbone = Backbone(tmp_path / "b")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((90, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] * 2, x[:, 1] - x[:, 2]], 1).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    build_kit(backbone.manifest, KitRecipe(batch_size=16), {"epochs": 8, "lr": 3e-3, "weight_decay": 0.1, "seed": 2}).save(tmp_path / "kit")
+    want, _ = finetune_onnx(backbone, x, y, explicit(epochs=8, batch_size=16, seed=2))
+    for backend in ("node", "wasm"):
+        js(node, "--bundle", tmp_path / "b", "--kit", tmp_path / "kit", "--data", tmp_path / "d.npz",
+           "--out", tmp_path / backend, "--backend", backend)
+        got = load_adapter(tmp_path / backend, backbone.manifest)
+        assert got.config.task == "regression" and np.abs(got.flat - want.flat).max() <= 1e-5, backend
+    assert np.abs(want.flat).max() > 0.05
+
+
 def test_js_holdout_and_early_stopping_match(node, demo):
     backbone, bundle, folder, s = demo
     cfg = explicit(val_fraction=0.2, patience=3, epochs=20, seed=3, class_weights="balanced")
