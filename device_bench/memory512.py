@@ -96,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':<14} {'exit':>4} {'peak RSS':>10} {'head-room':>10} {'peak VM':>9} {'wall s':>7}  result")
     for r in results:
         out = json.loads(r["stdout"]) if r["exit_status"] == 0 and r["stdout"].startswith("{") else {}
-        acc = out.get("accuracy", (out.get("val_after") or {}).get("accuracy"))
-        acc = acc.get("after") if isinstance(acc, dict) else acc          # the demo: lab / before / after
-        kind = "validation " if "val_after" in out else ""
-        what = f"{kind}accuracy {acc:.4f}" if isinstance(acc, float) else " | ".join(r["stderr_tail"])[:80]
+        cv = (out.get("cross_validation") or {}).get("chosen", {}).get("score")
+        if isinstance(out.get("accuracy"), dict):                        # the demo: lab / before / after
+            what = f"test accuracy {out['accuracy']['after']:.4f} (before {out['accuracy']['before']:.4f})"
+        elif "accuracy" in out:
+            what = f"test accuracy {out['accuracy']:.4f}"
+        elif cv is not None:
+            what = f"cross-validated accuracy {cv:.4f}"
+        else:
+            what = " | ".join(r["stderr_tail"])[:80]
         print(f"{r['run']:<14} {r['exit_status']:>4} {r['peak_rss_mb']:>7.1f} MB {r['headroom_mb']:>7.1f} MB "
               f"{r['peak_address_space_mb']:>6.0f} MB {r['seconds']:>7.2f}  {what}")
     return 0 if all(r["exit_status"] == 0 for r in results) else 1
