@@ -1,20 +1,20 @@
 """Recipe selection by k-fold cross-validation on the Skip-Cache, every fold and recipe trained at once.
 
 Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one
-model per (recipe, fold) and score each fold's model on the samples it never saw. All models of one
-tap scaling and rank form a *stack*: they share each mini-batch (one shuffle of all samples per epoch),
-a fold's model gives its own validation rows weight 0, and the products of all models are single
-matrix products over the stacked parameters, so a whole cross-validation costs about one training run
-of numpy calls. Folds are contiguous blocks in sample order within each class (the data is correlated in
-time); every class stays in every fold's training part.
+model per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank
+form a *stack* (the tap scalings are its input groups): they share each mini-batch (one shuffle of all
+samples per epoch), a fold's model gives its own validation rows weight 0, and each product is one batched
+matrix product over all models, so a whole cross-validation costs a few single runs' worth of numpy calls.
+Folds are contiguous blocks in sample order within each class (the data is correlated in time); every class
+stays in every fold's training part. Epoch counts are candidates for free: models are scored at each mark.
 
-    A_k  (d_k, M, r)   B (M, K r, C)   bias (M, C)          per stack of M models
-    h    (M, b, K r) = [t_k A_k]        y = y0 + s h B + bias
+    A_k  (G, d_k, Mg, r)   B (M, K r, C)   bias (M, C)        G groups x Mg models = M
+    h    (M, b, K r) = [t_k A_k]          y = y0 + s h B + bias
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -247,3 +247,34 @@ def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[di
     ties = [row for row in table if row["score"] >= band]
     best = max(ties, key=lambda row: (row["recipe"].tap_scaling == "none", row["score"], -row["loss"]))
     return best, table
+
+
+def select(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layouts: dict, alphas: dict,
+           decays: list[float], config, task: str, init_flat: np.ndarray | None) -> tuple[Recipe, dict]:
+    """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
+    (History.selection). scaled: tap scaling -> features(idx) -> (y0, taps)."""
+    k = min(config.cv_folds, n // 2)
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
+                         f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
+    everything = np.arange(n)
+    y0 = scaled["none"](everything)[0]
+    taps = {sc: np.ascontiguousarray(scaled[sc](everything)[1], np.float32) for sc in scalings}
+    marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
+    results, base, fold = cross_validate(y0, taps, targets, layouts, alphas, decays, marks, k, config, task, init_flat)
+    best, table = choose(results, fold, k)
+    baseline = summarize(base["score"], base["loss"], fold, k)
+    metric = "accuracy" if task == "classification" else "neg_mse"
+    return best["recipe"], {
+        "method": f"{k}-fold cross-validation", "folds": k, "metric": metric,
+        "chosen": {**asdict(best["recipe"]), "score": best["score"], "score_spread": best["spread"],
+                   "loss": best["loss"], "score_folds": best["folds"]},
+        "no_finetune": {"score": baseline["score"], "score_spread": baseline["spread"], "loss": baseline["loss"],
+                        "score_folds": baseline["folds"]},
+        "helps": best["score"] > baseline["score"],
+        "candidates": [{**asdict(row["recipe"]), "score": row["score"], "loss": row["loss"]} for row in table]}
+
+
+def brief(selection: dict) -> dict:
+    """What the adapter file keeps of the selection: the estimate, not the whole table."""
+    return {key: selection[key] for key in ("method", "metric", "chosen", "no_finetune", "helps")} if selection else {}

@@ -202,8 +202,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     alphas = {r: init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r) for r in ranks}
     layouts = {r: lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for r in ranks}
     if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
-        recipe, history.selection = _cross_validate(scaled, scalings, n, targets, layouts, alphas, decays, config,
-                                                    m.task, init)
+        recipe, history.selection = crossval.select(scaled, scalings, n, targets, layouts, alphas, decays, config,
+                                                    m.task, None if init is None else init.flat)
         candidates = [(recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
     else:
         candidates = [(r, wd, sc, config.epochs) for r in ranks for wd in decays for sc in scalings]
@@ -235,43 +235,12 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         history.val_metrics = evaluate_outputs(out, targets[val_idx], m.task)
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
-                "cross_validation": _brief(history.selection)}
+                "cross_validation": crossval.brief(history.selection)}
     acfg = AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
                          num_outputs=m.num_outputs, task=m.task, r=best.layout.rank,
                          lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
                          classes=m.classes, training=training)
     return Adapter(acfg, result), history
-
-
-def _cross_validate(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layouts: dict, alphas: dict,
-                    decays: list[float], config: TrainConfig, task: str, init) -> tuple[crossval.Recipe, dict]:
-    """Choose the recipe by k-fold cross-validation on the cached rows; what it found, for History.selection."""
-    k = min(config.cv_folds, n // 2)
-    if k < 2:
-        raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
-                         f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
-    everything = np.arange(n)
-    y0 = scaled["none"](everything)[0]
-    taps = {sc: np.ascontiguousarray(scaled[sc](everything)[1], np.float32) for sc in scalings}
-    marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
-    results, base, fold = crossval.cross_validate(y0, taps, targets, layouts, alphas, decays, marks, k, config, task,
-                                                  None if init is None else init.flat)
-    best, table = crossval.choose(results, fold, k)
-    baseline = crossval.summarize(base["score"], base["loss"], fold, k)
-    metric = "accuracy" if task == "classification" else "neg_mse"
-    return best["recipe"], {
-        "method": f"{k}-fold cross-validation", "folds": k, "metric": metric,
-        "chosen": {**to_dict(best["recipe"]), "score": best["score"], "score_spread": best["spread"],
-                   "loss": best["loss"], "score_folds": best["folds"]},
-        "no_finetune": {"score": baseline["score"], "score_spread": baseline["spread"], "loss": baseline["loss"],
-                        "score_folds": baseline["folds"]},
-        "helps": best["score"] > baseline["score"],
-        "candidates": [{**to_dict(row["recipe"]), "score": row["score"], "loss": row["loss"]} for row in table]}
-
-
-def _brief(selection: dict) -> dict:
-    """What the adapter file keeps of the selection: the estimate, not the whole table."""
-    return {key: selection[key] for key in ("method", "metric", "chosen", "no_finetune", "helps")} if selection else {}
 
 
 def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
