@@ -44,6 +44,13 @@ def child(limit_mb: int, argv: list[str]) -> None:
     sys.exit(code)
 
 
+def limit_is_enforced() -> bool:
+    """Whether this machine enforces RLIMIT_AS (qemu-user, for one, ignores it): a capped child maps 2 GB."""
+    code = ("import mmap, resource; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); "
+            "mmap.mmap(-1, 2**31).close()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
+
+
 def measure(name: str, argv: list[str], limit_mb: int, cwd: Path) -> dict:
     """Run `edgelora ARGV` under the limit in a fresh interpreter; exit status, peaks and head-room."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -78,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.bundle / "edgelora_bundle.json").is_file():
         ap.error(f"--bundle: expected a bundle folder with edgelora_bundle.json, found none at {a.bundle} "
                  "(build it with: python -m export.reference --out artifacts/bundles)")
+    if not limit_is_enforced():
+        print("memory512: RLIMIT_AS is not enforced on this machine (an emulator such as qemu-user?): the runs below "
+              "were not limited", file=sys.stderr)
     from device_bench.protocols import fan
     a.out.mkdir(parents=True, exist_ok=True)
     data = fan()                                   # outside the limit: the device receives these arrays
