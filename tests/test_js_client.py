@@ -32,9 +32,9 @@ def node():
     return js_client()
 
 
-def js(node, *args, check=True):
+def js(node, *args, check=True, cwd=None):
     out = subprocess.run([node, str(CLIENT / "src" / "cli.js"), "train", *map(str, args)], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, cwd=cwd)
     if check:
         assert out.returncode == 0, out.stderr[-2000:]
     return out
@@ -168,6 +168,18 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
         r = js(node, *[v for kv in argv.items() for v in kv], check=False)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (change, r.stderr)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, change
+    # outputs it did not write are never replaced (edgelora.targets' rule), checked before any work
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "work").mkdir()
+    for target, message in ((tmp_path / "mine", "not an adapter folder; refusing to replace it"),
+                            (folder / "kit", "is or holds the kit"), (tmp_path, "the current folder or one above it"),
+                            (folder / "x.npy", "is or holds the data file")):
+        argv = {**base, "--out": target}
+        r = js(node, *[v for kv in argv.items() for v in kv], check=False, cwd=tmp_path / "work")
+        assert r.returncode == 2 and message in r.stderr, (target, r.stderr)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (folder / "kit" / "kit.json").is_file()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.torch

@@ -4,6 +4,7 @@
 const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
+const { UserError } = require('./npy');
 const { dumpsJson } = require('./pyjson');
 
 const sha256 = (data) => crypto.createHash('sha256').update(data).digest('hex');
@@ -52,14 +53,24 @@ function peftTensors(flat, layout) {
   return out;
 }
 
+function fsyncDir(dir) {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function writeFolderAtomically(dst, files) {
   dst = path.resolve(dst);
   if (fs.existsSync(dst) && !fs.lstatSync(dst).isDirectory()) {
     throw new Error(`${dst} exists and is not a folder; expected a folder path (nothing was written)`);
   }
-  const tmp = path.join(path.dirname(dst), `.${path.basename(dst)}.tmp-${process.pid}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
+  // edgelora's temp name (fileio._temp_name): its writers remove what a dead process left behind
+  const tmp = path.join(path.dirname(dst), `.${path.basename(dst)}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+  fs.mkdirSync(path.dirname(dst), { recursive: true });
+  fs.mkdirSync(tmp);
   try {
     for (const [name, data] of Object.entries(files)) {
       const fd = fs.openSync(path.join(tmp, name), 'w');
@@ -73,8 +84,35 @@ function writeFolderAtomically(dst, files) {
     if (fs.existsSync(dst)) fs.renameSync(dst, old);
     fs.renameSync(tmp, dst);
     fs.rmSync(old, { recursive: true, force: true });
+    fsyncDir(path.dirname(dst));
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const ADAPTER_FILES = ['adapter_config.json', 'adapter_model.safetensors'];
+const TEMP = /^\.(.+)\.(tmp-\d+-[0-9a-f]+|old|lock)$/;  // edgelora's temp, aside and lock names
+
+/**
+ * edgelora's rule for outputs (edgelora/targets.py): an existing `dst` is replaced only if it is an adapter
+ * folder or empty, and it is never an input, a folder holding one, the current folder or one above it.
+ */
+function checkOutput(dst, inputs) {
+  const out = path.resolve(dst);
+  const inside = (a, b) => a === b || a.startsWith(b.endsWith(path.sep) ? b : b + path.sep);
+  if (inside(process.cwd(), out)) throw new UserError(`--out: ${dst} is the current folder or one above it; choose a new folder`);
+  for (const [what, p] of inputs) {
+    const q = path.resolve(p);
+    if (inside(q, out) || inside(out, q)) throw new UserError(`--out: ${dst} is or holds the ${what} ${p}; write the adapter somewhere else`);
+  }
+  if (!fs.existsSync(out)) return;
+  if (fs.lstatSync(out).isSymbolicLink() || !fs.lstatSync(out).isDirectory()) {
+    throw new UserError(`--out: ${dst} exists and is not a folder; expected a new folder or an adapter folder (nothing was written)`);
+  }
+  const entries = fs.readdirSync(out);
+  const foreign = entries.filter((e) => !ADAPTER_FILES.includes(e) && !(TEMP.test(e) && ADAPTER_FILES.includes(TEMP.exec(e)[1])));
+  if (foreign.length || (entries.length && !entries.includes(ADAPTER_FILES[0]))) {
+    throw new UserError(`--out: ${dst} holds ${entries.length} entries (${JSON.stringify(entries.slice(0, 3))}), not an adapter folder; refusing to replace it (choose another path)`);
   }
 }
 
@@ -86,4 +124,4 @@ function saveAdapter(dst, config, flat, layout) {
   writeFolderAtomically(dst, { 'adapter_model.safetensors': blob, 'adapter_config.json': dumpsJson(full) });
 }
 
-module.exports = { saveAdapter, sha256, safetensors };
+module.exports = { saveAdapter, checkOutput, sha256, safetensors };

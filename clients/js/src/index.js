@@ -1,6 +1,6 @@
 'use strict';
 // edgelora's reference JavaScript client: fine-tune skip adapters with the training kit, no Python.
-const { saveAdapter } = require('./adapter');
+const { checkOutput, saveAdapter } = require('./adapter');
 const { loadBundle, loadKit, checkKitFits } = require('./bundle');
 const { prepareInputs, prepareTargets } = require('./data');
 const { readNpy, readNpz, UserError } = require('./npy');
@@ -15,6 +15,8 @@ const SETTINGS = ['epochs', 'lr', 'weight_decay', 'seed', 'schedule', 'warmup_ep
 async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }) {
   const t0 = process.hrtime.bigint();
   const seconds = () => Number(process.hrtime.bigint() - t0) / 1e9;
+  const guard = () => checkOutput(out, [['bundle', bundle], ['kit', kit], ...[options.data, x, y].filter(Boolean).map((f) => ['data file', f])]);
+  guard();  // before any work, and again right before writing
   const k = loadKit(kit);
   const b = loadBundle(bundle);
   checkKitFits(k, b.manifest, `the training kit ${kit}`);
@@ -50,6 +52,7 @@ async function finetune({ bundle, kit, x, y, out, backend = 'node', ...options }
     training: { engine: `js-${backend}`, settings: { ...settings, ...recipe }, chosen, best_epoch: history.best_epoch,
       stopped: history.stopped, samples: history.samples, val_metrics: history.val_metrics },
   };
+  guard();
   saveAdapter(out, config, params, contract.layout);
   return { out, backend, n: inputs.n, load_seconds: loaded, cache_seconds: filled - loaded,
     train_seconds: trained - filled, cpu_seconds: (cpu.user + cpu.system) / 1e6, seconds: seconds(), ...history, epochs: history.epochs.length,
