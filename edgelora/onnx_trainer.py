@@ -65,7 +65,8 @@ class KitSessions:
 def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainConfig, *,
                val: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1,
                callback: Callable[[dict], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Train on cached rows [y0 | taps] with the kit: (flat parameters, outcome of the run)."""
+    """Train on cached rows [y0 | taps] with the kit: (flat parameters, outcome of the run: per-epoch records,
+    best epoch, why it stopped, and the outputs of the kept parameters on `val`)."""
     contract, s = kit.contract, KitSessions(kit, threads)
     lay = contract["layout"]
     params = np.zeros(lay["size"], np.float32)
@@ -109,7 +110,10 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
         if config.patience and since >= config.patience:
             stopped = "early_stopping"
             break
-    return best, {"epochs": records, "best_epoch": best_epoch, "stopped": stopped or "completed"}
+    outcome = {"epochs": records, "best_epoch": best_epoch, "stopped": stopped or "completed"}
+    if val is not None:
+        outcome["val_outputs"] = s.run_eval(val[0], val[1], best)[0]
+    return best, outcome
 
 
 def class_weights(mode, targets: np.ndarray, c: int) -> np.ndarray:
@@ -156,7 +160,7 @@ def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipC
     history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
                       "tap_scaling": "none", "epochs": config.epochs}
     if val is not None:
-        history.val_metrics = evaluate_outputs(KitSessions(kit, threads).run_eval(*val, flat)[0], val[1], m.task)
+        history.val_metrics = evaluate_outputs(run["val_outputs"], val[1], m.task)
     history.train_seconds = time.perf_counter() - start - history.cache_seconds
     history.cache = cache.stats()
     training = {"settings": to_dict(config), "engine": "onnx", "chosen": history.chosen,
