@@ -119,4 +119,4 @@ def _abs(path: PathLike) -> Path:
 
 
 def _a(what: str) -> str:
-    return ("an " if what[:1] in "aeiou" else "a ") + what
+    return ("an " if what[:1].lower() in "aeio" else "a ") + what  # an adapter, an ONNX model, a PNG
