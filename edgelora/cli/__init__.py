@@ -106,8 +106,11 @@ def _sigterm_raises():
 def interrupted(args, argv: list[str], e: BaseException) -> str:
     """One line: what stopped us, that what the outputs held is intact, and how to resume."""
     why = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
-    outputs = [(flag, path, kind) for flag, path, kind in (args.targets(args)[0] if getattr(args, "targets", None)
-                                                          else []) if path is not None]
+    try:
+        declared = args.targets(args)[0] if getattr(args, "targets", None) else []
+    except Exception:  # noqa: BLE001 - interrupted while the outputs were being checked: say less
+        declared = []
+    outputs = [(flag, path, kind) for flag, path, kind in declared if path is not None]
     kept = [str(path) for flag, path, kind in outputs if not kind.container and flag != "--checkpoint-dir"]
     text = f"edgelora {args.command}: interrupted by {why}" +         (f"; nothing was saved to {' or '.join(kept)} (what was there, if anything, is intact)" if kept else "")
     if any(flag == "--checkpoint-dir" for flag, _, _ in outputs):
