@@ -20,7 +20,6 @@ os.environ.update(THREADS_ENV)  # one thread everywhere, before numpy is importe
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,7 +28,8 @@ import numpy as np  # noqa: E402
 
 from edgelora import Backbone, Predictor, TrainConfig  # noqa: E402
 from edgelora.personalize import PersonalizeConfig, personalize  # noqa: E402
-from edgelora.store import AdapterStore  # noqa: E402
+from edgelora.store import STORE_KIND, AdapterStore  # noqa: E402
+from edgelora.targets import remove_own  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402
@@ -56,7 +56,7 @@ def run(out: Path = OUT, bad: str = BAD, bundle: Path | None = None, users: list
     bundle = Path(bundle) if bundle is not None else reference_bundle("har", data, BUNDLES)
     backbone = Backbone(bundle, threads=THREADS)
     out = Path(out)
-    shutil.rmtree(out / "store", ignore_errors=True)
+    remove_own(out / "store", STORE_KIND)  # never a user's own `store` folder
     store = AdapterStore(out / "store")
     rng = np.random.default_rng(SEED)
     shared = Predictor(backbone)

@@ -20,7 +20,6 @@ os.environ.update(THREADS_ENV)  # one thread everywhere, before numpy is importe
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,7 +28,8 @@ import numpy as np  # noqa: E402
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter  # noqa: E402
 from edgelora.serve import AdapterServer, ServeConfig  # noqa: E402
-from edgelora.store import AdapterStore  # noqa: E402
+from edgelora.store import STORE_KIND, AdapterStore  # noqa: E402
+from edgelora.targets import remove_own  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402
@@ -62,7 +62,7 @@ def timed(variants: dict, calls: int, rounds: int) -> dict[str, dict]:
 def setup(out: Path) -> tuple[Backbone, AdapterStore, dict]:
     data = protocols.fan()
     backbone = Backbone(reference_bundle("fan", data, BUNDLES), threads=1)
-    shutil.rmtree(out / "store", ignore_errors=True)
+    remove_own(out / "store", STORE_KIND)  # never a user's own `store` folder
     store = AdapterStore(out / "store")
     x, y = data["finetune"]
     for i in range(ADAPTERS):          # eight different adapters: other seeds, other halves of the data

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import protocols
-from edgelora.bundle import load_manifest, verify_bundle
+from edgelora.bundle import BUNDLE_KIND, load_manifest, verify_bundle
+from edgelora.targets import remove_own
 
 from .backbones import EXPORTED, exported_bundle, reference_bundle
 
@@ -83,8 +84,7 @@ def prepare(protocol: str, out: Path, bundles: Path, arch: str | None = None, bu
 
 def _snapshot(src: Path, dst: Path) -> Path:
     """Copy a bundle folder (verified: the ONNX file matches its fingerprint) for this run."""
-    if dst.exists():
-        shutil.rmtree(dst)
+    remove_own(dst, BUNDLE_KIND)  # an earlier snapshot, never anything else
     shutil.copytree(src, dst)
     verify_bundle(dst)
     return dst

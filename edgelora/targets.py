@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -102,6 +103,22 @@ def check_target(path: PathLike, kind: Kind, *, overwrite: bool = False,
     advice = "choose another path" if kind.container else f"choose another path, or pass {flag} to replace it"
     raise ValueError(f"{path} holds {describe(path)}, not {_a(kind.what)}; refusing to "
                      f"{'use' if kind.container else 'replace'} it ({advice})")
+
+
+def remove_own(path: PathLike, kind: Kind) -> None:
+    """Delete `path` (before writing it afresh) only if it is empty or an artefact of `kind`."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    ours = not path.is_symlink() and path.is_dir() == kind.folder and \
+        ((kind.folder and not any(path.iterdir())) or kind.accepts(path))
+    if not ours:
+        raise ValueError(f"{path} holds {describe(path)}, not {_a(kind.what)}; refusing to delete it (choose "
+                         f"another output folder)")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def describe(path: Path) -> str:

@@ -156,3 +156,17 @@ def test_demo_save_data_replaces_only_what_it_wrote(tmp_path):
     (folder / "test.npz").write_text("a user's file, not ours")
     with pytest.raises(ValueError, match="test.npz holds a file of 23 bytes, not a demo data file"):
         _save_data(folder, data)
+
+
+def test_benchmarks_delete_only_their_own_output(tmp_path):
+    from edgelora.store import STORE_KIND
+    from edgelora.targets import remove_own
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "holiday.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(ValueError, match="refusing to delete it"):
+        remove_own(tmp_path / "store", STORE_KIND)  # `python -m device_bench.serving --out ~` with a ~/store
+    assert (tmp_path / "store" / "holiday.jpg").exists()
+    AdapterStore(tmp_path / "ours")
+    remove_own(tmp_path / "ours", STORE_KIND)
+    remove_own(tmp_path / "never_existed", STORE_KIND)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
