@@ -76,7 +76,7 @@ def check_target(path: PathLike, kind: Kind, *, overwrite: bool = False,
                  protect: Iterable[tuple[str, PathLike]] = (), flag: str = "overwrite=True") -> Path:
     """Return `path` if writing a `kind` there replaces nothing but an artefact of that kind; else
     raise ValueError saying what is there. `protect`: (label, path) pairs never to touch; `flag`: how
-    the caller asks for an overwrite (named in the message)."""
+    the caller asks for an overwrite (named in the message; "" when it cannot)."""
     path = Path(path)
     if not str(path):
         raise ValueError(f"expected a path for the {kind.what}, found an empty string")
@@ -100,7 +100,7 @@ def check_target(path: PathLike, kind: Kind, *, overwrite: bool = False,
         return path
     if not kind.container and (overwrite or here in _ALLOWED.get()):
         return path
-    advice = "choose another path" if kind.container else f"choose another path, or pass {flag} to replace it"
+    advice = "choose another path" + ("" if kind.container or not flag else f", or pass {flag} to replace it")
     raise ValueError(f"{path} holds {describe(path)}, not {_a(kind.what)}; refusing to "
                      f"{'use' if kind.container else 'replace'} it ({advice})")
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..adapter import CONFIG_FILE
+from ..adapter import ADAPTER_KIND
 from ..schema import check
+from ..targets import check_target
 from .aggregate import STRATEGIES
 from .device import RoundSettings
 
@@ -97,6 +98,8 @@ def rounds_path(out: Path) -> Path:
 
 
 def check_out(out: Path) -> None:
-    """Refuse to replace anything but an earlier adapter (a command never replaces files it did not write)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
-        raise ValueError(f"out: {out} exists and is not an adapter folder; choose a new folder")
+    """Refuse to replace anything but an earlier adapter (edgelora.targets: what a writer may replace)."""
+    try:
+        check_target(out, ADAPTER_KIND, flag="")
+    except ValueError as e:
+        raise ValueError(f"out: {e}") from None
