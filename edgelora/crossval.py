@@ -23,11 +23,13 @@ from .losses import balanced_weights
 from .optim import OPTIMIZERS, learning_rate
 
 SCALINGS = ("none", "standard")
+FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One candidate: how taps are scaled, the weight decay, the rank and how many epochs to train."""
+    """One candidate: the adapter's form, how taps are scaled, the weight decay, the rank and the epochs."""
+    form: str
     tap_scaling: str
     weight_decay: float
     r: int
@@ -75,10 +77,12 @@ class Stack:
     Model m = g Mg + j. Each product is one (batched) matrix product over all models."""
 
     def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
-                 init_flat: np.ndarray | None = None):
-        """decays (Mg,): the weight decay of model j of every group."""
+                 init_flat: np.ndarray | None = None, form: str = "skip"):
+        """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's)."""
         self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
-        one = lora.init(layout, cfg.seed) if init_flat is None else init_flat  # where a single run starts
+        self.train_b = form != "last"
+        one = init_flat if init_flat is not None else \
+            lora.init(layout, cfg.seed) if self.train_b else lora.init_last(layout, scale)  # as a single run starts
         p1 = lora.views(one, layout)
         self.shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
                        "B": (self.m, len(layout.taps) * layout.rank, layout.num_outputs)}
@@ -91,7 +95,7 @@ class Stack:
         for key in layout.a_keys:
             self.p[key][:] = p1[key][None, :, None, :]
             w[key][:] = decays[None, None, :, None]
-        self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None]
+        self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None] if self.train_b else 0.0
         if layout.bias:
             self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
         self.opt = OPTIMIZERS[cfg.optimizer](size, weight_decay=wd,
@@ -135,7 +139,8 @@ class Stack:
         if lay.bias:
             np.add.reduce(g, axis=1, out=self.g["bias"])
         g *= self.scale
-        np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
+        if self.train_b:                                     # else B stays fixed: its gradient stays 0
+            np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
         gh = (g @ self.p["B"].transpose(0, 2, 1)).reshape(g_, mg, n, -1)       # (G, Mg, b, K r)
         for k, (a, b) in enumerate(lay.bounds):
             ghk = gh[..., k * r:(k + 1) * r].transpose(0, 2, 1, 3).reshape(g_, n, mg * r)
@@ -177,9 +182,9 @@ def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, 
 def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndarray, layouts: dict[int, lora.Layout],
                    alpha: dict[int, float], decays: list[float], marks: list[int], k: int, cfg, task: str,
                    init_flat: np.ndarray | None = None):
-    """Train every (scaling, rank, decay) on every fold; score each at the epochs in `marks`.
+    """Train every (form, rank, scaling, decay) on every fold; score each at the epochs in `marks`.
 
-    y0 (N, C); taps: scaling -> (N, D) tap matrix. Returns (results, baseline, fold ids): results a list of
+    y0 (N, C); taps: scaling -> (N, D) tap matrix; layouts and alpha keyed by (form, rank). Returns (results, baseline, fold ids): results a list of
     {"recipe", "score": (N,) per-sample score of the model that did not train on it, "loss": (N,)}.
     The settings of `cfg` apply as in a single run (batch size, lr and schedule, optimiser, class weights,
     seed) except `clip_norm` and `lora_dropout`, which cross-validation leaves out.
@@ -196,8 +201,8 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
     scalings = list(taps)
     t_all = np.stack([taps[sc] for sc in scalings])              # (G, N, D): one group per tap scaling
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
-    stacks = {r: Stack(layout, len(scalings), len(wds), alpha[r] / r, wds, cfg, init_flat)
-              for r, layout in layouts.items()}
+    stacks = {(form, r): Stack(layout, len(scalings), len(wds), alpha[form, r] / r, wds, cfg, init_flat, form)
+              for (form, r), layout in layouts.items()}
     own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
     total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
@@ -213,7 +218,7 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
             for stack in stacks.values():
                 stack.step(b0, t, lambda y: grad(y, idx), weight, lr)
         if epoch in marks:
-            for r, stack in stacks.items():
+            for (form, r), stack in stacks.items():
                 y, _ = stack.forward(y0, t_all)                  # (M, N, C): every model on every sample
                 score, loss = _scores(y, targets, task)
                 bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
@@ -223,7 +228,7 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
                     sel = mine[j * k:(j + 1) * k]
                     s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)
-                    results.append({"recipe": Recipe(sc, float(wd), r, epoch), "score": s, "loss": lo})
+                    results.append({"recipe": Recipe(form, sc, float(wd), r, epoch), "score": s, "loss": lo})
     base_score, base_loss = _scores(y0, targets, task)
     return results, {"score": base_score, "loss": base_loss}, fold
 
@@ -238,14 +243,15 @@ def summarize(score: np.ndarray, loss: np.ndarray, fold: np.ndarray, k: int) -> 
 
 def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[dict]]:
     """The recipe to refit, and every recipe's summary. One-standard-error rule: among the recipes whose
-    cross-validated score is within one standard error (over folds) of the best, prefer raw taps (the
-    paper's read-out), then the higher score, then the lower loss. With a few dozen samples per fold,
-    score differences inside that band are noise, and standardised taps measured worse on fan."""
+    cross-validated score is within one standard error (over folds) of the best, prefer the simpler model:
+    the last-layer form (no adapter on the wide early taps), then raw taps, then the higher score, then
+    the lower loss. With a few dozen samples per fold, score differences inside that band are noise."""
     table = [{"recipe": res["recipe"], **summarize(res["score"], res["loss"], fold, k)} for res in results]
     top = max(table, key=lambda row: (row["score"], -row["loss"]))
     band = top["score"] - top["spread"] / math.sqrt(k) if math.isfinite(top["spread"]) else top["score"]
     ties = [row for row in table if row["score"] >= band]
-    best = max(ties, key=lambda row: (row["recipe"].tap_scaling == "none", row["score"], -row["loss"]))
+    best = max(ties, key=lambda row: (row["recipe"].form == "last", row["recipe"].tap_scaling == "none",
+                                      row["score"], -row["loss"]))
     return best, table
 
 

@@ -25,12 +25,19 @@ class Run:
     """Training state of one candidate (rank, weight decay)."""
 
     def __init__(self, layout: lora.Layout, scale: float, weight_decay: float, cfg, task: str,
-                 init_flat: np.ndarray | None = None):
+                 init_flat: np.ndarray | None = None, form: str = "skip"):
+        """form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap)."""
         self.layout, self.scale, self.weight_decay, self.cfg, self.task = layout, scale, weight_decay, cfg, task
-        self.flat = init_flat.astype(np.float32, copy=True) if init_flat is not None else lora.init(layout, cfg.seed)
+        self.form = form
+        self.flat = init_flat.astype(np.float32, copy=True) if init_flat is not None else \
+            lora.init_last(layout, scale) if form == "last" else lora.init(layout, cfg.seed)
         self.grad = np.zeros_like(self.flat)
         self.best_flat = self.flat.copy()
-        self.opt = OPTIMIZERS[cfg.optimizer](self.flat.size, weight_decay=weight_decay,
+        decay = weight_decay
+        if form == "last":   # B is held fixed: no gradient (zeroed every step) and no decay
+            decay = np.full(self.flat.size, weight_decay, np.float32)
+            lora.views(decay, layout)["B"][:] = 0.0
+        self.opt = OPTIMIZERS[cfg.optimizer](self.flat.size, weight_decay=decay,
                                              **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
         self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
         self.shuffler = SplitMix64(cfg.seed)       # specified PRNG: every client shuffles identically
@@ -57,6 +64,7 @@ class Run:
         monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
         train = features(monitor) if static else None
         keep = 1.0 - cfg.lora_dropout
+        fixed_b = g["B"] if self.form == "last" else None
         # the step loop runs ~50 numpy calls' worth of Python per batch: keep its lookups local
         dropout, clip, opt_step, flat, grad, forward, backward = (cfg.lora_dropout, cfg.clip_norm, self.opt.step,
                                                                  self.flat, self.grad, lora.forward, lora.backward)
@@ -75,6 +83,8 @@ class Run:
                     if not static:  # Skip-LoRA without a cache: a running mean costs nothing next to the backbone
                         batch_losses += loss_fn(y, idx) * len(idx)
                     backward(grad_fn(y, idx), saved, p, g, layout, scale)
+                    if fixed_b is not None:
+                        fixed_b[:] = 0.0
                     if clip:
                         clip_grad_norm(grad, clip)
                     opt_step(flat, grad, lrs[step])
@@ -114,8 +124,9 @@ class Run:
 
     def summary(self) -> dict:
         """The candidate's settings and outcome, for History.candidates."""
-        return {"r": self.layout.rank, "lora_alpha": self.scale * self.layout.rank, "weight_decay": self.weight_decay,
-                "best_val_loss": self.best_loss, "best_epoch": self.best_epoch, "stopped": self.stopped}
+        return {"form": self.form, "r": self.layout.rank, "lora_alpha": self.scale * self.layout.rank,
+                "weight_decay": self.weight_decay, "best_val_loss": self.best_loss, "best_epoch": self.best_epoch,
+                "stopped": self.stopped}
 
     @property
     def result(self) -> np.ndarray:

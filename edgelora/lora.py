@@ -83,6 +83,15 @@ def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
     return flat
 
 
+def init_last(layout: Layout, scale: float) -> np.ndarray:
+    """The 'last' form (FT-Last on the cache): r = C, A = 0, and B = 0 except the last tap's block, I / s, held
+    fixed while A trains, so y = y0 + t_K A_K (+ b): a dense update of the last layer through its input."""
+    assert layout.rank == layout.num_outputs, "the last form has r = C"
+    flat = np.zeros(layout.size, np.float32)
+    tap_B(views(flat, layout), layout, len(layout.taps) - 1)[:] = np.eye(layout.rank, dtype=np.float32) / scale
+    return flat
+
+
 def forward(p: dict, y0: np.ndarray, t: np.ndarray, layout: Layout, scale: float):
     """y0, t  # (N, C), (N, D)  ->  y (N, C), saved = (t, h)  with h (N, K r)."""
     r = layout.rank

@@ -37,6 +37,9 @@ class TrainConfig:
     weight_decay: float | Literal["auto"] = 1.0      # L2 (sgd, adam) or decoupled (adamw); "auto": pick from grid
     weight_decay_grid: tuple[float, ...] = (0.0, 1e-2, 1e-1, 1.0)
     rank_grid: tuple[int, ...] = (2, 4, 8)
+    form: Literal["skip", "last", "auto"] = "auto"   # skip: Skip-LoRA adapters on every tap (rank r); last: a dense
+                                                     # update of the last layer through its input tap (FT-Last on
+                                                     # the cache; saved as r = C with B fixed); auto: choose
     tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
                                                      # fine-tune samples (folded into A and the bias when saved)
     select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
@@ -81,7 +84,7 @@ class TrainConfig:
         check(self.cv_folds == 0 or self.cv_folds >= 2, f"`cv_folds` should be 0 (off) or >= 2, found {self.cv_folds}")
         check(len(self.epoch_fractions) >= 1 and all(0 < f <= 1 for f in self.epoch_fractions),
               f"`epoch_fractions` should list numbers in (0, 1], found {self.epoch_fractions}")
-        auto = [f for f in ("r", "weight_decay", "tap_scaling") if getattr(self, f) == "auto"]
+        auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(self, f) == "auto"]
         check(not auto or self.val_fraction > 0 or self.cv_folds >= 2,
               f"automatic selection of {auto} needs cross-validation (`cv_folds` >= 2) or a holdout (`val_fraction` > 0)")
 
@@ -199,19 +202,23 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    alphas = {r: init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r) for r in ranks}
-    layouts = {r: lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for r in ranks}
+    # a warm start keeps its own form (skip); the last-layer form has r = C and scale 1 (B = I on its tap)
+    forms = ["skip"] if init is not None else (list(crossval.FORMS) if config.form == "auto" else [config.form])
+    kinds = [(f, r) for f in forms for r in (ranks if f == "skip" else [m.num_outputs])]
+    alphas = {(f, r): float(r) if f == "last" else init.config.lora_alpha if init is not None else
+              (config.lora_alpha or 2.0 * r) for f, r in kinds}
+    layouts = {(f, r): lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for f, r in kinds}
     if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
         recipe, history.selection = crossval.select(scaled, scalings, n, targets, layouts, alphas, decays, config,
                                                     m.task, None if init is None else init.flat)
-        candidates = [(recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
+        candidates = [(recipe.form, recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
     else:
-        candidates = [(r, wd, sc, config.epochs) for r in ranks for wd in decays for sc in scalings]
+        candidates = [(f, r, wd, sc, config.epochs) for f, r in kinds for wd in decays for sc in scalings]
     val_features = {sc: scaled[sc](val_idx) for sc in scalings} if use_cache and len(val_idx) else {}
     runs: list[Run] = []
-    for i, (r, wd, sc, epochs) in enumerate(candidates):
-        run = Run(layouts[r], alphas[r] / r, wd, replace(config, epochs=epochs), m.task,
-                  init.flat if init is not None else None)
+    for i, (form, r, wd, sc, epochs) in enumerate(candidates):
+        run = Run(layouts[form, r], alphas[form, r] / r, wd, replace(config, epochs=epochs), m.task,
+                  init.flat if init is not None else None, form)
         if saved is not None and i < len(saved[0]["runs"]):
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
@@ -220,11 +227,11 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         run.fit(scaled[sc], use_cache, targets, train_idx, val_idx, callback, on_epoch, val_features.get(sc))
         runs.append(run)
     best = _select(runs, config.select_tolerance)
-    scaling = candidates[runs.index(best)][2]
+    scaling = candidates[runs.index(best)][3]
     result = best.result.copy() if scaling == "none" else \
         crossval.fold_standardizer(best.result, best.layout, best.scale, mu, inv)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
-    history.chosen = {"r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
+    history.chosen = {"form": best.form, "r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
                       "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.train_seconds = time.perf_counter() - start - history.cache_seconds

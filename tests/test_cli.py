@@ -110,10 +110,12 @@ def test_auto_rank_and_weight_decay(files, capsys):
     d, bundle = files
     r = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--rank", "auto",
                  "--weight-decay", "auto", *FAST)
-    cands = r["cross_validation"]["candidates"]      # ranks x decays x tap scalings x epoch marks (1, 2, 3)
-    assert len(cands) == 3 * 4 * 2 * 3 and r["chosen"]["r"] in (2, 4, 8)
+    cands = r["cross_validation"]["candidates"]      # (3 ranks + the last-layer form) x decays x tap scalings x
+    assert len(cands) == (3 + 1) * 4 * 2 * 3          # epoch marks (1, 2, 3)
+    assert r["chosen"]["r"] in (2, 4, 8) or r["chosen"]["form"] == "last"
     held = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--rank", "auto",
-                    "--weight-decay", "auto", "--tap-scaling", "none", "--val-fraction", "0.2", "--overwrite", *FAST)
+                    "--weight-decay", "auto", "--tap-scaling", "none", "--form", "skip", "--val-fraction", "0.2",
+                    "--overwrite", *FAST)
     assert len(held["candidates"]) == 12 and held["chosen"]["r"] in (2, 4, 8)
 
 

@@ -85,11 +85,14 @@ def test_choose_prefers_raw_taps_within_one_standard_error():
 
     def result(scaling, per_fold):
         score = np.repeat(per_fold, 5).astype(float)
-        return {"recipe": Recipe(scaling, 1.0, 4, 10), "score": score, "loss": 1 - score}
+        return {"recipe": Recipe("skip", scaling, 1.0, 4, 10), "score": score, "loss": 1 - score}
     near = [result("standard", [1.0, 0.8, 1.0, 0.8]), result("none", [0.9, 0.8, 1.0, 0.8])]  # 0.025 < 1 SE (0.05)
     assert choose(near, fold, 4)[0]["recipe"].tap_scaling == "none"
     far = [result("standard", [1.0, 1.0, 1.0, 1.0]), result("none", [0.9, 0.9, 0.9, 0.9])]
     assert choose(far, fold, 4)[0]["recipe"].tap_scaling == "standard"
+    last = {"recipe": Recipe("last", "none", 1.0, 3, 10), "score": np.repeat([0.9, 0.8, 0.9, 0.8], 5) * 1.0,
+            "loss": np.zeros(20)}
+    assert choose(near + [last], fold, 4)[0]["recipe"].form == "last"          # the simpler model among ties
 
 
 def test_folded_standardisation_is_exact():
@@ -112,14 +115,14 @@ def test_cv_refits_on_every_sample_and_reports_an_estimate(toy_bundle, toy_data)
     adapter, history = finetune(bb, x, y, CV)
     assert history.samples == {"train": len(x), "val": 0}
     sel = history.selection
-    assert sel["folds"] == 5 and len(sel["candidates"]) == 2 * 3          # tap scalings x epoch marks
+    assert sel["folds"] == 5 and len(sel["candidates"]) == 2 * 2 * 3      # forms x tap scalings x epoch marks
     chosen = history.chosen
     best = max(c["score"] for c in sel["candidates"])                        # one-standard-error rule
     assert best - sel["chosen"]["score"] <= max(sel["chosen"]["score_spread"], 0.05) / 5 ** 0.5 + 0.05
     assert 0 <= sel["no_finetune"]["score"] <= 1 and len(sel["chosen"]["score_folds"]) == 5
     # the refit is exactly the chosen recipe trained on all samples without selection
     fixed = dataclasses.replace(CV, weight_decay=chosen["weight_decay"], tap_scaling=chosen["tap_scaling"],
-                                epochs=chosen["epochs"], cv_folds=0)
+                                epochs=chosen["epochs"], form=chosen["form"], cv_folds=0)
     again, h2 = finetune(bb, x, y, fixed)
     assert np.array_equal(adapter.flat, again.flat) and h2.samples["train"] == len(x)
     assert adapter.config.training["cross_validation"]["chosen"]["score"] == sel["chosen"]["score"]
@@ -137,7 +140,8 @@ def test_cv_same_seed_bit_identical(toy_bundle, toy_data):
 def test_standard_scaling_adapter_acts_on_raw_taps(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
     x, y = toy_data
-    adapter, history = finetune(bb, x, y, dataclasses.replace(CV, tap_scaling="standard", weight_decay=0.1, cv_folds=0))
+    adapter, history = finetune(bb, x, y, dataclasses.replace(CV, tap_scaling="standard", weight_decay=0.1, cv_folds=0,
+                                                              form="skip"))
     assert history.chosen["tap_scaling"] == "standard"
     y0, t = bb.features({"x": x})
     layout = lora.Layout(bb.manifest.tap_names, bb.manifest.tap_widths, 3, adapter.config.r, True)
@@ -165,3 +169,23 @@ def test_error_too_few_samples_for_cv(toy_bundle):
     x = np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32)
     with pytest.raises(ValueError, match="cross-validation needs at least 10 samples, found 3"):
         finetune(bb, x, np.array([0, 1, 2]), dataclasses.replace(CV, batch_size=2))
+
+
+def test_last_form_is_a_dense_update_of_the_last_layer(toy_bundle, toy_data):
+    """form 'last': r = C, B fixed at I / s on the last tap and 0 elsewhere, A trained only on the last tap:
+    the adapter computes y0 + t_K A_K + b, i.e. FT-Last through the cache."""
+    bb = Backbone(toy_bundle)
+    x, y = toy_data
+    adapter, history = finetune(bb, x, y, dataclasses.replace(CV, form="last", tap_scaling="none", cv_folds=0))
+    c, m = 3, bb.manifest
+    assert history.chosen["form"] == "last" and adapter.config.r == c
+    layout = lora.Layout(m.tap_names, m.tap_widths, c, c, True)
+    p = lora.views(adapter.flat, layout)
+    scale = adapter.config.lora_alpha / c
+    assert np.array_equal(lora.tap_B(p, layout, len(m.tap_names) - 1), np.eye(c, dtype=np.float32) / scale)
+    assert not np.any(p["B"][:-c]) and not any(np.any(p[key]) for key in layout.a_keys[:-1])
+    y0, t = bb.features({"x": x})
+    a, b = layout.bounds[-1]
+    dense = y0 + t[:, a:b] @ p[layout.a_keys[-1]] + p["bias"]
+    assert np.abs(dense - Predictor(bb, adapter).outputs(x)).max() < 1e-4
+    assert Predictor(bb, adapter).evaluate(x, y)["accuracy"] > Predictor(bb).evaluate(x, y)["accuracy"]

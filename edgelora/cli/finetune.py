@@ -22,7 +22,8 @@ edgelora finetune fan_bundle --data new_site.npz --out adapters/site7
 edgelora finetune fan_bundle --data new_site.npz --out adapters/site7 --rank auto --weight-decay auto \\
     --cache-dir /var/cache/edgelora --cache-dtype float16 --json
 """
-FILL_CHUNKS = 40  # the cache is filled in this many steps so the progress bar moves
+FILL_CHUNKS = 40
+FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)"}  # the cache is filled in this many steps so the progress bar moves
 
 
 def register(subparsers) -> None:
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
                    help=f"default {d.optimizer}")
     t.add_argument("--weight-decay", type=common.decay, default=d.weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: pick from {list(d.weight_decay_grid)} (default {d.weight_decay})")
+    t.add_argument("--form", choices=("skip", "last", "auto"), default=d.form,
+                   help="skip: Skip-LoRA adapters on every tap; last: a dense update of the last layer through "
+                        f"its input tap (FT-Last on the cache); auto: choose (default {d.form})")
     t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
                    help="taps as cached, or each feature standardised over these samples (folded into the saved "
                         f"adapter); auto: choose (default {d.tap_scaling})")
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         tap_scaling=args.tap_scaling, cv_folds=args.cv_folds)
+                         form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
                         "total": time.perf_counter() - start},
             "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                          "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
-                         "rank": config.r, "weight_decay": config.weight_decay, "tap_scaling": config.tap_scaling,
+                         "rank": config.r, "weight_decay": config.weight_decay, "form": config.form,
+                         "tap_scaling": config.tap_scaling,
                          "cv_folds": config.cv_folds, "resumed": args.resume},
             "history": history.epochs}
 
@@ -174,10 +179,11 @@ def report(r: dict) -> str:
         lines += _cv_lines(r["cross_validation"], r["task"])
     else:
         lines.append(f"  no selection (--cv-folds 0); final train loss {r['train_loss']:.4f}")
-    auto = " (auto)" if "auto" in (r["settings"]["rank"], r["settings"]["weight_decay"], r["settings"]["tap_scaling"]) \
-        else ""
+    st = r["settings"]
+    auto = " (auto)" if "auto" in (st["rank"], st["weight_decay"], st["form"], st["tap_scaling"]) else ""
     how = f"best epoch {r['best_epoch']} of {r['epochs_run']}" if r["val_after"] else f"{r['epochs_run']} epochs"
-    lines += [f"  chosen     r={ch['r']} alpha={ch['lora_alpha']:g} weight_decay={ch['weight_decay']:g} "
+    lines += [f"  chosen     {FORM_TEXT[ch['form']]} r={ch['r']} alpha={ch['lora_alpha']:g} "
+              f"weight_decay={ch['weight_decay']:g} "
               f"taps {'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}{auto}; {how} ({r['stopped']})",
               f"  cache      {c['misses']} samples computed by the backbone, {c['hits']} already cached; "
               f"{c['rows']} rows, {common.human_bytes(c['bytes'])} {c['dtype']}"
