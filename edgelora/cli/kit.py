@@ -12,7 +12,7 @@ from . import common
 EXAMPLE = """
 edgelora kit fan_bundle --out fan_kit
 edgelora kit fan_bundle --out fan_kit --rank 8 --batch-size 32 --weight-decay 0.1 --epochs 40
-node clients/js/src/cli.js train --bundle fan_bundle --kit fan_kit --x x.npy --y y.npy --out adapters/site7
+node clients/js/src/cli.js train --bundle fan_bundle --kit fan_kit --data new_site.npz --out adapters/site7
 """
 
 
