@@ -256,14 +256,20 @@ def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[di
 
 
 def select(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layouts: dict, alphas: dict,
-           decays: list[float], config, task: str, init_flat: np.ndarray | None) -> tuple[Recipe, dict]:
+           decays: list[float], config, task: str, init_flat: np.ndarray | None,
+           max_rows: int | None = None) -> tuple[Recipe, dict]:
     """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
-    (History.selection). scaled: tap scaling -> features(idx) -> (y0, taps)."""
+    (History.selection). scaled: tap scaling -> features(idx) -> (y0, taps). max_rows: cross-validate on at
+    most this many rows, evenly spaced in sample order (a cache that exceeds the memory budget)."""
+    everything, subset = np.arange(n), ""
+    if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
+        everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
+        targets, n = targets[everything], len(everything)
+        subset = f" on {n} evenly spaced samples (the cache exceeds the memory budget)"
     k = min(config.cv_folds, n // 2)
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
                          f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
-    everything = np.arange(n)
     y0 = scaled["none"](everything)[0]
     taps = {sc: np.ascontiguousarray(scaled[sc](everything)[1], np.float32) for sc in scalings}
     marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
@@ -272,7 +278,7 @@ def select(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layou
     baseline = summarize(base["score"], base["loss"], fold, k)
     metric = "accuracy" if task == "classification" else "neg_mse"
     return best["recipe"], {
-        "method": f"{k}-fold cross-validation", "folds": k, "metric": metric,
+        "method": f"{k}-fold cross-validation{subset}", "folds": k, "metric": metric,
         "chosen": {**asdict(best["recipe"]), "score": best["score"], "score_spread": best["spread"],
                    "loss": best["loss"], "score_folds": best["folds"]},
         "no_finetune": {"score": baseline["score"], "score_spread": baseline["spread"], "loss": baseline["loss"],

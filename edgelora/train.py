@@ -188,7 +188,10 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
     bias = init.config.bias if init is not None else config.bias
     # a warm start's parameters act on raw taps; standardising needs the bias to absorb the tap means
-    scalings = ["none"] if init is not None or not bias else \
+    # a cache larger than the memory budget is read from disk per batch (_LazyRows): then cross-validation runs
+    # on an evenly spaced subset that fits the budget, and taps stay raw unless asked (standardising reads all)
+    lazy = use_cache and isinstance(values, _LazyRows)
+    scalings = ["none"] if init is not None or not bias or (lazy and config.tap_scaling == "auto") else \
         (list(crossval.SCALINGS) if config.tap_scaling == "auto" else [config.tap_scaling])
     if config.tap_scaling == "standard" and scalings != ["standard"]:
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
@@ -209,8 +212,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
               (config.lora_alpha or 2.0 * r) for f, r in kinds}
     layouts = {(f, r): lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for f, r in kinds}
     if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
+        limit = cache.memory_budget // (8 * cache.width * len(scalings)) if lazy else None
         recipe, history.selection = crossval.select(scaled, scalings, n, targets, layouts, alphas, decays, config,
-                                                    m.task, None if init is None else init.flat)
+                                                    m.task, None if init is None else init.flat, limit)
         candidates = [(recipe.form, recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
     else:
         candidates = [(f, r, wd, sc, config.epochs) for f, r in kinds for wd in decays for sc in scalings]
