@@ -36,7 +36,7 @@ def _config():
 
     from edgelora import TrainConfig
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {**RECIPE, "val_fraction": 0.0, "cv_folds": 0, "tap_scaling": "none"}
+    settings = {**RECIPE, "val_fraction": 0.0, "cv_folds": 0, "tap_scaling": "none", "form": "skip"}
     return TrainConfig(**{k: v for k, v in settings.items() if k in fields})
 
 

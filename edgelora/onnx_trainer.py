@@ -30,11 +30,13 @@ MONITOR = 256  # as loop.MONITOR: train loss is reported on a fixed sample of at
 
 def recipe_from_config(config: TrainConfig) -> KitRecipe:
     """The kit recipe of an explicit TrainConfig; "auto" settings and dropout are refused."""
-    auto = [f for f in ("r", "weight_decay", "tap_scaling") if getattr(config, f, "none") == "auto"]
+    auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(config, f, "none") == "auto"]
     if auto:
         raise ValueError(f"engine='onnx' trains one explicit recipe; found 'auto' for {auto}: pass explicit "
-                         f"settings (e.g. r=4, weight_decay=0.1, tap_scaling='none'; on the command line --rank 4 "
-                         f"--weight-decay 0.1 --tap-scaling none) or use engine='numpy'")
+                         f"settings (e.g. r=4, weight_decay=0.1, form='skip', tap_scaling='none'; on the command "
+                         f"line --rank 4 --weight-decay 0.1 --form skip --tap-scaling none) or use engine='numpy'")
+    if getattr(config, "form", "skip") != "skip":
+        raise ValueError(f"engine='onnx' trains skip adapters: expected form='skip', found {config.form!r}")
     if getattr(config, "tap_scaling", "none") != "none":
         raise ValueError(f"engine='onnx' trains on raw taps: expected tap_scaling='none', found {config.tap_scaling!r}")
     if config.lora_dropout:

@@ -23,7 +23,7 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def explicit(**kw) -> TrainConfig:
-    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", epochs=12)
+    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
     return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
 
 

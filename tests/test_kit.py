@@ -21,7 +21,7 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 def explicit(**kw) -> TrainConfig:
     """One explicit recipe, trained on every sample (no selection), whatever TrainConfig's defaults are."""
-    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", epochs=12)
+    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
     return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
 
 
@@ -127,6 +127,9 @@ def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
         finetune_onnx(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
     with pytest.raises(ValueError, match="expected lora_dropout=0"):
         finetune_onnx(backbone, *toy_data, explicit(lora_dropout=0.1))
+    if "form" in FIELDS:
+        with pytest.raises(ValueError, match="engine='onnx' trains skip adapters: expected form='skip', found 'last'"):
+            finetune_onnx(backbone, *toy_data, explicit(form="last"))
     with pytest.raises(ValueError, match="engine should be 'numpy' or 'onnx', found 'torch'"):
         finetune(backbone, *toy_data, explicit(), engine="torch")
     with pytest.raises(ValueError, match="init, use_cache=False and checkpoint_dir need engine='numpy'"):
@@ -146,7 +149,8 @@ def test_cli_finetune_engine_onnx(toy_bundle, toy_data, tmp_path, capsys):
     argv = ["finetune", str(toy_bundle), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "a"), "--engine", "onnx"]
     assert main(argv + ["--tap-scaling", "auto"]) == 2
     assert "engine='onnx' trains one explicit recipe" in capsys.readouterr().err and not (tmp_path / "a").exists()
-    assert main(argv + ["--rank", "2", "--weight-decay", "0.1", "--tap-scaling", "none", "--epochs", "5", "--quiet"]) == 0
+    assert main(argv + ["--rank", "2", "--weight-decay", "0.1", "--tap-scaling", "none", "--form", "skip", "--epochs", "5",
+                        "--quiet"]) == 0
     adapter = load_adapter(tmp_path / "a", Backbone(toy_bundle).manifest)
     assert adapter.config.training["engine"] == "onnx" and adapter.config.r == 2
 

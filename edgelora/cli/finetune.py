@@ -73,7 +73,7 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     t.add_argument("--engine", choices=("numpy", "onnx"), default="numpy",
                    help="numpy (default), or onnx: the training kit's graphs on onnxruntime (as any onnxruntime "
-                        "client trains; one explicit recipe: --rank N --weight-decay W --tap-scaling none)")
+                        "client trains; one explicit recipe: --rank N --weight-decay W --form skip --tap-scaling none)")
     c = p.add_argument_group("cache and checkpoints")
     c.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help="keep the Skip-Cache on disk here, so later runs only compute new samples")
