@@ -1,6 +1,7 @@
 """Fleets on real data (har): 30 volunteers as 30 devices, shared vs local vs central vs personal adapters.
 
     python -m device_bench.fleet_har [--seeds 3] [--rounds 20] [--strategies fedavg fedavgm] [--out DIR]
+    python -m device_bench.fleet_har --dtype-check      # float16 vs float32 updates, 5 rounds
 
 Devices: each of the 21 source users holds all its windows, each of the 9 test users the first half (time
 order) of its windows; the test users' second halves are never seen by any training, selection or server
@@ -64,6 +65,18 @@ def devices(data: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def write_devices(root: Path, bundle: Path, data: dict) -> list[dict]:
+    """Each device's samples as ROOT/devices/NAME.npz (replacing ROOT) and its node config."""
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "devices").mkdir(parents=True)
+    nodes = []
+    for name, (x, y) in devices(data).items():
+        np.savez(root / "devices" / f"{name}.npz", x=x, y=y)
+        nodes.append({"bundle": str(bundle), "data": str(root / "devices" / f"{name}.npz"),
+                      "workdir": str(root / "devices" / name)})
+    return nodes
+
+
 def per_user(backbone: Backbone, data: dict, adapters: dict) -> dict[int, float]:
     """Test-half accuracy of each test user with its adapter (one adapter for all, or {user: adapter})."""
     return {u: Predictor(backbone, adapters.get(u) if isinstance(adapters, dict) else adapters)
@@ -100,13 +113,7 @@ def run_seed(seed: int, out: Path, rounds: int, strategies: list[str], log=print
     bundle = reference_bundle("har", data, BUNDLES)
     backbone = Backbone(bundle, threads=1)
     root = out / f"seed{seed}"
-    shutil.rmtree(root, ignore_errors=True)
-    nodes = []
-    for name, (x, y) in devices(data).items():
-        path = root / "devices" / f"{name}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x=x, y=y)
-        nodes.append({"bundle": str(bundle), "data": str(path), "workdir": str(root / "devices" / name)})
+    nodes = write_devices(root, bundle, data)
     res = {"seed": seed, "devices": len(nodes), "none": per_user(backbone, data, {})}
     t = time.perf_counter()
     res["local"] = per_user(backbone, data, {u: finetune(backbone, *data["users"][u]["finetune"],
@@ -189,13 +196,42 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dtype_check(out: Path, rounds: int = 5) -> dict:
+    """The same federation with float32 and float16 updates (seed 0): how far apart the shared adapters end."""
+    data = protocols.har()
+    bundle = reference_bundle("har", data, BUNDLES)
+    backbone = Backbone(bundle, threads=1)
+    flats, res = {}, {}
+    for dtype in ("float32", "float16"):
+        root = out / f"dtype-{dtype}"
+        nodes = write_devices(root, bundle, data)
+        settings = FleetSettings(bundle=str(bundle), out=str(root / "shared"), num_rounds=rounds,
+                                 min_clients=len(nodes), round=RoundSettings(local_epochs=LOCAL_EPOCHS,
+                                                                             update_dtype=dtype))
+        log = run_fleet(LocalGrid(client_app, nodes), settings)
+        from edgelora import load_adapter
+        shared = load_adapter(root / "shared", backbone.manifest)
+        flats[dtype] = shared.flat
+        res[dtype] = {"test": float(np.mean(list(per_user(backbone, data, shared).values()))),
+                      "reply_bytes": max(log["rounds"][-1]["reply_bytes"])}
+    diff = flats["float16"] - flats["float32"]
+    res["max_abs_diff"] = float(np.abs(diff).max())
+    res["relative_l2"] = float(np.linalg.norm(diff) / np.linalg.norm(flats["float32"]))
+    print(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtype-check", action="store_true",
+                   help="instead: 5 rounds with float32 and with float16 updates, compared")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=list(STRATEGIES))
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
+    if a.dtype_check:
+        return dtype_check(a.out)
     start = time.perf_counter()
     seeds = [run_seed(s, a.out, a.rounds, a.strategies) for s in range(a.seeds)]
     result = {"devices": seeds[0]["devices"], "rounds": a.rounds, "local_epochs": LOCAL_EPOCHS,
