@@ -90,7 +90,7 @@ class Stack:
             self.shapes["bias"] = (self.m, layout.num_outputs)
         size = sum(int(np.prod(s)) for s in self.shapes.values())
         self.flat, self.grad, wd = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
-        self.p, self.g, w = self._views(self.flat), self._views(self.grad), self._views(wd)
+        self.p, self.g, w = (lora.split(buf, self.shapes) for buf in (self.flat, self.grad, wd))
         every = np.tile(decays, groups)
         for key in layout.a_keys:
             self.p[key][:] = p1[key][None, :, None, :]
@@ -100,14 +100,6 @@ class Stack:
             self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
         self.opt = OPTIMIZERS[cfg.optimizer](size, weight_decay=wd,
                                              **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
-
-    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        out, i = {}, 0
-        for key, shape in self.shapes.items():
-            n = int(np.prod(shape))
-            out[key] = flat[i:i + n].reshape(shape)
-            i += n
-        return out
 
     def A(self, k: int, p: dict | None = None) -> np.ndarray:
         """A_k of every model as (G, d_k, Mg r): a view for one batched product per tap."""

@@ -55,8 +55,13 @@ class Layout:
 
 def views(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """Named views into a flat parameter (or gradient) buffer."""
+    return split(flat, layout.shapes)
+
+
+def split(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Consecutive views of `flat` with the given names and shapes."""
     out, i = {}, 0
-    for name, shape in layout.shapes.items():
+    for name, shape in shapes.items():
         n = int(np.prod(shape))
         out[name] = flat[i:i + n].reshape(shape)
         i += n
