@@ -46,11 +46,12 @@ def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
     return fold
 
 
-def tap_standardizer(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, 1/std) per tap feature over all samples (no labels used); constant features get 1/std = 0."""
-    t64 = t.astype(np.float64)
-    mu = t64.mean(axis=0)
-    sd = t64.std(axis=0)
+def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1/std) per tap feature over all n samples (no labels used), summed in float64 over chunks of
+    rows (features(idx) -> (y0, taps)), so no float64 copy of the taps is made; constant features get 1/std = 0."""
+    parts = range(0, n, chunk)
+    mu = sum(features(np.arange(a, min(n, a + chunk)))[1].sum(axis=0, dtype=np.float64) for a in parts) / n
+    sd = np.sqrt(sum(((features(np.arange(a, min(n, a + chunk)))[1] - mu) ** 2).sum(axis=0) for a in parts) / n)
     inv = np.where(sd > 1e-6 * (np.abs(mu) + 1.0), 1.0 / np.maximum(sd, 1e-30), 0.0)
     return mu.astype(np.float32), inv.astype(np.float32)
 
@@ -171,12 +172,12 @@ def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, 
     return (y.argmax(axis=-1) == targets).astype(np.float64), nll
 
 
-def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndarray, layouts: dict[int, lora.Layout],
-                   alpha: dict[int, float], decays: list[float], marks: list[int], k: int, cfg, task: str,
+def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targets: np.ndarray, layouts: dict,
+                   alpha: dict, decays: list[float], marks: list[int], k: int, cfg, task: str,
                    init_flat: np.ndarray | None = None):
     """Train every (form, rank, scaling, decay) on every fold; score each at the epochs in `marks`.
 
-    y0 (N, C); taps: scaling -> (N, D) tap matrix; layouts and alpha keyed by (form, rank). Returns (results, baseline, fold ids): results a list of
+    y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank). Returns (results, baseline, fold ids): results a list of
     {"recipe", "score": (N,) per-sample score of the model that did not train on it, "loss": (N,)}.
     The settings of `cfg` apply as in a single run (batch size, lr and schedule, optimiser, class weights,
     seed) except `clip_norm` and `lora_dropout`, which cross-validation leaves out.
@@ -190,8 +191,6 @@ def cross_validate(y0: np.ndarray, taps: dict[str, np.ndarray], targets: np.ndar
     elif task == "classification" and cfg.class_weights == "balanced":
         sample_w = balanced_weights(targets, c)[targets]
     rng = np.random.default_rng(cfg.seed)
-    scalings = list(taps)
-    t_all = np.stack([taps[sc] for sc in scalings])              # (G, N, D): one group per tap scaling
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
     stacks = {(form, r): Stack(layout, len(scalings), len(wds), alpha[form, r] / r, wds, cfg, init_flat, form)
               for (form, r), layout in layouts.items()}
@@ -247,12 +246,13 @@ def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[di
     return best, table
 
 
-def select(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layouts: dict, alphas: dict,
-           decays: list[float], config, task: str, init_flat: np.ndarray | None,
+def select(features, standardizer: tuple | None, scalings: list[str], n: int, targets: np.ndarray, layouts: dict,
+           alphas: dict, decays: list[float], config, task: str, init_flat: np.ndarray | None,
            max_rows: int | None = None) -> tuple[Recipe, dict]:
     """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
-    (History.selection). scaled: tap scaling -> features(idx) -> (y0, taps). max_rows: cross-validate on at
-    most this many rows, evenly spaced in sample order (a cache that exceeds the memory budget)."""
+    (History.selection). features(idx) -> (y0, taps); standardizer: (mean, 1/std) of the taps for the
+    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order
+    (a cache that exceeds the memory budget)."""
     everything, subset = np.arange(n), ""
     if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
         everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
@@ -262,10 +262,17 @@ def select(scaled: dict, scalings: list[str], n: int, targets: np.ndarray, layou
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
                          f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
-    y0 = scaled["none"](everything)[0]
-    taps = {sc: np.ascontiguousarray(scaled[sc](everything)[1], np.float32) for sc in scalings}
+    y0, t = features(everything)
+    taps = np.empty((len(scalings),) + t.shape, np.float32)      # (G, N, D), each group scaled in place
+    for g, sc in enumerate(scalings):
+        taps[g] = t
+        if sc == "standard":
+            taps[g] -= standardizer[0]
+            taps[g] *= standardizer[1]
+    del t
     marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
-    results, base, fold = cross_validate(y0, taps, targets, layouts, alphas, decays, marks, k, config, task, init_flat)
+    results, base, fold = cross_validate(y0, taps, scalings, targets, layouts, alphas, decays, marks, k, config,
+                                         task, init_flat)
     best, table = choose(results, fold, k)
     baseline = summarize(base["score"], base["loss"], fold, k)
     metric = "accuracy" if task == "classification" else "neg_mse"

@@ -197,7 +197,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
     scaled = {"none": features}
     if "standard" in scalings:
-        mu, inv = crossval.tap_standardizer(features(np.arange(n))[1])
+        mu, inv = crossval.tap_standardizer(features, n)
         scaled["standard"] = lambda idx: (lambda y0, t: (y0, (t - mu) * inv))(*features(idx))
     # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
     source = f"cache {cache.dtype.name}" if use_cache else "backbone every step"  # float16 rows train differently
@@ -213,8 +213,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     layouts = {(f, r): lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for f, r in kinds}
     if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
         limit = cache.memory_budget // (8 * cache.width * len(scalings)) if lazy else None
-        recipe, history.selection = crossval.select(scaled, scalings, n, targets, layouts, alphas, decays, config,
-                                                    m.task, None if init is None else init.flat, limit)
+        recipe, history.selection = crossval.select(features, (mu, inv) if "standard" in scalings else None, scalings,
+                                                    n, targets, layouts, alphas, decays, config, m.task,
+                                                    None if init is None else init.flat, limit)
         candidates = [(recipe.form, recipe.r, recipe.weight_decay, recipe.tap_scaling, recipe.epochs)]
     else:
         candidates = [(f, r, wd, sc, config.epochs) for f, r in kinds for wd in decays for sc in scalings]

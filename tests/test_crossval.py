@@ -100,13 +100,15 @@ def test_folded_standardisation_is_exact():
     layout = lora.Layout(("a", "b"), (5, 3), 4, 2, True)
     t = (rng.standard_normal((30, 8)) * 5 + 3).astype(np.float32)
     t[:, 2] = 7.0                                             # a constant feature: ignored, not divided by 0
-    mu, inv = tap_standardizer(t)
+    mu, inv = tap_standardizer(lambda idx: (None, t[idx]), len(t), chunk=7)   # chunks that do not divide 30
     flat = rng.standard_normal(layout.size).astype(np.float32)
     y0 = rng.standard_normal((30, 4)).astype(np.float32)
     want = lora.forward(lora.views(flat, layout), y0, (t - mu) * inv, layout, 1.5)[0]
     folded = fold_standardizer(flat, layout, 1.5, mu, inv)
     got = lora.forward(lora.views(folded, layout), y0, t, layout, 1.5)[0]
     assert inv[2] == 0 and np.abs(got - want).max() <= 1e-4
+    np.testing.assert_allclose(mu, t.astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(inv[[0, 1, 3]], 1 / t.astype(np.float64).std(axis=0)[[0, 1, 3]], rtol=1e-5)
 
 
 def test_cv_refits_on_every_sample_and_reports_an_estimate(toy_bundle, toy_data):
