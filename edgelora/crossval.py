@@ -192,8 +192,14 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
         sample_w = balanced_weights(targets, c)[targets]
     rng = np.random.default_rng(cfg.seed)
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
-    stacks = {(form, r): Stack(layout, len(scalings), len(wds), alpha[form, r] / r, wds, cfg, init_flat, form)
-              for (form, r), layout in layouts.items()}
+    # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap
+    sources, stacks = {"skip": t_all}, {}
+    for (form, r), layout in layouts.items():
+        if form == "last":
+            a = layout.bounds[-1][0]
+            layout = lora.Layout(layout.taps[-1:], layout.widths[-1:], layout.num_outputs, r, layout.bias)
+            sources["last"] = np.ascontiguousarray(t_all[:, :, a:])
+        stacks[form, r] = Stack(layout, len(scalings), len(wds), alpha[form, r] / r, wds, cfg, init_flat, form)
     own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
     total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
@@ -205,12 +211,12 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
             weight = (fold[idx][None, :] != own[:, None]) * sample_w[idx]
             weight = (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
             lr = learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup)
-            b0, t = y0[idx], t_all[:, idx]
-            for stack in stacks.values():
-                stack.step(b0, t, lambda y: grad(y, idx), weight, lr)
+            b0, t = y0[idx], {form: taps[:, idx] for form, taps in sources.items()}
+            for (form, _), stack in stacks.items():
+                stack.step(b0, t[form], lambda y: grad(y, idx), weight, lr)
         if epoch in marks:
             for (form, r), stack in stacks.items():
-                y, _ = stack.forward(y0, t_all)                  # (M, N, C): every model on every sample
+                y, _ = stack.forward(y0, sources[form])          # (M, N, C): every model on every sample
                 score, loss = _scores(y, targets, task)
                 bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
                 score[bad], loss[bad] = -np.inf, np.inf
