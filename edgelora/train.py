@@ -138,7 +138,11 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
              init: Adapter | None = None, use_cache: bool = True, callback: Callable[[dict], None] | None = None,
              checkpoint_dir: PathLike | None = None, resume: bool = False,
              engine: Literal["numpy", "onnx"] = "numpy") -> tuple[Adapter, History]:
-    """Train skip adapters on (x, y) over the frozen backbone; returns the best adapter and its history.
+    """Train skip adapters on (x, y) over the frozen backbone; returns the adapter and its history.
+
+    By default the recipe (adapter form, tap scaling, number of epochs, and any "auto" setting) is chosen by
+    k-fold cross-validation on the cached rows (crossval.py) and then trained on every sample; the estimate
+    is in History.selection. With `val_fraction` > 0 a holdout chooses instead and the best epoch is kept.
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
@@ -207,6 +211,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
     # a warm start keeps its own form (skip); the last-layer form has r = C and scale 1 (B = I on its tap)
     forms = ["skip"] if init is not None else (list(crossval.FORMS) if config.form == "auto" else [config.form])
+    if config.form == "last" and init is not None:
+        raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
     kinds = [(f, r) for f in forms for r in (ranks if f == "skip" else [m.num_outputs])]
     alphas = {(f, r): float(r) if f == "last" else init.config.lora_alpha if init is not None else
               (config.lora_alpha or 2.0 * r) for f, r in kinds}
