@@ -62,6 +62,7 @@ inside() {
     trap 'exit 130' INT TERM HUP
     mnt "$ROOT/proc" -t proc proc
     mnt "$ROOT/proc/cpuinfo" --bind "$ROOT/etc/cpuinfo-cortex-a72"   # onnxruntime crashes on an x86 one
+    mnt "$ROOT/sys" --bind -o ro /sys                                # onnxruntime's cpuinfo reads cpu/possible
     mnt "$ROOT/dev" --bind /dev
     mnt "$ROOT/dev/shm" -t tmpfs -o size=512m tmpfs
     mkdir -p "$ROOT/work/shared/datasets"
