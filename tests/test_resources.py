@@ -2,9 +2,10 @@
 
 The memory test runs in a subprocess under RLIMIT_AS = (address space after start-up) + 1.5 x the cache's
 size. With `memory_budget` the cache spills to a memory-mapped file (file-backed pages the kernel can
-evict) and a fine-tune completes while what edgelora allocates (the peak of Python and numpy allocations,
-tracemalloc) and the process's anonymous memory (RssAnon, what cannot be paged out) grow by far less
-than the cache; without a budget the whole cache is allocated. Under qemu-user (emulated aarch64) the
+evict) and a fine-tune completes while the peak of what edgelora allocates (Python and numpy allocations,
+tracemalloc; transient batches included) stays under half the cache and the process's anonymous memory
+(RssAnon, what cannot be paged out) grows by under a quarter of it; without a budget the whole cache is
+allocated. Under qemu-user (emulated aarch64) the
 limit is not enforced and RssAnon includes the emulator's own heap: the script detects that the limit is
 not enforced and the test then judges the allocations alone. The full-disk test mounts a small
 tmpfs in a private mount namespace (`unshare -rm`, no root needed where user namespaces are allowed)
@@ -77,7 +78,7 @@ def test_memory_budget_is_honoured_under_an_address_space_limit(tmp_path):
     with_budget = run("budget")
     assert with_budget[:2] == ["ok", "True"], with_budget    # spilled to disk and fine-tuned within the cap
     size, grown, allocated, enforced = map(int, with_budget[2:])
-    assert allocated < 0.25 * size, with_budget              # edgelora allocated far less than the cache
+    assert allocated < 0.5 * size, with_budget               # edgelora never held the cache (a copy is >= 1x)
     assert not enforced or grown < 0.25 * size, with_budget  # and its rows stayed out of anonymous memory
     without = run("none")
     assert without[0] == "MemoryError" or (without[1] == "False" and int(without[4]) >= 0.9 * size
