@@ -32,7 +32,7 @@ KEEP_SHARED = 3         # versions of the shared adapter kept on the device
 @dataclass(frozen=True)
 class RoundSettings:
     """What every device does in a round (the run config of `edgelora fleet run`)."""
-    local_epochs: int = 5            # fine-tuning epochs per round, warm-started from the shared adapter
+    local_epochs: int = 2            # fine-tuning epochs per round, warm-started from the shared adapter (har: 2)
     batch_size: int = 20
     lr: float = 3e-3
     weight_decay: float = 1.0        # AdamW's decoupled decay, as TrainConfig's default
