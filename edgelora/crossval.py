@@ -78,19 +78,18 @@ class Stack:
     Model m = g Mg + j. Each product is one (batched) matrix product over all models."""
 
     def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
-                 init_flat: np.ndarray | None = None, form: str = "skip"):
-        """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's)."""
+                 init_flat: np.ndarray | None = None, form: str = "skip", buffers: tuple | None = None):
+        """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's).
+        buffers: (parameters, gradients, weight decays) of `size(...)` floats owned by the caller, whose one
+        optimiser then steps every stack at once (step(..., update=False)); by default the stack owns both."""
         self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
         self.train_b = form != "last"
         one = init_flat if init_flat is not None else \
             lora.init(layout, cfg.seed) if self.train_b else lora.init_last(layout, scale)  # as a single run starts
         p1 = lora.views(one, layout)
-        self.shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
-                       "B": (self.m, len(layout.taps) * layout.rank, layout.num_outputs)}
-        if layout.bias:
-            self.shapes["bias"] = (self.m, layout.num_outputs)
+        self.shapes = self.layout_shapes(layout, groups, per_group)
         size = sum(int(np.prod(s)) for s in self.shapes.values())
-        self.flat, self.grad, wd = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
+        self.flat, self.grad, wd = buffers if buffers is not None else (np.zeros(size, np.float32) for _ in range(3))
         self.p, self.g, w = (lora.split(buf, self.shapes) for buf in (self.flat, self.grad, wd))
         every = np.tile(decays, groups)
         for key in layout.a_keys:
@@ -99,8 +98,17 @@ class Stack:
         self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None] if self.train_b else 0.0
         if layout.bias:
             self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
-        self.opt = OPTIMIZERS[cfg.optimizer](size, weight_decay=wd,
-                                             **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+        self.opt = None if buffers is not None else optimizer(cfg, wd)
+
+    @staticmethod
+    def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
+        """Named shapes of the stacked parameters (A per tap, B, bias), in buffer order."""
+        m = groups * per_group
+        shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
+                  "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
+        if layout.bias:
+            shapes["bias"] = (m, layout.num_outputs)
+        return shapes
 
     def A(self, k: int, p: dict | None = None) -> np.ndarray:
         """A_k of every model as (G, d_k, Mg r): a view for one batched product per tap."""
@@ -122,7 +130,7 @@ class Stack:
             y += self.p["bias"][:, None, :]
         return y, h
 
-    def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float) -> None:
+    def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float, update: bool = True) -> None:
         """One optimiser step of every model. weight (M, b, 1): each model's per-sample loss weight, summing
         to 1 over its samples (0 = not its data), as `cross_validate` builds it."""
         lay, (g_, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
@@ -138,7 +146,14 @@ class Stack:
         for k, (a, b) in enumerate(lay.bounds):
             ghk = gh[..., k * r:(k + 1) * r].transpose(0, 2, 1, 3).reshape(g_, n, mg * r)
             np.matmul(t[:, :, a:b].transpose(0, 2, 1), ghk, out=self.A(k, self.g))
-        self.opt.step(self.flat, self.grad, lr)
+        if update:
+            self.opt.step(self.flat, self.grad, lr)
+
+
+def optimizer(cfg, decay: np.ndarray):
+    """The run's optimiser over a flat buffer with a per-element weight decay."""
+    return OPTIMIZERS[cfg.optimizer](decay.size, weight_decay=decay,
+                                     **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
 
 
 def _grad_fn(task: str, c: int, targets: np.ndarray):
@@ -193,14 +208,24 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
     rng = np.random.default_rng(cfg.seed)
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
     # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap
-    sources, stacks = {"skip": t_all}, {}
+    sources, used = {"skip": t_all}, {}
     for (form, r), layout in layouts.items():
         if form == "last":
             a = layout.bounds[-1][0]
             layout = lora.Layout(layout.taps[-1:], layout.widths[-1:], layout.num_outputs, r, layout.bias)
             sources["last"] = np.ascontiguousarray(t_all[:, :, a:])
-        stacks[form, r] = Stack(layout, len(scalings), len(wds), alpha[form, r] / r, wds, cfg, init_flat, form)
+        used[form, r] = layout
+    # every stack lives in one flat buffer, so one optimiser call per step updates all of them
+    sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, len(scalings), len(wds)).values())
+             for lay in used.values()]
+    flat, grads, decay = (np.zeros(sum(sizes), np.float32) for _ in range(3))
+    ends = np.cumsum([0] + sizes)
+    stacks = {key: Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
+                         (flat[a:b], grads[a:b], decay[a:b]))
+              for (key, lay), a, b in zip(used.items(), ends[:-1], ends[1:])}
+    opt = optimizer(cfg, decay)
     own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
+    keep = (fold[None, :] != own[:, None]) * sample_w               # (M, N): a model's loss weight per sample
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
     total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
     results = []
@@ -208,12 +233,13 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
         perm = rng.permutation(n)
         for i in range(steps):
             idx = perm[i * bs:(i + 1) * bs]
-            weight = (fold[idx][None, :] != own[:, None]) * sample_w[idx]
-            weight = (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
+            weight = keep[:, idx, None]
+            weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-12)
             lr = learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup)
             b0, t = y0[idx], {form: taps[:, idx] for form, taps in sources.items()}
             for (form, _), stack in stacks.items():
-                stack.step(b0, t[form], lambda y: grad(y, idx), weight, lr)
+                stack.step(b0, t[form], lambda y: grad(y, idx), weight, lr, update=False)
+            opt.step(flat, grads, lr)
         if epoch in marks:
             for (form, r), stack in stacks.items():
                 y, _ = stack.forward(y0, sources[form])          # (M, N, C): every model on every sample
