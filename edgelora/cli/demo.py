@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         "cache": {"hits": cache.hits, "misses": cache.misses, "rows": len(cache),
                   "bytes": cache.stats()["bytes"], "dtype": cache.stats()["dtype"]},
         "backbone_passes": backbone_passes,
-        "passes_without_cache": (len({c["tap_scaling"] for c in sel["candidates"]}) * sel["folds"] + 1)
+        "passes_without_cache": (len({(c["form"], c["tap_scaling"]) for c in sel["candidates"]}) * sel["folds"] + 1)
         * config.epochs * history.samples["train"],    # every fold model of each tap scaling, and the refit
         "peak_rss_bytes": peak, "threads": args.threads,
         # cross-validated accuracy of the chosen recipe after each epoch count tried; epoch 0 = no adapter
@@ -182,7 +182,8 @@ def report(r: dict) -> str:
         f"  expected   {100 * cv['chosen']['score']:.1f} % by cross-validation on the 400 scans "
         f"(± {100 * cv['chosen']['score_spread']:.1f} over folds; {100 * cv['no_finetune']['score']:.1f} % without "
         f"fine-tuning)",
-        f"  chosen     r={ch['r']}, weight decay {ch['weight_decay']:g}, taps "
+        f"  chosen     {'skip adapters on every tap' if ch['form'] == 'skip' else 'last layer (dense)'}, "
+        f"r={ch['r']}, weight decay {ch['weight_decay']:g}, taps "
         f"{'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}, {ch['epochs']} epochs "
         f"(best of {r['recipes']} recipes)",
         f"  time       cache fill {t['cache_fill']:.3f} s (backbone, once per scan), training {t['train']:.3f} s "
