@@ -5,6 +5,7 @@ fails with a ValueError naming the file, or - when the flip left the parsed cont
 whitespace) - gives exactly the original content. Never a silently different model or cache row.
 """
 import json
+import re
 import shutil
 import warnings
 
@@ -76,12 +77,14 @@ def test_adapter_flipped_byte_anywhere_is_refused(adapter_dir, name):
 
 
 def test_adapter_config_edit_that_stays_valid_is_refused(adapter_dir):
-    """A flip that keeps the JSON valid (8.0 -> 9.0) changes the model: the config checksum catches it."""
+    """An edit that keeps the JSON valid (lora_alpha + 1) changes the model: the config checksum catches it."""
     root, bb, _, _ = adapter_dir
     path = root / "adapter" / CONFIG_FILE
     raw = path.read_text()
     try:
-        path.write_text(raw.replace('"lora_alpha": 8.0', '"lora_alpha": 9.0'))
+        edited = re.sub(r'"lora_alpha": ([0-9.]+)', lambda m: f'"lora_alpha": {float(m.group(1)) + 1.0}', raw)
+        assert edited != raw
+        path.write_text(edited)
         with pytest.raises(ValueError, match=f"{CONFIG_FILE} is corrupt or was edited"):
             load_adapter(root / "adapter")
     finally:
