@@ -80,7 +80,7 @@ def test_merged_model_equals_predictor_with_wider_taps(tmp_path):
     manifest = export_model(model, torch.from_numpy(x[:2]), tmp_path / "bundle", pooling="segment_avg_4")
     assert manifest.tap_widths[0] == 3 * 4
     backbone = Backbone(tmp_path / "bundle")
-    adapter, _ = finetune(backbone, x, y, TrainConfig(epochs=4, batch_size=10, tap_scaling="standard", cv_folds=0))
+    adapter, _ = finetune(backbone, x, y, TrainConfig(epochs=4, batch_size=10, tap_scaling="standard", form="skip", cv_folds=0))
     merge(tmp_path / "bundle", adapter, tmp_path / "merged.onnx")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
