@@ -16,14 +16,13 @@ import onnxruntime as ort
 from .adapter import Adapter, AdapterConfig
 from .backbone import Backbone
 from .cache import SkipCache
-from .data import as_inputs, as_targets, num_samples
 from .kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
 from .losses import balanced_weights
 from .metrics import evaluate_outputs
 from .optim import learning_rate
 from .schema import to_dict
 from .shuffle import SplitMix64, init_values
-from .train import History, TrainConfig, validation_split
+from .train import History, TrainConfig, split_samples
 
 MONITOR = 256  # as loop.MONITOR: train loss is reported on a fixed sample of at most this many rows
 
@@ -138,15 +137,7 @@ def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipC
     if kit.contract["backbone"]["identity"] != m.identity:
         raise ValueError(f"the training kit was built for another backbone: expected identity {m.identity}, "
                          f"found {kit.contract['backbone']['identity']}; rebuild it with `edgelora kit`")
-    inputs = as_inputs(x, m)
-    n = num_samples(inputs)
-    targets = as_targets(y, m, n)
-    if m.task == "classification" and len(np.unique(targets)) < 2:
-        raise ValueError(f"y: all {n} samples have the same class; fine-tuning needs samples of at least 2 classes")
-    train_idx, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
-    if len(train_idx) < recipe.batch_size:
-        raise ValueError(f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
-                         f"{recipe.batch_size}; lower the batch size or collect more samples")
+    inputs, targets, train_idx, val_idx = split_samples(m, x, y, config)
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))})
     start = time.perf_counter()
     cache = cache if cache is not None else SkipCache(backbone)

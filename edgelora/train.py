@@ -160,18 +160,10 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         from .onnx_trainer import finetune_onnx  # imports this module: load it only when asked for
         return finetune_onnx(backbone, x, y, config, cache=cache, callback=callback)
     m = backbone.manifest
-    inputs = as_inputs(x, m)
-    n = num_samples(inputs)
-    targets = as_targets(y, m, n)
-    if m.task == "classification" and len(np.unique(targets)) < 2:
-        raise ValueError(f"y: all {n} samples have the same class ({m.classes[int(targets[0])]}); fine-tuning "
-                         f"needs samples of at least 2 classes, or it only learns to predict that one")
     if init is not None:
         init.check_backbone(m, "initial adapter")
-    train_idx, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
-    if len(train_idx) < config.batch_size:
-        raise ValueError(f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
-                         f"{config.batch_size}; lower the batch size or collect more samples")
+    inputs, targets, train_idx, val_idx = split_samples(m, x, y, config)
+    n = len(targets)
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))})
     start = time.perf_counter()
     if use_cache:
@@ -259,6 +251,22 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
                          lora_alpha=float(history.chosen["lora_alpha"]), bias=best.layout.bias,
                          classes=m.classes, training=training)
     return Adapter(acfg, result), history
+
+
+def split_samples(m, x, y, config: TrainConfig) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, train_idx, val_idx): the samples checked against the manifest `m` and split as
+    `config` asks; the checks every trainer (numpy, the ONNX kit) shares."""
+    inputs = as_inputs(x, m)
+    n = num_samples(inputs)
+    targets = as_targets(y, m, n)
+    if m.task == "classification" and len(np.unique(targets)) < 2:
+        raise ValueError(f"y: all {n} samples have the same class ({m.classes[int(targets[0])]}); fine-tuning "
+                         f"needs samples of at least 2 classes, or it only learns to predict that one")
+    train_idx, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
+    if len(train_idx) < config.batch_size:
+        raise ValueError(f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
+                         f"{config.batch_size}; lower the batch size or collect more samples")
+    return inputs, targets, train_idx, val_idx
 
 
 def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
