@@ -110,8 +110,14 @@ has() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
 # process of the namespace down with the script, and the kernel drops the namespace's mounts with it
 run_inside() {
     if [ "$DRY" = 1 ]; then echo "  [in aarch64 root as edgelora] $1"; return 0; fi
-    unshare --mount --pid --fork --kill-child --propagation private sh "$0" __inside "$1"
+    unshare --mount --pid --fork --kill-child --propagation private sh "$0" __inside "$1" &
+    CHILD=$!
+    wait "$CHILD"
 }
+CHILD=""
+# a signal to this script ends the namespace: SIGKILL to unshare (which ignores TERM while it waits) makes
+# --kill-child kill the namespace's init, and with it every process and every mount in the namespace
+trap '[ -z "$CHILD" ] || kill -KILL "$CHILD" 2>/dev/null; exit 130' INT TERM HUP
 
 if [ "$DRY" = 1 ]; then
     echo "arm: dry run: would use root $ROOT (QEMU_CPU=$QEMU_CPU), source $SOURCE, out $OUT"
