@@ -294,13 +294,16 @@ def select(features, standardizer: tuple | None, scalings: list[str], n: int, ta
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
                          f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
-    y0, t = features(everything)
-    taps = np.empty((len(scalings),) + t.shape, np.float32)      # (G, N, D), each group scaled in place
-    for g, sc in enumerate(scalings):
-        taps[g] = t
-        if sc == "standard":
-            taps[g] -= standardizer[0]
-            taps[g] *= standardizer[1]
+    y0, t = features(everything)                                 # a copy: the rows of `everything`
+    if scalings == ["none"]:
+        taps = np.ascontiguousarray(t, np.float32)[None]         # (1, N, D) without another copy
+    else:
+        taps = np.empty((len(scalings),) + t.shape, np.float32)  # (G, N, D), each group scaled in place
+        for g, sc in enumerate(scalings):
+            taps[g] = t
+            if sc == "standard":
+                taps[g] -= standardizer[0]
+                taps[g] *= standardizer[1]
     del t
     marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
     results, base, fold = cross_validate(y0, taps, scalings, targets, layouts, alphas, decays, marks, k, config,

@@ -78,7 +78,7 @@ def test_memory_budget_is_honoured_under_an_address_space_limit(tmp_path):
     with_budget = run("budget")
     assert with_budget[:2] == ["ok", "True"], with_budget    # spilled to disk and fine-tuned within the cap
     size, grown, allocated, enforced = map(int, with_budget[2:])
-    assert allocated < 0.5 * size, with_budget               # edgelora never held the cache (a copy is >= 1x)
+    assert allocated < 0.25 * size, with_budget              # edgelora allocated far less than the cache
     assert not enforced or grown < 0.25 * size, with_budget  # and its rows stayed out of anonymous memory
     without = run("none")
     assert without[0] == "MemoryError" or (without[1] == "False" and int(without[4]) >= 0.9 * size
