@@ -169,7 +169,8 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 return _read_array(f, str(path)), None
         if suffix == ".csv":
             return load_csv(path, label_column if y_key is not None else None)
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError,
+            UnicodeDecodeError) as e:  # a zip member name that is not valid UTF-8 included
         raise ValueError(f"{path}: cannot read as {suffix} ({e}); the file is corrupt or truncated") from None
     except MemoryError:
         raise ValueError(f"{path}: not enough memory to load it; use a smaller file") from None

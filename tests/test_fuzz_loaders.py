@@ -231,3 +231,21 @@ def test_npy_header_with_a_zero_dimension_and_an_absurd_shape_names_the_file(wor
     (work / "absurd.npy").write_bytes(header.getvalue())
     with pytest.raises(ValueError, match=r"absurd.npy: the header declares shape \(0, 2147483648, 2147483648\)"):
         load_arrays(work / "absurd.npy", y_key=None)
+
+
+def test_npz_member_name_that_is_not_utf8_names_the_file(work):
+    """A zip entry flagged UTF-8 whose name is not (found by hypothesis on aarch64): a ValueError naming the
+    file, not a bare UnicodeDecodeError."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(zipfile.ZipInfo("x.npy"), b"abc")
+    raw = bytearray(buf.getvalue())
+    for i in [i for i in range(len(raw)) if raw[i:i + 5] == b"x.npy"]:
+        raw[i] = 0xFF                                     # the name's first byte, in both headers
+    raw[raw.find(b"PK\x03\x04") + 7] |= 0x08              # general-purpose flag bit 11: UTF-8 names
+    raw[raw.find(b"PK\x01\x02") + 9] |= 0x08
+    path = work / "names.npz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="names.npz: cannot read as .npz") as e:
+        load_arrays(path)
+    assert type(e.value) is ValueError
