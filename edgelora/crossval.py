@@ -80,8 +80,9 @@ class Stack:
     def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
                  init_flat: np.ndarray | None = None, form: str = "skip", buffers: tuple | None = None):
         """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's).
-        buffers: (parameters, gradients, weight decays) of `size(...)` floats owned by the caller, whose one
-        optimiser then steps every stack at once (step(..., update=False)); by default the stack owns both."""
+        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs, owned by the
+        caller, whose one optimiser then steps every stack at once (step(..., update=False)); by default the
+        stack owns both."""
         self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
         self.train_b = form != "last"
         one = init_flat if init_flat is not None else \
@@ -192,7 +193,8 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
                    init_flat: np.ndarray | None = None):
     """Train every (form, rank, scaling, decay) on every fold; score each at the epochs in `marks`.
 
-    y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank). Returns (results, baseline, fold ids): results a list of
+    y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank).
+    Returns (results, baseline, fold ids): results a list of
     {"recipe", "score": (N,) per-sample score of the model that did not train on it, "loss": (N,)}.
     The settings of `cfg` apply as in a single run (batch size, lr and schedule, optimiser, class weights,
     seed) except `clip_norm` and `lora_dropout`, which cross-validation leaves out.
