@@ -31,8 +31,10 @@ def register(subparsers) -> None:
     p = common.add_command(
         subparsers, "finetune", run, report, summary="train a Skip2-LoRA adapter on labelled samples",
         description="Fine-tune skip adapters over the frozen backbone of BUNDLE on labelled samples and save "
-                    "the best one (by validation loss) as a PEFT-style adapter folder. The backbone runs once "
-                    "per sample (Skip-Cache); every epoch after that costs a few small matrix products.",
+                    "them as a PEFT-style adapter folder. The backbone runs once per sample (Skip-Cache); every "
+                    "epoch after that costs a few small matrix products, so the recipe (adapter form, tap "
+                    "scaling, epochs) is chosen by cross-validation on the cached rows and then trained on "
+                    "every sample; the report gives the cross-validated accuracy with and without the adapter.",
         example=EXAMPLE, epochs=True)
     p.set_defaults(targets=targets)
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="backbone bundle folder")
