@@ -183,18 +183,24 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
     decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
     bias = init.config.bias if init is not None else config.bias
-    # a warm start's parameters act on raw taps; standardising needs the bias to absorb the tap means
-    # a cache larger than the memory budget is read from disk per batch (_LazyRows): then cross-validation runs
-    # on an evenly spaced subset that fits the budget, and taps stay raw unless asked (standardising reads all)
+    # A warm start's parameters act on raw taps; standardising needs the bias to absorb the tap means.
+    # A cache larger than the memory budget is read from disk per batch (_LazyRows): cross-validation then runs
+    # on an evenly spaced subset that fits the budget, and taps stay raw unless asked (standardising reads all).
     lazy = use_cache and isinstance(values, _LazyRows)
     scalings = ["none"] if init is not None or not bias or (lazy and config.tap_scaling == "auto") else \
         (list(crossval.SCALINGS) if config.tap_scaling == "auto" else [config.tap_scaling])
     if config.tap_scaling == "standard" and scalings != ["standard"]:
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
+    if config.form == "last" and init is not None:
+        raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
     scaled = {"none": features}
     if "standard" in scalings:
         mu, inv = crossval.tap_standardizer(features, n)
-        scaled["standard"] = lambda idx: (lambda y0, t: (y0, (t - mu) * inv))(*features(idx))
+
+        def standardized(idx):
+            y0, t = features(idx)
+            return y0, (t - mu) * inv
+        scaled["standard"] = standardized
     # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
     source = f"cache {cache.dtype.name}" if use_cache else "backbone every step"  # float16 rows train differently
     key = _run_key(m.identity, source, config, inputs, targets, init) if checkpoint_dir is not None else ""
@@ -203,8 +209,6 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
     # a warm start keeps its own form (skip); the last-layer form has r = C and scale 1 (B = I on its tap)
     forms = ["skip"] if init is not None else (list(crossval.FORMS) if config.form == "auto" else [config.form])
-    if config.form == "last" and init is not None:
-        raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
     kinds = [(f, r) for f in forms for r in (ranks if f == "skip" else [m.num_outputs])]
     alphas = {(f, r): float(r) if f == "last" else init.config.lora_alpha if init is not None else
               (config.lora_alpha or 2.0 * r) for f, r in kinds}
