@@ -59,7 +59,7 @@ def reference_bundle(protocol: str, data: dict, root: Path, arch: str = "mlp", p
             and json.loads((folder / "pretrain.json").read_text()) == json.loads(json.dumps(stamp)):
         return folder
     import torch
-    from edgelora.bundle import Standardize
+    from edgelora.files.bundle import Standardize
     from export import export_model
     xs, ys = data["source"]
     net = pretrain_mlp((xs - data["mean"]) / data["std"], ys, len(data["classes"]), **PRETRAIN)

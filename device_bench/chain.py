@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgelora.bundle import Manifest, load_manifest, model_path
+from edgelora.files.bundle import Manifest, load_manifest, model_path
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze")
 

@@ -5,7 +5,7 @@
 
 Prints, per epoch count, both times, the added milliseconds per epoch, the median time of one save over
 the first and the last 200 epochs, and the checkpoint folder's size. A save that costs the same at the
-last epoch as at the first is what edgelora/checkpoint.py promises. `--scratch` on a RAM disk leaves out
+last epoch as at the first is what edgelora/files/checkpoint.py promises. `--scratch` on a RAM disk leaves out
 the disk's own fsync time (which varies with whatever else the machine writes).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-import edgelora.train
+import edgelora.runtime.train
 from edgelora import Backbone, TrainConfig, finetune
 
 RANK, WEIGHT_DECAY = 8, 0.1  # the demo's recipe with one fixed weight decay (one run per fine-tune)
@@ -35,20 +35,20 @@ def measure(folder: Path, epochs: int, scratch: Path | None = None) -> dict:
     finetune(backbone, data["x"], data["y"], cfg)
     plain = time.perf_counter() - start
     scratch = Path(tempfile.mkdtemp(prefix="edgelora-ckpt-", dir=scratch))
-    saves, save = [], edgelora.train.save_checkpoint
+    saves, save = [], edgelora.runtime.train.save_checkpoint
 
     def timed(*args):
         t = time.perf_counter()
         save(*args)
         saves.append(time.perf_counter() - t)
-    edgelora.train.save_checkpoint = timed
+    edgelora.runtime.train.save_checkpoint = timed
     try:
         start = time.perf_counter()
         finetune(backbone, data["x"], data["y"], cfg, checkpoint_dir=scratch / "ckpt")
         checkpointed = time.perf_counter() - start
         size = sum(p.stat().st_size for p in (scratch / "ckpt").iterdir())
     finally:
-        edgelora.train.save_checkpoint = save
+        edgelora.runtime.train.save_checkpoint = save
         shutil.rmtree(scratch, ignore_errors=True)
     k = min(200, len(saves) // 2)
     return {"epochs": epochs, "without_s": plain, "with_s": checkpointed,

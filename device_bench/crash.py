@@ -79,7 +79,9 @@ def install_hook() -> None:
 
     for name in ("fsync", "replace", "rename", "truncate", "unlink", "rmdir"):
         setattr(os, name, step(name, getattr(os, name)))
-    from edgelora import adapter, cache, fileio, loop, train
+    from edgelora.files import adapter, fileio
+    from edgelora.runtime import cache, train
+    from edgelora.core import loop
     fileio._exchange = step("exchange", fileio._exchange)
     cache.SkipCache.rows = within("cache", cache.SkipCache.rows, after="setup")
     loop.Run.fit = within("training", loop.Run.fit, after="setup")
@@ -97,7 +99,7 @@ def make_bundle(folder: Path, seed: int = 0):
     """A random MLP backbone whose Linear inputs are the taps (written with onnx.helper, no torch)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle
+    from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle
     rng = np.random.default_rng(seed)
     nodes, inits, outs, taps, h = [], [], [], [], "x"
     for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
@@ -213,7 +215,7 @@ class Bench:
 def check_after_kill(bench: Bench, work: Path) -> dict:
     """The state a kill left: which adapter OUT holds, whether anything partial would be taken as valid."""
     from edgelora import Backbone, SkipCache, load_adapter
-    from edgelora.checkpoint import load_checkpoint
+    from edgelora.files.checkpoint import load_checkpoint
     found = {"adapter": "lost", "problems": []}
     try:
         loaded = load_adapter(work / "out", bench.manifest)

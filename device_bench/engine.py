@@ -4,7 +4,7 @@ FT-All, FT-Last, LoRA-All, LoRA-Last baselines, in the same numpy as edgelora's 
 Each weight layer has a mode: "frozen", "full" (W and b trained) or "lora" (W frozen, y += s (x A) B,
 A (d_in, r), B (r, d_out); conv layers use im2col columns as x, PEFT's conv LoRA: a k-sized conv to r
 channels, then a 1x1 conv). Trainable parameters live in one flat buffer (edgelora's convention), so the
-optimisers of edgelora.optim update them in one vectorised step.
+optimisers of edgelora.core.optim update them in one vectorised step.
 """
 from __future__ import annotations
 

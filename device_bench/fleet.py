@@ -32,7 +32,7 @@ from edgelora.fleet import deploy, processes  # noqa: E402
 from edgelora.fleet.device import RoundSettings  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.fleet.update import flat_sha256  # noqa: E402
-from edgelora.store import AdapterStore  # noqa: E402
+from edgelora.ops.store import AdapterStore  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402

@@ -40,7 +40,7 @@ from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
 from edgelora.fleet.personal import personalize_on_shared  # noqa: E402
 from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
-from edgelora.store import AdapterStore  # noqa: E402
+from edgelora.ops.store import AdapterStore  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402

@@ -43,7 +43,7 @@ def _config():
 def worker(engine: str, folder: Path) -> dict:
     """One Python fine-tune (numpy or onnx engine) in this process."""
     from edgelora import Backbone, Predictor, finetune
-    from edgelora.onnx_trainer import finetune_onnx
+    from edgelora.runtime.onnx_trainer import finetune_onnx
     backbone = Backbone(folder / "bundle")
     x, y = np.load(folder / "x.npy"), np.load(folder / "y.npy")
     cpu = time.process_time()
@@ -73,7 +73,7 @@ def _run(cmd: list[str]) -> tuple[dict, int, float, float]:
 def prepare(folder: Path, protocol: str) -> None:
     """Bundle, kit, x.npy/y.npy (fine-tune set) and test.npz of the fan protocol or the demo."""
     from edgelora import Backbone
-    from edgelora.kit import KitRecipe, build_kit
+    from edgelora.graphs.kit import KitRecipe, build_kit
     folder.mkdir(parents=True, exist_ok=True)
     if protocol == "fan":
         from device_bench.backbones import reference_bundle

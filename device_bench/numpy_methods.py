@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
-from edgelora.losses import cross_entropy, cross_entropy_grad
-from edgelora.optim import Adam, AdamW
-from edgelora.train import validation_split
+from edgelora.core.losses import cross_entropy, cross_entropy_grad
+from edgelora.core.optim import Adam, AdamW
+from edgelora.runtime.train import validation_split
 
 from .chain import Chain
 from .config import BenchConfig, layer_modes

@@ -33,8 +33,8 @@ def _training_api():
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edgelora.bundle import load_manifest, model_path  # noqa: E402
-from edgelora.train import validation_split  # noqa: E402
+from edgelora.files.bundle import load_manifest, model_path  # noqa: E402
+from edgelora.runtime.train import validation_split  # noqa: E402
 
 from .config import BenchConfig  # noqa: E402
 from .profile import Clock, peak_rss_mb  # noqa: E402

@@ -2,7 +2,7 @@
 
     python -m device_bench.personalize_har [--out bench_out/personalize_har] [--bad scramble|shuffle|none]
 
-Each test user's fine-tune half (time order) arrives in DAYS chunks; each day `edgelora.personalize`
+Each test user's fine-tune half (time order) arrives in DAYS chunks; each day `edgelora.ops.personalize`
 adds the chunk to that user's adapter in one store and publishes a new version if the gate passes.
 Before day BAD_BEFORE_DAY a bad delivery arrives: that day's inputs with wrong labels (scramble: each
 label replaced by a random other activity; shuffle: the day's labels permuted). The genuine chunk
@@ -27,9 +27,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgelora import Backbone, Predictor, TrainConfig  # noqa: E402
-from edgelora.personalize import PersonalizeConfig, personalize  # noqa: E402
-from edgelora.store import STORE_KIND, AdapterStore  # noqa: E402
-from edgelora.targets import remove_own  # noqa: E402
+from edgelora.ops.personalize import PersonalizeConfig, personalize  # noqa: E402
+from edgelora.ops.store import STORE_KIND, AdapterStore  # noqa: E402
+from edgelora.files.targets import remove_own  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402

@@ -27,9 +27,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter  # noqa: E402
-from edgelora.serve import AdapterServer, ServeConfig  # noqa: E402
-from edgelora.store import STORE_KIND, AdapterStore  # noqa: E402
-from edgelora.targets import remove_own  # noqa: E402
+from edgelora.ops.serve import AdapterServer, ServeConfig  # noqa: E402
+from edgelora.ops.store import STORE_KIND, AdapterStore  # noqa: E402
+from edgelora.files.targets import remove_own  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402

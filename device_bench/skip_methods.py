@@ -34,11 +34,11 @@ def train_config(cfg: BenchConfig, seed: int) -> TrainConfig:
 
 # (module, function, part): what the trainer calls, by the part of a step it belongs to. Entries a given
 # edgelora version does not have are skipped, so the profile follows the core as it changes.
-PATCHES = (("edgelora.lora", "forward", "forward"), ("edgelora.lora", "backward", "backward"),
-           ("edgelora.loop", "cross_entropy_grad", "backward"), ("edgelora.train", "cross_entropy_grad", "backward"),
-           ("edgelora.loop", "cross_entropy", "eval"), ("edgelora.train", "cross_entropy", "eval"),
-           ("edgelora.loop", "epoch_metrics", "eval"), ("edgelora.train", "evaluate_outputs", "eval"),
-           ("edgelora.optim.Adam", "step", "update"), ("edgelora.optim.SGD", "step", "update"))
+PATCHES = (("edgelora.core.lora", "forward", "forward"), ("edgelora.core.lora", "backward", "backward"),
+           ("edgelora.core.loop", "cross_entropy_grad", "backward"), ("edgelora.runtime.train", "cross_entropy_grad", "backward"),
+           ("edgelora.core.loop", "cross_entropy", "eval"), ("edgelora.runtime.train", "cross_entropy", "eval"),
+           ("edgelora.core.loop", "epoch_metrics", "eval"), ("edgelora.runtime.train", "evaluate_outputs", "eval"),
+           ("edgelora.core.optim.Adam", "step", "update"), ("edgelora.core.optim.SGD", "step", "update"))
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def instrumented(backbone: Backbone, batch_size: int):
     undo = []
     for where, attr, part in PATCHES:
         mod, _, cls = where.partition(".optim.") if ".optim." in where else (where, "", "")
-        owner = getattr(importlib.import_module("edgelora.optim"), cls) if cls else importlib.import_module(mod)
+        owner = getattr(importlib.import_module("edgelora.core.optim"), cls) if cls else importlib.import_module(mod)
         if hasattr(owner, attr):
             undo.append((owner, attr, getattr(owner, attr)))
             setattr(owner, attr, timed(getattr(owner, attr), part))

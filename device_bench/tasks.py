@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import protocols
-from edgelora.bundle import BUNDLE_KIND, load_manifest, verify_bundle
-from edgelora.targets import remove_own
+from edgelora.files.bundle import BUNDLE_KIND, load_manifest, verify_bundle
+from edgelora.files.targets import remove_own
 
 from .backbones import EXPORTED, exported_bundle, reference_bundle
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelora.fileio import atomic_write
+from edgelora.files.fileio import atomic_write
 
 DAYS = 3        # deliveries of finetune.npz
 SEED = 7        # the wrong labels of day2_bad.npz

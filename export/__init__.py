@@ -1,6 +1,6 @@
 """Workstation side: torch model (or .pt2 program, or factory + state dict) -> edgelora backbone bundle.
 
-The only package of edgelora that imports torch. Device-side ONNX -> bundle is edgelora.onnx_taps.
+The only package of edgelora that imports torch. Device-side ONNX -> bundle is edgelora.graphs.onnx_taps.
 """
 from .torch_export import export_model, verify
 

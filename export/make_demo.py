@@ -25,7 +25,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgelora import __version__  # noqa: E402
-from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle  # noqa: E402
+from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle  # noqa: E402
 from edgelora.cli.demo_data import CITATION, splits  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "edgelora" / "data" / "demo_bundle"

@@ -19,7 +19,7 @@ import torch
 
 from device_bench import protocols
 from edgelora import Backbone
-from edgelora.fileio import atomic_write, dumps_json
+from edgelora.files.fileio import atomic_write, dumps_json
 
 from .models import CNN1d, CNN2d, MLP
 from .pretrain import pretrain

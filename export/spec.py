@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgelora.bundle import Manifest
-from edgelora.fileio import PathLike
+from edgelora.files.bundle import Manifest
+from edgelora.files.fileio import PathLike
 
 from .torch_export import export_model
 

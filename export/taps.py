@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgelora.bundle import FEATURE_MAP_POOLINGS
+from edgelora.files.bundle import FEATURE_MAP_POOLINGS
 
 TAPPABLE = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "MultiheadAttention")  # auto
 CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: pooled over the other dims

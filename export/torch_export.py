@@ -2,7 +2,7 @@
 
 Uses torch's default (dynamo) ONNX exporter in one file (external_data=False), then rewrites the graph
 to opset 17 / IR 8 with fixed input and output names, checks onnxruntime against torch on the example
-and on random inputs, and writes the bundle atomically (edgelora.bundle.write_bundle).
+and on random inputs, and writes the bundle atomically (edgelora.files.bundle.write_bundle).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
-from edgelora.fileio import PathLike
-from edgelora.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
+from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
+from edgelora.files.fileio import PathLike
+from edgelora.graphs.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
 
 from .taps import TapModel, plan_taps
 

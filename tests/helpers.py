@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
+from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
 
 
 def mlp_onnx(layers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, list[str]]:

@@ -6,8 +6,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
-from edgelora import fileio
-from edgelora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from edgelora.files import fileio
+from edgelora.files.adapter import CONFIG_FILE, WEIGHTS_FILE
 
 CFG = TrainConfig(epochs=3, batch_size=10)
 
@@ -47,7 +47,7 @@ def test_failed_save_leaves_the_old_adapter(trained, toy_data, monkeypatch):
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("edgelora.fileio.write_file", disk_full)
+    monkeypatch.setattr("edgelora.files.fileio.write_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         newer.save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -147,7 +147,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 def test_error_adapter_with_other_taps(trained, toy_data):
     import dataclasses as dc
     from edgelora import Adapter, AdapterConfig
-    from edgelora.lora import Layout
+    from edgelora.core.lora import Layout
     bb, adapter, _ = trained
     c = adapter.config
     subset = dc.replace(c, target_taps=c.target_taps[1:], tap_widths=c.tap_widths[1:])

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from edgelora import Backbone, load_manifest
-from edgelora.bundle import MANIFEST_FILE
+from edgelora.files.bundle import MANIFEST_FILE
 
 
 def test_run_returns_base_output_and_taps_in_manifest_order(toy_bundle, toy_data):
@@ -148,7 +148,7 @@ def test_error_bad_threads(toy_bundle):
 def test_error_backbone_failure_is_a_value_error(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle
+    from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, write_bundle
     emb = numpy_helper.from_array(np.ones((10, 4), np.float32), "emb")
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("ReduceMean", ["e"], ["h"], axes=[1],
                                                                                  keepdims=0),

@@ -149,7 +149,7 @@ def test_error_float16_overflow(tmp_path):
 
 
 def test_two_writers_never_cut_each_others_rows(toy_bundle, toy_data, tmp_path):
-    from edgelora.cache import CacheConflictError
+    from edgelora.runtime.cache import CacheConflictError
     x = toy_data[0]
     a, b = SkipCache(Backbone(toy_bundle), tmp_path / "c"), SkipCache(Backbone(toy_bundle), tmp_path / "c")
     b.rows(x[:12])                                   # b appends after a opened
@@ -162,7 +162,7 @@ def test_two_writers_never_cut_each_others_rows(toy_bundle, toy_data, tmp_path):
 
 def test_new_standardisation_constants_never_reuse_old_rows(toy_bundle, toy_data, tmp_path):
     import json
-    from edgelora.bundle import MANIFEST_FILE
+    from edgelora.files.bundle import MANIFEST_FILE
     SkipCache(Backbone(toy_bundle), tmp_path / "c").rows(toy_data[0][:10])
     path = toy_bundle / MANIFEST_FILE
     data = json.loads(path.read_text())

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, TrainConfig, finetune
-from edgelora import fileio
-from edgelora.checkpoint import HISTORY_FILE, META_FILE, load_checkpoint
+from edgelora.files import fileio
+from edgelora.files.checkpoint import HISTORY_FILE, META_FILE, load_checkpoint
 
 FAST = TrainConfig(epochs=40, batch_size=10, lr=1e-2)
 
@@ -18,7 +18,7 @@ def test_checkpoint_bytes_written_per_epoch_do_not_grow(toy_bundle, toy_data, tm
         written.append(len(data))
         real(path, data)
     monkeypatch.setattr(fileio, "write_file", counting)
-    monkeypatch.setattr("edgelora.checkpoint.write_file", counting, raising=False)
+    monkeypatch.setattr("edgelora.files.checkpoint.write_file", counting, raising=False)
     per_epoch = []
 
     def mark(_):

@@ -1,4 +1,4 @@
-"""`edgelora export` and `edgelora merge`: thin wrappers over edgelora.onnx_taps, export.spec and edgelora.merge."""
+"""`edgelora export` and `edgelora merge`: thin wrappers over edgelora.graphs.onnx_taps, export.spec and edgelora.graphs.merge."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter, load_manifest
 from edgelora.cli import main
 
-pytest.importorskip("edgelora.merge", reason="edgelora.merge (issue 3) is not in this tree")
-pytest.importorskip("edgelora.onnx_taps", reason="edgelora.onnx_taps (issue 3) is not in this tree")
+pytest.importorskip("edgelora.graphs.merge", reason="edgelora.graphs.merge (issue 3) is not in this tree")
+pytest.importorskip("edgelora.graphs.onnx_taps", reason="edgelora.graphs.onnx_taps (issue 3) is not in this tree")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

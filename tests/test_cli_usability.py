@@ -30,14 +30,14 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
     assert main(args + ["--out", str(d / "reference")]) == 0
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in (d / "ad").iterdir()}
-    import edgelora.train
-    real = edgelora.train.save_checkpoint
+    import edgelora.runtime.train
+    real = edgelora.runtime.train.save_checkpoint
 
     def save_then_terminate(folder, meta, arrays):
         real(folder, meta, arrays)
         if len(meta["runs"][-1]["epochs"]) == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or systemd sends
-    monkeypatch.setattr(edgelora.train, "save_checkpoint", save_then_terminate)
+    monkeypatch.setattr(edgelora.runtime.train, "save_checkpoint", save_then_terminate)
     capsys.readouterr()
 
     def unhandled(signum, frame):  # what pytest would see if the command did not handle SIGTERM itself
@@ -55,7 +55,7 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
     assert {p.name: p.read_bytes() for p in (d / "ad").iterdir()} == before  # the previous adapter is intact
     command = shlex.split(err.split("continue from the last finished epoch with: ")[1])
     assert command[0] == "edgelora" and command[-1] == "--resume"
-    monkeypatch.setattr(edgelora.train, "save_checkpoint", real)
+    monkeypatch.setattr(edgelora.runtime.train, "save_checkpoint", real)
     assert main(command[1:]) == 0
     assert np.array_equal(load_adapter(d / "ad").flat, load_adapter(d / "reference").flat)
 

@@ -4,10 +4,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edgelora import Backbone, Predictor, TrainConfig, finetune, lora
-from edgelora.crossval import Recipe, Stack, _grad_fn, choose, fold_standardizer, folds, tap_standardizer
-from edgelora.losses import cross_entropy_grad
-from edgelora.optim import AdamW
+from edgelora import Backbone, Predictor, TrainConfig, finetune
+from edgelora.core import lora
+from edgelora.core.crossval import Recipe, Stack, _grad_fn, choose, fold_standardizer, folds, tap_standardizer
+from edgelora.core.losses import cross_entropy_grad
+from edgelora.core.optim import AdamW
 
 CV = TrainConfig(epochs=6, batch_size=10, lr=1e-2)
 

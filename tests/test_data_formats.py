@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgelora.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, load_manifest, write_bundle
+from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, load_manifest, write_bundle
 from edgelora.cli import main
-from edgelora.data import as_targets, load_arrays
+from edgelora.files.data import as_targets, load_arrays
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgelora import AdapterStore, Backbone, TrainConfig, finetune
-from edgelora.bundle import load_manifest, read_model, write_bundle
+from edgelora.files.bundle import load_manifest, read_model, write_bundle
 from edgelora.cli import main
 from edgelora.cli.demo import _save_data
 
@@ -159,8 +159,8 @@ def test_demo_save_data_replaces_only_what_it_wrote(tmp_path):
 
 
 def test_benchmarks_delete_only_their_own_output(tmp_path):
-    from edgelora.store import STORE_KIND
-    from edgelora.targets import remove_own
+    from edgelora.ops.store import STORE_KIND
+    from edgelora.files.targets import remove_own
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "holiday.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(ValueError, match="refusing to delete it"):

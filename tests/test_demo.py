@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgelora import load_manifest
-from edgelora.bundle import verify_bundle
+from edgelora.files.bundle import verify_bundle
 from edgelora.cli import main
 from edgelora.cli.demo import BUNDLE
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgelora.bundle import Standardize, as_preprocess
+from edgelora.files.bundle import Standardize, as_preprocess
 
 # --- item 4: no torch needed for the parser ----------------------------------------------------------
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune  # noqa: E402
-from edgelora.merge import merge  # noqa: E402
+from edgelora.graphs.merge import merge  # noqa: E402
 from export import export_model  # noqa: E402
 from export.models import CNN1d, CNN2d, MLP, TransformerClassifier  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Every ONNX file edgelora writes declares opset <= 17 and IR <= 8, so older onnxruntimes load it.
 
-Measured (see OLDEST_ORT in edgelora/onnx_utils.py): onnxruntime 1.15.0 and 1.17.0 (the oldest wheels
+Measured (see OLDEST_ORT in edgelora/graphs/onnx_utils.py): onnxruntime 1.15.0 and 1.17.0 (the oldest wheels
 for Python 3.11 are 1.15.x) load and run bundles, merged models and the LoRA-input model. The
 `.onnx_adapter` files need onnxruntime >= 1.20 (the first with LoRA adapters). To re-measure, point
 EDGELORA_OLD_ORT_PYTHON at a Python whose onnxruntime is older, e.g.
@@ -17,10 +17,10 @@ import onnx
 import pytest
 
 from edgelora import TrainConfig, finetune
-from edgelora.backbone import Backbone
-from edgelora.merge import lora_model, merge
-from edgelora.onnx_taps import add_taps
-from edgelora.onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
+from edgelora.runtime.backbone import Backbone
+from edgelora.graphs.merge import lora_model, merge
+from edgelora.graphs.onnx_taps import add_taps
+from edgelora.graphs.onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
 from tests.test_onnx_taps import _mlp
 
 OLD_PYTHON = os.environ.get("EDGELORA_OLD_ORT_PYTHON")

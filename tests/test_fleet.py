@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
-from edgelora.bundle import load_manifest  # noqa: E402
+from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.cli import main  # noqa: E402
 from edgelora.cli.demo_data import splits  # noqa: E402
 from edgelora.fleet import deploy, processes  # noqa: E402
@@ -24,7 +24,7 @@ from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.fleet.update import (adapter_from, check_update, encode_update, flat_sha256,  # noqa: E402
                                    initial_adapter, spec_for)
-from edgelora.store import AdapterStore  # noqa: E402
+from edgelora.ops.store import AdapterStore  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
 MANIFEST = load_manifest(BUNDLE)

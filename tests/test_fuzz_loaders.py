@@ -1,6 +1,6 @@
 """Fuzzing the binary and text loaders: safetensors headers, .npy, .npz and .csv (1,000 examples each).
 
-Only ValueError, TypeError or FileNotFoundError may escape (the contract in edgelora/data.py), and a
+Only ValueError, TypeError or FileNotFoundError may escape (the contract in edgelora/files/data.py), and a
 hostile header must never make edgelora allocate more than the file holds: every fuzz target runs
 under an address-space limit far below what the headers declare (10^12 elements and more).
 """
@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from edgelora.bundle import InputSpec, Manifest, OutputSpec, TapSpec
-from edgelora.data import as_inputs, as_targets, load_arrays
-from edgelora.fileio import SAFETENSORS_DTYPES, parse_safetensors
+from edgelora.files.bundle import InputSpec, Manifest, OutputSpec, TapSpec
+from edgelora.files.data import as_inputs, as_targets, load_arrays
+from edgelora.files.fileio import SAFETENSORS_DTYPES, parse_safetensors
 from tests.test_fuzz_parsers import BYTE_EDITS, CONTRACT, FUZZ, byte_edits, no_hang, scratch  # noqa: F401
 
 HUGE = st.sampled_from([2**31, 2**32 + 1, 10**12, 2**62, 2**63 - 1, 2**64 + 5])

@@ -1,6 +1,6 @@
 """Fuzzing the JSON parsers: bundle manifest and adapter config (hypothesis, 1,000 examples each).
 
-The contract (see edgelora/data.py): reading a file that edgelora did not write itself - a manifest,
+The contract (see edgelora/files/data.py): reading a file that edgelora did not write itself - a manifest,
 an adapter, a checkpoint, a data file - either succeeds or raises ValueError, TypeError or
 FileNotFoundError with a message naming the file. Never another exception, a crash or a hang.
 """
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
 from edgelora import Backbone, TrainConfig, finetune, load_adapter
-from edgelora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from edgelora.bundle import MANIFEST_FILE, load_manifest
+from edgelora.files.adapter import CONFIG_FILE, WEIGHTS_FILE
+from edgelora.files.bundle import MANIFEST_FILE, load_manifest
 
 CONTRACT = (ValueError, TypeError, FileNotFoundError)
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -158,7 +158,7 @@ def test_fuzz_adapter_config_parser(bundle_and_adapter, scratch):
     good = json.loads((root / "adapter" / CONFIG_FILE).read_text())
     raw = (root / "adapter" / CONFIG_FILE).read_bytes()
     weights = (root / "adapter" / WEIGHTS_FILE).read_bytes()
-    from edgelora.fileio import parse_safetensors
+    from edgelora.files.fileio import parse_safetensors
     plain = st_save(parse_safetensors(weights, "w")[0])  # no config checksum in its metadata
     unchecked = {**good, "weights_sha256": ""}
     work = scratch

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, SkipCache, TrainConfig, finetune, load_adapter
-from edgelora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from edgelora.checkpoint import ARRAYS_FILE, META_FILE, load_checkpoint
+from edgelora.files.adapter import CONFIG_FILE, WEIGHTS_FILE
+from edgelora.files.checkpoint import ARRAYS_FILE, META_FILE, load_checkpoint
 
 FAST = TrainConfig(epochs=2, batch_size=10)
 PATTERNS = (0x01, 0x80, 0xFF)  # the lowest bit keeps JSON valid most often (digit 8 -> 9): the hardest case

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, TrainConfig, finetune
-from edgelora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from edgelora.bundle import MANIFEST_FILE
+from edgelora.files.adapter import CONFIG_FILE, WEIGHTS_FILE
+from edgelora.files.bundle import MANIFEST_FILE
 from edgelora.cli import main
-from edgelora.data import as_targets, load_arrays
-from edgelora.schema import check_types
+from edgelora.files.data import as_targets, load_arrays
+from edgelora.files.schema import check_types
 from tests.helpers import mlp_bundle, random_mlp
 
 FAST = TrainConfig(epochs=2, batch_size=10)
@@ -261,7 +261,7 @@ def test_error_npz_with_a_corrupt_compressed_member(tmp_path):
 
 def test_error_onnx_bytes_and_store_paths(tmp_path):
     from edgelora import AdapterStore
-    from edgelora.onnx_taps import add_taps
+    from edgelora.graphs.onnx_taps import add_taps
     with pytest.raises(ValueError, match="not an ONNX model"):
         add_taps(b"definitely not protobuf \xff\xff", tmp_path / "b")
     (tmp_path / "file").write_text("x")

@@ -14,8 +14,8 @@ import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.cli import main
-from edgelora.kit import KitRecipe, build_kit
-from edgelora.onnx_trainer import finetune_onnx
+from edgelora.graphs.kit import KitRecipe, build_kit
+from edgelora.runtime.onnx_trainer import finetune_onnx
 from tests.helpers import js_client, mlp_bundle, no_datasets, random_mlp
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
@@ -71,7 +71,7 @@ def compare(node, backbone, bundle, folder, train, test, cfg, extra=()):
 
 
 def test_js_prng_follows_the_specification(node):
-    from edgelora.shuffle import SplitMix64, init_values
+    from edgelora.core.shuffle import SplitMix64, init_values
     code = ("const { SplitMix64, initValues } = require(process.argv[1]);"
             "const r = new SplitMix64(0, 0);"
             "console.log(JSON.stringify({ first: [r.next(), r.next()].map(String),"
@@ -168,7 +168,7 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
         r = js(node, *[v for kv in argv.items() for v in kv], check=False)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (change, r.stderr)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, change
-    # outputs it did not write are never replaced (edgelora.targets' rule), checked before any work
+    # outputs it did not write are never replaced (edgelora.files.targets' rule), checked before any work
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     (tmp_path / "work").mkdir()

@@ -1,4 +1,4 @@
-"""The training kit (edgelora/kit.py, kit_graphs.py) and the Python engine over it (onnx_trainer.py)."""
+"""The training kit (edgelora/graphs/kit.py, kit_graphs.py) and the Python engine over it (onnx_trainer.py)."""
 import dataclasses
 import json
 import os
@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
-from edgelora.kit import KitRecipe, build_kit, load_kit
-from edgelora.onnx_trainer import finetune_onnx
-from edgelora.onnx_utils import OLDEST_ORT
+from edgelora.graphs.kit import KitRecipe, build_kit, load_kit
+from edgelora.runtime.onnx_trainer import finetune_onnx
+from edgelora.graphs.onnx_utils import OLDEST_ORT
 from tests.helpers import mlp_bundle, random_mlp
 
 OLD_PYTHON = os.environ.get("EDGELORA_OLD_ORT_PYTHON")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from edgelora import lora
-from edgelora.losses import cross_entropy, mse
+from edgelora.core import lora
+from edgelora.core.losses import cross_entropy, mse
 
 
 def setup(bias=True, seed=0, n=7, widths=(5, 3, 4), c=3, r=2):

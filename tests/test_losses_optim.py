@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from edgelora.losses import balanced_weights, cross_entropy, cross_entropy_grad
-from edgelora.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate
+from edgelora.core.losses import balanced_weights, cross_entropy, cross_entropy_grad
+from edgelora.core.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate
 
 
 @pytest.mark.torch

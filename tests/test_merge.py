@@ -1,4 +1,4 @@
-"""edgelora.merge: adapters deployed as plain ONNX (merged, or onnxruntime-native LoRA adapters)."""
+"""edgelora.graphs.merge: adapters deployed as plain ONNX (merged, or onnxruntime-native LoRA adapters)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune
-from edgelora.merge import adapter_inputs, export_ort_adapter, lora_model, merge
-from edgelora.onnx_utils import IR_VERSION, OPSET
+from edgelora.graphs.merge import adapter_inputs, export_ort_adapter, lora_model, merge
+from edgelora.graphs.onnx_utils import IR_VERSION, OPSET
 from tests.helpers import mlp_bundle, random_mlp
 
 RNG = np.random.default_rng(0)

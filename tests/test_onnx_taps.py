@@ -1,4 +1,4 @@
-"""edgelora.onnx_taps: an existing ONNX model -> bundle with pooled taps, without torch."""
+"""edgelora.graphs.onnx_taps: an existing ONNX model -> bundle with pooled taps, without torch."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgelora import Backbone
-from edgelora.bundle import FEATURE_MAP_POOLINGS, load_manifest
-from edgelora.onnx_taps import add_taps
+from edgelora.files.bundle import FEATURE_MAP_POOLINGS, load_manifest
+from edgelora.graphs.onnx_taps import add_taps
 
 RNG = np.random.default_rng(0)
 
@@ -122,7 +122,7 @@ def test_error_missing_file(tmp_path):
 
 
 def test_device_side_modules_do_not_import_torch():
-    code = "import sys, edgelora.onnx_taps, edgelora.merge, edgelora.onnx_utils; print('torch' in sys.modules)"
+    code = "import sys, edgelora.graphs.onnx_taps, edgelora.graphs.merge, edgelora.graphs.onnx_utils; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone
-from edgelora.personalize import SESSION_TRAINING, PersonalizeConfig, holdout_mask, personalize
-from edgelora.samples import Samples
-from edgelora.store import AdapterStore
+from edgelora.ops.personalize import SESSION_TRAINING, PersonalizeConfig, holdout_mask, personalize
+from edgelora.ops.samples import Samples
+from edgelora.ops.store import AdapterStore
 from tests.helpers import mlp_bundle, random_mlp
 
-pmod = importlib.import_module("edgelora.personalize")  # the module; `edgelora.personalize` is also the function
+pmod = importlib.import_module("edgelora.ops.personalize")  # the module; `edgelora.ops.personalize` is also the function
 
 CFG = PersonalizeConfig(train=replace(SESSION_TRAINING, epochs=10, batch_size=10))
 CENTRES = np.random.default_rng(0).standard_normal((3, 10)) * 3
@@ -124,8 +124,8 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from edgelora import Backbone, TrainConfig
-    from edgelora.personalize import PersonalizeConfig, personalize
-    from edgelora.store import AdapterStore
+    from edgelora.ops.personalize import PersonalizeConfig, personalize
+    from edgelora.ops.store import AdapterStore
     bundle, store, data, stage = sys.argv[1:]
     z = np.load(data)
     def kill(at):

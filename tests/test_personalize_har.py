@@ -6,7 +6,7 @@ import pytest
 
 from device_bench.protocols import DATASETS
 from edgelora import TrainConfig
-from edgelora.personalize import PersonalizeConfig
+from edgelora.ops.personalize import PersonalizeConfig
 from tests.helpers import mlp_bundle, no_datasets, random_mlp
 
 pytestmark = pytest.mark.skipif(not (DATASETS / "hapt_raw").is_dir(), reason=no_datasets(DATASETS / "hapt_raw"))

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune  # noqa: E402
-from edgelora.merge import merge  # noqa: E402
+from edgelora.graphs.merge import merge  # noqa: E402
 from export import export_model  # noqa: E402
 from export.models import CNN1d, CNN2d  # noqa: E402
 from export.taps import FEATURE_MAP_POOLINGS  # noqa: E402

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, SkipCache, TrainConfig, finetune, load_adapter
-from edgelora.checkpoint import load_checkpoint
+from edgelora.files.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = TrainConfig(epochs=2, batch_size=10)
@@ -100,7 +100,7 @@ import errno, json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 from edgelora import Backbone, SkipCache, TrainConfig, finetune, load_adapter
-from edgelora.checkpoint import load_checkpoint
+from edgelora.files.checkpoint import load_checkpoint
 from tests.helpers import mlp_bundle, random_mlp
 
 disk, work = Path(sys.argv[1]), Path(sys.argv[2])     # disk: the small tmpfs; work: bundle and data elsewhere
@@ -199,7 +199,7 @@ def test_failing_writer_during_checkpoint_keeps_the_previous_checkpoint(toy_bund
     bb = Backbone(toy_bundle)
     finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt")
     meta, arrays = load_checkpoint(tmp_path / "ckpt")
-    monkeypatch.setattr("edgelora.fileio.write_file", half_then_enospc)
+    monkeypatch.setattr("edgelora.files.fileio.write_file", half_then_enospc)
     with pytest.raises(OSError, match="No space"):
         finetune(bb, *toy_data, TrainConfig(epochs=3, batch_size=10, seed=3), checkpoint_dir=tmp_path / "ckpt")
     again = load_checkpoint(tmp_path / "ckpt")
@@ -213,7 +213,7 @@ def test_failing_writer_during_adapter_save_half_written(toy_bundle, toy_data, t
     old.save(tmp_path / "ad")
     before = {p.name: p.read_bytes() for p in (tmp_path / "ad").iterdir()}
     newer, _ = finetune(bb, *toy_data, TrainConfig(epochs=3, batch_size=10, r=8))
-    monkeypatch.setattr("edgelora.fileio.write_file", half_then_enospc)
+    monkeypatch.setattr("edgelora.files.fileio.write_file", half_then_enospc)
     with pytest.raises(OSError, match="No space"):
         newer.save(tmp_path / "ad")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ad").iterdir()} == before
@@ -226,7 +226,7 @@ def test_failing_commit_of_the_cache_keeps_committed_rows(toy_bundle, toy_data, 
 
     def no_space(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("edgelora.cache.atomic_write", no_space)   # rows appended, meta.json never updated
+    monkeypatch.setattr("edgelora.runtime.cache.atomic_write", no_space)   # rows appended, meta.json never updated
     with pytest.raises(OSError, match="No space"):
         SkipCache(Backbone(toy_bundle), tmp_path / "c").rows(x)
     monkeypatch.undo()
@@ -246,7 +246,7 @@ def test_a_cache_that_failed_to_commit_stays_consistent_in_the_same_process(toy_
     cache = SkipCache(bb, tmp_path / "c")
     cache.rows(x[:50])
     with monkeypatch.context() as m:
-        m.setattr("edgelora.cache.atomic_write", lambda path, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        m.setattr("edgelora.runtime.cache.atomic_write", lambda path, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
         with pytest.raises(OSError, match="could not add rows to the cache .* the rows cached before are kept"):
             cache.rows(x[50:80])
     rows = cache.rows(x)      # the disk has space again: the same object goes on, every row right

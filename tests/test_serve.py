@@ -5,9 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from edgelora import Backbone, Predictor, TrainConfig, finetune, lora
-from edgelora.serve import AdapterServer, ServeConfig, merged_weight
-from edgelora.store import AdapterStore
+from edgelora import Backbone, Predictor, TrainConfig, finetune
+from edgelora.core import lora
+from edgelora.ops.serve import AdapterServer, ServeConfig, merged_weight
+from edgelora.ops.store import AdapterStore
 
 LIVE = ServeConfig(poll_seconds=0.0)
 
@@ -52,7 +53,7 @@ def test_mixed_batch_runs_the_backbone_once_and_applies_each_rows_adapter(bb, st
 
 
 def test_grouped_path_for_many_or_large_adapters_matches(bb, store, adapters, toy_data, monkeypatch):
-    from edgelora import serve
+    from edgelora.ops import serve
     monkeypatch.setattr(serve, "STACK_MAX_COLUMNS", 0)     # force the group-by path
     monkeypatch.setattr(serve, "MERGE_MAX_BYTES", 0)       # and lora.forward instead of merged weights
     x = toy_data[0][:30]

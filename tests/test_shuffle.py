@@ -1,9 +1,9 @@
-"""The specified PRNG (edgelora/shuffle.py): known answers, so every client can check its port."""
+"""The specified PRNG (edgelora/core/shuffle.py): known answers, so every client can check its port."""
 import numpy as np
 import pytest
 
-from edgelora import lora
-from edgelora.shuffle import SplitMix64, init_values
+from edgelora.core import lora
+from edgelora.core.shuffle import SplitMix64, init_values
 
 
 def test_splitmix64_known_answers():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, TrainConfig, finetune
-from edgelora import store as store_mod
-from edgelora.store import AdapterStore, check_name, parse_version
+from edgelora.ops import store as store_mod
+from edgelora.ops.store import AdapterStore, check_name, parse_version
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_lock_is_reentrant_and_exclusive_between_processes(store, adapters):
     import sys
     with store.lock():
         publish(store, "a", adapters[0])            # writing methods take the lock again: no deadlock
-        code = ("import sys; from edgelora.store import AdapterStore; s = AdapterStore(sys.argv[1]);\n"
+        code = ("import sys; from edgelora.ops.store import AdapterStore; s = AdapterStore(sys.argv[1]);\n"
                 "try:\n  s.lock(timeout=0.2).__enter__()\nexcept TimeoutError: sys.exit(3)")
         r = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True)
         assert r.returncode == 3, r.stderr.decode()

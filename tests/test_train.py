@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
-from edgelora.train import validation_split
+from edgelora.runtime.train import validation_split
 
 def holdout(**settings) -> TrainConfig:
     """The holdout policy these tests exercise: the last 20 % of each class validates, raw taps, decay 1.0."""

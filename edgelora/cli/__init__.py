@@ -18,8 +18,8 @@ import sys
 import traceback
 import warnings
 
+from ..files.targets import overwrite_allowed
 from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
-from ..targets import overwrite_allowed
 from .common import CommandError, Parser, check_targets
 
 COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store, fleet)  # `--help` order

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cache import CACHE_DIR_KIND, SkipCache, cache_folders, folder_name
+from ..runtime.cache import CACHE_DIR_KIND, SkipCache, cache_folders, folder_name
 from . import common
 
 EXAMPLE = """

@@ -9,12 +9,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..adapter import CONFIG_FILE, Adapter, load_adapter
-from ..backbone import Backbone
-from ..bundle import Manifest
-from ..store import STORE_FILE, AdapterStore, parse_version
-from ..targets import Kind, check_target
-from ..data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
+from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
+from ..files.bundle import Manifest
+from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
+from ..files.targets import Kind, check_target
+from ..ops.store import STORE_FILE, AdapterStore, parse_version
+from ..runtime.backbone import Backbone
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
 Report = Callable[[dict], str]                   # the result as text for a person
@@ -225,7 +225,7 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def check_targets(args: argparse.Namespace) -> list[Path]:
-    """Refuse, before any work, outputs that would replace what is not ours (edgelora.targets); returns
+    """Refuse, before any work, outputs that would replace what is not ours (edgelora.files.targets); returns
     the outputs --overwrite lets the command replace."""
     if getattr(args, "targets", None) is None:
         return []

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbone import Backbone
-from ..bundle import BUNDLE_KIND
-from ..cache import SkipCache
-from ..fileio import atomic_write, write_folder
-from ..metrics import evaluate_outputs
-from ..predict import Predictor
-from ..targets import Kind, check_target, file_kind
-from ..train import TrainConfig, finetune
+from ..core.metrics import evaluate_outputs
+from ..files.bundle import BUNDLE_KIND
+from ..files.fileio import atomic_write, write_folder
+from ..files.targets import Kind, check_target, file_kind
+from ..runtime.backbone import Backbone
+from ..runtime.cache import SkipCache
+from ..runtime.predict import Predictor
+from ..runtime.train import TrainConfig, finetune
 from . import common, demo_data
 from .progress import Progress
 

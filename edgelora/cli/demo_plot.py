@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..fileio import atomic_write  # noqa: E402
+from ..files.fileio import atomic_write  # noqa: E402
 
 GREY, RED, GREEN, BLUE = "#8c8c8c", "#d62728", "#2ca02c", "#1f77b4"
 

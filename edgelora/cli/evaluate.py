@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..predict import Predictor
+from ..runtime.predict import Predictor
 from . import common
 
 EXAMPLE = """

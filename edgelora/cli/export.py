@@ -5,7 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
-from ..bundle import BUNDLE_KIND, FEATURE_MAP_POOLINGS
+from ..files.bundle import BUNDLE_KIND, FEATURE_MAP_POOLINGS
 from . import common
 
 EXAMPLE = """
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
         path = Path(args.model)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
-        from ..onnx_taps import add_taps
+        from ..graphs.onnx_taps import add_taps
         manifest = add_taps(path, args.out, taps, output=args.output, **options)
     else:
         # the form first, so that a wrong MODEL is bad input (exit 2) whether torch is installed or not

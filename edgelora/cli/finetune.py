@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import ADAPTER_KIND
-from ..cache import CACHE_DIR_KIND, SkipCache
-from ..checkpoint import CHECKPOINT_KIND
-from ..data import num_samples
-from ..metrics import evaluate_outputs
-from ..train import TrainConfig, finetune, validation_split
+from ..core.metrics import evaluate_outputs
+from ..files.adapter import ADAPTER_KIND
+from ..files.checkpoint import CHECKPOINT_KIND
+from ..files.data import num_samples
+from ..runtime.cache import CACHE_DIR_KIND, SkipCache
+from ..runtime.train import TrainConfig, finetune, validation_split
 from . import common
 from .progress import Progress
 

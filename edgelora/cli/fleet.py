@@ -139,10 +139,10 @@ def _foreground(command: list[str], env: dict, what: str) -> dict:
 
 def _personalize(args: argparse.Namespace) -> dict:
     _need(args, "target", "name", "bundle", "shared", "data")
-    from ..adapter import load_adapter
-    from ..backbone import Backbone
+    from ..files.adapter import load_adapter
+    from ..runtime.backbone import Backbone
     from ..fleet.personal import personalize_on_shared
-    from ..store import AdapterStore
+    from ..ops.store import AdapterStore
     backbone = Backbone(args.bundle, threads=args.threads)
     args.label_column = "-1"
     inputs, targets = common.load_data(args, backbone.manifest, labels=True)

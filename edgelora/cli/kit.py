@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bundle import load_manifest
-from ..kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
-from ..train import TrainConfig
+from ..files.bundle import load_manifest
+from ..graphs.kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
+from ..runtime.train import TrainConfig
 from . import common
 
 EXAMPLE = """

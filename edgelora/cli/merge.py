@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..merge import MERGED_KIND, ORT_ADAPTER_KIND
+from ..graphs.merge import MERGED_KIND, ORT_ADAPTER_KIND
 from . import common
 
 EXAMPLE = """
@@ -42,7 +42,7 @@ def targets(args: argparse.Namespace) -> tuple[list, list]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .. import merge as m
+    from ..graphs import merge as m
     if args.format != "lora_model" and args.adapter is None:
         raise ValueError(f"--format {args.format} needs an ADAPTER folder after BUNDLE")
     adapter = None if args.adapter is None else common.adapter_path(args.adapter)

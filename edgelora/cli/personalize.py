@@ -5,8 +5,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..personalize import SESSION_TRAINING, PersonalizeConfig, personalize
-from ..store import STORE_KIND, AdapterStore
+from ..ops.personalize import SESSION_TRAINING, PersonalizeConfig, personalize
+from ..ops.store import STORE_KIND, AdapterStore
 from . import common
 
 EXAMPLE = """

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write
-from ..predict import Predictor
-from ..targets import file_kind
+from ..files.fileio import atomic_write
+from ..files.targets import file_kind
+from ..runtime.predict import Predictor
 from . import common
 
 EXAMPLE = """

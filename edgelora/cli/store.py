@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..store import AdapterStore, parse_version
+from ..ops.store import AdapterStore, parse_version
 from . import common
 
 EXAMPLE = """

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..schema import check
+from ..files.schema import check
 
 STRATEGIES = ("fedavg", "fedavgm")
 

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import Adapter
-from ..backbone import Backbone
-from ..cache import SkipCache
-from ..data import as_inputs, as_targets, load_arrays, num_samples
-from ..fileio import PathLike
-from ..metrics import evaluate_outputs
-from ..predict import Predictor
-from ..schema import check
-from ..store import AdapterStore
-from ..train import TrainConfig, finetune, validation_split
+from ..core.metrics import evaluate_outputs
+from ..files.adapter import Adapter
+from ..files.data import as_inputs, as_targets, load_arrays, num_samples
+from ..files.fileio import PathLike
+from ..files.schema import check
+from ..ops.store import AdapterStore
+from ..runtime.backbone import Backbone
+from ..runtime.cache import SkipCache
+from ..runtime.predict import Predictor
+from ..runtime.train import TrainConfig, finetune, validation_split
 from .update import UPDATE_DTYPES, AdapterSpec, adapter_from, encode_update
 
 SHARED_NAME = "fleet"   # the store name under which a device keeps the shared adapters it received

@@ -1,7 +1,7 @@
 """Shared plus personal: a device's own adapter trained on top of the fleet's shared adapter.
 
 The personal adapter NAME lives in the device's adapter store. The shared adapter becomes one of its
-versions (published as is: the fleet vouches for it), and `edgelora.personalize` then trains a candidate
+versions (published as is: the fleet vouches for it), and `edgelora.ops.personalize` then trains a candidate
 warm-started from it on the device's samples and publishes it only if, on the holdout, it is not worse
 than the shared adapter by more than the margin. So the device serves the personal adapter when it
 helps and the shared one when it does not. A newer shared adapter is published over the personal one
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 
-from ..adapter import Adapter
-from ..backbone import Backbone
-from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
-from ..store import AdapterStore
+from ..files.adapter import Adapter
+from ..ops.personalize import PersonalizeConfig, PersonalizeResult, personalize
+from ..ops.store import AdapterStore
+from ..runtime.backbone import Backbone
 from .update import flat_sha256
 
 BASE_KEY = "fleet_shared_sha256"   # VersionInfo.extra key: digest of the shared adapter a version is

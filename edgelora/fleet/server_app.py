@@ -18,9 +18,9 @@ from typing import Callable
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..adapter import Adapter, load_adapter
-from ..bundle import load_manifest
-from ..fileio import atomic_write
+from ..files.adapter import Adapter, load_adapter
+from ..files.bundle import load_manifest
+from ..files.fileio import atomic_write
 from .aggregate import ServerOptimizer
 from .settings import FleetSettings, check_out, round_to_config, rounds_path
 from .strategy import FleetStrategy

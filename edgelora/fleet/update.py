@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import lora
-from ..adapter import Adapter, AdapterConfig
-from ..bundle import Manifest
-from ..schema import check
+from ..core import lora
+from ..files.adapter import Adapter, AdapterConfig
+from ..files.bundle import Manifest
+from ..files.schema import check
 
 SHARED_KEY = "adapter"      # ArrayRecord key: the shared adapter's flat parameters (float32)
 UPDATE_KEY = "update"       # ArrayRecord key: a device's update, local - shared (transport dtype)

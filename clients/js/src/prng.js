@@ -1,5 +1,5 @@
 'use strict';
-// SplitMix64 + Fisher-Yates, exactly as specified in edgelora/shuffle.py (the Python reference).
+// SplitMix64 + Fisher-Yates, exactly as specified in edgelora/core/shuffle.py (the Python reference).
 // 64-bit arithmetic on pairs of uint32 (hi, lo) held in doubles: exact, and ~20x faster than BigInt.
 const TWO32 = 4294967296;
 const INIT_STREAM = 0;

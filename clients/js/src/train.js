@@ -1,6 +1,6 @@
 'use strict';
 // Fine-tuning with edgelora's training kit on onnxruntime-node or onnxruntime-web (wasm): the same steps as
-// edgelora/onnx_trainer.py. Every operation on parameters runs inside the kit's ONNX graphs.
+// edgelora/runtime/onnx_trainer.py. Every operation on parameters runs inside the kit's ONNX graphs.
 const { SplitMix64, initValues } = require('./prng');
 const { UserError } = require('./npy');
 
@@ -76,7 +76,7 @@ function validationSplit(labels, n, fraction, classification) {
   return [all.filter((i) => !held.has(i)), all.filter((i) => held.has(i))];
 }
 
-/** edgelora.optim.learning_rate. */
+/** edgelora.core.optim.learning_rate. */
 function learningRate(step, total, base, schedule, warmup) {
   if (warmup && step < warmup) return base * (step + 1) / warmup;
   if (schedule === 'cosine') {

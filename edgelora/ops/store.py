@@ -8,7 +8,7 @@
         current.json                {"version": 3}: replaced atomically (os.replace); absent = none yet
         pins.json                   [2, 3]: versions protected from delete and prune
         versions/v0003/             adapter_config.json + adapter_model.safetensors + version.json
-        data/                       the adapter's accumulated samples (edgelora.personalize)
+        data/                       the adapter's accumulated samples (edgelora.ops.personalize)
 
 A version folder is built under a hidden temporary name and renamed into place once complete, so a
 reader sees a whole version or none; versions are never modified afterwards. Switching the current
@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Literal
 
-from .adapter import Adapter, load_adapter
-from .bundle import Manifest
-from .fileio import (
+from ..files.adapter import Adapter, load_adapter
+from ..files.bundle import Manifest
+from ..files.fileio import (
     FileLock,
     PathLike,
     atomic_write,
@@ -40,8 +40,8 @@ from .fileio import (
     safe_child,
     write_file,
 )
-from .schema import from_dict, to_dict
-from .targets import check_target, folder_kind
+from ..files.schema import from_dict, to_dict
+from ..files.targets import check_target, folder_kind
 
 STORE_FORMAT_VERSION = 1
 STORE_FILE = "store.json"

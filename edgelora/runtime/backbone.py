@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Manifest, load_manifest, model_path, read_model
-from .data import as_inputs, num_samples
-from .fileio import PathLike
+from ..files.bundle import Manifest, load_manifest, model_path, read_model
+from ..files.data import as_inputs, num_samples
+from ..files.fileio import PathLike
 
 
 class Backbone:

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .bundle import Manifest
-from .fileio import PathLike, dumps_json, read_bounded, read_json, safe_child, write_folder
+from ..core.lora import Layout
+from ..files.bundle import Manifest
+from ..files.fileio import PathLike, dumps_json, read_bounded, read_json, safe_child, write_folder
+from ..files.schema import check, normalize, to_dict
+from ..files.targets import check_target, folder_kind
 from .kit_graphs import evaluate_graph, train_epoch_graph
-from .lora import Layout
 from .onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
-from .schema import check, normalize, to_dict
-from .targets import check_target, folder_kind
 
 KIT_FORMAT_VERSION = 1
 CONTRACT_FILE, TRAIN_FILE, EVAL_FILE = "kit.json", "train_epoch.onnx", "evaluate.onnx"
@@ -63,7 +63,7 @@ class Kit:
 
     def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
         """Write the kit folder in one atomic swap. An existing `folder` must be a kit or empty, unless
-        `overwrite` (see edgelora.targets)."""
+        `overwrite` (see edgelora.files.targets)."""
         check_target(folder, KIT_KIND, overwrite=overwrite)
         return write_folder(folder, {TRAIN_FILE: self.train_epoch, EVAL_FILE: self.evaluate,
                                      CONTRACT_FILE: dumps_json(self.contract)}, "training kit")
@@ -111,7 +111,7 @@ def _contract(manifest: Manifest, recipe: KitRecipe, layout: Layout, train: byte
         "layout": {"taps": list(layout.taps), "widths": list(layout.widths), "num_outputs": c, "rank": layout.rank,
                    "bias": layout.bias, "size": layout.size, "row_width": width, "tensors": tensors},
         "defaults": defaults,
-        "prng": "splitmix64: see edgelora/shuffle.py (stream 0 initialises A, stream 1 draws one Fisher-Yates "
+        "prng": "splitmix64: see edgelora/core/shuffle.py (stream 0 initialises A, stream 1 draws one Fisher-Yates "
                 "permutation of the training rows per epoch)",
         "graphs": {
             "train_epoch": {"file": TRAIN_FILE, "sha256": hashlib.sha256(train).hexdigest(),

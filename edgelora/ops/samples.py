@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Manifest
-from .cache import KEY_BYTES
-from .data import MAX_DATA_BYTES, as_inputs, as_targets
-from .fileio import (
+from ..files.bundle import Manifest
+from ..files.data import MAX_DATA_BYTES, as_inputs, as_targets
+from ..runtime.cache import KEY_BYTES
+from ..files.fileio import (
     PathLike,
     dumps_json,
     read_bounded,

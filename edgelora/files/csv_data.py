@@ -1,7 +1,7 @@
 """CSV data files: one sample per row, numeric inputs, an optional header and an optional label column.
 
 The label column may hold class indices, regression values or class names (mapped to indices against a
-bundle's `classes` by `edgelora.data.as_targets`). Errors name the file, the row, the column and the value.
+bundle's `classes` by `edgelora.files.data.as_targets`). Errors name the file, the row, the column and the value.
 """
 from __future__ import annotations
 

@@ -20,16 +20,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .adapter import Adapter, load_adapter
-from .bundle import Manifest, model_path, verify_bundle
-from .fileio import PathLike, atomic_write
-from .targets import check_target, file_kind
-from .lora import tap_A
+from ..core.lora import tap_A
+from ..files.adapter import Adapter, load_adapter
+from ..files.bundle import Manifest, model_path, verify_bundle
+from ..files.fileio import PathLike, atomic_write
+from ..files.targets import check_target, file_kind
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
 ADAPTER_SUFFIX = ".onnx_adapter"
-MERGED_KIND = file_kind("ONNX model written by edgelora merge", lambda head: b"edgelora.merge" in head)
+MERGED_KIND = file_kind("ONNX model written by edgelora merge", lambda head: b"edgelora.graphs.merge" in head)
 ORT_ADAPTER_KIND = file_kind("onnxruntime LoRA adapter file", lambda head: head[4:8] == b"TORT")  # flatbuffer id
 
 
@@ -171,7 +171,7 @@ def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | Non
     if adapter is not None:
         meta["edgelora.adapter_weights_sha256"] = adapter.config.weights_sha256
     helper.set_model_props(proto, meta)
-    proto.producer_name = "edgelora.merge"
+    proto.producer_name = "edgelora.graphs.merge"
 
 
 def _out(out_path: PathLike, kind, overwrite: bool) -> Path:

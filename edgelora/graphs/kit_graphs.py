@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .lora import Layout
+from ..core.lora import Layout
 from .onnx_utils import IR_VERSION, OPSET
 
 F32, F64, I64, BOOL = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
@@ -237,6 +237,6 @@ def _targets_info(task: str, c: int) -> onnx.ValueInfoProto:
 
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-                              producer_name="edgelora.kit")
+                              producer_name="edgelora.graphs.kit")
     onnx.checker.check_model(model, full_check=True)
     return model

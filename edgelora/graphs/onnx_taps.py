@@ -18,8 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .bundle import BUNDLE_FORMAT_VERSION, FEATURE_MAP_POOLINGS, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
-from .fileio import PathLike
+from ..files.bundle import BUNDLE_FORMAT_VERSION, FEATURE_MAP_POOLINGS, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
+from ..files.fileio import PathLike
 from .onnx_utils import (OPSET, add_const, conservative, default_opset, load, mean_node, serialize, set_outputs,
                          sum_node, unique_name)
 
@@ -80,7 +80,7 @@ def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output
         output=OutputSpec(base, c), taps=tuple(specs), task=task,
         classes=tuple(classes) if classes is not None else (tuple(str(i) for i in range(c)) if task == "classification" else ()),
         preprocess=as_preprocess(preprocess, [i.name for i in feeds]),
-        opset=opset, producer={"name": "edgelora.onnx_taps", "onnx": onnx.__version__})
+        opset=opset, producer={"name": "edgelora.graphs.onnx_taps", "onnx": onnx.__version__})
     return write_bundle(out, blob, manifest)
 
 

@@ -20,12 +20,12 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from . import lora
-from .adapter import Adapter
-from .backbone import Backbone
-from .data import as_inputs, num_samples
-from .losses import log_softmax
-from .schema import check, normalize
+from ..core import lora
+from ..core.losses import log_softmax
+from ..files.adapter import Adapter
+from ..files.data import as_inputs, num_samples
+from ..files.schema import check, normalize
+from ..runtime.backbone import Backbone
 from .store import AdapterStore
 
 

@@ -247,7 +247,7 @@ def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
 
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
-    An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.targets)."""
+    An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.targets)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest()))
     write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")

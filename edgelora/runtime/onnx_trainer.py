@@ -13,15 +13,15 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from .adapter import Adapter, AdapterConfig
+from ..core.losses import balanced_weights
+from ..core.metrics import evaluate_outputs
+from ..core.optim import learning_rate
+from ..core.shuffle import SplitMix64, init_values
+from ..files.adapter import Adapter, AdapterConfig
+from ..files.schema import to_dict
+from ..graphs.kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
 from .backbone import Backbone
 from .cache import SkipCache
-from .kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
-from .losses import balanced_weights
-from .metrics import evaluate_outputs
-from .optim import learning_rate
-from .schema import to_dict
-from .shuffle import SplitMix64, init_values
 from .train import History, TrainConfig, split_samples
 
 MONITOR = 256  # as loop.MONITOR: train loss is reported on a fixed sample of at most this many rows

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files.data import as_inputs, num_samples
+from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, read_json
+from ..files.targets import folder_kind
 from .backbone import Backbone
-from .data import as_inputs, num_samples
-from .fileio import FileLock, PathLike, atomic_write, dumps_json, read_json
-from .targets import folder_kind
 
 CACHE_FORMAT_VERSION = 3  # 2: meta.json carries a checksum; 3: bound to Manifest.identity
 KEY_BYTES = 16

@@ -30,7 +30,7 @@ from .fileio import (
     safe_child,
     write_folder,
 )
-from .lora import Layout, tap_A, tap_B, views
+from ..core.lora import Layout, tap_A, tap_B, views
 from .schema import check, check_not_newer, from_dict, normalize, to_dict
 from .targets import check_target, folder_kind
 
@@ -118,7 +118,7 @@ class Adapter:
 
     def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
         """Write config + weights into a fresh folder and swap it in: never a half-written adapter.
-        An existing `folder` must be an adapter or empty, unless `overwrite` (see edgelora.targets)."""
+        An existing `folder` must be an adapter or empty, unless `overwrite` (see edgelora.files.targets)."""
         check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
         config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")

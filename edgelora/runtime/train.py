@@ -11,16 +11,16 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from . import crossval, lora
-from .adapter import Adapter, AdapterConfig
+from ..core import crossval, lora
+from ..core.loop import Run
+from ..core.metrics import evaluate_outputs
+from ..files.adapter import Adapter, AdapterConfig
+from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from ..files.data import as_inputs, as_targets, num_samples
+from ..files.fileio import PathLike
+from ..files.schema import check, normalize, to_dict
 from .backbone import Backbone
 from .cache import SkipCache
-from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from .data import as_inputs, as_targets, num_samples
-from .fileio import PathLike
-from .loop import Run
-from .metrics import evaluate_outputs
-from .schema import check, normalize, to_dict
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,16 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from .backbone import Backbone
-from .cache import SkipCache, sample_keys
-from .data import as_inputs, as_targets, num_samples
-from .losses import log_softmax
-from .metrics import evaluate_outputs
-from .predict import Predictor
+from ..core.losses import log_softmax
+from ..core.metrics import evaluate_outputs
+from ..files.data import as_inputs, as_targets, num_samples
+from ..files.schema import check, normalize, to_dict
+from ..runtime.backbone import Backbone
+from ..runtime.cache import SkipCache, sample_keys
+from ..runtime.predict import Predictor
+from ..runtime.train import TrainConfig, finetune, holdout_mask, validation_split
 from .samples import Samples
-from .schema import check, normalize, to_dict
 from .store import AdapterStore, check_name
-from .train import TrainConfig, finetune, holdout_mask, validation_split
 
 Decision = Literal["published", "rejected", "deferred", "unchanged"]
 JOINED = ("published", "deferred")   # sessions whose samples are trained on and held out

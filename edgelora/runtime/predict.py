@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lora
-from .adapter import Adapter
+from ..core import lora
+from ..core.losses import log_softmax
+from ..core.metrics import evaluate_outputs
+from ..files.adapter import Adapter
+from ..files.data import as_inputs, as_targets, num_samples
 from .backbone import Backbone
-from .data import as_inputs, as_targets, num_samples
-from .losses import log_softmax
-from .metrics import evaluate_outputs
 
 
 class Predictor:
