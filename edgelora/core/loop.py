@@ -63,7 +63,6 @@ class Run:
         # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
         monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
         train = features(monitor) if static else None
-        keep = 1.0 - cfg.lora_dropout
         fixed_b = g["B"] if self.form == "last" else None
         # the step loop runs ~50 numpy calls' worth of Python per batch: keep its lookups local
         dropout, clip, opt_step, flat, grad, forward, backward = (cfg.lora_dropout, cfg.clip_norm, self.opt.step,
@@ -78,7 +77,7 @@ class Run:
                     idx = perm[i:i + bs]
                     y0, t = features(idx)
                     if dropout:
-                        t = t * (self.rng.random(t.shape, np.float32) < keep) / keep
+                        t = lora.tap_dropout(t, dropout, self.rng)
                     y, saved = forward(p, y0, t, layout, scale)
                     if not static:  # Skip-LoRA without a cache: a running mean costs nothing next to the backbone
                         batch_losses += loss_fn(y, idx) * len(idx)

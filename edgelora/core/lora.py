@@ -122,3 +122,55 @@ def backward(g: np.ndarray, saved, p: dict, grads: dict, layout: Layout, scale: 
     r = layout.rank
     for k, (a, b) in enumerate(layout.bounds):
         np.matmul(t[:, a:b].T, gh[:, k * r:(k + 1) * r], out=grads[layout.a_keys[k]])
+
+
+# The same map in the other forms it takes: a dense weight (serving, deployment), PEFT's tensors (files),
+# and the two edits made to it outside training. Every module that needs one of these calls it from here.
+
+def tap_weight(p: dict, layout: Layout, scale: float, k: int) -> np.ndarray:
+    """s A_k B_k (d_k, C): tap k's adapter as one dense weight (PEFT's `get_delta_weight`, transposed)."""
+    return scale * (tap_A(p, layout, k) @ tap_B(p, layout, k))
+
+
+def dense_weight(p: dict, layout: Layout, scale: float) -> np.ndarray:
+    """W = s [A_1 B_1; ...; A_K B_K] (D, C):  t @ W + bias == forward(p, y0, t) - y0."""
+    W = np.empty((sum(layout.widths), layout.num_outputs), p["B"].dtype)
+    for k, (a, b) in enumerate(layout.bounds):
+        W[a:b] = tap_weight(p, layout, scale, k)
+    return W
+
+
+def output_bias(p: dict, layout: Layout) -> np.ndarray:
+    """b (C,): the learned output bias, zeros when the layout has none."""
+    return p["bias"].copy() if layout.bias else np.zeros(layout.num_outputs, p["B"].dtype)
+
+
+def folded(p: dict, layout: Layout, scale: float) -> np.ndarray:
+    """M = [I; W; b] (C + D + 1, C):  [y0 | t | 1] @ M == forward(p, y0, t), the whole adapter as one product."""
+    c, W = layout.num_outputs, dense_weight(p, layout, scale)
+    return np.concatenate([np.eye(c, dtype=W.dtype), W, output_bias(p, layout)[None]])
+
+
+def peft_views(p: dict, layout: Layout) -> dict[str, np.ndarray]:
+    """PEFT's orientation, as writable views of p: `<tap>.lora_A.weight` A_k^T (r, d_k), `<tap>.lora_B.weight`
+    B_k^T (C, r), and `bias` (C,) when learned. Saving copies them out; loading assigns into them."""
+    out = {}
+    for k, name in enumerate(layout.taps):
+        out[f"{name}.lora_A.weight"] = tap_A(p, layout, k).T
+        out[f"{name}.lora_B.weight"] = tap_B(p, layout, k).T
+    if layout.bias:
+        out["bias"] = p["bias"]
+    return out
+
+
+def tap_dropout(t: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Inverted dropout on the taps t (N, D): each value kept with probability 1 - rate and scaled by 1 / (1 - rate)."""
+    keep = 1.0 - rate
+    return t * (rng.random(t.shape, np.float32) < keep) / keep
+
+
+def mask_classes(p: dict, layout: Layout, classes: np.ndarray) -> None:
+    """Zero the B columns (and bias) of output columns `classes`: the adapter leaves those outputs at y0."""
+    p["B"][:, classes] = 0.0
+    if layout.bias:
+        p["bias"][classes] = 0.0

@@ -1,6 +1,6 @@
 """Adapter files: `adapter_config.json` + `adapter_model.safetensors`, in PEFT's folder layout.
 
-Tensors (PEFT orientation, float32): `<tap>.lora_A.weight` (r, d_k) and `<tap>.lora_B.weight` (C, r)
+Tensors (PEFT orientation, lora.peft_views; float32): `<tap>.lora_A.weight` (r, d_k) and `<tap>.lora_B.weight` (C, r)
 per tap, and `bias` (C,) when the adapter learns an output bias. The config records the backbone's
 fingerprint and the SHA-256 of the weights file; the weights file's metadata records the SHA-256 of the
 config (`config_sha256`, over the config without `weights_sha256`). So a mismatched adapter, or a byte
@@ -30,7 +30,7 @@ from .fileio import (
     safe_child,
     write_folder,
 )
-from ..core.lora import Layout, tap_A, tap_B, views
+from ..core.lora import Layout, peft_views, views
 from .schema import check, check_not_newer, from_dict, normalize, to_dict
 from .targets import check_target, folder_kind
 
@@ -106,15 +106,8 @@ class Adapter:
                              f"found {c.task} with {c.num_outputs}")
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """The PEFT-oriented tensors written to adapter_model.safetensors."""
-        p, c, lay = self.params, self.config, self.config.layout
-        out = {}
-        for k, name in enumerate(c.target_taps):
-            out[f"{name}.lora_A.weight"] = np.ascontiguousarray(tap_A(p, lay, k).T, np.float32)
-            out[f"{name}.lora_B.weight"] = np.ascontiguousarray(tap_B(p, lay, k).T, np.float32)
-        if c.bias:
-            out["bias"] = np.ascontiguousarray(p["bias"], np.float32)
-        return out
+        """The PEFT-oriented tensors written to adapter_model.safetensors (lora.peft_views)."""
+        return {k: np.ascontiguousarray(v, np.float32) for k, v in peft_views(self.params, self.config.layout).items()}
 
     def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
         """Write config + weights into a fresh folder and swap it in: never a half-written adapter.
@@ -169,20 +162,13 @@ def _flat_from_tensors(tensors: dict, config: AdapterConfig, where: Path) -> np.
     if layout.size > found:  # check before allocating: the config's shapes could be absurd
         raise ValueError(f"{where}: the config declares {layout.size} adapter parameters, the file holds {found}")
     flat = np.zeros(layout.size, np.float32)
-    p = views(flat, layout)
-    r, c = config.r, config.num_outputs
-    expected = {}
-    for k, (name, d) in enumerate(zip(config.target_taps, config.tap_widths)):
-        expected[f"{name}.lora_A.weight"] = ((r, d), tap_A(p, layout, k).T)
-        expected[f"{name}.lora_B.weight"] = ((c, r), tap_B(p, layout, k).T)
-    if config.bias:
-        expected["bias"] = ((c,), p["bias"])
+    expected = peft_views(views(flat, layout), layout)  # the file's tensors, as views into flat
     if set(tensors) != set(expected):
         raise ValueError(f"{where}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
-    for key, (shape, dst) in expected.items():
+    for key, dst in expected.items():
         a = tensors[key]
-        if a.shape != shape or a.dtype != np.float32:
-            raise ValueError(f"{where}: tensor `{key}` should be float32 {shape}, found {a.dtype} {a.shape}")
+        if a.shape != dst.shape or a.dtype != np.float32:
+            raise ValueError(f"{where}: tensor `{key}` should be float32 {dst.shape}, found {a.dtype} {a.shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"{where}: tensor `{key}` contains NaN or Inf")
         dst[...] = a

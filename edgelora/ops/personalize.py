@@ -33,6 +33,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from ..core import lora
 from ..core.losses import log_softmax
 from ..core.metrics import evaluate_outputs
 from ..files.data import as_inputs, as_targets, num_samples
@@ -191,11 +192,8 @@ def _unseen(keys: list[bytes], known: set[bytes]) -> np.ndarray:
 def _mask_unseen_classes(adapter, y_train: np.ndarray) -> None:
     """Zero the adapter's B columns and bias of classes absent from y_train: those logits stay the shared
     model's. Without this, a session of 2 activities teaches the adapter to push the other 4 down."""
-    p = adapter.params
     unseen = np.setdiff1d(np.arange(adapter.config.num_outputs), np.unique(y_train))
-    p["B"][:, unseen] = 0.0
-    if "bias" in p:
-        p["bias"][unseen] = 0.0
+    lora.mask_classes(adapter.params, adapter.config.layout, unseen)
 
 
 def _judge(backbone, cache, data, parts, mine, current, candidate, cur, verified_only, config):
