@@ -81,3 +81,17 @@ def js_client() -> str:
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"npm ci in {client} failed: {done.stderr[-2000:]}"
     return node
+
+
+class BackboneCounter:
+    """Counts the samples a Backbone sends through its onnxruntime session from now on (`.samples`),
+    by wrapping the session's `run`: the Skip-Cache tests count backbone work from the test side."""
+
+    def __init__(self, backbone):
+        self.samples = 0
+        run = backbone._session.run
+
+        def counted(outputs, feed, *args, **kwargs):
+            self.samples += len(next(iter(feed.values())))
+            return run(outputs, feed, *args, **kwargs)
+        backbone._session.run = counted

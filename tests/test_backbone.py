@@ -7,10 +7,12 @@ import pytest
 
 from edgelora import Backbone, load_manifest
 from edgelora.files.bundle import MANIFEST_FILE
+from tests.helpers import BackboneCounter
 
 
 def test_run_returns_base_output_and_taps_in_manifest_order(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     x = toy_data[0][:5]
     y0, taps = bb.run(x)
     assert y0.shape == (5, 3) and [t.shape for t in taps] == [(5, 10), (5, 8), (5, 8)]
@@ -19,7 +21,7 @@ def test_run_returns_base_output_and_taps_in_manifest_order(toy_bundle, toy_data
     sess = ort.InferenceSession(str(toy_bundle / "backbone.onnx"))
     ref = sess.run(None, {"x": ((x - 0.5) / 2.0).astype(np.float32)})
     np.testing.assert_allclose(y0, ref[0], rtol=1e-6)
-    assert bb.calls == 5
+    assert ran.samples == 5
     m = load_manifest(toy_bundle)
     assert m.tap_names == ("fc0.input", "fc1.input", "fc2.input") and m.tap_widths == (10, 8, 8)
 
@@ -30,6 +32,21 @@ def test_batches_are_chunked(toy_bundle, toy_data):
     b = Backbone(toy_bundle, batch_size=1000).features(x)
     np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+def test_rows_are_base_output_and_taps_written_into_one_buffer(toy_bundle, toy_data):
+    bb = Backbone(toy_bundle, batch_size=7)
+    x = toy_data[0][:20]
+    y0, taps = bb.run(x)
+    rows = bb.rows(x)
+    np.testing.assert_array_equal(rows, np.hstack([y0, *taps]))      # the plain row: no extra columns
+    wider = np.full((20, rows.shape[1] + 2), 5.0, np.float32)
+    assert bb.rows(x, out=wider[:, 1:-1]).base is wider                # written in place, e.g. inside a wider row
+    np.testing.assert_array_equal(wider[:, 1:-1], rows)
+    assert (wider[:, [0, -1]] == 5.0).all()
+    with pytest.raises(ValueError, match=r"`out` should be a float32 array of shape \(20, 29\), found float32 "
+                                         r"\(20, 30\)"):
+        bb.rows(x, out=wider[:, 1:])
 
 
 def test_float64_and_int_inputs_are_cast(toy_bundle, toy_data):

@@ -3,20 +3,25 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgelora import Backbone, SkipCache
+from tests.helpers import BackboneCounter
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_backbone_runs_once_per_new_sample(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     cache = SkipCache(bb)
     x = toy_data[0]
     rows = cache.rows(x)
-    assert bb.calls == 120 and cache.stats()["misses"] == 120
-    assert (cache.rows(x) == rows).all() and bb.calls == 120 and cache.stats()["hits"] == 120
+    assert ran.samples == 120 and cache.stats()["misses"] == 120
+    assert (cache.rows(x) == rows).all() and ran.samples == 120 and cache.stats()["hits"] == 120
     y0, t = cache.gather(rows[:5])
     ref = bb.features(x[:5])
     np.testing.assert_array_equal(y0, ref[0])
@@ -25,23 +30,25 @@ def test_backbone_runs_once_per_new_sample(toy_bundle, toy_data):
 
 def test_duplicates_and_float64_copies_hit(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     cache = SkipCache(bb)
     x = toy_data[0][:10]
     rows = cache.rows(np.concatenate([x, x]))
-    assert bb.calls == 10 and (rows[:10] == rows[10:]).all()
+    assert ran.samples == 10 and (rows[:10] == rows[10:]).all()
     cache.rows(x.astype(np.float64))
-    assert bb.calls == 10
+    assert ran.samples == 10
 
 
 def _count_in_other_process(bundle, cache_dir, data_path, n):
     code = f"""
 import numpy as np, json
 from edgelora import Backbone, SkipCache
-bb = Backbone({str(bundle)!r}); c = SkipCache(bb, {str(cache_dir)!r})
+from tests.helpers import BackboneCounter
+bb = Backbone({str(bundle)!r}); ran = BackboneCounter(bb); c = SkipCache(bb, {str(cache_dir)!r})
 c.rows(np.load({str(data_path)!r})[:{n}])
-print(json.dumps({{"calls": bb.calls, **c.stats()}}))
+print(json.dumps({{"calls": ran.samples, **c.stats()}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)
 
 
@@ -71,8 +78,9 @@ def test_another_backbone_never_reuses_the_cache(toy_bundle, toy_data, tmp_path)
     mlp_bundle(other, random_mlp([10, 8, 8, 3], seed=5), ["a", "b", "c"])
     SkipCache(Backbone(toy_bundle), tmp_path / "c").rows(toy_data[0])
     bb2 = Backbone(other)
+    ran = BackboneCounter(bb2)
     SkipCache(bb2, tmp_path / "c").rows(toy_data[0])
-    assert bb2.calls == 120
+    assert ran.samples == 120
 
 
 def test_memory_budget_spills_to_disk(toy_bundle, toy_data):
@@ -93,9 +101,10 @@ def test_interrupted_append_is_ignored_and_cut(toy_bundle, toy_data, tmp_path):
     with open(f"{folder}/values-0.bin", "ab") as f:  # an append whose meta.json commit never happened
         f.write(b"\x01" * 1000)
     bb2 = Backbone(toy_bundle)
+    ran = BackboneCounter(bb2)
     again = SkipCache(bb2, tmp_path / "c")
     again.rows(toy_data[0][:60])
-    assert bb2.calls == 10 and len(again) == 60
+    assert ran.samples == 10 and len(again) == 60
 
 
 def test_flipped_byte_is_detected_and_rebuilt(toy_bundle, toy_data, tmp_path):
@@ -106,11 +115,12 @@ def test_flipped_byte_is_detected_and_rebuilt(toy_bundle, toy_data, tmp_path):
     raw[5 * 29 * 4 + 7] ^= 0xFF  # inside row 5
     open(path, "wb").write(bytes(raw))
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     with pytest.warns(UserWarning, match="1 of 20 rows failed their checksum"):
         again = SkipCache(bb, tmp_path / "c")
     assert again.stats()["repaired_rows"] == 1
     rows = again.rows(toy_data[0][:20])
-    assert bb.calls == 1
+    assert ran.samples == 1
     np.testing.assert_array_equal(again.gather(rows)[1], Backbone(toy_bundle).features(toy_data[0][:20])[1])
 
 
@@ -120,10 +130,11 @@ def test_corrupt_meta_rebuilds(toy_bundle, toy_data, tmp_path):
     with open(f"{cache.stats()['path']}/meta.json", "w") as f:
         f.write("{garbage")
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         SkipCache(bb, tmp_path / "c").rows(toy_data[0][:20])
-    assert bb.calls == 20 and any("rebuilding" in str(w.message) for w in caught)
+    assert ran.samples == 20 and any("rebuilding" in str(w.message) for w in caught)
 
 
 def test_clear(toy_bundle, toy_data, tmp_path):
@@ -170,5 +181,6 @@ def test_new_standardisation_constants_never_reuse_old_rows(toy_bundle, toy_data
     data["preprocess"]["x"]["mean"] = [0.0] * 10      # same ONNX file, other preprocessing
     path.write_text(json.dumps(data))
     bb = Backbone(toy_bundle)
+    ran = BackboneCounter(bb)
     SkipCache(bb, tmp_path / "c").rows(toy_data[0][:10])
-    assert bb.calls == 10
+    assert ran.samples == 10

@@ -13,10 +13,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgelora import load_manifest
+from edgelora import Backbone, load_manifest
 from edgelora.files.bundle import verify_bundle
-from edgelora.cli import main
+from edgelora.cli import demo, main
 from edgelora.cli.demo import BUNDLE
+from tests.helpers import BackboneCounter
 
 pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (from the clone: pip install -e "
                                       "'.[demo]', or ./run test)")
@@ -37,14 +38,23 @@ def test_shipped_bundle_is_valid_and_small():
     assert sum(p.stat().st_size for p in BUNDLE.iterdir()) < 100_000
 
 
-def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path):
+def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    counters = []
+
+    def counted_backbone(*args, **kwargs):
+        bb = Backbone(*args, **kwargs)
+        counters.append(BackboneCounter(bb))
+        return bb
+    monkeypatch.setattr(demo, "Backbone", counted_backbone)
     r = demo_json(capsys, "--png", tmp_path / "story.png")
     a = r["accuracy"]
     print(f"demo: lab {a['lab']:.3f}, before {a['before']:.3f}, after {a['after']:.3f}, {r['seconds']}")
     assert a["lab"] >= 0.85 and a["before"] <= 0.6, "the shift must really break the base model"
     assert a["after"] - a["before"] >= 0.25, "Skip2-LoRA must fix most of it"
     assert r["cache"]["misses"] == 400 and r["cache"]["hits"] == 400 and r["backbone_passes"] == 400
+    n = {k: len(y) for k, (_, y) in demo.demo_data.splits().items()}
+    assert counters[0].samples == n["lab_test"] + 2 * n["test"] + 400   # three evaluations; each scan once
     assert r["seconds"]["total"] < 60 and r["peak_rss_bytes"] > 0
     # the curve: cross-validated accuracy without an adapter (epoch 0) and after 1/4, 1/2 and all epochs
     assert [c["epoch"] for c in r["curve"]] == [0, 15, 30, 60] and r["chosen"]["epochs"] in (15, 30, 60)

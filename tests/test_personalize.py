@@ -13,7 +13,7 @@ from edgelora import Backbone
 from edgelora.ops.personalize import SESSION_TRAINING, PersonalizeConfig, holdout_mask, personalize
 from edgelora.ops.samples import Samples
 from edgelora.ops.store import AdapterStore
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import BackboneCounter, mlp_bundle, random_mlp
 
 pmod = importlib.import_module("edgelora.ops.personalize")  # the module; `edgelora.ops.personalize` is also the function
 
@@ -46,21 +46,21 @@ def test_holdout_is_the_latest_fraction_of_each_class():
 
 
 def test_sessions_publish_warm_start_and_only_new_samples_touch_the_backbone(bb, store, monkeypatch):
-    inits = []
+    inits, ran = [], BackboneCounter(bb)
     real = pmod.finetune
     monkeypatch.setattr(pmod, "finetune", lambda *a, **k: (inits.append(k["init"]), real(*a, **k))[1])
     r1 = personalize(store, "u1", bb, *session(60, 1), CFG)
     assert (r1.decision, r1.version, r1.current, r1.previous) == ("published", 1, 1, None)
-    assert r1.samples["backbone_runs"] == 60 == bb.calls and "shared model" in r1.reason
+    assert r1.samples["backbone_runs"] == 60 == ran.samples and "shared model" in r1.reason
     r2 = personalize(store, "u1", bb, *session(60, 2), CFG)
     assert (r2.decision, r2.current, r2.previous) == ("published", 2, 1)
-    assert r2.samples["backbone_runs"] == 60 and bb.calls == 120        # earlier samples come from the cache
+    assert r2.samples["backbone_runs"] == 60 and ran.samples == 120        # earlier samples come from the cache
     assert r2.samples["holdout_verified"] == r1.samples["holdout_new"] and 10 <= r2.samples["holdout_new"] <= 14
     assert r2.samples["train"] == 120 - r2.samples["holdout_verified"] - r2.samples["holdout_new"]
     assert inits[0] is None and np.array_equal(inits[1].flat, store.load("u1", 1).flat)  # warm start
     assert store.info("u1", 2).parent == 1 and store.info("u1", 2).samples == r2.samples["train"]
     again = personalize(store, "u1", bb, *session(60, 2), CFG)                     # the same samples again
-    assert again.decision == "unchanged" and again.samples["duplicates"] == 60 and bb.calls == 120
+    assert again.decision == "unchanged" and again.samples["duplicates"] == 60 and ran.samples == 120
     sessions = Samples.load(store.adapter_dir("u1") / "data", bb.manifest).sessions
     assert [(s["session"], s["decision"], s["version"]) for s in sessions] == [(1, "published", 1), (2, "published", 2)]
 

@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> dict:
     # On the device: the labelled scans go through the backbone once, into the Skip-Cache, while the
     # device checks how the deployed model does on them; fine-tuning then reuses those rows.
     x, y = data["finetune"]
-    calls0 = backbone.calls
     cache = SkipCache(backbone)
     rows = cache.rows(x)
     y0, _ = cache.gather(rows)
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     sel, ch = history.selection, history.chosen
     recipes = len(sel["candidates"])
-    backbone_passes = backbone.calls - calls0
+    backbone_passes = cache.misses   # fine-tuning runs on the cache: the backbone saw each scan once
     after = Predictor(backbone, adapter).evaluate(*data["test"])
     peak = _peak_rss()
 

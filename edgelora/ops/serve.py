@@ -61,27 +61,23 @@ class _Loaded:
     nbytes: int
 
     def __post_init__(self):
-        """Prepare the forward pass once. A small adapter becomes one matrix M over a backbone row
-        [y0 | taps | 1]: M = [I; W; bias] with W = s [A_1 B_1; ...; A_K B_K], so y = row @ M is a
-        single product (at batch 1 the adapter costs one numpy call, not K + 4)."""
+        """Prepare the forward pass once. A small adapter becomes one matrix over a served row
+        [y0 | taps | 1], M = [I; W; bias] (lora.folded), so y = row @ M is a single product: at batch 1
+        a small adapter costs a few numpy calls' overhead rather than its multiply-adds, so one call
+        instead of K + 4 is what makes it cheap. Bigger adapters (MERGE_MAX_BYTES) keep the low-rank form."""
         a = self.adapter
         self.params = a.params if a is not None else None
         self.layout = a.config.layout if a is not None else None
         self.scale = a.config.scale if a is not None else 0.0
         self.M = self.MT = None
         if a is not None and _merged_bytes(self.layout) <= MERGE_MAX_BYTES:
-            W, bias = merged_weight(self.params, self.layout, self.scale)
-            c = a.config.num_outputs
-            self.MT = np.zeros((c, c + len(W) + 1), np.float32)  # (C, C+D+1): one row is faster at batch 1
-            self.MT[:, :c] = np.eye(c, dtype=np.float32)
-            self.MT[:, c:-1] = W.T
-            if bias is not None:
-                self.MT[:, -1] = bias
-            self.M = self.MT.T                                  # (C+D+1, C) view for batches
+            # (C, C+D+1): one row is faster at batch 1; M is its (C+D+1, C) view for batches
+            self.MT = np.ascontiguousarray(lora.folded(self.params, self.layout, self.scale).T)
+            self.M = self.MT.T
             self.nbytes += self.MT.nbytes
 
     def forward(self, rows: np.ndarray, c: int) -> np.ndarray:
-        """Outputs (n, C) for backbone rows [y0 | taps | 1] (Backbone.rows)."""
+        """Outputs (n, C) for served rows [y0 | taps | 1] (AdapterServer._rows)."""
         if self.adapter is None:
             return rows[:, :c]
         if self.M is None:
@@ -103,6 +99,7 @@ class AdapterServer:
         self._pointers: dict[str, str] = {}  # name -> path of its current.json (validated once)
         self._bytes = 0                      # weights held by the loaded adapters
         self._stack = None                   # (key, W, b, entries) of the last mixed batch
+        self._width = backbone.num_outputs + sum(backbone.tap_widths) + 1  # of a served row
         self.counts = {"loads": 0, "reloads": 0, "evictions": 0, "failed_reloads": 0}
 
     # --- public -------------------------------------------------------------------------------------
@@ -113,7 +110,7 @@ class AdapterServer:
         if names is None or isinstance(names, str):
             entry = self._entry(names)
             if n <= self.config.batch_size and self._bytes <= self.config.memory_budget:  # the common case
-                return entry.forward(self.backbone.rows(inputs, validated=True), self.backbone.num_outputs)
+                return entry.forward(self._rows(inputs), self.backbone.num_outputs)
             codes, entries = None, [entry]
         else:
             names = list(names)
@@ -126,10 +123,10 @@ class AdapterServer:
             self._evict(keep={id(e) for e in entries})
         bs = self.config.batch_size
         if n <= bs:  # the common case: one backbone call, no copy
-            return self._apply(self.backbone.rows(inputs, validated=True), codes, entries)
+            return self._apply(self._rows(inputs), codes, entries)
         out = np.empty((n, self.backbone.num_outputs), np.float32)
         for a in range(0, n, bs):
-            rows = self.backbone.rows({k: v[a:a + bs] for k, v in inputs.items()}, validated=True)
+            rows = self._rows({k: v[a:a + bs] for k, v in inputs.items()})
             out[a:a + len(rows)] = self._apply(rows, None if codes is None else codes[a:a + bs], entries)
         return out
 
@@ -172,6 +169,14 @@ class AdapterServer:
                 "bytes": self._bytes, "budget": self.config.memory_budget}
 
     # --- internals ----------------------------------------------------------------------------------
+    def _rows(self, inputs: dict) -> np.ndarray:
+        """Served rows [y0 | taps | 1] (n, C + D + 1): the backbone's rows written straight into a buffer
+        whose constant last column lets each adapter's bias sit in its folded matrix (lora.folded)."""
+        r = np.empty((num_samples(inputs), self._width), np.float32)
+        r[:, -1] = 1.0
+        self.backbone.rows(inputs, validated=True, out=r[:, :-1])
+        return r
+
     def _apply(self, rows: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
         """Each row's adapter on its backbone row [y0 | taps | 1]."""
         c = self.backbone.num_outputs
@@ -277,16 +282,3 @@ _SHARED = _Loaded(None, None, (), 0.0, 0)
 def _merged_bytes(layout: lora.Layout) -> int:
     return sum(layout.widths) * layout.num_outputs * 4
 
-
-def merged_weight(p: dict, layout: lora.Layout, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(W (D, C), bias) with  s * sum_k (t_k A_k) B_k == t @ W,  W = s [A_1 B_1; ...; A_K B_K].
-
-    The same linear map as lora.forward in one product: at batch 1 a small adapter costs a few numpy
-    calls' overhead rather than its multiply-adds, so one call instead of K + 4 is what makes it cheap.
-    Used while W stays small (MERGE_MAX_BYTES); bigger adapters keep the low-rank form.
-    """
-    W = np.empty((sum(layout.widths), layout.num_outputs), np.float32)
-    for k, (a, b) in enumerate(layout.bounds):
-        np.matmul(lora.tap_A(p, layout, k), lora.tap_B(p, layout, k), out=W[a:b])
-    W *= scale
-    return W, (p["bias"].copy() if layout.bias else None)

@@ -23,7 +23,6 @@ class Backbone:
         self.manifest: Manifest = load_manifest(bundle_dir)
         self._identity = self.manifest.identity
         self.batch_size = batch_size
-        self.calls = 0  # samples sent through the network so far (the Skip-Cache tests count these)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -70,19 +69,21 @@ class Backbone:
     def features(self, x, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(y0 (N, C), taps concatenated (N, sum d_k)) float32: views into `rows(x)`."""
         r = self.rows(x, validated)
-        return r[:, :self.num_outputs], r[:, self.num_outputs:-1]
+        return r[:, :self.num_outputs], r[:, self.num_outputs:]
 
-    def rows(self, x, validated: bool = False) -> np.ndarray:
-        """[y0 | tap_1 | ... | tap_K | 1] (N, C + sum d_k + 1) float32, computed in chunks of `batch_size`.
+    def rows(self, x, validated: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        """[y0 | tap_1 | ... | tap_K] (N, C + sum d_k) float32, computed in chunks of `batch_size`.
 
-        One buffer written in place (no concatenation); the constant last column lets a server fold an
-        adapter's identity, weights and bias into a single product over a row.
+        One buffer written in place (no concatenation): `out` when given (say, the leading columns of a
+        wider buffer), else a new one.
         """
         inputs = x if validated else as_inputs(x, self.manifest)
         n = num_samples(inputs)
         spans = self._spans
-        r = np.empty((n, spans[-1][1] + 1), np.float32)
-        r[:, -1] = 1.0
+        shape = (n, spans[-1][1])
+        if out is not None and (out.shape != shape or out.dtype != np.float32):
+            raise ValueError(f"`out` should be a float32 array of shape {shape}, found {out.dtype} {out.shape}")
+        r = np.empty(shape, np.float32) if out is None else out
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
             try:
@@ -94,7 +95,6 @@ class Backbone:
             m = len(outs[0])
             for o, (lo, hi) in zip(outs, spans):
                 r[a:a + m, lo:hi] = o
-        self.calls += n
         return r
 
     def _prep(self, name: str, v: np.ndarray) -> np.ndarray:

@@ -315,7 +315,7 @@ class SkipCache:
             max(1, min(FILL_CHUNK, self.memory_budget // (4 * self.width * 4)))  # a step's float32 rows <= budget / 4
         for a in range(0, len(keys), step):
             sel = idx[a:a + step]
-            rows = self.backbone.rows({k: v[sel] for k, v in inputs.items()}, validated=True)[:, :-1]
+            rows = self.backbone.rows({k: v[sel] for k, v in inputs.items()}, validated=True)
             if self.dtype == np.float16 and np.abs(rows).max() > np.finfo(np.float16).max:
                 raise ValueError(f"backbone outputs exceed the float16 range (max |value| "
                                  f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")
