@@ -27,7 +27,7 @@ from edgelora.files.adapter import CONFIG_FILE, WEIGHTS_FILE
 from edgelora.files.bundle import MANIFEST_FILE
 from edgelora.cli import main
 from edgelora.files.data import as_targets, load_arrays
-from edgelora.files.schema import check_types
+from edgelora.files.schema import normalize
 from tests.helpers import mlp_bundle, random_mlp
 
 FAST = TrainConfig(epochs=2, batch_size=10)
@@ -127,7 +127,7 @@ def test_error_corrupt_data_files(tmp_path, toy_data):
         load_arrays(tmp_path / "ok.csv", label_column="y")
 
 
-# TrainConfig checks types first (check_types), so none of these fail later with a KeyError, a TypeError
+# TrainConfig checks types first (schema.normalize), so none of these fail later with a KeyError, a TypeError
 # without the field's name, or pass silently.
 @pytest.mark.parametrize("field,value", [("epochs", 2.5), ("r", "4"), ("lr", "0.1"), ("optimizer", "lbfgs"),
                                          ("schedule", "linear"), ("val_split", "latest"), ("batch_size", True)])
@@ -142,15 +142,15 @@ def test_error_train_config_of_the_wrong_type(field, value):
     ("batch_size", True, "`batch_size`: expected an integer, found boolean True"),
     ("weight_decay_grid", (0.1, "x"), "`weight_decay_grid`\\[1\\]: expected a number, found string"),
 ])
-def test_check_types_names_the_field(field, value, message):
-    """The helper the TrainConfig fix would call (numpy scalars pass as the numbers they hold)."""
-    check_types(TrainConfig(epochs=np.int64(3), lr=np.float32(0.01)))
+def test_normalize_names_the_field(field, value, message):
+    """schema.normalize, which TrainConfig calls first (numpy scalars pass as the numbers they hold)."""
+    normalize(TrainConfig(epochs=np.int64(3), lr=np.float32(0.01)))
     bad = object.__new__(TrainConfig)
     for f, v in vars(TrainConfig()).items():
         object.__setattr__(bad, f, v)
     object.__setattr__(bad, field, value)
     with pytest.raises(TypeError, match=message):
-        check_types(bad)
+        normalize(bad)
 
 
 # --- the CLI: exit code 2 and one line naming the problem ---------------------------------------------------

@@ -109,3 +109,21 @@ def test_ort_adapter_file_round_trips(trained, tmp_path):
     assert set(params) == set(want)
     for k, v in want.items():
         np.testing.assert_array_equal(params[k].numpy(), v)
+
+
+def test_error_bundle_whose_standardised_input_is_also_an_output(tmp_path):
+    """Not a bundle export writes; refused with what was expected and found (it was an assert)."""
+    from onnx import TensorProto, helper
+
+    from edgelora import load_manifest
+    from edgelora.files.bundle import write_bundle
+    mlp_bundle(tmp_path / "ok", random_mlp([4, 3]), mean=np.zeros(4), std=np.ones(4))
+    manifest = load_manifest(tmp_path / "ok")
+    proto = onnx.load(str(tmp_path / "ok" / manifest.model_file))
+    proto.graph.output.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]))
+    write_bundle(tmp_path / "bad", proto.SerializeToString(), manifest)
+    with pytest.raises(ValueError, match=r"bad: expected the standardised inputs \['x'\] to be graph inputs only, "
+                                         r"found \['x'\] among the graph outputs too"):
+        lora_model(tmp_path / "bad", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    lora_model(tmp_path / "bad", tmp_path / "raw.onnx", bake_preprocess=False)   # nothing to standardise: fine

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,6 @@ import numpy as np
 
 from .fileio import (
     PathLike,
-    atomic_write,
     dumps_json,
     read_json,
     safe_child,
@@ -237,12 +235,6 @@ def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> 
         raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} does not match the manifest "
                          f"(expected fingerprint {manifest.fingerprint}, found {found}); the file is corrupt, "
                          f"truncated or was replaced - re-export the bundle")
-
-
-def save_manifest(bundle_dir: PathLike, manifest: Manifest) -> None:
-    """Write the manifest atomically (sorted, indented JSON, with its checksum)."""
-    os.makedirs(bundle_dir, exist_ok=True)
-    atomic_write(Path(bundle_dir) / MANIFEST_FILE, dumps_json(to_dict(with_checksum(manifest))))
 
 
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:

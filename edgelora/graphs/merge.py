@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.lora import tap_A
+from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest, model_path, verify_bundle
 from ..files.fileio import PathLike, atomic_write
@@ -28,7 +28,6 @@ from ..files.targets import check_target, file_kind
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
-ADAPTER_SUFFIX = ".onnx_adapter"
 MERGED_KIND = file_kind("ONNX model written by edgelora merge", lambda head: b"edgelora.graphs.merge" in head)
 ORT_ADAPTER_KIND = file_kind("onnxruntime LoRA adapter file", lambda head: head[4:8] == b"TORT")  # flatbuffer id
 
@@ -107,7 +106,7 @@ def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
            for k, name in enumerate(c.target_taps)}
     out[f"{LORA_PREFIX}B"] = np.ascontiguousarray(p["B"], np.float32)
     out[f"{LORA_PREFIX}scale"] = np.asarray(c.scale, np.float32)
-    out[f"{LORA_PREFIX}bias"] = np.ascontiguousarray(p["bias"] if c.bias else np.zeros(c.num_outputs), np.float32)
+    out[f"{LORA_PREFIX}bias"] = np.ascontiguousarray(output_bias(p, lay), np.float32)
     return out
 
 
@@ -117,7 +116,7 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
     proto = onnx.load(str(model_path(bundle_dir, manifest)))
     g = proto.graph
     if bake_preprocess:
-        _standardize(g, manifest)
+        _standardize(g, manifest, f"bundle {bundle_dir}")
     name, y0 = manifest.output.name, unique_name(g, f"base_{manifest.output.name}")
     rename_value(g, name, y0)          # the adapted output takes over the base output's name
     taps = [t.output for t in manifest.taps]
@@ -137,16 +136,18 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
     return proto
 
 
-def _standardize(g: onnx.GraphProto, manifest: Manifest) -> None:
+def _standardize(g: onnx.GraphProto, manifest: Manifest, where: str) -> None:
     """(x - mean) / std in float32 in front of the graph, as Backbone does before running it."""
+    both = sorted(set(manifest.preprocess) & {o.name for o in g.output})
+    if both:  # its raw and its standardised values would need the same name
+        raise ValueError(f"{where}: expected the standardised inputs {sorted(manifest.preprocess)} to be graph "
+                         f"inputs only, found {both} among the graph outputs too; re-export the bundle")
     dtypes = {i.name: i.dtype for i in manifest.inputs}
     nodes = []
     for name, pre in manifest.preprocess.items():
         raw = unique_name(g, f"{name}_raw_to_standardized")
         for node in g.node:
             node.input[:] = [raw if i == name else i for i in node.input]
-        for out in g.output:  # an input that is itself an output (not expected in a bundle)
-            assert out.name != name, "graph input is also a graph output"
         mean = numpy_helper.from_array(np.asarray(pre.mean, np.float32), unique_name(g, f"{name}_mean"))
         std = numpy_helper.from_array(np.asarray(pre.std, np.float32), unique_name(g, f"{name}_std"))
         g.initializer.extend([mean, std])
