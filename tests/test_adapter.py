@@ -131,7 +131,7 @@ def test_error_missing_files(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter not found"):
         load_adapter(tmp_path / "nothing")
     (folder / WEIGHTS_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match="adapter weights missing"):
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors is missing: the adapter in .* is incomplete"):
         load_adapter(folder)
 
 

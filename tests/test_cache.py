@@ -160,7 +160,7 @@ def test_error_float16_overflow(tmp_path):
 
 
 def test_two_writers_never_cut_each_others_rows(toy_bundle, toy_data, tmp_path):
-    from edgelora.runtime.cache import CacheConflictError
+    from edgelora.runtime.cache_rows import CacheConflictError
     x = toy_data[0]
     a, b = SkipCache(Backbone(toy_bundle), tmp_path / "c"), SkipCache(Backbone(toy_bundle), tmp_path / "c")
     b.rows(x[:12])                                   # b appends after a opened

@@ -64,5 +64,5 @@ def test_error_a_changed_history_line_is_named(toy_bundle, toy_data, tmp_path):
 def test_error_a_checkpoint_of_the_old_format_says_what_to_do(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / META_FILE).write_text('{"format_version": 1, "run_key": "x", "runs": []}')
-    with pytest.raises(ValueError, match="expected a checkpoint of format_version 2, found 1; delete"):
+    with pytest.raises(ValueError, match=r"checkpoint.json: format_version 1 is older than this edgelora reads \(2\); delete"):
         load_checkpoint(tmp_path / "ckpt")

@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import array_shapes, arrays
 
 from edgelora.files.bundle import InputSpec, Manifest, OutputSpec, TapSpec
 from edgelora.files.data import as_inputs, as_targets, load_arrays
-from edgelora.files.fileio import SAFETENSORS_DTYPES, parse_safetensors
+from edgelora.files.readers import SAFETENSORS_DTYPES, parse_safetensors
 from tests.test_fuzz_parsers import BYTE_EDITS, CONTRACT, FUZZ, byte_edits, no_hang, scratch  # noqa: F401
 
 HUGE = st.sampled_from([2**31, 2**32 + 1, 10**12, 2**62, 2**63 - 1, 2**64 + 5])

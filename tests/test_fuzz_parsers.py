@@ -158,7 +158,7 @@ def test_fuzz_adapter_config_parser(bundle_and_adapter, scratch):
     good = json.loads((root / "adapter" / CONFIG_FILE).read_text())
     raw = (root / "adapter" / CONFIG_FILE).read_bytes()
     weights = (root / "adapter" / WEIGHTS_FILE).read_bytes()
-    from edgelora.files.fileio import parse_safetensors
+    from edgelora.files.readers import parse_safetensors
     plain = st_save(parse_safetensors(weights, "w")[0])  # no config checksum in its metadata
     unchecked = {**good, "weights_sha256": ""}
     work = scratch

@@ -225,7 +225,7 @@ CLI_CASES = [  # (id, set-up (d, b) -> None, argv, words the one-line message mu
     ("adapter flipped byte", lambda d, b: flip_last_byte(d / "adapter" / WEIGHTS_FILE),
      ["eval", "{b}", "--adapter", "{d}/adapter", "--data", "{d}/train.npz"], "adapter_model.safetensors is corrupt"),
     ("checkpoint flipped byte", lambda d, b: flip_last_byte(d / "ckpt" / "checkpoint.safetensors"),
-     FINETUNE + ["--checkpoint-dir", "{d}/ckpt", "--resume"], "checkpoint.safetensors is missing or corrupt"),
+     FINETUNE + ["--checkpoint-dir", "{d}/ckpt", "--resume"], "checkpoint.safetensors is corrupt"),
     ("cache symlink", cache_with_a_symlink, FINETUNE + ["--cache-dir", "{d}/c"], "is a symbolic link"),
     ("csv label column", lambda d, b: (d / "t.csv").write_text("1,2,3,4,5,6,7,8,9,10,0\n" * 30),
      ["finetune", "{b}", "--data", "{d}/t.csv", "--out", "{d}/new", "--label-column", "11"], "label column 11 out of"),

@@ -228,7 +228,7 @@ def test_failing_commit_of_the_cache_keeps_committed_rows(toy_bundle, toy_data, 
 
     def no_space(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("edgelora.runtime.cache.atomic_write", no_space)   # rows appended, meta.json never updated
+    monkeypatch.setattr("edgelora.runtime.cache_rows.atomic_write", no_space)   # rows appended, meta.json never updated
     with pytest.raises(OSError, match="No space"):
         SkipCache(Backbone(toy_bundle), tmp_path / "c").rows(x)
     monkeypatch.undo()
@@ -249,7 +249,7 @@ def test_a_cache_that_failed_to_commit_stays_consistent_in_the_same_process(toy_
     cache = SkipCache(bb, tmp_path / "c")
     cache.rows(x[:50])
     with monkeypatch.context() as m:
-        m.setattr("edgelora.runtime.cache.atomic_write", lambda path, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        m.setattr("edgelora.runtime.cache_rows.atomic_write", lambda path, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
         with pytest.raises(OSError, match="could not add rows to the cache .* the rows cached before are kept"):
             cache.rows(x[50:80])
     rows = cache.rows(x)      # the disk has space again: the same object goes on, every row right

@@ -18,7 +18,7 @@ from edgelora.files.adapter import CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE
 from edgelora.files.bundle import MANIFEST_FILE
 from edgelora.files.checkpoint import ARRAYS_FILE, META_FILE, load_checkpoint
 from edgelora.files.data import MAX_DATA_BYTES, load_arrays
-from edgelora.files.fileio import MAX_JSON_BYTES, parse_safetensors, safe_child
+from edgelora.files.readers import MAX_JSON_BYTES, parse_safetensors, safe_child
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("edgelora", "export", "device_bench")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, TrainConfig, finetune
-from edgelora.ops import store as store_mod
-from edgelora.ops.store import AdapterStore, check_name, parse_version
+from edgelora.files import fileio
+from edgelora.ops.store import AdapterStore
+from edgelora.ops.versions import check_name, parse_version
 
 
 @pytest.fixture
@@ -129,14 +130,16 @@ def test_error_corrupt_pointer_and_not_a_store(store, adapters, tmp_path):
 
 def test_interrupted_version_write_leaves_nothing_visible(store, adapters, monkeypatch):
     publish(store, "a", adapters[0])
-    real = store_mod.write_file
+    real = fileio.write_file
 
     def fail(path, data):
-        raise OSError("disk full")
-    monkeypatch.setattr(store_mod, "write_file", fail)   # fails while writing version.json
+        if os.path.basename(path) == "version.json":
+            raise OSError("disk full")
+        real(path, data)
+    monkeypatch.setattr(fileio, "write_file", fail)
     with pytest.raises(OSError, match="disk full"):
         store.add_version("a", adapters[1], parent=1, samples=3)
-    monkeypatch.setattr(store_mod, "write_file", real)
+    monkeypatch.setattr(fileio, "write_file", real)
     assert store.version_numbers("a") == [1] and store.current("a") == 1
     assert store.add_version("a", adapters[1], parent=1, samples=3).version == 2
     assert not [p for p in (store.adapter_dir("a") / "versions").iterdir() if p.name.startswith(".")]

@@ -218,7 +218,7 @@ def test_error_corrupt_checkpoint(toy_bundle, toy_data, tmp_path):
     finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt")
     path = tmp_path / "ckpt" / "checkpoint.safetensors"
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(ValueError, match="checkpoint.safetensors is missing or corrupt"):
+    with pytest.raises(ValueError, match="checkpoint.safetensors is corrupt"):
         finetune(bb, *toy_data, FAST, checkpoint_dir=tmp_path / "ckpt", resume=True)
 
 

@@ -13,7 +13,8 @@ from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 from ..files.targets import Kind, check_target
-from ..ops.store import STORE_FILE, AdapterStore, parse_version
+from ..ops.store import STORE_FILE, AdapterStore
+from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result

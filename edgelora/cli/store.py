@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..ops.store import AdapterStore, parse_version
+from ..ops.store import AdapterStore
+from ..ops.versions import parse_version
 from . import common
 
 EXAMPLE = """

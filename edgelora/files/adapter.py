@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,18 +19,11 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from .bundle import Manifest
-from .fileio import (
-    PathLike,
-    dumps_json,
-    parse_safetensors,
-    read_bounded,
-    read_json,
-    recover_dir,
-    safe_child,
-    write_folder,
-)
+from .checked import CheckedFolder
+from .fileio import PathLike
+from .readers import parse_safetensors
 from ..core.lora import Layout, peft_views, views
-from .schema import check, check_not_newer, from_dict, normalize, to_dict
+from .schema import check, from_dict, normalize, to_dict
 from .targets import check_target, folder_kind
 
 ADAPTER_FORMAT_VERSION = 1
@@ -39,6 +31,9 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_WEIGHTS_BYTES = 2 * 1024**3
 ADAPTER_KIND = folder_kind("adapter folder", CONFIG_FILE, (WEIGHTS_FILE,))
+ADAPTER_FOLDER = CheckedFolder("adapter", CONFIG_FILE, {WEIGHTS_FILE: "weights_sha256"}, ADAPTER_FORMAT_VERSION,
+                               remedy="restore the adapter folder or retrain the adapter", optional=True,
+                               max_bytes=MAX_WEIGHTS_BYTES)
 
 
 @dataclass(frozen=True)
@@ -109,51 +104,32 @@ class Adapter:
         """The PEFT-oriented tensors written to adapter_model.safetensors (lora.peft_views)."""
         return {k: np.ascontiguousarray(v, np.float32) for k, v in peft_views(self.params, self.config.layout).items()}
 
-    def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
-        """Write config + weights into a fresh folder and swap it in: never a half-written adapter.
-        An existing `folder` must be an adapter or empty, unless `overwrite` (see edgelora.files.targets)."""
+    def save(self, folder: PathLike, *, overwrite: bool = False, extra: dict[str, bytes] | None = None) -> Path:
+        """Write config + weights (and `extra` files, name -> bytes) into a fresh folder and swap it in: never a
+        half-written adapter. An existing `folder` must be an adapter or empty, unless `overwrite` (see
+        edgelora.files.targets)."""
         check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
         config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
         blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora",
-                                                 "config_sha256": config_digest(to_dict(config))})
-        config = dataclasses.replace(config, weights_sha256=hashlib.sha256(blob).hexdigest())
-        write_folder(folder, {WEIGHTS_FILE: blob, CONFIG_FILE: dumps_json(to_dict(config))}, "adapter")
-        self.config = config
+                                                 "config_sha256": ADAPTER_FOLDER.document_digest(to_dict(config))})
+        written = ADAPTER_FOLDER.write(folder, to_dict(config), {WEIGHTS_FILE: blob}, extra)
+        self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
 
 
 def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
-    """Read and fully validate an adapter folder (and, given a manifest, that it fits that backbone)."""
-    folder = Path(folder)
-    recover_dir(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"adapter not found: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE} "
-                                f"at {folder}")
-    cpath = safe_child(folder, CONFIG_FILE, "adapter config")
-    wpath = safe_child(folder, WEIGHTS_FILE, "adapter weights")
-    data = read_json(cpath, "adapter config")
-    check_not_newer(data, ADAPTER_FORMAT_VERSION, str(cpath))
+    """Read and fully validate an adapter folder (and, given a manifest, that it fits that backbone).
+    An empty `weights_sha256`, or no `config_sha256` in the weights' metadata, is not checked."""
+    cpath, data = ADAPTER_FOLDER.read_document(folder)
     config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
-    if not wpath.is_file():
-        raise FileNotFoundError(f"adapter weights missing: expected {wpath}")
-    blob = read_bounded(wpath, "adapter weights", MAX_WEIGHTS_BYTES)
-    if config.weights_sha256 and hashlib.sha256(blob).hexdigest() != config.weights_sha256:
-        raise ValueError(f"{wpath} is corrupt: its SHA-256 does not match {CONFIG_FILE} "
-                         f"(expected {config.weights_sha256}); restore or retrain the adapter")
-    tensors, metadata = parse_safetensors(blob, str(wpath))
-    if "config_sha256" in metadata and metadata["config_sha256"] != config_digest(data):
-        raise ValueError(f"{cpath} is corrupt or was edited: it does not match the checksum recorded in "
-                         f"{WEIGHTS_FILE}; restore the adapter folder or retrain the adapter")
-    adapter = Adapter(config, _flat_from_tensors(tensors, config, wpath))
+    blob = ADAPTER_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
+    tensors, metadata = parse_safetensors(blob, str(Path(folder) / WEIGHTS_FILE))
+    ADAPTER_FOLDER.check_vouched(folder, data, metadata.get("config_sha256"), WEIGHTS_FILE)
+    adapter = Adapter(config, _flat_from_tensors(tensors, config, Path(folder) / WEIGHTS_FILE))
     if manifest is not None:
         adapter.check_backbone(manifest, f"adapter {folder}")
     return adapter
-
-
-def config_digest(fields: dict) -> str:
-    """SHA-256 of an adapter config's JSON without `weights_sha256` (stored in the weights' metadata)."""
-    return hashlib.sha256(dumps_json({k: v for k, v in fields.items() if k != "weights_sha256"})).hexdigest()
 
 
 def _flat_from_tensors(tensors: dict, config: AdapterConfig, where: Path) -> np.ndarray:

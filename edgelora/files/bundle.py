@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,15 +10,10 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .fileio import (
-    PathLike,
-    dumps_json,
-    read_json,
-    safe_child,
-    sha256_file,
-    write_folder,
-)
-from .schema import check, check_not_newer, from_dict, to_dict
+from .fileio import PathLike, dumps_json, write_folder
+from .formats import check_version, digest
+from .readers import read_json, safe_child
+from .schema import check, from_dict, to_dict
 from .targets import check_target, folder_kind
 
 BUNDLE_FORMAT_VERSION = 1
@@ -175,13 +169,12 @@ class Manifest:
         computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
         re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
         what = {k: to_dict(self)[k] for k in ("fingerprint", "inputs", "output", "taps", "preprocess", "task")}
-        return "sha256:" + hashlib.sha256(dumps_json(what)).hexdigest()
+        return digest(dumps_json(what), tagged=True)
 
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
-    blob = dumps_json(to_dict(dataclasses.replace(manifest, checksum="")))
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+    return digest(dumps_json(to_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
 
 
 def with_checksum(manifest: Manifest) -> Manifest:
@@ -199,7 +192,7 @@ def load_manifest(bundle_dir: PathLike) -> Manifest:
                                 f"backbone at {folder}")
     path = safe_child(folder, MANIFEST_FILE, "bundle manifest")
     data = read_json(path, "bundle manifest")
-    check_not_newer(data, BUNDLE_FORMAT_VERSION, str(path))
+    check_version(data, BUNDLE_FORMAT_VERSION, str(path))
     manifest = from_dict(Manifest, data, str(path), optional=MANIFEST_OPTIONAL)
     if manifest.checksum and manifest.checksum != manifest_checksum(manifest):
         raise ValueError(f"{path}: the manifest is corrupt or was edited (its content does not match its "
@@ -219,14 +212,14 @@ def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
 def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Manifest:
     """Load the manifest and check the ONNX file's hash against its fingerprint."""
     manifest = manifest or load_manifest(bundle_dir)
-    _check_fingerprint(bundle_dir, manifest, sha256_file(model_path(bundle_dir, manifest)))
+    _check_fingerprint(bundle_dir, manifest, digest(model_path(bundle_dir, manifest), tagged=True))
     return manifest
 
 
 def read_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
     """The ONNX file's bytes, checked against the fingerprint: what is hashed is exactly what is run."""
     blob = model_path(bundle_dir, manifest).read_bytes()
-    _check_fingerprint(bundle_dir, manifest, "sha256:" + hashlib.sha256(blob).hexdigest())
+    _check_fingerprint(bundle_dir, manifest, digest(blob, tagged=True))
     return blob
 
 
@@ -241,6 +234,6 @@ def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *,
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.targets)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
-    manifest = with_checksum(dataclasses.replace(manifest, fingerprint="sha256:" + hashlib.sha256(onnx_bytes).hexdigest()))
+    manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
     write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
     return manifest

@@ -6,13 +6,12 @@
     history.jsonl            one line per finished epoch, {"run": i, "record": {...}}, only ever appended;
                              bytes beyond the committed length (a crash mid-append) are ignored
 
-An epoch builds the new folder beside the old one with the history hard-linked (not copied) and its new
-lines appended, then swaps it in (fileio.replace_dir), so the folder is at every instant a complete
+The state and the arrays form a checked folder (edgelora.files.checked). An epoch builds the new folder
+beside the old one with the history hard-linked (not copied) and its new lines appended, then swaps it in, so the folder is at every instant a complete
 checkpoint and epoch 3,000 costs what epoch 3 did. The first save of a run writes everything afresh.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,16 +20,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from .fileio import (
-    PathLike,
-    dumps_json,
-    parse_safetensors,
-    read_bounded,
-    read_json,
-    recover_dir,
-    safe_child,
-    write_folder,
-)
+from .checked import CheckedFolder
+from .fileio import PathLike, recover_dir
+from .formats import digest
+from .readers import parse_safetensors, read_bounded, read_json, safe_child
 from .targets import check_target, folder_kind
 
 CHECKPOINT_FORMAT_VERSION = 2  # 2: epochs in an append-only history.jsonl, separate settings digests
@@ -40,6 +33,9 @@ HISTORY_FILE = "history.jsonl"
 MAX_ARRAYS_BYTES = 2 * 1024**3
 MAX_HISTORY_BYTES = 1024**3
 CHECKPOINT_KIND = folder_kind("checkpoint folder", (META_FILE, ARRAYS_FILE), (HISTORY_FILE,))
+CHECKPOINT_FOLDER = CheckedFolder("checkpoint", META_FILE, {ARRAYS_FILE: "arrays_sha256"}, CHECKPOINT_FORMAT_VERSION,
+                                  oldest=CHECKPOINT_FORMAT_VERSION, remedy="delete {folder} to start afresh",
+                                  max_bytes=MAX_ARRAYS_BYTES)
 
 
 def save_checkpoint(folder: PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -57,13 +53,15 @@ def save_checkpoint(folder: PathLike, meta: dict, arrays: dict[str, np.ndarray])
     fresh = on_disk is None or len(done) > len(records) or any(d > len(r) for d, r in zip(done, records))
     old = {"bytes": 0, "sha256": ""} if fresh else on_disk["history"]
     lines = _lines(records, [0] * len(records) if fresh else done + [0] * (len(records) - len(done)))
-    files = _files(state, {"bytes": old["bytes"] + len(lines), "sha256": _chain(old["sha256"], lines)}, arrays)
+    meta = {**state, "history": {"bytes": old["bytes"] + len(lines), "sha256": _chain(old["sha256"], lines)}}
+    blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                   metadata={"meta_sha256": CHECKPOINT_FOLDER.document_digest(meta)})
     if fresh:  # a new run: the whole folder afresh (replacing only an older checkpoint)
         check_target(folder, CHECKPOINT_KIND)
-        write_folder(folder, {HISTORY_FILE: lines, **files}, "checkpoint")
+        CHECKPOINT_FOLDER.write(folder, meta, {ARRAYS_FILE: blob}, extra={HISTORY_FILE: lines})
     else:      # the same run: link the history, append this epoch's lines, swap
-        write_folder(folder, files, "checkpoint",
-                     fill=lambda tmp: _append(folder / HISTORY_FILE, tmp / HISTORY_FILE, old["bytes"], lines))
+        CHECKPOINT_FOLDER.write(folder, meta, {ARRAYS_FILE: blob},
+                                fill=lambda tmp: _append(folder / HISTORY_FILE, tmp / HISTORY_FILE, old["bytes"], lines))
 
 
 def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -71,23 +69,12 @@ def load_checkpoint(folder: PathLike) -> tuple[dict, dict[str, np.ndarray]] | No
     there is none; corruption is an error naming the file."""
     folder = Path(folder)
     recover_dir(folder)
-    mpath = safe_child(folder, META_FILE, "checkpoint")
-    if not mpath.exists():
+    if not safe_child(folder, META_FILE, "checkpoint").exists():
         return None
-    meta = read_json(mpath, "checkpoint")
-    if not isinstance(meta, dict) or meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        found = meta.get("format_version") if isinstance(meta, dict) else None
-        raise ValueError(f"{mpath}: expected a checkpoint of format_version {CHECKPOINT_FORMAT_VERSION}, found "
-                         f"{found!r}; delete {folder} to start afresh")
-    path = safe_child(folder, ARRAYS_FILE, "checkpoint arrays")
-    blob = read_bounded(path, "checkpoint arrays", MAX_ARRAYS_BYTES) if path.is_file() else b""
-    if hashlib.sha256(blob).hexdigest() != meta.get("arrays_sha256"):
-        raise ValueError(f"{path} is missing or corrupt (its SHA-256 does not match {META_FILE}); delete {folder} "
-                         f"to start afresh")
-    arrays, metadata = parse_safetensors(blob, str(path))
-    if metadata.get("meta_sha256") != _digest(meta):
-        raise ValueError(f"{mpath} is corrupt (it does not match the checksum recorded in {ARRAYS_FILE}); "
-                         f"delete {folder} to start afresh")
+    _, meta = CHECKPOINT_FOLDER.read_document(folder)
+    blob = CHECKPOINT_FOLDER.read_binary(folder, meta, ARRAYS_FILE)
+    arrays, metadata = parse_safetensors(blob, str(folder / ARRAYS_FILE))
+    CHECKPOINT_FOLDER.check_vouched(folder, meta, metadata.get("meta_sha256"), ARRAYS_FILE)
     meta["runs"] = _with_history(folder, meta)
     return meta, arrays
 
@@ -118,14 +105,6 @@ def _append(old: Path, new: Path, committed: int, lines: bytes) -> None:
         os.fsync(f.fileno())  # before the swap that commits it (replace_dir syncs the folder entries)
 
 
-def _files(state: dict, history: dict, arrays: dict) -> dict[str, bytes]:
-    """The state and arrays files, each carrying the other's checksum."""
-    meta = {**state, "history": history}
-    blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta_sha256": _digest(meta)})
-    meta["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
-    return {ARRAYS_FILE: blob, META_FILE: dumps_json(meta)}
-
-
 def _lines(records: list[list[dict]], start: list[int]) -> bytes:
     """JSON lines for the records of each run from index start[i] on."""
     return b"".join(json.dumps({"run": i, "record": rec}, sort_keys=True, allow_nan=False).encode() + b"\n"
@@ -136,7 +115,7 @@ def _chain(previous: str, lines: bytes) -> str:
     """Hash chain over lines: h = sha256(h_prev + line), so appending never rereads the file."""
     h = previous
     for line in lines.splitlines(keepends=True):
-        h = hashlib.sha256(h.encode() + line).hexdigest()
+        h = digest(h.encode() + line)
     return h
 
 
@@ -158,11 +137,6 @@ def _with_history(folder: Path, meta: dict) -> list[dict]:
         raise ValueError(f"{path}: expected {[run.get('epochs') for run in runs]} epochs per run, found "
                          f"{[len(e) for e in epochs]}; delete {folder} to start afresh")
     return [{**run, "epochs": e} for run, e in zip(runs, epochs)]
-
-
-def _digest(meta: dict) -> str:
-    """SHA-256 of the checkpoint's JSON without `arrays_sha256` (stored in the arrays file's metadata)."""
-    return hashlib.sha256(dumps_json({k: v for k, v in meta.items() if k != "arrays_sha256"})).hexdigest()
 
 
 def check_same_run(meta: dict, key: dict, folder: PathLike) -> None:

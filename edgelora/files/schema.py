@@ -150,14 +150,6 @@ def _plain_scalars(value):
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else value
 
 
-def check_not_newer(data: Any, supported: int, where: str) -> None:
-    """Refuse a JSON object whose `format_version` is newer than this edgelora reads, before parsing it."""
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > supported:
-        raise ValueError(f"{where}: format_version {version} is newer than this edgelora supports "
-                         f"({supported}); upgrade edgelora to load it")
-
-
 def check(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition holds (config validation in __post_init__)."""
     if not condition:

@@ -9,7 +9,6 @@ supplies (epochs, lr schedule, weight decay, class weights, seed) and the SHA-25
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Literal
 
 from ..core.lora import Layout
 from ..files.bundle import Manifest
-from ..files.fileio import PathLike, dumps_json, read_bounded, read_json, safe_child, write_folder
+from ..files.fileio import PathLike, dumps_json, write_folder
+from ..files.formats import check_version, digest
+from ..files.readers import read_bounded, read_json, safe_child
 from ..files.schema import check, normalize, to_dict
 from ..files.targets import check_target, folder_kind
 from .kit_graphs import evaluate_graph, train_epoch_graph
@@ -114,12 +115,12 @@ def _contract(manifest: Manifest, recipe: KitRecipe, layout: Layout, train: byte
         "prng": "splitmix64: see edgelora/core/shuffle.py (stream 0 initialises A, stream 1 draws one Fisher-Yates "
                 "permutation of the training rows per epoch)",
         "graphs": {
-            "train_epoch": {"file": TRAIN_FILE, "sha256": hashlib.sha256(train).hexdigest(),
+            "train_epoch": {"file": TRAIN_FILE, "sha256": digest(train),
                             "inputs": train_in, "outputs": train_out,
                             "notes": "one run per epoch; rows = [y0 | taps] of the training samples; lr has "
                                      "one entry per step (ceil(N / batch_size)); state feeds back each epoch; "
                                      "step counts optimiser steps so far; finite is false after NaN/Inf"},
-            "evaluate": {"file": EVAL_FILE, "sha256": hashlib.sha256(evaluate).hexdigest(),
+            "evaluate": {"file": EVAL_FILE, "sha256": digest(evaluate),
                          "inputs": [{"name": "rows", "dtype": "float32", "shape": ["N", width]}, targets,
                                     state[0]],
                          "outputs": [{"name": "outputs", "dtype": "float32", "shape": ["N", c]},
@@ -138,9 +139,7 @@ def load_kit(folder: PathLike, manifest: Manifest | None = None) -> Kit:
     if not isinstance(contract, dict) or contract.get("format") != "edgelora-training-kit":
         raise ValueError(f"{folder / CONTRACT_FILE}: expected an edgelora training kit contract, found "
                          f"format {contract.get('format') if isinstance(contract, dict) else type(contract).__name__!r}")
-    if contract.get("format_version", 0) > KIT_FORMAT_VERSION:
-        raise ValueError(f"{folder}: kit format {contract['format_version']} is newer than this edgelora supports "
-                         f"({KIT_FORMAT_VERSION}); upgrade edgelora")
+    check_version(contract, KIT_FORMAT_VERSION, str(folder / CONTRACT_FILE))
     missing = sorted({"backbone", "recipe", "layout", "graphs"} - set(contract)) or \
         sorted({"train_epoch", "evaluate"} - set(contract["graphs"] if isinstance(contract["graphs"], dict) else ()))
     if missing:
@@ -149,7 +148,7 @@ def load_kit(folder: PathLike, manifest: Manifest | None = None) -> Kit:
     for key, info in contract["graphs"].items():
         path = safe_child(folder, info["file"], f"kit graph {key}")
         blob = read_bounded(path, f"kit graph {key}", MAX_GRAPH_BYTES)
-        if hashlib.sha256(blob).hexdigest() != info["sha256"]:
+        if digest(blob) != info["sha256"]:
             raise ValueError(f"{path} is corrupt or truncated: its SHA-256 does not match {CONTRACT_FILE} "
                              f"(expected {info['sha256']}); rebuild the kit with `edgelora kit`")
         blobs[key] = blob

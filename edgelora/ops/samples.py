@@ -1,6 +1,6 @@
 """An adapter's accumulated labelled samples: which session brought each one and whether it is held out.
 
-On disk, a folder swapped in atomically (fileio.replace_dir) holding
+On disk, a checked folder (edgelora.files.checked: swapped in atomically, every file's digest checked) holding
     samples.npz     input.0 .. input.{k-1} (manifest input order), y, keys (N, 16) uint8, session (N,) int32,
                     holdout (N,) bool
     sessions.json   {"format_version", "samples_sha256": SHA-256 of samples.npz, "sessions": one record per
@@ -8,7 +8,6 @@ On disk, a folder swapped in atomically (fileio.replace_dir) holding
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -18,21 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from ..files.bundle import Manifest
+from ..files.checked import CheckedFolder
 from ..files.data import MAX_DATA_BYTES, as_inputs, as_targets
+from ..files.fileio import PathLike, recover_dir
 from ..runtime.cache import KEY_BYTES
-from ..files.fileio import (
-    PathLike,
-    dumps_json,
-    read_bounded,
-    read_json,
-    recover_dir,
-    safe_child,
-    write_folder,
-)
 
 SAMPLES_FILE = "samples.npz"
 SESSIONS_FILE = "sessions.json"
 SAMPLES_FORMAT_VERSION = 1
+SAMPLES_FOLDER = CheckedFolder("adapter's samples", SESSIONS_FILE, {SAMPLES_FILE: "samples_sha256"},
+                               SAMPLES_FORMAT_VERSION, max_bytes=MAX_DATA_BYTES,
+                               remedy="restore the adapter's data folder or delete it (the adapter's versions are "
+                                      "unaffected)")
 
 
 @dataclass
@@ -60,20 +56,14 @@ class Samples:
         recover_dir(folder)
         if not folder.is_dir():
             return cls.empty()
-        path, index_path = safe_child(folder, SAMPLES_FILE, "samples"), safe_child(folder, SESSIONS_FILE, "sessions")
-        index = read_json(index_path, "sessions")
-        sessions = index.get("sessions") if isinstance(index, dict) else None
-        if not isinstance(index, dict) or index.get("format_version") != SAMPLES_FORMAT_VERSION or \
-                not isinstance(sessions, list) or \
+        index_path, index = SAMPLES_FOLDER.read_document(folder)
+        sessions = index.get("sessions")
+        if not isinstance(sessions, list) or \
                 not all(isinstance(s, dict) and isinstance(s.get("session"), int) for s in sessions):
             raise ValueError(f"{index_path}: expected {{format_version: {SAMPLES_FORMAT_VERSION}, samples_sha256, "
                              f"sessions: [...]}}, found {str(index)[:80]}")
-        if not path.is_file():
-            raise FileNotFoundError(f"adapter data incomplete: expected {path}")
-        blob = read_bounded(path, "samples", MAX_DATA_BYTES)
-        if hashlib.sha256(blob).hexdigest() != index.get("samples_sha256"):
-            raise ValueError(f"{path} is corrupt: its SHA-256 does not match {index_path}; restore the adapter's "
-                             f"data folder or delete it (the adapter's versions are unaffected)")
+        blob = SAMPLES_FOLDER.read_binary(folder, index, SAMPLES_FILE)
+        path = folder / SAMPLES_FILE
         names = [s.name for s in manifest.inputs]
         try:
             with np.load(io.BytesIO(blob), allow_pickle=False) as z:
@@ -133,8 +123,6 @@ class Samples:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         sessions = self.sessions + [json.loads(json.dumps(record))]
-        blob = buf.getvalue()
-        index = {"format_version": SAMPLES_FORMAT_VERSION, "samples_sha256": hashlib.sha256(blob).hexdigest(),
-                 "sessions": sessions}
-        write_folder(folder, {SAMPLES_FILE: blob, SESSIONS_FILE: dumps_json(index)}, "adapter's samples")
+        SAMPLES_FOLDER.write(folder, {"format_version": SAMPLES_FORMAT_VERSION, "sessions": sessions},
+                             {SAMPLES_FILE: buf.getvalue()})
         self.sessions = sessions

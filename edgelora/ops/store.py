@@ -19,71 +19,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest
-from ..files.fileio import (
-    FileLock,
-    PathLike,
-    atomic_write,
-    dumps_json,
-    fsync_dir,
-    read_json,
-    safe_child,
-    write_file,
-)
+from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, fsync_dir
+from ..files.formats import check_version
+from ..files.readers import read_json, safe_child
 from ..files.schema import from_dict, to_dict
 from ..files.targets import check_target, folder_kind
+from .versions import NAME, VERSION_DIR, VERSION_FILE, VersionInfo, check_name, now, version_folder
 
 STORE_FORMAT_VERSION = 1
 STORE_FILE = "store.json"
 CURRENT_FILE = "current.json"
 PINS_FILE = "pins.json"
-VERSION_FILE = "version.json"
-MAX_NAME = 64
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-_VERSION_DIR = re.compile(r"v(\d{4,})")
 STORE_KIND = folder_kind("adapter store", STORE_FILE, (".lock", "cache", "adapters"), container=True)
-
-
-def check_name(name: str) -> str:
-    """Return `name` if it is a valid adapter name, else raise a ValueError that says why."""
-    if not isinstance(name, str):
-        raise TypeError(f"adapter name should be a string, found {type(name).__name__}")
-    if not 1 <= len(name) <= MAX_NAME or not _NAME.fullmatch(name):
-        raise ValueError(f"adapter name {name!r} is not allowed: expected 1 to {MAX_NAME} characters from "
-                         f"A-Z a-z 0-9 . _ - not starting with a dot (e.g. 'user-42' or 'fan_3')")
-    return name
-
-
-def parse_version(text: str | int) -> int:
-    """3, '3' or 'v3' -> 3."""
-    s = str(text).strip()
-    s = s[1:] if s[:1] in ("v", "V") else s
-    if not s.isdigit() or int(s) < 1:
-        raise ValueError(f"expected a version number such as 3 or v3, found {text!r}")
-    return int(s)
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """What a version is: written once into its folder's version.json, never changed."""
-    version: int                                   # 1, 2, ... per adapter
-    parent: int | None                             # the version it was warm-started from (None: from scratch)
-    created: str                                   # ISO-8601 UTC time of writing
-    samples: int                                   # samples it was trained on
-    status: Literal["accepted", "rejected"] = "accepted"  # the holdout gate's decision when it was made
-    reason: str = ""                               # why (the gate's message)
-    metrics: dict = field(default_factory=dict)    # holdout metrics of this version (and of what it was compared to)
-    extra: dict = field(default_factory=dict)      # anything else worth keeping (training summary, session id)
 
 
 def _locked(method):
@@ -109,11 +64,7 @@ class AdapterStore:
             check_target(self.root, STORE_KIND)  # a new or empty folder: never one holding other things
             (self.root / "adapters").mkdir(parents=True, exist_ok=True)
             atomic_write(marker, dumps_json({"format_version": STORE_FORMAT_VERSION}))
-        found = read_json(marker, "adapter store marker")
-        version = found.get("format_version") if isinstance(found, dict) else None
-        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
-            raise ValueError(f"{marker}: expected format_version <= {STORE_FORMAT_VERSION}, found {version!r}; "
-                             f"upgrade edgelora to open this store")
+        check_version(read_json(marker, "adapter store marker"), STORE_FORMAT_VERSION, str(marker))
         (self.root / "adapters").mkdir(exist_ok=True)
         self._thread_lock = threading.RLock()
         self._depth = 0
@@ -128,7 +79,7 @@ class AdapterStore:
         return safe_child(self.root / "adapters", check_name(name), "adapter name")
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.adapter_dir(name) / "versions" / f"v{version:04d}"
+        return self.adapter_dir(name) / "versions" / version_folder(version)
 
     def pointer_path(self, name: str) -> Path:
         """The small file whose replacement publishes a version (servers stat it to notice changes)."""
@@ -138,7 +89,7 @@ class AdapterStore:
     def names(self) -> list[str]:
         """Adapter names, sorted."""
         return sorted(p.name for p in (self.root / "adapters").iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and _NAME.fullmatch(p.name))
+                      if p.is_dir() and not p.name.startswith(".") and NAME.fullmatch(p.name))
 
     def exists(self, name: str) -> bool:
         return self.adapter_dir(name).is_dir()
@@ -153,7 +104,7 @@ class AdapterStore:
         folder = self._need(name) / "versions"
         if not folder.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION_DIR.fullmatch(p.name)))
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := VERSION_DIR.fullmatch(p.name)))
 
     def info(self, name: str, version: int) -> VersionInfo:
         folder = self.version_dir(name, version)
@@ -229,19 +180,11 @@ class AdapterStore:
         versions.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(versions)
         number = max(self.version_numbers(name), default=0) + 1
-        info = VersionInfo(version=number, parent=parent, created=_now(), samples=int(samples), status=status,
+        info = VersionInfo(version=number, parent=parent, created=now(), samples=int(samples), status=status,
                            reason=reason, metrics=metrics or {}, extra=extra or {})
         from_dict(VersionInfo, to_dict(info), "version info")  # validate before writing anything
-        stage = versions / f".v{number:04d}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            adapter.save(stage)                      # builds in its own temp folder, then renames to `stage`
-            write_file(stage / VERSION_FILE, dumps_json(to_dict(info)))
-            fsync_dir(stage)
-            os.rename(stage, self.version_dir(name, number))  # the version appears whole or not at all
-            fsync_dir(versions)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+        # built beside and renamed into place: the version appears whole or not at all
+        adapter.save(self.version_dir(name, number), extra={VERSION_FILE: dumps_json(to_dict(info))})
         return info
 
     @_locked
@@ -316,10 +259,6 @@ class AdapterStore:
         for v in gone:
             _remove_dir(self.version_dir(name, v))
         return gone
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _remove_dir(folder: Path) -> None:
