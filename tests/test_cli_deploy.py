@@ -1,4 +1,4 @@
-"""`edgelora export` and `edgelora merge`: thin wrappers over edgelora.graphs.onnx_taps, export.spec and edgelora.graphs.merge."""
+"""`edgelora export` and `edgelora merge`: thin wrappers over edgelora.graphs.onnx_taps, edgelora_export.spec and edgelora.graphs.merge."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter, load_manifest
 from edgelora.cli import main
-
-pytest.importorskip("edgelora.graphs.merge", reason="edgelora.graphs.merge (issue 3) is not in this tree")
-pytest.importorskip("edgelora.graphs.onnx_taps", reason="edgelora.graphs.onnx_taps (issue 3) is not in this tree")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -73,7 +70,6 @@ def tiny_torch_mlp():
 @pytest.mark.torch
 def test_export_torch_factory(tmp_path, capsys):
     pytest.importorskip("torch")
-    pytest.importorskip("export.spec", reason="export/ (issue 3) is not in this tree")
     code, out, err = run(capsys, "export", "tests.test_cli_deploy:tiny_torch_mlp", "--example", "1,6", "--out",
                          tmp_path / "b", "--json")
     assert code == 0, err
