@@ -1,4 +1,4 @@
-"""What is measured: the methods, their shared fine-tuning recipe, and the targets of issue 5."""
+"""What is measured: the methods, their shared fine-tuning recipe, and the targets they are judged by."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

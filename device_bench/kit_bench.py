@@ -4,7 +4,7 @@
 
 The fan protocol's fine-tune set and reference MLP (or `--protocol demo`), one explicit recipe (below). Each run is its own
 process, pinned to one thread. Fine-tune time is in-process (cache fill + training, imports and session
-loading excluded), as in the main benchmark; peak RSS is the whole process's (os.wait4). Targets (issue 12):
+loading excluded), as in the main benchmark; peak RSS is the whole process's (os.wait4). Targets:
 JS node <= 1.5x and JS wasm <= 3x the numpy trainer's time. Reported: the median over `repeats` runs and
 the ratio of medians, in wall time and in CPU time (on a shared, busy machine a run that needs a few ms of
 CPU per epoch waits tens of ms for a core, so wall time penalises slower runtimes more than their work).

@@ -62,7 +62,7 @@ def aggregate(processes: list[dict]) -> dict:
 
 
 def targets(results: dict) -> list[dict]:
-    """PASS/MISS of each target of issue 5 that this run can judge (ratios from this run's means)."""
+    """PASS/MISS of each target (config.TARGETS) that this run can judge (ratios from this run's means)."""
     m, protocol = results["methods"], results["protocol"]
     s2 = m.get(SKIP2)
     out = []

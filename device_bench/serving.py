@@ -1,4 +1,4 @@
-"""Serving many adapters over one backbone: the issue-7 targets on the fan reference MLP, one thread.
+"""Serving many adapters over one backbone: the serving targets on the fan reference MLP, one thread.
 
     python -m device_bench.serving [--out bench_out/serving] [--rounds 15]
 

@@ -1,4 +1,4 @@
-"""What a new user hit (issue 11): interrupts, stored adapters by name, pipes, wrong paths, help texts."""
+"""What a new user hit: interrupts, stored adapters by name, pipes, wrong paths, help texts."""
 import json
 import os
 import shlex

@@ -1,4 +1,4 @@
-"""Data files as users have them (issue 11, items 10-12): a labelled CSV given to predict, CSV rows for a
+"""Data files as users have them: a labelled CSV given to predict, CSV rows for a
 multi-dimensional input, class names as labels in .npz and .csv."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every install hint can be followed (issue 11, item 6): edgelora is not on PyPI, so no message, docstring or
+"""Every install hint can be followed: edgelora is not on PyPI, so no message, docstring or
 README line may say `pip install 'edgelora[...]'`; hints install from the clone (`pip install -e '.[extra]'`)
 and name an extra that pyproject.toml defines."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue 6): every kind of bad input gets a clear error, in Python and at the CLI.
+"""The bad-input catalogue: every kind of bad input gets a clear error, in Python and at the CLI.
 
 Where each kind is tested (this file fills the gaps; it does not repeat the others):
     wrong shape / width              test_backbone (width), here (ndim), test_cli (shape mismatch)

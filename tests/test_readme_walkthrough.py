@@ -1,5 +1,5 @@
 """The README, run: every `$ ...` command and every Python example of README.md, in order, in a fresh folder,
-must give the output the README shows (issue 11). Not run: `./run demo|test` (they build virtual
+must give the output the README shows. Not run: `./run demo|test` (they build virtual
 environments; CI runs `./run test` itself).
 
 How shown output is compared: line by line; a line `...` stands for any number of lines and `...` inside a

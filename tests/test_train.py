@@ -134,7 +134,7 @@ def test_error_labels_wrong_type(toy_bundle, toy_data):
     with pytest.raises(TypeError, match="integer class indices"):
         finetune(Backbone(toy_bundle), x, y + 0.5, FAST)
     with pytest.raises(ValueError, match=r"label '0' \(sample 0\) is not a class of this bundle; expected one of "
-                                         r"\['a', 'b', 'c'\]"):     # strings are class names (issue 11)
+                                         r"\['a', 'b', 'c'\]"):     # strings are class names
         finetune(Backbone(toy_bundle), x, y.astype(str), FAST)
     with pytest.raises(TypeError, match="numeric targets or class names, found dtype complex"):
         finetune(Backbone(toy_bundle), x, y.astype(complex), FAST)

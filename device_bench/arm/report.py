@@ -19,7 +19,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-TOLERANCE = 1e-5        # issue 15: adapters agree within 1e-5, accuracies exactly
+TOLERANCE = 1e-5        # adapters agree within 1e-5, accuracies exactly
 RUNTIME = {"numpy", "onnxruntime", "onnx", "safetensors"}
 
 
