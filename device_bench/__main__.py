@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-python", default=None, help="python of a venv with onnxruntime-training==1.19.2 and "
                    "onnx==1.17.0: adds the optional onnxruntime-training peer (ort-ft-all, ort-ft-last)")
     p.add_argument("--arch", default=None, help="backbone family (default: mlp for fan/har, cnn2d for fsdd/mnist; "
-                   "har also cnn1d): picks export/'s reference bundle PROTOCOL_ARCH")
+                   "har also cnn1d): picks device_bench.reference's bundle PROTOCOL_ARCH")
     p.add_argument("--bundle", default=None, help="use this bundle instead of the reference backbone")
     p.add_argument("--subset", type=int, default=None, help="keep about this many fine-tune/test samples per task")
     p.add_argument("--scaling", choices=("auto", "on", "off"), default="auto",

@@ -6,7 +6,7 @@ A Raspberry Pi Zero 2 W has 512 MB of RAM for everything. Each run is `edgelora 
 in its own process whose address space (not just its resident memory: every mapping, reserved or not)
 is capped at the limit before edgelora is imported; that is stricter than the RAM itself. Prints each
 run's exit status, peak RSS (VmHWM, read in the process at exit) and the head-room left under the limit.
-The fan bundle is export/'s reference MLP (`python -m export.reference --out artifacts/bundles`).
+The fan bundle is the reference MLP (`python -m device_bench.reference --out artifacts/bundles`).
 """
 from __future__ import annotations
 
@@ -77,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit-mb", type=int, default=512, help="address-space limit per process (MB)")
     ap.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "bundles" / "fan_mlp",
-                    help="the fan protocol's bundle (python -m export.reference --out artifacts/bundles)")
+                    help="the fan protocol's bundle (python -m device_bench.reference --out artifacts/bundles)")
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "memory512", help="data, adapters, results")
     a = ap.parse_args(argv)
     if a.limit_mb <= 0:
         ap.error(f"--limit-mb: expected a positive number of MB, found {a.limit_mb}")
     if not (a.bundle / "edgelora_bundle.json").is_file():
         ap.error(f"--bundle: expected a bundle folder with edgelora_bundle.json, found none at {a.bundle} "
-                 "(build it with: python -m export.reference --out artifacts/bundles)")
+                 "(build it with: python -m device_bench.reference --out artifacts/bundles)")
     if not limit_is_enforced():
         print("memory512: RLIMIT_AS is not enforced on this machine (an emulator such as qemu-user?): the runs below "
               "were not limited", file=sys.stderr)

@@ -21,7 +21,7 @@ from .tasks import DEFAULT_ARCH, prepare
 
 SEEDS = 3
 OUT = REPO / "bench_out"                 # git-ignored
-BUNDLES = OUT / "bundles"                # the reference MLPs pre-trained here (when export/'s are absent)
+BUNDLES = OUT / "bundles"                # the reference MLPs pre-trained here (when device_bench.reference's are absent)
 METHOD_ORDER = list(METHODS)
 
 

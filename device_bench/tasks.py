@@ -38,7 +38,7 @@ def load(protocol: str, arch: str, bundles: Path, bundle: str | None = None) -> 
         folds = [k for k in FSDD_FOLDS if bundle or exported_bundle("fsdd", f"{arch}_fold{k}")]
         if not folds:
             raise FileNotFoundError(f"no fsdd bundles ({arch}_fold<k>) under {EXPORTED}; build them with "
-                                    f"`python -m export.reference --protocols fsdd --fsdd-folds 0,1,2,3,4,5`")
+                                    f"`python -m device_bench.reference --protocols fsdd --fsdd-folds 0,1,2,3,4,5`")
         out = []
         for k in folds:
             d = loader(k)

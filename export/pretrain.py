@@ -5,19 +5,18 @@ import numpy as np
 import torch
 from torch import nn
 
-THREADS = 2  # fixed, so a run gives the same weights on every (2-core) machine
 
-
-def pretrain(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 30, lr: float = 1e-3,
+def pretrain(model: nn.Module, x: np.ndarray, y: np.ndarray, *, threads: int, epochs: int = 30, lr: float = 1e-3,
              batch_size: int = 64, seed: int = 0, weight_decay: float = 0.0) -> nn.Module:
     """Adam on cross-entropy, seeded shuffles (datasets/README.md: lr 1e-3, batch 64, 30 epochs, seed 0).
 
-    `x` must already be standardised. Returns the model in eval mode.
+    `x` must already be standardised. `threads` is torch's thread count: a fixed number gives the same
+    weights on every run (the sums' order depends on it). Returns the model in eval mode.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"expected as many labels as samples (> 0), found {len(x)} samples and {len(y)} labels")
     torch.manual_seed(seed)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)

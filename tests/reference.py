@@ -7,24 +7,13 @@ from tests.helpers import mlp_bundle
 
 
 def pretrain_mlp(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, epochs: int = 30):
-    """Adam lr 1e-3, batch 64, 30 epochs, seed 0 (datasets/README.md); returns [(W, b)] as numpy."""
+    """edgelora_export's MLP and pre-training (datasets/README.md), one thread; returns [(W, b)] as numpy."""
     import torch
+    from edgelora_export.models import MLP
+    from edgelora_export.pretrain import pretrain
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    d = x.shape[1]
-    net = torch.nn.Sequential(torch.nn.Linear(d, 96), torch.nn.ReLU(), torch.nn.Linear(96, 96), torch.nn.ReLU(),
-                              torch.nn.Linear(96, num_classes))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(xt), 64):
-            b = perm[i:i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
-            opt.step()
-    return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in net if hasattr(m, "weight")]
+    net = pretrain(MLP(x.shape[1], num_classes), x, y, threads=1, epochs=epochs, seed=seed)
+    return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in (*net.hidden, net.head)]
 
 
 def reference_bundle(folder, data: dict, seed: int = 0):

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,13 +14,12 @@ from onnx import numpy_helper
 
 from edgelora import Backbone, load_manifest
 from edgelora.files.bundle import verify_bundle
-from edgelora.cli import demo, main
+from edgelora.cli import demo, main, make_demo
 from edgelora.cli.demo import BUNDLE
 from tests.helpers import BackboneCounter
 
 pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (from the clone: pip install -e "
                                       "'.[demo]', or ./run test)")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def demo_json(capsys, *argv) -> dict:
@@ -112,10 +110,7 @@ def test_demo_never_imports_torch():
 
 
 def test_make_demo_rebuilds_the_shipped_bundle(tmp_path):
-    """export/make_demo.py is deterministic: it rebuilds the shipped weights (to float rounding of the BLAS)."""
-    spec = importlib.util.spec_from_file_location("make_demo", ROOT / "export" / "make_demo.py")
-    make_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_demo)  # by path: the export package's __init__ would import torch
+    """edgelora.cli.make_demo is deterministic: it rebuilds the shipped weights (to float rounding of the BLAS)."""
     rebuilt = make_demo.build(tmp_path / "b")
     shipped = load_manifest(BUNDLE)
     same = {"fingerprint": shipped.fingerprint, "producer": shipped.producer, "checksum": shipped.checksum}

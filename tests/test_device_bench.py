@@ -22,8 +22,8 @@ def bundles(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bench_bundles")
     out = [(mlp_bundle(tmp_path / "mlp", random_mlp([12, 8, 8, 3])) and tmp_path / "mlp", (12,))]
     torch = pytest.importorskip("torch")
-    from export import export_model
-    from export.models import CNN1d, CNN2d
+    from edgelora_export import export_model
+    from edgelora_export.models import CNN1d, CNN2d
     torch.manual_seed(0)
     export_model(CNN1d(3, 4, width=6), torch.randn(2, 16, 3), tmp_path / "cnn1d")
     export_model(CNN2d(5, width=4), torch.randn(2, 10, 9), tmp_path / "cnn2d")

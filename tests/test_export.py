@@ -12,9 +12,9 @@ from torch import nn  # noqa: E402
 
 from edgelora import Backbone  # noqa: E402
 from edgelora.files.bundle import load_manifest  # noqa: E402
-from export import export_model  # noqa: E402
-from export.models import MLP  # noqa: E402
-from export.taps import select_output  # noqa: E402
+from edgelora_export import export_model  # noqa: E402
+from edgelora_export.models import MLP  # noqa: E402
+from edgelora_export.taps import select_output  # noqa: E402
 
 
 def _siblings(path):

@@ -1,4 +1,4 @@
-"""The README's export examples as a new user writes them (issue 11, items 4 and 5).
+"""The README's export examples as a new user writes them.
 
 4. `preprocess={"input": {"mean": m, "std": s}}` (the documented form) beside the `(mean, std)` pair; a wrong
    input name is refused naming the real ones (an nn.Sequential's input is named `input`).
@@ -49,7 +49,7 @@ def test_export_model_with_the_readme_preprocess_form(tmp_path):
     import torch
 
     from edgelora import Backbone
-    from export import export_model
+    from edgelora_export import export_model
     m, s = np.linspace(-1, 1, 6), np.linspace(1, 2, 6)
     manifest = export_model(_net(), torch.randn(1, 6), tmp_path / "b", preprocess={"input": {"mean": m, "std": s}})
     assert np.allclose(manifest.preprocess["input"].mean, m) and np.allclose(manifest.preprocess["input"].std, s)
@@ -62,7 +62,7 @@ def test_export_model_with_the_readme_preprocess_form(tmp_path):
 def test_error_export_model_preprocess_names_the_real_input(tmp_path):
     import torch
 
-    from export import export_model
+    from edgelora_export import export_model
     with pytest.raises(ValueError, match=r"\['x'\]; the model's inputs are \['input'\]"):
         export_model(_net(), torch.randn(1, 6), tmp_path / "b", preprocess={"x": {"mean": 0.0, "std": 1.0}})
     assert not (tmp_path / "b").exists()

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune  # noqa: E402
 from edgelora.graphs.merge import merge  # noqa: E402
-from export import export_model  # noqa: E402
-from export.models import CNN1d, CNN2d, MLP, TransformerClassifier  # noqa: E402
+from edgelora_export import export_model  # noqa: E402
+from edgelora_export.models import CNN1d, CNN2d, MLP, TransformerClassifier  # noqa: E402
 
 CONFIG = TrainConfig(epochs=8, batch_size=16, lr=1e-2, weight_decay=0.0, val_fraction=0.0)
 

@@ -42,8 +42,8 @@ def written(tmp_path_factory):
     try:
         import torch
 
-        from export import export_model
-        from export.models import CNN1d
+        from edgelora_export import export_model
+        from edgelora_export.models import CNN1d
     except ImportError:
         return files
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""device_bench.protocols.fsdd / mnist: the splits of ../shared/datasets/README.md (used by export.reference)."""
+"""device_bench.protocols.fsdd / mnist: the splits of ../shared/datasets/README.md (used by device_bench.reference)."""
 from __future__ import annotations
 
 import numpy as np

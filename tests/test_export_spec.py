@@ -8,8 +8,8 @@ pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 from edgelora import Backbone  # noqa: E402
-from export.models import CNN1d, MLP  # noqa: E402
-from export.spec import export_from_spec, parse_example  # noqa: E402
+from edgelora_export.models import CNN1d, MLP  # noqa: E402
+from edgelora_export.spec import export_from_spec, parse_example  # noqa: E402
 
 
 def make_mlp():

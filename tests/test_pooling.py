@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune  # noqa: E402
 from edgelora.graphs.merge import merge  # noqa: E402
-from export import export_model  # noqa: E402
-from export.models import CNN1d, CNN2d  # noqa: E402
-from export.taps import FEATURE_MAP_POOLINGS  # noqa: E402
+from edgelora_export import export_model  # noqa: E402
+from edgelora_export.models import CNN1d, CNN2d  # noqa: E402
+from edgelora_export.taps import FEATURE_MAP_POOLINGS  # noqa: E402
 
 
 def reference_pool(fmap: np.ndarray, pooling: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`edgelora demo`: a digit classifier meets a new scanner, and the device fixes it with Skip2-LoRA.
 
-Everything is local: the pre-trained backbone ships in edgelora/data/demo_bundle (export/make_demo.py),
+Everything is local: the pre-trained backbone ships in edgelora/data/demo_bundle (edgelora/cli/make_demo.py),
 the digits come from the installed scikit-learn (demo_data), no torch, no network.
 """
 from __future__ import annotations

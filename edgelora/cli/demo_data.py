@@ -4,7 +4,7 @@ The digits are the UCI "Optical Recognition of Handwritten Digits" test set as s
 scikit-learn (1,797 8x8 images with pixel counts 0..16, 13 writers; E. Alpaydin and C. Kaynak, 1998;
 UCI Machine Learning Repository, CC BY 4.0). edgelora ships none of it: it is read from the installed
 scikit-learn (the `demo` extra). The pre-trained demo backbone (edgelora/data/demo_bundle, made by
-export/make_demo.py) learnt from the first LAB_SAMPLES images; the rest play the device's life.
+edgelora/cli/make_demo.py) learnt from the first LAB_SAMPLES images; the rest play the device's life.
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"MODEL should be model.onnx, program.pt2 or package.module:factory, found {args.model!r}")
         try:
             import torch  # noqa: F401  - only this subcommand ever imports torch
-            from export.spec import export_from_spec
+            from edgelora_export.spec import export_from_spec
         except ImportError as e:
             raise common.CommandError(f"exporting a torch model needs torch and edgelora's export package ({e}); "
                                       f"install them from the edgelora clone with: pip install -e '.[export]' "

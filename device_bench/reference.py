@@ -1,6 +1,6 @@
 """Pre-train and export the reference backbones of ../shared/datasets/README.md (deterministic).
 
-    python -m export.reference --out artifacts/bundles [--protocols fan,har,fsdd,mnist] [--fsdd-folds 0]
+    python -m device_bench.reference --out artifacts/bundles [--protocols fan,har,fsdd,mnist] [--fsdd-folds 0]
 
 Writes one bundle folder per model (fan_mlp, har_mlp, har_cnn1d, fsdd_cnn2d_fold<k>, mnist_cnn2d) and
 reference.json with each model's source accuracy (on its own pre-training split) and target test
@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from device_bench import protocols
 from edgelora import Backbone
 from edgelora.files.fileio import atomic_write, dumps_json
+from edgelora_export import export_model
+from edgelora_export.models import CNN1d, CNN2d, MLP
+from edgelora_export.pretrain import pretrain
+from edgelora_export.taps import FEATURE_MAP_POOLINGS
 
-from .models import CNN1d, CNN2d, MLP
-from .pretrain import pretrain
-from .taps import FEATURE_MAP_POOLINGS
-from .torch_export import export_model
+from . import protocols
 
 PROTOCOLS = ("fan", "har", "fsdd", "mnist")
 # (epochs, lr): the MLPs follow the README (Adam 1e-3, batch 64, 30 epochs, seed 0); the CNNs use lr 3e-3
 # and as many epochs as they need to fit the source split (measured: source accuracy >= 0.95).
 SEED = 0
+THREADS = 2  # fixed, so a run gives the same weights on every (2-core) machine
 SETTINGS = {"mlp": (30, 1e-3), "cnn1d": (15, 1e-3), "fsdd": (12, 3e-3), "mnist": (10, 3e-3)}
 
 
@@ -45,7 +46,7 @@ def build(name: str, make, data: dict, reshape: tuple | None, settings: tuple, o
         mean, std = mean.reshape(reshape), std.reshape(reshape)
         xs = xs.reshape(len(xs), *reshape)
     epochs, lr = settings
-    pretrain(model, (xs - mean) / std, ys, epochs=epochs, lr=lr, seed=SEED)
+    pretrain(model, (xs - mean) / std, ys, threads=THREADS, epochs=epochs, lr=lr, seed=SEED)
     manifest = export_model(model, (xs[:8] - mean) / std, out / name, classes=data["classes"],
                             preprocess={"x": (mean, std)}, pooling=pooling)
     backbone = Backbone(out / name, threads=2)

@@ -1,7 +1,7 @@
 """Make the demo's pre-trained backbone bundle (edgelora/data/demo_bundle) from scikit-learn's digits.
 
-    python -m export.make_demo                   # rewrites edgelora/data/demo_bundle
-    python -m export.make_demo --out /tmp/b      # somewhere else
+    python -m edgelora.cli.make_demo                 # rewrites edgelora/data/demo_bundle
+    python -m edgelora.cli.make_demo --out /tmp/b    # somewhere else
 
 The lab side of the demo: an MLP 64 -> 64 -> 32 -> 10 (ReLU), the paper's kind of model, trained with
 Adam on the first 1,000 clean digits (edgelora.cli.demo_data), in plain numpy (float64, one thread, fixed
@@ -24,11 +24,12 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgelora import __version__  # noqa: E402
-from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle  # noqa: E402
-from edgelora.cli.demo_data import CITATION, splits  # noqa: E402
+from .. import __version__  # noqa: E402
+from ..files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle  # noqa: E402
+from .demo_data import CITATION, splits  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "edgelora" / "data" / "demo_bundle"
+OUT = Path(__file__).resolve().parent.parent / "data" / "demo_bundle"
+PRODUCER = "export/make_demo.py"    # this script's path when it made the shipped bundle: kept, so rebuilds match it
 SIZES = (64, 64, 32, 10)
 EPOCHS, BATCH, LR, WEIGHT_DECAY, SEED = 60, 32, 1e-2, 1e-4, 0
 
@@ -87,7 +88,7 @@ def onnx_bytes(layers: Layers) -> bytes:
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", SIZES[-1]])] + taps,
                               inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
-                              producer_name="edgelora export/make_demo.py")
+                              producer_name=f"edgelora {PRODUCER}")
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
@@ -103,7 +104,7 @@ def build(out: Path = OUT) -> Manifest:
         taps=tuple(TapSpec(f"fc{i}.input", f"tap{i}", SIZES[i], "none", f"fc{i}") for i in range(len(layers))),
         task="classification", classes=tuple(str(d) for d in range(10)),
         preprocess={"x": Standardize(round(mean, 6), round(std, 6))},
-        producer={"name": "export/make_demo.py", "edgelora": __version__,
+        producer={"name": PRODUCER, "edgelora": __version__,
                   "model": "MLP " + " -> ".join(map(str, SIZES)) + " (ReLU)",
                   "data": f"first 1000 images of the {CITATION}"})
     return write_bundle(out, onnx_bytes(layers), manifest)
