@@ -33,7 +33,7 @@ FAST = TrainConfig(epochs=2, batch_size=10)
 MEMORY_SCRIPT = """
 import mmap, resource, sys, tracemalloc
 import numpy as np
-from device_bench import crash
+from device_bench import crash_setup as crash
 from edgelora import Backbone, SkipCache, TrainConfig, finetune
 crash.WIDTHS = [16, 6144, 4]                  # one cheap, wide hidden layer: 24.6 kB of cache per sample
 root, budget = sys.argv[1], sys.argv[2] == "budget"
