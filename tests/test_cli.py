@@ -13,6 +13,7 @@ from edgelora import load_adapter
 from edgelora.cli import COMMANDS, build_parser, main
 from edgelora.cli.progress import Progress
 from tests.helpers import mlp_bundle, random_mlp
+from tests.test_train import count_checks_and_hashes
 
 
 @pytest.fixture
@@ -153,6 +154,14 @@ def test_memory_budget_spills_cache_to_disk(files, capsys):
     r = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--memory-budget",
                  "0.001", *FAST)
     assert r["cache"]["on_disk"]
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "onnx", "--form", "skip", "--tap-scaling", "none", "--cv-folds", "0"]])
+def test_finetune_checks_the_samples_once_and_hashes_each_once(files, capsys, monkeypatch, engine):
+    d, bundle = files
+    counts = count_checks_and_hashes(monkeypatch)
+    run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", *FAST, *engine)
+    assert counts == {"as_inputs": 1, "as_targets": 1, "hashed": len(np.load(d / "train.npz")["y"])}
 
 
 def test_resume_from_a_finished_checkpoint_gives_the_same_adapter(files, capsys):

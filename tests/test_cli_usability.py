@@ -65,7 +65,7 @@ def test_ctrl_c_without_a_checkpoint_says_how_to_make_runs_resumable(files, caps
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr("edgelora.cli.finetune.finetune", interrupt)
+    monkeypatch.setattr("edgelora.cli.finetune.finetune_features", interrupt)
     assert main(["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), *FAST]) == 130
     err = capsys.readouterr().err.strip()
     assert err == (f"edgelora finetune: interrupted by Ctrl-C; nothing was saved to {d / 'ad'} (what was there, if "

@@ -1,5 +1,6 @@
 """The trainer: Skip-Cache equivalence, reproducibility, validation, early stopping, guards, errors."""
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +8,30 @@ import pytest
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
 from edgelora.runtime.train import validation_split
 from tests.helpers import BackboneCounter
+
+
+def count_checks_and_hashes(monkeypatch) -> dict:
+    """Count, until the test ends, the sample checks (files/data.as_inputs and as_targets, called from any
+    edgelora module) and the samples hashed into Skip-Cache keys (runtime/cache.sample_keys)."""
+    import edgelora.cli.finetune  # noqa: F401 - every module that may check or hash, loaded before patching
+    import edgelora.runtime.onnx_trainer  # noqa: F401
+    from edgelora.files import data
+    from edgelora.runtime import cache
+    counts = {"as_inputs": 0, "as_targets": 0, "hashed": 0}
+
+    def counted(name, fn, amount=lambda *a: 1):
+        def wrapper(*args, **kwargs):
+            counts[name] += amount(*args)
+            return fn(*args, **kwargs)
+        return name, fn, wrapper
+    patches = [counted("as_inputs", data.as_inputs), counted("as_targets", data.as_targets),
+               counted("hashed", cache.sample_keys, lambda inputs: data.num_samples(inputs))]
+    for module in [m for n, m in sys.modules.items() if n.startswith("edgelora")]:
+        for attr, value in list(vars(module).items()):
+            for _, fn, wrapper in patches:
+                if value is fn:
+                    monkeypatch.setattr(module, attr, wrapper)
+    return counts
 
 def holdout(**settings) -> TrainConfig:
     """The holdout policy these tests exercise: the last 20 % of each class validates, raw taps, decay 1.0."""
@@ -26,6 +51,12 @@ def test_cached_equals_backbone_every_step_and_runs_backbone_once(toy_bundle, to
     assert ran_cached.samples == len(x)                    # Skip-Cache: once per sample
     assert ran_live.samples >= FAST.epochs * len(x)         # Skip-LoRA without cache: every step
     assert [e["val_loss"] for e in h1.epochs] == pytest.approx([e["val_loss"] for e in h2.epochs], abs=1e-5)
+
+
+def test_finetune_checks_the_samples_once_and_hashes_each_once(toy_bundle, toy_data, monkeypatch):
+    counts = count_checks_and_hashes(monkeypatch)
+    finetune(Backbone(toy_bundle), *toy_data, FAST)
+    assert counts == {"as_inputs": 1, "as_targets": 1, "hashed": len(toy_data[1])}
 
 
 def test_same_seed_same_adapter_bit_for_bit(toy_bundle, toy_data):
@@ -247,3 +278,23 @@ def test_error_resume_with_another_cache_dtype(toy_bundle, toy_data, tmp_path):
 def test_error_all_zero_class_weights():
     with pytest.raises(ValueError, match="not all 0"):
         TrainConfig(class_weights=(0.0, 0.0, 0.0))
+
+
+def test_feature_source_reads_the_same_rows_from_ram_disk_and_backbone(toy_bundle, toy_data, tmp_path):
+    from edgelora.files.data import as_inputs
+    from edgelora.runtime.features import FeatureSource
+    bb = Backbone(toy_bundle)
+    inputs, idx = as_inputs(toy_data[0], bb.manifest), np.array([5, 0, 77, 5])
+    ram = FeatureSource.from_cache(SkipCache(bb), inputs)
+    disk = FeatureSource.from_cache(SkipCache(bb, tmp_path, memory_budget=1000), inputs, chunk=50)  # rows > budget
+    live = FeatureSource.from_backbone(bb, inputs)
+    assert (ram.static, ram.lazy, disk.static, disk.lazy, live.static) == (True, False, True, True, False)
+    for source in (disk, live):
+        for a, b in zip(source(idx), ram(idx)):
+            np.testing.assert_array_equal(a, b)
+    width = bb.num_outputs + sum(bb.tap_widths)
+    assert ram.cv_rows(2) is None and disk.cv_rows(2) == 1000 // (8 * width * 2)
+    t = ram.scaled("standard")(np.arange(len(ram)))[1]
+    live_t = (live(np.arange(len(live)))[1] - ram.standardizer[0]) * ram.standardizer[1]
+    np.testing.assert_allclose(t, live_t, atol=1e-6)
+    assert np.abs(t.mean(axis=0)).max() < 1e-4 and np.abs(t.std(axis=0)[ram.standardizer[1] > 0] - 1).max() < 1e-3

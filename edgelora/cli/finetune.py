@@ -6,14 +6,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
-from ..runtime.train import TrainConfig, finetune, validation_split
+from ..runtime.features import FeatureSource
+from ..runtime.train import TrainConfig, finetune_features
+from ..runtime.train_config import training_split
 from . import common
 from .progress import Progress
 
@@ -22,9 +22,8 @@ edgelora finetune fan_bundle --data new_site.npz --out adapters/site7
 edgelora finetune fan_bundle --data new_site.npz --out adapters/site7 --rank auto --weight-decay auto \\
     --cache-dir /var/cache/edgelora --cache-dtype float16 --json
 """
-FILL_CHUNKS = 40
-FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)"}  # the cache is filled in this many steps so the progress bar moves
-
+FILL_CHUNKS = 40  # the cache is filled in this many steps so the progress bar moves
+FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)"}
 
 def register(subparsers) -> None:
     d = TrainConfig()
@@ -88,13 +87,11 @@ def register(subparsers) -> None:
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --checkpoint-dir")
 
-
 def targets(args: argparse.Namespace) -> tuple[list, list]:
     """What this command writes, and what it reads (never to be replaced); see common.check_targets."""
     return ([("--out", args.out, ADAPTER_KIND), ("--checkpoint-dir", args.checkpoint_dir, CHECKPOINT_KIND),
              ("--cache-dir", args.cache_dir, CACHE_DIR_KIND)],
             [("input bundle", args.bundle), ("data file", args.data)])
-
 
 def run(args: argparse.Namespace) -> dict:
     if args.resume and args.checkpoint_dir is None:
@@ -106,17 +103,15 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
-    inputs, targets = common.load_data(args, m, labels=True)
+    inputs, targets = common.load_data(args, m, labels=True)  # the one check of the samples
+    split = training_split(m, targets, config)
     budget = None if args.memory_budget is None else max(1, int(args.memory_budget * 2**20))
     cache = SkipCache(backbone, args.cache_dir, dtype=args.cache_dtype, memory_budget=budget)
-    rows = _fill(cache, inputs, not args.quiet)
+    features = _fill(cache, inputs, not args.quiet)
     cache_stats = cache.stats()  # hits: samples cached by earlier runs; misses: computed now
 
-    _, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
-    val_before = None
-    if len(val_idx):
-        y0, _ = cache.gather(rows[val_idx])
-        val_before = evaluate_outputs(y0, targets[val_idx], m.task)
+    val_idx = split[1]
+    val_before = evaluate_outputs(features(val_idx)[0], targets[val_idx], m.task) if len(val_idx) else None
 
     holdout = config.val_fraction > 0   # else: one refit after cross-validation (or none at all)
     candidates = (len(config.rank_grid) if config.r == "auto" and holdout else 1) * \
@@ -132,8 +127,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"epoch {rec['epoch']}/{rec['epochs']} r={rec['r']} wd={rec['weight_decay']:g} "
                   f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
 
-    adapter, history = finetune(backbone, inputs, targets, config, cache=cache, callback=on_epoch,
-                                checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine)
+    adapter, history = finetune_features(features, targets, split, config, callback=on_epoch,
+                                         checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine)
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
@@ -155,19 +150,15 @@ def run(args: argparse.Namespace) -> dict:
                          "cv_folds": config.cv_folds, "resumed": args.resume},
             "history": history.epochs}
 
-
-def _fill(cache: SkipCache, inputs: dict, show: bool) -> np.ndarray:
-    """Cache rows of every sample, filled in chunks so a progress bar can follow the backbone."""
+def _fill(cache: SkipCache, inputs: dict, show: bool) -> FeatureSource:
+    """The samples' features from the Skip-Cache, filled in chunks so a progress bar can follow the backbone."""
     n = num_samples(inputs)
-    step = max(256, -(-n // FILL_CHUNKS))
     bar = Progress(n, "cache fill", enabled=show)
-    rows = []
-    for a in range(0, n, step):
-        rows.append(cache.rows({k: v[a:a + step] for k, v in inputs.items()}))
-        bar.update(a + len(rows[-1]), f"{cache.misses} computed, {cache.hits} cached")
+    features = FeatureSource.from_cache(cache, inputs, chunk=max(256, -(-n // FILL_CHUNKS)),
+                                        progress=lambda done: bar.update(done, f"{cache.misses} computed, "
+                                                                               f"{cache.hits} cached"))
     bar.close()
-    return np.concatenate(rows)
-
+    return features
 
 def report(r: dict) -> str:
     s, c, t, ch = r["samples"], r["cache"], r["seconds"], r["chosen"]
@@ -194,11 +185,9 @@ def report(r: dict) -> str:
               f"  saved      {r['adapter']}"]
     return "\n".join(lines)
 
-
 def _pct(score: float, spread: float, task: str) -> str:
     """A cross-validated score as text: accuracy in %, or the MSE for regression (stored as -MSE)."""
     return f"{100 * score:.1f} ± {100 * spread:.1f} %" if task == "classification" else f"MSE {-score:.4g} ± {spread:.2g}"
-
 
 def _verdict(sel: dict, task: str) -> str:
     """One line: does fine-tuning help, by cross-validation."""
@@ -207,7 +196,6 @@ def _verdict(sel: dict, task: str) -> str:
     return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
             f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
             + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
-
 
 def _cv_lines(sel: dict, task: str) -> list[str]:
     lines = [f"  expected   {_verdict(sel, task)}",

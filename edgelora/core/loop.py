@@ -1,4 +1,5 @@
-"""One training run of skip adapters: seeded epochs, validation, best-epoch restore, NaN/Inf guard.
+"""The training loop: one run of skip adapters over cached (or computed) taps, with seeded epochs,
+validation, best-epoch restore and a NaN/Inf guard. runtime/train.py chooses the runs and builds the adapter.
 
 Everything a run needs to continue lives in `Run.state()` (flat arrays + JSON-able values), so a
 checkpoint written after any epoch resumes to the same adapter, bit for bit, as a run never stopped.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -17,16 +18,23 @@ from .metrics import epoch_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, learning_rate
 from .shuffle import SplitMix64
 
-MONITOR = 256
-Features = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # sample indices -> (y0, taps), float32
+MONITOR = 256  # train loss is monitored on a fixed sample of at most this many rows (both trainers)
+
+
+class Features(Protocol):
+    """Sample indices -> (y0 (n, C), taps (n, D)) float32: runtime/features.py's FeatureSource."""
+    static: bool  # the same rows at every call (the Skip-Cache): evaluation sets are gathered once
+
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class Run:
-    """Training state of one candidate (rank, weight decay)."""
+    """Training state of one candidate (form, rank, weight decay)."""
 
-    def __init__(self, layout: lora.Layout, scale: float, weight_decay: float, cfg, task: str,
+    def __init__(self, layout: lora.Layout, *, scale: float, weight_decay: float, cfg, task: str,
                  init_flat: np.ndarray | None = None, form: str = "skip"):
-        """form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap)."""
+        """cfg: the TrainConfig (epochs, optimiser, schedule, ...); init_flat: warm-start parameters;
+        form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap)."""
         self.layout, self.scale, self.weight_decay, self.cfg, self.task = layout, scale, weight_decay, cfg, task
         self.form = form
         self.flat = init_flat.astype(np.float32, copy=True) if init_flat is not None else \
@@ -46,11 +54,12 @@ class Run:
         self.epochs: list[dict] = []
         self.stopped: str | None = None  # completed | early_stopping | non_finite once finished
 
-    def fit(self, features: Features, static: bool, targets: np.ndarray, train_idx: np.ndarray,
-            val_idx: np.ndarray, callback=None, on_epoch=None, val: tuple | None = None) -> None:
-        """Run the remaining epochs. `static`: features never change (cached), so gather eval sets once;
-        `val`: the validation features when the caller already has them."""
-        cfg, layout, scale = self.cfg, self.layout, self.scale
+    def fit(self, features: Features, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
+            callback=None, on_epoch=None, val: tuple | None = None) -> None:
+        """Run the remaining epochs on the samples split = (train_idx, val_idx). callback(epoch record) and
+        on_epoch(self) after every epoch; `val`: the validation features when the caller already has them."""
+        cfg, layout, scale, static = self.cfg, self.layout, self.scale, features.static
+        train_idx, val_idx = split
         loss_fn, grad_fn = objective(layout.num_outputs, cfg.class_weights, self.task, targets, train_idx)
         p, g = lora.views(self.flat, layout), lora.views(self.grad, layout)
         bs = cfg.batch_size
@@ -165,11 +174,7 @@ def objective(c: int, class_weights, task: str, targets: np.ndarray, train_idx: 
             return y
         return loss, grad
     onehot = np.eye(c, dtype=np.float32)[targets]
-    weights = None if class_weights == "none" else \
-        balanced_weights(targets[train_idx], c) if class_weights == "balanced" else \
-        np.asarray(class_weights, np.float32)
-    if weights is not None and len(weights) != c:
-        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(weights)}")
+    weights = loss_weights(class_weights, targets[train_idx], c)
     sample_w = weights[targets] if weights is not None else None
 
     def loss(y, idx):
@@ -178,3 +183,14 @@ def objective(c: int, class_weights, task: str, targets: np.ndarray, train_idx: 
     def grad(y, idx):
         return cross_entropy_grad(y, onehot[idx], None if sample_w is None else sample_w[idx])
     return loss, grad
+
+
+def loss_weights(class_weights, targets: np.ndarray, c: int) -> np.ndarray | None:
+    """Per-class loss weights of TrainConfig.class_weights: None ('none'), scikit-learn's 'balanced' on the
+    training labels `targets`, or the given list."""
+    if class_weights == "none":
+        return None
+    w = balanced_weights(targets, c) if class_weights == "balanced" else np.asarray(class_weights, np.float32)
+    if len(w) != c:
+        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(w)}")
+    return w

@@ -87,9 +87,9 @@ class SkipCache:
     def __len__(self) -> int:
         return len(self._store.keys)
 
-    def rows(self, x) -> np.ndarray:
+    def rows(self, x, validated: bool = False) -> np.ndarray:
         """Row index of each sample of `x`, running the backbone only on samples not cached yet."""
-        inputs = as_inputs(x, self.backbone.manifest)
+        inputs = x if validated else as_inputs(x, self.backbone.manifest)
         keys = sample_keys(inputs)
         new = {}
         for i, k in enumerate(keys):

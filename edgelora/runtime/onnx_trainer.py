@@ -2,7 +2,8 @@
 
 Every operation on parameters and optimiser state runs inside the kit's ONNX graphs; Python only feeds
 cached rows, the epoch's permutation (shuffle.SplitMix64) and learning rates, and keeps the best epoch.
-It is the reference for other clients (clients/js) and gives the numpy trainer's adapter (loop.Run).
+It is the reference for other clients (clients/js) and gives the numpy trainer's adapter (core/loop.py).
+The samples come as train.py's do: checked and cached once (features.py), split by train_config.py.
 """
 from __future__ import annotations
 
@@ -13,18 +14,18 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from ..core.losses import balanced_weights
+from ..core.loop import MONITOR, loss_weights
 from ..core.metrics import evaluate_outputs
 from ..core.optim import learning_rate
 from ..core.shuffle import SplitMix64, init_values
-from ..files.adapter import Adapter, AdapterConfig
+from ..files.adapter import Adapter
+from ..files.bundle import Manifest
 from ..files.schema import to_dict
 from ..graphs.kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
 from .backbone import Backbone
 from .cache import SkipCache
-from .train import History, TrainConfig, split_samples
-
-MONITOR = 256  # as loop.MONITOR: train loss is reported on a fixed sample of at most this many rows
+from .features import FeatureSource, prepare
+from .train_config import History, TrainConfig, adapter_config
 
 
 def recipe_from_config(config: TrainConfig) -> KitRecipe:
@@ -82,7 +83,8 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
     feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
     if s.cls:
-        feed["class_weights"] = class_weights(config.class_weights, targets, lay["num_outputs"])
+        w = loss_weights(config.class_weights, targets, lay["num_outputs"])
+        feed["class_weights"] = np.ones(lay["num_outputs"], np.float32) if w is None else w
     shuffler, monitor = SplitMix64(config.seed), np.arange(0, n, max(1, n // MONITOR))
     best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
     for epoch in range(1, config.epochs + 1):
@@ -117,50 +119,45 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     return best, outcome
 
 
-def class_weights(mode, targets: np.ndarray, c: int) -> np.ndarray:
-    """The `class_weights` input: ones ('none'), scikit-learn's 'balanced' on the training labels, or a list."""
-    if mode == "none":
-        return np.ones(c, np.float32)
-    w = balanced_weights(targets, c) if mode == "balanced" else np.asarray(mode, np.float32)
-    if len(w) != c:
-        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(w)}")
-    return w
+def kit_for(m: Manifest, config: TrainConfig, kit: Kit | None = None) -> Kit:
+    """The training kit of an explicit `config` (built unless given), checked against the backbone's manifest."""
+    kit = kit or build_kit(m, recipe_from_config(config))
+    if kit.contract["backbone"]["identity"] != m.identity:
+        raise ValueError(f"the training kit was built for another backbone: expected identity {m.identity}, "
+                         f"found {kit.contract['backbone']['identity']}; rebuild it with `edgelora kit`")
+    return kit
 
 
 def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache | None = None,
                   callback: Callable[[dict], None] | None = None, kit: Kit | None = None,
                   threads: int = 1) -> tuple[Adapter, History]:
     """Fine-tune with the training kit (built from `config` unless given); see train.finetune."""
-    m = backbone.manifest
-    kit = kit or build_kit(m, recipe_from_config(config))
-    recipe = recipe_of(kit)
-    if kit.contract["backbone"]["identity"] != m.identity:
-        raise ValueError(f"the training kit was built for another backbone: expected identity {m.identity}, "
-                         f"found {kit.contract['backbone']['identity']}; rebuild it with `edgelora kit`")
-    inputs, targets, train_idx, val_idx = split_samples(m, x, y, config)
-    history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))})
+    kit = kit_for(backbone.manifest, config, kit)
+    features, targets, split = prepare(backbone, x, y, config, cache=cache)
+    return finetune_kit(features, targets, split, config, kit=kit, callback=callback, threads=threads)
+
+
+def finetune_kit(features: FeatureSource, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+                 config: TrainConfig, *, kit: Kit, callback: Callable[[dict], None] | None = None,
+                 threads: int = 1) -> tuple[Adapter, History]:
+    """`finetune_onnx` on samples already checked and cached (features.py): their features, targets and
+    split = (train_idx, val_idx)."""
+    m, recipe, (train_idx, val_idx) = features.manifest, recipe_of(kit), split
+    history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
+                      cache_seconds=features.seconds)
     start = time.perf_counter()
-    cache = cache if cache is not None else SkipCache(backbone)
-    if cache.backbone.identity != backbone.identity:
-        raise ValueError("the cache belongs to another backbone (fingerprints differ)")
-    index = cache.rows(inputs)  # runs the backbone on samples not cached yet
-    rows = np.asarray(cache.values[index], np.float32)
-    history.cache_seconds = time.perf_counter() - start
-    val = (rows[val_idx], targets[val_idx]) if len(val_idx) else None
-    flat, run = train_rows(kit, rows[train_idx], targets[train_idx], config, val=val, threads=threads,
+    val = (features.rows(val_idx), targets[val_idx]) if len(val_idx) else None
+    flat, run = train_rows(kit, features.rows(train_idx), targets[train_idx], config, val=val, threads=threads,
                            callback=callback)
     history.epochs, history.best_epoch, history.stopped = run["epochs"], run["best_epoch"], run["stopped"]
     history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
                       "tap_scaling": "none", "epochs": config.epochs}
     if val is not None:
         history.val_metrics = evaluate_outputs(run["val_outputs"], val[1], m.task)
-    history.train_seconds = time.perf_counter() - start - history.cache_seconds
-    history.cache = cache.stats()
+    history.train_seconds = time.perf_counter() - start
+    history.cache = features.cache.stats()
     training = {"settings": to_dict(config), "engine": "onnx", "chosen": history.chosen,
                 "best_epoch": history.best_epoch, "stopped": history.stopped, "samples": history.samples,
                 "val_metrics": history.val_metrics}
-    acfg = AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
-                         num_outputs=m.num_outputs, task=m.task, r=recipe.r, lora_alpha=recipe.alpha,
-                         bias=recipe.bias, classes=m.classes, training=training)
     assert layout_of(m, recipe).size == flat.size
-    return Adapter(acfg, flat), history
+    return Adapter(adapter_config(m, recipe.r, recipe.alpha, recipe.bias, training), flat), history

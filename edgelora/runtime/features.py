@@ -1,0 +1,146 @@
+"""Where a fine-tune's training rows come from: the FeatureSource, and `prepare`, which builds it.
+
+A FeatureSource gives the backbone outputs (y0, taps) of the fine-tune samples by sample index: from the
+Skip-Cache (one contiguous float32 array, or rows read from the on-disk cache per batch when they exceed
+the memory budget), or, without a cache (Skip-LoRA), from the backbone on every call; with the taps raw or
+standardised; and it says how many rows cross-validation may gather. Both trainers read through it:
+train.py (numpy: core/loop.py, core/crossval.py) and onnx_trainer.py (the ONNX training kit).
+"""
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+
+from ..core import crossval
+from ..files.bundle import Manifest
+from ..files.data import as_inputs, as_targets, num_samples
+from .backbone import Backbone
+from .cache import SkipCache
+from .train_config import TrainConfig, training_split
+
+Read = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # sample indices -> (y0 (n, C), taps (n, D)) float32
+
+
+class FeatureSource:
+    """The fine-tune samples' (y0, taps) by sample index: `features(idx)`. Built by `from_cache` or
+    `from_backbone`; `scaled("standard")` is the same source with each tap feature standardised."""
+
+    def __init__(self, read: Read, manifest: Manifest, inputs: dict[str, np.ndarray], *, name: str,
+                 cache: SkipCache | None = None, values=None, seconds: float = 0.0):
+        """name: "cache float32", "cache float16" or "backbone every step" (a checkpoint's run key holds it:
+        float16 rows train differently); values: the cached rows [y0 | taps] (None without a cache)."""
+        self._read, self.manifest, self.inputs, self.name = read, manifest, inputs, name
+        self.cache, self.values, self.seconds = cache, values, seconds
+
+    @classmethod
+    def from_cache(cls, cache: SkipCache, inputs: dict[str, np.ndarray], chunk: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> FeatureSource:
+        """The rows of `inputs` (already checked: files/data.as_inputs) in `cache`, the backbone running on the
+        samples not cached yet; each sample is hashed once (its cache key). progress(samples done) after every
+        `chunk` samples (default: all at once)."""
+        start = time.perf_counter()
+        n = num_samples(inputs)
+        chunk = chunk or n
+        rows = []
+        for a in range(0, n, chunk):
+            rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True))
+            if progress:
+                progress(a + len(rows[-1]))
+        values, c = _cached_rows(cache, np.concatenate(rows)), cache.y0_width
+
+        def read(idx):
+            v = values[idx]
+            return v[:, :c], v[:, c:]
+        return cls(read, cache.backbone.manifest, inputs, name=f"cache {cache.dtype.name}", cache=cache,
+                   values=values, seconds=time.perf_counter() - start)
+
+    @classmethod
+    def from_backbone(cls, backbone: Backbone, inputs: dict[str, np.ndarray]) -> FeatureSource:
+        """The backbone run on the asked samples at every call (Skip-LoRA without the Skip-Cache)."""
+        def read(idx):
+            return backbone.features({k: v[idx] for k, v in inputs.items()}, validated=True)
+        return cls(read, backbone.manifest, inputs, name="backbone every step")
+
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._read(idx)
+
+    def __len__(self) -> int:
+        return num_samples(self.inputs)
+
+    @property
+    def static(self) -> bool:
+        """The same rows at every call (cached): evaluation sets can be gathered once."""
+        return self.cache is not None
+
+    @property
+    def lazy(self) -> bool:
+        """Rows read from the on-disk cache per batch: they exceed the memory budget."""
+        return isinstance(self.values, _LazyRows)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The cached rows [y0 | taps] of the samples idx, float32 (the ONNX training kit's input)."""
+        return self.values[idx]
+
+    @cached_property
+    def standardizer(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, 1/std) of each tap feature over every sample (core/crossval.tap_standardizer)."""
+        return crossval.tap_standardizer(self, len(self))
+
+    def scaled(self, scaling: str) -> FeatureSource:
+        """This source with the taps as they are ("none") or standardised ("standard")."""
+        if scaling == "none":
+            return self
+        mu, inv = self.standardizer
+
+        def standardized(idx):
+            y0, t = self(idx)
+            return y0, (t - mu) * inv
+        return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
+                             seconds=self.seconds)
+
+    def cv_rows(self, copies: int) -> int | None:
+        """How many rows cross-validation may gather (core/crossval.select's max_rows): all (None) unless the
+        rows are read from disk per batch; then `copies` float32 copies of them stay within half the budget."""
+        return self.cache.memory_budget // (8 * self.cache.width * copies) if self.lazy else None
+
+
+def prepare(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache | None = None,
+            use_cache: bool = True) -> tuple[FeatureSource, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(features, targets, (train_idx, val_idx)) of a fine-tune on (x, y): the samples checked once against the
+    backbone's manifest, split as `config` asks, then read into the Skip-Cache (a new one unless given)."""
+    m = backbone.manifest
+    inputs = as_inputs(x, m)
+    targets = as_targets(y, m, num_samples(inputs))
+    split = training_split(m, targets, config)
+    if not use_cache:
+        return FeatureSource.from_backbone(backbone, inputs), targets, split
+    cache = cache if cache is not None else SkipCache(backbone)
+    if cache.backbone.identity != backbone.identity:
+        raise ValueError("the cache belongs to another backbone (fingerprints differ)")
+    return FeatureSource.from_cache(cache, inputs), targets, split
+
+
+def _cached_rows(cache: SkipCache, rows: np.ndarray) -> np.ndarray:
+    """The cache's `rows` as one contiguous float32 array (fast to index every step) when that fits the
+    memory budget; otherwise a lazy view that reads rows from the on-disk cache per batch."""
+    need = len(rows) * cache.width * 4
+    if cache.memory_budget is None or need <= cache.memory_budget:
+        values = cache.values
+        if values.dtype == np.float32 and not isinstance(values, np.memmap) and len(rows) == len(values) \
+                and np.array_equal(rows, np.arange(len(rows))):
+            return values  # the cache holds exactly these rows in order: read it in place (only read below)
+        return values[rows].astype(np.float32, copy=False)  # fancy indexing already copied
+    return _LazyRows(cache.values, rows)
+
+
+class _LazyRows:
+    """values[rows[idx]] as float32, without loading every row (memory-budgeted, on-disk cache)."""
+
+    def __init__(self, values: np.ndarray, rows: np.ndarray):
+        self.values, self.rows = values, rows
+
+    def __getitem__(self, idx):
+        return self.values[self.rows[idx]].astype(np.float32, copy=False)
