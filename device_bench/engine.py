@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edgelora.core.lora import split
+
 from .chain import Chain, Op, reshape_like
 
 MODES = ("frozen", "full", "lora")
@@ -38,20 +40,11 @@ def param_shapes(chain: Chain, modes: list[str], r: int) -> dict[str, tuple[int,
     return shapes
 
 
-def views(flat: np.ndarray, shapes: dict) -> dict[str, np.ndarray]:
-    out, i = {}, 0
-    for k, s in shapes.items():
-        n = int(np.prod(s))
-        out[k] = flat[i:i + n].reshape(s)
-        i += n
-    return out
-
-
 def init_params(chain: Chain, modes: list[str], r: int, seed: int) -> tuple[np.ndarray, dict]:
     """Flat buffer: full layers start from the backbone, A ~ U(+-1/sqrt(fan_in)) (PEFT), B = 0."""
     shapes = param_shapes(chain, modes, r)
     flat = np.zeros(sum(int(np.prod(s)) for s in shapes.values()), np.float32)
-    p = views(flat, shapes)
+    p = split(flat, shapes)
     rng = np.random.default_rng(seed)
     for i, ((w, b), m) in enumerate(zip(matrices(chain), modes)):
         if m == "full":

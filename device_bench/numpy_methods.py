@@ -11,13 +11,14 @@ import time
 
 import numpy as np
 
+from edgelora.core.lora import split
 from edgelora.core.losses import cross_entropy, cross_entropy_grad
 from edgelora.core.optim import Adam, AdamW
 from edgelora.runtime.train import validation_split
 
 from .chain import Chain
 from .config import BenchConfig, layer_modes
-from .engine import Engine, init_params, views
+from .engine import Engine, init_params
 from .profile import Clock, peak_rss_mb
 
 
@@ -33,7 +34,7 @@ def finetune_numpy(method: str, chain: Chain, x: np.ndarray, y: np.ndarray, cfg:
     train_idx, val_idx = validation_split(y, cfg.val_fraction, "tail", seed, "classification")
     flat, shapes = init_params(chain, modes, cfg.rank, seed)
     grad = np.zeros_like(flat)
-    p, g = views(flat, shapes), views(grad, shapes)
+    p, g = split(flat, shapes), split(grad, shapes)
     if modes.count("lora"):
         opt, lr = AdamW(flat.size, weight_decay=cfg.lora_weight_decay), cfg.lora_lr
     else:

@@ -16,6 +16,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def breakdown(results: dict, path: Path) -> None:
     """Stacked bars of where each method's fine-tune time goes: seconds, and shares of the total."""
     plt = _plt()
@@ -36,9 +42,7 @@ def breakdown(results: dict, path: Path) -> None:
     axes[0].invert_yaxis()
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{results['protocol']}: where the fine-tune time goes (1 thread, mean per fine-tune)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def accuracy_vs_time(results: dict, path: Path) -> None:
@@ -57,9 +61,7 @@ def accuracy_vs_time(results: dict, path: Path) -> None:
     ax.set_xlabel("fine-tune time (s, log scale)")
     ax.set_ylabel("target test accuracy (%)")
     ax.set_title(f"{results['protocol']}: accuracy vs fine-tune time (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def cost_vs_n(scaling: dict, path: Path) -> None:
@@ -89,9 +91,7 @@ def cost_vs_n(scaling: dict, path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
     fig.suptitle(f"cost vs N and rank ({scaling['task']}, 1 thread)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_all(results: dict, out: Path) -> list[str]:

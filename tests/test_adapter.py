@@ -28,6 +28,21 @@ def test_round_trip_gives_identical_predictions(trained, toy_data):
     np.testing.assert_array_equal(Predictor(bb, loaded).outputs(x), Predictor(bb, adapter).outputs(x))
 
 
+def test_the_same_adapter_always_gives_the_same_bytes(trained, tmp_path):
+    """safetensors writes its metadata in hash order: saves are made canonical (sorted metadata keys), so 12
+    saves (each of which would pick one of two key orders) give one byte sequence; the file still loads."""
+    bb, adapter, folder = trained
+    blobs = set()
+    for i in range(12):
+        saved = adapter.save(tmp_path / f"copy{i}")
+        blobs.add((saved / WEIGHTS_FILE).read_bytes() + (saved / CONFIG_FILE).read_bytes())
+    assert len(blobs) == 1
+    blob = (tmp_path / "copy0" / WEIGHTS_FILE).read_bytes()
+    header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == ["config_sha256", "format"]
+    np.testing.assert_array_equal(load_adapter(tmp_path / "copy0", bb.manifest).flat, adapter.flat)
+
+
 def test_peft_layout(trained):
     bb, adapter, folder = trained
     tensors = load_file(folder / WEIGHTS_FILE)

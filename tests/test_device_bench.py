@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from device_bench.chain import load_chain
-from device_bench.engine import Engine, init_params, views
+from device_bench.engine import Engine, init_params
 from device_bench.profile import peak_rss_mb
 from device_bench.protocols import DATASETS
 from edgelora import Backbone
+from edgelora.core.lora import split
 from tests.helpers import mlp_bundle, no_datasets, random_mlp
 
 MODES = {"ft-all": "full", "lora-all": "lora"}
@@ -72,7 +73,7 @@ def test_engine_gradients_match_torch(bundles, method):
         r, scale = 3, 2.0
         eng = Engine(chain, modes, r, scale)
         flat, shapes = init_params(chain, modes, r, seed=0)
-        p = views(flat, shapes)
+        p = split(flat, shapes)
         rng = np.random.default_rng(1)
         for k in p:
             if k.startswith("B"):   # B = 0 at init would leave dA = 0: test with a non-zero B
@@ -81,7 +82,7 @@ def test_engine_gradients_match_torch(bundles, method):
         out, saved = eng.forward(p, eng.prefix(x))
         dy = rng.standard_normal(out.shape).astype(np.float32)
         grad = np.zeros_like(flat)
-        g = views(grad, shapes)
+        g = split(grad, shapes)
         eng.backward(dy, saved, p, g)
         t_out, t_grads = _torch_grads(chain, modes, p, x, dy, r, scale)
         np.testing.assert_allclose(out, t_out, rtol=1e-4, atol=1e-5)

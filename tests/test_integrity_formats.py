@@ -24,7 +24,8 @@ def test_digest_forms_and_sources(tmp_path):
     hexed = hashlib.sha256(b"abc").hexdigest()
     assert digest(b"abc") == hexed == digest(tmp_path / "f")
     assert digest(b"abc", tagged=True) == "sha256:" + hexed == digest(tmp_path / "f", tagged=True)
-    with pytest.raises(TypeError, match="expected bytes or a path object, found str"):
+    assert digest([b"a", memoryview(b"bc")]) == hexed          # buffers hashed in turn, as one stream
+    with pytest.raises(TypeError, match="expected bytes, a path object or buffers, found str"):
         digest(str(tmp_path / "f"))
 
 

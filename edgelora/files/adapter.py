@@ -9,6 +9,7 @@ changed in either file, is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import re
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from ..core.lora import Layout, peft_views, views
 from .bundle import Manifest
 from .checked import CheckedFolder
 from .fileio import PathLike
 from .readers import parse_safetensors
-from ..core.lora import Layout, peft_views, views
 from .schema import check, from_dict, normalize, to_dict
 from .targets import check_target, folder_kind
 
@@ -111,11 +112,21 @@ class Adapter:
         check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
         config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
-        blob = st_save(self.tensors(), metadata={"format": "edgelora-skip-lora",
-                                                 "config_sha256": ADAPTER_FOLDER.document_digest(to_dict(config))})
+        blob = _sorted_metadata(st_save(self.tensors(), metadata={
+            "format": "edgelora-skip-lora", "config_sha256": ADAPTER_FOLDER.document_digest(to_dict(config))}))
         written = ADAPTER_FOLDER.write(folder, to_dict(config), {WEIGHTS_FILE: blob}, extra)
         self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """The safetensors file with its metadata keys in sorted order, padded to the same header length:
+    safetensors writes them in hash order, and the same adapter must always give the same bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return blob[:8] + text.ljust(n) + blob[8 + n:]
 
 
 def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:

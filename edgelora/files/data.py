@@ -20,6 +20,7 @@ import numpy as np
 from .bundle import InputSpec, Manifest
 from .csv_data import load_csv
 from .fileio import PathLike
+from .readers import check_file
 
 MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
 MAX_DEFLATE_RATIO = 1032      # deflate cannot expand data more than this: a larger claim is a corrupt zip
@@ -145,12 +146,7 @@ def class_indices(names: np.ndarray, manifest: Manifest, where: str = "y") -> np
 def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 label_column: str | int | None = -1) -> tuple[np.ndarray, np.ndarray | None]:
     """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric inputs; `label_column` is the target)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_DATA_BYTES:
-        raise ValueError(f"data file {path} is {size} bytes; the limit is {MAX_DATA_BYTES}")
+    path = check_file(path, "data file", MAX_DATA_BYTES)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":  # read with zipfile + the .npy reader: np.load would guess the format from the bytes
@@ -164,7 +160,7 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                     (_read_npz_member(z, y_key, path) if y_key is not None else None)
         if suffix == ".npy":
             with open(path, "rb") as f:
-                _check_npy(f, size, str(path))
+                _check_npy(f, path.stat().st_size, str(path))
                 f.seek(0)
                 return _read_array(f, str(path)), None
         if suffix == ".csv":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from .schema import type_name
@@ -20,8 +21,9 @@ ALGORITHM = "sha256"
 PREFIX = ALGORITHM + ":"
 
 
-def digest(data: bytes | os.PathLike, tagged: bool = False) -> str:
-    """SHA-256 of bytes, or of a file's content read in chunks: 'sha256:<hex>' if `tagged`, else '<hex>'."""
+def digest(data: bytes | os.PathLike | Iterable[bytes], tagged: bool = False) -> str:
+    """SHA-256 of bytes, of a file's content read in chunks, or of a sequence of buffers hashed in turn
+    (streamed, no copy): 'sha256:<hex>' if `tagged`, else '<hex>'."""
     h = hashlib.sha256()
     if isinstance(data, os.PathLike):
         with open(data, "rb") as f:
@@ -29,8 +31,11 @@ def digest(data: bytes | os.PathLike, tagged: bool = False) -> str:
                 h.update(chunk)
     elif isinstance(data, (bytes, bytearray, memoryview)):
         h.update(data)
+    elif isinstance(data, Iterable) and not isinstance(data, str):
+        for chunk in data:
+            h.update(chunk)
     else:
-        raise TypeError(f"digest: expected bytes or a path object, found {type(data).__name__}")
+        raise TypeError(f"digest: expected bytes, a path object or buffers, found {type(data).__name__}")
     return PREFIX + h.hexdigest() if tagged else h.hexdigest()
 
 

@@ -40,15 +40,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def read_bounded(path: PathLike, what: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file, after checking its size (so a huge file is refused, not read)."""
+def check_file(path: PathLike, what: str, max_bytes: int) -> Path:
+    """`path`, once it is known to be a regular file of at most `max_bytes` (checked before anything is read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: expected a file at {path}")
     size = path.stat().st_size
     if size > max_bytes:
         raise ValueError(f"{what} {path} is {size} bytes; expected at most {max_bytes}")
-    return path.read_bytes()
+    return path
+
+
+def read_bounded(path: PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file, after checking its size (so a huge file is refused, not read)."""
+    return check_file(path, what, max_bytes).read_bytes()
 
 
 def parse_safetensors(blob: bytes, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

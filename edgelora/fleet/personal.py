@@ -10,9 +10,8 @@ Nothing here imports flwr.
 """
 from __future__ import annotations
 
-import hashlib
-
 from ..files.adapter import Adapter
+from ..files.formats import digest
 from ..ops.personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..ops.store import AdapterStore
 from ..runtime.backbone import Backbone
@@ -24,8 +23,7 @@ BASE_KEY = "fleet_shared_sha256"   # VersionInfo.extra key: digest of the shared
 def shared_digest(shared: Adapter) -> str:
     """SHA-256 of the shared adapter's parameters and shape (what identifies one round's result)."""
     c = shared.config
-    return hashlib.sha256(f"{c.backbone_fingerprint}|{c.r}|{c.lora_alpha}|{c.bias}|{flat_sha256(shared.flat)}"
-                          .encode()).hexdigest()
+    return digest(f"{c.backbone_fingerprint}|{c.r}|{c.lora_alpha}|{c.bias}|{flat_sha256(shared.flat)}".encode())
 
 
 def base_of(store: AdapterStore, name: str) -> str | None:

@@ -8,7 +8,6 @@ Nothing here imports flwr.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import numpy as np
 from ..core import lora
 from ..files.adapter import Adapter, AdapterConfig
 from ..files.bundle import Manifest
+from ..files.formats import digest
 from ..files.schema import check
 
 SHARED_KEY = "adapter"      # ArrayRecord key: the shared adapter's flat parameters (float32)
@@ -91,7 +91,7 @@ def encode_update(local: np.ndarray, shared: np.ndarray, dtype: str = "float16")
 
 def flat_sha256(flat: np.ndarray) -> str:
     """SHA-256 of flat float32 parameters: which shared adapter a round sent, or a device holds."""
-    return hashlib.sha256(np.ascontiguousarray(flat, np.float32).tobytes()).hexdigest()
+    return digest(np.ascontiguousarray(flat, np.float32).tobytes())
 
 
 def check_declared(dtype: str, shape, spec: AdapterSpec) -> str | None:

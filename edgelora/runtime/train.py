@@ -8,7 +8,6 @@ to the ONNX training kit (onnx_trainer.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -25,6 +24,7 @@ from ..files.adapter import Adapter
 from ..files.bundle import Manifest
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.fileio import PathLike
+from ..files.formats import digest
 from ..files.schema import to_dict
 from .backbone import Backbone
 from .cache import SkipCache
@@ -195,15 +195,11 @@ def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
 def _run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> dict:
     """What a checkpoint must match to be resumed, one entry each: backbone, feature source (cache dtype),
     settings, data, starting adapter; a refused resume names the ones that differ."""
-    data = hashlib.sha256()
-    for name in sorted(inputs):  # streamed: same digest as hashing name + bytes, without copying the input
-        data.update(name.encode())
-        data.update(np.ascontiguousarray(inputs[name]).data)
-    data.update(targets.tobytes())
-    return {"backbone": hashlib.sha256(identity.encode()).hexdigest(), "feature source": source,
-            "settings": hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest(),
-            "data": data.hexdigest(),
-            "starting adapter": None if init is None else hashlib.sha256(init.flat.tobytes()).hexdigest()}
+    data = [b for name in sorted(inputs) for b in (name.encode(), np.ascontiguousarray(inputs[name]).data)]
+    return {"backbone": digest(identity.encode()), "feature source": source,
+            "settings": digest(json.dumps(to_dict(config), sort_keys=True).encode()),
+            "data": digest(data + [targets.tobytes()]),   # streamed: the inputs are not copied
+            "starting adapter": None if init is None else digest(init.flat.tobytes())}
 
 
 def _select(runs: list[Run], tolerance: float) -> Run:
