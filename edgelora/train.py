@@ -214,8 +214,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
               (config.lora_alpha or 2.0 * r) for f, r in kinds}
     layouts = {(f, r): lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias) for f, r in kinds}
     if config.val_fraction == 0 and config.cv_folds >= 2:   # cross-validation chooses; the refit uses every sample
-        # the cross-validated rows (a copy per tap scaling, and one being gathered) stay within half the budget
-        limit = cache.memory_budget // (8 * cache.width * (len(scalings) + 1)) if lazy else None
+        # the cross-validated rows (a copy per tap scaling, each also in epoch order, and one being gathered) stay
+        # within half the budget
+        limit = cache.memory_budget // (8 * cache.width * (2 * len(scalings) + 1)) if lazy else None
         recipe, history.selection = crossval.select(features, (mu, inv) if "standard" in scalings else None, scalings,
                                                     n, targets, layouts, alphas, decays, config, m.task,
                                                     None if init is None else init.flat, limit)

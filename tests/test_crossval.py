@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, lora
-from edgelora.crossval import Recipe, Stack, _grad_fn, choose, fold_standardizer, folds, tap_standardizer
+from edgelora.crossval import Recipe, Stack, _loss_grad, choose, fold_standardizer, folds, tap_standardizer
 from edgelora.losses import cross_entropy_grad
 from edgelora.optim import AdamW
 
@@ -41,8 +41,8 @@ def test_no_sample_trains_the_model_that_validates_it():
         stack = Stack(layout, 1, k, 1.0, np.zeros(k, np.float32), CV)
         only = np.flatnonzero(fold == f)                     # a batch of fold f's samples only
         weight = (fold[only][None, :] != np.arange(k)[:, None]).astype(np.float32)
-        grad = _grad_fn("classification", 3, y)
-        stack.step(y0[only], t[only][None], lambda out: grad(out, only), unit(weight), 0.1)
+        grad, rows, shift = _loss_grad("classification", 3), np.eye(3, dtype=np.float32)[y[only]], y0[only].max(1)
+        stack.step(y0[only], t[only][None], lambda out: grad(out, rows, shift[:, None]), unit(weight), 0.1)
         moved = [bool(np.any(stack.p["B"][j]) or np.any(stack.p["bias"][j])) for j in range(k)]
         assert moved == [j != f for j in range(k)]
 
@@ -60,12 +60,12 @@ def test_stack_equals_single_runs():
     weight[:, 0] = 1.0
     singles = [lora.init(layout, CV.seed) for _ in range(groups * mg)]
     opts = [AdamW(layout.size, weight_decay=float(decays[m % mg])) for m in range(groups * mg)]
-    grad = _grad_fn("classification", 3, y)
+    grad = _loss_grad("classification", 3)
     onehot = np.eye(3, dtype=np.float32)[y]
     for _ in range(5):
         t, y0 = rng.standard_normal((groups, b, 10)).astype(np.float32), rng.standard_normal((b, 3)).astype(np.float32)
         idx = np.arange(b)
-        stack.step(y0, t, lambda out: grad(out, idx), unit(weight), 0.05)
+        stack.step(y0, t, lambda out: grad(out, onehot[idx], y0.max(1, keepdims=True)), unit(weight), 0.05)
         for m in range(groups * mg):
             rows = weight[m] > 0
             p, g = lora.views(singles[m], layout), lora.views(np.zeros_like(singles[m]), layout)
