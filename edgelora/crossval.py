@@ -20,7 +20,7 @@ import numpy as np
 
 from . import lora
 from .losses import balanced_weights
-from .optim import OPTIMIZERS, learning_rate
+from .optim import from_config, learning_rate
 
 SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
@@ -56,50 +56,33 @@ def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np
     return mu.astype(np.float32), inv.astype(np.float32)
 
 
-def fold_standardizer(flat: np.ndarray, layout: lora.Layout, scale: float, mu: np.ndarray,
-                      inv: np.ndarray) -> np.ndarray:
-    """Parameters trained on standardised taps (t - mu) * inv, rewritten to act on raw taps t (exact):
-    A_k <- diag(inv_k) A_k and bias <- bias - s * sum_k ((mu_k * inv_k) A_k) B_k."""
-    assert layout.bias, "folding the tap means needs an output bias"
-    out = flat.astype(np.float64)
-    p = lora.views(out, layout)
-    shift = np.zeros(layout.num_outputs)
-    for k, (a, b) in enumerate(layout.bounds):
-        A = p[layout.a_keys[k]]
-        shift += ((mu[a:b] * inv[a:b]) @ A) @ lora.tap_B(p, layout, k)
-        A *= inv[a:b, None]
-    p["bias"] -= scale * shift
-    return out.astype(np.float32)
-
-
 class Stack:
     """M = G x Mg skip adapters of one layout trained side by side: G input groups (one per tap scaling, each
-    reading its own version of the taps) of Mg models each; one optimiser with per-model weight decay.
-    Model m = g Mg + j. Each product is one (batched) matrix product over all models."""
+    reading its own version of the taps) of Mg models each; model m = g Mg + j. Each product is one batched
+    matrix product over all models; the caller's optimiser steps the flat buffers (per-model weight decay)."""
 
     def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
                  init_flat: np.ndarray | None = None, form: str = "skip", buffers: tuple | None = None):
         """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's).
-        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs, owned by the
-        caller, whose one optimiser then steps every stack at once (step(..., update=False)); by default the
-        stack owns both."""
+        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs (by default new)."""
         self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
         self.train_b = form != "last"
         one = init_flat if init_flat is not None else \
             lora.init(layout, cfg.seed) if self.train_b else lora.init_last(layout, scale)  # as a single run starts
-        p1 = lora.views(one, layout)
-        self.shapes = self.layout_shapes(layout, groups, per_group)
-        size = sum(int(np.prod(s)) for s in self.shapes.values())
-        self.flat, self.grad, wd = buffers if buffers is not None else (np.zeros(size, np.float32) for _ in range(3))
-        self.p, self.g, w = (lora.split(buf, self.shapes) for buf in (self.flat, self.grad, wd))
-        every = np.tile(decays, groups)
+        p1, shapes = lora.views(one, layout), self.layout_shapes(layout, groups, per_group)
+        size = sum(int(np.prod(s)) for s in shapes.values())
+        self.flat, self.grad, self.decay = buffers or [np.zeros(size, np.float32) for _ in range(3)]
+        self.p, self.g, w = (lora.split(buf, shapes) for buf in (self.flat, self.grad, self.decay))
         for key in layout.a_keys:
-            self.p[key][:] = p1[key][None, :, None, :]
-            w[key][:] = decays[None, None, :, None]
-        self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None] if self.train_b else 0.0
+            self.p[key][:], w[key][:] = p1[key][None, :, None, :], decays[None, None, :, None]
+        self.p["B"][:], w["B"][:] = p1["B"], np.tile(decays, groups)[:, None, None] if self.train_b else 0.0
         if layout.bias:
-            self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
-        self.opt = None if buffers is not None else optimizer(cfg, wd)
+            self.p["bias"][:], w["bias"][:] = p1["bias"], np.tile(decays, groups)[:, None]
+        # views for the step: per tap (columns of t, A_k and its gradient as (G, d_k, Mg r)), B^T, the bias
+        self.taps = [(slice(a, b), *(q[key].reshape(groups, b - a, -1) for q in (self.p, self.g)))
+                     for key, (a, b) in zip(layout.a_keys, layout.bounds)]
+        self.bt = self.p["B"].transpose(0, 2, 1)
+        self.bias = (self.p["bias"][:, None, :], self.g["bias"][:, None, :]) if layout.bias else None
 
     @staticmethod
     def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
@@ -107,60 +90,37 @@ class Stack:
         m = groups * per_group
         shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
                   "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
-        if layout.bias:
-            shapes["bias"] = (m, layout.num_outputs)
-        return shapes
-
-    def A(self, k: int, p: dict | None = None) -> np.ndarray:
-        """A_k of every model as (G, d_k, Mg r): a view for one batched product per tap."""
-        a = (self.p if p is None else p)[self.layout.a_keys[k]]
-        return a.reshape(self.g_, a.shape[1], self.mg * self.layout.rank)
+        return {**shapes, "bias": (m, layout.num_outputs)} if layout.bias else shapes
 
     def forward(self, y0: np.ndarray, t: np.ndarray, out: np.ndarray | None = None):
         """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C) (into `out` if given), h (M, b, K r)."""
-        lay, (g, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
-        hk = np.empty((g, n, len(lay.taps), mg * r), np.float32)                # per tap: (G, b, Mg r)
-        for k, (a, b) in enumerate(lay.bounds):
-            np.matmul(t[:, :, a:b], self.A(k), out=hk[:, :, k])
+        (g, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
+        hk = np.empty((g, n, len(self.taps), mg * r), np.float32)                # per tap: (G, b, Mg r)
+        for k, (cols, a, _) in enumerate(self.taps):
+            np.matmul(t[:, :, cols], a, out=hk[:, :, k])
         h = hk.reshape(g, n, -1, mg, r).transpose(0, 3, 1, 2, 4).reshape(self.m, n, -1)   # a copy, per model
         y = np.matmul(h, self.p["B"], out=out)
         if self.scale != 1.0:
             y *= self.scale
         y += y0
-        if lay.bias:
-            y += self.p["bias"][:, None, :]
+        if self.bias:
+            y += self.bias[0]
         return y, h
 
     def backward(self, g: np.ndarray, h: np.ndarray, t: np.ndarray) -> None:
-        """Gradients into self.g from g (M, b, C): dL/dy per sample, already weighted (scaled in place)."""
-        lay, (g_, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
-        if lay.bias:                                         # sum over the batch as a product (see _loss_grad)
-            np.matmul(np.ones((1, n), np.float32), g, out=self.g["bias"][:, None, :])
+        """Gradients into self.g from g (M, b, C): each model's weighted dL/dy per sample (scaled in place)."""
+        (g_, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
+        if self.bias:                                        # sum over the batch as a product (see _loss_grad)
+            np.matmul(np.ones((1, n), np.float32), g, out=self.bias[1])
         if self.scale != 1.0:
             g *= self.scale
         if self.train_b:                                     # else B stays fixed: its gradient stays 0
             np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
-        gh = np.matmul(g, self.p["B"].transpose(0, 2, 1)).reshape(g_, mg, n, -1, r)   # (G, Mg, b, K, r)
+        gh = np.matmul(g, self.bt).reshape(g_, mg, n, -1, r)                          # (G, Mg, b, K, r)
         gh = gh.transpose(0, 2, 3, 1, 4).reshape(g_, n, -1, mg * r)                    # (G, b, K, Mg r): a copy
         tt = t.transpose(0, 2, 1)
-        for k, (a, b) in enumerate(lay.bounds):
-            np.matmul(tt[:, a:b], gh[:, :, k], out=self.A(k, self.g))
-
-    def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float, update: bool = True) -> None:
-        """One optimiser step of every model. weight (M, b, 1): each model's per-sample loss weight, summing
-        to 1 over its samples (0 = not its data), as `cross_validate` builds it."""
-        y, h = self.forward(y0, t)
-        g = grad_fn(y)                                       # (M, b, C): dL/dy per sample, unnormalised
-        g *= weight
-        self.backward(g, h, t)
-        if update:
-            self.opt.step(self.flat, self.grad, lr)
-
-
-def optimizer(cfg, decay: np.ndarray):
-    """The run's optimiser over a flat buffer with a per-element weight decay."""
-    return OPTIMIZERS[cfg.optimizer](decay.size, weight_decay=decay,
-                                     **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+        for k, (cols, _, da) in enumerate(self.taps):
+            np.matmul(tt[:, cols], gh[:, :, k], out=da)
 
 
 def _loss_grad(task: str, c: int):
@@ -209,11 +169,9 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
     """
     n, c = y0.shape
     fold = folds(targets, k, task)
-    sample_w = np.ones(n, np.float32)
-    if task == "classification" and not isinstance(cfg.class_weights, str):
-        sample_w = np.asarray(cfg.class_weights, np.float32)[targets]
-    elif task == "classification" and cfg.class_weights == "balanced":
-        sample_w = balanced_weights(targets, c)[targets]
+    weights = None if task != "classification" or cfg.class_weights == "none" else \
+        balanced_weights(targets, c) if cfg.class_weights == "balanced" else np.asarray(cfg.class_weights, np.float32)
+    sample_w = np.ones(n, np.float32) if weights is None else weights[targets]
     rng = np.random.default_rng(cfg.seed)
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
     # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap's columns
@@ -228,13 +186,14 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
     stacks = [(key, Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
                           (flat[a:b], grads[a:b], decay[a:b])), cols)
               for (key, (lay, cols)), a, b in zip(used.items(), ends[:-1], ends[1:])]
-    opt, grad = optimizer(cfg, decay), _loss_grad(task, c)
+    opt, grad = from_config(cfg, decay.size, decay), _loss_grad(task, c)
     own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
     keep = (fold[None, :] != own[:, None]) * sample_w               # (M, N): a model's loss weight per sample
     rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets.astype(np.float32)
     shift = np.maximum.reduce(y0, axis=1, keepdims=True)
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
-    total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
+    lrs = [learning_rate(i, max(marks) * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
+           for i in range(max(marks) * steps)]
     starts = np.arange(0, n, bs)
     tp = np.empty_like(t_all)                                       # the taps in this epoch's order
     results = []
@@ -247,13 +206,14 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
         np.take(t_all, perm, axis=1, out=tp)
         for i in range(steps):
             s = slice(i * bs, (i + 1) * bs)
-            y = np.empty((len(stacks), len(own), len(rp[s]), c), np.float32)     # every stack's outputs
-            hs = [stack.forward(y0p[s], tp[:, s, cols], y[j])[1] for j, (_, stack, cols) in enumerate(stacks)]
+            ts = [tp[:, s, cols] for _, _, cols in stacks]
+            y = np.empty((len(stacks), len(own), len(sp[s]), c), np.float32)    # every stack's outputs
+            hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
             grad(y, rp[s], sp[s])                                        # one loss gradient for all stacks
             y *= w[:, s, None]
-            for j, (_, stack, cols) in enumerate(stacks):
-                stack.backward(y[j], hs[j], tp[:, s, cols])
-            opt.step(flat, grads, learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup))
+            for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
+                stack.backward(g, h, t)
+            opt.step(flat, grads, lrs[(epoch - 1) * steps + i])
         if epoch in marks:
             for (form, r), stack, cols in stacks:
                 y, _ = stack.forward(y0, t_all[:, :, cols])      # (M, N, C): every model on every sample
@@ -297,13 +257,12 @@ def select(features, standardizer: tuple | None, scalings: list[str], n: int, ta
            max_rows: int | None = None) -> tuple[Recipe, dict]:
     """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
     (History.selection). features(idx) -> (y0, taps); standardizer: (mean, 1/std) of the taps for the
-    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order
-    (a cache that exceeds the memory budget)."""
+    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order."""
     everything, subset = np.arange(n), ""
     if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
         everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
+        subset = f" on {len(everything)} of {n} samples, evenly spaced in sample order"
         targets, n = targets[everything], len(everything)
-        subset = f" on {n} evenly spaced samples (the cache exceeds the memory budget)"
     k = min(config.cv_folds, n // 2)
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "

@@ -76,6 +76,12 @@ def AdamW(size: int, weight_decay: float = 1e-2, **kw) -> Adam:
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def from_config(cfg, size: int, weight_decay):
+    """The optimiser a TrainConfig names (`optimizer`, `momentum`), with this weight decay (a number or per element)."""
+    return OPTIMIZERS[cfg.optimizer](size, weight_decay=weight_decay,
+                                     **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+
+
 def learning_rate(step: int, total: int, base: float, schedule: str = "constant", warmup: int = 0) -> float:
     """Linear warm-up over `warmup` steps, then constant or cosine decay to zero at `total`."""
     if warmup and step < warmup:
