@@ -1,12 +1,12 @@
 """Recipe selection by k-fold cross-validation on the Skip-Cache, every fold and recipe trained at once.
 
-Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one
-model per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank
-form a *stack* (the tap scalings are its input groups): they share each mini-batch (one shuffle of all
-samples per epoch), a fold's model gives its own validation rows weight 0, and each product is one batched
-matrix product over all models, so a whole cross-validation costs a few single runs' worth of numpy calls.
-Folds are contiguous blocks in sample order within each class (the data is correlated in time); every class
-stays in every fold's training part. Epoch counts are candidates for free: models are scored at each mark.
+Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one model
+per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank form a
+*stack* (the tap scalings are its input groups); all stacks share each mini-batch (one shuffle per epoch), one
+loss gradient and one optimiser step, and a fold's model gives its own validation rows weight 0. Folds are
+contiguous blocks in sample order within each class (the data is correlated in time); every class stays in
+every fold's training part. Epoch counts are candidates for free: models are scored at each mark. A large
+set is cross-validated on an evenly spaced subset (`select`'s max_rows); the refit uses every sample.
 
     A_k  (G, d_k, Mg, r)   B (M, K r, C)   bias (M, C)        G groups x Mg models = M
     h    (M, b, K r) = [t_k A_k]          y = y0 + s h B + bias
@@ -39,9 +39,8 @@ class Recipe:
 def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
     """Fold id (0..k-1) per sample: each class's samples, in sample order, cut into k contiguous blocks."""
     fold = np.zeros(len(targets), np.int64)
-    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
-        else [np.arange(len(targets))]
-    for g in groups:
+    for g in [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" else \
+            [np.arange(len(targets))]:
         fold[g] = np.arange(len(g)) * k // len(g)
     return fold
 
@@ -83,6 +82,7 @@ class Stack:
                      for key, (a, b) in zip(layout.a_keys, layout.bounds)]
         self.bt = self.p["B"].transpose(0, 2, 1)
         self.bias = (self.p["bias"][:, None, :], self.g["bias"][:, None, :]) if layout.bias else None
+        self.ones = np.ones((1, cfg.batch_size), np.float32)                      # sums over a batch (grows)
 
     @staticmethod
     def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
@@ -111,7 +111,8 @@ class Stack:
         """Gradients into self.g from g (M, b, C): each model's weighted dL/dy per sample (scaled in place)."""
         (g_, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
         if self.bias:                                        # sum over the batch as a product (see _loss_grad)
-            np.matmul(np.ones((1, n), np.float32), g, out=self.bias[1])
+            self.ones = self.ones if n <= self.ones.shape[1] else np.ones((1, n), np.float32)
+            np.matmul(self.ones[:, :n], g, out=self.bias[1])
         if self.scale != 1.0:
             g *= self.scale
         if self.train_b:                                     # else B stays fixed: its gradient stays 0
@@ -132,9 +133,7 @@ def _loss_grad(task: str, c: int):
 
     def grad(y, rows, shift):
         if task != "classification":
-            y -= rows
-            y *= 2.0 / c
-            return y
+            return np.multiply(np.subtract(y, rows, out=y), 2.0 / c, out=y)
         y -= shift
         np.minimum(y, 80.0, out=y)                           # exp stays finite even if an adapter diverges
         np.exp(y, out=y)
@@ -226,8 +225,7 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
                     s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     results.append({"recipe": Recipe(form, sc, float(wd), r, epoch), "score": s, "loss": lo})
-    base_score, base_loss = _scores(y0, targets, task)
-    return results, {"score": base_score, "loss": base_loss}, fold
+    return results, dict(zip(("score", "loss"), _scores(y0, targets, task))), fold
 
 
 def summarize(score: np.ndarray, loss: np.ndarray, fold: np.ndarray, k: int) -> dict:
