@@ -6,16 +6,26 @@ import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune
 from edgelora.core import lora
-from edgelora.core.crossval import Recipe, Stack, _grad_fn, choose, fold_standardizer, folds, tap_standardizer
+from edgelora.core.crossval import Recipe, Stack, _loss_grad, choose, folds, select, tap_standardizer
+from edgelora.core.lora import fold_standardizer
 from edgelora.core.losses import cross_entropy_grad
-from edgelora.core.optim import AdamW
+from edgelora.core.optim import AdamW, from_config
 
 CV = TrainConfig(epochs=6, batch_size=10, lr=1e-2)
 
 
 def unit(weight):
-    """(M, b) 0/1 weights -> (M, b, 1) summing to 1 per model (what Stack.step takes)."""
+    """(M, b) 0/1 weights -> (M, b, 1) summing to 1 per model (what cross_validate gives a batch)."""
     return (weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-12))[:, :, None]
+
+
+def step(stack, opt, y0, t, onehot, weight, lr):
+    """One optimiser step of every model of a stack, as cross_validate takes it."""
+    y, h = stack.forward(y0, t)
+    g = _loss_grad("classification", onehot.shape[1])(y, onehot, y0.max(axis=1, keepdims=True))
+    g *= weight
+    stack.backward(g, h, t)
+    opt.step(stack.flat, stack.grad, lr)
 
 
 def test_folds_are_contiguous_per_class_and_cover_every_sample_once():
@@ -40,10 +50,10 @@ def test_no_sample_trains_the_model_that_validates_it():
     t, y0 = rng.standard_normal((n, 5)).astype(np.float32), rng.standard_normal((n, 3)).astype(np.float32)
     for f in range(k):
         stack = Stack(layout, 1, k, 1.0, np.zeros(k, np.float32), CV)
+        opt = from_config(CV, stack.decay.size, stack.decay)
         only = np.flatnonzero(fold == f)                     # a batch of fold f's samples only
         weight = (fold[only][None, :] != np.arange(k)[:, None]).astype(np.float32)
-        grad = _grad_fn("classification", 3, y)
-        stack.step(y0[only], t[only][None], lambda out: grad(out, only), unit(weight), 0.1)
+        step(stack, opt, y0[only], t[only][None], np.eye(3, dtype=np.float32)[y[only]], unit(weight), 0.1)
         moved = [bool(np.any(stack.p["B"][j]) or np.any(stack.p["bias"][j])) for j in range(k)]
         assert moved == [j != f for j in range(k)]
 
@@ -56,17 +66,16 @@ def test_stack_equals_single_runs():
     groups, mg, b = 2, 3, 8
     decays = np.array([0.0, 0.1, 1.0], np.float32)
     stack = Stack(layout, groups, mg, 2.0, decays, CV)
+    opt = from_config(CV, stack.decay.size, stack.decay)
     y = rng.integers(0, 3, b)
     weight = (rng.random((groups * mg, b)) < 0.7).astype(np.float32)
     weight[:, 0] = 1.0
     singles = [lora.init(layout, CV.seed) for _ in range(groups * mg)]
     opts = [AdamW(layout.size, weight_decay=float(decays[m % mg])) for m in range(groups * mg)]
-    grad = _grad_fn("classification", 3, y)
     onehot = np.eye(3, dtype=np.float32)[y]
     for _ in range(5):
         t, y0 = rng.standard_normal((groups, b, 10)).astype(np.float32), rng.standard_normal((b, 3)).astype(np.float32)
-        idx = np.arange(b)
-        stack.step(y0, t, lambda out: grad(out, idx), unit(weight), 0.05)
+        step(stack, opt, y0, t, onehot, unit(weight), 0.05)
         for m in range(groups * mg):
             rows = weight[m] > 0
             p, g = lora.views(singles[m], layout), lora.views(np.zeros_like(singles[m]), layout)
@@ -79,6 +88,20 @@ def test_stack_equals_single_runs():
         assert np.allclose(stack.p["A.b"][m // mg, :, m % mg], p["A.b"], atol=1e-5)
         assert np.allclose(stack.p["B"][m], p["B"], atol=1e-5)
         assert np.allclose(stack.p["bias"][m], p["bias"], atol=1e-5)
+
+
+def test_loss_grad_is_the_cross_entropy_gradient_even_for_large_logits():
+    """The stacked softmax shifts by the backbone's largest logit, not by a max over y: same gradient, finite
+    where an unshifted exp overflows (logits ~ 1000), and one call for several stacks of models."""
+    rng = np.random.default_rng(2)
+    y0 = (1000.0 + 5.0 * rng.standard_normal((6, 4))).astype(np.float32)
+    y = y0 + rng.standard_normal((2, 3, 6, 4)).astype(np.float32)            # (stacks, models, b, C)
+    onehot = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 6)]
+    want = np.stack([[cross_entropy_grad(m.copy(), onehot) * 6 for m in s] for s in y])  # not divided by b
+    got = _loss_grad("classification", 4)(y.copy(), onehot, y0.max(axis=1, keepdims=True))
+    assert np.isfinite(got).all() and np.allclose(got, want, atol=1e-5)
+    target = rng.standard_normal((6, 4)).astype(np.float32)
+    assert np.allclose(_loss_grad("regression", 4)(y.copy(), target, None), (y - target) * 2 / 4)
 
 
 def test_choose_prefers_raw_taps_within_one_standard_error():
@@ -133,6 +156,33 @@ def test_cv_refits_on_every_sample_and_reports_an_estimate(toy_bundle, toy_data)
     assert Predictor(bb, adapter).evaluate(x, y)["accuracy"] > before
 
 
+def test_cv_on_evenly_spaced_rows_of_a_large_set_refits_on_all(toy_bundle, toy_data):
+    """cv_rows_per_class caps the cross-validated rows at that many x classes, evenly spaced in sample order
+    (a subset of whole time ranges, every class kept); the refit still trains on every sample."""
+    bb = Backbone(toy_bundle)
+    x, y = toy_data                                                          # 120 samples, 3 classes
+    read = []
+    y0, t = bb.features({"x": x})
+
+    def features(idx):
+        read.append(np.asarray(idx))
+        return y0[idx], t[idx]
+    layouts = {("skip", 2): lora.Layout(bb.manifest.tap_names, bb.manifest.tap_widths, 3, 2, True)}
+    _, sel = select(features, None, ["none"], 120, y, layouts, {("skip", 2): 4.0}, [1.0], CV, "classification",
+                    None, 10 * 3)
+    rows = read[0]
+    assert len(rows) == 30 and np.all(np.diff(rows) > 0) and rows[0] == 0 and rows[-1] == 119
+    assert np.ptp(np.diff(rows)) <= 1 and set(y[rows]) == {0, 1, 2}          # evenly spaced, every class
+    assert sel["method"] == "5-fold cross-validation on 30 of 120 samples, evenly spaced in sample order"
+    capped, h = finetune(bb, x, y, dataclasses.replace(CV, cv_rows_per_class=10))
+    assert h.selection["method"].endswith("on 30 of 120 samples, evenly spaced in sample order")
+    assert h.samples["train"] == 120
+    fixed = dataclasses.replace(CV, weight_decay=h.chosen["weight_decay"], tap_scaling=h.chosen["tap_scaling"],
+                                epochs=h.chosen["epochs"], form=h.chosen["form"], cv_folds=0)
+    assert np.array_equal(capped.flat, finetune(bb, x, y, fixed)[0].flat)   # the refit: every sample
+    assert finetune(bb, x, y, CV)[1].selection["method"] == "5-fold cross-validation"   # 128 x 3 > 120: all
+
+
 def test_cv_same_seed_bit_identical(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
     a1, h1 = finetune(bb, *toy_data, CV)
@@ -156,6 +206,7 @@ def test_standard_scaling_adapter_acts_on_raw_taps(toy_bundle, toy_data):
 @pytest.mark.parametrize("field,value,message", [
     ("cv_folds", 1, "`cv_folds` should be 0"),
     ("epoch_fractions", (0.0,), "`epoch_fractions` should list numbers in"),
+    ("cv_rows_per_class", -1, "`cv_rows_per_class` should be >= 0"),
 ])
 def test_error_bad_cv_settings(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,12 +1,12 @@
 """Recipe selection by k-fold cross-validation on the Skip-Cache, every fold and recipe trained at once.
 
-Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one
-model per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank
-form a *stack* (the tap scalings are its input groups): they share each mini-batch (one shuffle of all
-samples per epoch), a fold's model gives its own validation rows weight 0, and each product is one batched
-matrix product over all models, so a whole cross-validation costs a few single runs' worth of numpy calls.
-Folds are contiguous blocks in sample order within each class (the data is correlated in time); every class
-stays in every fold's training part. Epoch counts are candidates for free: models are scored at each mark.
+Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one model
+per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank form a
+*stack* (the tap scalings are its input groups); all stacks share each mini-batch (one shuffle per epoch), one
+loss gradient and one optimiser step, and a fold's model gives its own validation rows weight 0. Folds are
+contiguous blocks in sample order within each class (the data is correlated in time); every class stays in
+every fold's training part. Epoch counts are candidates for free: models are scored at each mark. A large
+set is cross-validated on an evenly spaced subset (`select`'s max_rows); the refit uses every sample.
 
     A_k  (G, d_k, Mg, r)   B (M, K r, C)   bias (M, C)        G groups x Mg models = M
     h    (M, b, K r) = [t_k A_k]          y = y0 + s h B + bias
@@ -20,7 +20,7 @@ import numpy as np
 
 from . import lora
 from .losses import balanced_weights
-from .optim import OPTIMIZERS, learning_rate
+from .optim import from_config, learning_rate
 
 SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
@@ -39,9 +39,8 @@ class Recipe:
 def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
     """Fold id (0..k-1) per sample: each class's samples, in sample order, cut into k contiguous blocks."""
     fold = np.zeros(len(targets), np.int64)
-    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
-        else [np.arange(len(targets))]
-    for g in groups:
+    for g in [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" else \
+            [np.arange(len(targets))]:
         fold[g] = np.arange(len(g)) * k // len(g)
     return fold
 
@@ -56,50 +55,34 @@ def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np
     return mu.astype(np.float32), inv.astype(np.float32)
 
 
-def fold_standardizer(flat: np.ndarray, layout: lora.Layout, scale: float, mu: np.ndarray,
-                      inv: np.ndarray) -> np.ndarray:
-    """Parameters trained on standardised taps (t - mu) * inv, rewritten to act on raw taps t (exact):
-    A_k <- diag(inv_k) A_k and bias <- bias - s * sum_k ((mu_k * inv_k) A_k) B_k."""
-    assert layout.bias, "folding the tap means needs an output bias"
-    out = flat.astype(np.float64)
-    p = lora.views(out, layout)
-    shift = np.zeros(layout.num_outputs)
-    for k, (a, b) in enumerate(layout.bounds):
-        A = p[layout.a_keys[k]]
-        shift += ((mu[a:b] * inv[a:b]) @ A) @ lora.tap_B(p, layout, k)
-        A *= inv[a:b, None]
-    p["bias"] -= scale * shift
-    return out.astype(np.float32)
-
-
 class Stack:
     """M = G x Mg skip adapters of one layout trained side by side: G input groups (one per tap scaling, each
-    reading its own version of the taps) of Mg models each; one optimiser with per-model weight decay.
-    Model m = g Mg + j. Each product is one (batched) matrix product over all models."""
+    reading its own version of the taps) of Mg models each; model m = g Mg + j. Each product is one batched
+    matrix product over all models; the caller's optimiser steps the flat buffers (per-model weight decay)."""
 
     def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
                  init_flat: np.ndarray | None = None, form: str = "skip", buffers: tuple | None = None):
         """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's).
-        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs, owned by the
-        caller, whose one optimiser then steps every stack at once (step(..., update=False)); by default the
-        stack owns both."""
+        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs (by default new)."""
         self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
         self.train_b = form != "last"
         one = init_flat if init_flat is not None else \
             lora.init(layout, cfg.seed) if self.train_b else lora.init_last(layout, scale)  # as a single run starts
-        p1 = lora.views(one, layout)
-        self.shapes = self.layout_shapes(layout, groups, per_group)
-        size = sum(int(np.prod(s)) for s in self.shapes.values())
-        self.flat, self.grad, wd = buffers if buffers is not None else (np.zeros(size, np.float32) for _ in range(3))
-        self.p, self.g, w = (lora.split(buf, self.shapes) for buf in (self.flat, self.grad, wd))
-        every = np.tile(decays, groups)
+        p1, shapes = lora.views(one, layout), self.layout_shapes(layout, groups, per_group)
+        size = sum(int(np.prod(s)) for s in shapes.values())
+        self.flat, self.grad, self.decay = buffers or [np.zeros(size, np.float32) for _ in range(3)]
+        self.p, self.g, w = (lora.split(buf, shapes) for buf in (self.flat, self.grad, self.decay))
         for key in layout.a_keys:
-            self.p[key][:] = p1[key][None, :, None, :]
-            w[key][:] = decays[None, None, :, None]
-        self.p["B"][:], w["B"][:] = p1["B"], every[:, None, None] if self.train_b else 0.0
+            self.p[key][:], w[key][:] = p1[key][None, :, None, :], decays[None, None, :, None]
+        self.p["B"][:], w["B"][:] = p1["B"], np.tile(decays, groups)[:, None, None] if self.train_b else 0.0
         if layout.bias:
-            self.p["bias"][:], w["bias"][:] = p1["bias"], every[:, None]
-        self.opt = None if buffers is not None else optimizer(cfg, wd)
+            self.p["bias"][:], w["bias"][:] = p1["bias"], np.tile(decays, groups)[:, None]
+        # views for the step: per tap (columns of t, A_k and its gradient as (G, d_k, Mg r)), B^T, the bias
+        self.taps = [(slice(a, b), *(q[key].reshape(groups, b - a, -1) for q in (self.p, self.g)))
+                     for key, (a, b) in zip(layout.a_keys, layout.bounds)]
+        self.bt = self.p["B"].transpose(0, 2, 1)
+        self.bias = (self.p["bias"][:, None, :], self.g["bias"][:, None, :]) if layout.bias else None
+        self.ones = np.ones((1, cfg.batch_size), np.float32)                      # sums over a batch (grows)
 
     @staticmethod
     def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
@@ -107,71 +90,55 @@ class Stack:
         m = groups * per_group
         shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
                   "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
-        if layout.bias:
-            shapes["bias"] = (m, layout.num_outputs)
-        return shapes
+        return {**shapes, "bias": (m, layout.num_outputs)} if layout.bias else shapes
 
-    def A(self, k: int, p: dict | None = None) -> np.ndarray:
-        """A_k of every model as (G, d_k, Mg r): a view for one batched product per tap."""
-        a = (self.p if p is None else p)[self.layout.a_keys[k]]
-        return a.reshape(self.g_, a.shape[1], self.mg * self.layout.rank)
-
-    def forward(self, y0: np.ndarray, t: np.ndarray):
-        """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C), h (M, b, K r)."""
-        lay, (g, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
-        h = np.empty((g, mg, n, len(lay.taps) * r), np.float32)
-        for k, (a, b) in enumerate(lay.bounds):
-            hk = np.matmul(t[:, :, a:b], self.A(k))                                 # (G, b, Mg r)
-            h[:, :, :, k * r:(k + 1) * r] = hk.reshape(g, n, mg, r).transpose(0, 2, 1, 3)
-        h = h.reshape(self.m, n, -1)
-        y = h @ self.p["B"]
-        y *= self.scale
+    def forward(self, y0: np.ndarray, t: np.ndarray, out: np.ndarray | None = None):
+        """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C) (into `out` if given), h (M, b, K r)."""
+        (g, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
+        hk = np.empty((g, n, len(self.taps), mg * r), np.float32)                # per tap: (G, b, Mg r)
+        for k, (cols, a, _) in enumerate(self.taps):
+            np.matmul(t[:, :, cols], a, out=hk[:, :, k])
+        h = hk.reshape(g, n, -1, mg, r).transpose(0, 3, 1, 2, 4).reshape(self.m, n, -1)   # a copy, per model
+        y = np.matmul(h, self.p["B"], out=out)
+        if self.scale != 1.0:
+            y *= self.scale
         y += y0
-        if lay.bias:
-            y += self.p["bias"][:, None, :]
+        if self.bias:
+            y += self.bias[0]
         return y, h
 
-    def step(self, y0: np.ndarray, t: np.ndarray, grad_fn, weight: np.ndarray, lr: float, update: bool = True) -> None:
-        """One optimiser step of every model. weight (M, b, 1): each model's per-sample loss weight, summing
-        to 1 over its samples (0 = not its data), as `cross_validate` builds it."""
-        lay, (g_, mg, r), n = self.layout, (self.g_, self.mg, self.layout.rank), t.shape[1]
-        y, h = self.forward(y0, t)
-        g = grad_fn(y)                                       # (M, b, C): dL/dy per sample, unnormalised
-        g *= weight
-        if lay.bias:
-            np.add.reduce(g, axis=1, out=self.g["bias"])
-        g *= self.scale
+    def backward(self, g: np.ndarray, h: np.ndarray, t: np.ndarray) -> None:
+        """Gradients into self.g from g (M, b, C): each model's weighted dL/dy per sample (scaled in place)."""
+        (g_, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
+        if self.bias:                                        # sum over the batch as a product (see _loss_grad)
+            self.ones = self.ones if n <= self.ones.shape[1] else np.ones((1, n), np.float32)
+            np.matmul(self.ones[:, :n], g, out=self.bias[1])
+        if self.scale != 1.0:
+            g *= self.scale
         if self.train_b:                                     # else B stays fixed: its gradient stays 0
             np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
-        gh = (g @ self.p["B"].transpose(0, 2, 1)).reshape(g_, mg, n, -1)       # (G, Mg, b, K r)
-        for k, (a, b) in enumerate(lay.bounds):
-            ghk = gh[..., k * r:(k + 1) * r].transpose(0, 2, 1, 3).reshape(g_, n, mg * r)
-            np.matmul(t[:, :, a:b].transpose(0, 2, 1), ghk, out=self.A(k, self.g))
-        if update:
-            self.opt.step(self.flat, self.grad, lr)
+        gh = np.matmul(g, self.bt).reshape(g_, mg, n, -1, r)                          # (G, Mg, b, K, r)
+        gh = gh.transpose(0, 2, 3, 1, 4).reshape(g_, n, -1, mg * r)                    # (G, b, K, Mg r): a copy
+        tt = t.transpose(0, 2, 1)
+        for k, (cols, _, da) in enumerate(self.taps):
+            np.matmul(tt[:, cols], gh[:, :, k], out=da)
 
 
-def optimizer(cfg, decay: np.ndarray):
-    """The run's optimiser over a flat buffer with a per-element weight decay."""
-    return OPTIMIZERS[cfg.optimizer](decay.size, weight_decay=decay,
-                                     **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+def _loss_grad(task: str, c: int):
+    """grad(y (..., b, C), rows (b, C), shift (b, 1)) -> per-sample dL/dy (not yet divided by the batch size), in
+    place in y; rows: the batch's one-hot targets (classification) or target values (regression). The softmax
+    subtracts `shift` (each sample's largest backbone logit) instead of a max over y, and sums with a matrix
+    product: a reduction over a short last axis costs 5-15 us in numpy, a product 1-2 us."""
+    ones = np.ones((c, 1), np.float32)
 
-
-def _grad_fn(task: str, c: int, targets: np.ndarray):
-    """grad(y (M, b, C), idx) -> per-sample dL/dy (not yet divided by the batch size), in place in y."""
-    if task != "classification":
-        def grad(y, idx):
-            y -= targets[idx][None]
-            y *= 2.0 / c
-            return y
-        return grad
-    onehot = np.eye(c, dtype=np.float32)[targets]
-
-    def grad(y, idx):
-        y -= y.max(axis=2, keepdims=True)
+    def grad(y, rows, shift):
+        if task != "classification":
+            return np.multiply(np.subtract(y, rows, out=y), 2.0 / c, out=y)
+        y -= shift
+        np.minimum(y, 80.0, out=y)                           # exp stays finite even if an adapter diverges
         np.exp(y, out=y)
-        y /= y.sum(axis=2, keepdims=True)
-        y -= onehot[idx][None]
+        y /= y @ ones
+        y -= rows
         return y
     return grad
 
@@ -201,50 +168,54 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
     """
     n, c = y0.shape
     fold = folds(targets, k, task)
-    grad = _grad_fn(task, c, targets)
-    sample_w = np.ones(n, np.float32)
-    if task == "classification" and not isinstance(cfg.class_weights, str):
-        sample_w = np.asarray(cfg.class_weights, np.float32)[targets]
-    elif task == "classification" and cfg.class_weights == "balanced":
-        sample_w = balanced_weights(targets, c)[targets]
+    weights = None if task != "classification" or cfg.class_weights == "none" else \
+        balanced_weights(targets, c) if cfg.class_weights == "balanced" else np.asarray(cfg.class_weights, np.float32)
+    sample_w = np.ones(n, np.float32) if weights is None else weights[targets]
     rng = np.random.default_rng(cfg.seed)
     wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
-    # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap
-    sources, used = {"skip": t_all}, {}
-    for (form, r), layout in layouts.items():
-        if form == "last":
-            a = layout.bounds[-1][0]
-            layout = lora.Layout(layout.taps[-1:], layout.widths[-1:], layout.num_outputs, r, layout.bias)
-            sources["last"] = np.ascontiguousarray(t_all[:, :, a:])
-        used[form, r] = layout
+    # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap's columns
+    used = {(form, r): (lora.Layout(lay.taps[-1:], lay.widths[-1:], lay.num_outputs, r, lay.bias),
+                        slice(lay.bounds[-1][0], None)) if form == "last" else (lay, slice(None))
+            for (form, r), lay in layouts.items()}
     # every stack lives in one flat buffer, so one optimiser call per step updates all of them
     sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, len(scalings), len(wds)).values())
-             for lay in used.values()]
+             for lay, _ in used.values()]
     flat, grads, decay = (np.zeros(sum(sizes), np.float32) for _ in range(3))
     ends = np.cumsum([0] + sizes)
-    stacks = {key: Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
-                         (flat[a:b], grads[a:b], decay[a:b]))
-              for (key, lay), a, b in zip(used.items(), ends[:-1], ends[1:])}
-    opt = optimizer(cfg, decay)
+    stacks = [(key, Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
+                          (flat[a:b], grads[a:b], decay[a:b])), cols)
+              for (key, (lay, cols)), a, b in zip(used.items(), ends[:-1], ends[1:])]
+    opt, grad = from_config(cfg, decay.size, decay), _loss_grad(task, c)
     own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
     keep = (fold[None, :] != own[:, None]) * sample_w               # (M, N): a model's loss weight per sample
+    rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets.astype(np.float32)
+    shift = np.maximum.reduce(y0, axis=1, keepdims=True)
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
-    total, warmup = max(marks) * steps, int(round(cfg.warmup_epochs * steps))
+    lrs = [learning_rate(i, max(marks) * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
+           for i in range(max(marks) * steps)]
+    starts = np.arange(0, n, bs)
+    tp = np.empty_like(t_all)                                       # the taps in this epoch's order
     results = []
     for epoch in range(1, max(marks) + 1):
+        # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch
         perm = rng.permutation(n)
+        w = keep[:, perm]
+        w /= np.repeat(np.maximum(np.add.reduceat(w, starts, axis=1), 1e-12), np.diff(np.append(starts, n)), axis=1)
+        y0p, rp, sp = y0[perm], rows[perm], shift[perm]
+        np.take(t_all, perm, axis=1, out=tp)
         for i in range(steps):
-            idx = perm[i * bs:(i + 1) * bs]
-            weight = keep[:, idx, None]
-            weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-12)
-            lr = learning_rate((epoch - 1) * steps + i, total, cfg.lr, cfg.schedule, warmup)
-            b0, t = y0[idx], {form: taps[:, idx] for form, taps in sources.items()}
-            for (form, _), stack in stacks.items():
-                stack.step(b0, t[form], lambda y: grad(y, idx), weight, lr, update=False)
-            opt.step(flat, grads, lr)
+            s = slice(i * bs, (i + 1) * bs)
+            ts = [tp[:, s, cols] for _, _, cols in stacks]
+            y = np.empty((len(stacks), len(own), len(sp[s]), c), np.float32)    # every stack's outputs
+            hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
+            grad(y, rp[s], sp[s])                                        # one loss gradient for all stacks
+            y *= w[:, s, None]
+            for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
+                stack.backward(g, h, t)
+            opt.step(flat, grads, lrs[(epoch - 1) * steps + i])
         if epoch in marks:
-            for (form, r), stack in stacks.items():
-                y, _ = stack.forward(y0, sources[form])          # (M, N, C): every model on every sample
+            for (form, r), stack, cols in stacks:
+                y, _ = stack.forward(y0, t_all[:, :, cols])      # (M, N, C): every model on every sample
                 score, loss = _scores(y, targets, task)
                 bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
                 score[bad], loss[bad] = -np.inf, np.inf
@@ -254,8 +225,7 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targe
                     s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)
                     results.append({"recipe": Recipe(form, sc, float(wd), r, epoch), "score": s, "loss": lo})
-    base_score, base_loss = _scores(y0, targets, task)
-    return results, {"score": base_score, "loss": base_loss}, fold
+    return results, dict(zip(("score", "loss"), _scores(y0, targets, task))), fold
 
 
 def summarize(score: np.ndarray, loss: np.ndarray, fold: np.ndarray, k: int) -> dict:
@@ -285,13 +255,12 @@ def select(features, standardizer: tuple | None, scalings: list[str], n: int, ta
            max_rows: int | None = None) -> tuple[Recipe, dict]:
     """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
     (History.selection). features(idx) -> (y0, taps); standardizer: (mean, 1/std) of the taps for the
-    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order
-    (a cache that exceeds the memory budget)."""
+    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order."""
     everything, subset = np.arange(n), ""
     if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
         everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
+        subset = f" on {len(everything)} of {n} samples, evenly spaced in sample order"
         targets, n = targets[everything], len(everything)
-        subset = f" on {n} evenly spaced samples (the cache exceeds the memory budget)"
     k = min(config.cv_folds, n // 2)
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "

@@ -15,7 +15,7 @@ import numpy as np
 from . import lora
 from .losses import balanced_weights, cross_entropy, cross_entropy_grad, mse
 from .metrics import epoch_metrics
-from .optim import OPTIMIZERS, clip_grad_norm, learning_rate
+from .optim import clip_grad_norm, from_config, learning_rate
 from .shuffle import SplitMix64
 
 MONITOR = 256  # train loss is monitored on a fixed sample of at most this many rows (both trainers)
@@ -45,8 +45,7 @@ class Run:
         if form == "last":   # B is held fixed: no gradient (zeroed every step) and no decay
             decay = np.full(self.flat.size, weight_decay, np.float32)
             lora.views(decay, layout)["B"][:] = 0.0
-        self.opt = OPTIMIZERS[cfg.optimizer](self.flat.size, weight_decay=decay,
-                                             **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+        self.opt = from_config(cfg, self.flat.size, decay)
         self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
         self.shuffler = SplitMix64(cfg.seed)       # specified PRNG: every client shuffles identically
         self.epoch = self.step = self.best_epoch = self.since_best = 0

@@ -174,3 +174,19 @@ def mask_classes(p: dict, layout: Layout, classes: np.ndarray) -> None:
     p["B"][:, classes] = 0.0
     if layout.bias:
         p["bias"][classes] = 0.0
+
+
+def fold_standardizer(flat: np.ndarray, layout: Layout, scale: float, mu: np.ndarray,
+                      inv: np.ndarray) -> np.ndarray:
+    """Parameters trained on standardised taps (t - mu) * inv, rewritten to act on raw taps t (exact):
+    A_k <- diag(inv_k) A_k and bias <- bias - s * sum_k ((mu_k * inv_k) A_k) B_k."""
+    assert layout.bias, "folding the tap means needs an output bias"
+    out = flat.astype(np.float64)
+    p = views(out, layout)
+    shift = np.zeros(layout.num_outputs)
+    for k, (a, b) in enumerate(layout.bounds):
+        A = p[layout.a_keys[k]]
+        shift += ((mu[a:b] * inv[a:b]) @ A) @ tap_B(p, layout, k)
+        A *= inv[a:b, None]
+    p["bias"] -= scale * shift
+    return out.astype(np.float32)

@@ -41,6 +41,7 @@ class Adam:
         self._decay = bool(np.any(np.asarray(weight_decay) != 0))
         self.m, self.v = np.zeros(size, dtype), np.zeros(size, dtype)
         self._tmp = np.zeros(size, dtype)
+        self._shrink = (None, None)                                # (lr, 1 - lr * decay) of the last decoupled step
         self.t = 0
 
     def step(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
@@ -49,13 +50,16 @@ class Adam:
             grad = grad + self.weight_decay * theta
         m, v, tmp = self.m, self.v, self._tmp
         m *= self.b1
-        m += (1 - self.b1) * grad
+        np.multiply(grad, 1 - self.b1, out=tmp)                    # no temporaries: a step is ~13 buffer passes
+        m += tmp
         v *= self.b2
         np.multiply(grad, grad, out=tmp)
         tmp *= 1 - self.b2
         v += tmp
         if self._decay and self.decoupled:
-            theta *= 1 - lr * self.weight_decay
+            if self._shrink[0] != lr:                              # a per-element decay: computed once per lr
+                self._shrink = (lr, 1 - lr * self.weight_decay)
+            theta *= self._shrink[1]
         # theta -= lr_t * m / (sqrt(v) + eps_t), with the bias corrections folded into lr_t and eps_t
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
         np.sqrt(v, out=tmp)
@@ -74,6 +78,12 @@ def AdamW(size: int, weight_decay: float = 1e-2, **kw) -> Adam:
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def from_config(cfg, size: int, weight_decay):
+    """The optimiser a TrainConfig names (`optimizer`, `momentum`), with this weight decay (a number or per element)."""
+    return OPTIMIZERS[cfg.optimizer](size, weight_decay=weight_decay,
+                                     **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
 
 
 def learning_rate(step: int, total: int, base: float, schedule: str = "constant", warmup: int = 0) -> float:

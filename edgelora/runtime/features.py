@@ -101,10 +101,13 @@ class FeatureSource:
         return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
                              seconds=self.seconds)
 
-    def cv_rows(self, copies: int) -> int | None:
-        """How many rows cross-validation may gather (core/crossval.select's max_rows): all (None) unless the
-        rows are read from disk per batch; then `copies` float32 copies of them stay within half the budget."""
-        return self.cache.memory_budget // (8 * self.cache.width * copies) if self.lazy else None
+    def cv_rows(self, copies: int, cap: int = 0) -> int | None:
+        """How many rows cross-validation may gather (core/crossval.select's max_rows): at most `cap` (0: no cap)
+        and, when rows are read from disk per batch, few enough that `copies` float32 copies of them stay within
+        half the budget; None: all."""
+        limits = ([self.cache.memory_budget // (8 * self.cache.width * copies)] if self.lazy else []) + \
+            ([cap] if cap else [])
+        return min(limits) if limits else None
 
 
 def prepare(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache | None = None,

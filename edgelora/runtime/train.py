@@ -110,7 +110,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     best = _select(runs, config.select_tolerance)
     scaling = recipes[runs.index(best)].tap_scaling
     result = best.result.copy() if scaling == "none" else \
-        crossval.fold_standardizer(best.result, best.layout, best.scale, *features.standardizer)
+        lora.fold_standardizer(best.result, best.layout, best.scale, *features.standardizer)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
     history.chosen = {"form": best.form, "r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
                       "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
@@ -151,7 +151,9 @@ def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
         features, features.standardizer if "standard" in scalings else None, scalings, len(targets), targets,
         {(f, r): _layout(m, r, bias) for f, r in kinds}, {(f, r): _alpha(f, r, config, init) for f, r in kinds},
         decays, config, m.task, None if init is None else init.flat,
-        features.cv_rows(len(scalings) + 1))  # a copy per tap scaling, and one being gathered
+        # a copy per tap scaling, each also in epoch order, and one being gathered; enough rows to choose a
+        # recipe (cv_rows_per_class): fewer steps on a large fine-tune set, the refit uses every sample
+        features.cv_rows(2 * len(scalings) + 1, config.cv_rows_per_class * m.num_outputs))
     return [recipe], selection
 
 

@@ -45,6 +45,8 @@ class TrainConfig:
     cv_folds: int = 5                                # k of the k-fold cross-validation (val_fraction 0); 0: none,
                                                      # train exactly the given settings on every sample
     epoch_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # cross-validation also picks how many of `epochs` to train
+    cv_rows_per_class: int = 128                     # cross-validate on at most this many samples x classes (outputs),
+                                                     # evenly spaced in sample order (0: all); the refit uses all
     val_split: Literal["tail", "random"] = "tail"    # tail: each class's most recent samples (no time leak)
     patience: int | None = None                      # stop after this many epochs without a better val loss
     seed: int = 0
@@ -73,6 +75,8 @@ class TrainConfig:
         check(0 <= self.val_fraction < 1, f"`val_fraction` should be in [0, 1), found {self.val_fraction}")
         check(self.patience is None or self.patience >= 1, f"`patience` should be positive, found {self.patience}")
         check(self.cv_folds == 0 or self.cv_folds >= 2, f"`cv_folds` should be 0 (off) or >= 2, found {self.cv_folds}")
+        check(self.cv_rows_per_class >= 0,
+              f"`cv_rows_per_class` should be >= 0 (0: all), found {self.cv_rows_per_class}")
         check(len(self.epoch_fractions) >= 1 and all(0 < f <= 1 for f in self.epoch_fractions),
               f"`epoch_fractions` should list numbers in (0, 1], found {self.epoch_fractions}")
         auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(self, f) == "auto"]
