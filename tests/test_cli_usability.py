@@ -149,3 +149,14 @@ def test_verbose_help_mentions_epochs_only_where_there_are_epochs(command, capsy
     assert main([command, "--help"]) == 0
     assert "every epoch" not in capsys.readouterr().out
     assert main(["finetune", "--help"]) == 0 and "log every epoch" in capsys.readouterr().out
+
+
+def test_cv_rows_per_class_limits_the_cross_validated_samples(files, capsys):
+    bundle, d = files
+    r = run_json(capsys, "finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), *FAST,
+                 "--cv-rows-per-class", "10", "--json")              # 3 classes: 30 of the 120 samples
+    assert "on 30 of 120 samples" in r["cross_validation"]["method"] and r["settings"]["cv_rows_per_class"] == 10
+    assert r["samples"] == {"train": 120, "val": 0}                  # the refit still trains on every sample
+    assert main(["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad2"),
+                 "--cv-rows-per-class", "-1"]) == 2
+    assert "expected 0 or a positive integer, found '-1'" in capsys.readouterr().err and not (d / "ad2").exists()

@@ -40,6 +40,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    """0 or a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, found {text!r}")
+    return value
+
+
 def fold_count(text: str) -> int:
     """--cv-folds: 0 (off) or an integer >= 2."""
     try:

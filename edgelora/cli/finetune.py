@@ -63,6 +63,9 @@ def register(subparsers) -> None:
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
                         f"selection, train exactly the given settings (default {d.cv_folds})")
+    t.add_argument("--cv-rows-per-class", type=common.count, default=d.cv_rows_per_class, metavar="N",
+                   help="cross-validate on at most N x classes samples, evenly spaced in sample order (the final "
+                        f"training uses every sample); 0: all (default {d.cv_rows_per_class})")
     t.add_argument("--val-fraction", type=common.fraction, default=d.val_fraction, metavar="F",
                    help="instead of cross-validation, hold out this share of each class's most recent samples, "
                         f"choose on it and restore the best epoch (default {d.val_fraction}: cross-validation)")
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> dict:
     config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds)
+                         form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
+                         cv_rows_per_class=args.cv_rows_per_class)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
                          "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
                          "rank": config.r, "weight_decay": config.weight_decay, "form": config.form,
                          "tap_scaling": config.tap_scaling,
-                         "cv_folds": config.cv_folds, "resumed": args.resume},
+                         "cv_folds": config.cv_folds, "cv_rows_per_class": config.cv_rows_per_class,
+                         "resumed": args.resume},
             "history": history.epochs}
 
 def _fill(cache: SkipCache, inputs: dict, show: bool) -> FeatureSource:
