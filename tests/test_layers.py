@@ -1,6 +1,8 @@
 """The package's layers (edgelora/__init__.py): imports point one way, with no cycle, and each layer needs
 only its own third-party packages. Checked on the source (every import statement, module level or not)
-and by importing each layer in a fresh interpreter where the packages it must not need cannot be imported."""
+and by importing each layer in a fresh interpreter where the packages it must not need cannot be imported.
+The torch side, export/ (installed as edgelora_export), counts as a layer between ops and the CLI: it builds
+on files and graphs, and `edgelora export` reaches it for torch models."""
 import ast
 import subprocess
 import sys
@@ -8,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "edgelora"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "edgelora"
 LAYERS = ["core", "files", "graphs", "runtime", "ops", "cli", "fleet"]
-RANK = {"core": 0, "files": 1, "graphs": 2, "runtime": 3, "ops": 4, "cli": 5, "fleet": 5}
+RANK = {"core": 0, "files": 1, "graphs": 2, "runtime": 3, "ops": 4, "export": 4.5, "cli": 5, "fleet": 5}
 # third-party packages a layer may not import (nor may anything below it)
 FORBIDDEN = {"core": ["onnx", "onnxruntime", "safetensors", "torch", "flwr"],
              "files": ["onnx", "onnxruntime", "torch", "flwr"],
@@ -19,8 +22,10 @@ FORBIDDEN = {"core": ["onnx", "onnxruntime", "safetensors", "torch", "flwr"],
 
 
 def modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in PACKAGE.rglob("*.py")}
+    """Module name -> source file, for edgelora and for export/ under its installed name edgelora_export."""
+    found = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    return found | {("edgelora_export." + p.stem).removesuffix(".__init__"): p for p in (ROOT / "export").glob("*.py")}
 
 
 def imports(name: str, path: Path) -> set[str]:
@@ -29,13 +34,13 @@ def imports(name: str, path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("edgelora")}
+            found |= {a.name for a in node.names if a.name.split(".")[0] in ("edgelora", "edgelora_export")}
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
-            if base.startswith("edgelora"):
+            if base.split(".")[0] in ("edgelora", "edgelora_export"):
                 known = modules()
                 found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names}
     return found
@@ -43,6 +48,8 @@ def imports(name: str, path: Path) -> set[str]:
 
 def layer(name: str) -> str | None:
     parts = name.split(".")
+    if parts[0] == "edgelora_export":
+        return "export"
     return parts[1] if len(parts) > 1 and parts[1] in RANK else None
 
 
@@ -60,7 +67,7 @@ def test_no_import_reaches_a_higher_layer():
 def test_no_import_cycle():
     graph = {n: {m for m in imports(n, p) if m in graph_keys} for graph_keys in [set(modules())]
              for n, p in modules().items()}
-    graph = {n: deps - {n, "edgelora"} for n, deps in graph.items()}
+    graph = {n: deps - {n, "edgelora", "edgelora_export"} for n, deps in graph.items()}
     state: dict[str, int] = {}
 
     def visit(n: str, path: list[str]) -> None:
