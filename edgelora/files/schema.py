@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -20,7 +21,7 @@ def from_dict(cls: type, data: Any, where: str, optional: tuple[str, ...] | None
     """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, found {type_name(data)}")
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     extra = sorted(set(data) - set(known))
     if extra:
@@ -124,12 +125,18 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a dataclass (resolving the annotations' text costs ~0.5 ms: once per class)."""
+    return get_type_hints(cls)
+
+
 def normalize(obj) -> None:
     """Call first in a config's `__post_init__`: TypeError naming the field when a value built in Python
     has the wrong type (`TrainConfig(epochs=2.5)`, `optimizer="lbfgs"`); numpy scalars become the Python
     numbers they hold, ints in float fields become floats and lists in tuple fields tuples, so what is
     saved as JSON loads back equal. Nested dataclasses are checked by their own `__post_init__`."""
-    hints = get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
