@@ -43,11 +43,10 @@ def _config():
 def worker(engine: str, folder: Path) -> dict:
     """One Python fine-tune (numpy or onnx engine) in this process."""
     from edgelora import Backbone, Predictor, finetune
-    from edgelora.runtime.onnx_trainer import finetune_onnx
     backbone = Backbone(folder / "bundle")
     x, y = np.load(folder / "x.npy"), np.load(folder / "y.npy")
     cpu = time.process_time()
-    adapter, history = (finetune_onnx if engine == "onnx" else finetune)(backbone, x, y, _config())
+    adapter, history = finetune(backbone, x, y, _config(), engine=engine)
     cpu = time.process_time() - cpu
     adapter.save(folder / f"adapter_{engine}")
     test = np.load(folder / "test.npz")

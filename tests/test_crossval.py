@@ -10,6 +10,7 @@ from edgelora.core.crossval import Recipe, Stack, _loss_grad, choose, folds, sel
 from edgelora.core.lora import fold_standardizer
 from edgelora.core.losses import cross_entropy_grad
 from edgelora.core.optim import AdamW, from_config
+from edgelora.runtime.features import FeatureSource
 
 CV = TrainConfig(epochs=6, batch_size=10, lr=1e-2)
 
@@ -164,12 +165,13 @@ def test_cv_on_evenly_spaced_rows_of_a_large_set_refits_on_all(toy_bundle, toy_d
     read = []
     y0, t = bb.features({"x": x})
 
-    def features(idx):
+    def rows(idx):
         read.append(np.asarray(idx))
         return y0[idx], t[idx]
+    features = FeatureSource(rows, bb.manifest, {"x": x}, name="backbone once")
     layouts = {("skip", 2): lora.Layout(bb.manifest.tap_names, bb.manifest.tap_widths, 3, 2, True)}
-    _, sel = select(features, None, ["none"], 120, y, layouts, {("skip", 2): 4.0}, [1.0], CV, "classification",
-                    None, 10 * 3)
+    _, sel = select(features, y, scalings=["none"], layouts=layouts, alphas={("skip", 2): 4.0}, decays=[1.0],
+                    config=CV, task="classification", max_rows=10 * 3)
     rows = read[0]
     assert len(rows) == 30 and np.all(np.diff(rows) > 0) and rows[0] == 0 and rows[-1] == 119
     assert np.ptp(np.diff(rows)) <= 1 and set(y[rows]) == {0, 1, 2}          # evenly spaced, every class

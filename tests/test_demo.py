@@ -17,6 +17,7 @@ from edgelora.files.bundle import verify_bundle
 from edgelora.cli import demo, main, make_demo
 from edgelora.cli.demo import BUNDLE
 from tests.helpers import BackboneCounter
+from tests.test_train import count_checks_and_hashes
 
 pytest.importorskip("sklearn", reason="the demo reads scikit-learn's digits (from the clone: pip install -e "
                                       "'.[demo]', or ./run test)")
@@ -50,7 +51,7 @@ def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path, monkeyp
     print(f"demo: lab {a['lab']:.3f}, before {a['before']:.3f}, after {a['after']:.3f}, {r['seconds']}")
     assert a["lab"] >= 0.85 and a["before"] <= 0.6, "the shift must really break the base model"
     assert a["after"] - a["before"] >= 0.25, "Skip2-LoRA must fix most of it"
-    assert r["cache"]["misses"] == 400 and r["cache"]["hits"] == 400 and r["backbone_passes"] == 400
+    assert r["cache"]["misses"] == 400 and r["cache"]["hits"] == 0 and r["backbone_passes"] == 400
     n = {k: len(y) for k, (_, y) in demo.demo_data.splits().items()}
     assert counters[0].samples == n["lab_test"] + 2 * n["test"] + 400   # three evaluations; each scan once
     assert r["seconds"]["total"] < 60 and r["peak_rss_bytes"] > 0
@@ -61,6 +62,13 @@ def test_demo_shows_a_clear_gain_and_writes_its_figure(capsys, tmp_path, monkeyp
     assert cv["chosen"]["score"] > cv["no_finetune"]["score"] + 0.25 and cv["helps"]
     png = tmp_path / "story.png"
     assert r["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_demo_checks_and_hashes_each_fine_tune_scan_once(capsys, monkeypatch):
+    counts = count_checks_and_hashes(monkeypatch)
+    r = demo_json(capsys, "--no-plot", "--epochs", "4")
+    # the 400 scans: one check, one hash each; the three evaluations (lab, before, after) check their own sets
+    assert counts == {"as_inputs": 4, "as_targets": 4, "hashed": 400} and r["samples"]["finetune"] == 400
 
 
 def test_demo_text_report(capsys, tmp_path):

@@ -15,11 +15,15 @@ import pytest
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.cli import main
 from edgelora.graphs.kit import KitRecipe, build_kit
-from edgelora.runtime.onnx_trainer import finetune_onnx
 from tests.helpers import js_client, mlp_bundle, no_datasets, random_mlp
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def onnx_finetune(*args, **kwargs):
+    """finetune with the ONNX training kit (engine="onnx")."""
+    return finetune(*args, engine="onnx", **kwargs)
 
 
 def explicit(**kw) -> TrainConfig:
@@ -55,7 +59,7 @@ def demo(tmp_path_factory):
 
 def compare(node, backbone, bundle, folder, train, test, cfg, extra=()):
     """Adapters of the JS client on both backends against engine='onnx' and the numpy trainer."""
-    want, _ = finetune_onnx(backbone, *train, cfg)
+    want, _ = onnx_finetune(backbone, *train, cfg)
     numpy_adapter, _ = finetune(backbone, *train, cfg)
     acc = Predictor(backbone, want).evaluate(*test)["accuracy"]
     for backend in ("node", "wasm"):
@@ -117,7 +121,7 @@ def test_js_regression_matches(node, tmp_path):
     y = np.stack([x[:, 0] * 2, x[:, 1] - x[:, 2]], 1).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     build_kit(backbone.manifest, KitRecipe(batch_size=16), {"epochs": 8, "lr": 3e-3, "weight_decay": 0.1, "seed": 2}).save(tmp_path / "kit")
-    want, _ = finetune_onnx(backbone, x, y, explicit(epochs=8, batch_size=16, seed=2))
+    want, _ = onnx_finetune(backbone, x, y, explicit(epochs=8, batch_size=16, seed=2))
     for backend in ("node", "wasm"):
         js(node, "--bundle", tmp_path / "b", "--kit", tmp_path / "kit", "--data", tmp_path / "d.npz",
            "--out", tmp_path / backend, "--backend", backend)

@@ -11,12 +11,16 @@ import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
 from edgelora.graphs.kit import KitRecipe, build_kit, load_kit
-from edgelora.runtime.onnx_trainer import finetune_onnx
 from edgelora.graphs.onnx_utils import OLDEST_ORT
 from tests.helpers import mlp_bundle, random_mlp
 
 OLD_PYTHON = os.environ.get("EDGELORA_OLD_ORT_PYTHON")
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def onnx_finetune(*args, **kwargs):
+    """finetune with the ONNX training kit (engine="onnx")."""
+    return finetune(*args, engine="onnx", **kwargs)
 
 
 def explicit(**kw) -> TrainConfig:
@@ -53,7 +57,7 @@ def test_onnx_engine_gives_the_numpy_trainers_adapter(digits, extra):
     backbone, train, test = digits
     cfg = explicit(**extra)
     a, ha = finetune(backbone, *train, cfg)
-    b, hb = finetune_onnx(backbone, *train, cfg)
+    b, hb = onnx_finetune(backbone, *train, cfg)
     assert np.abs(a.flat).max() > 0.05 and np.abs(a.flat - b.flat).max() <= 1e-4
     assert (ha.best_epoch, ha.stopped) == (hb.best_epoch, hb.stopped) and len(ha.epochs) == len(hb.epochs)
     acc = [Predictor(backbone, x).evaluate(*test)["accuracy"] for x in (a, b)]
@@ -68,7 +72,7 @@ def test_regression_kit_matches_numpy(tmp_path):
     x = rng.standard_normal((90, 6)).astype(np.float32)
     y = np.stack([x[:, 0] * 2, x[:, 1] - x[:, 2]], 1).astype(np.float32)
     a, _ = finetune(backbone, x, y, explicit(epochs=8))
-    b, _ = finetune_onnx(backbone, x, y, explicit(epochs=8))
+    b, _ = onnx_finetune(backbone, x, y, explicit(epochs=8))
     assert np.abs(a.flat - b.flat).max() <= 1e-4 and np.abs(a.flat).max() > 0.05
 
 
@@ -78,7 +82,7 @@ def test_kit_saves_loads_and_trains_the_same(toy_bundle, toy_data, tmp_path):
     kit.save(tmp_path / "kit")
     again = load_kit(tmp_path / "kit", backbone.manifest)
     assert again.train_epoch == kit.train_epoch and again.contract == json.loads(json.dumps(kit.contract))
-    a, _ = finetune_onnx(backbone, *toy_data, explicit(r=2), kit=again)
+    a, _ = onnx_finetune(backbone, *toy_data, explicit(r=2), kit=again)
     b, _ = finetune(backbone, *toy_data, explicit(r=2))
     assert np.abs(a.flat - b.flat).max() <= 1e-4
 
@@ -98,7 +102,7 @@ def test_error_truncated_graph_and_other_backbone(toy_bundle, tmp_path):
     mlp_bundle(tmp_path / "other", random_mlp([10, 8, 8, 3], seed=1))
     kit = build_kit(Backbone(tmp_path / "other").manifest, KitRecipe())
     with pytest.raises(ValueError, match="built for another backbone: expected identity sha256:"):
-        finetune_onnx(backbone, np.zeros((30, 10), np.float32), np.arange(30) % 3, explicit(), kit=kit)
+        onnx_finetune(backbone, np.zeros((30, 10), np.float32), np.arange(30) % 3, explicit(), kit=kit)
     (tmp_path / "notakit").mkdir()
     (tmp_path / "notakit" / "mine.txt").write_text("keep")
     with pytest.raises(ValueError, match="not a training kit folder; refusing to replace it"):
@@ -124,12 +128,12 @@ def test_cli_kit_writes_a_loadable_kit_and_refuses_foreign_outputs(toy_bundle, t
 def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
     backbone = Backbone(toy_bundle)
     with pytest.raises(ValueError, match=r"engine='onnx' trains one explicit recipe; found 'auto' for \['r'\]"):
-        finetune_onnx(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
+        onnx_finetune(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
     with pytest.raises(ValueError, match="expected lora_dropout=0"):
-        finetune_onnx(backbone, *toy_data, explicit(lora_dropout=0.1))
+        onnx_finetune(backbone, *toy_data, explicit(lora_dropout=0.1))
     if "form" in FIELDS:
         with pytest.raises(ValueError, match="engine='onnx' trains skip adapters: expected form='skip', found 'last'"):
-            finetune_onnx(backbone, *toy_data, explicit(form="last"))
+            onnx_finetune(backbone, *toy_data, explicit(form="last"))
     with pytest.raises(ValueError, match="engine should be 'numpy' or 'onnx', found 'torch'"):
         finetune(backbone, *toy_data, explicit(), engine="torch")
     with pytest.raises(ValueError, match="init, use_cache=False and checkpoint_dir need engine='numpy'"):
@@ -164,12 +168,12 @@ def test_error_bad_data_is_refused_before_training(toy_bundle, toy_data):
              ((x, y + 0.5), "expected integer class indices")]
     for (xx, yy), message in cases:
         with pytest.raises((ValueError, TypeError), match=message):
-            finetune_onnx(backbone, xx, yy, explicit())
+            onnx_finetune(backbone, xx, yy, explicit())
 
 
 def test_error_non_finite_keeps_the_last_good_epoch(toy_bundle, toy_data):
     x, y = toy_data
-    _, h = finetune_onnx(Backbone(toy_bundle), x * 1e30, y, explicit(lr=1e30, optimizer="sgd"))
+    _, h = onnx_finetune(Backbone(toy_bundle), x * 1e30, y, explicit(lr=1e30, optimizer="sgd"))
     assert h.stopped == "non_finite"
 
 

@@ -14,6 +14,7 @@ from edgelora.ops.personalize import SESSION_TRAINING, PersonalizeConfig, holdou
 from edgelora.ops.samples import Samples
 from edgelora.ops.store import AdapterStore
 from tests.helpers import BackboneCounter, mlp_bundle, random_mlp
+from tests.test_train import count_checks_and_hashes
 
 pmod = importlib.import_module("edgelora.ops.personalize")  # the module; `edgelora.ops.personalize` is also the function
 
@@ -47,8 +48,8 @@ def test_holdout_is_the_latest_fraction_of_each_class():
 
 def test_sessions_publish_warm_start_and_only_new_samples_touch_the_backbone(bb, store, monkeypatch):
     inits, ran = [], BackboneCounter(bb)
-    real = pmod.finetune
-    monkeypatch.setattr(pmod, "finetune", lambda *a, **k: (inits.append(k["init"]), real(*a, **k))[1])
+    real = pmod.finetune_features
+    monkeypatch.setattr(pmod, "finetune_features", lambda *a, **k: (inits.append(k["init"]), real(*a, **k))[1])
     r1 = personalize(store, "u1", bb, *session(60, 1), CFG)
     assert (r1.decision, r1.version, r1.current, r1.previous) == ("published", 1, 1, None)
     assert r1.samples["backbone_runs"] == 60 == ran.samples and "shared model" in r1.reason
@@ -65,9 +66,18 @@ def test_sessions_publish_warm_start_and_only_new_samples_touch_the_backbone(bb,
     assert [(s["session"], s["decision"], s["version"]) for s in sessions] == [(1, "published", 1), (2, "published", 2)]
 
 
+def test_a_session_checks_its_samples_once_and_hashes_only_the_new_ones_once(bb, store, monkeypatch):
+    personalize(store, "u1", bb, *session(60, 1), CFG)
+    counts = count_checks_and_hashes(monkeypatch)
+    r = personalize(store, "u1", bb, *session(60, 2), CFG)      # trains on and judges 120 samples
+    assert r.decision == "published" and r.samples["train"] > 60
+    # checked: the new samples, and the stored ones as they are read from disk; hashed: the new ones only
+    assert counts == {"as_inputs": 2, "as_targets": 2, "hashed": 60}
+
+
 def test_early_sessions_are_deferred_with_a_reason(bb, store):
     r = personalize(store, "a", bb, *session(30, 1, classes=(1,)), CFG)
-    assert r.decision == "deferred" and "1 class" in r.reason and r.version is None and store.current("a") is None
+    assert r.decision == "deferred" and "same class" in r.reason and r.version is None and store.current("a") is None
     r = personalize(store, "b", bb, *session(12, 2, classes=(0, 2)), CFG)
     assert r.decision == "deferred" and "batch_size" in r.reason
     r = personalize(store, "c", bb, *session(30, 3), PersonalizeConfig(train=CFG.train, min_holdout=20))

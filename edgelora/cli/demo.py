@@ -19,9 +19,9 @@ from ..files.bundle import BUNDLE_KIND
 from ..files.fileio import atomic_write, write_folder
 from ..files.targets import Kind, check_target, file_kind
 from ..runtime.backbone import Backbone
-from ..runtime.cache import SkipCache
 from ..runtime.predict import Predictor
-from ..runtime.train import TrainConfig, finetune
+from ..runtime.features import prepare
+from ..runtime.train import TrainConfig, finetune_features
 from . import common, demo_data
 from .progress import Progress
 
@@ -77,19 +77,17 @@ def run(args: argparse.Namespace) -> dict:
     lab = base.evaluate(*data["lab_test"])
     before = base.evaluate(*data["test"])
 
-    # On the device: the labelled scans go through the backbone once, into the Skip-Cache, while the
-    # device checks how the deployed model does on them; fine-tuning then reuses those rows.
-    x, y = data["finetune"]
-    cache = SkipCache(backbone)
-    rows = cache.rows(x)
-    y0, _ = cache.gather(rows)
-    collected = evaluate_outputs(y0, y, "classification")
     # edgelora's default policy: cross-validation on the cache picks the tap scaling and the epoch count,
     # then the adapter is trained on all 400 scans
     config = TrainConfig(r=args.rank, epochs=args.epochs, weight_decay=args.weight_decay, seed=args.seed)
+    # On the device: the labelled scans are checked and go through the backbone once, into the Skip-Cache,
+    # while the device checks how the deployed model does on them; fine-tuning then reuses those rows.
+    features, targets, split = prepare(backbone, *data["finetune"], config)
+    cache = features.cache
+    collected = evaluate_outputs(features(np.arange(len(features)))[0], targets, "classification")
     bar = Progress(config.epochs, "training", enabled=not args.quiet)
-    adapter, history = finetune(backbone, x, y, config, cache=cache,
-                                callback=lambda rec: bar.update(bar.done + 1, f"train loss {rec['train_loss']:.3f}"))
+    adapter, history = finetune_features(features, targets, split, config, callback=lambda rec: bar.update(
+        bar.done + 1, f"train loss {rec['train_loss']:.3f}"))
     bar.close()
     sel, ch = history.selection, history.chosen
     recipes = len(sel["candidates"])
@@ -103,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         "accuracy": {"lab": lab["accuracy"], "before": before["accuracy"], "after": after["accuracy"]},
         "macro_f1": {"lab": lab["macro_f1"], "before": before["macro_f1"], "after": after["macro_f1"]},
         "gain_points": 100 * (after["accuracy"] - before["accuracy"]),
-        "samples": {"finetune": int(len(y)), **history.samples, "test": before["samples"]},
+        "samples": {"finetune": int(len(targets)), **history.samples, "test": before["samples"]},
         "collected_accuracy_before": collected["accuracy"],
         "chosen": ch, "cross_validation": sel, "epochs": config.epochs, "recipes": recipes,
         "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,13 @@ from .optim import from_config, learning_rate
 
 SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
+
+
+class Rows(Protocol):
+    """What `select` reads (a runtime/features.FeatureSource): (y0, taps) by index, len, the taps' (mean, 1/std)."""
+    standardizer: tuple[np.ndarray, np.ndarray]
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -155,17 +163,14 @@ def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, 
     return (y.argmax(axis=-1) == targets).astype(np.float64), nll
 
 
-def cross_validate(y0: np.ndarray, t_all: np.ndarray, scalings: list[str], targets: np.ndarray, layouts: dict,
-                   alpha: dict, decays: list[float], marks: list[int], k: int, cfg, task: str,
-                   init_flat: np.ndarray | None = None):
+def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, scalings: list[str], layouts: dict,
+                   alpha: dict, decays: list[float], marks: list[int], k: int, cfg, task: str, init_flat=None):
     """Train every (form, rank, scaling, decay) on every fold; score each at the epochs in `marks`.
 
     y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank).
-    Returns (results, baseline, fold ids): results a list of
-    {"recipe", "score": (N,) per-sample score of the model that did not train on it, "loss": (N,)}.
-    The settings of `cfg` apply as in a single run (batch size, lr and schedule, optimiser, class weights,
-    seed) except `clip_norm` and `lora_dropout`, which cross-validation leaves out.
-    """
+    Returns (results, baseline, fold ids): results a list of {"recipe", "score": (N,) per-sample score of
+    the model that did not train on it, "loss": (N,)}. The settings of `cfg` apply as in a single run (batch
+    size, lr and schedule, optimiser, class weights, seed) except `clip_norm` and `lora_dropout`."""
     n, c = y0.shape
     fold = folds(targets, k, task)
     weights = None if task != "classification" or cfg.class_weights == "none" else \
@@ -250,13 +255,11 @@ def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[di
     return best, table
 
 
-def select(features, standardizer: tuple | None, scalings: list[str], n: int, targets: np.ndarray, layouts: dict,
-           alphas: dict, decays: list[float], config, task: str, init_flat: np.ndarray | None,
-           max_rows: int | None = None) -> tuple[Recipe, dict]:
-    """Choose the recipe by k-fold cross-validation on the cached rows; returns it and what was found
-    (History.selection). features(idx) -> (y0, taps); standardizer: (mean, 1/std) of the taps for the
-    'standard' scaling. max_rows: cross-validate on at most this many rows, evenly spaced in sample order."""
-    everything, subset = np.arange(n), ""
+def select(features: Rows, targets: np.ndarray, *, scalings: list[str], layouts: dict, alphas: dict, decays: list[float],
+           config, task: str, init_flat: np.ndarray | None = None, max_rows: int | None = None) -> tuple[Recipe, dict]:
+    """Choose the recipe by k-fold cross-validation on the cached rows (`features`); returns it and what was found
+    (History.selection). max_rows: cross-validate on at most this many rows, evenly spaced in sample order."""
+    everything, subset = np.arange(n := len(features)), ""
     if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
         everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
         subset = f" on {len(everything)} of {n} samples, evenly spaced in sample order"
@@ -273,12 +276,12 @@ def select(features, standardizer: tuple | None, scalings: list[str], n: int, ta
         for g, sc in enumerate(scalings):
             taps[g] = t
             if sc == "standard":
-                taps[g] -= standardizer[0]
-                taps[g] *= standardizer[1]
+                taps[g] -= features.standardizer[0]
+                taps[g] *= features.standardizer[1]
     del t
     marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
-    results, base, fold = cross_validate(y0, taps, scalings, targets, layouts, alphas, decays, marks, k, config,
-                                         task, init_flat)
+    results, base, fold = cross_validate(y0, taps, targets, scalings=scalings, layouts=layouts, alpha=alphas,
+                                         decays=decays, marks=marks, k=k, cfg=config, task=task, init_flat=init_flat)
     best, table = choose(results, fold, k)
     baseline = summarize(base["score"], base["loss"], fold, k)
     metric = "accuracy" if task == "classification" else "neg_mse"

@@ -53,6 +53,11 @@ class Layout:
         return [f"A.{name}" for name in self.taps]
 
 
+def default_alpha(r: int, lora_alpha: float | None = None) -> float:
+    """lora_alpha, or 2 r when not given (scale s = 2): the default of every trainer and of the fleet."""
+    return float(lora_alpha if lora_alpha is not None else 2.0 * r)
+
+
 def views(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """Named views into a flat parameter (or gradient) buffer."""
     return split(flat, layout.shapes)

@@ -119,6 +119,20 @@ class Adapter:
         return Path(folder)
 
 
+def layout_for(manifest: Manifest, r: int, bias: bool) -> Layout:
+    """The Layout of a rank-r adapter (with or without an output bias) over `manifest`'s taps and outputs."""
+    return Layout(manifest.tap_names, manifest.tap_widths, manifest.num_outputs, r, bias)
+
+
+def adapter_config(manifest: Manifest, r: int, lora_alpha: float, bias: bool, training: dict) -> AdapterConfig:
+    """The config of an adapter over `manifest`'s backbone: its taps and task, the adapter's shape, how it was
+    trained (settings, choices, metrics)."""
+    m = manifest
+    return AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
+                         num_outputs=m.num_outputs, task=m.task, r=r, lora_alpha=float(lora_alpha), bias=bias,
+                         classes=m.classes, training=training)
+
+
 def _sorted_metadata(blob: bytes) -> bytes:
     """The safetensors file with its metadata keys in sorted order, padded to the same header length:
     safetensors writes them in hash order, and the same adapter must always give the same bytes."""

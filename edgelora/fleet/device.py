@@ -1,12 +1,14 @@
 """One device of a fleet: its bundle, its Skip-Cache, its labelled samples and its adapter store.
 
 A round: receive the shared adapter (kept in the device's store as adapter `fleet`, so a restarted device
-serves the latest one it saw), fine-tune from it on the local samples (`finetune(init=shared)`: only
-samples never seen before run through the backbone), and return the update `local - shared`. Raw samples
-never leave the device. Nothing here imports flwr: the ClientApp and the in-process grid both call it.
+serves the latest one it saw), fine-tune from it on the local samples (`finetune_features(init=shared)`: they
+are checked and read from the Skip-Cache once, only samples never seen before running through the backbone),
+and return the update `local - shared`. Raw samples never leave the device. Nothing here imports flwr: the
+ClientApp and the in-process grid both call it.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +24,9 @@ from ..ops.store import AdapterStore
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache
 from ..runtime.predict import Predictor
-from ..runtime.train import TrainConfig, finetune, validation_split
+from ..runtime.features import FeatureSource
+from ..runtime.train import finetune_features
+from ..runtime.train_config import TrainConfig, training_split, validation_split
 from .update import UPDATE_DTYPES, AdapterSpec, adapter_from, encode_update
 
 SHARED_NAME = "fleet"   # the store name under which a device keeps the shared adapters it received
@@ -65,6 +69,12 @@ class FleetDevice:
         self.store = AdapterStore(self.workdir / "store")
         self.cache = SkipCache(self.backbone, self.store.cache_dir)
 
+    @functools.cached_property
+    def features(self) -> FeatureSource:
+        """The local samples' rows, read from the Skip-Cache at the first round: every round trains on them
+        without checking or hashing a sample again."""
+        return FeatureSource.from_cache(self.cache, self.inputs)
+
     @classmethod
     def from_files(cls, bundle: PathLike, data: PathLike, workdir: PathLike, x_key: str = "x",
                    y_key: str = "y", threads: int = 1) -> "FleetDevice":
@@ -95,8 +105,9 @@ class FleetDevice:
     def train(self, shared: Adapter, settings: RoundSettings, server_round: int) -> tuple[np.ndarray, int, dict]:
         """Fine-tune from the shared adapter: (update, training samples, metrics)."""
         start = time.perf_counter()
-        local, history = finetune(self.backbone, self.inputs, self.targets, settings.train_config(server_round),
-                                  cache=self.cache, init=shared)
+        config = settings.train_config(server_round)
+        split = training_split(self.backbone.manifest, self.targets, config)
+        local, history = finetune_features(self.features, self.targets, split, config, init=shared)
         update = encode_update(local.flat, shared.flat, settings.update_dtype)
         metrics = {"train-seconds": time.perf_counter() - start, "update-bytes": int(update.nbytes),
                    "backbone-runs": int(history.cache.get("misses", 0)), "best-epoch": int(history.best_epoch)}
@@ -107,7 +118,7 @@ class FleetDevice:
         """Metrics of `adapter` on this device's validation split (each class's most recent samples)."""
         m = self.backbone.manifest
         _, val = validation_split(self.targets, settings.val_fraction or 0.2, "tail", settings.seed, m.task)
-        y0, t = self.cache.gather(self.cache.rows({k: v[val] for k, v in self.inputs.items()}))
+        y0, t = self.features(val)
         out = Predictor(self.backbone, adapter).apply(y0, t)
         return int(len(val)), {k: float(v) for k, v in evaluate_outputs(out, self.targets[val], m.task).items()
                                if k != "samples"}

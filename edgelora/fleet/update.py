@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import lora
-from ..files.adapter import Adapter, AdapterConfig
+from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.bundle import Manifest
 from ..files.formats import digest
 from ..files.schema import check
@@ -56,9 +56,8 @@ class AdapterSpec:
 
 def spec_for(manifest: Manifest, r: int, lora_alpha: float | None = None, bias: bool = True) -> AdapterSpec:
     """The spec of an r-rank adapter over `manifest`'s backbone (alpha defaults to 2 r, as TrainConfig's)."""
-    alpha = float(lora_alpha if lora_alpha is not None else 2.0 * r)
-    layout = lora.Layout(manifest.tap_names, manifest.tap_widths, manifest.num_outputs, r, bias)
-    return AdapterSpec(manifest.identity, int(r), alpha, bool(bias), int(layout.size))
+    size = layout_for(manifest, r, bias).size
+    return AdapterSpec(manifest.identity, int(r), lora.default_alpha(r, lora_alpha), bool(bias), int(size))
 
 
 def adapter_from(spec: AdapterSpec, manifest: Manifest, flat: np.ndarray, training: dict | None = None) -> Adapter:
@@ -69,17 +68,13 @@ def adapter_from(spec: AdapterSpec, manifest: Manifest, flat: np.ndarray, traini
     flat = np.asarray(flat)
     if flat.shape != (spec.size,):
         raise ValueError(f"shared adapter: expected {spec.size} parameters, found shape {flat.shape}")
-    config = AdapterConfig(backbone_fingerprint=manifest.identity, target_taps=manifest.tap_names,
-                           tap_widths=manifest.tap_widths, num_outputs=manifest.num_outputs, task=manifest.task,
-                           r=spec.r, lora_alpha=spec.lora_alpha, bias=spec.bias, classes=manifest.classes,
-                           training=training or {})
+    config = adapter_config(manifest, spec.r, spec.lora_alpha, spec.bias, training or {})
     return Adapter(config, np.array(flat, np.float32))
 
 
 def initial_adapter(manifest: Manifest, spec: AdapterSpec, seed: int = 0) -> Adapter:
     """The round-0 shared adapter: A random, B zero (PEFT's convention), so it changes nothing yet."""
-    layout = lora.Layout(manifest.tap_names, manifest.tap_widths, manifest.num_outputs, spec.r, spec.bias)
-    return adapter_from(spec, manifest, lora.init(layout, seed), {"fleet": {"round": 0}})
+    return adapter_from(spec, manifest, lora.init(layout_for(manifest, spec.r, spec.bias), seed), {"fleet": {"round": 0}})
 
 
 def encode_update(local: np.ndarray, shared: np.ndarray, dtype: str = "float16") -> np.ndarray:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..core.lora import Layout
+from ..core.lora import Layout, default_alpha
+from ..files.adapter import layout_for
 from ..files.bundle import Manifest
 from ..files.fileio import PathLike, dumps_json, write_folder
 from ..files.formats import check_version, digest
@@ -52,7 +53,7 @@ class KitRecipe:
 
     @property
     def alpha(self) -> float:
-        return float(self.lora_alpha if self.lora_alpha is not None else 2.0 * self.r)
+        return default_alpha(self.r, self.lora_alpha)
 
 
 @dataclass
@@ -70,15 +71,18 @@ class Kit:
                                      CONTRACT_FILE: dumps_json(self.contract)}, "training kit")
 
 
-def layout_of(manifest: Manifest, recipe: KitRecipe) -> Layout:
-    return Layout(manifest.tap_names, manifest.tap_widths, manifest.num_outputs, recipe.r, recipe.bias)
+def kit_layout(kit: Kit) -> Layout:
+    """The flat parameter layout the kit's graphs train (its contract's `layout`)."""
+    lay = kit.contract["layout"]
+    return Layout(tuple(lay["taps"]), tuple(lay["widths"]), lay["num_outputs"], lay["rank"], lay["bias"])
 
 
 def build_kit(manifest: Manifest, recipe: KitRecipe, defaults: dict | None = None) -> Kit:
     """The kit for this backbone and recipe; `defaults`: run settings to record (TrainConfig field names)."""
-    layout, scale = layout_of(manifest, recipe), recipe.alpha / recipe.r
-    train = train_epoch_graph(layout, scale, manifest.task, recipe.batch_size, recipe.optimizer, recipe.momentum,
-                              recipe.clip_norm, BETAS, EPS).SerializeToString()
+    layout, scale = layout_for(manifest, recipe.r, recipe.bias), recipe.alpha / recipe.r
+    train = train_epoch_graph(layout, scale, task=manifest.task, batch_size=recipe.batch_size,
+                              optimizer=recipe.optimizer, momentum=recipe.momentum, clip_norm=recipe.clip_norm,
+                              betas=BETAS, eps=EPS).SerializeToString()
     evaluate = evaluate_graph(layout, scale, manifest.task).SerializeToString()
     return Kit(train, evaluate, _contract(manifest, recipe, layout, train, evaluate, defaults or {}))
 

@@ -140,7 +140,7 @@ def _adam_coefficients(g: _Graph, optimizer: str, betas: tuple[float, float], ep
     return out
 
 
-def train_epoch_graph(layout: Layout, scale: float, task: str, batch_size: int, optimizer: str,
+def train_epoch_graph(layout: Layout, scale: float, *, task: str, batch_size: int, optimizer: str,
                       momentum: float = 0.9, clip_norm: float | None = None,
                       betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> onnx.ModelProto:
     """One epoch of mini-batch training over cached rows, as a single `Loop` (see kit.py for the contract)."""

@@ -41,7 +41,9 @@ from ..files.schema import check, normalize, to_dict
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
 from ..runtime.predict import Predictor
-from ..runtime.train import TrainConfig, finetune, holdout_mask, validation_split
+from ..runtime.features import FeatureSource
+from ..runtime.train import TrainConfig, finetune_features, holdout_mask
+from ..runtime.train_config import split_or_reason
 from .samples import Samples
 from .store import AdapterStore, check_name
 
@@ -144,18 +146,23 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
                       holdout_new=int(parts["new"].sum()))
         cache = SkipCache(backbone, store.cache_dir, dtype=config.cache_dtype)
         misses = cache.misses
-        cache.rows(data.inputs_at(mine))      # the only backbone work: this session's new samples, in one pass
+        # the samples in play, read from the cache by their stored keys (no sample checked or hashed again):
+        # the only backbone work is this session's new samples, in one pass
+        features = FeatureSource.from_cache(cache, data.inputs_at(use), keys=[bytes(k) for k in data.keys[use]])
+        at = np.cumsum(use) - 1   # the position in `features` of each sample in play (train, parts, mine)
+        split, why = split_or_reason(m, data.y[train], config.train)
         result.decision = "deferred"
-        result.reason = _defer_reason(data.y[train], int(parts["gate"].sum()), config, m)
+        result.reason = _defer_reason(why, int(parts["gate"].sum()), config)
         if result.reason is None:
-            candidate, history = finetune(backbone, data.inputs_at(train), data.y[train], config.train,
-                                          cache=cache, init=current)
+            candidate, history = finetune_features(features.subset(at[train]), data.y[train], split, config.train,
+                                                   init=current)
             if config.mask_unseen_classes and m.task == "classification":
                 _mask_unseen_classes(candidate, data.y[train])
             result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}
             step("trained")
-            ok, result.reason, result.metrics = _judge(backbone, cache, data, parts, mine, current, candidate,
-                                                       cur, verified_only, config)
+            ok, result.reason, result.metrics = _judge(
+                backbone, features, data.y[use], holdouts={part: at[mask] for part, mask in parts.items()},
+                mine=at[mine], current=current, candidate=candidate, cur=cur, verified_only=verified_only, config=config)
             result.decision = "published" if ok else "rejected"
             info = store.add_version(name, candidate, parent=cur, samples=int(train.sum()),
                                      status="accepted" if ok else "rejected", reason=result.reason,
@@ -196,19 +203,22 @@ def _mask_unseen_classes(adapter, y_train: np.ndarray) -> None:
     lora.mask_classes(adapter.params, adapter.config.layout, unseen)
 
 
-def _judge(backbone, cache, data, parts, mine, current, candidate, cur, verified_only, config):
-    """(publish?, reason, metrics): the label check, then the holdout comparison."""
+def _judge(backbone: Backbone, features: FeatureSource, y: np.ndarray, *, holdouts: dict[str, np.ndarray],
+           mine: np.ndarray, current, candidate, cur: int | None, verified_only: bool,
+           config: PersonalizeConfig) -> tuple[bool, str, dict]:
+    """(publish?, reason, metrics): the label check, then the holdout comparison. features and their labels y:
+    the samples in play; holdouts (each part) and mine (this session's samples): positions in them."""
     ref_name = f"v{cur}" if cur is not None else "the shared model"
-    metrics = _evaluate(backbone, cache, data, parts, {"reference": current, "candidate": candidate})
+    metrics = _evaluate(backbone, features, y, holdouts, {"reference": current, "candidate": candidate})
     metrics.update(reference_version=cur, gate_holdout="verified" if verified_only else "verified+new")
     ok, why = _gate(metrics, config, ref_name)
     if not verified_only:
-        why += (f" (earlier sessions' holdout has {int(parts['verified'].sum())} < min_holdout {config.min_holdout} "
+        why += (f" (earlier sessions' holdout has {len(holdouts['verified'])} < min_holdout {config.min_holdout} "
                 f"samples, so this session's own holdout counts too)")
     if current is not None and config.max_implausible is not None and backbone.manifest.task == "classification":
-        y0, t = cache.gather(cache.rows(data.inputs_at(mine)))
+        y0, t = features(mine)
         logp = log_softmax(Predictor(backbone, current).apply(y0, t).astype(np.float64))
-        frac = float((logp[np.arange(len(logp)), data.y[mine]] < np.log(config.implausible_p)).mean())
+        frac = float((logp[np.arange(len(logp)), y[mine]] < np.log(config.implausible_p)).mean())
         metrics["implausible_labels"] = frac
         if frac > config.max_implausible:
             ok, why = False, (f"rejected: {100 * frac:.0f} % of this session's labels are implausible for {ref_name} "
@@ -217,34 +227,27 @@ def _judge(backbone, cache, data, parts, mine, current, candidate, cur, verified
     return ok, why, metrics
 
 
-def _defer_reason(y_train: np.ndarray, n_hold: int, config: PersonalizeConfig, m) -> str | None:
-    """Why there is too little data to train and judge a candidate yet, or None."""
-    tc = config.train
-    if m.task == "classification":
-        classes = np.unique(y_train)
-        if len(classes) < 2:
-            seen = ", ".join(m.classes[int(c)] for c in classes) or "none"
-            return (f"deferred: the training samples cover {len(classes)} class ({seen}); fine-tuning needs at "
-                    f"least 2 - the samples are kept and count once more classes arrive")
-    train_idx, _ = validation_split(y_train, tc.val_fraction, tc.val_split, tc.seed, m.task)
-    if len(train_idx) < tc.batch_size:
-        return (f"deferred: {len(y_train)} training samples leave {len(train_idx)} after the validation split, "
-                f"fewer than batch_size {tc.batch_size} - the samples are kept and count next time")
+def _defer_reason(why: str, n_hold: int, config: PersonalizeConfig) -> str | None:
+    """Why there is too little data to train and judge a candidate yet (`why` the training samples cannot
+    train: train_config.split_or_reason), or None."""
+    if why:
+        return f"deferred: {why} - the samples are kept and count next time"
     if n_hold < config.min_holdout:
         return (f"deferred: the holdout has {n_hold} samples, fewer than min_holdout {config.min_holdout}, too "
                 f"few to judge a new version - the samples are kept and count next time")
     return None
 
 
-def _evaluate(backbone: Backbone, cache: SkipCache, data: Samples, parts: dict, models: dict) -> dict:
-    """{model: {part: metrics}} for each non-empty holdout part, from cached backbone outputs."""
+def _evaluate(backbone: Backbone, features: FeatureSource, y: np.ndarray, parts: dict[str, np.ndarray],
+              models: dict) -> dict:
+    """{model: {part: metrics}} for each non-empty holdout part (positions in features), from cached rows."""
     out = {name: {} for name in models}
-    for part, mask in parts.items():
-        if not mask.any():
+    for part, idx in parts.items():
+        if not len(idx):
             continue
-        y0, t = cache.gather(cache.rows(data.inputs_at(mask)))
+        y0, t = features(idx)
         for name, adapter in models.items():
-            out[name][part] = evaluate_outputs(Predictor(backbone, adapter).apply(y0, t), data.y[mask],
+            out[name][part] = evaluate_outputs(Predictor(backbone, adapter).apply(y0, t), y[idx],
                                                backbone.manifest.task)
     return out
 

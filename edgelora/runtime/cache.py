@@ -87,10 +87,11 @@ class SkipCache:
     def __len__(self) -> int:
         return len(self._store.keys)
 
-    def rows(self, x, validated: bool = False) -> np.ndarray:
-        """Row index of each sample of `x`, running the backbone only on samples not cached yet."""
+    def rows(self, x, validated: bool = False, keys: list[bytes] | None = None) -> np.ndarray:
+        """Row index of each sample of `x`, running the backbone only on samples not cached yet. `keys`: the
+        samples' sample_keys when the caller already has them (they are not hashed again)."""
         inputs = x if validated else as_inputs(x, self.backbone.manifest)
-        keys = sample_keys(inputs)
+        keys = sample_keys(inputs) if keys is None else keys
         new = {}
         for i, k in enumerate(keys):
             if k not in self._index and k not in new:

@@ -37,25 +37,30 @@ class FeatureSource:
 
     @classmethod
     def from_cache(cls, cache: SkipCache, inputs: dict[str, np.ndarray], chunk: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> FeatureSource:
+                   progress: Callable[[int], None] | None = None, keys: list[bytes] | None = None) -> FeatureSource:
         """The rows of `inputs` (already checked: files/data.as_inputs) in `cache`, the backbone running on the
-        samples not cached yet; each sample is hashed once (its cache key). progress(samples done) after every
-        `chunk` samples (default: all at once)."""
+        samples not cached yet; each sample is hashed once (its cache key), or not at all when its `keys` are
+        given (runtime/cache.sample_keys). progress(samples done) after every `chunk` samples (default: all at once)."""
         start = time.perf_counter()
         n = num_samples(inputs)
         chunk = chunk or n
         rows = []
         for a in range(0, n, chunk):
-            rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True))
+            rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
+                                   keys=None if keys is None else keys[a:a + chunk]))
             if progress:
                 progress(a + len(rows[-1]))
-        values, c = _cached_rows(cache, np.concatenate(rows)), cache.y0_width
+        return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)
+
+    @classmethod
+    def _cached(cls, cache: SkipCache, inputs: dict[str, np.ndarray], values, seconds: float) -> FeatureSource:
+        c = cache.y0_width
 
         def read(idx):
             v = values[idx]
             return v[:, :c], v[:, c:]
         return cls(read, cache.backbone.manifest, inputs, name=f"cache {cache.dtype.name}", cache=cache,
-                   values=values, seconds=time.perf_counter() - start)
+                   values=values, seconds=seconds)
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, inputs: dict[str, np.ndarray]) -> FeatureSource:
@@ -100,6 +105,13 @@ class FeatureSource:
             return y0, (t - mu) * inv
         return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
                              seconds=self.seconds)
+
+    def subset(self, idx: np.ndarray) -> FeatureSource:
+        """The same (cached) source over the samples idx only, numbered 0 .. len(idx) - 1: no sample is read,
+        checked or hashed again."""
+        assert self.static, "a subset reads the cached rows"
+        values = _LazyRows(self.values.values, self.values.rows[idx]) if self.lazy else self.values[idx]
+        return FeatureSource._cached(self.cache, {k: v[idx] for k, v in self.inputs.items()}, values, self.seconds)
 
     def cv_rows(self, copies: int, cap: int = 0) -> int | None:
         """How many rows cross-validation may gather (core/crossval.select's max_rows): at most `cap` (0: no cap)

@@ -14,30 +14,29 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
+from ..core import lora
 from ..core.loop import MONITOR, loss_weights
 from ..core.metrics import evaluate_outputs
 from ..core.optim import learning_rate
-from ..core.shuffle import SplitMix64, init_values
-from ..files.adapter import Adapter
+from ..core.shuffle import SplitMix64
+from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.bundle import Manifest
 from ..files.schema import to_dict
-from ..graphs.kit import Kit, KitRecipe, build_kit, layout_of, recipe_of
-from .backbone import Backbone
-from .cache import SkipCache
-from .features import FeatureSource, prepare
-from .train_config import History, TrainConfig, adapter_config
+from ..graphs.kit import Kit, KitRecipe, build_kit, check_backbone, kit_layout, recipe_of
+from .features import FeatureSource
+from .train_config import History, TrainConfig
 
 
 def recipe_from_config(config: TrainConfig) -> KitRecipe:
     """The kit recipe of an explicit TrainConfig; "auto" settings and dropout are refused."""
-    auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(config, f, "none") == "auto"]
+    auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(config, f) == "auto"]
     if auto:
         raise ValueError(f"engine='onnx' trains one explicit recipe; found 'auto' for {auto}: pass explicit "
                          f"settings (e.g. r=4, weight_decay=0.1, form='skip', tap_scaling='none'; on the command "
                          f"line --rank 4 --weight-decay 0.1 --form skip --tap-scaling none) or use engine='numpy'")
-    if getattr(config, "form", "skip") != "skip":
+    if config.form != "skip":
         raise ValueError(f"engine='onnx' trains skip adapters: expected form='skip', found {config.form!r}")
-    if getattr(config, "tap_scaling", "none") != "none":
+    if config.tap_scaling != "none":
         raise ValueError(f"engine='onnx' trains on raw taps: expected tap_scaling='none', found {config.tap_scaling!r}")
     if config.lora_dropout:
         raise ValueError(f"engine='onnx' has no tap dropout: expected lora_dropout=0, found {config.lora_dropout}")
@@ -70,10 +69,8 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     """Train on cached rows [y0 | taps] with the kit: (flat parameters, outcome of the run: per-epoch records,
     best epoch, why it stopped, and the outputs of the kept parameters on `val`)."""
     contract, s = kit.contract, KitSessions(kit, threads)
-    lay = contract["layout"]
-    params = np.zeros(lay["size"], np.float32)
-    params[:sum(d * lay["rank"] for d in lay["widths"])] = np.concatenate(
-        [a.ravel() for a in init_values(tuple(lay["widths"]), lay["rank"], config.seed)])
+    layout = kit_layout(kit)
+    params = lora.init(layout, config.seed)
     state = {"params": params, "opt_m": np.zeros_like(params), "opt_v": np.zeros_like(params),
              "step": np.array(0, np.int64)}
     n, bs = len(rows), contract["recipe"]["batch_size"]
@@ -83,8 +80,8 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
     feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
     if s.cls:
-        w = loss_weights(config.class_weights, targets, lay["num_outputs"])
-        feed["class_weights"] = np.ones(lay["num_outputs"], np.float32) if w is None else w
+        w = loss_weights(config.class_weights, targets, layout.num_outputs)
+        feed["class_weights"] = np.ones(layout.num_outputs, np.float32) if w is None else w
     shuffler, monitor = SplitMix64(config.seed), np.arange(0, n, max(1, n // MONITOR))
     best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
     for epoch in range(1, config.epochs + 1):
@@ -109,7 +106,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
             best, best_epoch = state["params"], epoch
         records.append(rec)
         if callback:
-            callback({**rec, "epochs": config.epochs, "r": lay["rank"], "weight_decay": config.weight_decay})
+            callback({**rec, "epochs": config.epochs, "r": layout.rank, "weight_decay": config.weight_decay})
         if config.patience and since >= config.patience:
             stopped = "early_stopping"
             break
@@ -119,30 +116,22 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     return best, outcome
 
 
-def kit_for(m: Manifest, config: TrainConfig, kit: Kit | None = None) -> Kit:
-    """The training kit of an explicit `config` (built unless given), checked against the backbone's manifest."""
+def check_kit(m: Manifest, config: TrainConfig, kit: Kit | None) -> None:
+    """Refuse, before any backbone work, a config the kit cannot train (recipe_from_config) or a `kit` built for
+    another backbone."""
+    recipe_from_config(config)
+    if kit is not None:
+        check_backbone(kit, m, "the training kit")
+
+
+def train_features(features: FeatureSource, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+                   config: TrainConfig, *, kit: Kit | None = None, callback: Callable[[dict], None] | None = None,
+                   threads: int = 1) -> tuple[Adapter, History]:
+    """`train.finetune_features(engine="onnx")` on a checked request (train._check_request): train with `kit`
+    (built from `config` unless given) on the cached rows of split = (train_idx, val_idx)."""
+    m, (train_idx, val_idx) = features.manifest, split
     kit = kit or build_kit(m, recipe_from_config(config))
-    if kit.contract["backbone"]["identity"] != m.identity:
-        raise ValueError(f"the training kit was built for another backbone: expected identity {m.identity}, "
-                         f"found {kit.contract['backbone']['identity']}; rebuild it with `edgelora kit`")
-    return kit
-
-
-def finetune_onnx(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache | None = None,
-                  callback: Callable[[dict], None] | None = None, kit: Kit | None = None,
-                  threads: int = 1) -> tuple[Adapter, History]:
-    """Fine-tune with the training kit (built from `config` unless given); see train.finetune."""
-    kit = kit_for(backbone.manifest, config, kit)
-    features, targets, split = prepare(backbone, x, y, config, cache=cache)
-    return finetune_kit(features, targets, split, config, kit=kit, callback=callback, threads=threads)
-
-
-def finetune_kit(features: FeatureSource, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray],
-                 config: TrainConfig, *, kit: Kit, callback: Callable[[dict], None] | None = None,
-                 threads: int = 1) -> tuple[Adapter, History]:
-    """`finetune_onnx` on samples already checked and cached (features.py): their features, targets and
-    split = (train_idx, val_idx)."""
-    m, recipe, (train_idx, val_idx) = features.manifest, recipe_of(kit), split
+    recipe = recipe_of(kit)
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
     start = time.perf_counter()
@@ -159,5 +148,5 @@ def finetune_kit(features: FeatureSource, targets: np.ndarray, split: tuple[np.n
     training = {"settings": to_dict(config), "engine": "onnx", "chosen": history.chosen,
                 "best_epoch": history.best_epoch, "stopped": history.stopped, "samples": history.samples,
                 "val_metrics": history.val_metrics}
-    assert layout_of(m, recipe).size == flat.size
+    assert layout_for(m, recipe.r, recipe.bias).size == flat.size
     return Adapter(adapter_config(m, recipe.r, recipe.alpha, recipe.bias, training), flat), history

@@ -4,7 +4,7 @@ It checks the samples and reads them into the Skip-Cache (features.py), then cho
 (a holdout, or k-fold cross-validation: core/crossval.py), trains each with the training loop
 (core/loop.py), checkpoints them, keeps the best and builds the adapter (files/adapter.py). The settings,
 the history and the train/validation split are in train_config.py; engine="onnx" hands the same features
-to the ONNX training kit (onnx_trainer.py).
+to the ONNX training kit (onnx_trainer.py) instead.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import math
 import time
 import uuid
 from dataclasses import replace
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
 from ..core import crossval, lora
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
-from ..files.adapter import Adapter
+from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.bundle import Manifest
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.fileio import PathLike
@@ -29,7 +29,10 @@ from ..files.schema import to_dict
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
-from .train_config import History, TrainConfig, adapter_config, holdout_mask, validation_split  # noqa: F401 (public)
+from .train_config import History, TrainConfig, holdout_mask, validation_split  # noqa: F401 (public)
+
+if TYPE_CHECKING:
+    from ..graphs.kit import Kit
 
 Split = tuple[np.ndarray, np.ndarray]  # (train_idx, val_idx)
 
@@ -37,7 +40,7 @@ Split = tuple[np.ndarray, np.ndarray]  # (train_idx, val_idx)
 def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, cache: SkipCache | None = None,
              init: Adapter | None = None, use_cache: bool = True, callback: Callable[[dict], None] | None = None,
              checkpoint_dir: PathLike | None = None, resume: bool = False,
-             engine: Literal["numpy", "onnx"] = "numpy") -> tuple[Adapter, History]:
+             engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None) -> tuple[Adapter, History]:
     """Train skip adapters on (x, y) over the frozen backbone; returns the adapter and its history.
 
     By default the recipe (adapter form, tap scaling, number of epochs, and any "auto" setting) is chosen by
@@ -48,30 +51,28 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
     With `checkpoint_dir` the state is saved atomically after every epoch; `resume` continues from it
     and ends with the same adapter as an uninterrupted run.
-    `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py), no numpy
-    arithmetic on parameters: same adapter, within float rounding, as any onnxruntime client.
+    `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py; `kit`, built from
+    `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
+    onnxruntime client.
     """
     _check_request(backbone.manifest, config, init=init, use_cache=use_cache, checkpoint_dir=checkpoint_dir,
-                   engine=engine)
-    if engine == "onnx":
-        from .onnx_trainer import finetune_onnx  # the kit's graphs need onnx: loaded only when asked for
-        return finetune_onnx(backbone, x, y, config, cache=cache, callback=callback)
+                   engine=engine, kit=kit)  # before any backbone work
     features, targets, split = prepare(backbone, x, y, config, cache=cache, use_cache=use_cache)
-    return _train_numpy(features, targets, split, config, init=init, callback=callback,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+    return finetune_features(features, targets, split, config, init=init, callback=callback,
+                             checkpoint_dir=checkpoint_dir, resume=resume, engine=engine, kit=kit)
 
 
 def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                       init: Adapter | None = None, callback: Callable[[dict], None] | None = None,
                       checkpoint_dir: PathLike | None = None, resume: bool = False,
-                      engine: Literal["numpy", "onnx"] = "numpy") -> tuple[Adapter, History]:
-    """`finetune` on samples already checked and read (features.prepare, or the CLI's own progress-reporting
-    fill): their features, checked targets and split = (train_idx, val_idx)."""
-    m = features.manifest
-    _check_request(m, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir, engine=engine)
+                      engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None) -> tuple[Adapter, History]:
+    """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
+    fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx)."""
+    _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
+                   engine=engine, kit=kit)
     if engine == "onnx":
-        from .onnx_trainer import finetune_kit, kit_for
-        return finetune_kit(features, targets, split, config, kit=kit_for(m, config), callback=callback)
+        from .onnx_trainer import train_features  # the kit's graphs need onnx: loaded only when asked for
+        return train_features(features, targets, split, config, kit=kit, callback=callback)
     return _train_numpy(features, targets, split, config, init=init, callback=callback,
                         checkpoint_dir=checkpoint_dir, resume=resume)
 
@@ -79,8 +80,8 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
                  resume: bool) -> tuple[Adapter, History]:
-    """The numpy trainer behind both entry points, on a checked request: choose the candidate runs, train
-    them (core/loop.py), checkpoint them, keep the best and build the adapter."""
+    """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
+    checkpoint them, keep the best and build the adapter."""
     m, (train_idx, val_idx) = features.manifest, split
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
@@ -96,7 +97,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     val_features = {sc: f(val_idx) for sc, f in scaled.items()} if features.static and len(val_idx) else {}
     runs: list[Run] = []
     for i, rc in enumerate(recipes):
-        run = Run(_layout(m, rc.r, bias), scale=_alpha(rc.form, rc.r, config, init) / rc.r,
+        run = Run(layout_for(m, rc.r, bias), scale=_alpha(rc.form, rc.r, config, init) / rc.r,
                   weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
                   init_flat=None if init is None else init.flat, form=rc.form)
         if saved is not None and i < len(saved[0]["runs"]):
@@ -148,32 +149,34 @@ def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
     if config.val_fraction > 0 or config.cv_folds < 2:
         return [crossval.Recipe(f, sc, wd, r, config.epochs) for f, r in kinds for wd in decays for sc in scalings], {}
     recipe, selection = crossval.select(
-        features, features.standardizer if "standard" in scalings else None, scalings, len(targets), targets,
-        {(f, r): _layout(m, r, bias) for f, r in kinds}, {(f, r): _alpha(f, r, config, init) for f, r in kinds},
-        decays, config, m.task, None if init is None else init.flat,
+        features, targets, scalings=scalings, layouts={(f, r): layout_for(m, r, bias) for f, r in kinds},
+        alphas={(f, r): _alpha(f, r, config, init) for f, r in kinds}, decays=decays, config=config, task=m.task,
+        init_flat=None if init is None else init.flat,
         # a copy per tap scaling, each also in epoch order, and one being gathered; enough rows to choose a
         # recipe (cv_rows_per_class): fewer steps on a large fine-tune set, the refit uses every sample
-        features.cv_rows(2 * len(scalings) + 1, config.cv_rows_per_class * m.num_outputs))
+        max_rows=features.cv_rows(2 * len(scalings) + 1, config.cv_rows_per_class * m.num_outputs))
     return [recipe], selection
-
-
-def _layout(m: Manifest, r: int, bias: bool) -> lora.Layout:
-    return lora.Layout(m.tap_names, m.tap_widths, m.num_outputs, r, bias)
 
 
 def _alpha(form: str, r: int, config: TrainConfig, init: Adapter | None) -> float:
     """lora_alpha of a run: r for the last-layer form (scale 1), a warm start's own, or the config's (2 r)."""
-    return float(r) if form == "last" else init.config.lora_alpha if init is not None else (config.lora_alpha or 2.0 * r)
+    return float(r) if form == "last" else init.config.lora_alpha if init is not None else \
+        lora.default_alpha(r, config.lora_alpha)
 
 
 def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, use_cache: bool,
-                   checkpoint_dir: PathLike | None, engine: str) -> None:
+                   checkpoint_dir: PathLike | None, engine: str, kit: Kit | None) -> None:
     """Refuse, before any backbone work, a request no trainer can carry out (the settings, not the data)."""
     if engine not in ("numpy", "onnx"):
         raise ValueError(f"engine should be 'numpy' or 'onnx', found {engine!r}")
     if engine == "onnx" and (init is not None or not use_cache or checkpoint_dir is not None):
         raise ValueError("engine='onnx' trains a new adapter from the Skip-Cache: init, use_cache=False and "
                          "checkpoint_dir need engine='numpy'")
+    if engine == "numpy" and kit is not None:
+        raise ValueError("a training kit is used by engine='onnx' only")
+    if engine == "onnx":
+        from .onnx_trainer import check_kit
+        check_kit(m, config, kit)  # an explicit recipe, and a given kit built for this backbone
     if init is not None:
         init.check_backbone(m, "initial adapter")
     if config.tap_scaling == "standard" and (init is not None or not config.bias):

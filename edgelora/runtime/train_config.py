@@ -1,5 +1,5 @@
 """What a fine-tune is asked to do (TrainConfig), what it did (History), which samples it trains and
-validates on (the train/validation split) and the config of the adapter it saves. Shared by both trainers:
+validates on (the train/validation split, or why the samples cannot train yet). Shared by both trainers:
 train.py (numpy) and onnx_trainer.py (the ONNX training kit)."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Literal
 
 import numpy as np
 
-from ..files.adapter import AdapterConfig
 from ..files.bundle import Manifest
 from ..files.schema import check, normalize, to_dict
 
@@ -130,21 +129,25 @@ def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
 
 
 def training_split(m: Manifest, targets: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, val_idx): the checked targets split as `config` asks, refused when the split cannot train
-    (one class only, fewer training samples than a batch); checked before the backbone runs."""
+    """(train_idx, val_idx): the checked targets split as `config` asks; a ValueError when the split cannot
+    train (split_or_reason says why). Checked before the backbone runs."""
+    split, why = split_or_reason(m, targets, config)
+    if split is None:
+        raise ValueError(f"y: {why}")
+    return split
+
+
+def split_or_reason(m: Manifest, targets: np.ndarray,
+                    config: TrainConfig) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """((train_idx, val_idx), "") when the checked targets can train as `config` asks, else (None, why not):
+    fewer than 2 classes (it would only learn to predict the one), fewer training samples than a batch."""
     n = len(targets)
-    if m.task == "classification" and len(np.unique(targets)) < 2:
-        raise ValueError(f"y: all {n} samples have the same class ({m.classes[int(targets[0])]}); fine-tuning "
-                         f"needs samples of at least 2 classes, or it only learns to predict that one")
+    if m.task == "classification" and len(classes := np.unique(targets)) < 2:
+        seen = ", ".join(m.classes[int(c)] for c in classes) or "none"
+        return None, (f"all {n} samples have the same class ({seen}); fine-tuning needs samples of at least "
+                      f"2 classes, or it only learns to predict that one")
     train_idx, val_idx = validation_split(targets, config.val_fraction, config.val_split, config.seed, m.task)
     if len(train_idx) < config.batch_size:
-        raise ValueError(f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
-                         f"{config.batch_size}; lower the batch size or collect more samples")
-    return train_idx, val_idx
-
-
-def adapter_config(m: Manifest, r: int, lora_alpha: float, bias: bool, training: dict) -> AdapterConfig:
-    """The saved adapter's config: the backbone's taps and task, the adapter's shape, how it was trained."""
-    return AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
-                         num_outputs=m.num_outputs, task=m.task, r=r, lora_alpha=float(lora_alpha), bias=bias,
-                         classes=m.classes, training=training)
+        return None, (f"the training split has {len(train_idx)} samples, fewer than `batch_size` "
+                      f"{config.batch_size}; lower the batch size or collect more samples")
+    return (train_idx, val_idx), ""
