@@ -14,7 +14,7 @@ import numpy as np
 from edgelora.core.lora import split
 from edgelora.core.losses import cross_entropy, cross_entropy_grad
 from edgelora.core.optim import Adam, AdamW
-from edgelora.runtime.train import validation_split
+from edgelora.runtime.train_config import validation_split
 
 from .chain import Chain
 from .config import BenchConfig, layer_modes

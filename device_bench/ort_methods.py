@@ -34,7 +34,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from edgelora.files.bundle import load_manifest, model_path  # noqa: E402
-from edgelora.runtime.train import validation_split  # noqa: E402
+from edgelora.runtime.train_config import validation_split  # noqa: E402
 
 from .config import BenchConfig  # noqa: E402
 from .profile import Clock, peak_rss_mb  # noqa: E402

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from edgelora import Backbone, Predictor, TrainConfig  # noqa: E402
 from edgelora.ops.personalize import PersonalizeConfig, personalize  # noqa: E402
 from edgelora.ops.store import STORE_KIND, AdapterStore  # noqa: E402
-from edgelora.files.targets import remove_own  # noqa: E402
+from edgelora.files.outputs import remove_own  # noqa: E402
 
 from . import protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402

@@ -27,7 +27,7 @@ SKIP2_VARIANTS = ({}, {"weight_decay": 0.1}, {"weight_decay": "auto"}, {"lr": 1e
 
 def main(bundle: str = BUNDLE) -> None:
     from edgelora import Backbone, Predictor, TrainConfig, finetune
-    from edgelora.runtime.train import validation_split
+    from edgelora.runtime.train_config import validation_split
 
     from .chain import load_chain
     from .config import BenchConfig

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from edgelora import Backbone
+from edgelora.files.bundle import FEATURE_MAP_POOLINGS
 from edgelora.files.fileio import atomic_write, dumps_json
 from edgelora_export import export_model
 from edgelora_export.models import CNN1d, CNN2d, MLP
 from edgelora_export.pretrain import pretrain
-from edgelora_export.taps import FEATURE_MAP_POOLINGS
 
 from . import protocols
 

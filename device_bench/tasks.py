@@ -13,7 +13,7 @@ import numpy as np
 
 from . import protocols
 from edgelora.files.bundle import BUNDLE_KIND, load_manifest, verify_bundle
-from edgelora.files.targets import remove_own
+from edgelora.files.outputs import remove_own
 
 from .backbones import EXPORTED, exported_bundle, reference_bundle
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgelora.runtime.train import validation_split
+from edgelora.runtime.train_config import validation_split
 
 from . import torch_net
 from .chain import Chain, load_chain

@@ -19,7 +19,7 @@ _PUBLIC = {
     "Adapter": "files.adapter", "AdapterConfig": "files.adapter", "load_adapter": "files.adapter",
     "Manifest": "files.bundle", "load_manifest": "files.bundle",
     "Backbone": "runtime.backbone", "SkipCache": "runtime.cache", "Predictor": "runtime.predict",
-    "History": "runtime.train", "TrainConfig": "runtime.train", "finetune": "runtime.train",
+    "History": "runtime.train_config", "TrainConfig": "runtime.train_config", "finetune": "runtime.train",
     "AdapterStore": "ops.store", "PersonalizeConfig": "ops.personalize", "personalize": "ops.personalize",
     "AdapterServer": "ops.serve", "ServeConfig": "ops.serve",
 }

@@ -45,8 +45,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
         before the graph. Input names are forward's argument names (`input` for an nn.Sequential) or input_names.
     attention_mask: name of the input holding a (batch, tokens) mask (nonzero = real token); token
     sequences are then averaged over real tokens only. output: which output, if the model returns several.
-    kinds: module name -> layer class name when the modules are stand-ins (see export.spec for .pt2).
-    pooling: conv feature maps -> vectors (export.taps.FEATURE_MAP_POOLINGS): the channel means, means and
+    kinds: module name -> layer class name when the modules are stand-ins (see edgelora_export.spec for .pt2).
+    pooling: conv feature maps -> vectors (edgelora.files.bundle.FEATURE_MAP_POOLINGS): the channel means, means and
     standard deviations, or the means of 2/4/8 segments along the first spatial axis.
     """
     args = _as_args(example)

@@ -16,7 +16,7 @@ def pretrain_mlp(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, 
     return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in (*net.hidden, net.head)]
 
 
-def reference_bundle(folder, data: dict, seed: int = 0):
+def write_pretrained_bundle(folder, data: dict, seed: int = 0):
     """Pre-train on the standardised source split and write the bundle (standardisation in the manifest)."""
     xs, ys = data["source"]
     xs = (xs - data["mean"]) / data["std"]

@@ -160,7 +160,7 @@ def test_demo_save_data_replaces_only_what_it_wrote(tmp_path):
 
 def test_benchmarks_delete_only_their_own_output(tmp_path):
     from edgelora.ops.store import STORE_KIND
-    from edgelora.files.targets import remove_own
+    from edgelora.files.outputs import remove_own
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "holiday.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(ValueError, match="refusing to delete it"):

@@ -14,10 +14,10 @@ pytestmark = [pytest.mark.torch, pytest.mark.skipif(not (DATASETS / "cooling_fan
 def fan(tmp_path_factory):
     pytest.importorskip("torch")
     from device_bench.protocols import fan as load
-    from tests.reference import reference_bundle
+    from tests.reference import write_pretrained_bundle
     data = load()
     folder = tmp_path_factory.mktemp("fan") / "bundle"
-    reference_bundle(folder, data)
+    write_pretrained_bundle(folder, data)
     return Backbone(folder), data
 
 

@@ -172,7 +172,7 @@ def test_js_errors_are_clear_and_never_touch_an_existing_adapter(node, demo, tmp
         r = js(node, *[v for kv in argv.items() for v in kv], check=False)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (change, r.stderr)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, change
-    # outputs it did not write are never replaced (edgelora.files.targets' rule), checked before any work
+    # outputs it did not write are never replaced (edgelora.files.outputs' rule), checked before any work
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     (tmp_path / "work").mkdir()
@@ -192,9 +192,9 @@ def test_js_adapters_equal_the_python_ones_on_fan(node, tmp_path):
     if not (DATASETS / "cooling_fan").is_dir():
         pytest.skip(no_datasets(DATASETS / "cooling_fan"))
     from device_bench.protocols import fan as load
-    from tests.reference import reference_bundle
+    from tests.reference import write_pretrained_bundle
     data = load()
-    reference_bundle(tmp_path / "bundle", data)
+    write_pretrained_bundle(tmp_path / "bundle", data)
     backbone = Backbone(tmp_path / "bundle")
     np.save(tmp_path / "x.npy", data["finetune"][0])
     np.save(tmp_path / "y.npy", data["finetune"][1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone, Predictor, SkipCache, TrainConfig, finetune
-from edgelora.runtime.train import validation_split
+from edgelora.runtime.train_config import validation_split
 from tests.helpers import BackboneCounter
 
 

@@ -1,4 +1,7 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
+The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
+lines), demo_data and demo_plot (the demo's digits and figure), make_demo (a maintainer tool that
+rebuilds the shipped demo bundle).
 
 To add a subcommand: write `edgelora/cli/NAME.py` with a `register(subparsers)` that calls
 `common.add_command(subparsers, "name", run, report, ...)`, and add the module to COMMANDS below.
@@ -18,7 +21,7 @@ import sys
 import traceback
 import warnings
 
-from ..files.targets import overwrite_allowed
+from ..files.outputs import overwrite_allowed
 from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
 from .common import CommandError, Parser, check_targets
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
-from ..files.targets import Kind, check_target
+from ..files.outputs import Kind, check_target
 from ..ops.store import STORE_FILE, AdapterStore
 from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
@@ -237,7 +237,7 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def check_targets(args: argparse.Namespace) -> list[Path]:
-    """Refuse, before any work, outputs that would replace what is not ours (edgelora.files.targets); returns
+    """Refuse, before any work, outputs that would replace what is not ours (edgelora.files.outputs); returns
     the outputs --overwrite lets the command replace."""
     if getattr(args, "targets", None) is None:
         return []

@@ -17,11 +17,12 @@ import numpy as np
 from ..core.metrics import evaluate_outputs
 from ..files.bundle import BUNDLE_KIND
 from ..files.fileio import atomic_write, write_folder
-from ..files.targets import Kind, check_target, file_kind
+from ..files.outputs import Kind, check_target, file_kind
 from ..runtime.backbone import Backbone
 from ..runtime.predict import Predictor
 from ..runtime.features import prepare
-from ..runtime.train import TrainConfig, finetune_features
+from ..runtime.train import finetune_features
+from ..runtime.train_config import TrainConfig
 from . import common, demo_data
 from .progress import Progress
 

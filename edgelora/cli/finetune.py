@@ -12,7 +12,8 @@ from ..files.checkpoint import CHECKPOINT_KIND
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
-from ..runtime.train import TrainConfig, finetune_features
+from ..runtime.train import finetune_features
+from ..runtime.train_config import TrainConfig
 from ..runtime.train_config import training_split
 from . import common
 from .progress import Progress

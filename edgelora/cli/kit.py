@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..files.bundle import load_manifest
 from ..graphs.kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
-from ..runtime.train import TrainConfig
+from ..runtime.train_config import TrainConfig
 from . import common
 
 EXAMPLE = """

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files.fileio import atomic_write
-from ..files.targets import file_kind
+from ..files.outputs import file_kind
 from ..runtime.predict import Predictor
 from . import common
 

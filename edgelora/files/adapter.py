@@ -25,7 +25,7 @@ from .checked import CheckedFolder
 from .fileio import PathLike
 from .readers import parse_safetensors
 from .schema import check, from_dict, normalize, to_dict
-from .targets import check_target, folder_kind
+from .outputs import check_target, folder_kind
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -108,7 +108,7 @@ class Adapter:
     def save(self, folder: PathLike, *, overwrite: bool = False, extra: dict[str, bytes] | None = None) -> Path:
         """Write config + weights (and `extra` files, name -> bytes) into a fresh folder and swap it in: never a
         half-written adapter. An existing `folder` must be an adapter or empty, unless `overwrite` (see
-        edgelora.files.targets)."""
+        edgelora.files.outputs)."""
         check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
         config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")

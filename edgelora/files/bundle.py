@@ -14,7 +14,7 @@ from .fileio import PathLike, dumps_json, write_folder
 from .formats import check_version, digest
 from .readers import read_json, safe_child
 from .schema import check, from_dict, to_dict
-from .targets import check_target, folder_kind
+from .outputs import check_target, folder_kind
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"
@@ -232,7 +232,7 @@ def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> 
 
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
-    An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.targets)."""
+    An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
     write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")

@@ -24,7 +24,7 @@ from .checked import CheckedFolder
 from .fileio import PathLike, recover_dir
 from .formats import digest
 from .readers import parse_safetensors, read_bounded, read_json, safe_child
-from .targets import check_target, folder_kind
+from .outputs import check_target, folder_kind
 
 CHECKPOINT_FORMAT_VERSION = 2  # 2: epochs in an append-only history.jsonl, separate settings digests
 META_FILE = "checkpoint.json"

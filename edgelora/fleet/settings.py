@@ -12,7 +12,7 @@ from typing import Any
 
 from ..files.adapter import ADAPTER_KIND
 from ..files.schema import check
-from ..files.targets import check_target
+from ..files.outputs import check_target
 from .aggregate import STRATEGIES
 from .device import RoundSettings
 
@@ -98,7 +98,7 @@ def rounds_path(out: Path) -> Path:
 
 
 def check_out(out: Path) -> None:
-    """Refuse to replace anything but an earlier adapter (edgelora.files.targets: what a writer may replace)."""
+    """Refuse to replace anything but an earlier adapter (edgelora.files.outputs: what a writer may replace)."""
     try:
         check_target(out, ADAPTER_KIND, flag="")
     except ValueError as e:

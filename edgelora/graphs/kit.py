@@ -21,7 +21,7 @@ from ..files.fileio import PathLike, dumps_json, write_folder
 from ..files.formats import check_version, digest
 from ..files.readers import read_bounded, read_json, safe_child
 from ..files.schema import check, normalize, to_dict
-from ..files.targets import check_target, folder_kind
+from ..files.outputs import check_target, folder_kind
 from .kit_graphs import evaluate_graph, train_epoch_graph
 from .onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
 
@@ -65,7 +65,7 @@ class Kit:
 
     def save(self, folder: PathLike, *, overwrite: bool = False) -> Path:
         """Write the kit folder in one atomic swap. An existing `folder` must be a kit or empty, unless
-        `overwrite` (see edgelora.files.targets)."""
+        `overwrite` (see edgelora.files.outputs)."""
         check_target(folder, KIT_KIND, overwrite=overwrite)
         return write_folder(folder, {TRAIN_FILE: self.train_epoch, EVAL_FILE: self.evaluate,
                                      CONTRACT_FILE: dumps_json(self.contract)}, "training kit")

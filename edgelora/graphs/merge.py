@@ -24,7 +24,7 @@ from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest, model_path, verify_bundle
 from ..files.fileio import PathLike, atomic_write
-from ..files.targets import check_target, file_kind
+from ..files.outputs import check_target, file_kind
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)

@@ -218,7 +218,7 @@ def _pool(graph, tensor: str, shape: list, conv: str | None, mask: str | None, m
 
 def _pool_feature_map(graph, x: str, shape: list, pooling: str, pooled: str, opset: int) -> tuple[str, str, int]:
     """(N, C, L...) -> per-channel means (C), means then standard deviations (2 C), or the means of S
-    contiguous segments of the first spatial axis, channel-major (C S): as export.taps.pool."""
+    contiguous segments of the first spatial axis, channel-major (C S): as edgelora_export.taps.pool."""
     axes, c = list(range(2, len(shape))), shape[1]
     segments = int(pooling.rsplit("_", 1)[1]) if pooling.startswith("segment_avg_") else 0
     if segments and not (isinstance(shape[2], int) and shape[2] >= segments):

@@ -42,8 +42,8 @@ from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
 from ..runtime.predict import Predictor
 from ..runtime.features import FeatureSource
-from ..runtime.train import TrainConfig, finetune_features, holdout_mask
-from ..runtime.train_config import split_or_reason
+from ..runtime.train import finetune_features
+from ..runtime.train_config import TrainConfig, holdout_mask, split_or_reason
 from .samples import Samples
 from .store import AdapterStore, check_name
 

@@ -31,7 +31,7 @@ from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, fsync_d
 from ..files.formats import check_version
 from ..files.readers import read_json, safe_child
 from ..files.schema import from_dict, to_dict
-from ..files.targets import check_target, folder_kind
+from ..files.outputs import check_target, folder_kind
 from .versions import NAME, VERSION_DIR, VERSION_FILE, VersionInfo, check_name, now, version_folder
 
 STORE_FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
-from ..files.targets import folder_kind
+from ..files.outputs import folder_kind
 from .backbone import Backbone
 from .cache_rows import CACHE_FORMAT_VERSION, KEY_BYTES, DiskRows, RamRows
 

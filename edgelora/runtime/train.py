@@ -29,7 +29,7 @@ from ..files.schema import to_dict
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
-from .train_config import History, TrainConfig, holdout_mask, validation_split  # noqa: F401 (public)
+from .train_config import History, TrainConfig
 
 if TYPE_CHECKING:
     from ..graphs.kit import Kit

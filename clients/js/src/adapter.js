@@ -94,7 +94,7 @@ const ADAPTER_FILES = ['adapter_config.json', 'adapter_model.safetensors'];
 const TEMP = /^\.(.+)\.(tmp-\d+-[0-9a-f]+|old|lock)$/;  // edgelora's temp, aside and lock names
 
 /**
- * edgelora's rule for outputs (edgelora/files/targets.py): an existing `dst` is replaced only if it is an adapter
+ * edgelora's rule for outputs (edgelora/files/outputs.py): an existing `dst` is replaced only if it is an adapter
  * folder or empty, and it is never an input, a folder holding one, the current folder or one above it.
  */
 function checkOutput(dst, inputs) {
