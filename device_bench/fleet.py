@@ -3,7 +3,7 @@
     python -m device_bench.fleet [--devices 4] [--rounds 5] [--kill-round 2] [--out bench_out/fleet]
 
 Devices are har test users (each its fine-tune half), plus one faulty device whose updates carry another
-backbone's fingerprint. In round `--kill-round`, as soon as device 1 has received its training message,
+backbone's fingerprint (the app's ClientApp is device_bench.faulty_client: edgelora's, plus that fault). In round `--kill-round`, as soon as device 1 has received its training message,
 its SuperNode (and the ClientApp it started) is killed with SIGKILL; the round must complete with the
 others (min-clients = devices - 1). When that round is over, device 1 is restarted with the same files;
 it must serve the last shared adapter it had and train from the latest one the server sends. After the
@@ -34,7 +34,7 @@ from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.fleet.update import flat_sha256  # noqa: E402
 from edgelora.ops.store import AdapterStore  # noqa: E402
 
-from . import protocols  # noqa: E402
+from . import faulty_client, protocols  # noqa: E402
 from .backbones import REPO, reference_bundle  # noqa: E402
 
 OUT = REPO / "bench_out" / "fleet"
@@ -61,12 +61,22 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.2) -> float
     return time.monotonic() - start
 
 
-def device_command(root: Path, bundle: Path, i: int, port: int, fault: bool) -> list[str]:
+def device_command(root: Path, bundle: Path, i: int, port: int) -> list[str]:
     """A device as its owner starts it: `edgelora fleet node` (it supervises Flower's SuperNode)."""
     return [sys.executable, "-m", "edgelora.cli", "fleet", "node", str(bundle), "--data", str(root / f"device{i}.npz"),
             "--workdir", str(root / f"device{i}"), "--superlink", f"{HOST}:{port}", "--port",
-            str(processes.free_port(HOST)), "--max-wait", f"{NODE_MAX_WAIT:g}", "--home", str(root / "flwr_home")] + \
-        (["--fault", "fingerprint"] if fault else [])
+            str(processes.free_port(HOST)), "--max-wait", f"{NODE_MAX_WAIT:g}", "--home", str(root / "flwr_home")]
+
+
+def faulty_device_command(root: Path, bundle: Path, i: int, port: int) -> list[str]:
+    """The faulty device: as `edgelora fleet node` starts a SuperNode, with `fault = "fingerprint"` in its node
+    config (read by device_bench.faulty_client)."""
+    cfg = deploy.write_node_config(root / f"device{i}" / "node_config.toml", str(bundle), str(root / f"device{i}.npz"),
+                                   str(root / f"device{i}"))
+    cfg.write_text(cfg.read_text() + deploy.toml_table({"fault": "fingerprint"}))
+    node = deploy.supernode_command(f"{HOST}:{port}", processes.free_port(HOST), cfg, NODE_MAX_WAIT)
+    code = f"import os, sys; from edgelora.fleet.processes import supervise; sys.exit(supervise({node!r}, dict(os.environ)))"
+    return [sys.executable, "-c", code]
 
 
 def run(out: Path = OUT, devices: int = 4, rounds: int = 5, kill_round: int = 2, log=print) -> dict:
@@ -79,10 +89,11 @@ def run(out: Path = OUT, devices: int = 4, rounds: int = 5, kill_round: int = 2,
         np.savez(out / f"device{i}.npz", x=data["users"][u]["finetune"][0], y=data["users"][u]["finetune"][1])
     port = processes.free_port(HOST)
     env = deploy.flwr_env(out / "flwr_home", HOST, port)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)  # for faulty_client
     procs = processes.Processes(out / "logs", env)
     settings = FleetSettings(bundle=str(bundle), out=str(out / "shared"), num_rounds=rounds, min_clients=devices - 1,
                              round_timeout=ROUND_TIMEOUT, node_wait=120.0, round=RoundSettings(local_epochs=2))
-    app = deploy.write_app(out / "app", settings)
+    app = deploy.write_app(out / "app", settings, clientapp=faulty_client.APP)
     res = {"devices": devices, "faulty_devices": 1, "rounds": rounds, "kill_round": kill_round, "host": HOST}
     t0 = time.monotonic()
     node_log = lambda i: out / "logs" / f"device{i}.log"   # noqa: E731
@@ -91,7 +102,7 @@ def run(out: Path = OUT, devices: int = 4, rounds: int = 5, kill_round: int = 2,
                                   str(port), "--home", str(out / "flwr_home")])
         processes.wait_for_port(HOST, port, 60)
         for i in range(len(users)):
-            procs.start(f"device{i}", device_command(out, bundle, i, port, fault=i == devices))
+            procs.start(f"device{i}", (faulty_device_command if i == devices else device_command)(out, bundle, i, port))
         runner = procs.start("flwr-run", deploy.run_command(app))
         rounds_log = out / "shared.rounds.json"
         done = lambda k: rounds_log.is_file() and len(json.loads(rounds_log.read_text())["rounds"]) >= k  # noqa: E731
@@ -104,7 +115,7 @@ def run(out: Path = OUT, devices: int = 4, rounds: int = 5, kill_round: int = 2,
         served_before = AdapterStore(out / "device1" / "store").load("fleet")
         res["kill_round_s"] = wait_until(lambda: done(kill_round), ROUND_TIMEOUT + 60, f"round {kill_round}")
         procs.procs["device1"].wait(10)
-        restarted = procs.start("device1-restarted", device_command(out, bundle, 1, port, fault=False))
+        restarted = procs.start("device1-restarted", device_command(out, bundle, 1, port))
         log(f"  round {kill_round} completed {res['kill_round_s']:.1f} s after the kill; device 1 restarted")
         res["restarted_serves_round"] = AdapterStore(out / "device1" / "store").info(
             "fleet", AdapterStore(out / "device1" / "store").current("fleet")).extra.get("round")

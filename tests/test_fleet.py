@@ -25,6 +25,7 @@ from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.fleet.update import (adapter_from, check_update, encode_update, flat_sha256,  # noqa: E402
                                    initial_adapter, spec_for)
 from edgelora.ops.store import AdapterStore  # noqa: E402
+from device_bench import faulty_client  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
 MANIFEST = load_manifest(BUNDLE)
@@ -38,7 +39,7 @@ def demo():
 
 
 def device_nodes(root: Path, demo, n: int = 4, faults=()) -> list[dict]:
-    """n devices, each a quarter of the demo's new-scanner scans; then one device per fault."""
+    """n devices, each a quarter of the demo's new-scanner scans; then one device per fault (faulty_client)."""
     x, y = demo["finetune"]
     nodes = []
     for i in range(n + len(faults)):
@@ -54,7 +55,8 @@ def fleet(tmp_path, demo, name, faults=(), rounds=2):
     root.mkdir()
     settings = FleetSettings(bundle=str(BUNDLE), out=str(root / "shared"), num_rounds=rounds, min_clients=4,
                              round=RoundSettings(local_epochs=5))
-    return root, run_fleet(LocalGrid(client_app, device_nodes(root, demo, faults=faults)), settings)
+    app = faulty_client.app if faults else client_app
+    return root, run_fleet(LocalGrid(app, device_nodes(root, demo, faults=faults)), settings)
 
 
 def test_check_update_accepts_a_good_update_and_names_what_is_wrong_otherwise():

@@ -54,7 +54,6 @@ def register(subparsers) -> None:
     d.add_argument("--workdir", type=Path, default=None, metavar="DIR", help="node: its store and cache (kept)")
     d.add_argument("--max-wait", type=common.positive_float, default=600.0, metavar="S",
                    help="node: exit after this many seconds without the SuperLink (default 600)")
-    d.add_argument("--fault", choices=("nan", "shape", "fingerprint"), default="", help=argparse.SUPPRESS)  # tests
     d.add_argument("--bundle", type=Path, default=None, help="personalize: the backbone bundle")
     d.add_argument("--shared", type=Path, default=None, metavar="DIR", help="personalize: the shared adapter")
     r = p.add_argument_group("rounds (run)")
@@ -108,7 +107,7 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
         from ..fleet.device import FleetDevice   # check bundle, data and workdir now, not at the first round
         FleetDevice.from_files(args.target, args.data, args.workdir, args.x_key, args.y_key, args.threads)
         cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
-                                       str(args.workdir), args.x_key, args.y_key, args.fault)
+                                       str(args.workdir), args.x_key, args.y_key)
         return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait), env, "node")
     _need(args, "target", "out")
     from ..fleet.device import RoundSettings

@@ -8,7 +8,6 @@ names its files:
     workdir   its adapter store and Skip-Cache (survive restarts: a restarted device serves, and its cache
               reuses, what it had)
     x-key, y-key   optional array names in the .npz (default x, y)
-    fault     testing only: "nan", "shape" or "fingerprint" sends a malformed update (the server must reject it)
 
 Training: the device keeps the shared adapter it receives (store name `fleet`), fine-tunes from it and
 replies with the update. If it loses the connection mid-round, the SuperNode reconnects (bounded by
@@ -17,15 +16,12 @@ without it; a reply that arrives in a later round is rejected as stale.
 """
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .device import FleetDevice
 from .settings import round_from_config
 from .update import SHARED_KEY, SPEC_KEY, UPDATE_KEY, AdapterSpec
-
-FAULTS = ("", "nan", "shape", "fingerprint")
 
 app = ClientApp()
 
@@ -53,15 +49,6 @@ def train(msg: Message, context: Context) -> Message:
     shared, server_round, settings = _received(device, msg)
     update, samples, metrics = device.train(shared, settings, server_round)
     fingerprint = device.backbone.manifest.identity
-    fault = str(context.node_config.get("fault", ""))
-    if fault not in FAULTS:
-        raise ValueError(f"node config: `fault` should be one of {FAULTS}, found {fault!r}")
-    if fault == "nan":
-        update[:: max(1, update.size // 7)] = np.nan
-    elif fault == "shape":
-        update = update[:-1]
-    elif fault == "fingerprint":
-        fingerprint = "sha256:" + "0" * 64
     content = RecordDict({"arrays": ArrayRecord({UPDATE_KEY: Array(update)}),
                           "metrics": MetricRecord({"num-examples": samples, **metrics}),
                           SPEC_KEY: ConfigRecord({"fingerprint": fingerprint, "round": server_round})})

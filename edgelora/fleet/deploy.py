@@ -40,15 +40,16 @@ def toml_table(values: dict) -> str:
     return "".join(f"{key} = {_toml_value(v)}\n" for key, v in values.items())
 
 
-def write_app(folder: Path, settings: FleetSettings) -> Path:
-    """The Flower app folder `flwr run` submits: a pyproject.toml naming edgelora's apps and the run config."""
+def write_app(folder: Path, settings: FleetSettings, clientapp: str = "edgelora.fleet.client_app:app") -> Path:
+    """The Flower app folder `flwr run` submits: a pyproject.toml naming the apps (edgelora's ServerApp, the
+    ClientApp `clientapp`, edgelora's by default) and the run config."""
     folder.mkdir(parents=True, exist_ok=True)
     from .. import __version__
     text = (f'[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
             f'[project]\nname = "{APP_NAME}"\nversion = "{__version__}"\ndependencies = []\n\n'
             f'[tool.flwr.app]\npublisher = "{PUBLISHER}"\n\n'
             f'[tool.flwr.app.components]\nserverapp = "edgelora.fleet.server_app:app"\n'
-            f'clientapp = "edgelora.fleet.client_app:app"\n\n'
+            f'clientapp = "{clientapp}"\n\n'
             f'[tool.flwr.app.config]\n' + toml_table(settings.to_run_config()))
     (folder / "pyproject.toml").write_text(text)
     return folder
@@ -86,13 +87,10 @@ def supernode_command(superlink: str, port: int, node_config: Path, max_wait: fl
             "--node-config", str(node_config), "--max-wait-time", f"{max_wait:g}"]
 
 
-def write_node_config(path: Path, bundle: str, data: str, workdir: str, x_key: str = "x", y_key: str = "y",
-                      fault: str = "") -> Path:
+def write_node_config(path: Path, bundle: str, data: str, workdir: str, x_key: str = "x", y_key: str = "y") -> Path:
     """A device's node config as a TOML file (`--node-config FILE.toml`)."""
     values = {"bundle": str(Path(bundle).resolve()), "data": str(Path(data).resolve()),
               "workdir": str(Path(workdir).resolve()), "x-key": x_key, "y-key": y_key}
-    if fault:
-        values["fault"] = fault
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(toml_table(values))
     return path
