@@ -154,3 +154,35 @@ def test_lock_is_reentrant_and_exclusive_between_processes(store, adapters):
                 "try:\n  s.lock(timeout=0.2).__enter__()\nexcept TimeoutError: sys.exit(3)")
         r = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True)
         assert r.returncode == 3, r.stderr.decode()
+
+
+def test_an_edited_version_record_is_found_and_named_and_one_written_without_checksum_is_read(store, adapters):
+    publish(store, "a", adapters[0])
+    store.add_version("a", adapters[1], parent=1, samples=3, status="rejected", reason="worse on the holdout")
+    path = store.version_dir("a", 2) / "version.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "status": "accepted"}))          # the gate's decision edited by hand
+    with pytest.raises(ValueError, match=r"v0002/version\.json is corrupt or was edited.*store delete"):
+        store.info("a", 2)
+    with pytest.raises(ValueError, match=r"v0002/version\.json"):
+        store.set_current("a", 2)                                       # never served
+    assert store.delete("a", 2) == [2]                                  # but it can be deleted
+    # stores written before version.json carried a checksum: those records are read as they are
+    old = store.version_dir("a", 1) / "version.json"
+    record = {k: v for k, v in json.loads(old.read_text()).items() if k != "checksum"}
+    old.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert store.info("a", 1).metrics == {"accuracy": 0.5} and store.load("a").config.r == adapters[0].config.r
+
+
+def test_adding_a_version_removes_dead_writers_temps_and_keeps_a_live_writers(store, adapters):
+    import subprocess
+    import sys
+    publish(store, "a", adapters[0])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    versions = store.adapter_dir("a") / "versions"
+    live = f".v0002.tmp-{os.getpid()}-89abcdef"       # another thread of a live writer, building v0002
+    for name in (f".v0002.tmp-{ended.pid}-0123abcd", live, ".v0001.deleted-00ff00ff"):
+        (versions / name).mkdir()
+    store.add_version("a", adapters[1], parent=1, samples=3)
+    assert sorted(p.name for p in versions.iterdir()) == [live, "v0001", "v0002"]

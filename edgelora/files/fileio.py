@@ -1,4 +1,5 @@
-"""Crash-safe file primitives: atomic file writes and folder swaps, temp-file clean-up, an inter-process lock."""
+"""Crash-safe file primitives: atomic file writes, folder swaps and deletes, the names of the hidden
+siblings they leave and their clean-up, an inter-process lock."""
 from __future__ import annotations
 
 import ctypes
@@ -6,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -37,34 +39,68 @@ def write_file(path: PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+# The hidden siblings fileio makes beside a path `.<name>.<what>`: a writer's temp file or folder
+# (tmp-<pid>-<random>), a folder renamed aside for a swap (old) or to be deleted (deleted-<random>), and
+# the lock files callers keep beside what they guard (lock).
+SIBLING = re.compile(r"\.(?P<of>.+)\.(?:tmp-(?P<pid>\d+)-[0-9a-f]+|old|(?P<deleted>deleted)-[0-9a-f]+|lock)")
+
+
 def _temp_name(dst: Path) -> Path:
     """A hidden sibling `.<name>.tmp-<pid>-<random>`; the pid lets a later writer remove it after a crash."""
     return dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def remove_stale_temps(dst: PathLike) -> int:
-    """Delete temp siblings of `dst` left by writers that died (killed, power loss); returns how many.
+def _aside_name(dst: Path) -> Path:
+    """Where a swap without renameat2 puts the old folder between its two renames."""
+    return dst.with_name(f".{dst.name}.old")
 
-    Only names made by `_temp_name` whose process no longer exists are touched, so a concurrent
-    writer's temp file or folder is never removed.
-    """
-    dst = Path(dst)
-    prefix, removed = f".{dst.name}.tmp-", 0
+
+def sibling_of(name: str) -> str | None:
+    """The name whose fileio sibling (temp, aside, deleted or lock) `name` is; None for any other name."""
+    m = SIBLING.fullmatch(name)
+    return m["of"] if m else None
+
+
+def _stale(name: str) -> bool:
+    """A temp of a writer that died (killed, power loss), or a folder renamed to be deleted."""
+    m = SIBLING.fullmatch(name)
+    return bool(m) and bool(m["deleted"] or (m["pid"] and not _alive(int(m["pid"]))))
+
+
+def remove_stale(folder: PathLike, only: str | None = None) -> int:
+    """Delete the stale siblings in `folder` (of `only`, if given): temps of writers that died and folders
+    renamed to be deleted; returns how many. A live writer's temp file or folder is never removed."""
+    folder, removed = Path(folder), 0
     try:
-        names = os.listdir(dst.parent)
+        names = os.listdir(folder)
     except OSError:
         return 0
     for name in names:
-        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
-        if not pid.isdigit() or _alive(int(pid)):
+        if not _stale(name) or (only is not None and sibling_of(name) != only):
             continue
-        path = dst.parent / name
+        path = folder / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def remove_stale_temps(dst: PathLike) -> int:
+    """Delete the stale siblings of `dst` (remove_stale); returns how many."""
+    dst = Path(dst)
+    return remove_stale(dst.parent, dst.name)
+
+
+def remove_dir(folder: PathLike) -> None:
+    """Delete a folder: renamed out of sight first (atomic), so nobody sees it half-deleted under its name;
+    a crash while deleting leaves a stale sibling that remove_stale clears."""
+    folder = Path(folder)
+    trash = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
+    os.rename(folder, trash)
+    fsync_dir(folder.parent)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -123,7 +159,7 @@ def replace_dir(tmp: PathLike, dst: PathLike) -> None:
     elif _exchange(tmp, dst):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
-        old = dst.with_name(f".{dst.name}.old")
+        old = _aside_name(dst)
         shutil.rmtree(old, ignore_errors=True)
         os.rename(dst, old)
         os.rename(tmp, dst)
@@ -200,7 +236,7 @@ class FileLock:
 def recover_dir(dst: PathLike) -> None:
     """Undo a swap interrupted between its two renames (only possible without renameat2)."""
     dst = Path(dst)
-    old = dst.with_name(f".{dst.name}.old")
+    old = _aside_name(dst)
     if not dst.exists() and old.is_dir():
         os.rename(old, dst)
 

@@ -4,7 +4,8 @@ Digests are SHA-256, written in one of two forms chosen by the field's name:
     `*_sha256` (and `sha256`)    the bare 64 hex digits: the name already says the algorithm
     any other name               'sha256:<64 hex>': the value carries its algorithm (`fingerprint`,
                                  `checksum`, `backbone_fingerprint`, the cache meta's `checksum`)
-Every JSON document carries an integer `format_version`; a reader accepts the versions from the
+A JSON document may vouch for itself with a `checksum` field: the tagged digest of the document without
+it (with_checksum, check_checksum). Every JSON document carries an integer `format_version`; a reader accepts the versions from the
 oldest it still reads up to its own, and refuses any other with a message naming the file, the
 version found and the versions this edgelora reads.
 """
@@ -15,6 +16,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from .fileio import dumps_json
 from .schema import type_name
 
 ALGORITHM = "sha256"
@@ -37,6 +39,26 @@ def digest(data: bytes | os.PathLike | Iterable[bytes], tagged: bool = False) ->
     else:
         raise TypeError(f"digest: expected bytes, a path object or buffers, found {type(data).__name__}")
     return PREFIX + h.hexdigest() if tagged else h.hexdigest()
+
+
+def with_checksum(doc: dict) -> dict:
+    """`doc` plus a `checksum` field: the tagged SHA-256 of its sorted JSON without that field."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return {**body, "checksum": digest(dumps_json(body), tagged=True)}
+
+
+def check_checksum(doc: Any, where: str, remedy: str = "") -> Any:
+    """`doc` without its `checksum` field, after checking that field against the rest: a ValueError naming
+    `where` if it differs. A document without the field (written before it had one) is returned as it is."""
+    if not isinstance(doc, dict) or "checksum" not in doc:
+        return doc
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    expected = with_checksum(body)["checksum"]
+    if doc["checksum"] != expected:
+        raise ValueError(f"{where} is corrupt or was edited: its `checksum` does not match its content "
+                         f"(recorded {str(doc['checksum'])[:80]!r}, content gives {expected!r})"
+                         f"{'; ' + remedy if remedy else ''}")
+    return body
 
 
 class NewerFormatError(ValueError):

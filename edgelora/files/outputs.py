@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .fileio import PathLike
+from .fileio import PathLike, sibling_of
 
-_TEMP = re.compile(r"\.(.+)\.(tmp-\d+-[0-9a-f]+|old|lock)")  # fileio temp/aside names, lock files
 _ALLOWED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("edgelora_overwrite", default=frozenset())
 
 
@@ -43,8 +42,7 @@ def folder_kind(what: str, marker: str | tuple[str, ...], allowed: Iterable[str]
     regex = re.compile(pattern) if pattern else None
 
     def ok(name: str) -> bool:
-        m = _TEMP.fullmatch(name)
-        base = m.group(1) if m else name
+        base = sibling_of(name) or name
         return base in names or bool(regex and regex.fullmatch(base))
 
     def accepts(path: Path) -> bool:

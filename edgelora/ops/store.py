@@ -7,7 +7,7 @@
       adapters/NAME/
         current.json                {"version": 3}: replaced atomically (os.replace); absent = none yet
         pins.json                   [2, 3]: versions protected from delete and prune
-        versions/v0003/             adapter_config.json + adapter_model.safetensors + version.json
+        versions/v0003/             adapter_config.json + adapter_model.safetensors + version.json (checksummed)
         data/                       the adapter's accumulated samples (edgelora.ops.personalize)
 
 A version folder is built under a hidden temporary name and renamed into place once complete, so a
@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import shutil
 import threading
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest
-from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, fsync_dir
+from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, remove_dir, remove_stale
 from ..files.formats import check_version
-from ..files.readers import read_json, safe_child
-from ..files.schema import from_dict, to_dict
 from ..files.outputs import check_target, folder_kind
-from .versions import NAME, VERSION_DIR, VERSION_FILE, VersionInfo, check_name, now, version_folder
+from ..files.readers import read_json, safe_child
+from ..files.schema import to_dict
+from .versions import (NAME, VERSION_DIR, VERSION_FILE, VersionInfo, check_name, dumps_info, now, read_info,
+                       version_folder)
 
 STORE_FORMAT_VERSION = 1
 STORE_FILE = "store.json"
@@ -106,13 +104,18 @@ class AdapterStore:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := VERSION_DIR.fullmatch(p.name)))
 
-    def info(self, name: str, version: int) -> VersionInfo:
+    def _need_version(self, name: str, version: int) -> Path:
         folder = self.version_dir(name, version)
         if not folder.is_dir():
             raise FileNotFoundError(f"adapter {name!r} has no version {version} "
                                     f"(versions: {self.version_numbers(name)})")
-        path = folder / VERSION_FILE
-        return from_dict(VersionInfo, read_json(path, "version info"), str(path))
+        return folder
+
+    def info(self, name: str, version: int) -> VersionInfo:
+        """The record of `version` (its version.json, checked against its checksum)."""
+        remedy = (f"a version never changes once written: restore it from a backup, or delete the version "
+                  f"(edgelora store delete {self.root} {name} --version {version} --force)")
+        return read_info(self._need_version(name, version) / VERSION_FILE, remedy)
 
     def versions(self, name: str) -> list[VersionInfo]:
         return [self.info(name, v) for v in self.version_numbers(name)]
@@ -141,11 +144,7 @@ class AdapterStore:
             version = self.current(name)
             if version is None:
                 raise FileNotFoundError(f"adapter {name!r} has no current version yet (nothing published)")
-        folder = self.version_dir(name, version)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"adapter {name!r} has no version {version} "
-                                    f"(versions: {self.version_numbers(name)})")
-        return load_adapter(folder, manifest)
+        return load_adapter(self._need_version(name, version), manifest)
 
     def summary(self, name: str) -> dict:
         """JSON-able description of one adapter: current, pins and every version's info."""
@@ -178,13 +177,13 @@ class AdapterStore:
         folder = self.adapter_dir(name)
         versions = folder / "versions"
         versions.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(versions)
+        remove_stale(versions)
         number = max(self.version_numbers(name), default=0) + 1
         info = VersionInfo(version=number, parent=parent, created=now(), samples=int(samples), status=status,
                            reason=reason, metrics=metrics or {}, extra=extra or {})
-        from_dict(VersionInfo, to_dict(info), "version info")  # validate before writing anything
+        record = dumps_info(info)  # validated before anything is written
         # built beside and renamed into place: the version appears whole or not at all
-        adapter.save(self.version_dir(name, number), extra={VERSION_FILE: dumps_json(to_dict(info))})
+        adapter.save(self.version_dir(name, number), extra={VERSION_FILE: record})
         return info
 
     @_locked
@@ -213,7 +212,7 @@ class AdapterStore:
     @_locked
     def pin(self, name: str, version: int, pinned: bool = True) -> list[int]:
         """Protect `version` from delete and prune (or remove that protection). Returns the pins."""
-        self.info(name, version)
+        self._need_version(name, version)
         pins = set(self.pins(name))
         pins = pins | {version} if pinned else pins - {version}
         atomic_write(self.adapter_dir(name) / PINS_FILE, dumps_json(sorted(pins)))
@@ -230,10 +229,10 @@ class AdapterStore:
                 raise ValueError(f"adapter {name!r} is in use (current v{cur}, pinned {pins}); pass force to "
                                  f"delete it with all its versions and data")
             removed = self.version_numbers(name)
-            _remove_dir(folder)
-            _remove_leftovers(folder.parent)
+            remove_dir(folder)
+            remove_stale(folder.parent)
             return removed
-        self.info(name, version)
+        self._need_version(name, version)   # not info(): a version with a damaged record can be deleted
         if version == cur and not force:
             raise ValueError(f"v{version} is the current version of {name!r}; roll back first, or pass force")
         if version in pins and not force:
@@ -242,7 +241,7 @@ class AdapterStore:
             (folder / CURRENT_FILE).unlink()  # nothing is served rather than a missing version
         if version in pins:
             self.pin(name, version, pinned=False)
-        _remove_dir(self.version_dir(name, version))
+        remove_dir(self.version_dir(name, version))
         return [version]
 
     @_locked
@@ -257,20 +256,6 @@ class AdapterStore:
             protect.add(self.info(name, cur).parent)
         gone = [v for v in numbers if v not in protect]
         for v in gone:
-            _remove_dir(self.version_dir(name, v))
+            remove_dir(self.version_dir(name, v))
         return gone
 
-
-def _remove_dir(folder: Path) -> None:
-    """Rename out of sight first (atomic), then delete: nobody sees a half-deleted folder under its name."""
-    trash = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
-    os.rename(folder, trash)
-    fsync_dir(folder.parent)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _remove_leftovers(folder: Path) -> None:
-    """Delete hidden temporary folders that an interrupted writer left (the caller holds the lock)."""
-    for p in folder.iterdir():
-        if p.name.startswith(".") and (".tmp-" in p.name or ".deleted-" in p.name):
-            shutil.rmtree(p, ignore_errors=True)

@@ -1,11 +1,17 @@
 """A stored adapter's name and versions: the name rule, version numbers and their folders, and the
-record written once with each version (`version.json`)."""
+record written once with each version (`version.json`, which carries a checksum of its own content)."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Literal
+
+from ..files.fileio import dumps_json
+from ..files.formats import check_checksum, with_checksum
+from ..files.readers import read_json
+from ..files.schema import from_dict, to_dict
 
 VERSION_FILE = "version.json"
 MAX_NAME = 64
@@ -53,3 +59,15 @@ class VersionInfo:
 def now() -> str:
     """The current UTC time as ISO-8601 text, to the second (VersionInfo.created)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def dumps_info(info: VersionInfo) -> bytes:
+    """The bytes of a version.json: the record, validated, and its `checksum` (a later edit is found)."""
+    doc = to_dict(info)
+    from_dict(VersionInfo, doc, "version info")
+    return dumps_json(with_checksum(doc))
+
+
+def read_info(path: Path, remedy: str = "") -> VersionInfo:
+    """The record in version.json `path`, checked against its checksum (one written without is read as is)."""
+    return from_dict(VersionInfo, check_checksum(read_json(path, "version info"), str(path), remedy), str(path))
