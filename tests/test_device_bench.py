@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,5 +149,6 @@ def test_smoke_run_end_to_end(tmp_path):
     assert saved["methods"]["skip2-lora"]["rss_after_imports_mb"] < saved["methods"]["torch-ft-all"]["rss_after_imports_mb"] - 50
     assert {t["id"] for t in saved["targets"]} >= {"skip2_vs_torch_ft_all", "skip2_vs_np_lora_all", "cached_epoch_linear"}
     assert "| Skip2-LoRA |" in (tmp_path / "out" / "results.md").read_text()
-    for png in results["plots"]:
-        assert (tmp_path / "out" / png).exists() or __import__("pathlib").Path(png).exists()
+    plots = [Path(p) for p in results["plots"]]         # written by this run, into its own fresh folder
+    assert {"breakdown.png", "accuracy_vs_time.png"} <= {p.name for p in plots}
+    assert all(p.parent == tmp_path / "out" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)

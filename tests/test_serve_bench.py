@@ -9,7 +9,6 @@ pytestmark = pytest.mark.skipif(not (DATASETS / "cooling_fan").is_dir(), reason=
 
 @pytest.mark.torch
 def test_serving_benchmark_smoke(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
     from device_bench import serving
     monkeypatch.setattr(serving, "BUNDLES", tmp_path / "bundles")
     monkeypatch.setattr(serving, "CALLS", {1: 20, serving.BATCH: 5})
