@@ -3,8 +3,8 @@
     python -m device_bench.fleet [--devices 4] [--rounds 5] [--kill-round 2] [--out bench_out/fleet]
 
 Devices are har test users (each its fine-tune half), plus one faulty device whose updates carry another
-backbone's fingerprint (the app's ClientApp is device_bench.faulty_client: edgelora's, plus that fault). In round `--kill-round`, as soon as device 1 has received its training message,
-its SuperNode (and the ClientApp it started) is killed with SIGKILL; the round must complete with the
+backbone's fingerprint (the app's ClientApp is device_bench.faulty_client: edgelora's, plus that fault).
+In round `--kill-round`, as soon as device 1 has received its training message, its SuperNode (and the ClientApp it started) is killed with SIGKILL; the round must complete with the
 others (min-clients = devices - 1). When that round is over, device 1 is restarted with the same files;
 it must serve the last shared adapter it had and train from the latest one the server sends. After the
 run the SuperLink is stopped with SIGTERM and the SuperNodes must exit by themselves (--max-wait-time).
@@ -75,8 +75,9 @@ def faulty_device_command(root: Path, bundle: Path, i: int, port: int) -> list[s
                                    str(root / f"device{i}"))
     cfg.write_text(cfg.read_text() + deploy.toml_table({"fault": "fingerprint"}))
     node = deploy.supernode_command(f"{HOST}:{port}", processes.free_port(HOST), cfg, NODE_MAX_WAIT)
-    code = f"import os, sys; from edgelora.fleet.processes import supervise; sys.exit(supervise({node!r}, dict(os.environ)))"
-    return [sys.executable, "-c", code]
+    code = ("import os, sys; from edgelora.fleet.processes import supervise; "
+            "sys.exit(supervise(sys.argv[1:], dict(os.environ)))")
+    return [sys.executable, "-c", code] + node
 
 
 def run(out: Path = OUT, devices: int = 4, rounds: int = 5, kill_round: int = 2, log=print) -> dict:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from edgelora import Backbone
-from edgelora.ops.personalize import SESSION_TRAINING, PersonalizeConfig, holdout_mask, personalize
+from edgelora.ops.personalize import SESSION_TRAINING, PersonalizeConfig, personalize
 from edgelora.ops.samples import Samples
 from edgelora.ops.store import AdapterStore
+from edgelora.runtime.train_config import holdout_mask
 from tests.helpers import BackboneCounter, mlp_bundle, random_mlp
 from tests.test_train import count_checks_and_hashes
 

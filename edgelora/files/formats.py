@@ -5,9 +5,9 @@ Digests are SHA-256, written in one of two forms chosen by the field's name:
     any other name               'sha256:<64 hex>': the value carries its algorithm (`fingerprint`,
                                  `checksum`, `backbone_fingerprint`, the cache meta's `checksum`)
 A JSON document may vouch for itself with a `checksum` field: the tagged digest of the document without
-it (with_checksum, check_checksum). Every JSON document carries an integer `format_version`; a reader accepts the versions from the
-oldest it still reads up to its own, and refuses any other with a message naming the file, the
-version found and the versions this edgelora reads.
+it (with_checksum, check_checksum). Every JSON document carries an integer `format_version`; a reader
+accepts the versions from the oldest it still reads up to its own, and refuses any other with a message
+naming the file, the version found and the versions this edgelora reads.
 """
 from __future__ import annotations
 
