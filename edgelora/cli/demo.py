@@ -19,8 +19,8 @@ from ..files.bundle import BUNDLE_KIND
 from ..files.fileio import atomic_write, write_folder
 from ..files.outputs import Kind, check_target, file_kind
 from ..runtime.backbone import Backbone
-from ..runtime.predict import Predictor
 from ..runtime.features import prepare
+from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig
 from . import common, demo_data

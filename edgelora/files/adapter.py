@@ -23,9 +23,9 @@ from ..core.lora import Layout, peft_views, views
 from .bundle import Manifest
 from .checked import CheckedFolder
 from .fileio import PathLike
+from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
 from .schema import check, from_dict, normalize, to_dict
-from .outputs import check_target, folder_kind
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"

@@ -12,9 +12,9 @@ import numpy as np
 
 from .fileio import PathLike, dumps_json, write_folder
 from .formats import check_version, digest
+from .outputs import check_target, folder_kind
 from .readers import read_json, safe_child
 from .schema import check, from_dict, to_dict
-from .outputs import check_target, folder_kind
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"

@@ -23,8 +23,8 @@ from safetensors.numpy import save as st_save
 from .checked import CheckedFolder
 from .fileio import PathLike, recover_dir
 from .formats import digest
-from .readers import parse_safetensors, read_bounded, read_json, safe_child
 from .outputs import check_target, folder_kind
+from .readers import parse_safetensors, read_bounded, read_json, safe_child
 
 CHECKPOINT_FORMAT_VERSION = 2  # 2: epochs in an append-only history.jsonl, separate settings digests
 META_FILE = "checkpoint.json"

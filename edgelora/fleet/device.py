@@ -23,8 +23,8 @@ from ..files.schema import check
 from ..ops.store import AdapterStore
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache
-from ..runtime.predict import Predictor
 from ..runtime.features import FeatureSource
+from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig, training_split, validation_split
 from .update import UPDATE_DTYPES, AdapterSpec, adapter_from, encode_update

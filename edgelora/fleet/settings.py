@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files.adapter import ADAPTER_KIND
-from ..files.schema import check
 from ..files.outputs import check_target
+from ..files.schema import check
 from .aggregate import STRATEGIES
 from .device import RoundSettings
 

@@ -19,9 +19,9 @@ from ..files.adapter import layout_for
 from ..files.bundle import Manifest
 from ..files.fileio import PathLike, dumps_json, write_folder
 from ..files.formats import check_version, digest
+from ..files.outputs import check_target, folder_kind
 from ..files.readers import read_bounded, read_json, safe_child
 from ..files.schema import check, normalize, to_dict
-from ..files.outputs import check_target, folder_kind
 from .kit_graphs import evaluate_graph, train_epoch_graph
 from .onnx_utils import IR_VERSION, OLDEST_ORT, OPSET
 

@@ -40,8 +40,8 @@ from ..files.data import as_inputs, as_targets, num_samples
 from ..files.schema import check, normalize, to_dict
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
-from ..runtime.predict import Predictor
 from ..runtime.features import FeatureSource
+from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig, holdout_mask, split_or_reason
 from .samples import Samples
