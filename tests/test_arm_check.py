@@ -22,13 +22,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "device_bench" / "arm" / "run.sh"
 @pytest.mark.skipif(not shutil.which("sh"), reason="needs a POSIX sh")
 def test_script_parses_and_dry_run_names_every_step():
     assert subprocess.run(["sh", "-n", str(SCRIPT)], capture_output=True).returncode == 0
-    out = subprocess.run(["sh", str(SCRIPT), "--dry-run", "--", "-q", "tests/test_adapter.py"],
+    out = subprocess.run(["sh", str(SCRIPT), "--dry-run", "--", "-m", "not torch", "tests/test_adapter.py"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "QEMU_CPU=cortex-a72" in text and "--arch=arm64" in text
     assert "--only-binary=:all: -e '.[test]'" in text and "torch must not be installed" in text
-    assert "pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml -q tests/test_adapter.py" in text
+    # each pytest argument reaches the root's shell quoted: "-m 'not torch'" stays one marker expression
+    assert "pytest -q -p no:cacheprovider --junitxml=/tmp/junit.xml '-m' 'not torch' 'tests/test_adapter.py'" in text
     assert "edgelora demo --no-plot --json" in text and "--seed 0" in text
 
 

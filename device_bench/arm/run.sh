@@ -93,8 +93,10 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if [ $# -eq 0 ]; then set -- -m "'not torch'" tests; fi
-PYTEST_ARGS="$*"
+if [ $# -eq 0 ]; then set -- -m "not torch" tests; fi
+PYTEST_ARGS=""   # each argument single-quoted for the shell inside the root: -m 'not torch' stays one argument
+for arg in "$@"; do PYTEST_ARGS="$PYTEST_ARGS '$(printf '%s' "$arg" | sed "s/'/'\\\\''/g")'"; done
+PYTEST_ARGS=${PYTEST_ARGS# }
 case "$SOURCE" in
     worktree) ;;
     head) SOURCE=HEAD ;;
