@@ -95,3 +95,18 @@ class BackboneCounter:
             self.samples += len(next(iter(feed.values())))
             return run(outputs, feed, *args, **kwargs)
         backbone._session.run = counted
+
+
+def onnx_finetune(*args, **kwargs):
+    """finetune with the ONNX training kit (engine="onnx")."""
+    from edgelora import finetune
+    return finetune(*args, engine="onnx", **kwargs)
+
+
+def explicit(**kw):
+    """One explicit recipe, trained on every sample (no selection), whatever TrainConfig's defaults are."""
+    import dataclasses
+    from edgelora import TrainConfig
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
+    return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in fields})

@@ -3,7 +3,6 @@
 Needs node and npm (Node 20 is on the machine image and in CI): without them these tests FAIL, not skip.
 `npm ci --ignore-scripts` installs the pinned packages when clients/js/node_modules is missing.
 """
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,23 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
+from edgelora import Backbone, Predictor, finetune, load_adapter
 from edgelora.cli import main
 from edgelora.graphs.kit import KitRecipe, build_kit
-from tests.helpers import js_client, mlp_bundle, no_datasets, random_mlp
+from tests.helpers import explicit, js_client, mlp_bundle, no_datasets, onnx_finetune, random_mlp
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def onnx_finetune(*args, **kwargs):
-    """finetune with the ONNX training kit (engine="onnx")."""
-    return finetune(*args, engine="onnx", **kwargs)
-
-
-def explicit(**kw) -> TrainConfig:
-    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
-    return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
 
 
 @pytest.fixture(scope="module")

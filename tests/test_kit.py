@@ -1,5 +1,4 @@
 """The training kit (edgelora/graphs/kit.py, kit_graphs.py) and the Python engine over it (onnx_trainer.py)."""
-import dataclasses
 import json
 import os
 import re
@@ -9,24 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edgelora import Backbone, Predictor, TrainConfig, finetune, load_adapter
+from edgelora import Backbone, Predictor, finetune, load_adapter
 from edgelora.graphs.kit import KitRecipe, build_kit, load_kit
 from edgelora.graphs.onnx_utils import OLDEST_ORT
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import explicit, mlp_bundle, onnx_finetune, random_mlp
 
 OLD_PYTHON = os.environ.get("EDGELORA_OLD_ORT_PYTHON")
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def onnx_finetune(*args, **kwargs):
-    """finetune with the ONNX training kit (engine="onnx")."""
-    return finetune(*args, engine="onnx", **kwargs)
-
-
-def explicit(**kw) -> TrainConfig:
-    """One explicit recipe, trained on every sample (no selection), whatever TrainConfig's defaults are."""
-    base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
-    return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in FIELDS})
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +118,8 @@ def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
         onnx_finetune(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
     with pytest.raises(ValueError, match="expected lora_dropout=0"):
         onnx_finetune(backbone, *toy_data, explicit(lora_dropout=0.1))
-    if "form" in FIELDS:
-        with pytest.raises(ValueError, match="engine='onnx' trains skip adapters: expected form='skip', found 'last'"):
-            onnx_finetune(backbone, *toy_data, explicit(form="last"))
+    with pytest.raises(ValueError, match="engine='onnx' trains skip adapters: expected form='skip', found 'last'"):
+        onnx_finetune(backbone, *toy_data, explicit(form="last"))
     with pytest.raises(ValueError, match="engine should be 'numpy' or 'onnx', found 'torch'"):
         finetune(backbone, *toy_data, explicit(), engine="torch")
     with pytest.raises(ValueError, match="init, use_cache=False and checkpoint_dir need engine='numpy'"):

@@ -30,36 +30,29 @@ class CommandError(Exception):
 
 # --- flag types: a bad value is a usage error (exit 2) that names the flag -----------------------------
 
-def positive_int(text: str) -> int:
+def _int_flag(text: str, ok, expected: str) -> int:
+    """An integer flag value for which ok(value) holds, else a usage error naming what was expected."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_flag(text, lambda v: v >= 1, "a positive integer")
 
 
 def count(text: str) -> int:
     """0 or a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, found {text!r}")
-    return value
+    return _int_flag(text, lambda v: v >= 0, "0 or a positive integer")
 
 
 def fold_count(text: str) -> int:
     """--cv-folds: 0 (off) or an integer >= 2."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or value == 1:
-        raise argparse.ArgumentTypeError(f"expected 0 (no cross-validation) or a number of folds >= 2, found {text!r}")
-    return value
+    return _int_flag(text, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or a number of folds >= 2")
 
 
 def positive_float(text: str) -> float:

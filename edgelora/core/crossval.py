@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from . import lora
-from .losses import balanced_weights
+from .losses import balanced_weights, class_groups, log_softmax
 from .optim import from_config, learning_rate
 
 SCALINGS = ("none", "standard")
@@ -47,8 +47,7 @@ class Recipe:
 def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
     """Fold id (0..k-1) per sample: each class's samples, in sample order, cut into k contiguous blocks."""
     fold = np.zeros(len(targets), np.int64)
-    for g in [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" else \
-            [np.arange(len(targets))]:
+    for g in class_groups(targets, task):
         fold[g] = np.arange(len(g)) * k // len(g)
     return fold
 
@@ -157,9 +156,7 @@ def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, 
     if task != "classification":
         se = ((y - targets) ** 2).mean(axis=-1)
         return -se, se
-    z = y - y.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    nll = -np.take_along_axis(logp, np.broadcast_to(targets[:, None], y.shape[:-1] + (1,)), axis=-1)[..., 0]
+    nll = -np.take_along_axis(log_softmax(y), np.broadcast_to(targets[:, None], y.shape[:-1] + (1,)), axis=-1)[..., 0]
     return (y.argmax(axis=-1) == targets).astype(np.float64), nll
 
 

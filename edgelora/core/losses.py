@@ -5,8 +5,9 @@ import numpy as np
 
 
 def log_softmax(y: np.ndarray) -> np.ndarray:
-    z = y - y.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """Log-probabilities over the last axis (the classes) of logits y (..., C)."""
+    z = y - y.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def cross_entropy(y: np.ndarray, labels: np.ndarray, class_weights: np.ndarray | None = None):
@@ -54,6 +55,13 @@ def mse(y: np.ndarray, target: np.ndarray):
     """Mean squared error over all elements and its gradient."""
     d = y - target
     return float((d * d).mean()), d * (2.0 / d.size)
+
+
+def class_groups(targets: np.ndarray, task: str) -> list[np.ndarray]:
+    """The sample indices of each class, in sample order (one group of all samples for regression)."""
+    if task != "classification":
+        return [np.arange(len(targets))]
+    return [np.flatnonzero(targets == c) for c in np.unique(targets)]
 
 
 def balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

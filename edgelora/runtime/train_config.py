@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..core.losses import class_groups
 from ..files.bundle import Manifest
 from ..files.schema import check, normalize, to_dict
 
@@ -120,9 +121,7 @@ def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
     """True for the last `fraction` (rounded; >= 1, and never all, when a class has >= 2 samples) of each
     class in sample order (of all samples for regression): the most recent ones."""
     mask = np.zeros(len(targets), bool)
-    groups = [np.flatnonzero(targets == c) for c in np.unique(targets)] if task == "classification" \
-        else [np.arange(len(targets))]
-    for g in groups:
+    for g in class_groups(targets, task):
         if len(g) >= 2:
             mask[g[len(g) - min(len(g) - 1, max(1, int(round(fraction * len(g))))):]] = True
     return mask
