@@ -11,6 +11,7 @@ naming the file, the version found and the versions this edgelora reads.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -20,30 +21,12 @@ from .schema import type_name
 
 ALGORITHM = "sha256"
 PREFIX = ALGORITHM + ":"
-LARGE = 8 << 20  # bytes: a file this large is hashed by OpenSSL (hashlib), about 4x faster than CPython's own
-
-
-def _sha256(size: int = 0):
-    """A SHA-256 hasher. CPython's built-in one for small data: importing hashlib maps OpenSSL's libcrypto,
-    3.5 MB of resident memory in a device's fine-tune process; a file of LARGE bytes or more is worth that."""
-    if size < LARGE:
-        try:
-            from _sha2 import sha256        # CPython 3.12+
-            return sha256()
-        except ImportError:
-            try:
-                from _sha256 import sha256  # CPython 3.10, 3.11
-                return sha256()
-            except ImportError:
-                pass
-    import hashlib
-    return hashlib.sha256()
 
 
 def digest(data: bytes | os.PathLike | Iterable[bytes], tagged: bool = False) -> str:
     """SHA-256 of bytes, of a file's content read in chunks, or of a sequence of buffers hashed in turn
     (streamed, no copy): 'sha256:<hex>' if `tagged`, else '<hex>'."""
-    h = _sha256(os.stat(data).st_size if isinstance(data, os.PathLike) else 0)
+    h = hashlib.sha256()
     if isinstance(data, os.PathLike):
         with open(data, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -7,6 +7,7 @@ on the next miss.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -14,10 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-try:  # what hashlib.blake2b is, without importing hashlib (which maps OpenSSL's libcrypto: 3.5 MB of RSS)
-    from _blake2 import blake2b
-except ImportError:  # an interpreter without CPython's built-in hash modules
-    from hashlib import blake2b
 
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
@@ -34,7 +31,7 @@ def sample_keys(inputs: dict[str, np.ndarray]) -> list[bytes]:
     prefixes = [f"{name}|{a.dtype.str}|{a.shape[1:]}|".encode() for name, a in zip(sorted(inputs), arrays)]
     keys = []
     for i in range(num_samples(inputs)):
-        h = blake2b(digest_size=KEY_BYTES)
+        h = hashlib.blake2b(digest_size=KEY_BYTES)
         for prefix, a in zip(prefixes, arrays):
             h.update(prefix)
             h.update(a[i])  # a contiguous row: hashed in place, no copy
