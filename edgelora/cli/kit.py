@@ -19,7 +19,7 @@ node clients/js/src/cli.js train --bundle fan_bundle --kit fan_kit --data new_si
 def register(subparsers) -> None:
     d, k = TrainConfig(), KitRecipe()
     p = common.add_command(
-        subparsers, "kit", run, report, summary="write the training kit: fine-tuning as plain ONNX graphs",
+        subparsers, "kit", run, report,
         description=f"Write KIT, a folder with {TRAIN_FILE} (one epoch of Skip2-LoRA training as a single ONNX "
                     f"Loop), {EVAL_FILE} (adapter outputs and loss on cached rows) and {CONTRACT_FILE} (inputs, "
                     "outputs, layout, recipe, the backbone it belongs to). Opset 17, IR 8: any onnxruntime (Kotlin, "
