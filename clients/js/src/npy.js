@@ -9,13 +9,14 @@ const DTYPES = {
 /** Bad input: the message says what was expected and what was found (CLI exit code 2). */
 export class UserError extends Error {}
 
-const text = (bytes, a, b, enc = 'latin1') => new TextDecoder(enc === 'utf8' ? 'utf-8' : 'latin1').decode(bytes.subarray(a, b));
+const text = (bytes, a, b, enc = 'latin1') => (enc === 'utf8' ? new TextDecoder().decode(bytes.subarray(a, b))
+  : String.fromCharCode(...bytes.subarray(a, b)));  // ISO-8859-1 exactly (TextDecoder's 'latin1' is windows-1252)
 
 /** { dtype: '<f4' | ..., shape: [..], data: TypedArray } of the bytes of a .npy file. */
 export function parseNpy(buf, where) {
   const bad = (why) => new UserError(`${where}: not a valid .npy file (${why}); it is corrupt or truncated`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (buf.length < 10 || text(buf, 0, 6) !== '\x93NUMPY') throw bad('no \\x93NUMPY magic');
+  if (buf.length < 10 || buf[0] !== 0x93 || text(buf, 1, 6) !== 'NUMPY') throw bad('no \\x93NUMPY magic');
   const major = buf[6];
   const wide = major >= 2;
   if (buf.length < (wide ? 12 : 10)) throw bad('header cut short');
