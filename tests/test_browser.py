@@ -5,46 +5,30 @@ The page fine-tunes the demo on the recipe numpy chose (web/make_assets.sh) in a
 wasm; the adapter it hands back as downloads must load in `edgelora eval` with the Node client's accuracy and
 equal numpy's parameters within 1e-4. Without the browsers these tests FAIL (CI installs them: .ci/run).
 """
-import functools
-import http.server
 import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgelora import Backbone, load_adapter
-from edgelora.cli import main
+from device_bench.page_server import CLIENT, drive_page, serve_page
 from tests.helpers import js_client
-
-CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
-BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A static server (python's http.server) over the page and src/, with the demo's assets in assets/."""
+    """The page served over the demo's assets (written by web/make_assets.sh, as a user would)."""
     node = js_client()
     root = tmp_path_factory.mktemp("site")
-    for name in ("src", "web"):
-        (root / name).symlink_to(CLIENT / name, target_is_directory=True)
     env = {"EDGELORA": f"{sys.executable} -m edgelora.cli", "PATH": str(Path(node).parent) + ":/usr/bin:/bin"}
     done = subprocess.run(["sh", str(CLIENT / "web" / "make_assets.sh"), str(root / "assets")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield node, root, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"
+    server, url = serve_page(root / "site", root / "assets")
+    yield node, root, url
     server.shutdown()
 
 
@@ -60,7 +44,7 @@ def node_adapter(site, tmp_path_factory):
     return out, evaluate(root, out)
 
 
-def evaluate(root, adapter, capsys=None):
+def evaluate(root, adapter):
     out = subprocess.run([sys.executable, "-m", "edgelora.cli", "eval", str(root / "assets" / "bundle"), "--adapter",
                           str(adapter), "--data", str(root / "assets" / "test.npz"), "--json"],
                          capture_output=True, text=True, timeout=120)
@@ -69,16 +53,13 @@ def evaluate(root, adapter, capsys=None):
 
 
 def drive(node, browser, url, out, screenshot=None):
-    if not Path(BROWSERS[browser]).exists():
-        pytest.fail(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
-    args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url, "--out", str(out)]
-    done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
-                          text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return drive_page(node, browser, url, out, screenshot)
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
-@pytest.mark.parametrize("browser", sorted(BROWSERS))
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
 def test_page_finetunes_the_demo_like_numpy_and_node(site, node_adapter, browser, tmp_path):
     node, root, url = site
     r = drive(node, browser, url, tmp_path / "adapter", tmp_path / "page.png")
@@ -88,7 +69,7 @@ def test_page_finetunes_the_demo_like_numpy_and_node(site, node_adapter, browser
     numpy_adapter = load_adapter(root / "assets" / "adapter_numpy", backbone.manifest)
     assert got.config.training["engine"] == "js-browser-wasm" and got.config.r == numpy_adapter.config.r
     assert np.abs(got.flat - numpy_adapter.flat).max() <= 1e-4
-    node_path, node_accuracy = node_adapter
+    _, node_accuracy = node_adapter
     assert evaluate(root, tmp_path / "adapter") == pytest.approx(node_accuracy, abs=1e-9)
     assert r["after"]["accuracy"] == pytest.approx(node_accuracy, abs=1e-9)  # what the page shows
     assert r["before"]["accuracy"] < 0.6 < node_accuracy
@@ -104,8 +85,7 @@ def test_error_the_page_reports_a_kit_for_another_backbone(site, tmp_path):
     contract = json.loads((other / "kit" / "kit.json").read_text())
     contract["backbone"]["fingerprint"] = "sha256:" + "0" * 64
     (other / "kit" / "kit.json").write_text(json.dumps(contract))
-    args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", "chromium", "--url",
-            url.replace("../assets/", "../other/"), "--out", str(tmp_path / "a")]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 1 and "was built for another backbone: expected fingerprint" in done.stderr
+    (root / "site" / "other").symlink_to(other, target_is_directory=True)
+    with pytest.raises(RuntimeError, match="was built for another backbone: expected fingerprint"):
+        drive(node, "chromium", url.replace("../assets/", "../other/"), tmp_path / "a")
     assert not any((tmp_path / "a").iterdir())
