@@ -33,14 +33,15 @@ BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
 
 
 def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
-               query: str = "") -> dict:
-    """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result, the
-    adapter's downloads in `out`. Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
+               query: str = "", visits: int = 1) -> dict:
+    """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
+    `visits` fine-tunes in one profile), the adapter's downloads in `out`. Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
     import json
     import subprocess
     if not Path(BROWSERS[browser]).exists():
         raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
-    args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out)]
+    args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
+            "--visits", str(visits)]
     done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
                           text=True, timeout=300)
     if done.returncode:

@@ -56,17 +56,37 @@ async function ensureTest() {
   if (!state.test) state.test = await readNpz($('test-file').files[0] || `${ASSETS}test.npz`, 'test data').catch(() => null);
 }
 
+const sources = () => ({
+  bundle: $('bundle-files').files.length ? [...$('bundle-files').files] : `${ASSETS}bundle/`,
+  kit: $('kit-files').files.length ? [...$('kit-files').files] : `${ASSETS}kit/`,
+  warm: query.get('warm') !== '0',
+});
+
+/** The trainer: one module worker for the page's life, opened and warmed up at load (see worker.js). */
+function startWorker() {
+  const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = ({ data: m }) => state.onmessage(m);
+  state.onmessage = (m) => {
+    if (m.type === 'warm') {
+      document.body.dataset.warm = 'done';
+      $('timing').textContent = `trainer ready: loaded in ${m.load.toFixed(3)} s, warmed up in ${m.seconds.toFixed(3)} s`;
+    } else if (m.type === 'error') {
+      document.body.dataset.warm = 'error';
+      $('status').textContent = m.message;
+    }
+  };
+  if (query.get('open') !== '0') worker.postMessage({ type: 'open', ...sources() });
+  return worker;
+}
+
 function finetune() {
   const { n, x, y } = trainingSet();
-  const bundle = $('bundle-files').files.length ? [...$('bundle-files').files] : `${ASSETS}bundle/`;
-  const kit = $('kit-files').files.length ? [...$('kit-files').files] : `${ASSETS}kit/`;
   const epochs = Number($('epochs').value) || undefined;
-  const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
   const points = [];
   let before = null;
   $('finetune').disabled = true;
   document.body.dataset.state = 'training';
-  worker.onmessage = async ({ data: m }) => {
+  state.onmessage = async (m) => {
     if (m.type === 'stage') {
       $('status').textContent = m.text;
       if (m.before) { before = m.before.accuracy; $('before').textContent = percent(before); }
@@ -75,17 +95,15 @@ function finetune() {
       if (m.accuracy !== null) points.push([m.epoch, m.accuracy]);
       drawChart($('chart'), points, m.epochs, before);
     } else if (m.type === 'done') {
-      worker.terminate();
       await done(m, n);
     } else if (m.type === 'error') {
-      worker.terminate();
       $('status').textContent = `${m.user ? '' : 'unexpected error: '}${m.message}`;
       document.body.dataset.state = 'error';
       refresh();
     }
   };
-  worker.postMessage({ type: 'finetune', bundle, kit, train: { x, y }, test: state.test, options: { epochs }, chart: true,
-    warm: query.get('warm') !== '0' });
+  state.worker.postMessage({ type: 'finetune', ...sources(), train: { x, y }, test: state.test, options: { epochs },
+    chart: query.get('chart') !== '0' });
 }
 
 async function done(m, n) {
@@ -93,14 +111,15 @@ async function done(m, n) {
   const first = m.epoch_seconds[0];
   $('status').textContent = `fine-tuned ${n} samples: best epoch ${m.history.best_epoch} (${m.history.stopped})`;
   $('timing').textContent = `cache fill ${m.cache_seconds.toFixed(3)} s${m.cached ? ' (from IndexedDB)' : ''}, training ${m.train_seconds.toFixed(3)} s ` +
-    `(first epoch ${(1e3 * first).toFixed(1)} ms, wasm, ${m.threads} thread${m.threads > 1 ? 's' : ''})`;
+    `(first epoch ${(1e3 * first).toFixed(1)} ms, wasm, ${m.threads} thread${m.threads > 1 ? 's' : ''})` +
+    (m.warmed_ahead ? `; warmed up at page load in ${m.warm_seconds.toFixed(3)} s` : '');
   state.links.forEach((l) => URL.revokeObjectURL(l.url));
   state.links = downloadLinks(m.files);
   $('downloads').replaceChildren(...state.links.map((l) => Object.assign(document.createElement('a'), { href: l.url, download: l.name, textContent: l.name })));
   const name = `digits-${new Date().toISOString().slice(0, 19)}`;
   await idbAdapters.save(name, { files: m.files, summary: { before: m.before, after: m.after, samples: n } });
   $('saved').textContent = (await idbAdapters.names()).join(', ');
-  window.edgeloraResult = { before: m.before, after: m.after, n, timings: { load: m.load_seconds, warm: m.warm_seconds,
+  window.edgeloraResult = { before: m.before, after: m.after, n, warmedAhead: m.warmed_ahead, timings: { load: m.load_seconds, warm: m.warm_seconds,
     cache: m.cache_seconds, train: m.train_seconds, epochs: m.epoch_seconds, total: m.seconds }, threads: m.threads };
   document.body.dataset.state = 'done';
   refresh();
@@ -126,6 +145,7 @@ function setUp() {
   $('finetune').addEventListener('click', finetune);
   if (query.get('epochs')) $('epochs').value = query.get('epochs');
   idbAdapters.names().then((names) => { $('saved').textContent = names.join(', ') || 'none yet'; }).catch(() => {});
+  state.worker = startWorker();
   document.body.dataset.state = 'ready';
 }
 

@@ -1,9 +1,10 @@
 // The page's trainer, off the main thread: opens the bundle and kit, fills the Skip-Cache (kept in IndexedDB),
 // fine-tunes with onnxruntime-web's wasm backend and posts progress events, then the adapter's files.
-//   in:  { type: 'finetune', bundle, kit (base URL or File[]), train: { x, y }, test: { x, y } | null (npy.js
+//   in:  { type: 'open', bundle, kit (base URL or File[]), warm } opens and warms up ahead (while the user
+//          collects samples); { type: 'finetune', bundle, kit, train: { x, y }, test: { x, y } | null (npy.js
 //          arrays), options (run settings), chart (evaluate the test rows after each epoch), warm (see warmUp) }
-//   out: { type: 'stage', text } | { type: 'epoch', epoch, epochs, seconds, accuracy } | { type: 'done', ... }
-//        | { type: 'error', message, user }
+//   out: { type: 'warm', seconds } | { type: 'stage', text } | { type: 'epoch', epoch, epochs, seconds, accuracy }
+//        | { type: 'done', ... } | { type: 'error', message, user }   (messages are handled one at a time)
 import * as ort from './vendor/ort.wasm.min.mjs';
 import { adapterFor, cacheRows, evaluate, openKit, settingsFor, targetsFor, train } from '../src/finetune.js';
 import { UserError } from '../src/npy.js';
@@ -17,33 +18,46 @@ const post = (m) => globalThis.postMessage(m);
 const source = (s, what) => (typeof s === 'string' ? urlSource(s) : fileSource(s, `the picked ${what} files`));
 
 /**
- * One pass of every graph on a few rows before the real work: wasm kernels compile and the JIT tiers up
- * on tiny inputs, so the first real epoch does not pay for it. Returns its seconds.
+ * One pass of every graph on a batch of zero samples before the real work: wasm kernels compile and the JIT
+ * tiers up on tiny inputs, so the first real epoch does not pay for it. Returns its seconds (0: not possible,
+ * the input has a dynamic dimension).
  */
-async function warmUp(ctx, x) {
+async function warmUp(ctx) {
   const t0 = clock();
   const lay = ctx.contract.layout;
-  const m = Math.min(x.shape[0], ctx.contract.recipe.batch_size);
-  const size = x.shape.slice(1).reduce((a, b) => a * b, 1);
-  const xs = { ...x, shape: [m, ...x.shape.slice(1)], data: x.data.slice(0, m * size) };
-  const rows = await cacheRows(ctx, xs, 'warm-up');
-  const n = rows.n;
+  const m = ctx.contract.recipe.batch_size;
+  const dims = ctx.contract.backbone.inputs[0].shape.slice(1);
+  if (!dims.every(Number.isInteger)) return 0;
+  const x = { dtype: '<f4', shape: [m, ...dims], data: new Float32Array(m * dims.reduce((a, b) => a * b, 1)) };
+  const { rows, n } = await cacheRows(ctx, x, 'warm-up');
   const cls = ctx.contract.backbone.task === 'classification';
   const targets = cls ? BigInt64Array.from({ length: n }, (_, i) => BigInt(i % lay.num_outputs)) : new Float32Array(n * lay.num_outputs);
   const settings = settingsFor(ctx, { epochs: 1, val_fraction: 0, patience: null, class_weights: 'none' });
-  await train(ctx, rows.rows, targets, n, settings);
-  await evaluate(ctx, rows.rows, targets, n, new Float32Array(lay.size));
+  await train(ctx, rows, targets, n, settings);
+  await evaluate(ctx, rows, targets, n, new Float32Array(lay.size));
   return clock() - t0;
+}
+
+let opened = null;  // { key, ctx, warm (seconds) } of the last bundle and kit given as URLs
+
+/** The kit context for these sources: reused when the same URLs were opened (and warmed) before. */
+async function open(msg) {
+  const key = typeof msg.bundle === 'string' && typeof msg.kit === 'string' ? `${msg.bundle}|${msg.kit}|${msg.warm !== false}` : null;
+  if (key && opened && opened.key === key) return { ...opened, reused: true };
+  post({ type: 'stage', text: 'loading the backbone and the training kit' });
+  const t0 = clock();
+  const ctx = await openKit({ ort, backend: 'wasm', bundle: source(msg.bundle, 'bundle'), kit: source(msg.kit, 'kit') });
+  const load = clock() - t0;
+  const warm = msg.warm === false ? 0 : await warmUp(ctx);
+  opened = { key, ctx, load, warm, reused: false };
+  post({ type: 'warm', seconds: warm, load });
+  return opened;
 }
 
 async function finetune(msg) {
   const t0 = clock();
-  post({ type: 'stage', text: 'loading the backbone and the training kit' });
-  const ctx = await openKit({ ort, backend: 'wasm', bundle: source(msg.bundle, 'bundle'), kit: source(msg.kit, 'kit') });
+  const { ctx, load, warm, reused } = await open(msg);
   const settings = settingsFor(ctx, msg.options || {});
-  const loaded = clock() - t0;
-  const small = msg.train.x.shape[0] < ctx.contract.recipe.batch_size;  // training refuses it below, clearly
-  const warm = msg.warm === false || small ? 0 : await warmUp(ctx, msg.train.x);
   post({ type: 'stage', text: 'filling the Skip-Cache' });
   const t1 = clock();
   const fit = await cacheRows(ctx, msg.train.x, 'training samples', idbCache);
@@ -67,7 +81,7 @@ async function finetune(msg) {
   const after = test && await evaluate(ctx, test.rows, test.targets, test.n, params);
   const files = await adapterFor(ctx, params, settings, history, 'js-browser-wasm');
   post({ type: 'done', files, before, after, params, history, n: fit.n, cached: fit.cached, threads: ort.env.wasm.numThreads,
-    load_seconds: loaded, warm_seconds: warm, cache_seconds: cacheSeconds, train_seconds: trainSeconds,
+    load_seconds: load, warm_seconds: warm, warmed_ahead: reused, cache_seconds: cacheSeconds, train_seconds: trainSeconds,
     epoch_seconds: history.epochs.map((e) => e.seconds), seconds: clock() - t0 });
 }
 
@@ -80,11 +94,11 @@ async function initialParams(ctx, seed) {
   return p;
 }
 
-globalThis.onmessage = async (e) => {
-  if (e.data.type !== 'finetune') return;
-  try {
-    await finetune(e.data);
-  } catch (err) {
-    post({ type: 'error', message: String(err.message || err), user: err instanceof UserError });
-  }
+let queue = Promise.resolve();
+globalThis.onmessage = (e) => {
+  const handle = { open, finetune }[e.data.type];
+  if (!handle) return;
+  queue = queue.then(() => handle(e.data)).catch((err) => {
+    post({ type: 'error', message: String(err.message || err), user: err instanceof UserError, during: e.data.type });
+  });
 };
