@@ -1,11 +1,17 @@
-"""Fine-tuning without Python: the training kit on onnxruntime (Python, JS node, JS wasm) against numpy.
+"""Fine-tuning without Python: the training kit on onnxruntime (Python, JS node, JS wasm, the browser page in
+headless Chromium and Firefox) against numpy.
 
-    python -m device_bench.kit_bench [--protocol fan|demo] [--repeats 5] [--out bench_out/kit_fan]
+    python -m device_bench.kit_bench [--protocol fan|demo] [--repeats 5] [--out bench_out/kit_fan] [--methods ...]
 
 The fan protocol's fine-tune set and reference MLP (or `--protocol demo`), one explicit recipe (below). Each run is its own
 process, pinned to one thread. Fine-tune time is in-process (cache fill + training, imports and session
 loading excluded), as in the main benchmark; peak RSS is the whole process's (os.wait4). Targets:
-JS node <= 1.5x and JS wasm <= 3x the numpy trainer's time. Reported: the median over `repeats` runs and
+JS node <= 1.5x and JS wasm <= 3x the numpy trainer's time. The browser columns run the page
+(clients/js/web, wasm in a Web Worker, one thread: no cross-origin isolation under a plain static server)
+in a fresh profile each time; their fine-tune time is the page's cache fill + training from the click,
+measured inside the worker (the page warms its kernels up at load, while a user collects samples: reported,
+not counted; `--page-query '&open=0'` warms up inside the fine-tune and counts it, `&warm=0` skips it); no
+CPU time or RSS is read for a browser (many processes). Reported: the median over `repeats` runs and
 the ratio of medians, in wall time and in CPU time (on a shared, busy machine a run that needs a few ms of
 CPU per epoch waits tens of ms for a core, so wall time penalises slower runtimes more than their work).
 """
@@ -25,8 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CLIENT = REPO / "clients" / "js" / "src" / "cli.js"
 RECIPE = {"r": 4, "weight_decay": 0.1, "epochs": 30, "batch_size": 20, "lr": 3e-3, "seed": 0}
-METHODS = ("numpy", "onnx", "js-node", "js-wasm")
-TARGETS = {"js-node": 1.5, "js-wasm": 3.0}
+METHODS = ("numpy", "onnx", "js-node", "js-wasm", "chromium", "firefox")
+BROWSERS = ("chromium", "firefox")
+TARGETS = {"js-node": 1.5, "js-wasm": 3.0, "chromium": 3.0, "firefox": 3.0}
 WARM = 5  # epochs after which the JIT (V8's wasm tier-up) has settled: "warm epoch" is the fastest epoch after
 #           these (the least disturbed by other processes), the cost of an epoch once the runtime is warm
 
@@ -88,6 +95,7 @@ def prepare(folder: Path, protocol: str) -> None:
     np.save(folder / "x.npy", data["finetune"][0])
     np.save(folder / "y.npy", data["finetune"][1])
     np.savez(folder / "test.npz", x=data["test"][0], y=data["test"][1])
+    np.savez(folder / "finetune.npz", x=data["finetune"][0], y=data["finetune"][1])  # what the page reads
     recipe = KitRecipe(r=RECIPE["r"], batch_size=RECIPE["batch_size"])
     defaults = {k: RECIPE[k] for k in ("epochs", "lr", "weight_decay", "seed")}
     build_kit(Backbone(folder / "bundle").manifest, recipe, defaults).save(folder / "kit")
@@ -101,11 +109,38 @@ def command(method: str, folder: Path) -> list[str]:
             str(folder / f"adapter_{method}"), "--backend", method.split("-")[1], "--json"]
 
 
+def measure(method: str, folder: Path, url: str | None, page: dict) -> dict:
+    """One run of `method`: fine-tune seconds, CPU (None for a browser), first and warm epoch, process figures."""
+    if method in BROWSERS:
+        from device_bench.page_server import drive_page
+        out = folder / f"adapter_{method}"
+        shutil.rmtree(out, ignore_errors=True)  # the browser's downloads would not overwrite the last run's
+        r = drive_page(shutil.which("node") or "node", method, url, out, query="&chart=0" + page["query"],
+                       visits=page["visits"])
+        t = r["timings"]
+        ahead = t["warm"] if r["warmedAhead"] else 0.0  # warmed up at page load, before the click
+        return {"seconds": t["warm"] - ahead + t["cache"] + t["train"], "rss": 0, "wall": t["total"], "cpu": None,
+                "ft_cpu": None, "first_epoch": t["epochs"][0], "warm_epoch": float(np.min(t["epochs"][WARM:])),
+                "warm_up": t["warm"], "warm_up_ahead": ahead}
+    r, rss, wall, cpu = _run(command(method, folder))
+    return {"seconds": r["cache_seconds"] + r["train_seconds"], "rss": rss, "wall": wall, "cpu": cpu,
+            "ft_cpu": r["cpu_seconds"], "first_epoch": r["epoch_seconds"][0],
+            "warm_epoch": float(np.min(r["epoch_seconds"][WARM:])), "warm_up": 0.0, "warm_up_ahead": 0.0}
+
+
+def _median(values: list) -> float | None:
+    return None if values[0] is None else float(np.median(values))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="work folder (default bench_out/kit_PROTOCOL)")
     ap.add_argument("--protocol", choices=("fan", "demo"), default="fan")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all (numpy first)")
+    ap.add_argument("--visits", type=int, default=1, help="browsers: fine-tune this many times in one profile and "
+                    "report the last (2: a returning user, whose browser cached the compiled wasm; default 1)")
+    ap.add_argument("--page-query", default="", help="browsers: extra URL parameters, e.g. '&warm=0' (no warm-up)")
     ap.add_argument("--worker", choices=("numpy", "onnx"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.out = args.out or REPO / "bench_out" / f"kit_{args.protocol}"
@@ -113,35 +148,54 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, args.out)))
         return 0
     prepare(args.out, args.protocol)
-    runs = {m: [] for m in METHODS}
-    for _ in range(args.repeats):  # interleaved, so a burst of load hits every method alike
-        for m in METHODS:
-            r, rss, wall, cpu = _run(command(m, args.out))
-            runs[m].append({"seconds": r["cache_seconds"] + r["train_seconds"], "rss": rss, "wall": wall, "cpu": cpu,
-                            "ft_cpu": r["cpu_seconds"],
-                            "warm_epoch": float(np.min(r["epoch_seconds"][WARM:]))})
+    methods = ["numpy"] + [m for m in args.methods if m != "numpy"]
+    server, url = None, None
+    if any(m in BROWSERS for m in methods):
+        from device_bench.page_server import serve_page
+        shutil.rmtree(args.out / "site", ignore_errors=True)
+        server, url = serve_page(args.out / "site", args.out)
+    runs = {m: [] for m in methods}
+    try:
+        for _ in range(args.repeats):  # interleaved, so a burst of load hits every method alike
+            for m in methods:
+                runs[m].append(measure(m, args.out, url, {"query": args.page_query, "visits": args.visits}))
+    finally:
+        if server:
+            server.shutdown()
     from edgelora import Backbone, Predictor, load_adapter
     backbone, test = Backbone(args.out / "bundle"), np.load(args.out / "test.npz")
-    ref = {m: load_adapter(args.out / f"adapter_{m}", backbone.manifest) for m in METHODS}
-    med = {m: {k: float(np.median([r[k] for r in runs[m]])) for k in runs[m][0]} for m in METHODS}
+    ref = {m: load_adapter(args.out / f"adapter_{m}", backbone.manifest) for m in methods}
+    med = {m: {k: _median([r[k] for r in runs[m]]) for k in runs[m][0]} for m in methods}
     rows = []
-    for m in METHODS:
+    for m in methods:
         row = {"method": m, **med[m], "min_seconds": min(r["seconds"] for r in runs[m]),
                "peak_rss_mb": max(r["rss"] for r in runs[m]) / 2**20,
                "accuracy": Predictor(backbone, ref[m]).evaluate(test["x"], test["y"])["accuracy"],
                "max_abs_diff_vs_numpy": float(np.abs(ref[m].flat - ref["numpy"].flat).max()),
-               "max_abs_diff_vs_onnx": float(np.abs(ref[m].flat - ref["onnx"].flat).max())}
-        row["ratios"] = {k: med[m][k] / med["numpy"][k] for k in ("seconds", "ft_cpu", "warm_epoch")}
+               "max_abs_diff_vs_onnx": float(np.abs(ref[m].flat - ref["onnx"].flat).max()) if "onnx" in ref else None}
+        row["ratios"] = {k: None if med[m][k] is None else med[m][k] / med["numpy"][k]
+                         for k in ("seconds", "ft_cpu", "first_epoch", "warm_epoch")}
         rows.append(row)
-        verdict = "" if m not in TARGETS else " " + ", ".join(
-            f"{k} {'PASS' if v <= TARGETS[m] else 'MISS'}" for k, v in row["ratios"].items()) + f" (target <= {TARGETS[m]}x)"
-        print(f"{m:8s} fine-tune {row['seconds']:.3f} s (min {row['min_seconds']:.3f}), CPU {row['ft_cpu']:.3f} s, "
-              f"warm epoch {1e3 * row['warm_epoch']:.2f} ms: " + " / ".join(f"{v:.2f}x" for v in row["ratios"].values())
-              + f" numpy{verdict}; process {row['wall']:.2f} s ({row['cpu']:.2f} s CPU), peak RSS "
-              f"{row['peak_rss_mb']:.0f} MB; accuracy {row['accuracy']:.4f}; max |adapter - numpy's| "
-              f"{row['max_abs_diff_vs_numpy']:.1e}, - onnx's {row['max_abs_diff_vs_onnx']:.1e}")
-    (args.out / "kit_bench.json").write_text(json.dumps({"recipe": RECIPE, "results": rows}, indent=1))
+        print(_line(row))
+    (args.out / "kit_bench.json").write_text(json.dumps({"recipe": RECIPE, "visits": args.visits,
+                                                         "page_query": args.page_query, "results": rows}, indent=1))
     return 0
+
+
+def _line(row: dict) -> str:
+    """One method's figures and its ratios to numpy (PASS/MISS against its target)."""
+    m, ratios = row["method"], {k: v for k, v in row["ratios"].items() if v is not None}
+    verdict = "" if m not in TARGETS else " " + ", ".join(
+        f"{k} {'PASS' if v <= TARGETS[m] else 'MISS'}" for k, v in ratios.items()) + f" (target <= {TARGETS[m]}x)"
+    cpu = "" if row["ft_cpu"] is None else f", CPU {row['ft_cpu']:.3f} s"
+    proc = "" if m in BROWSERS else f"; process {row['wall']:.2f} s ({row['cpu']:.2f} s CPU), peak RSS {row['peak_rss_mb']:.0f} MB"
+    warm_up = "" if not row["warm_up"] else f" (warm-up {row['warm_up']:.3f} s " + (
+        "at page load, not counted)" if row["warm_up_ahead"] else "included)")
+    diff = "" if row["max_abs_diff_vs_onnx"] is None else f", - onnx's {row['max_abs_diff_vs_onnx']:.1e}"
+    return (f"{m:8s} fine-tune {row['seconds']:.3f} s{warm_up} (min {row['min_seconds']:.3f}){cpu}, first epoch "
+            f"{1e3 * row['first_epoch']:.2f} ms, warm epoch {1e3 * row['warm_epoch']:.2f} ms: "
+            + " / ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + f" numpy{verdict}{proc}; accuracy "
+            f"{row['accuracy']:.4f}; max |adapter - numpy's| {row['max_abs_diff_vs_numpy']:.1e}{diff}")
 
 
 if __name__ == "__main__":

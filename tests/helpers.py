@@ -73,7 +73,7 @@ def js_client() -> str:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 18 and npm")
-    if not all((client / "node_modules" / p).is_dir() for p in ("onnxruntime-node", "onnxruntime-web")):
+    if not all((client / "node_modules" / p).is_dir() for p in ("onnxruntime-node", "onnxruntime-web", "puppeteer-core")):
         npm = shutil.which("npm")
         if npm is None:
             pytest.fail("npm is not installed: it installs the JavaScript client's pinned onnxruntime packages")

@@ -64,12 +64,12 @@ def compare(node, backbone, bundle, folder, train, test, cfg, extra=()):
 
 def test_js_prng_follows_the_specification(node):
     from edgelora.core.shuffle import SplitMix64, init_values
-    code = ("const { SplitMix64, initValues } = require(process.argv[1]);"
+    code = ("const { SplitMix64, initValues } = await import(process.argv[1]);"
             "const r = new SplitMix64(0, 0);"
             "console.log(JSON.stringify({ first: [r.next(), r.next()].map(String),"
             " perm: Array.from(new SplitMix64(-3).permutation(1000), Number),"
             " init: Array.from(initValues([5, 3], 2, 11)) }));")
-    out = subprocess.run([node, "-e", code, str(CLIENT / "src" / "prng.js")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([node, "--input-type=module", "-e", code, str(CLIENT / "src" / "prng.js")], capture_output=True, text=True, timeout=60)
     got = json.loads(out.stdout)
     assert [int(v) for v in got["first"]] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
     assert got["perm"] == SplitMix64(-3).permutation(1000).tolist()

@@ -1,73 +1,57 @@
-'use strict';
-// The bundle and the kit: read, verify checksums, refuse a kit built for another backbone.
-const fs = require('fs');
-const path = require('path');
-const { sha256 } = require('./adapter');
-const { UserError } = require('./npy');
+// The bundle and the kit, read through a source (a folder, URLs or picked files: see node_io.js and web_io.js):
+// checksums verified, a kit built for another backbone refused. A source is { where, read(name) -> bytes }.
+import { sha256 } from './hash.js';
+import { UserError } from './npy.js';
 
-function readJson(file, what) {
-  let text;
+export async function readJson(source, name, what) {
+  const bytes = await source.read(name, what);
   try {
-    text = fs.readFileSync(file, 'utf8');
+    return JSON.parse(new TextDecoder().decode(bytes));
   } catch (e) {
-    throw new UserError(`${what} not found: expected a file at ${file}`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new UserError(`${what} ${file} is not valid JSON (${e.message}); the file is corrupt or truncated`);
+    throw new UserError(`${what} ${source.where}/${name} is not valid JSON (${e.message}); the file is corrupt or truncated`);
   }
 }
 
-function plainName(name, folder, what) {
+function plainName(name, source, what) {
   if (typeof name !== 'string' || !name || name.includes('/') || name.includes('\\') || name === '..' || name === '.') {
-    throw new UserError(`${what}: expected a plain file name inside ${folder}, found ${JSON.stringify(name)}`);
+    throw new UserError(`${what}: expected a plain file name inside ${source.where}, found ${JSON.stringify(name)}`);
   }
-  return path.join(folder, name);
+  return name;
 }
 
-/** { manifest, model (Buffer) } with the ONNX file's SHA-256 checked against the manifest. */
-function loadBundle(folder) {
-  const manifest = readJson(path.join(folder, 'edgelora_bundle.json'), 'bundle manifest');
-  const file = plainName(manifest.model_file || 'backbone.onnx', folder, 'bundle model_file');
-  let model;
-  try {
-    model = fs.readFileSync(file);
-  } catch (e) {
-    throw new UserError(`bundle backbone not found: expected ${file}`);
-  }
-  const found = 'sha256:' + sha256(model);
+/** { manifest, model (Uint8Array) } with the ONNX file's SHA-256 checked against the manifest. */
+export async function loadBundle(source) {
+  const manifest = await readJson(source, 'edgelora_bundle.json', 'bundle manifest');
+  const name = plainName(manifest.model_file || 'backbone.onnx', source, 'bundle model_file');
+  const model = await source.read(name, 'bundle backbone');
+  const found = 'sha256:' + await sha256(model);
   if (found !== manifest.fingerprint) {
-    throw new UserError(`${file} does not match its manifest: expected fingerprint ${manifest.fingerprint}, found ${found}; re-export the bundle`);
+    throw new UserError(`${source.where}/${name} does not match its manifest: expected fingerprint ${manifest.fingerprint}, found ${found}; re-export the bundle`);
   }
   return { manifest, model };
 }
 
-/** { contract, train (Buffer), evaluate (Buffer) }; each graph's SHA-256 checked against the contract. */
-function loadKit(folder) {
-  const contract = readJson(path.join(folder, 'kit.json'), 'kit contract');
+/** { contract, train (bytes), evaluate (bytes) }; each graph's SHA-256 checked against the contract. */
+export async function loadKit(source) {
+  const where = source.where;
+  const contract = await readJson(source, 'kit.json', 'kit contract');
   if (contract.format !== 'edgelora-training-kit') {
-    throw new UserError(`${folder}/kit.json: expected an edgelora training kit contract, found format ${JSON.stringify(contract.format)}`);
+    throw new UserError(`${where}/kit.json: expected an edgelora training kit contract, found format ${JSON.stringify(contract.format)}`);
   }
   if (contract.format_version > 1) {
-    throw new UserError(`${folder}: kit format ${contract.format_version} is newer than this client supports (1); update the client`);
+    throw new UserError(`${where}: kit format ${contract.format_version} is newer than this client supports (1); update the client`);
   }
   const missing = ['backbone', 'recipe', 'layout', 'graphs'].filter((k) => !(k in contract))
     .concat(['train_epoch', 'evaluate'].filter((k) => contract.graphs && !(k in contract.graphs)));
   if (missing.length) {
-    throw new UserError(`${folder}/kit.json: missing ${JSON.stringify(missing)}; the kit is incomplete, rebuild it with \`edgelora kit\``);
+    throw new UserError(`${where}/kit.json: missing ${JSON.stringify(missing)}; the kit is incomplete, rebuild it with \`edgelora kit\``);
   }
   const graphs = {};
   for (const [key, info] of Object.entries(contract.graphs)) {
-    const file = plainName(info.file, folder, `kit graph ${key}`);
-    let blob;
-    try {
-      blob = fs.readFileSync(file);
-    } catch (e) {
-      throw new UserError(`kit graph ${key} not found: expected ${file}`);
-    }
-    if (sha256(blob) !== info.sha256) {
-      throw new UserError(`${file} is corrupt or truncated: its SHA-256 does not match kit.json (expected ${info.sha256}); rebuild the kit with \`edgelora kit\``);
+    const name = plainName(info.file, source, `kit graph ${key}`);
+    const blob = await source.read(name, `kit graph ${key}`);
+    if (await sha256(blob) !== info.sha256) {
+      throw new UserError(`${where}/${name} is corrupt or truncated: its SHA-256 does not match kit.json (expected ${info.sha256}); rebuild the kit with \`edgelora kit\``);
     }
     graphs[key] = blob;
   }
@@ -78,7 +62,7 @@ const canon = (v) => JSON.stringify(v, (k, x) => (x && typeof x === 'object' && 
   ? Object.fromEntries(Object.keys(x).sort().map((key) => [key, x[key]])) : x));
 
 /** The kit must have been built for exactly this backbone (the fields Manifest.identity hashes). */
-function checkKitFits(kit, manifest, where) {
+export function checkKitFits(kit, manifest, where) {
   const b = kit.contract.backbone;
   for (const field of ['fingerprint', 'inputs', 'output', 'taps', 'preprocess', 'task']) {
     const want = field === 'preprocess' ? (manifest.preprocess || {}) : manifest[field];
@@ -87,5 +71,3 @@ function checkKitFits(kit, manifest, where) {
     }
   }
 }
-
-module.exports = { loadBundle, loadKit, checkKitFits, readJson };

@@ -1,7 +1,6 @@
 #!/usr/bin/env node
-'use strict';
 // edgelora-js train --bundle B --kit K (--data D.npz | --x X.npy --y Y.npy) --out ADAPTER [--backend node|wasm] [settings]
-const { finetune, UserError } = require('./index');
+import { finetune, UserError } from './node.js';
 
 const USAGE = `usage: edgelora-js train --bundle BUNDLE --kit KIT (--data D.npz | --x X.npy --y Y.npy) --out ADAPTER_DIR
          [--x-key x] [--y-key y] [--backend node|wasm] [--epochs N] [--lr LR] [--weight-decay W] [--seed S]

@@ -1,6 +1,5 @@
-'use strict';
 // Inputs and targets from .npy files, validated against the kit's backbone like edgelora's data.py.
-const { UserError } = require('./npy');
+import { UserError } from './npy.js';
 
 /** Per-sample float32 inputs (n x size) with the manifest's standardisation applied, as numpy does in float32. */
 function prepareInputs(x, where, backbone) {
@@ -80,4 +79,4 @@ function prepareTargets(y, where, n, backbone, c) {
   return out;
 }
 
-module.exports = { prepareInputs, prepareTargets };
+export { prepareInputs, prepareTargets };

@@ -1,4 +1,3 @@
-'use strict';
 // SplitMix64 + Fisher-Yates, exactly as specified in edgelora/core/shuffle.py (the Python reference).
 // 64-bit arithmetic on pairs of uint32 (hi, lo) held in doubles: exact, and ~20x faster than BigInt.
 const TWO32 = 4294967296;
@@ -90,4 +89,4 @@ function initValues(widths, rank, seed) {
   return out;
 }
 
-module.exports = { SplitMix64, initValues, INIT_STREAM, SHUFFLE_STREAM };
+export { SplitMix64, initValues, INIT_STREAM, SHUFFLE_STREAM };

@@ -1,4 +1,3 @@
-'use strict';
 // JSON text byte-identical to Python's json.dumps(obj, indent=2, sort_keys=True) + "\n" (edgelora's
 // fileio.dumps_json), so the checksums edgelora keeps over adapter configs match what this client writes.
 
@@ -36,4 +35,4 @@ function dumpsJson(obj) {
   return dump(obj, 0) + '\n';
 }
 
-module.exports = { dumpsJson, pyFloat };
+export { dumpsJson, pyFloat };

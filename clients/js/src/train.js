@@ -1,18 +1,8 @@
-'use strict';
-// Fine-tuning with edgelora's training kit on onnxruntime-node or onnxruntime-web (wasm): the same steps as
-// edgelora/runtime/onnx_trainer.py. Every operation on parameters runs inside the kit's ONNX graphs.
-const { SplitMix64, initValues } = require('./prng');
-const { UserError } = require('./npy');
-
-function runtime(backend) {
-  if (backend === 'node') return require('onnxruntime-node');
-  if (backend === 'wasm') {
-    const ort = require('onnxruntime-web');
-    ort.env.wasm.numThreads = 1;  // one core, as on a small device; no worker threads
-    return ort;
-  }
-  throw new UserError(`--backend: expected node or wasm, found ${JSON.stringify(backend)}`);
-}
+// Fine-tuning with edgelora's training kit on any onnxruntime-js (node, or web's wasm in Node or a browser): the
+// same steps as edgelora/runtime/onnx_trainer.py. Every operation on parameters runs inside the kit's ONNX graphs.
+// Platform-free: `ort` is the caller's onnxruntime module, `clock` its timer.
+import { SplitMix64, initValues } from './prng.js';
+import { UserError } from './npy.js';
 
 async function session(ort, backend, model, what) {
   const opts = backend === 'node'
@@ -110,8 +100,12 @@ function pickTargets(targets, idx, c, classification) {
   return out;
 }
 
-/** Train with the kit; returns { params (Float32Array), history }. */
-async function trainKit(ort, sessions, contract, rows, targets, n, settings) {
+/**
+ * Train with the kit; returns { params (Float32Array), history }. hooks: clock() and cpu() in seconds (cpu may be
+ * absent), onEpoch(record, params tensor) awaited after each epoch (progress events; not timed in `seconds`).
+ */
+async function trainKit(ort, sessions, contract, rows, targets, n, settings, hooks = {}) {
+  const clock = hooks.clock || (() => performance.now() / 1e3);
   const lay = contract.layout;
   const c = lay.num_outputs;
   const width = lay.row_width;
@@ -142,8 +136,8 @@ async function trainKit(ort, sessions, contract, rows, targets, n, settings) {
   let best = state.params; let bestLoss = null; let bestEpoch = 0; let since = 0; let stopped = 'completed';
   const epochs = [];
   for (let epoch = 1; epoch <= settings.epochs; epoch++) {
-    const t0 = process.hrtime.bigint();
-    const cpu0 = process.cpuUsage();
+    const t0 = clock();
+    const cpu0 = hooks.cpu ? hooks.cpu() : 0;
     const out = await sessions.train.run({ ...feed, ...state, perm: T(shuffler.permutation(nt), 'int64', [nt]),
       lr: T(lrs.subarray((epoch - 1) * steps, epoch * steps), 'float64', [steps]) });
     if (!out.finite.data[0]) { stopped = 'non_finite'; break; }  // keep the last good parameters
@@ -155,10 +149,10 @@ async function trainKit(ort, sessions, contract, rows, targets, n, settings) {
       if (cls) rec.val_accuracy = accuracy(ev.outputs.data, val.targets, c);
       if (bestLoss === null || rec.val_loss < bestLoss) { best = state.params; bestLoss = rec.val_loss; bestEpoch = epoch; since = 0; } else since += 1;
     } else { best = state.params; bestEpoch = epoch; }
-    rec.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    const cpu = process.cpuUsage(cpu0);
-    rec.cpu_seconds = (cpu.user + cpu.system) / 1e6;
+    rec.seconds = clock() - t0;
+    if (hooks.cpu) rec.cpu_seconds = hooks.cpu() - cpu0;
     epochs.push(rec);
+    if (hooks.onEpoch) await hooks.onEpoch(rec, state.params);
     if (settings.patience && since >= settings.patience) { stopped = 'early_stopping'; break; }
   }
   params = Float32Array.from(best.data);
@@ -181,4 +175,4 @@ function accuracy(outputs, labels, c) {
   return right / labels.length;
 }
 
-module.exports = { runtime, session, fillRows, trainKit, learningRate, validationSplit };
+export { session, fillRows, trainKit, learningRate, validationSplit, accuracy };

@@ -1,0 +1,96 @@
+// Drives the page in a real headless browser (Debian's chromium or firefox-esr through puppeteer-core: CDP for
+// Chromium, WebDriver BiDi for Firefox; no browser is downloaded): loads the demo's scans, fine-tunes, saves the
+// adapter the page offers as downloads into OUT, optionally a screenshot, and prints one JSON line.
+//   node tools/drive.mjs --browser chromium|firefox --url URL --out DIR [--screenshot PNG] [--timeout S]
+//                        [--width 390 --height 844]   (a phone-sized viewport with touch by default)
+//                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
+//                                       wasm and HTTP caches are warm); the result is the last visit's
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import puppeteer from 'puppeteer-core';
+
+const BROWSERS = {
+  chromium: { browser: 'chrome', executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu',
+    '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] },
+  firefox: { browser: 'firefox', executablePath: '/usr/bin/firefox-esr', args: [] },
+};
+
+function parse(argv) {
+  const o = { timeout: 120, width: 390, height: 844, visits: 1 };
+  for (let i = 0; i < argv.length; i += 2) o[argv[i].replace(/^--/, '')] = argv[i + 1];
+  if (!BROWSERS[o.browser] || !o.url || !o.out) {
+    console.error('usage: node tools/drive.mjs --browser chromium|firefox --url URL --out DIR [--screenshot PNG]');
+    process.exit(2);
+  }
+  return o;
+}
+
+async function launch(name, downloads) {
+  const b = BROWSERS[name];
+  if (!fs.existsSync(b.executablePath)) throw new Error(`${b.executablePath} not found: apt-get install -y ${name === 'firefox' ? 'firefox-esr' : 'chromium'}`);
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
+  const browser = await puppeteer.launch({ ...b, headless: true, userDataDir: profile, protocolTimeout: 300000,
+    extraPrefsFirefox: { 'browser.download.folderList': 2, 'browser.download.dir': downloads,
+      'browser.download.useDownloadDir': true, 'browser.download.always_ask_before_handling_new_types': false,
+      'browser.helperApps.neverAsk.saveToDisk': 'application/json,application/octet-stream' } });
+  if (name === 'chromium') {
+    const cdp = await browser.target().createCDPSession();
+    await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: downloads });
+  }
+  return { browser, profile };
+}
+
+async function waitFor(check, seconds, what) {
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out after ${seconds} s waiting for ${what}`);
+}
+
+/** Open the page, load the demo's scans, fine-tune, wait for the result. */
+async function fineTune(page, o) {
+  await page.goto(o.url, { waitUntil: 'load' });
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 30000 });
+  if (!o.url.includes('open=0')) await page.waitForSelector('body[data-warm]', { timeout: 60000 });  // as a user would
+  await page.click('#load-demo');
+  await page.waitForFunction(() => !document.getElementById('finetune').disabled, { timeout: 30000 });
+  await page.$eval('#finetune', (b) => b.click());
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: o.timeout * 1000, polling: 200 });
+  const state = await page.evaluate(() => document.body.dataset.state);
+  if (state !== 'done') throw new Error(`the page reports: ${await page.evaluate(() => document.getElementById('status').textContent)}`);
+  return page.evaluate(() => window.edgeloraResult);
+}
+
+async function main() {
+  const o = parse(process.argv.slice(2));
+  const out = path.resolve(o.out);
+  fs.mkdirSync(out, { recursive: true });
+  const { browser, profile } = await launch(o.browser, out);
+  const errors = [];
+  try {
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => errors.push(String(e.message || e)));
+    await page.setViewport({ width: Number(o.width), height: Number(o.height), hasTouch: true, isMobile: o.browser === 'chromium' });
+    let result;
+    for (let visit = 0; visit < Number(o.visits); visit++) result = await fineTune(page, o);
+    for (const name of ['adapter_config.json', 'adapter_model.safetensors']) {
+      await page.click(`#downloads a[download="${name}"]`);
+      await waitFor(() => fs.existsSync(path.join(out, name)) && fs.statSync(path.join(out, name)).size > 0, 30, `the download of ${name}`);
+    }
+    await waitFor(() => !fs.readdirSync(out).some((f) => /\.(crdownload|part)$/.test(f)), 30, 'downloads to finish');
+    if (o.screenshot) {
+      await page.evaluate(() => document.getElementById('finetune').scrollIntoView());
+      await page.screenshot({ path: o.screenshot, fullPage: true });
+    }
+    console.log(JSON.stringify({ browser: o.browser, version: await browser.version(), userAgent: await page.evaluate(() => navigator.userAgent),
+      ...result, errors }));
+  } finally {
+    await browser.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => { console.error(`drive: ${e.message}`); process.exit(1); });

@@ -1,0 +1,49 @@
+"""A static server for the browser page (what `python -m http.server` does), in a thread, for tests and benchmarks.
+
+The served root holds `src/` and `web/` (links to clients/js) and `assets/` (a folder with bundle/, kit/,
+finetune.npz and test.npz), so the page's URL is `http://127.0.0.1:PORT/web/?assets=../assets/`.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_page(root: Path, assets: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """(server, page URL) over a new folder `root` linking the page, its modules and `assets`; shut it down after."""
+    root.mkdir(parents=True, exist_ok=False)
+    for name in ("src", "web"):
+        (root / name).symlink_to(CLIENT / name, target_is_directory=True)
+    (root / "assets").symlink_to(Path(assets).resolve(), target_is_directory=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"
+
+
+BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
+
+
+def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
+               query: str = "", visits: int = 1) -> dict:
+    """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
+    `visits` fine-tunes in one profile), the adapter's downloads in `out`. Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
+    import json
+    import subprocess
+    if not Path(BROWSERS[browser]).exists():
+        raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
+    args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
+            "--visits", str(visits)]
+    done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
+                          text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"{browser}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
