@@ -161,16 +161,19 @@ def install_sizes() -> dict:
 
 
 def wheel_sizes(folder: Path) -> dict:
-    """Unpacked bytes of each wheel in `folder` (e.g. aarch64 wheels from `pip download --platform ...`), split
-    as install_sizes splits them: what pip installs, without the bytecode it compiles at install time."""
+    """{part: ({name: unpacked bytes}, bytes of the wheel files)} of the wheels in `folder` (e.g. aarch64 wheels
+    from `pip download --platform ...`), split as install_sizes splits them: what pip installs, without the
+    bytecode it compiles at install time."""
     import zipfile
-    sizes = {}
+    sizes, download = {}, {}
     for wheel in sorted(folder.glob("*.whl")):
+        name = wheel.name.split("-")[0].lower().replace("_", "-")
         with zipfile.ZipFile(wheel) as z:
-            sizes[wheel.name.split("-")[0].lower().replace("_", "-")] = sum(i.file_size for i in z.infolist())
+            sizes[name], download[name] = sum(i.file_size for i in z.infolist()), wheel.stat().st_size
     graphs = {"onnx", "ml-dtypes", "typing-extensions"}
-    return {"runtime": {n: b for n, b in sizes.items() if n not in graphs},
-            "graphs": {n: b for n, b in sizes.items() if n in graphs}}
+    return {part: ({n: b for n, b in sizes.items() if (n in graphs) == (part == "graphs")},
+                   sum(b for n, b in download.items() if (n in graphs) == (part == "graphs")))
+            for part in ("runtime", "graphs")}
 
 
 def skip_parameters(bundle: Path, r: int) -> int:
@@ -251,10 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.wheels is not None:
         sizes = wheel_sizes(a.wheels)
-        for part, found in sizes.items():
-            print(f"{part}: {sum(found.values()) / 2**20:.1f} MB unpacked: "
+        for part, (found, download) in sizes.items():
+            print(f"{part}: {sum(found.values()) / 2**20:.1f} MB unpacked ({download / 2**20:.1f} MB of wheels): "
                   + ", ".join(f"{n} {b / 2**20:.1f}" for n, b in found.items()))
-        return 0 if sizes["runtime"] else 1
+        return 0 if sizes["runtime"][0] else 1
     if not (a.bundle / "edgelora_bundle.json").is_file():
         ap.error(f"--bundle: expected a bundle folder with edgelora_bundle.json, found none at {a.bundle} "
                  "(build it with: python -m device_bench.reference --out artifacts/bundles --protocols fan)")

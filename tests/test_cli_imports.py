@@ -70,8 +70,8 @@ def test_graph_commands_import_onnx(device):
     assert r["codes"] == [0] and "onnx" in r["loaded"]
 
 
-def test_device_commands_work_without_onnx(device):
-    commands = device_commands(*device)
+def test_device_commands_and_the_demo_work_without_onnx(device):
+    commands = {**device_commands(*device), "demo": ["demo", "--no-plot", "--quiet", "--epochs", "3"]}
     r = run(list(commands.values()), block=("onnx",))
     assert r["codes"] == [0] * len(commands), dict(zip(commands, r["errors"]))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 
-from device_bench.cold_start import install_sizes, process, skip_parameters
+from device_bench.cold_start import install_sizes, process, skip_parameters, wheel_sizes
 from edgelora import load_manifest
 from edgelora.files.adapter import layout_for
 
@@ -34,6 +35,16 @@ def test_install_sizes_split_the_runtime_from_the_graphs_extra():
     assert {"numpy", "onnxruntime", "safetensors"} <= set(sizes["runtime"]) and "onnx" not in sizes["runtime"]
     assert "onnx" in sizes["graphs"] and not set(sizes["graphs"]) & set(sizes["runtime"])
     assert sizes["runtime"]["onnxruntime"] > 10 * 2**20
+
+
+def test_wheel_sizes_count_unpacked_bytes_per_part(tmp_path):
+    for name, size in (("numpy-2.0-cp311-cp311-any.whl", 3000), ("onnx-1.0-cp311-cp311-any.whl", 500),
+                       ("ml_dtypes-0.1-cp311-cp311-any.whl", 100)):
+        with zipfile.ZipFile(tmp_path / name, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("pkg/data.bin", b"\0" * size)
+    sizes = wheel_sizes(tmp_path)
+    assert sizes["runtime"][0] == {"numpy": 3000} and sizes["graphs"][0] == {"onnx": 500, "ml-dtypes": 100}
+    assert 0 < sizes["runtime"][1] < 3000          # the wheel file (3000 zero bytes compress), not the unpacked bytes
 
 
 def test_rss_stages_follow_one_fine_tune(tmp_path, toy_bundle, toy_data):

@@ -16,7 +16,7 @@ from ..files.outputs import Kind, check_target
 from ..ops.store import STORE_FILE, AdapterStore
 from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
-from .parser import CommandError, summary
+from .parser import CommandError, summary  # noqa: F401  - CommandError: commands raise common.CommandError
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
 Report = Callable[[dict], str]                   # the result as text for a person
