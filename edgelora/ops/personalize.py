@@ -122,7 +122,7 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
     with store.lock(config.lock_timeout):
         folder = store.adapter_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        data = Samples.load(folder / "data", m)
+        data = Samples.load(store.adapter_dir(name, "data"), m)
         cur = store.current(name)
         current = store.load(name, cur, m) if cur is not None else None
         keys = sample_keys(inputs)
@@ -172,7 +172,7 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
             result.version = info.version
             step("version_written")
         counts["backbone_runs"] = cache.misses - misses
-        data.save(folder / "data", {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data.save(store.adapter_dir(name, "data"), {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                     "new": counts["new"], "duplicates": counts["duplicates"],
                                     "holdout": counts["holdout_new"], "decision": result.decision,
                                     "version": result.version, "reason": result.reason})

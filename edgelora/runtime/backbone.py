@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..files.bundle import Manifest, load_manifest, model_path, read_model
+from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 
@@ -30,11 +30,18 @@ class Backbone:
         opts.log_severity_level = 3
         path = model_path(bundle_dir, self.manifest)
         blob = read_model(bundle_dir, self.manifest)
+        external = read_external(bundle_dir, self.manifest, blob)
+        if external:  # onnxruntime reads them from these checked bytes, never from a path it resolves itself
+            if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
+                raise ValueError(f"bundle {bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
+                                 f"onnxruntime (found {ort.__version__}); upgrade onnxruntime")
+            opts.add_external_initializers_from_files_in_memory(
+                list(external), [np.frombuffer(b, np.uint8) for b in external.values()], [len(b) for b in external.values()])
         try:
             self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
-        del blob
+        del blob, external
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
         ends = np.cumsum((0, self.manifest.num_outputs) + self.manifest.tap_widths).tolist()
