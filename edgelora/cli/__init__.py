@@ -23,7 +23,7 @@ import warnings
 
 from ..files.outputs import overwrite_allowed
 from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
-from .common import CommandError, Parser, check_targets
+from .common import CommandError, Parser, check_targets, hold_outputs
 
 COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store, fleet)  # `--help` order
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
-            with overwrite_allowed(check_targets(args)):  # refuses unsafe outputs before any work
+            with overwrite_allowed(check_targets(args)), hold_outputs(args):  # before any work: safe, one writer
                 result = args.run(args)
     except (KeyboardInterrupt, Terminated) as e:
         print(interrupted(args, sys.argv[1:] if argv is None else argv, e), file=sys.stderr)

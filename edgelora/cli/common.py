@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -13,7 +14,8 @@ from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 from ..files.outputs import Kind, check_target
-from ..ops.store import STORE_FILE, AdapterStore
+from ..files.output_lock import OutputBusyError, OutputLock
+from ..ops.store import STORE_FILE, STORE_KIND, AdapterStore
 from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
 
@@ -245,6 +247,21 @@ def check_targets(args: argparse.Namespace) -> list[Path]:
         except ValueError as e:
             raise ValueError(f"{flag}: {e}") from None
     return [path for _, path, kind in outputs if overwrite and not kind.container]
+
+
+@contextlib.contextmanager
+def hold_outputs(args: argparse.Namespace) -> Iterator[None]:
+    """Hold the one-writer lock of every output the command declares (files.output_lock) for its whole run;
+    a store is left to its own lock, which writers wait on."""
+    outputs = args.targets(args)[0] if getattr(args, "targets", None) else []
+    with contextlib.ExitStack() as stack:
+        for flag, path, kind in outputs:
+            if path is not None and kind is not STORE_KIND:
+                try:
+                    stack.enter_context(OutputLock(path, flag))
+                except OutputBusyError as e:
+                    raise CommandError(str(e)) from None
+        yield
 
 
 # --- text --------------------------------------------------------------------------------------------

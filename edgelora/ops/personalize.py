@@ -37,6 +37,7 @@ from ..core import lora
 from ..core.losses import log_softmax
 from ..core.metrics import evaluate_outputs
 from ..files.data import as_inputs, as_targets, num_samples
+from ..files.fileio import remove_stale
 from ..files.schema import check, normalize, to_dict
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
@@ -122,6 +123,7 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
     with store.lock(config.lock_timeout):
         folder = store.adapter_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale(folder)  # what writers killed mid-session left (temps of data, current.json)
         data = Samples.load(store.adapter_dir(name, "data"), m)
         cur = store.current(name)
         current = store.load(name, cur, m) if cur is not None else None
