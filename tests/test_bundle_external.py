@@ -118,3 +118,12 @@ def test_error_merge_refuses_a_changed_external_file_clearly(tmp_path):
     with pytest.raises(ValueError, match="weights.bin.*does not match"):
         lora_model(folder, tmp_path / "switch.onnx")
     assert not (tmp_path / "switch.onnx").exists()
+
+
+def test_error_cli_merge_names_an_unlisted_external_file_and_exits_2(tmp_path, capsys):
+    """`merge` exited 1 on onnx's own external-data refusals; now the bundle is refused with one clear line."""
+    from edgelora.cli import main
+    folder, _, _ = external_bundle(tmp_path, listed=False)
+    code = main(["merge", str(folder), "--format", "lora_model", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not list" in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.json:
-            print(json.dumps(result, indent=None, sort_keys=True, default=_plain))
+            print(json.dumps(_plain(result), indent=None, sort_keys=True, allow_nan=False))
         elif not args.quiet:
             print(args.report(result))
     except BrokenPipeError:
@@ -158,7 +159,14 @@ def _blas_threads(n: int):
 
 
 def _plain(value):
-    """json.dumps fallback for numpy scalars and paths."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    """`value` as strict JSON data (RFC 8259 has no NaN or Infinity): numpy scalars as numbers, a non-finite
+    number as null, paths and other objects as text."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value if value is None or isinstance(value, (bool, int, str)) else str(value)

@@ -212,17 +212,26 @@ def write_folder(dst: PathLike, files: dict[str, bytes], what: str, fill: Callab
 
 
 class FileLock:
-    """An exclusive flock on `path` (released by the OS if the process dies); waits up to `timeout` s."""
+    """An exclusive flock on `path` (released by the OS if the process dies); waits up to `timeout` s.
+    `read_only_ok`: where the lock file cannot be made (a read-only mount or folder), go on unlocked - no
+    writer can change what is there either, and a write the holder attempts fails and says why."""
 
-    def __init__(self, path: PathLike, what: str, timeout: float = 60.0):
+    def __init__(self, path: PathLike, what: str, timeout: float = 60.0, read_only_ok: bool = False):
         self.path, self.what, self.timeout, self._file, self._depth = Path(path), what, timeout, None, 0
+        self.read_only_ok = read_only_ok
 
     def acquire(self) -> "FileLock":
         """Take the lock (re-entrant for this object: nested acquires just count)."""
         if self._depth:
             self._depth += 1
             return self
-        f = open(self.path, "a+b")
+        try:
+            f = open(self.path, "a+b")
+        except OSError as e:
+            if not (self.read_only_ok and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+                raise
+            self._depth = 1
+            return self
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -52,8 +52,11 @@ class OutputLock:
             if _same_file(fd, path):  # not a lock file its previous holder removed while we waited
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n".encode())
+        try:  # who holds it, for the message a second run prints; a full disk must not stop the run here
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n".encode())
+        except OSError:
+            pass
         self._fd = fd
         remove_stale_temps(self.output)
         return self

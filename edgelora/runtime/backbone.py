@@ -11,6 +11,21 @@ from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 
 
+class NonFiniteError(ValueError):
+    """The backbone computed NaN or Inf for some samples: `samples`, their positions in what was run."""
+
+    def __init__(self, where: str, samples):
+        self.where, self.samples = where, np.asarray(samples, np.int64)
+        shown = ", ".join(map(str, self.samples[:10].tolist())) + (", ..." if len(self.samples) > 10 else "")
+        super().__init__(f"{where}: the backbone computed NaN or Inf for {len(self.samples)} sample(s) ({shown}; "
+                         f"counted from 0); nothing was cached for them - check those inputs (values far out of "
+                         f"range?) or the model")
+
+    def within(self, index) -> "NonFiniteError":
+        """The same error for a caller that ran the subset `index` of its samples: positions mapped back."""
+        return NonFiniteError(self.where, np.asarray(index)[self.samples])
+
+
 class Backbone:
     """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
 
@@ -102,7 +117,14 @@ class Backbone:
             m = len(outs[0])
             for o, (lo, hi) in zip(outs, spans):
                 r[a:a + m, lo:hi] = o
+            self._check_finite(r[a:a + m], a)
         return r
+
+    def _check_finite(self, rows: np.ndarray, first: int) -> None:
+        """Refuse NaN or Inf in the backbone's outputs, naming the samples, before anything uses or caches them."""
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if len(bad):
+            raise NonFiniteError(f"bundle {self.bundle_dir}", first + bad)
 
     def _prep(self, name: str, v: np.ndarray) -> np.ndarray:
         if name not in self._pre:
