@@ -102,7 +102,9 @@ def _sigterm_raises():
         yield
         return
     try:
-        yield
+        from ..runtime.stop import on_signals  # a signal also stops a backbone run inside onnxruntime
+        with on_signals():
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -117,12 +119,25 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     outputs = [(flag, path, kind) for flag, path, kind in declared if path is not None]
     kept = [str(path) for flag, path, kind in outputs if not kind.container and flag != "--checkpoint-dir"]
     text = f"edgelora {args.command}: interrupted by {why}" +         (f"; nothing was saved to {' or '.join(kept)} (what was there, if anything, is intact)" if kept else "")
-    if any(flag == "--checkpoint-dir" for flag, _, _ in outputs):
+    checkpoints = [path for flag, path, _ in outputs if flag == "--checkpoint-dir"]
+    if checkpoints and _has_checkpoint(checkpoints[0]):
         resume = [*argv, "--resume"] if "--resume" not in argv else argv
-        text += f"; continue from the last finished epoch with: edgelora {shlex.join(resume)}"
+        text += (f"; {checkpoints[0]} holds the last finished epoch (cross-validation, if any, runs again): "
+                 f"continue with: edgelora {shlex.join(resume)}")
+    elif checkpoints:
+        text += (f"; no epoch had finished, so {checkpoints[0]} holds no checkpoint (what the Skip-Cache computed "
+                 f"is kept): run the same command again")
     elif hasattr(args, "checkpoint_dir"):
         text += "; with --checkpoint-dir DIR a run can be resumed"
     return text
+
+
+def _has_checkpoint(folder) -> bool:
+    from ..files.checkpoint import load_checkpoint
+    try:
+        return load_checkpoint(folder) is not None
+    except Exception:  # noqa: BLE001 - a damaged one is no checkpoint to continue from
+        return False
 
 
 def _fail(args, e: Exception, unexpected: bool = False) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
-from ..files.checkpoint import CHECKPOINT_KIND
+from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
@@ -100,6 +101,9 @@ def targets(args: argparse.Namespace) -> tuple[list, list]:
 def run(args: argparse.Namespace) -> dict:
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder where the interrupted run saved its checkpoints")
+    if args.resume and load_checkpoint(args.checkpoint_dir) is None:
+        warnings.warn(f"--resume: {args.checkpoint_dir} holds no checkpoint (the run it continues stopped before its "
+                      f"first epoch finished); starting from the beginning")
     config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,

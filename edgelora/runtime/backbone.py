@@ -9,6 +9,9 @@ import onnxruntime as ort
 from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from . import stop
+
+RUN_TIME_LIMIT = 600.0  # seconds one run of the backbone (a batch) may take before it is stopped
 
 
 class NonFiniteError(ValueError):
@@ -29,12 +32,15 @@ class NonFiniteError(ValueError):
 class Backbone:
     """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
 
-    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64):
+    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64,
+                 time_limit: float | None = RUN_TIME_LIMIT):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
-        self.bundle_dir = Path(bundle_dir)
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"`time_limit` should be a number of seconds > 0 or None, found {time_limit!r}")
+        self.bundle_dir, self.time_limit = Path(bundle_dir), time_limit
         self.manifest: Manifest = load_manifest(bundle_dir)
         self._identity = self.manifest.identity
         self.batch_size = batch_size
@@ -108,17 +114,25 @@ class Backbone:
         r = np.empty(shape, np.float32) if out is None else out
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
-            try:
-                outs = self._session.run(self._outputs, feed)
-            except Exception as e:  # onnxruntime's own types: out-of-range token ids, inconsistent shapes, ...
-                raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on samples {a}.."
-                                 f"{min(a + self.batch_size, n) - 1}: {e}; check the input values (token ids "
-                                 f"within the vocabulary, say) and shapes") from None
+            outs = self._run(feed, f"samples {a}..{min(a + self.batch_size, n) - 1}")
             m = len(outs[0])
             for o, (lo, hi) in zip(outs, spans):
                 r[a:a + m, lo:hi] = o
             self._check_finite(r[a:a + m], a)
         return r
+
+    def _run(self, feed: dict, which: str) -> list[np.ndarray]:
+        """One onnxruntime run, stopped after `time_limit` s or by Ctrl-C/SIGTERM (runtime/stop.py)."""
+        with stop.limited(self.time_limit) as options:
+            try:
+                return self._session.run(self._outputs, feed, options)
+            except Exception as e:  # onnxruntime's own types: out-of-range token ids, inconsistent shapes, ...
+                if options.terminate:  # the time limit, or Ctrl-C/SIGTERM (whose handler runs next)
+                    raise ValueError(f"bundle {self.bundle_dir}: the backbone was stopped on {which}: it ran for "
+                                     f"more than the time limit of {self.time_limit:g} s, or was interrupted (a "
+                                     f"model that loops without end?)") from None
+                raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on {which}: {e}; check the input "
+                                 f"values (token ids within the vocabulary, say) and shapes") from None
 
     def _check_finite(self, rows: np.ndarray, first: int) -> None:
         """Refuse NaN or Inf in the backbone's outputs, naming the samples, before anything uses or caches them."""
