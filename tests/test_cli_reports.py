@@ -132,3 +132,26 @@ def test_cache_info_on_a_read_only_cache(files, capsys, monkeypatch):
     monkeypatch.setattr(fileio, "open", read_only, raising=False)
     text, r = both(capsys, "cache", "info", bundle, "--cache-dir", cache)
     assert r["caches"][0]["rows"] == 120 and "holds 120 rows" in text
+
+
+@pytest.mark.parametrize("name, budget, said", [("train.npz", "0.001", "its arrays take 0.0 MB"),
+                                                ("train.csv", "0.05", "parsing it takes about 16 x its size")])
+def test_error_data_larger_than_the_memory_budget_is_refused_before_it_is_read(files, capsys, name, budget, said):
+    """A 1.0 MB .npz inflated to 2.34 GB and a 100 MB CSV to 1.5 GB whatever --memory-budget said."""
+    tmp, bundle = files
+    code, _, err = run(capsys, "finetune", bundle, "--data", tmp / name, *FAST, "--out", tmp / "ad",
+                       "--memory-budget", budget)
+    assert code == 2 and said in err and "more than the" in err and "--memory-budget" in err, err
+    assert not (tmp / "ad").exists()
+
+
+def test_error_a_small_npz_that_inflates_past_the_budget_is_refused_unread(tmp_path, capsys):
+    import zipfile
+    from tests.helpers import mlp_bundle, random_mlp
+    mlp_bundle(tmp_path / "b", random_mlp([10, 3]))
+    x = np.zeros((400_000, 10), np.float32)           # 16 MB of zeros: a few kB compressed
+    np.savez_compressed(tmp_path / "z.npz", x=x, y=np.zeros(400_000, np.int64))
+    assert (tmp_path / "z.npz").stat().st_size < 100_000 and zipfile.is_zipfile(tmp_path / "z.npz")
+    code, _, err = run(capsys, "finetune", tmp_path / "b", "--data", tmp_path / "z.npz", *FAST,
+                       "--out", tmp_path / "ad", "--memory-budget", "8")
+    assert code == 2 and "its arrays take 18.3 MB, more than the 8.0 MB" in err, err

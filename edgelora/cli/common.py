@@ -164,14 +164,14 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
         if is_csv and not labels:
             x, y = _csv_inputs(path, manifest, getattr(args, "label_column", None)), None
         else:
-            x, y = load_arrays(path, args.x_key, y_key, column)
+            x, y = load_arrays(path, args.x_key, y_key, column, max_memory=memory_limit(args))
         where = f"{path}['{args.x_key}']" if path.suffix.lower() == ".npz" else str(path)
         inputs = as_inputs(csv_rows(x, manifest.inputs[0], where) if is_csv else x, manifest, where)
     else:
         if path.suffix.lower() != ".npz":
             raise ValueError(f"{path}: this bundle has {len(names)} inputs {names}; give a .npz holding one "
                              f"array per input name")
-        arrays = {name: load_arrays(path, name, None)[0] for name in names}
+        arrays = {name: load_arrays(path, name, None, max_memory=memory_limit(args))[0] for name in names}
         y = load_arrays(path, names[0], y_key)[1] if labels else None
         inputs = as_inputs(arrays, manifest, str(path))
     if not labels:
@@ -181,6 +181,18 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
                          f".csv with a label column (a .npy holds inputs only)")
     where = f"{path}['{args.y_key}']" if path.suffix.lower() == ".npz" else f"{path} label column"
     return inputs, as_targets(y, manifest, num_samples(inputs), where)
+
+
+def memory_limit(args: argparse.Namespace) -> int | None:
+    """Bytes the data may take in memory: --memory-budget if given, else what the system has available
+    (MemAvailable; None where unknown)."""
+    if getattr(args, "memory_budget", None) is not None:
+        return int(args.memory_budget * 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _csv_inputs(path: Path, manifest: Manifest, column: str | None) -> np.ndarray:
