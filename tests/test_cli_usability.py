@@ -44,7 +44,7 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
         raise RuntimeError("SIGTERM reached the test's own handler")
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        code = main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck")])
+        code = main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck"), "--checkpoint-every", "1"])
         assert signal.getsignal(signal.SIGTERM) is unhandled  # the command's handler is removed again
     finally:
         signal.signal(signal.SIGTERM, previous)

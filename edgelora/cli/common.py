@@ -12,6 +12,7 @@ import numpy as np
 
 from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
 from ..files.bundle import Manifest
+from ..files.checkpoint import parse_every
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 from ..files.outputs import Kind, check_target
 from ..files.output_lock import OutputBusyError, OutputLock
@@ -78,6 +79,14 @@ def rank(text: str) -> int | str:
         return positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found {text!r}") from None
+
+
+def interval(text: str) -> tuple[str, float] | None:
+    """--checkpoint-every: N epochs, Ns seconds or auto (files/checkpoint.parse_every)."""
+    try:
+        return parse_every(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def decay(text: str) -> float | str:
