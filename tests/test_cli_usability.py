@@ -44,7 +44,7 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
         raise RuntimeError("SIGTERM reached the test's own handler")
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        code = main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck")])
+        code = main(args + ["--seed", "0", "--checkpoint-dir", str(d / "ck"), "--checkpoint-every", "1"])
         assert signal.getsignal(signal.SIGTERM) is unhandled  # the command's handler is removed again
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -53,11 +53,31 @@ def test_sigterm_says_the_adapter_is_intact_and_how_to_resume(files, capsys, mon
     assert len(err.splitlines()) == 1 and err.startswith("edgelora finetune: interrupted by SIGTERM; nothing was "
                                                          f"saved to {d / 'ad'}"), err
     assert {p.name: p.read_bytes() for p in (d / "ad").iterdir()} == before  # the previous adapter is intact
-    command = shlex.split(err.split("continue from the last finished epoch with: ")[1])
+    assert f"{d / 'ck'} holds the last finished epoch" in err
+    command = shlex.split(err.split("continue with: ")[1])
     assert command[0] == "edgelora" and command[-1] == "--resume"
     monkeypatch.setattr(edgelora.runtime.train, "save_checkpoint", real)
     assert main(command[1:]) == 0
     assert np.array_equal(load_adapter(d / "ad").flat, load_adapter(d / "reference").flat)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_says_it_starts_over(files, capsys, monkeypatch):
+    """Ctrl-C during cross-validation said "continue from the last finished epoch" though no checkpoint
+    existed, and --resume then silently started over."""
+    bundle, d = files
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("edgelora.runtime.train._recipes", interrupt)   # inside cross-validation
+    args = ["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), *FAST,
+            "--checkpoint-dir", str(d / "ck")]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip()
+    assert "continue" not in err and f"no epoch had finished, so {d / 'ck'} holds no checkpoint" in err, err
+    monkeypatch.undo()
+    assert main(args + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"--resume: {d / 'ck'} holds no checkpoint" in err and "starting from the beginning" in err
 
 
 def test_ctrl_c_without_a_checkpoint_says_how_to_make_runs_resumable(files, capsys, monkeypatch):

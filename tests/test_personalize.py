@@ -202,3 +202,18 @@ def test_regression_backbone_is_gated_on_loss(tmp_path):
         r = personalize(store, "r", bb, x, (x @ w).astype(np.float32), CFG)
         assert r.decision == "published" and "holdout loss" in r.reason, r.reason
     assert "accuracy" not in r.metrics["candidate"]["gate"]
+
+
+def test_error_a_flipped_session_record_is_refused_and_named(bb, store):
+    """`published`->`publisheD` in sessions.json silently dropped that session's samples from training."""
+    personalize(store, "u", bb, *session(60, 1), CFG)
+    path = store.adapter_dir("u") / "data" / "sessions.json"
+    text = path.read_text()
+    assert '"published"' in text
+    path.write_text(text.replace('"published"', '"publisheD"'))
+    with pytest.raises(ValueError, match=r"sessions\.json is corrupt or was edited"):
+        personalize(store, "u", bb, *session(60, 2), CFG)
+    assert store.current("u") == 1
+    path.write_text(text.replace('"checksum"', '"checksuM"'))
+    with pytest.raises(ValueError, match=r"sessions\.json is corrupt or was edited"):
+        Samples.load(store.adapter_dir("u") / "data", bb.manifest)

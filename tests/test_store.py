@@ -41,7 +41,7 @@ def test_versions_current_and_info_round_trip(store, adapters, toy_bundle):
     assert np.array_equal(store.load("user-1", 1).flat, adapters[0].flat)
     summary = store.summary("user-1")
     assert summary["current"] == 2 and [v["version"] for v in summary["versions"]] == [1, 2]
-    assert json.loads((store.adapter_dir("user-1") / "current.json").read_text()) == {"version": 2}
+    assert json.loads((store.adapter_dir("user-1") / "current.json").read_text())["version"] == 2
 
 
 def test_adding_a_version_does_not_change_current(store, adapters):
@@ -186,3 +186,59 @@ def test_adding_a_version_removes_dead_writers_temps_and_keeps_a_live_writers(st
         (versions / name).mkdir()
     store.add_version("a", adapters[1], parent=1, samples=3)
     assert sorted(p.name for p in versions.iterdir()) == [live, "v0001", "v0002"]
+
+
+def test_error_delete_never_follows_a_symlinked_versions_folder_out_of_the_store(store, adapters, tmp_path):
+    """`store delete STORE NAME --version 1` deleted v0001 in the folder a `versions` link pointed to."""
+    publish(store, "a", adapters[0])
+    store.add_version("a", adapters[1], parent=1, samples=3)
+    outside = tmp_path / "outside"
+    (store.adapter_dir("a") / "versions").rename(outside)
+    os.symlink(outside, store.adapter_dir("a") / "versions")
+    for act in (lambda: store.delete("a", 1, force=True), lambda: store.prune("a", 1),
+                lambda: store.add_version("a", adapters[2], parent=1, samples=3)):
+        with pytest.raises(ValueError, match="symbolic link"):
+            act()
+    assert sorted(p.name for p in outside.iterdir()) == ["v0001", "v0002"]
+
+
+@pytest.mark.parametrize("record", ["current.json", "pins.json"])
+def test_error_a_flipped_store_record_is_refused_and_named(store, adapters, record):
+    """After a rollback `2`->`3` in current.json silently served v3; pins.json silently unpinned."""
+    for i in range(3):
+        publish(store, "a", adapters[i], parent=i or None)
+    store.rollback("a", 2)
+    store.pin("a", 2)
+    path = store.adapter_dir("a", record)
+    text = path.read_text()
+    key = '"version": ' if record == "current.json" else '"pins": [\n    '
+    flipped = text.replace(key + "2", key + "3")
+    assert flipped != text
+    path.write_text(flipped)
+    with pytest.raises(ValueError, match=f"{record} is corrupt or was edited"):
+        store.current("a") if record == "current.json" else store.pins("a")
+
+
+def test_every_single_byte_change_of_a_store_record_is_refused(store, adapters):
+    publish(store, "a", adapters[0])
+    publish(store, "a", adapters[1], parent=1)
+    store.pin("a", 1)
+    for record, read in (("current.json", store.current), ("pins.json", store.pins)):
+        path = store.adapter_dir("a", record)
+        good = path.read_bytes()
+        expected = read("a")
+        for i in range(len(good)):
+            for bit in (0x01, 0x20):
+                path.write_bytes(good[:i] + bytes([good[i] ^ bit]) + good[i + 1:])
+                try:
+                    assert read("a") == expected, (record, i, bit)   # whitespace or case in a name only
+                except ValueError:
+                    pass
+        path.write_bytes(good)
+
+
+def test_store_records_written_before_the_checksum_are_read(store, adapters):
+    publish(store, "a", adapters[0])
+    store.adapter_dir("a", "current.json").write_text('{"version": 1}\n')
+    store.adapter_dir("a", "pins.json").write_text('[1]\n')
+    assert store.current("a") == 1 and store.pins("a") == [1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from ..files.outputs import overwrite_allowed
-        from .common import check_targets
+        from .common import check_targets, hold_outputs
         with _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
-            with overwrite_allowed(check_targets(args)):  # refuses unsafe outputs before any work
+            with overwrite_allowed(check_targets(args)), hold_outputs(args):  # before any work: safe, one writer
                 result = args.run(args)
     except (KeyboardInterrupt, Terminated) as e:
         print(interrupted(args, argv, e), file=sys.stderr)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.json:
-            print(json.dumps(result, indent=None, sort_keys=True, default=_plain))
+            print(json.dumps(_plain(result), indent=None, sort_keys=True, allow_nan=False))
         elif not args.quiet:
             print(args.report(result))
     except BrokenPipeError:
@@ -100,7 +101,9 @@ def _sigterm_raises():
         yield
         return
     try:
-        yield
+        from ..runtime.stop import on_signals  # a signal also stops a backbone run inside onnxruntime
+        with on_signals():
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -115,12 +118,25 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     outputs = [(flag, path, kind) for flag, path, kind in declared if path is not None]
     kept = [str(path) for flag, path, kind in outputs if not kind.container and flag != "--checkpoint-dir"]
     text = f"edgelora {args.command}: interrupted by {why}" +         (f"; nothing was saved to {' or '.join(kept)} (what was there, if anything, is intact)" if kept else "")
-    if any(flag == "--checkpoint-dir" for flag, _, _ in outputs):
+    checkpoints = [path for flag, path, _ in outputs if flag == "--checkpoint-dir"]
+    if checkpoints and _has_checkpoint(checkpoints[0]):
         resume = [*argv, "--resume"] if "--resume" not in argv else argv
-        text += f"; continue from the last finished epoch with: edgelora {shlex.join(resume)}"
+        text += (f"; {checkpoints[0]} holds the last finished epoch (cross-validation, if any, runs again): "
+                 f"continue with: edgelora {shlex.join(resume)}")
+    elif checkpoints:
+        text += (f"; no epoch had finished, so {checkpoints[0]} holds no checkpoint (what the Skip-Cache computed "
+                 f"is kept): run the same command again")
     elif hasattr(args, "checkpoint_dir"):
         text += "; with --checkpoint-dir DIR a run can be resumed"
     return text
+
+
+def _has_checkpoint(folder) -> bool:
+    from ..files.checkpoint import load_checkpoint
+    try:
+        return load_checkpoint(folder) is not None
+    except Exception:  # noqa: BLE001 - a damaged one is no checkpoint to continue from
+        return False
 
 
 def _fail(args, e: Exception, unexpected: bool = False) -> None:
@@ -157,7 +173,14 @@ def _blas_threads(n: int):
 
 
 def _plain(value):
-    """json.dumps fallback for numpy scalars and paths."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    """`value` as strict JSON data (RFC 8259 has no NaN or Infinity): numpy scalars as numbers, a non-finite
+    number as null, paths and other objects as text."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value if value is None or isinstance(value, (bool, int, str)) else str(value)

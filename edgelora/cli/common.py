@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..files.adapter import CONFIG_FILE, Adapter, load_adapter
 from ..files.bundle import Manifest
+from ..files.checkpoint import parse_every
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 from ..files.outputs import Kind, check_target
-from ..ops.store import STORE_FILE, AdapterStore
+from ..files.output_lock import OutputBusyError, OutputLock
+from ..ops.store import STORE_FILE, STORE_KIND, AdapterStore
 from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
 from .parser import CommandError, summary  # noqa: F401  - CommandError: commands raise common.CommandError
@@ -73,6 +76,14 @@ def rank(text: str) -> int | str:
         return positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found {text!r}") from None
+
+
+def interval(text: str) -> tuple[str, float] | None:
+    """--checkpoint-every: N epochs, Ns seconds or auto (files/checkpoint.parse_every)."""
+    try:
+        return parse_every(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def decay(text: str) -> float | str:
@@ -152,14 +163,14 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
         if is_csv and not labels:
             x, y = _csv_inputs(path, manifest, getattr(args, "label_column", None)), None
         else:
-            x, y = load_arrays(path, args.x_key, y_key, column)
+            x, y = load_arrays(path, args.x_key, y_key, column, max_memory=memory_limit(args))
         where = f"{path}['{args.x_key}']" if path.suffix.lower() == ".npz" else str(path)
         inputs = as_inputs(csv_rows(x, manifest.inputs[0], where) if is_csv else x, manifest, where)
     else:
         if path.suffix.lower() != ".npz":
             raise ValueError(f"{path}: this bundle has {len(names)} inputs {names}; give a .npz holding one "
                              f"array per input name")
-        arrays = {name: load_arrays(path, name, None)[0] for name in names}
+        arrays = {name: load_arrays(path, name, None, max_memory=memory_limit(args))[0] for name in names}
         y = load_arrays(path, names[0], y_key)[1] if labels else None
         inputs = as_inputs(arrays, manifest, str(path))
     if not labels:
@@ -169,6 +180,18 @@ def load_data(args: argparse.Namespace, manifest: Manifest, labels: bool) -> tup
                          f".csv with a label column (a .npy holds inputs only)")
     where = f"{path}['{args.y_key}']" if path.suffix.lower() == ".npz" else f"{path} label column"
     return inputs, as_targets(y, manifest, num_samples(inputs), where)
+
+
+def memory_limit(args: argparse.Namespace) -> int | None:
+    """Bytes the data may take in memory: --memory-budget if given, else what the system has available
+    (MemAvailable; None where unknown)."""
+    if getattr(args, "memory_budget", None) is not None:
+        return int(args.memory_budget * 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _csv_inputs(path: Path, manifest: Manifest, column: str | None) -> np.ndarray:
@@ -235,6 +258,21 @@ def check_targets(args: argparse.Namespace) -> list[Path]:
         except ValueError as e:
             raise ValueError(f"{flag}: {e}") from None
     return [path for _, path, kind in outputs if overwrite and not kind.container]
+
+
+@contextlib.contextmanager
+def hold_outputs(args: argparse.Namespace) -> Iterator[None]:
+    """Hold the one-writer lock of every output the command declares (files.output_lock) for its whole run;
+    a store is left to its own lock, which writers wait on."""
+    outputs = args.targets(args)[0] if getattr(args, "targets", None) else []
+    with contextlib.ExitStack() as stack:
+        for flag, path, kind in outputs:
+            if path is not None and kind is not STORE_KIND:
+                try:
+                    stack.enter_context(OutputLock(path, flag))
+                except OutputBusyError as e:
+                    raise CommandError(str(e)) from None
+        yield
 
 
 # --- text --------------------------------------------------------------------------------------------

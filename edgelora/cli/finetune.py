@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
-from ..files.checkpoint import CHECKPOINT_KIND
+from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
@@ -87,7 +88,11 @@ def register(subparsers) -> None:
     c.add_argument("--memory-budget", type=common.positive_float, default=None, metavar="MB",
                    help="spill the cache to disk rather than hold more than this many MB in RAM")
     c.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
-                   help="save the training state here after every epoch (for --resume)")
+                   help="save the training state here (for --resume): at the end of each run, and in between as "
+                        "--checkpoint-every says")
+    c.add_argument("--checkpoint-every", type=common.interval, default=None, metavar="N|Ns|auto",
+                   help="with --checkpoint-dir: save every N epochs, or at most every N seconds (30s); auto "
+                        "(default): as often as costs at most about 10 %% of the run")
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --checkpoint-dir")
 
@@ -100,6 +105,9 @@ def targets(args: argparse.Namespace) -> tuple[list, list]:
 def run(args: argparse.Namespace) -> dict:
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder where the interrupted run saved its checkpoints")
+    if args.resume and load_checkpoint(args.checkpoint_dir) is None:
+        warnings.warn(f"--resume: {args.checkpoint_dir} holds no checkpoint (the run it continues stopped before its "
+                      f"first epoch finished); starting from the beginning")
     config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
@@ -133,7 +141,8 @@ def run(args: argparse.Namespace) -> dict:
                   f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
 
     adapter, history = finetune_features(features, targets, split, config, callback=on_epoch,
-                                         checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine)
+                                         checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine,
+                                         checkpoint_every=args.checkpoint_every)
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:

@@ -37,6 +37,12 @@ ADAPTER_FOLDER = CheckedFolder("adapter", CONFIG_FILE, {WEIGHTS_FILE: "weights_s
                                max_bytes=MAX_WEIGHTS_BYTES)
 
 
+# bounds far beyond any trained adapter, so that outputs stay finite in float32 (max 3.4e38): a hostile or
+# corrupt adapter with finite but huge values would otherwise print NaN losses
+MAX_WEIGHT = 1e8
+MAX_ALPHA = 1e6
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """What an adapter is and which backbone it belongs to (saved as sorted, indented JSON)."""
@@ -59,7 +65,8 @@ class AdapterConfig:
         check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
               f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
         check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        check(0 < self.lora_alpha <= MAX_ALPHA, f"`lora_alpha` should be positive and at most {MAX_ALPHA:g}, found "
+                                                f"{self.lora_alpha}")
         check(len(self.target_taps) >= 1, "`target_taps` should name at least one tap")
         check(len(set(self.target_taps)) == len(self.target_taps), f"`target_taps` should be unique, found {self.target_taps}")
         check(len(self.target_taps) == len(self.tap_widths),
@@ -172,5 +179,8 @@ def _flat_from_tensors(tensors: dict, config: AdapterConfig, where: Path) -> np.
             raise ValueError(f"{where}: tensor `{key}` should be float32 {dst.shape}, found {a.dtype} {a.shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"{where}: tensor `{key}` contains NaN or Inf")
+        if a.size and np.abs(a).max() > MAX_WEIGHT:
+            raise ValueError(f"{where}: tensor `{key}` holds {np.abs(a).max():.3g}; expected magnitudes of at most "
+                             f"{MAX_WEIGHT:g} (larger ones overflow float32 arithmetic); the file is corrupt")
         dst[...] = a
     return flat

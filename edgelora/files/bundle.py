@@ -13,7 +13,8 @@ import numpy as np
 from .fileio import PathLike, dumps_json, write_folder
 from .formats import check_version, digest
 from .outputs import check_target, folder_kind
-from .readers import read_json, safe_child
+from .onnx_refs import external_locations
+from .readers import read_bounded, read_json, safe_child
 from .schema import check, from_dict, to_dict
 
 BUNDLE_FORMAT_VERSION = 1
@@ -24,7 +25,8 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "external_data")  # top-level fields the JSON may leave out
+MAX_EXTERNAL_BYTES = 16 * 1024**3  # one external-data file; read into memory, so the device's RAM bounds it too
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
@@ -135,6 +137,7 @@ class Manifest:
     opset: int = 17
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
     checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
+    external_data: dict[str, str] = field(default_factory=dict)  # file beside the ONNX file -> its SHA-256 (hex)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -150,6 +153,11 @@ class Manifest:
         unknown = sorted(set(self.preprocess) - {i.name for i in self.inputs})
         check(not unknown, f"`preprocess` names unknown input(s) {unknown}; the inputs are "
                            f"{[i.name for i in self.inputs]}")
+        for name, sha in self.external_data.items():
+            check(re.fullmatch("[^/\\\\\x00]+", name) is not None and name not in (".", "..", self.model_file),
+                  f"`external_data`: expected plain file names beside {self.model_file}, found {name!r}")
+            check(re.fullmatch("[0-9a-f]{64}", sha) is not None,
+                  f"`external_data` {name!r}: expected a SHA-256 of 64 hex digits, found {sha!r}")
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -168,13 +176,23 @@ class Manifest:
         """'sha256:<hex>' over the ONNX fingerprint and every manifest field that changes what the backbone
         computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
         re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
-        what = {k: to_dict(self)[k] for k in ("fingerprint", "inputs", "output", "taps", "preprocess", "task")}
+        keys = ("fingerprint", "inputs", "output", "taps", "preprocess", "task") + (("external_data",) * bool(self.external_data))
+        what = {k: to_dict(self)[k] for k in keys}
         return digest(dumps_json(what), tagged=True)
 
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
-    return digest(dumps_json(to_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
+    return digest(dumps_json(manifest_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
+
+
+def manifest_dict(manifest: Manifest) -> dict:
+    """The manifest as JSON-ready dict; `external_data` only when there is some, so a bundle without any
+    reads (and checksums) exactly as before that field existed."""
+    d = to_dict(manifest)
+    if not d["external_data"]:
+        del d["external_data"]
+    return d
 
 
 def with_checksum(manifest: Manifest) -> Manifest:
@@ -210,9 +228,9 @@ def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
 
 
 def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Manifest:
-    """Load the manifest and check the ONNX file's hash against its fingerprint."""
+    """Load the manifest and check the ONNX file and its external-data files against their digests."""
     manifest = manifest or load_manifest(bundle_dir)
-    _check_fingerprint(bundle_dir, manifest, digest(model_path(bundle_dir, manifest), tagged=True))
+    read_external(bundle_dir, manifest, read_model(bundle_dir, manifest))
     return manifest
 
 
@@ -223,6 +241,32 @@ def read_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
     return blob
 
 
+def read_external(bundle_dir: PathLike, manifest: Manifest, blob: bytes) -> dict[str, bytes]:
+    """{location: bytes} of every external-data file the ONNX model `blob` uses, each a plain file inside the
+    bundle listed in the manifest's `external_data` and matching its SHA-256 there: a model that names a file
+    outside the bundle or an unlisted one is refused, so nothing is read from wherever the process runs."""
+    try:
+        locations = external_locations(blob)
+    except ValueError as e:
+        raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} is not a readable ONNX model ({e}); "
+                         f"re-export the bundle") from None
+    files = {}
+    for name in locations:
+        where = f"bundle {bundle_dir}: {manifest.model_file} keeps tensors in {name!r}"
+        if name not in manifest.external_data:
+            raise ValueError(f"{where}, which the manifest's `external_data` does not list (it lists "
+                             f"{sorted(manifest.external_data)}); expected every external-data file inside the "
+                             f"bundle and listed with its SHA-256 - re-export the bundle")
+        path = safe_child(bundle_dir, name, f"{where}:")
+        files[name] = read_bounded(path, f"external data of bundle {bundle_dir}", MAX_EXTERNAL_BYTES)
+        found = digest(files[name])
+        if found != manifest.external_data[name]:
+            raise ValueError(f"{where}, which does not match the manifest (expected SHA-256 "
+                             f"{manifest.external_data[name]}, found {found}); the file is corrupt or was "
+                             f"replaced - re-export the bundle")
+    return files
+
+
 def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> None:
     if found != manifest.fingerprint:
         raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} does not match the manifest "
@@ -230,10 +274,15 @@ def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> 
                          f"truncated or was replaced - re-export the bundle")
 
 
-def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:
+def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False,
+                 external: dict[str, bytes] | None = None) -> Manifest:
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
+    `external` holds the external-data files the model names (location -> bytes), listed with their SHA-256.
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
-    manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
-    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
+    external = external or {}
+    manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True),
+                                                 external_data={k: digest(v) for k, v in external.items()}))
+    files = {**external, manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))}
+    write_folder(bundle_dir, files, "bundle")
     return manifest

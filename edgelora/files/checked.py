@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .fileio import PathLike, dumps_json, recover_dir, write_folder
-from .formats import check_version, digest
+from .formats import check_checksum, check_version, digest, with_checksum
 from .readers import read_bounded, read_json, safe_child
 
 
@@ -28,6 +28,7 @@ class CheckedFolder:
     remedy: str = ""                # what to do about a damaged folder; "{folder}" is filled in
     optional: bool = False          # an empty or absent digest is not checked (files converted by hand)
     max_bytes: int = 2 * 1024**3    # the size limit of each binary
+    self_checksum: bool = False     # the document carries a `checksum` of its own content (formats.with_checksum)
 
     def document_digest(self, doc: dict) -> str:
         """SHA-256 of `doc` without its binaries' digests: what a binary records to vouch for the document."""
@@ -38,6 +39,7 @@ class CheckedFolder:
         """Write `binaries` and `doc` with their digests filled in as one folder swap; returns the document as
         written. `extra` files (name -> bytes) go in unchecked, and `fill(tmp)` may first add more."""
         doc = {**doc, **{key: digest(binaries[name]) for name, key in self.binaries.items()}}
+        doc = with_checksum(doc) if self.self_checksum else doc
         write_folder(folder, {**(extra or {}), **binaries, self.document: dumps_json(doc)}, self.what, fill)
         return doc
 
@@ -51,6 +53,11 @@ class CheckedFolder:
         path = safe_child(folder, self.document, self.what)
         data = read_json(path, self.what)
         check_version(data, self.version, str(path), self.oldest, self._remedy(folder))
+        if self.self_checksum:
+            if "checksum" not in data and data["format_version"] >= self.version:
+                raise ValueError(f"{path} is corrupt or was edited: it has no `checksum` field "
+                                 f"(found {sorted(data)[:8]}); {self._remedy(folder)}")
+            data = check_checksum(data, str(path), self._remedy(folder))
         return path, data
 
     def read_binary(self, folder: PathLike, doc: dict, name: str) -> bytes:

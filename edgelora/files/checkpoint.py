@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,41 @@ def check_same_run(meta: dict, key: dict, folder: PathLike) -> None:
         raise ValueError(f"the checkpoint in {folder} was written for another run (different {' and '.join(differ)}); "
                          f"resume with the same {', '.join(differ)}, or delete {folder} (or run without --resume) "
                          f"to start afresh")
+
+
+def parse_every(text: str | int | float | None) -> tuple[str, float] | None:
+    """--checkpoint-every: '5' (every 5 epochs), '30s' (at most every 30 seconds), 'auto' or None (the default:
+    saving costs at most about 10 % of the run) -> ('epochs', 5) | ('seconds', 30.0) | None."""
+    if text is None or text == "auto":
+        return None
+    s = str(text).strip()
+    try:
+        value = float(s[:-1]) if s.endswith("s") else int(s)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"checkpoint interval: expected a number of epochs (5), seconds (30s) or auto, found {text!r}")
+    return ("seconds", float(value)) if s.endswith("s") else ("epochs", value)
+
+
+class Pacer:
+    """When a training run saves its checkpoint: at the end of every run, and in between every N epochs, at most
+    every N seconds, or by default once the time since the last save is at least AUTO_RATIO times what that
+    save took - so saving costs at most about 1 / (1 + AUTO_RATIO) of the run, whatever the disk."""
+    AUTO_RATIO = 9.0
+
+    def __init__(self, every: tuple[str, float] | None = None):
+        self.every, self.epochs, self.last, self.cost = every, 0, time.perf_counter(), 0.0
+
+    def __call__(self, save, finished: bool) -> None:
+        """After an epoch: `save()` if it is due (`finished`: the run's last epoch, always saved)."""
+        self.epochs += 1
+        since = time.perf_counter() - self.last
+        kind, n = self.every or ("auto", 0)
+        due = finished or (kind == "epochs" and self.epochs % n == 0) or (kind == "seconds" and since >= n) or \
+            (kind == "auto" and since >= self.AUTO_RATIO * self.cost)
+        if due:
+            start = time.perf_counter()
+            save()
+            self.last = time.perf_counter()
+            self.cost = self.last - start

@@ -23,6 +23,7 @@ from .fileio import PathLike
 from .readers import check_file
 
 MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
+CSV_MEMORY_FACTOR = 16         # peak memory of parsing a CSV, over its size (measured: 100 MB -> 1.5 GB)
 MAX_DEFLATE_RATIO = 1032      # deflate cannot expand data more than this: a larger claim is a corrupt zip
 
 
@@ -144,11 +145,14 @@ def class_indices(names: np.ndarray, manifest: Manifest, where: str = "y") -> np
 
 
 def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
-                label_column: str | int | None = -1) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric inputs; `label_column` is the target)."""
+                label_column: str | int | None = -1, max_memory: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric inputs; `label_column` is the target).
+    `max_memory` (bytes): refuse, before allocating, a file whose arrays (decompressed) or whose parsing
+    (a CSV: about CSV_MEMORY_FACTOR times its size) would need more."""
     path = check_file(path, "data file", MAX_DATA_BYTES)
     suffix = path.suffix.lower()
     try:
+        _check_memory(path, suffix, (x_key, y_key), max_memory)
         if suffix == ".npz":  # read with zipfile + the .npy reader: np.load would guess the format from the bytes
             with zipfile.ZipFile(path) as z:
                 keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
@@ -171,6 +175,23 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
     except MemoryError:
         raise ValueError(f"{path}: not enough memory to load it; use a smaller file") from None
     raise ValueError(f"{path}: unsupported data format {suffix!r}; expected .npz, .npy or .csv")
+
+
+def _check_memory(path: Path, suffix: str, keys, max_memory: int | None) -> None:
+    if max_memory is None:
+        return
+    if suffix == ".npz":
+        with zipfile.ZipFile(path) as z:
+            sizes = {n[:-4]: z.getinfo(n).file_size for n in z.namelist() if n.endswith(".npy")}
+        need, what = sum(sizes.get(k, 0) for k in keys if k is not None), "its arrays take"
+    elif suffix == ".csv":
+        need, what = path.stat().st_size * CSV_MEMORY_FACTOR, f"parsing it takes about {CSV_MEMORY_FACTOR} x its size,"
+    else:
+        need, what = path.stat().st_size, "its array takes"
+    if need > max_memory:
+        raise ValueError(f"{path}: {what} {need / 2**20:.1f} MB, more than the {max_memory / 2**20:.1f} MB of memory "
+                         f"allowed (--memory-budget, or the memory available); raise the budget, or split the data"
+                         f"{' or save it as .npy once' if suffix == '.csv' else ''}")
 
 
 def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:

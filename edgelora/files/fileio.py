@@ -61,10 +61,27 @@ def sibling_of(name: str) -> str | None:
     return m["of"] if m else None
 
 
-def _stale(name: str) -> bool:
-    """A temp of a writer that died (killed, power loss), or a folder renamed to be deleted."""
+def _stale(folder: Path, name: str) -> bool:
+    """A temp of a writer that died (killed, power loss; its pid unused, or reused by a process that started
+    after the temp was made), or a folder renamed to be deleted."""
     m = SIBLING.fullmatch(name)
-    return bool(m) and bool(m["deleted"] or (m["pid"] and not _alive(int(m["pid"]))))
+    if not m or not (m["deleted"] or m["pid"]):
+        return False
+    return bool(m["deleted"]) or not _alive(int(m["pid"])) or _started_after(int(m["pid"]), folder / name)
+
+
+def _started_after(pid: int, path: Path) -> bool:
+    """Did process `pid` start after `path` was made (so it cannot be the writer whose pid the name holds)?
+    Linux /proc only; False where that cannot be known."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime, in clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        made = path.lstat().st_ctime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return pid != os.getpid() and boot + ticks / os.sysconf("SC_CLK_TCK") > made + 2
 
 
 def remove_stale(folder: PathLike, only: str | None = None) -> int:
@@ -76,7 +93,7 @@ def remove_stale(folder: PathLike, only: str | None = None) -> int:
     except OSError:
         return 0
     for name in names:
-        if not _stale(name) or (only is not None and sibling_of(name) != only):
+        if not _stale(folder, name) or (only is not None and sibling_of(name) != only):
             continue
         path = folder / name
         if path.is_dir() and not path.is_symlink():
@@ -195,17 +212,26 @@ def write_folder(dst: PathLike, files: dict[str, bytes], what: str, fill: Callab
 
 
 class FileLock:
-    """An exclusive flock on `path` (released by the OS if the process dies); waits up to `timeout` s."""
+    """An exclusive flock on `path` (released by the OS if the process dies); waits up to `timeout` s.
+    `read_only_ok`: where the lock file cannot be made (a read-only mount or folder), go on unlocked - no
+    writer can change what is there either, and a write the holder attempts fails and says why."""
 
-    def __init__(self, path: PathLike, what: str, timeout: float = 60.0):
+    def __init__(self, path: PathLike, what: str, timeout: float = 60.0, read_only_ok: bool = False):
         self.path, self.what, self.timeout, self._file, self._depth = Path(path), what, timeout, None, 0
+        self.read_only_ok = read_only_ok
 
     def acquire(self) -> "FileLock":
         """Take the lock (re-entrant for this object: nested acquires just count)."""
         if self._depth:
             self._depth += 1
             return self
-        f = open(self.path, "a+b")
+        try:
+            f = open(self.path, "a+b")
+        except OSError as e:
+            if not (self.read_only_ok and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+                raise
+            self._depth = 1
+            return self
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -124,3 +124,16 @@ def safe_child(folder: PathLike, name: str, what: str) -> Path:
     if path.is_symlink() or (path.exists() and folder.resolve() not in path.resolve().parents):
         raise ValueError(f"{what}: {path} is a link that points outside {folder}; refusing to follow it")
     return path
+
+
+def no_links_below(root: PathLike, path: PathLike, what: str) -> Path:
+    """`path` (inside `root`), once no folder or file on the way from `root` down to it is a symbolic link:
+    what is deleted or replaced there is then inside `root`, never somewhere a link points to."""
+    root, path = Path(root), Path(path)
+    at = root
+    for part in path.relative_to(root).parts:
+        at = at / part
+        if at.is_symlink():
+            raise ValueError(f"{what}: {at} is a symbolic link; refusing to follow it out of {root} "
+                             f"(replace the link with the folder or file itself)")
+    return path

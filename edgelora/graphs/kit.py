@@ -18,7 +18,7 @@ from ..core.lora import Layout, default_alpha
 from ..files.adapter import layout_for
 from ..files.bundle import Manifest
 from ..files.fileio import PathLike, dumps_json, write_folder
-from ..files.formats import check_version, digest
+from ..files.formats import check_checksum, check_version, digest, with_checksum
 from ..files.outputs import check_target, folder_kind
 from ..files.readers import read_bounded, read_json, safe_child
 from ..files.schema import check, normalize, to_dict
@@ -29,6 +29,8 @@ KIT_FORMAT_VERSION = 1
 CONTRACT_FILE, TRAIN_FILE, EVAL_FILE = "kit.json", "train_epoch.onnx", "evaluate.onnx"
 MAX_GRAPH_BYTES = 64 * 2**20
 BETAS, EPS = (0.9, 0.999), 1e-8  # optim.Adam's defaults
+CONTRACT_FIELDS = {"format", "format_version", "opset", "ir_version", "oldest_onnxruntime", "backbone", "recipe",
+                   "layout", "defaults", "prng", "graphs", "checksum"}
 KIT_KIND = folder_kind("training kit folder", CONTRACT_FILE, (TRAIN_FILE, EVAL_FILE))
 
 
@@ -68,7 +70,7 @@ class Kit:
         `overwrite` (see edgelora.files.outputs)."""
         check_target(folder, KIT_KIND, overwrite=overwrite)
         return write_folder(folder, {TRAIN_FILE: self.train_epoch, EVAL_FILE: self.evaluate,
-                                     CONTRACT_FILE: dumps_json(self.contract)}, "training kit")
+                                     CONTRACT_FILE: dumps_json(with_checksum(self.contract))}, "training kit")
 
 
 def kit_layout(kit: Kit) -> Layout:
@@ -139,27 +141,38 @@ def load_kit(folder: PathLike, manifest: Manifest | None = None) -> Kit:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"training kit not found: expected a folder with {CONTRACT_FILE} at {folder}")
-    contract = read_json(safe_child(folder, CONTRACT_FILE, "kit contract"), "kit contract")
+    path = safe_child(folder, CONTRACT_FILE, "kit contract")
+    contract = read_json(path, "kit contract")
     if not isinstance(contract, dict) or contract.get("format") != "edgelora-training-kit":
-        raise ValueError(f"{folder / CONTRACT_FILE}: expected an edgelora training kit contract, found "
+        raise ValueError(f"{path}: expected an edgelora training kit contract, found "
                          f"format {contract.get('format') if isinstance(contract, dict) else type(contract).__name__!r}")
-    check_version(contract, KIT_FORMAT_VERSION, str(folder / CONTRACT_FILE))
-    missing = sorted({"backbone", "recipe", "layout", "graphs"} - set(contract)) or \
-        sorted({"train_epoch", "evaluate"} - set(contract["graphs"] if isinstance(contract["graphs"], dict) else ()))
-    if missing:
-        raise ValueError(f"{folder / CONTRACT_FILE}: missing {missing}; the kit is incomplete, rebuild it with `edgelora kit`")
-    blobs = {}
-    for key, info in contract["graphs"].items():
-        path = safe_child(folder, info["file"], f"kit graph {key}")
-        blob = read_bounded(path, f"kit graph {key}", MAX_GRAPH_BYTES)
-        if digest(blob) != info["sha256"]:
-            raise ValueError(f"{path} is corrupt or truncated: its SHA-256 does not match {CONTRACT_FILE} "
-                             f"(expected {info['sha256']}); rebuild the kit with `edgelora kit`")
-        blobs[key] = blob
-    kit = Kit(blobs["train_epoch"], blobs["evaluate"], contract)
+    check_version(contract, KIT_FORMAT_VERSION, str(path))
+    rebuild = "rebuild the kit with `edgelora kit`"
+    unknown = sorted(set(contract) - CONTRACT_FIELDS)
+    if unknown:  # a contract without a checksum (older kits) is still read, so its field names are checked
+        raise ValueError(f"{path}: unknown field(s) {unknown[:5]}; the file is corrupt or was edited - {rebuild}")
+    contract = check_checksum(contract, str(path), rebuild)
+    try:
+        blobs = {key: _graph(folder, key, contract["graphs"][key]) for key in ("train_epoch", "evaluate")}
+        kit = Kit(blobs["train_epoch"], blobs["evaluate"], contract)
+        kit_layout(kit), recipe_of(kit)  # every field the runtime reads, so none is missing later
+        contract["backbone"]["identity"], contract["backbone"]["task"], contract["layout"]["size"]
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: missing or malformed field {e!s:.80}; the kit is incomplete or corrupt - "
+                         f"{rebuild}") from None
     if manifest is not None:
         check_backbone(kit, manifest, str(folder))
     return kit
+
+
+def _graph(folder: Path, key: str, info: dict) -> bytes:
+    """The bytes of graph `key`, checked against the SHA-256 the contract records for it."""
+    path = safe_child(folder, info["file"], f"kit graph {key}")
+    blob = read_bounded(path, f"kit graph {key}", MAX_GRAPH_BYTES)
+    if digest(blob) != info["sha256"]:
+        raise ValueError(f"{path} is corrupt or truncated: its SHA-256 does not match {CONTRACT_FILE} "
+                         f"(expected {info['sha256']}); rebuild the kit with `edgelora kit`")
+    return blob
 
 
 def check_backbone(kit: Kit, manifest: Manifest, where: str = "training kit") -> None:

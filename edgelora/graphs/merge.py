@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
-from ..files.bundle import Manifest, model_path, verify_bundle
-from ..files.fileio import PathLike, atomic_write
+from ..files.bundle import Manifest, load_manifest, read_external, read_model, verify_bundle
+from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.outputs import check_target, file_kind
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
@@ -50,7 +51,7 @@ def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool =
     """Write backbone + skip adapters whose weights are graph inputs (`lora.*`, any rank r) with
     defaults that leave the base output unchanged; feed them, or activate an `.onnx_adapter`."""
     check_target(out_path, MERGED_KIND, overwrite=overwrite)
-    manifest = verify_bundle(bundle_dir)
+    manifest = load_manifest(bundle_dir)  # _build checks the files
     c = manifest.num_outputs
     defaults = {f"{LORA_PREFIX}A.{t.name}": np.zeros((t.width, 1), np.float32) for t in manifest.taps}
     defaults.update({f"{LORA_PREFIX}B": np.zeros((len(manifest.taps), c), np.float32),
@@ -113,7 +114,7 @@ def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
 def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.TensorProto],
            bake_preprocess: bool) -> onnx.ModelProto:
     """The backbone graph with the adapter nodes appended and only the adapted output left."""
-    proto = onnx.load(str(model_path(bundle_dir, manifest)))
+    proto = _backbone(bundle_dir, manifest)
     g = proto.graph
     if bake_preprocess:
         _standardize(g, manifest, f"bundle {bundle_dir}")
@@ -133,6 +134,24 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
                    helper.make_node("Add", [y1, f"{LORA_PREFIX}bias"], [name], name="lora_add_bias")])
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", manifest.num_outputs]))
+    return proto
+
+
+def _backbone(bundle_dir: PathLike, manifest: Manifest) -> onnx.ModelProto:
+    """The backbone as its digests vouch for it: the ONNX bytes checked against the fingerprint, and each
+    external-data file checked and loaded from those bytes (never from a path onnx resolves itself)."""
+    blob = read_model(bundle_dir, manifest)
+    external = read_external(bundle_dir, manifest, blob)
+    try:
+        proto = onnx.load_from_string(blob)
+        if external:
+            with tempfile.TemporaryDirectory(prefix="edgelora-merge-") as scratch:
+                for name, data in external.items():
+                    write_file(Path(scratch) / name, data)
+                load_external_data_for_model(proto, scratch)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, OSError for a model it cannot read
+        raise ValueError(f"bundle {bundle_dir}: onnx cannot read {manifest.model_file} ({type(e).__name__}: {e}); "
+                         f"re-export the bundle") from None
     return proto
 
 

@@ -37,6 +37,7 @@ from ..core import lora
 from ..core.losses import log_softmax
 from ..core.metrics import evaluate_outputs
 from ..files.data import as_inputs, as_targets, num_samples
+from ..files.fileio import remove_stale
 from ..files.schema import check, normalize, to_dict
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
@@ -122,7 +123,8 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
     with store.lock(config.lock_timeout):
         folder = store.adapter_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        data = Samples.load(folder / "data", m)
+        remove_stale(folder)  # what writers killed mid-session left (temps of data, current.json)
+        data = Samples.load(store.adapter_dir(name, "data"), m)
         cur = store.current(name)
         current = store.load(name, cur, m) if cur is not None else None
         keys = sample_keys(inputs)
@@ -172,7 +174,7 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
             result.version = info.version
             step("version_written")
         counts["backbone_runs"] = cache.misses - misses
-        data.save(folder / "data", {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data.save(store.adapter_dir(name, "data"), {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                     "new": counts["new"], "duplicates": counts["duplicates"],
                                     "holdout": counts["holdout_new"], "decision": result.decision,
                                     "version": result.version, "reason": result.reason})

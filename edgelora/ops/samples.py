@@ -4,7 +4,8 @@ On disk, a checked folder (edgelora.files.checked: swapped in atomically, every 
     samples.npz     input.0 .. input.{k-1} (manifest input order), y, keys (N, 16) uint8, session (N,) int32,
                     holdout (N,) bool
     sessions.json   {"format_version", "samples_sha256": SHA-256 of samples.npz, "sessions": one record per
-                    session: session, date, new, duplicates, holdout, decision, version, reason}
+                    session: session, date, new, duplicates, holdout, decision, version, reason; "checksum" of
+                    the rest (format 2; format 1, without it, is still read)}
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from ..runtime.cache import KEY_BYTES
 
 SAMPLES_FILE = "samples.npz"
 SESSIONS_FILE = "sessions.json"
-SAMPLES_FORMAT_VERSION = 1
+SAMPLES_FORMAT_VERSION = 2
 SAMPLES_FOLDER = CheckedFolder("adapter's samples", SESSIONS_FILE, {SAMPLES_FILE: "samples_sha256"},
-                               SAMPLES_FORMAT_VERSION, max_bytes=MAX_DATA_BYTES,
+                               SAMPLES_FORMAT_VERSION, max_bytes=MAX_DATA_BYTES, self_checksum=True,
                                remedy="restore the adapter's data folder or delete it (the adapter's versions are "
                                       "unaffected)")
 

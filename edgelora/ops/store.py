@@ -5,8 +5,8 @@
       .lock                         writers hold an flock on it (readers never lock)
       cache/                        the Skip-Cache shared by every adapter (one folder per backbone)
       adapters/NAME/
-        current.json                {"version": 3}: replaced atomically (os.replace); absent = none yet
-        pins.json                   [2, 3]: versions protected from delete and prune
+        current.json                {"version": 3, "checksum"}: replaced atomically (os.replace); absent = none yet
+        pins.json                   {"pins": [2, 3], "checksum"}: versions protected from delete and prune
         versions/v0003/             adapter_config.json + adapter_model.safetensors + version.json (checksummed)
         data/                       the adapter's accumulated samples (edgelora.ops.personalize)
 
@@ -25,9 +25,9 @@ from typing import Iterator
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest
 from ..files.fileio import FileLock, PathLike, atomic_write, dumps_json, remove_dir, remove_stale
-from ..files.formats import check_version
+from ..files.formats import check_checksum, check_version, with_checksum
 from ..files.outputs import check_target, folder_kind
-from ..files.readers import read_json, safe_child
+from ..files.readers import no_links_below, read_json, safe_child
 from ..files.schema import to_dict
 from .versions import (NAME, VERSION_DIR, VERSION_FILE, VersionInfo, check_name, dumps_info, now, read_info,
                        version_folder)
@@ -73,15 +73,17 @@ class AdapterStore:
         """Where the Skip-Cache shared by this store's adapters lives."""
         return self.root / "cache"
 
-    def adapter_dir(self, name: str) -> Path:
-        return safe_child(self.root / "adapters", check_name(name), "adapter name")
+    def adapter_dir(self, name: str, *parts: str) -> Path:
+        """The folder of adapter `name` (or `parts` inside it), reached without following a link out of the store."""
+        folder = safe_child(self.root / "adapters", check_name(name), "adapter name")
+        return no_links_below(self.root, folder.joinpath(*parts), f"adapter store {self.root}")
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.adapter_dir(name) / "versions" / version_folder(version)
+        return self.adapter_dir(name, "versions", version_folder(version))
 
     def pointer_path(self, name: str) -> Path:
         """The small file whose replacement publishes a version (servers stat it to notice changes)."""
-        return self.adapter_dir(name) / CURRENT_FILE
+        return self.adapter_dir(name, CURRENT_FILE)
 
     # --- reading -----------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -122,21 +124,36 @@ class AdapterStore:
 
     def current(self, name: str) -> int | None:
         """The version being served, or None before the first one is published."""
-        path = self._need(name) / CURRENT_FILE
+        self._need(name)
+        path = self.pointer_path(name)
         if not path.exists():
             return None
-        data = read_json(path, "current pointer")
+        data = self._record(path, "current pointer", {"version"})
         v = data.get("version") if isinstance(data, dict) else None
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{path}: expected {{\"version\": <positive integer>}}, found {data!r}")
         return v
 
     def pins(self, name: str) -> list[int]:
-        path = self._need(name) / PINS_FILE
-        data = read_json(path, "pins") if path.exists() else []
-        if not isinstance(data, list) or not all(isinstance(v, int) for v in data):
+        self._need(name)
+        path = self.adapter_dir(name, PINS_FILE)
+        data = self._record(path, "pins", {"pins"}) if path.exists() else {"pins": []}
+        data = data.get("pins") if isinstance(data, dict) else data   # stores before the checksum: a bare list
+        if not isinstance(data, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in data):
             raise ValueError(f"{path}: expected a list of version numbers, found {data!r}")
         return sorted(data)
+
+    def _record(self, path: Path, what: str, fields: set[str]):
+        """A small JSON record of the store, checked against its `checksum` (one written before records had a
+        checksum is read as it is): a changed byte is refused, naming the file."""
+        name = path.parent.name
+        data = check_checksum(read_json(path, what), str(path),
+                              f"fix it with `edgelora store` (rollback, pin or unpin {name}) after checking "
+                              f"`edgelora store list {self.root} {name}`")
+        if isinstance(data, dict) and set(data) != fields:
+            raise ValueError(f"{path}: {what} should hold only {sorted(fields)} and a checksum, found "
+                             f"{sorted(data)[:8]}; the file is corrupt or was edited")
+        return data
 
     def load(self, name: str, version: int | None = None, manifest: Manifest | None = None) -> Adapter:
         """The adapter of `version` (default: the current one), validated (and against `manifest`)."""
@@ -174,8 +191,7 @@ class AdapterStore:
                     status: str = "accepted", reason: str = "", metrics: dict | None = None,
                     extra: dict | None = None) -> VersionInfo:
         """Write `adapter` as the next version of `name` (created if new); does not change `current`."""
-        folder = self.adapter_dir(name)
-        versions = folder / "versions"
+        versions = self.adapter_dir(name, "versions")
         versions.mkdir(parents=True, exist_ok=True)
         remove_stale(versions)
         number = max(self.version_numbers(name), default=0) + 1
@@ -190,7 +206,7 @@ class AdapterStore:
     def set_current(self, name: str, version: int) -> None:
         """Serve `version` from now on (one atomic file replace)."""
         self.info(name, version)  # must exist and be readable
-        atomic_write(self.pointer_path(name), dumps_json({"version": int(version)}))
+        atomic_write(self.pointer_path(name), dumps_json(with_checksum({"version": int(version)})))
 
     @_locked
     def rollback(self, name: str, to: int | None = None) -> int:
@@ -215,7 +231,7 @@ class AdapterStore:
         self._need_version(name, version)
         pins = set(self.pins(name))
         pins = pins | {version} if pinned else pins - {version}
-        atomic_write(self.adapter_dir(name) / PINS_FILE, dumps_json(sorted(pins)))
+        atomic_write(self.adapter_dir(name, PINS_FILE), dumps_json(with_checksum({"pins": sorted(pins)})))
         return sorted(pins)
 
     @_locked
@@ -238,7 +254,7 @@ class AdapterStore:
         if version in pins and not force:
             raise ValueError(f"v{version} of {name!r} is pinned; unpin it first, or pass force")
         if version == cur:
-            (folder / CURRENT_FILE).unlink()  # nothing is served rather than a missing version
+            self.pointer_path(name).unlink()  # nothing is served rather than a missing version
         if version in pins:
             self.pin(name, version, pinned=False)
         remove_dir(self.version_dir(name, version))

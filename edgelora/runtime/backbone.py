@@ -6,20 +6,41 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..files.bundle import Manifest, load_manifest, model_path, read_model
+from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from . import stop
+
+RUN_TIME_LIMIT = 600.0  # seconds one run of the backbone (a batch) may take before it is stopped
+
+
+class NonFiniteError(ValueError):
+    """The backbone computed NaN or Inf for some samples: `samples`, their positions in what was run."""
+
+    def __init__(self, where: str, samples):
+        self.where, self.samples = where, np.asarray(samples, np.int64)
+        shown = ", ".join(map(str, self.samples[:10].tolist())) + (", ..." if len(self.samples) > 10 else "")
+        super().__init__(f"{where}: the backbone computed NaN or Inf for {len(self.samples)} sample(s) ({shown}; "
+                         f"counted from 0); nothing was cached for them - check those inputs (values far out of "
+                         f"range?) or the model")
+
+    def within(self, index) -> "NonFiniteError":
+        """The same error for a caller that ran the subset `index` of its samples: positions mapped back."""
+        return NonFiniteError(self.where, np.asarray(index)[self.samples])
 
 
 class Backbone:
     """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
 
-    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64):
+    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64,
+                 time_limit: float | None = RUN_TIME_LIMIT):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
-        self.bundle_dir = Path(bundle_dir)
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"`time_limit` should be a number of seconds > 0 or None, found {time_limit!r}")
+        self.bundle_dir, self.time_limit = Path(bundle_dir), time_limit
         self.manifest: Manifest = load_manifest(bundle_dir)
         self._identity = self.manifest.identity
         self.batch_size = batch_size
@@ -30,11 +51,18 @@ class Backbone:
         opts.log_severity_level = 3
         path = model_path(bundle_dir, self.manifest)
         blob = read_model(bundle_dir, self.manifest)
+        external = read_external(bundle_dir, self.manifest, blob)
+        if external:  # onnxruntime reads them from these checked bytes, never from a path it resolves itself
+            if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
+                raise ValueError(f"bundle {bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
+                                 f"onnxruntime (found {ort.__version__}); upgrade onnxruntime")
+            opts.add_external_initializers_from_files_in_memory(
+                list(external), [np.frombuffer(b, np.uint8) for b in external.values()], [len(b) for b in external.values()])
         try:
             self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
-        del blob
+        del blob, external
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
         ends = np.cumsum((0, self.manifest.num_outputs) + self.manifest.tap_widths).tolist()
@@ -86,16 +114,31 @@ class Backbone:
         r = np.empty(shape, np.float32) if out is None else out
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
-            try:
-                outs = self._session.run(self._outputs, feed)
-            except Exception as e:  # onnxruntime's own types: out-of-range token ids, inconsistent shapes, ...
-                raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on samples {a}.."
-                                 f"{min(a + self.batch_size, n) - 1}: {e}; check the input values (token ids "
-                                 f"within the vocabulary, say) and shapes") from None
+            outs = self._run(feed, f"samples {a}..{min(a + self.batch_size, n) - 1}")
             m = len(outs[0])
             for o, (lo, hi) in zip(outs, spans):
                 r[a:a + m, lo:hi] = o
+            self._check_finite(r[a:a + m], a)
         return r
+
+    def _run(self, feed: dict, which: str) -> list[np.ndarray]:
+        """One onnxruntime run, stopped after `time_limit` s or by Ctrl-C/SIGTERM (runtime/stop.py)."""
+        with stop.limited(self.time_limit) as options:
+            try:
+                return self._session.run(self._outputs, feed, options)
+            except Exception as e:  # onnxruntime's own types: out-of-range token ids, inconsistent shapes, ...
+                if options.terminate:  # the time limit, or Ctrl-C/SIGTERM (whose handler runs next)
+                    raise ValueError(f"bundle {self.bundle_dir}: the backbone was stopped on {which}: it ran for "
+                                     f"more than the time limit of {self.time_limit:g} s, or was interrupted (a "
+                                     f"model that loops without end?)") from None
+                raise ValueError(f"bundle {self.bundle_dir}: the backbone failed on {which}: {e}; check the input "
+                                 f"values (token ids within the vocabulary, say) and shapes") from None
+
+    def _check_finite(self, rows: np.ndarray, first: int) -> None:
+        """Refuse NaN or Inf in the backbone's outputs, naming the samples, before anything uses or caches them."""
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if len(bad):
+            raise NonFiniteError(f"bundle {self.bundle_dir}", first + bad)
 
     def _prep(self, name: str, v: np.ndarray) -> np.ndarray:
         if name not in self._pre:

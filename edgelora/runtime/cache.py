@@ -19,7 +19,7 @@ import numpy as np
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 from ..files.outputs import folder_kind
-from .backbone import Backbone
+from .backbone import Backbone, NonFiniteError
 from .cache_rows import CACHE_FORMAT_VERSION, KEY_BYTES, DiskRows, RamRows
 
 FILL_CHUNK = 256  # samples per step of a fill: bounds its temporaries (inputs + rows: 1.2 MB for the fan MLP)
@@ -116,7 +116,10 @@ class SkipCache:
             max(1, min(FILL_CHUNK, self.memory_budget // (4 * self.width * 4)))  # a step's float32 rows <= budget / 4
         for a in range(0, len(keys), step):
             sel = idx[a:a + step]
-            rows = self.backbone.rows({k: v[sel] for k, v in inputs.items()}, validated=True)
+            try:
+                rows = self.backbone.rows({k: v[sel] for k, v in inputs.items()}, validated=True)
+            except NonFiniteError as e:
+                raise e.within(sel) from None
             if self.dtype == np.float16 and np.abs(rows).max() > np.finfo(np.float16).max:
                 raise ValueError(f"backbone outputs exceed the float16 range (max |value| "
                                  f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")

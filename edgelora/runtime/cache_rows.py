@@ -72,7 +72,8 @@ class DiskRows:
         path.mkdir(parents=True, exist_ok=True)
         # opening and appending hold an flock, so two processes never write at once; the lock file sits
         # beside the folder, which a rebuild may delete
-        self._lock = FileLock(path.with_name(f".{path.name}.lock"), f"cache {path}", LOCK_TIMEOUT)
+        self._lock = FileLock(path.with_name(f".{path.name}.lock"), f"cache {path}", LOCK_TIMEOUT,
+                              read_only_ok=True)
         self.keys: list[bytes] = []
         self.repaired = self.cut_bytes = 0
         with self._lock:

@@ -17,7 +17,7 @@ import numpy as np
 from ..core import crossval
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
-from .backbone import Backbone
+from .backbone import Backbone, NonFiniteError
 from .cache import SkipCache
 from .train_config import TrainConfig, training_split
 
@@ -46,8 +46,11 @@ class FeatureSource:
         chunk = chunk or n
         rows = []
         for a in range(0, n, chunk):
-            rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
-                                   keys=None if keys is None else keys[a:a + chunk]))
+            try:
+                rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
+                                       keys=None if keys is None else keys[a:a + chunk]))
+            except NonFiniteError as e:  # name the samples by their place in `inputs`
+                raise e.within(np.arange(a, min(a + chunk, n))) from None
             if progress:
                 progress(a + len(rows[-1]))
         return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)

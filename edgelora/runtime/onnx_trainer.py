@@ -139,8 +139,8 @@ def train_features(features: FeatureSource, targets: np.ndarray, split: tuple[np
     flat, run = train_rows(kit, features.rows(train_idx), targets[train_idx], config, val=val, threads=threads,
                            callback=callback)
     history.epochs, history.best_epoch, history.stopped = run["epochs"], run["best_epoch"], run["stopped"]
-    history.chosen = {"r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
-                      "tap_scaling": "none", "epochs": config.epochs}
+    history.chosen = {"form": "skip", "r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
+                      "tap_scaling": "none", "epochs": config.epochs}  # the keys the numpy engine reports
     if val is not None:
         history.val_metrics = evaluate_outputs(run["val_outputs"], val[1], m.task)
     history.train_seconds = time.perf_counter() - start

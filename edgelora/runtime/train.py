@@ -22,7 +22,7 @@ from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.bundle import Manifest
-from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_checkpoint
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
@@ -40,7 +40,8 @@ Split = tuple[np.ndarray, np.ndarray]  # (train_idx, val_idx)
 def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, cache: SkipCache | None = None,
              init: Adapter | None = None, use_cache: bool = True, callback: Callable[[dict], None] | None = None,
              checkpoint_dir: PathLike | None = None, resume: bool = False,
-             engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None) -> tuple[Adapter, History]:
+             engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None,
+             checkpoint_every: tuple[str, float] | None = None) -> tuple[Adapter, History]:
     """Train skip adapters on (x, y) over the frozen backbone; returns the adapter and its history.
 
     By default the recipe (adapter form, tap scaling, number of epochs, and any "auto" setting) is chosen by
@@ -49,8 +50,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
-    With `checkpoint_dir` the state is saved atomically after every epoch; `resume` continues from it
-    and ends with the same adapter as an uninterrupted run.
+    With `checkpoint_dir` the state is saved atomically at the end of every run and in between as
+    `checkpoint_every` says (files/checkpoint.parse_every; default: at most ~10 % of the time); `resume`
+    continues from it and ends with the same adapter as an uninterrupted run.
     `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py; `kit`, built from
     `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
     onnxruntime client.
@@ -59,13 +61,15 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
                    engine=engine, kit=kit)  # before any backbone work
     features, targets, split = prepare(backbone, x, y, config, cache=cache, use_cache=use_cache)
     return finetune_features(features, targets, split, config, init=init, callback=callback,
-                             checkpoint_dir=checkpoint_dir, resume=resume, engine=engine, kit=kit)
+                             checkpoint_dir=checkpoint_dir, resume=resume, engine=engine, kit=kit,
+                             checkpoint_every=checkpoint_every)
 
 
 def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                       init: Adapter | None = None, callback: Callable[[dict], None] | None = None,
                       checkpoint_dir: PathLike | None = None, resume: bool = False,
-                      engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None) -> tuple[Adapter, History]:
+                      engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None,
+                      checkpoint_every: tuple[str, float] | None = None) -> tuple[Adapter, History]:
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
     fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx)."""
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
@@ -74,12 +78,12 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
         from .onnx_trainer import train_features  # the kit's graphs need onnx: loaded only when asked for
         return train_features(features, targets, split, config, kit=kit, callback=callback)
     return _train_numpy(features, targets, split, config, init=init, callback=callback,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+                        checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every)
 
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
-                 resume: bool) -> tuple[Adapter, History]:
+                 resume: bool, checkpoint_every: tuple[str, float] | None = None) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     m, (train_idx, val_idx) = features.manifest, split
@@ -96,6 +100,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in recipes)}
     val_features = {sc: f(val_idx) for sc, f in scaled.items()} if features.static and len(val_idx) else {}
     runs: list[Run] = []
+    pace = Pacer(checkpoint_every)
     for i, rc in enumerate(recipes):
         run = Run(layout_for(m, rc.r, bias), scale=_alpha(rc.form, rc.r, config, init) / rc.r,
                   weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
@@ -103,8 +108,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
         if saved is not None and i < len(saved[0]["runs"]):
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
-        on_epoch = None if checkpoint_dir is None else \
-            (lambda _, done=runs + [run]: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)))
+        on_epoch = None if checkpoint_dir is None else (lambda r, done=runs + [run]: pace(  # files.checkpoint.Pacer
+            lambda: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)), finished=r.stopped is not None))
         run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
                 val=val_features.get(rc.tap_scaling))
         runs.append(run)
