@@ -1,0 +1,55 @@
+"""The devices' evaluation replies: checked as train replies are, and combined so that no device chooses.
+
+With `evaluate`, each device reports the shared adapter's metrics on its own validation split and the
+server keeps the round with the lowest loss. A reply whose count is not an integer in [1, max-samples],
+whose loss is not a finite non-negative number (cross-entropy and squared error are >= 0) or whose other
+metrics are not finite is refused. Counts are capped at the round's median x sample-cap before weighting,
+and the round is chosen by `loss-median`, the median of the devices' losses, which one device, or any
+minority, cannot move beyond the honest devices' range. Nothing here imports flwr.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .robust import cap_samples
+
+NUM_EXAMPLES = "num-examples"
+LOSS_MEDIAN = "loss-median"   # what chooses the kept round
+
+
+def check_metrics(metrics, meta, server_round: int, max_samples: int) -> str | None:
+    """Why an evaluation reply must be ignored, or None."""
+    if metrics is None:
+        return "no `metrics` record"
+    if meta is None or meta.get("round") != server_round:
+        return f"evaluation for round {None if meta is None else meta.get('round')!r} (expected {server_round}): stale"
+    n = metrics.get(NUM_EXAMPLES)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_samples:
+        return f"num-examples {n!r} (expected an integer in [1, {max_samples}])"
+    loss = metrics.get("loss")
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss < 0:
+        return f"loss {loss!r} (expected a finite number >= 0)"
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    return f"non-finite metrics {bad}" if bad else None
+
+
+def mean_metrics(records: list, weights: list[float]) -> dict:
+    """Weighted mean of the numeric metrics every record has; `num-examples` is the sum of the counts."""
+    if not records:
+        return {}
+    keys = set.intersection(*(set(r.keys()) for r in records)) - {NUM_EXAMPLES}
+    total = float(sum(weights))
+    out = {k: sum(w * float(r[k]) for r, w in zip(records, weights)) / total for k in sorted(keys)
+           if all(isinstance(r[k], (int, float)) for r in records)}
+    out[NUM_EXAMPLES] = int(sum(r.get(NUM_EXAMPLES, 0) for r in records))
+    return out
+
+
+def robust_metrics(records: list, sample_cap: float) -> dict:
+    """Checked evaluation records combined: means weighted by capped counts, plus the median loss."""
+    weights = cap_samples([int(r[NUM_EXAMPLES]) for r in records], sample_cap)
+    out = mean_metrics(records, weights)
+    out[LOSS_MEDIAN] = float(np.median([float(r["loss"]) for r in records]))
+    return out
