@@ -1,0 +1,148 @@
+"""Poisoning a fleet on real data (har): 30 devices as in fleet_har, 1 or 3 of them malicious.
+
+    python -m device_bench.fleet_poison [--seeds 3] [--rounds 5] [--rules mean median trimmed] [--out DIR]
+
+Devices are fleet_har's (21 source users with all their windows, 9 test users with their first halves);
+the malicious ones are the first 1 or 3 source users, running device_bench.faulty_client's attacks: liar
+(10^6 samples, +999 on one class's bias), bias (the same with its honest count), scale (x50), replay (its
+first update again), eval-lie (10^9 samples, loss -1e30), eval-nan (NaN loss). Every fleet evaluates
+(the server keeps the round with the lowest median validation loss), for `rounds` rounds of 2 local
+epochs. Reported: the mean test-half accuracy of the 9 test users with the kept shared adapter, against
+the honest-only fleet under the same rule and against `fedavg` (the unbounded sample-weighted mean the
+fleet used before robust aggregation); and whether every device's store still loads its shared adapter.
+Writes DIR/results.json and DIR/results.md.
+"""
+from __future__ import annotations
+
+import os
+
+from .profile import THREADS_ENV
+
+os.environ.update(THREADS_ENV)  # one thread everywhere, before numpy is imported
+os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from edgelora import Backbone, load_adapter  # noqa: E402
+from edgelora.fleet.device import RoundSettings  # noqa: E402
+from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
+from edgelora.fleet.server_app import run_fleet  # noqa: E402
+from edgelora.fleet.settings import FleetSettings  # noqa: E402
+from edgelora.ops.store import AdapterStore  # noqa: E402
+
+from . import faulty_client, protocols  # noqa: E402
+from .backbones import REPO, reference_bundle  # noqa: E402
+from .fleet_har import BUNDLES, LOCAL_EPOCHS, per_user, write_devices  # noqa: E402
+
+OUT = REPO / "bench_out" / "fleet_poison"
+ROUNDS = 5
+ATTACKS = ("liar", "bias", "scale", "replay", "eval-lie", "eval-nan")
+MALICIOUS = (1, 3)
+logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def stores_usable(nodes: list[dict], backbone: Backbone) -> bool:
+    """Every device that received a shared adapter can still load the one it serves."""
+    for n in nodes:
+        store = AdapterStore(Path(n["workdir"]) / "store")
+        if store.exists("fleet") and store.current("fleet") is not None:
+            try:
+                store.load("fleet", manifest=backbone.manifest)
+            except ValueError:
+                return False
+    return True
+
+
+def one_fleet(root: Path, bundle: Path, data: dict, backbone: Backbone, seed: int, rounds: int, rule: str,
+              attack: str | None, k: int) -> dict:
+    nodes = write_devices(root, bundle, data)
+    for n in nodes[:k]:
+        n["fault"] = attack
+    settings = FleetSettings(bundle=str(bundle), out=str(root / "shared"), num_rounds=rounds, min_clients=len(nodes) - k,
+                             seed=seed, evaluate=True, aggregation=rule,
+                             round=RoundSettings(local_epochs=LOCAL_EPOCHS, seed=seed))
+    start = time.perf_counter()
+    log = run_fleet(LocalGrid(faulty_client.app, nodes), settings)
+    shared = load_adapter(root / "shared", backbone.manifest)
+    return {"accuracy": float(np.mean(list(per_user(backbone, data, shared).values()))),
+            "best_round": log.get("best_round"), "stores_usable": stores_usable(nodes, backbone),
+            "rejected": sum(len(r["rejected"]) for r in log["rounds"]),
+            "evaluate_rejected": sum(len(r.get("evaluate_rejected", [])) for r in log["rounds"]),
+            "seconds": time.perf_counter() - start}
+
+
+def run(out: Path, seeds: int, rounds: int, rules: list[str], attacks: list[str], log=print) -> dict:
+    data = protocols.har()
+    bundle = reference_bundle("har", data, BUNDLES)
+    backbone = Backbone(bundle, threads=1)
+    res = {}
+    for seed in range(seeds):
+        for rule in ["fedavg"] + [r for r in rules if r != "fedavg"]:
+            cases = [(None, 0)] + ([(a, k) for a in attacks for k in MALICIOUS] if rule != "fedavg" else [])
+            for attack, k in cases:
+                key = f"{rule}/{attack or 'honest'}/{k}"
+                r = one_fleet(out / "work", bundle, data, backbone, seed, rounds, rule, attack, k)
+                res.setdefault(key, []).append(r)
+                log(f"  seed {seed} {key}: {100 * r['accuracy']:.2f} % (round {r['best_round']}, "
+                    f"rejected {r['rejected']}+{r['evaluate_rejected']}, stores usable {r['stores_usable']}, "
+                    f"{r['seconds']:.0f} s)")
+    return res
+
+
+def summarise(res: dict) -> dict:
+    acc = {key: float(np.mean([r["accuracy"] for r in runs])) for key, runs in res.items()}
+    rows = {}
+    for key in res:
+        rule, attack, k = key.split("/")
+        honest = acc[f"{rule}/honest/0"]
+        rows[key] = {"accuracy": acc[key], "vs_honest": acc[key] - honest,
+                     "stores_usable": all(r["stores_usable"] for r in res[key]),
+                     "within_1_point": acc[key] >= honest - 0.01}
+    today = acc["fedavg/honest/0"]
+    for key, row in rows.items():
+        if key.endswith("honest/0"):
+            row["vs_today"] = row["accuracy"] - today
+    return rows
+
+
+def markdown(rows: dict, args) -> str:
+    lines = [f"har, 30 devices, {args.rounds} rounds x {LOCAL_EPOCHS} local epochs, kept round by the devices' "
+             f"median validation loss; seeds 0..{args.seeds - 1} (mean of the 9 test users' test accuracy)", "",
+             "| rule | attack | malicious | accuracy | vs honest-only (same rule) | within 1 point | stores usable |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in rows.items():
+        rule, attack, k = key.split("/")
+        extra = f" (vs fedavg today {100 * r['vs_today']:+.2f})" if "vs_today" in r else ""
+        lines.append(f"| {rule} | {attack} | {k} | {100 * r['accuracy']:.2f} %{extra} | {100 * r['vs_honest']:+.2f} | "
+                     f"{'PASS' if r['within_1_point'] else 'MISS'} | {r['stores_usable']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--rules", nargs="+", choices=("mean", "median", "trimmed"), default=["mean"])
+    p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+    start = time.perf_counter()
+    res = run(a.out, a.seeds, a.rounds, a.rules, a.attacks)
+    rows = summarise(res)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.json").write_text(json.dumps({"runs": res, "summary": rows, "seconds": time.perf_counter() - start,
+                                                    "args": vars(a)}, indent=1, sort_keys=True, default=str))
+    text = markdown(rows, a)
+    (a.out / "results.md").write_text(text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
