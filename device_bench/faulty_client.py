@@ -13,6 +13,8 @@ attacks (well-formed; the server's robust aggregation must bound them):
     replay       from its second round on, resends its first update, claiming the current round and base
     eval-lie     evaluates with 10^9 samples and loss -1e30 (to choose which round the server keeps)
     eval-nan     evaluates with a NaN loss
+    eval-steer   evaluates with loss 0 from round `steer-round` (node config, default 5) on and 1e30 before:
+                 a well-formed bid to make the server keep a later round
 Devices without `fault` behave as edgelora's.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from edgelora.fleet.update import SPEC_KEY, UPDATE_KEY
 
 MALFORMED = ("nan", "shape", "fingerprint")
 ATTACKS = ("liar", "bias", "scale", "replay")
-EVAL_ATTACKS = ("eval-lie", "eval-nan")
+EVAL_ATTACKS = ("eval-lie", "eval-nan", "eval-steer")
 FAULTS = MALFORMED + ATTACKS + EVAL_ATTACKS
 APP = "device_bench.faulty_client:app"      # the `clientapp` component of a Flower app folder
 BIAS_NORM = 999.0                           # just under the fleet's absolute limit (max-norm 1000)
@@ -96,4 +98,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         reply.content["metrics"] = MetricRecord({**metrics, "num-examples": 10**9, "loss": -1e30})
     elif fault == "eval-nan":
         reply.content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "loss": float("nan")})
+    elif fault == "eval-steer":
+        late = int(msg.content["config"]["server-round"]) >= int(context.node_config.get("steer-round", 5))
+        reply.content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "loss": 0.0 if late else 1e30})
     return reply

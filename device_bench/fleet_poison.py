@@ -5,8 +5,9 @@
 Devices are fleet_har's (21 source users with all their windows, 9 test users with their first halves);
 the malicious ones are the first 1 or 3 source users, running device_bench.faulty_client's attacks: liar
 (10^6 samples, +999 on one class's bias), bias (the same with its honest count), scale (x50), replay (its
-first update again), eval-lie (10^9 samples, loss -1e30), eval-nan (NaN loss). Every fleet evaluates
-(the server keeps the round with the lowest median validation loss), for `rounds` rounds of 2 local
+first update again), eval-lie (10^9 samples, loss -1e30), eval-nan (NaN loss), eval-steer (loss 1e30
+until the last round, then 0). Every fleet evaluates (the server keeps the round with the lowest
+weighted validation loss, bounded: edgelora.fleet.evaluation), for `rounds` rounds of 2 local
 epochs. Reported: the mean test-half accuracy of the 9 test users with the kept shared adapter, against
 the honest-only fleet under the same rule and against `fedavg` (the unbounded sample-weighted mean the
 fleet used before robust aggregation); and whether every device's store still loads its shared adapter.
@@ -42,7 +43,7 @@ from .fleet_har import BUNDLES, LOCAL_EPOCHS, per_user, write_devices  # noqa: E
 
 OUT = REPO / "bench_out" / "fleet_poison"
 ROUNDS = 5
-ATTACKS = ("liar", "bias", "scale", "replay", "eval-lie", "eval-nan")
+ATTACKS = ("liar", "bias", "scale", "replay", "eval-lie", "eval-nan", "eval-steer")
 MALICIOUS = (1, 3)
 logging.getLogger("flwr").setLevel(logging.ERROR)
 
@@ -63,7 +64,7 @@ def one_fleet(root: Path, bundle: Path, data: dict, backbone: Backbone, seed: in
               attack: str | None, k: int) -> dict:
     nodes = write_devices(root, bundle, data)
     for n in nodes[:k]:
-        n["fault"] = attack
+        n["fault"], n["steer-round"] = attack, rounds
     settings = FleetSettings(bundle=str(bundle), out=str(root / "shared"), num_rounds=rounds, min_clients=len(nodes) - k,
                              seed=seed, evaluate=True, aggregation=rule,
                              round=RoundSettings(local_epochs=LOCAL_EPOCHS, seed=seed))
@@ -113,7 +114,7 @@ def summarise(res: dict) -> dict:
 
 def markdown(rows: dict, args) -> str:
     lines = [f"har, 30 devices, {args.rounds} rounds x {LOCAL_EPOCHS} local epochs, kept round by the devices' "
-             f"median validation loss; seeds 0..{args.seeds - 1} (mean of the 9 test users' test accuracy)", "",
+             f"bounded weighted validation loss; seeds 0..{args.seeds - 1} (mean of the 9 test users' test accuracy)", "",
              "| rule | attack | malicious | accuracy | vs honest-only (same rule) | within 1 point | stores usable |",
              "|---|---|---|---|---|---|---|"]
     for key, r in rows.items():

@@ -4,9 +4,9 @@ It reads the bundle's manifest (the server never runs the backbone), starts from
 random, B zero) or `init`, runs `num-rounds` rounds of FleetStrategy and, after every round that changed
 it, saves the shared adapter to `out` as an ordinary edgelora adapter (atomic folder swap) and the round
 log to `<out>.rounds.json`. With `evaluate`, devices also report the shared adapter's loss on their own
-validation split after every round and `out` keeps the round with the lowest median of their losses (as
-`finetune` keeps its best epoch; edgelora.fleet.evaluation: no device can choose it); the round log names
-it (`best_round`); until a round has a valid evaluation, `out` holds the latest. A server stopped between rounds
+validation split after every round and `out` keeps the round with the lowest weighted loss (as `finetune`
+keeps its best epoch; replies checked and bounded by edgelora.fleet.evaluation); the round log names it
+(`best_round`); until a round has a valid evaluation, `out` holds the latest. A server stopped between rounds
 leaves the latest (or best) shared adapter on disk.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import load_manifest
 from ..files.fileio import atomic_write
 from .aggregate import ServerOptimizer
-from .evaluation import LOSS_MEDIAN
 from .settings import FleetSettings, check_out, round_to_config, rounds_path
 from .strategy import FleetStrategy
 from .update import SHARED_KEY, AdapterSpec, adapter_from, initial_adapter, spec_for
@@ -57,7 +56,7 @@ def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Ada
         fleet = {"round": info["round"], "devices": info["accepted"], "samples": int(sum(info["samples"])),
                  "strategy": settings.strategy}
         shared = adapter_from(spec, manifest, strategy.shared, {"fleet": fleet, "settings": settings.to_run_config()})
-        loss = info.get("evaluate", {}).get(LOSS_MEDIAN)   # checked replies only: always finite, >= 0
+        loss = info.get("evaluate", {}).get("loss")   # checked replies, bounded (edgelora.fleet.evaluation)
         if info["changed"] and settings.evaluate and loss is not None and loss < log.get("best_loss", float("inf")):
             log["best_round"], log["best_loss"] = info["round"], loss   # devices' validation loss: keep the best
             shared.save(out)
