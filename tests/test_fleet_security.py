@@ -17,9 +17,6 @@ from edgelora import load_adapter  # noqa: E402
 from edgelora.cli import main  # noqa: E402
 from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.fleet import deploy, processes  # noqa: E402
-from edgelora.fleet.certs import make_credentials, read_token  # noqa: E402
-from edgelora.fleet.exposure import check_exposure, is_loopback  # noqa: E402
-from edgelora.fleet.guard import decide  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.ops.store import AdapterStore  # noqa: E402
 
@@ -28,6 +25,7 @@ HOST = "127.0.0.1"
 
 
 def test_certs_writes_a_fresh_folder_with_private_files_private_and_never_replaces_one(tmp_path):
+    from edgelora.fleet.certs import make_credentials, read_token
     made = make_credentials(tmp_path / "creds", ["fleet.example", "10.0.0.5"], ["dev0", "dev1"])
     for key in ("ca_key", "server_key", "token", "node:dev0", "node:dev1"):
         assert stat.S_IMODE(os.stat(made[key]).st_mode) == 0o600, key
@@ -43,6 +41,7 @@ def test_certs_writes_a_fresh_folder_with_private_files_private_and_never_replac
 
 
 def test_error_a_non_loopback_address_without_credentials_is_refused_naming_the_flags(capsys):
+    from edgelora.fleet.exposure import check_exposure, is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
     with pytest.raises(ValueError, match="--ssl-ca-certfile, --ssl-certfile, --ssl-keyfile, --enable-supernode-auth"):
@@ -59,6 +58,7 @@ def test_error_a_non_loopback_address_without_credentials_is_refused_naming_the_
 
 
 def test_guard_serves_devices_the_operator_and_this_machine_only():
+    from edgelora.fleet.guard import decide
     token = "t" * 43
     ok = {b"authorization": f"Bearer {token}".encode()}
     assert decide("/v1/fleet/pull-messages", {}, "203.0.113.9", "10.0.0.5", token) is None
