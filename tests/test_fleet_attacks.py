@@ -122,3 +122,20 @@ def test_replayed_updates_are_refused(tmp_path, demo):
     u = encode_update(np.ones(SPEC.size, np.float32), np.zeros(SPEC.size, np.float32))
     meta = {"fingerprint": SPEC.fingerprint, "round": 3, "base": "sha256:" + "1" * 64}
     assert "replayed" in check_update(u, meta, SPEC, 3, 40, 1000, 1e3, base="sha256:" + "2" * 64)
+
+
+def test_evaluation_checks_name_what_is_wrong_and_bound_what_is_well_formed():
+    from edgelora.fleet.evaluation import check_metrics, out_of_bounds, robust_metrics
+    meta = {"round": 2}
+    assert check_metrics({"num-examples": 30, "loss": 0.3, "accuracy": 0.9}, meta, 2, 1000) is None
+    assert "stale" in check_metrics({"num-examples": 30, "loss": 0.3}, {"round": 1}, 2, 1000)
+    assert "num-examples" in check_metrics({"num-examples": 10**9, "loss": 0.3}, meta, 2, 1000)
+    assert "loss" in check_metrics({"num-examples": 30, "loss": -1e30}, meta, 2, 1000)
+    assert "loss" in check_metrics({"num-examples": 30, "loss": float("nan")}, meta, 2, 1000)
+    assert "non-finite" in check_metrics({"num-examples": 30, "loss": 0.3, "accuracy": float("inf")}, meta, 2, 1000)
+    records = [{"num-examples": 30, "loss": v} for v in (0.1, 0.2, 0.3, 1e30)]
+    assert [why is not None for why in out_of_bounds(records)] == [False, False, False, True]
+    heavy = [{"num-examples": 30, "loss": 0.02}] * 3 + [{"num-examples": 30, "loss": 1.5}]   # honest, har-like
+    assert out_of_bounds(heavy) == [None] * 4
+    lying = records[:3] + [{"num-examples": 1000, "loss": 0.0}]
+    assert robust_metrics(lying, 3.0)["loss"] == pytest.approx((30 * 0.6 + 0) / 180)   # its count capped at 90

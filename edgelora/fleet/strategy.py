@@ -24,7 +24,7 @@ from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from .aggregate import ServerOptimizer
-from .evaluation import NUM_EXAMPLES, check_metrics, mean_metrics, robust_metrics
+from .evaluation import NUM_EXAMPLES, check_metrics, mean_metrics, out_of_bounds, robust_metrics
 from .robust import RobustRule
 from .update import SHARED_KEY, flat_sha256, SPEC_KEY, UPDATE_KEY, AdapterSpec, check_declared, check_update
 
@@ -151,18 +151,19 @@ class FleetStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Evaluate replies get the train replies' scrutiny: a count or loss out of bounds is refused and
-        logged; counts are capped at the round's median x sample-cap; `loss-median` chooses the kept round."""
-        good, rejected = [], []
+        logged; counts are capped at the round's median x sample-cap (edgelora.fleet.evaluation)."""
+        checked, rejected = [], []
         for m in replies:
             reason = f"error reply: {m.error.reason}" if m.has_error() else check_metrics(
                 m.content.metric_records.get("metrics"), m.content.config_records.get(SPEC_KEY), server_round,
                 self.max_samples)
-            if reason is None:
-                good.append(m.content.metric_records["metrics"])
-            else:
-                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round,
-                    m.metadata.src_node_id, reason)
-                rejected.append({"node": int(m.metadata.src_node_id), "reason": reason})
+            (checked if reason is None else rejected).append((m, reason))
+        bounds = out_of_bounds([m.content.metric_records["metrics"] for m, _ in checked]) if checked else []
+        rejected += [(m, why) for (m, _), why in zip(checked, bounds) if why is not None]
+        good = [m.content.metric_records["metrics"] for (m, _), why in zip(checked, bounds) if why is None]
+        for m, reason in rejected:
+            log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, m.metadata.src_node_id, reason)
+        rejected = [{"node": int(m.metadata.src_node_id), "reason": reason} for m, reason in rejected]
         metrics = robust_metrics(good, self.rule.sample_cap) if good else {}
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1]["evaluate"] = metrics
