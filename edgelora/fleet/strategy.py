@@ -25,8 +25,9 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from .aggregate import ServerOptimizer
 from .evaluation import NUM_EXAMPLES, check_metrics, mean_metrics, out_of_bounds, robust_metrics
-from .robust import RobustRule
+from .robust import RobustRule, cap_samples
 from .update import SHARED_KEY, flat_sha256, SPEC_KEY, UPDATE_KEY, AdapterSpec, check_declared, check_update
+
 
 def message_bytes(msg: Message) -> int:
     """Bytes of a message as Flower sends it: every serialised object of its tree (without HTTP framing)."""
@@ -143,7 +144,8 @@ class FleetStrategy(FedAvg):
             log(WARNING, "round %d: %d valid updates, fewer than min-clients %d: the shared adapter is unchanged",
                 server_round, len(updates), self.min_clients)
         info["changed"] = arrays is not None
-        info["metrics"] = mean_metrics([m.content.metric_records["metrics"] for m in accepted], samples)
+        info["metrics"] = mean_metrics([m.content.metric_records["metrics"] for m in accepted],
+                                       cap_samples(samples, self.rule.sample_cap) if samples else [])
         self.rounds.append(info)
         if self.on_round is not None and self.fraction_evaluate == 0.0:   # else once the round is evaluated
             self.on_round(info)
@@ -152,18 +154,7 @@ class FleetStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Evaluate replies get the train replies' scrutiny: a count or loss out of bounds is refused and
         logged; counts are capped at the round's median x sample-cap (edgelora.fleet.evaluation)."""
-        checked, rejected = [], []
-        for m in replies:
-            reason = f"error reply: {m.error.reason}" if m.has_error() else check_metrics(
-                m.content.metric_records.get("metrics"), m.content.config_records.get(SPEC_KEY), server_round,
-                self.max_samples)
-            (checked if reason is None else rejected).append((m, reason))
-        bounds = out_of_bounds([m.content.metric_records["metrics"] for m, _ in checked]) if checked else []
-        rejected += [(m, why) for (m, _), why in zip(checked, bounds) if why is not None]
-        good = [m.content.metric_records["metrics"] for (m, _), why in zip(checked, bounds) if why is None]
-        for m, reason in rejected:
-            log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, m.metadata.src_node_id, reason)
-        rejected = [{"node": int(m.metadata.src_node_id), "reason": reason} for m, reason in rejected]
+        good, rejected = self._check_evaluations(server_round, list(replies))
         metrics = robust_metrics(good, self.rule.sample_cap) if good else {}
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1]["evaluate"] = metrics
@@ -172,3 +163,17 @@ class FleetStrategy(FedAvg):
                 self.on_round(self.rounds[-1])
         return MetricRecord(metrics) if metrics else None
 
+    def _check_evaluations(self, server_round: int, replies: list[Message]) -> tuple[list, list[dict]]:
+        """(metrics records to combine, [{node, reason}] of the replies refused, each logged)."""
+        checked, refused = [], []
+        for m in replies:
+            reason = f"error reply: {m.error.reason}" if m.has_error() else check_metrics(
+                m.content.metric_records.get("metrics"), m.content.config_records.get(SPEC_KEY), server_round,
+                self.max_samples)
+            (checked if reason is None else refused).append((m, reason))
+        bounds = out_of_bounds([m.content.metric_records["metrics"] for m, _ in checked]) if checked else []
+        refused += [(m, why) for (m, _), why in zip(checked, bounds) if why is not None]
+        for m, reason in refused:
+            log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, m.metadata.src_node_id, reason)
+        good = [m.content.metric_records["metrics"] for (m, _), why in zip(checked, bounds) if why is None]
+        return good, [{"node": int(m.metadata.src_node_id), "reason": reason} for m, reason in refused]
