@@ -62,6 +62,8 @@ def test_guard_serves_devices_the_operator_and_this_machine_only():
     token = "t" * 43
     ok = {b"authorization": f"Bearer {token}".encode()}
     assert decide("/v1/fleet/pull-messages", {}, "203.0.113.9", "10.0.0.5", token) is None
+    assert decide("/health", {}, "203.0.113.9", "10.0.0.5", token) is None
+    assert "this machine" in decide("/docs", {}, "203.0.113.9", "10.0.0.5", token)
     assert decide("/v1/control/start-run", ok, "203.0.113.9", "10.0.0.5", token) is None
     assert "operator" in decide("/v1/control/start-run", {}, "127.0.0.1", "127.0.0.1", token)
     assert "operator" in decide("/v1/control/register-node", {b"authorization": b"Bearer wrong"}, HOST, HOST, token)

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from .certs import read_token
 
-OPEN = ("/v1/fleet/", "/health")
-CONTROL = "/v1/control/"
+FLEET, HEALTH, CONTROL = "/v1/fleet/", "/health", "/v1/control/"
 
 
 def _is_local(client: str | None, server: str | None) -> bool:
@@ -42,7 +41,7 @@ def _is_local(client: str | None, server: str | None) -> bool:
 
 def decide(path: str, headers: dict[bytes, bytes], client: str | None, server: str | None, token: str) -> str | None:
     """Why a request must be refused, or None."""
-    if path.startswith(OPEN) or path == "/health":
+    if path.startswith(FLEET) or path == HEALTH or path.startswith(HEALTH + "/"):
         return None
     if path.startswith(CONTROL):
         sent = headers.get(b"authorization", b"").decode("latin-1")
