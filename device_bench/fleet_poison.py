@@ -1,6 +1,7 @@
 """Poisoning a fleet on real data (har): 30 devices as in fleet_har, 1 or 3 of them malicious.
 
-    python -m device_bench.fleet_poison [--seeds 3] [--rounds 5] [--rules mean median trimmed] [--out DIR]
+    python -m device_bench.fleet_poison [--seeds 0 1 2] [--rounds 3] [--rules mean median trimmed] [--out DIR]
+    python -m device_bench.fleet_poison --merge DIR...     # one table from runs made apart (e.g. one per seed)
 
 Devices are fleet_har's (21 source users with all their windows, 9 test users with their first halves);
 the malicious ones are the first 1 or 3 source users, running device_bench.faulty_client's attacks: liar
@@ -42,7 +43,7 @@ from .backbones import REPO, reference_bundle  # noqa: E402
 from .fleet_har import BUNDLES, LOCAL_EPOCHS, per_user, write_devices  # noqa: E402
 
 OUT = REPO / "bench_out" / "fleet_poison"
-ROUNDS = 5
+ROUNDS = 3
 ATTACKS = ("liar", "bias", "scale", "replay", "eval-lie", "eval-nan", "eval-steer")
 MALICIOUS = (1, 3)
 logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -78,13 +79,13 @@ def one_fleet(root: Path, bundle: Path, data: dict, backbone: Backbone, seed: in
             "seconds": time.perf_counter() - start}
 
 
-def run(out: Path, seeds: int, rounds: int, rules: list[str], attacks: list[str], log=print) -> dict:
+def run(out: Path, seeds: list[int], rounds: int, rules: list[str], attacks: list[str], log=print) -> dict:
     data = protocols.har()
     bundle = reference_bundle("har", data, BUNDLES)
     backbone = Backbone(bundle, threads=1)
     res = {}
-    for seed in range(seeds):
-        for rule in ["fedavg"] + [r for r in rules if r != "fedavg"]:
+    for seed in seeds:
+        for rule in rules:
             cases = [(None, 0)] + ([(a, k) for a in attacks for k in MALICIOUS] if rule != "fedavg" else [])
             for attack, k in cases:
                 key = f"{rule}/{attack or 'honest'}/{k}"
@@ -105,16 +106,16 @@ def summarise(res: dict) -> dict:
         rows[key] = {"accuracy": acc[key], "vs_honest": acc[key] - honest,
                      "stores_usable": all(r["stores_usable"] for r in res[key]),
                      "within_1_point": acc[key] >= honest - 0.01}
-    today = acc["fedavg/honest/0"]
+    today = acc.get("fedavg/honest/0")
     for key, row in rows.items():
-        if key.endswith("honest/0"):
+        if key.endswith("honest/0") and today is not None:
             row["vs_today"] = row["accuracy"] - today
     return rows
 
 
 def markdown(rows: dict, args) -> str:
     lines = [f"har, 30 devices, {args.rounds} rounds x {LOCAL_EPOCHS} local epochs, kept round by the devices' "
-             f"bounded weighted validation loss; seeds 0..{args.seeds - 1} (mean of the 9 test users' test accuracy)", "",
+             f"bounded weighted validation loss; seeds {args.seeds} (mean of the 9 test users' test accuracy)", "",
              "| rule | attack | malicious | accuracy | vs honest-only (same rule) | within 1 point | stores usable |",
              "|---|---|---|---|---|---|---|"]
     for key, r in rows.items():
@@ -127,14 +128,26 @@ def markdown(rows: dict, args) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=ROUNDS)
-    p.add_argument("--rules", nargs="+", choices=("mean", "median", "trimmed"), default=["mean"])
+    p.add_argument("--rules", nargs="+", choices=("fedavg", "mean", "median", "trimmed"), default=["fedavg", "mean"],
+                   help="fedavg: the honest fleet only, the unbounded mean as before (reference)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="instead: merge the results.json of these runs into DIR/results.{json,md} of --out")
     p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     start = time.perf_counter()
-    res = run(a.out, a.seeds, a.rounds, a.rules, a.attacks)
+    if a.merge:
+        res, seeds = {}, []
+        for d in a.merge:
+            done = json.loads((d / "results.json").read_text())
+            seeds += done["args"]["seeds"]
+            for key, runs in done["runs"].items():
+                res.setdefault(key, []).extend(runs)
+        a.seeds, a.rounds = seeds, done["args"]["rounds"]
+    else:
+        res = run(a.out, a.seeds, a.rounds, a.rules, a.attacks)
     rows = summarise(res)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps({"runs": res, "summary": rows, "seconds": time.perf_counter() - start,
