@@ -2,6 +2,7 @@
 
     python -m device_bench.fleet_poison [--seeds 0 1 2] [--rounds 3] [--rules mean median trimmed] [--out DIR]
     python -m device_bench.fleet_poison --merge DIR...     # one table from runs made apart (e.g. one per seed)
+    python -m device_bench.fleet_poison --server-attack DIR # then a hostile server: NaN and 3e38 adapters
 
 Devices are fleet_har's (21 source users with all their windows, 9 test users with their first halves);
 the malicious ones are the first 1 or 3 source users, running device_bench.faulty_client's attacks: liar
@@ -12,7 +13,9 @@ weighted validation loss, bounded: edgelora.fleet.evaluation), for `rounds` roun
 epochs. Reported: the mean test-half accuracy of the 9 test users with the kept shared adapter, against
 the honest-only fleet under the same rule and against `fedavg` (the unbounded sample-weighted mean the
 fleet used before robust aggregation); and whether every device's store still loads its shared adapter.
-Writes DIR/results.json and DIR/results.md.
+Writes DIR/results.json and DIR/results.md. `--server-attack DIR` takes the 30 devices a run left in
+DIR/work and sends each a NaN and a 3e38 shared adapter: each must refuse both and still serve the shared
+adapter it had, and then accept a good one.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgelora import Backbone, load_adapter  # noqa: E402
-from edgelora.fleet.device import RoundSettings  # noqa: E402
+from edgelora.fleet.device import FleetDevice, RoundSettings  # noqa: E402
+from edgelora.fleet.update import AdapterSpec, flat_sha256  # noqa: E402
 from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
 from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
@@ -59,6 +63,32 @@ def stores_usable(nodes: list[dict], backbone: Backbone) -> bool:
             except ValueError:
                 return False
     return True
+
+
+def server_attack(work: Path) -> dict:
+    """Every device of a finished run in `work` is sent a NaN, then a 3e38 shared adapter, then a good one."""
+    spec = AdapterSpec.from_record(json.loads((work / "shared.rounds.json").read_text())["spec"])
+    refused, same, accepted = 0, 0, 0
+    nodes = sorted(p for p in (work / "devices").iterdir() if p.is_dir())
+    for workdir in nodes:
+        device = FleetDevice.from_files(bundle_of(work), workdir.with_suffix(".npz"), workdir)
+        before = device.latest_shared()
+        for value in (np.nan, 3e38):
+            bad = before.flat.copy()
+            bad[0] = value
+            try:
+                device.receive(spec, bad, 99)
+            except ValueError:
+                refused += 1
+        same += flat_sha256(device.latest_shared().flat) == flat_sha256(before.flat)
+        device.receive(spec, before.flat * 0.5, 100)
+        accepted += flat_sha256(device.latest_shared().flat) == flat_sha256(before.flat * 0.5)
+    return {"devices": len(nodes), "refused": refused, "attempts": 2 * len(nodes), "still_serving_last_good": same,
+            "accepted_next_good": accepted}
+
+
+def bundle_of(work: Path) -> str:
+    return json.loads((work / "shared.rounds.json").read_text())["settings"]["bundle"]
 
 
 def one_fleet(root: Path, bundle: Path, data: dict, backbone: Backbone, seed: int, rounds: int, rule: str,
@@ -132,12 +162,18 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--rules", nargs="+", choices=("fedavg", "mean", "median", "trimmed"), default=["fedavg", "mean"],
                    help="fedavg: the honest fleet only, the unbounded mean as before (reference)")
+    p.add_argument("--server-attack", type=Path, default=None, metavar="DIR",
+                   help="instead: a hostile server against the devices a run left in DIR/work")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
                    help="instead: merge the results.json of these runs into DIR/results.{json,md} of --out")
     p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     start = time.perf_counter()
+    if a.server_attack:
+        res = server_attack(a.server_attack / "work")
+        print(json.dumps(res))
+        return res
     if a.merge:
         res, seeds = {}, []
         for d in a.merge:
