@@ -109,14 +109,16 @@ def one_fleet(root: Path, bundle: Path, data: dict, backbone: Backbone, seed: in
             "seconds": time.perf_counter() - start}
 
 
-def run(out: Path, seeds: list[int], rounds: int, rules: list[str], attacks: list[str], log=print) -> dict:
+def run(out: Path, seeds: list[int], rounds: int, rules: list[str], attacks: list[str], attack_fedavg: bool = False,
+        log=print) -> dict:
     data = protocols.har()
     bundle = reference_bundle("har", data, BUNDLES)
     backbone = Backbone(bundle, threads=1)
     res = {}
     for seed in seeds:
         for rule in rules:
-            cases = [(None, 0)] + ([(a, k) for a in attacks for k in MALICIOUS] if rule != "fedavg" else [])
+            attacked = rule != "fedavg" or attack_fedavg   # fedavg: the honest reference, unless asked
+            cases = [(None, 0)] + ([(a, k) for a in attacks for k in MALICIOUS] if attacked else [])
             for attack, k in cases:
                 key = f"{rule}/{attack or 'honest'}/{k}"
                 r = one_fleet(out / "work", bundle, data, backbone, seed, rounds, rule, attack, k)
@@ -162,6 +164,8 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--rules", nargs="+", choices=("fedavg", "mean", "median", "trimmed"), default=["fedavg", "mean"],
                    help="fedavg: the honest fleet only, the unbounded mean as before (reference)")
+    p.add_argument("--attack-fedavg", action="store_true",
+                   help="attack the fedavg fleet too (the unbounded mean: what the attacks did before)")
     p.add_argument("--server-attack", type=Path, default=None, metavar="DIR",
                    help="instead: a hostile server against the devices a run left in DIR/work")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
@@ -183,7 +187,7 @@ def main(argv=None) -> dict:
                 res.setdefault(key, []).extend(runs)
         a.seeds, a.rounds = seeds, done["args"]["rounds"]
     else:
-        res = run(a.out, a.seeds, a.rounds, a.rules, a.attacks)
+        res = run(a.out, a.seeds, a.rounds, a.rules, a.attacks, a.attack_fedavg)
     rows = summarise(res)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps({"runs": res, "summary": rows, "seconds": time.perf_counter() - start,
