@@ -28,7 +28,7 @@ from tests.helpers import js_client
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # README's quick start, then the docs that continue it on its files, in the order a reader follows them
-WALKTHROUGH = [README] + [ROOT / "docs" / name for name in ("export.md", "deploy.md", "js-client.md", "personalize.md")]
+WALKTHROUGH = [README] + [ROOT / "docs" / name for name in ("export.md", "deploy.md", "js-client.md", "personalize.md", "security.md")]
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?")
 TRAINING = ("edgelora finetune", "edgelora personalize", "finetune(")   # (the demo's saved files are exact)
 

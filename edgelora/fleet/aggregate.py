@@ -1,4 +1,4 @@
-"""Server-side aggregation of checked device updates (numpy only).
+"""Server-side optimiser over the round's mean update (numpy only; the mean itself: edgelora.fleet.robust).
 
 FedAvg (McMahan et al., 2017) weighted by samples: the next shared adapter is the sample-weighted mean of
 the devices' local adapters, i.e. shared + the weighted mean of their updates. Server-side momentum
@@ -13,18 +13,9 @@ from typing import Literal
 import numpy as np
 
 from ..files.schema import check
+from .robust import weighted_mean  # noqa: F401 - the plain weighted mean lives with the robust rules
 
 STRATEGIES = ("fedavg", "fedavgm")
-
-
-def weighted_mean(updates: list[np.ndarray], samples: list[int]) -> np.ndarray:
-    """Sample-weighted mean of flat updates (accumulated in float64)."""
-    check(len(updates) == len(samples) and len(updates) >= 1, "weighted_mean needs one sample count per update")
-    total = float(sum(samples))
-    out = np.zeros(updates[0].shape, np.float64)
-    for u, n in zip(updates, samples):
-        out += (n / total) * u.astype(np.float64)
-    return out
 
 
 @dataclass

@@ -8,6 +8,8 @@ names its files:
     workdir   its adapter store and Skip-Cache (survive restarts: a restarted device serves, and its cache
               reuses, what it had)
     x-key, y-key   optional array names in the .npz (default x, y)
+    max-shared-norm   a shared adapter with a larger L2 norm is refused, as is a non-finite one or one for
+              another backbone: never stored, the device keeps its last good one (default 1000)
 
 Training: the device keeps the shared adapter it receives (store name `fleet`), fine-tunes from it and
 replies with the update. If it loses the connection mid-round, the SuperNode reconnects (bounded by
@@ -19,9 +21,9 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .device import FleetDevice
+from .device import MAX_SHARED_NORM, FleetDevice
 from .settings import round_from_config
-from .update import SHARED_KEY, SPEC_KEY, UPDATE_KEY, AdapterSpec
+from .update import SHARED_KEY, SPEC_KEY, UPDATE_KEY, AdapterSpec, flat_sha256
 
 app = ClientApp()
 
@@ -33,7 +35,8 @@ def open_device(node_config) -> FleetDevice:
         raise ValueError(f"node config: expected keys bundle, data and workdir; missing {missing} "
                          f"(flower-supernode --node-config 'bundle=\"...\" data=\"...\" workdir=\"...\"')")
     return FleetDevice.from_files(str(node_config["bundle"]), str(node_config["data"]), str(node_config["workdir"]),
-                                  str(node_config.get("x-key", "x")), str(node_config.get("y-key", "y")))
+                                  str(node_config.get("x-key", "x")), str(node_config.get("y-key", "y")),
+                                  max_shared_norm=float(node_config.get("max-shared-norm", MAX_SHARED_NORM)))
 
 
 def _received(device: FleetDevice, msg: Message):
@@ -51,13 +54,17 @@ def train(msg: Message, context: Context) -> Message:
     fingerprint = device.backbone.manifest.identity
     content = RecordDict({"arrays": ArrayRecord({UPDATE_KEY: Array(update)}),
                           "metrics": MetricRecord({"num-examples": samples, **metrics}),
-                          SPEC_KEY: ConfigRecord({"fingerprint": fingerprint, "round": server_round})})
+                          SPEC_KEY: ConfigRecord({"fingerprint": fingerprint, "round": server_round,
+                                                  "base": flat_sha256(shared.flat)})})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     device = open_device(context.node_config)
-    shared, _, settings = _received(device, msg)
+    shared, server_round, settings = _received(device, msg)
     n, metrics = device.evaluate(shared, settings)
-    return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics})}), reply_to=msg)
+    meta = ConfigRecord({"fingerprint": device.backbone.manifest.identity, "round": server_round,
+                         "base": flat_sha256(shared.flat)})
+    return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics}), SPEC_KEY: meta}),
+                   reply_to=msg)

@@ -9,6 +9,7 @@ ClientApp and the in-process grid both call it.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,10 +28,12 @@ from ..runtime.features import FeatureSource
 from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig, training_split, validation_split
-from .update import UPDATE_DTYPES, AdapterSpec, adapter_from, encode_update
+from .update import UPDATE_DTYPES, AdapterSpec, adapter_from, check_shared, encode_update
 
 SHARED_NAME = "fleet"   # the store name under which a device keeps the shared adapters it received
 KEEP_SHARED = 3         # versions of the shared adapter kept on the device
+MAX_SHARED_NORM = 1e3   # a shared adapter with a larger L2 norm is refused (node config `max-shared-norm`)
+LOG = logging.getLogger("edgelora.fleet")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,10 @@ class RoundSettings:
 class FleetDevice:
     """A device's side of federated rounds over one bundle and one labelled data set."""
 
-    def __init__(self, bundle: PathLike, x, y, workdir: PathLike, threads: int = 1):
+    def __init__(self, bundle: PathLike, x, y, workdir: PathLike, threads: int = 1,
+                 max_shared_norm: float = MAX_SHARED_NORM):
+        check(max_shared_norm > 0, f"`max-shared-norm` should be positive, found {max_shared_norm}")
+        self.max_shared_norm = float(max_shared_norm)
         self.backbone = Backbone(bundle, threads=threads)
         m = self.backbone.manifest
         self.inputs = as_inputs(x, m)
@@ -77,16 +83,28 @@ class FleetDevice:
 
     @classmethod
     def from_files(cls, bundle: PathLike, data: PathLike, workdir: PathLike, x_key: str = "x",
-                   y_key: str = "y", threads: int = 1) -> "FleetDevice":
+                   y_key: str = "y", threads: int = 1, max_shared_norm: float = MAX_SHARED_NORM) -> "FleetDevice":
         x, y = load_arrays(data, x_key, y_key)
         if y is None:
             raise ValueError(f"{data}: a fleet device needs labelled samples; found inputs only")
-        return cls(bundle, x, y, workdir, threads)
+        return cls(bundle, x, y, workdir, threads, max_shared_norm)
 
     def receive(self, spec: AdapterSpec, flat: np.ndarray, server_round: int) -> Adapter:
-        """Check the shared adapter against this device's bundle and keep it as the store's `fleet`."""
-        shared = adapter_from(spec, self.backbone.manifest, flat, {"fleet": {"round": int(server_round)}})
-        latest = self.latest_shared()
+        """Check the shared adapter (this device's backbone, finite, norm bound) and keep it as the store's
+        `fleet`; one that fails is refused (ValueError), logged and never stored: the last good one stays."""
+        try:
+            reason = check_shared(flat, self.max_shared_norm)
+            if reason is not None:
+                raise ValueError(f"shared adapter of round {server_round} refused: {reason}")
+            shared = adapter_from(spec, self.backbone.manifest, flat, {"fleet": {"round": int(server_round)}})
+        except ValueError as e:
+            LOG.warning("%s; still serving the last good shared adapter", e)
+            raise
+        try:
+            latest = self.latest_shared()
+        except ValueError as e:   # a version no longer loadable (stored before these checks): replaced below
+            LOG.warning("the stored shared adapter cannot be loaded (%s); keeping the new one", e)
+            latest = None
         if latest is None or not np.array_equal(latest.flat, shared.flat):
             parent = self.store.current(SHARED_NAME) if self.store.exists(SHARED_NAME) else None
             info = self.store.add_version(SHARED_NAME, shared, parent=parent,

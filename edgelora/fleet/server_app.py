@@ -4,8 +4,9 @@ It reads the bundle's manifest (the server never runs the backbone), starts from
 random, B zero) or `init`, runs `num-rounds` rounds of FleetStrategy and, after every round that changed
 it, saves the shared adapter to `out` as an ordinary edgelora adapter (atomic folder swap) and the round
 log to `<out>.rounds.json`. With `evaluate`, devices also report the shared adapter's loss on their own
-validation split after every round and `out` keeps the round with the lowest sample-weighted loss (as
-`finetune` keeps its best epoch); the round log names it (`best_round`). A server stopped between rounds
+validation split after every round and `out` keeps the round with the lowest weighted loss (as `finetune`
+keeps its best epoch; replies checked and bounded by edgelora.fleet.evaluation); the round log names it
+(`best_round`); until a round has a valid evaluation, `out` holds the latest. A server stopped between rounds
 leaves the latest (or best) shared adapter on disk.
 """
 from __future__ import annotations
@@ -55,12 +56,12 @@ def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Ada
         fleet = {"round": info["round"], "devices": info["accepted"], "samples": int(sum(info["samples"])),
                  "strategy": settings.strategy}
         shared = adapter_from(spec, manifest, strategy.shared, {"fleet": fleet, "settings": settings.to_run_config()})
-        loss = info.get("evaluate", {}).get("loss")
+        loss = info.get("evaluate", {}).get("loss")   # checked replies, bounded (edgelora.fleet.evaluation)
         if info["changed"] and settings.evaluate and loss is not None and loss < log.get("best_loss", float("inf")):
             log["best_round"], log["best_loss"] = info["round"], loss   # devices' validation loss: keep the best
             shared.save(out)
-        elif info["changed"] and not settings.evaluate:
-            shared.save(out)
+        elif info["changed"] and (not settings.evaluate or "best_round" not in log):
+            shared.save(out)   # without a valid evaluation yet, the latest round: `out` is always written
         if on_round is not None:
             on_round(info, shared)
         atomic_write(rounds_path(out), json.dumps(log, indent=1, sort_keys=True, default=float).encode())
@@ -68,7 +69,7 @@ def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Ada
     optimizer = ServerOptimizer(settings.strategy, settings.server_momentum, settings.server_lr)
     strategy = FleetStrategy(spec, optimizer, min_clients=settings.min_clients, node_wait=settings.node_wait,
                              max_samples=settings.max_samples, max_norm=settings.max_norm,
-                             evaluate=settings.evaluate, on_round=after_round)
+                             evaluate=settings.evaluate, on_round=after_round, rule=settings.rule())
     round_config = ConfigRecord(round_to_config(settings.round))
     strategy.start(grid=grid, initial_arrays=ArrayRecord({SHARED_KEY: Array(start.flat)}),
                    num_rounds=settings.num_rounds, timeout=settings.round_timeout,

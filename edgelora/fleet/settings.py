@@ -15,6 +15,7 @@ from ..files.outputs import check_target
 from ..files.schema import check
 from .aggregate import STRATEGIES
 from .device import RoundSettings
+from .robust import RobustRule
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class FleetSettings:
     seed: int = 0                                 # of the initial A matrices
     max_norm: float = 1e3                         # reject updates with a larger L2 norm
     max_samples: int = 1_000_000                  # reject updates claiming more samples (weight poisoning)
+    aggregation: str = "mean"                     # robust rule: mean | median | trimmed | fedavg (no bounds)
+    sample_cap: float = 3.0                       # a device weighs at most this x the round's median samples
+    norm_clip: float = 3.0                        # updates clipped to this x the round's median norm
+    trim: float = 0.2                             # trimmed: share dropped at each end of every coordinate
     evaluate: bool = False                        # devices report validation metrics of each round's shared
                                                   # adapter; `out` keeps the round with the lowest loss
     round: RoundSettings = field(default_factory=RoundSettings)
@@ -48,6 +53,10 @@ class FleetSettings:
         check(self.lora_alpha >= 0, f"`lora-alpha` should be >= 0 (0: 2 * rank), found {self.lora_alpha}")
         check(self.max_norm > 0 and self.max_samples >= 1, "`max-norm` and `max-samples` should be positive")
         check(bool(self.bundle) and bool(self.out), "`bundle` and `out` are required")
+        self.rule()   # validates aggregation, sample-cap, norm-clip and trim
+
+    def rule(self) -> RobustRule:
+        return RobustRule(self.aggregation, self.sample_cap, self.norm_clip, self.trim)
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat kebab-case table for Flower's run config."""

@@ -23,10 +23,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from .aggregate import ServerOptimizer, weighted_mean
+from .aggregate import ServerOptimizer
+from .evaluation import NUM_EXAMPLES, check_metrics, mean_metrics, out_of_bounds, robust_metrics
+from .robust import RobustRule, cap_samples
 from .update import SHARED_KEY, flat_sha256, SPEC_KEY, UPDATE_KEY, AdapterSpec, check_declared, check_update
-
-NUM_EXAMPLES = "num-examples"
 
 
 def message_bytes(msg: Message) -> int:
@@ -46,16 +46,20 @@ def wait_for_nodes(grid: Grid, minimum: int, wait: float) -> list[int]:
 
 
 class FleetStrategy(FedAvg):
-    """FedAvg over edgelora skip adapters with update checks; `optimizer` adds server momentum if asked."""
+    """Robust federated averaging of edgelora skip adapters: every reply checked (replays refused), updates
+    combined by `rule` (edgelora.fleet.robust); `optimizer` adds server momentum if asked."""
 
     def __init__(self, spec: AdapterSpec, optimizer: ServerOptimizer, *, min_clients: int = 2,
                  node_wait: float = 120.0, max_samples: int = 1_000_000, max_norm: float = 1e3,
-                 evaluate: bool = False, on_round: Callable[[dict], None] | None = None):
+                 evaluate: bool = False, on_round: Callable[[dict], None] | None = None,
+                 rule: RobustRule | None = None):
         super().__init__(min_train_nodes=min_clients, min_available_nodes=min_clients,
                          min_evaluate_nodes=min_clients if evaluate else 0,
                          fraction_evaluate=1.0 if evaluate else 0.0)
         self.spec, self.optimizer, self.min_clients, self.node_wait = spec, optimizer, min_clients, node_wait
         self.max_samples, self.max_norm, self.on_round = max_samples, max_norm, on_round
+        self.rule = rule or RobustRule()
+        self._seen: set[str] = set()   # digests of every update accepted so far: a replay is refused
         self.shared: np.ndarray | None = None
         self.rounds: list[dict] = []
         self._sent_at, self._sent_sha = 0.0, ""
@@ -100,7 +104,13 @@ class FleetStrategy(FedAvg):
         meta = content.config_records.get(SPEC_KEY)
         metrics = content.metric_records.get("metrics")
         samples = metrics.get(NUM_EXAMPLES) if metrics is not None else None
-        reason = check_update(update, meta, self.spec, server_round, samples, self.max_samples, self.max_norm)
+        reason = check_update(update, meta, self.spec, server_round, samples, self.max_samples, self.max_norm,
+                              base=self._sent_sha)
+        if reason is None and np.any(update):   # an all-zero update carries nothing to replay
+            digest = flat_sha256(update.astype(np.float32))
+            if digest in self._seen:
+                reason = f"replayed update (digest {digest[:19]} was already received)"
+            self._seen.add(digest)
         return (None, 0, reason) if reason else (update.astype(np.float32), int(samples), None)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -124,7 +134,8 @@ class FleetStrategy(FedAvg):
                 "reply_bytes": sizes, "samples": samples}
         arrays = None
         if len(updates) >= self.min_clients:
-            new = self.optimizer.step(self.shared, weighted_mean(updates, samples))
+            mean, info["bounded"] = self.rule(updates, samples)
+            new = self.optimizer.step(self.shared, mean)
             arrays = ArrayRecord({SHARED_KEY: Array(new)})
             self.shared = new
             log(INFO, "round %d: aggregated %d updates (%d rejected) in %.1f s", server_round, len(updates),
@@ -133,31 +144,36 @@ class FleetStrategy(FedAvg):
             log(WARNING, "round %d: %d valid updates, fewer than min-clients %d: the shared adapter is unchanged",
                 server_round, len(updates), self.min_clients)
         info["changed"] = arrays is not None
-        info["metrics"] = _mean_metrics([m.content.metric_records["metrics"] for m in accepted], samples)
+        info["metrics"] = mean_metrics([m.content.metric_records["metrics"] for m in accepted],
+                                       cap_samples(samples, self.rule.sample_cap) if samples else [])
         self.rounds.append(info)
         if self.on_round is not None and self.fraction_evaluate == 0.0:   # else once the round is evaluated
             self.on_round(info)
         return arrays, MetricRecord(info["metrics"]) if info["metrics"] else None
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        good = [m.content.metric_records["metrics"] for m in replies
-                if not m.has_error() and "metrics" in m.content.metric_records]
-        good = [r for r in good if isinstance(r.get(NUM_EXAMPLES), int) and r[NUM_EXAMPLES] > 0]
-        metrics = _mean_metrics(good, [r[NUM_EXAMPLES] for r in good])
+        """Evaluate replies get the train replies' scrutiny: a count or loss out of bounds is refused and
+        logged; counts are capped at the round's median x sample-cap (edgelora.fleet.evaluation)."""
+        good, rejected = self._check_evaluations(server_round, list(replies))
+        metrics = robust_metrics(good, self.rule.sample_cap) if good else {}
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1]["evaluate"] = metrics
+            self.rounds[-1]["evaluate_rejected"] = rejected
             if self.on_round is not None and self.fraction_evaluate > 0.0:
                 self.on_round(self.rounds[-1])
         return MetricRecord(metrics) if metrics else None
 
-
-def _mean_metrics(records: list, weights: list[int]) -> dict:
-    """Sample-weighted mean of the numeric metrics every record has."""
-    if not records:
-        return {}
-    keys = set.intersection(*(set(r.keys()) for r in records)) - {NUM_EXAMPLES}
-    total = float(sum(weights))
-    out = {k: sum(w * float(r[k]) for r, w in zip(records, weights)) / total for k in sorted(keys)
-           if all(isinstance(r[k], (int, float)) for r in records)}
-    out[NUM_EXAMPLES] = int(sum(weights))
-    return out
+    def _check_evaluations(self, server_round: int, replies: list[Message]) -> tuple[list, list[dict]]:
+        """(metrics records to combine, [{node, reason}] of the replies refused, each logged)."""
+        checked, refused = [], []
+        for m in replies:
+            reason = f"error reply: {m.error.reason}" if m.has_error() else check_metrics(
+                m.content.metric_records.get("metrics"), m.content.config_records.get(SPEC_KEY), server_round,
+                self.max_samples)
+            (checked if reason is None else refused).append((m, reason))
+        bounds = out_of_bounds([m.content.metric_records["metrics"] for m, _ in checked]) if checked else []
+        refused += [(m, why) for (m, _), why in zip(checked, bounds) if why is not None]
+        for m, reason in refused:
+            log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, m.metadata.src_node_id, reason)
+        good = [m.content.metric_records["metrics"] for (m, _), why in zip(checked, bounds) if why is None]
+        return good, [{"node": int(m.metadata.src_node_id), "reason": reason} for m, reason in refused]

@@ -99,14 +99,20 @@ def check_declared(dtype: str, shape, spec: AdapterSpec) -> str | None:
 
 
 def check_update(update: np.ndarray, meta, spec: AdapterSpec, server_round: int, samples,
-                 max_samples: int, max_norm: float) -> str | None:
-    """Why the server must not aggregate this update, or None: every field a device sends is checked."""
+                 max_samples: int, max_norm: float, base: str | None = None) -> str | None:
+    """Why the server must not aggregate this update, or None: every field a device sends is checked.
+
+    `base` is the digest of the shared adapter this round sent: an update computed from another one (an
+    earlier round's, replayed) is refused."""
     if meta is None:
         return f"no `{SPEC_KEY}` record (not an edgelora device?)"
     if meta.get("fingerprint") != spec.fingerprint:
         return f"backbone fingerprint {meta.get('fingerprint')!r} (expected {spec.fingerprint})"
     if meta.get("round") != server_round:
         return f"update for round {meta.get('round')!r} (expected {server_round}): stale"
+    if base is not None and meta.get("base") != base:
+        return (f"update computed from shared adapter {str(meta.get('base'))[:19]!r}, not this round's "
+                f"{base[:19]}: stale or replayed")
     if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= max_samples:
         return f"num-examples {samples!r} (expected an integer in [1, {max_samples}])"
     reason = check_declared(str(update.dtype), update.shape, spec)
@@ -117,4 +123,17 @@ def check_update(update: np.ndarray, meta, spec: AdapterSpec, server_round: int,
     norm = float(np.linalg.norm(update.astype(np.float64)))
     if not math.isfinite(norm) or norm > max_norm:
         return f"update norm {norm:.4g} (expected <= {max_norm:g})"
+    return None
+
+
+def check_shared(flat: np.ndarray, max_norm: float) -> str | None:
+    """Why a device must not keep a shared adapter the server sent, or None (it is checked before stored)."""
+    flat = np.asarray(flat)
+    if flat.dtype != np.float32:
+        return f"dtype {flat.dtype} (expected float32)"
+    if not np.isfinite(flat).all():
+        return f"{int((~np.isfinite(flat)).sum())} non-finite values (NaN or inf)"
+    norm = float(np.linalg.norm(flat.astype(np.float64)))
+    if not math.isfinite(norm) or norm > max_norm:
+        return f"norm {norm:.4g} (expected <= {max_norm:g}; node config `max-shared-norm`)"
     return None
