@@ -70,9 +70,12 @@ def positive_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def prepare(protocol: str, out: Path, bundles: Path, log) -> tuple[dict, dict]:
-    """The protocol's data file for the workers and its backbones' folders (pre-trained if missing)."""
+def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None, log) -> tuple[dict, dict]:
+    """The protocol's data file for the workers and the chosen backbones' folders (pre-trained if missing)."""
     from . import shift_models          # torch: only the orchestrator and torch workers import it
+    known = list(shift_models.BACKBONES[protocol])
+    if unknown := sorted(set(backbones or []) - set(known)):
+        raise ValueError(f"unknown backbone(s) {unknown} for {protocol}; expected some of {known}")
     data = shifts.build(protocol)
     path = out / "data.npz"
     tmp = out / "data.tmp.npz"
@@ -80,7 +83,7 @@ def prepare(protocol: str, out: Path, bundles: Path, log) -> tuple[dict, dict]:
              mean=data["mean"], std=data["std"])
     os.replace(tmp, path)
     folders = {name: str(shift_models.bundle(protocol, name, data, bundles, log))
-               for name in shift_models.BACKBONES[protocol]}
+               for name in known if not backbones or name in backbones}
     return {"path": str(path), "pool": len(data["pool"][1]), "test": len(data["test"][1]),
             "source": len(data["source"][1]), "shift": data["shift"]}, folders
 
@@ -129,12 +132,7 @@ def run(protocol: str, shots: list[int], seeds: int, overrides: dict, methods=ME
     out.mkdir(parents=True, exist_ok=True)
     load = [os.getloadavg()[0]]
     t0 = time.time()
-    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", log)
-    if backbones:
-        unknown = sorted(set(backbones) - set(folders))
-        if unknown:
-            raise ValueError(f"unknown backbone(s) {unknown} for {protocol}; expected some of {sorted(folders)}")
-        folders = {k: v for k, v in folders.items() if k in backbones}
+    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", backbones, log)
     with np.load(info["path"]) as f:
         y_pool = f["y_pool"]
     draws = [{"shots": k, "seed": s, "idx": shifts.draw(y_pool, k, s).tolist()} for k in shots for s in range(seeds)]
