@@ -70,9 +70,12 @@ def positive_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def prepare(protocol: str, out: Path, bundles: Path, log) -> tuple[dict, dict]:
-    """The protocol's data file for the workers and its backbones' folders (pre-trained if missing)."""
+def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None, log) -> tuple[dict, dict]:
+    """The protocol's data file for the workers and the chosen backbones' folders (pre-trained if missing)."""
     from . import shift_models          # torch: only the orchestrator and torch workers import it
+    known = list(shift_models.BACKBONES[protocol])
+    if unknown := sorted(set(backbones or []) - set(known)):
+        raise ValueError(f"unknown backbone(s) {unknown} for {protocol}; expected some of {known}")
     data = shifts.build(protocol)
     path = out / "data.npz"
     tmp = out / "data.tmp.npz"
@@ -80,22 +83,23 @@ def prepare(protocol: str, out: Path, bundles: Path, log) -> tuple[dict, dict]:
              mean=data["mean"], std=data["std"])
     os.replace(tmp, path)
     folders = {name: str(shift_models.bundle(protocol, name, data, bundles, log))
-               for name in shift_models.BACKBONES[protocol]}
+               for name in known if not backbones or name in backbones}
     return {"path": str(path), "pool": len(data["pool"][1]), "test": len(data["test"][1]),
             "source": len(data["source"][1]), "shift": data["shift"]}, folders
 
 
 def summarise(reports: dict, base: float, shots: list[int]) -> dict:
-    """Per shots and method: accuracy mean/std over seeds, harm count, time, time ratio, peak RSS."""
+    """Per shots and method: accuracy mean/std over seeds, harm count, time (the median over seeds: a process's
+    first, cold run and bursts of load from other jobs would swing a mean), time ratio, peak RSS."""
     rows = {}
     for k in shots:
         rows[k] = {"none": {"mean": base}}
-        ref = np.mean([r["seconds"] for r in reports[REFERENCE]["runs"] if r["shots"] == k]) \
+        ref = np.median([r["seconds"] for r in reports[REFERENCE]["runs"] if r["shots"] == k]) \
             if REFERENCE in reports else None
         for method, rep in reports.items():
             runs = [r for r in rep["runs"] if r["shots"] == k]
             acc = np.array([r["accuracy"] for r in runs])
-            sec = float(np.mean([r["seconds"] for r in runs]))
+            sec = float(np.median([r["seconds"] for r in runs]))
             rows[k][method] = {"accuracy": acc.tolist(), "mean": float(acc.mean()), "std": float(acc.std()),
                                "harm": int((acc < base - 1e-9).sum()), "seeds": len(acc), "seconds": sec,
                                "ratio": sec / ref if ref else None, "peak_rss_mb": rep["peak_rss_mb"]}
@@ -103,14 +107,15 @@ def summarise(reports: dict, base: float, shots: list[int]) -> dict:
 
 
 def table(protocol: str, results: dict) -> str:
-    """The markdown table: one row per (backbone, shots); accuracy % mean +- std (harm), time ratio, RSS."""
+    """The markdown table: one row per (backbone, shots): the lab's model on the unshifted test set, then on
+    the shifted one, each method's accuracy % mean +- std (harm: seeds below no fine-tune), time ratio, RSS."""
     methods = [m for m in METHODS if m in results["methods"]]
-    head = ["backbone", "shots/class", NAMES["none"]] + [NAMES[m] for m in methods] + \
+    head = ["backbone", "shots/class", "unshifted test (lab)", NAMES["none"]] + [NAMES[m] for m in methods] + \
         [f"time / {NAMES[REFERENCE]}: {NAMES[m]}" for m in methods if m != REFERENCE] + ["peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, b in results["backbones"].items():
         for k, row in b["rows"].items():
-            cells = [name, str(k), f"{100 * row['none']['mean']:.1f}"]
+            cells = [name, str(k), f"{100 * b['clean_test_accuracy']:.1f}", f"{100 * row['none']['mean']:.1f}"]
             cells += [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f} ({row[m]['harm']}/{row[m]['seeds']})"
                       for m in methods]
             cells += [f"{row[m]['ratio']:.2f}x" if row[m]["ratio"] is not None else "-"
@@ -127,12 +132,7 @@ def run(protocol: str, shots: list[int], seeds: int, overrides: dict, methods=ME
     out.mkdir(parents=True, exist_ok=True)
     load = [os.getloadavg()[0]]
     t0 = time.time()
-    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", log)
-    if backbones:
-        unknown = sorted(set(backbones) - set(folders))
-        if unknown:
-            raise ValueError(f"unknown backbone(s) {unknown} for {protocol}; expected some of {sorted(folders)}")
-        folders = {k: v for k, v in folders.items() if k in backbones}
+    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", backbones, log)
     with np.load(info["path"]) as f:
         y_pool = f["y_pool"]
     draws = [{"shots": k, "seed": s, "idx": shifts.draw(y_pool, k, s).tolist()} for k in shots for s in range(seeds)]
@@ -157,18 +157,33 @@ def run(protocol: str, shots: list[int], seeds: int, overrides: dict, methods=ME
     results["load_average_1min"] = load
     results["seconds"] = time.time() - t0
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    md = table(protocol, results)
     atomic_write(out / "results.json", dumps_json(results))
-    header = (f"### {protocol}: {seeds} seeds, shots {shots}, overrides {overrides or 'none'}; "
-              f"1-min load {min(load):.2f}-{max(load):.2f}; {results['seconds']:.0f} s; {results['date']} UTC")
-    atomic_write(out / "results.md", (header + "\n\n" + md + "\n").encode())
-    log("\n" + header + "\n\n" + md)
+    log("\n" + write_markdown(results, out))
     return results
+
+
+def write_markdown(results: dict, out: Path) -> str:
+    """results.md in `out`: a header (seeds, shots, overrides, load, duration) and the table; returns it."""
+    load = results["load_average_1min"]
+    header = (f"### {results['protocol']}: {results['seeds']} seeds, shots {results['shots']}, overrides "
+              f"{results['overrides'] or 'none'}; 1-min load {min(load):.2f}-{max(load):.2f}; "
+              f"{results['seconds']:.0f} s; {results['date']} UTC")
+    text = header + "\n\n" + table(results["protocol"], results) + "\n"
+    atomic_write(Path(out) / "results.md", text.encode())
+    return text
+
+
+def render(path: str | Path) -> str:
+    """Re-summarise a results.json from its workers' raw reports and rewrite the results.md beside it."""
+    results = json.loads(Path(path).read_text())
+    for b in results["backbones"].values():
+        b["rows"] = summarise(b["reports"], b["base_accuracy"], results["shots"])
+    return write_markdown(results, Path(path).parent)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", required=True, help="one of " + ", ".join(shifts.PROTOCOLS) + ", or all")
+    ap.add_argument("--protocol", help="one of " + ", ".join(shifts.PROTOCOLS) + ", or all")
     ap.add_argument("--shots", default="5,20", help="labelled samples per class, comma-separated")
     ap.add_argument("--seeds", type=int, default=5, help="draws per shots (seeds 0..N-1)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -178,7 +193,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="results folder (default bench_out/shift/PROTOCOL, and a "
                                                 "set-FIELD=VALUE sub-folder with --set)")
     ap.add_argument("--bundles", default=None, help="where the backbones are cached (default bench_out/shift/bundles)")
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite results.md from a results.json")
     args = ap.parse_args(argv)
+    if args.render:
+        return {"render": print(render(args.render))}
+    if not args.protocol:
+        ap.error("--protocol is required (or --render RESULTS_JSON)")
     protocols = list(shifts.PROTOCOLS) if args.protocol == "all" else [args.protocol]
     methods = [m for m in args.methods.split(",") if m]
     try:

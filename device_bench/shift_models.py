@@ -52,7 +52,7 @@ class Conv2dNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x.unsqueeze(1)).mean(dim=2)             # (N, 2 width, mel / 4 = 10)
-        return self.head(h.reshape(len(h), h.shape[1], 5, 2).mean(dim=3).flatten(1))
+        return self.head(h.unflatten(2, (5, 2)).mean(dim=3).flatten(1))
 
 
 class MLP(nn.Module):
@@ -76,8 +76,8 @@ BACKBONES = {
     "series-clock": {"cnn1d-bn-flat": ("conv1d", {"channels": 20, "classes": 10, "length": 49, "bn": True,
                                                   "head": "flatten"}, 20, 1e-3),
                      "mlp": ("mlp", {"d_in": 980, "classes": 10}, 40, 1e-3)},
-    "fsdd-mic": {"cnn2d-bn": ("conv2d", {"classes": 10, "bn": True}, 12, 3e-3),
-                 "cnn2d": ("conv2d", {"classes": 10, "bn": False}, 12, 3e-3)},
+    "fsdd-mic": {"cnn2d-bn": ("conv2d", {"classes": 10, "bn": True}, 6, 3e-3),
+                 "cnn2d": ("conv2d", {"classes": 10, "bn": False}, 6, 3e-3)},
 }
 
 

@@ -1,4 +1,6 @@
 """device_bench/shift_bench.py: its flags, where it writes, and the table it computes from the workers' reports."""
+import json
+
 import pytest
 
 from device_bench import shift_bench
@@ -14,8 +16,8 @@ def test_summary_counts_harm_and_times_against_pytorch():
     row = shift_bench.summarise(reports, base=0.6, shots=[5])[5]
     assert row["edgelora"]["harm"] == 1 and row["torch-ft-all"]["harm"] == 0
     assert row["edgelora"]["ratio"] == pytest.approx(0.05) and row["edgelora"]["mean"] == pytest.approx(2 / 3)
-    results = {"methods": ["edgelora", "torch-ft-all"], "backbones": {"cnn": {"rows": {5: row}}}}
-    assert "| cnn | 5 | 60.0 | 66.7 ± 12.5 (1/3) | 90.0 ± 0.0 (0/3) | 0.05x | 80 / 400 |" in shift_bench.table("p", results)
+    results = {"methods": ["edgelora", "torch-ft-all"], "backbones": {"cnn": {"rows": {5: row}, "clean_test_accuracy": 0.95}}}
+    assert "| cnn | 5 | 95.0 | 60.0 | 66.7 ± 12.5 (1/3) | 90.0 ± 0.0 (0/3) | 0.05x | 80 / 400 |" in shift_bench.table("p", results)
 
 
 def test_overrides_are_train_config_fields_and_get_their_own_folder():
@@ -32,3 +34,14 @@ def test_error_bad_flags_name_what_was_expected():
         shift_bench.parse_overrides(["epochs=0"])
     with pytest.raises(ValueError, match="--shots should be positive integers separated by commas, found '5,x'"):
         shift_bench.positive_ints("5,x", "--shots")
+
+
+def test_render_rewrites_the_table_from_the_raw_reports(tmp_path):
+    reports = {"edgelora": report({5: [0.5, 0.7]}, 0.1, 80.0), "torch-ft-all": report({5: [0.9, 0.8]}, 2.0, 400.0)}
+    results = {"protocol": "p", "seeds": 2, "shots": [5], "overrides": {}, "load_average_1min": [1.0, 2.0],
+               "seconds": 3.0, "date": "d", "methods": ["edgelora", "torch-ft-all"],
+               "backbones": {"cnn": {"reports": reports, "base_accuracy": 0.6, "clean_test_accuracy": 0.9, "rows": {}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    text = shift_bench.render(tmp_path / "results.json")
+    assert (tmp_path / "results.md").read_text() == text and "1-min load 1.00-2.00" in text
+    assert "| cnn | 5 | 90.0 | 60.0 | 60.0 ± 10.0 (1/2) | 85.0 ± 5.0 (0/2) | 0.05x | 80 / 400 |" in text
