@@ -6,7 +6,7 @@ also routes SIGINT and SIGTERM through a wakeup file descriptor (signal.set_wake
 thread reads: it sets `terminate` on the RunOptions of every run in progress (onnxruntime releases the GIL
 while it runs and checks that flag between nodes and loop iterations), and the Python handler
 (KeyboardInterrupt, the CLI's SIGTERM handler) runs as soon as control is back in Python. `limited(s)`
-gives one run its RunOptions, terminated by a timer once `s` seconds have passed.
+gives one run its RunOptions, terminated by one shared watchdog thread once `s` seconds have passed.
 """
 from __future__ import annotations
 
@@ -15,32 +15,48 @@ import os
 import select
 import signal
 import threading
+import time
 from typing import Iterator
 
 import onnxruntime as ort
 
-_active: set = set()           # the RunOptions of the runs in progress
+_active: dict = {}             # the RunOptions of the runs in progress -> their deadline (monotonic s) or None
 _guard = threading.Lock()
+_watchdog: threading.Thread | None = None
+TICK = 0.05                    # how often the one watchdog thread looks for runs past their deadline
 
 
 @contextlib.contextmanager
 def limited(seconds: float | None) -> Iterator[ort.RunOptions]:
     """RunOptions for one run, terminated after `seconds` (None: no limit) or by stop_all()."""
     options = ort.RunOptions()
-    timer = None
-    if seconds is not None:
-        timer = threading.Timer(seconds, setattr, (options, "terminate", True))
-        timer.daemon = True
-        timer.start()
     with _guard:
-        _active.add(options)
+        _active[options] = None if seconds is None else time.monotonic() + seconds
+        if seconds is not None:
+            _start_watchdog()
     try:
         yield options
     finally:
         with _guard:
-            _active.discard(options)
-        if timer is not None:
-            timer.cancel()
+            del _active[options]
+
+
+def _start_watchdog() -> None:
+    """One daemon thread for every limit (a thread per run would cost a stack of address space each)."""
+    global _watchdog
+    if _watchdog is None or not _watchdog.is_alive():
+        _watchdog = threading.Thread(target=_watch_deadlines, name="edgelora-time-limit", daemon=True)
+        _watchdog.start()
+
+
+def _watch_deadlines() -> None:
+    while True:
+        time.sleep(TICK)
+        now = time.monotonic()
+        with _guard:
+            for options, deadline in _active.items():
+                if deadline is not None and now >= deadline:
+                    options.terminate = True
 
 
 def stop_all() -> None:
