@@ -235,9 +235,13 @@ def _cv_lines(sel: dict, task: str) -> list[str]:
     lines += [f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
              f"fold's model scored on samples it never saw)"]
     b = sel["budget"]
-    why = {"score": "its score stopped improving", "time": "the time budget stopped it while the score still "
-           "improved", "cap": "its largest extension", "explicit": "--epochs"}[b["stopped"]]
-    lines.append(f"  budget     {b['epochs']} epochs cross-validated ({why}; started from {b['start']})")
+    if b["stopped"] == "explicit":
+        lines.append(f"  budget     {b['epochs']} epochs, as given (--epochs)")
+    else:
+        why = {"score": "no clear gain from more", "time": "the time budget stopped it while the score still "
+               "improved", "cap": "the largest extension"}[b["stopped"]]
+        lines.append(f"  budget     {b['epochs']} epochs cross-validated, from {b['start']} ({b['min_steps']} steps "
+                     f"or more; {why})")
     if not sel["helps"]:
         lines.append("  warning    the adapter is saved anyway (--force-adapter, or no worse than the backbone); "
                      "--require-gain refuses to save one that does not help")
