@@ -46,7 +46,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     By default the recipe (adapter form, tap scaling, number of epochs, and any "auto" setting) is chosen by
     k-fold cross-validation on the cached rows (core/crossval.py) and then trained on every sample; the
-    estimate is in History.selection. With `val_fraction` > 0 a holdout chooses instead and the best epoch is kept.
+    estimate is in History.selection. When no adapter is estimated better than none (`identity`), the identity
+    adapter is returned (the backbone's own outputs, or `init` unchanged) and History.stopped is "identity".
+    With `val_fraction` > 0 a holdout chooses instead and the best epoch is kept.
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
