@@ -7,7 +7,7 @@ The case: har's raw 6-axis windows of the 9 test users with the phone re-mounted
 `python -m device_bench.reference --protocols har`). Per seed, `per-class` labelled windows of each class
 are drawn from the users' first halves; the test set is every second half. Each variant is
 `edgelora.finetune` with TrainConfig fields changed (VARIANTS: "today" is main's selection, "default" the
-new one, the others switch one mechanism off), beside PyTorch FT-All as users run it (Adam 1e-3, batch
+new one, the others switch one mechanism off, or on: "repeats"), beside PyTorch FT-All as users run it (Adam 1e-3, batch
 20, 30 epochs). Prints accuracy mean +- std over seeds, how often each is below no fine-tuning, and time.
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ from .backbones import exported_bundle
 from .protocols import _load
 
 VARIANTS = {
-    "today": dict(epochs=30, cv_repeats=1, cv_rule="folds", identity=False),
+    "today": dict(epochs=30, cv_rule="folds", identity=False),
     "default": {},
     "no-floor": dict(epochs=30),                  # explicit 30 epochs: no step floor, no extension
     "no-extension": dict(cv_seconds=1e-9),        # the floor, never extended
-    "no-repeats": dict(cv_repeats=1),
+    "repeats": dict(cv_repeats=0),                # folds repeated below 100 samples (4 at 30)
     "rule-folds": dict(cv_rule="folds"),
     "rule-best": dict(cv_rule="best"),
     "no-identity": dict(identity=False),
@@ -105,25 +105,25 @@ def main() -> None:
     before = Predictor(backbone).evaluate(xt, yt)["accuracy"]
     print(f"har re-mounted, {args.arch}: no fine-tuning {100 * before:.1f} % on {len(yt)} test windows")
     for per_class in map(int, args.per_class.split(",")):
-        rows = {}
-        for seed in range(args.seeds):
-            x, y = draw(pool, per_class, seed)
-            for name in args.variants.split(","):
+        print(f"\n{per_class} per class ({6 * per_class} samples), {args.seeds} seeds", flush=True)
+        draws = [draw(pool, per_class, seed) for seed in range(args.seeds)]
+        names = args.variants.split(",") + ([] if args.no_torch else ["torch-ft-all"])
+        for name in names:
+            rows = []
+            for seed, (x, y) in enumerate(draws):
+                if name == "torch-ft-all":
+                    predict, secs = torch_ft_all(bundle, x, y, seed)
+                    rows.append((predict(xt, yt), secs, "all", 30, float("nan")))
+                    continue
                 t0 = time.perf_counter()
                 adapter, h = finetune(backbone, x, y, dataclasses.replace(TrainConfig(seed=seed), **VARIANTS[name]))
                 secs = time.perf_counter() - t0
-                acc = Predictor(backbone, adapter).evaluate(xt, yt)["accuracy"]
-                rows.setdefault(name, []).append((acc, secs, h.chosen.get("form"), h.chosen.get("epochs"),
-                                                  h.selection.get("chosen", {}).get("score", float("nan"))))
-            if not args.no_torch:
-                predict, secs = torch_ft_all(bundle, x, y, seed)
-                rows.setdefault("torch-ft-all", []).append((predict(xt, yt), secs, "all", 30, float("nan")))
-        print(f"\n{per_class} per class ({6 * per_class} samples), {args.seeds} seeds")
-        for name, r in rows.items():
-            acc = np.array([a for a, *_ in r])
+                rows.append((Predictor(backbone, adapter).evaluate(xt, yt)["accuracy"], secs, h.chosen.get("form"),
+                             h.chosen.get("epochs"), h.selection.get("chosen", {}).get("score", float("nan"))))
+            acc = np.array([a for a, *_ in rows])
             print(f"  {name:<14} {100 * acc.mean():5.1f} +- {100 * acc.std():4.1f} %  below no fine-tuning "
-                  f"{int((acc < before).sum())}/{len(acc)}  {np.mean([s for _, s, *_ in r]):.3f} s  "
-                  f"chosen {[(f, e) for _, _, f, e, _ in r]}  cv {[round(100 * c, 1) for *_, c in r]}")
+                  f"{int((acc < before).sum())}/{len(acc)}  {np.mean([s for _, s, *_ in rows]):.3f} s  "
+                  f"chosen {[(f, e) for _, _, f, e, _ in rows]}  cv {[round(100 * c, 1) for *_, c in rows]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,11 @@ def test_cv_on_evenly_spaced_rows_of_a_large_set_refits_on_all(toy_bundle, toy_d
     rows = read[0]
     assert len(rows) == 30 and np.all(np.diff(rows) > 0) and rows[0] == 0 and rows[-1] == 119
     assert np.ptp(np.diff(rows)) <= 1 and set(y[rows]) == {0, 1, 2}          # evenly spaced, every class
-    assert sel["method"] == "5-fold cross-validation (4 repeats) on 30 of 120 samples, evenly spaced in sample order"
+    assert sel["method"] == "5-fold cross-validation on 30 of 120 samples, evenly spaced in sample order"
+    _, sel = select(features, y, scalings=["none"], layouts=layouts, alphas={("skip", 2): 4.0}, decays=[1.0],
+                    config=dataclasses.replace(CV, cv_repeats=0), task="classification", max_rows=10 * 3)
+    assert sel["method"].startswith("5-fold cross-validation (4 repeats) on 30") and sel["repeats"] == 4
+    assert len(sel["chosen"]["score_folds"]) == 20                          # 4 repeats x 5 folds
     capped, h = finetune(bb, x, y, dataclasses.replace(CV, cv_rows_per_class=10))
     assert h.selection["method"].endswith("on 30 of 120 samples, evenly spaced in sample order")
     assert h.samples["train"] == 120

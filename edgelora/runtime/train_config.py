@@ -49,8 +49,8 @@ class TrainConfig:
                                                      # on it); 0: choose by cross-validation, then train on all
     cv_folds: int = 5                                # k of the k-fold cross-validation (val_fraction 0); 0: none,
                                                      # train exactly the given settings on every sample
-    cv_repeats: int = 0                              # repeat the k folds with moved cut points (0: auto, more
-                                                     # repeats the fewer the samples: 4 at 20, 1 from 100 on)
+    cv_repeats: int = 1                              # repeat the k folds with moved cut points (1: once; 0: auto,
+                                                     # more the fewer the samples: 4 at 20, 1 from 100 on)
     cv_rule: Literal["paired", "best", "folds"] = "paired"  # paired: within one paired standard error of the best,
                                                      # raw taps first; best: the top score; folds: the old rule
                                                      # (within one SE of the folds' spread, last-layer form first)
