@@ -79,13 +79,13 @@ def test_a_session_checks_its_samples_once_and_hashes_only_the_new_ones_once(bb,
 def test_early_sessions_are_deferred_with_a_reason(bb, store):
     r = personalize(store, "a", bb, *session(30, 1, classes=(1,)), CFG)
     assert r.decision == "deferred" and "same class" in r.reason and r.version is None and store.current("a") is None
-    r = personalize(store, "b", bb, *session(10, 2, classes=(0, 2)), CFG)
+    r = personalize(store, "b", bb, *session(12, 2, classes=(0, 2)), CFG)
     assert r.decision == "deferred" and "batch_size" in r.reason
     r = personalize(store, "c", bb, *session(30, 3), PersonalizeConfig(train=CFG.train, min_holdout=20))
     assert r.decision == "deferred" and "min_holdout" in r.reason
     r = personalize(store, "b", bb, *session(40, 4), CFG)
     assert r.decision == "published"
-    assert r.samples["train"] + r.samples["holdout_verified"] + r.samples["holdout_new"] == 50  # deferred ones count
+    assert r.samples["train"] + r.samples["holdout_verified"] + r.samples["holdout_new"] == 52  # deferred ones count
 
 
 def test_bad_session_is_rejected_quarantined_and_can_be_resent(bb, store):
