@@ -23,10 +23,12 @@ from .profile import peak_rss_mb
 
 
 def train_config(cfg: BenchConfig, seed: int) -> TrainConfig:
-    """`default`: edgelora's defaults as a user runs them (cross-validated recipe), with the bench's epochs and
-    batch; `fixed`: the bench's shared recipe (rank, alpha, lr, decay, split) and no selection."""
+    """`default`: edgelora's defaults as a user runs them (cross-validated recipe, the budget from the data:
+    epochs "auto" unless the bench was given another count than its 30), with the bench's batch; `fixed`:
+    the bench's shared recipe (rank, alpha, lr, decay, epochs, split) and no selection."""
     if cfg.skip_policy == "default":
-        return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=seed)
+        epochs = "auto" if cfg.epochs == BenchConfig.epochs else cfg.epochs
+        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=seed)
     return TrainConfig(r=cfg.rank, lora_alpha=cfg.alpha, epochs=cfg.epochs, batch_size=cfg.batch_size,
                        lr=cfg.lora_lr, weight_decay=cfg.lora_weight_decay, val_fraction=cfg.val_fraction,
                        form="skip", tap_scaling="none", cv_folds=0, seed=seed)

@@ -131,8 +131,25 @@ def test_require_gain_refuses_an_adapter_that_does_not_help(files, capsys):
     code, out, err = run(capsys, "finetune", bundle, "--data", d / "noise.npz", "--out", d / "noisy", *FAST,
                          "--require-gain")
     assert code == 1 and "--require-gain" in err and "does not help" in err and not (d / "noisy").exists()
-    code, out, _ = run(capsys, "finetune", bundle, "--data", d / "noise.npz", "--out", d / "noisy", *FAST)
+    code, out, _ = run(capsys, "finetune", bundle, "--data", d / "noise.npz", "--out", d / "noisy", *FAST,
+                       "--force-adapter")
     assert code == 0 and "fine-tuning does not help" in out and (d / "noisy").is_dir()
+
+
+def test_an_adapter_estimated_worse_is_not_saved_unless_forced(files, capsys):
+    """By default `finetune` saves nothing (exit 1, saying why) when cross-validation finds the backbone alone
+    better than every adapter; --force-adapter saves the best adapter anyway, as before."""
+    d, bundle = files
+    from edgelora import Backbone, Predictor
+    x = np.load(d / "train.npz")["x"]
+    np.savez(d / "own.npz", x=x, y=Predictor(Backbone(bundle)).predict(x))
+    wild = ("--lr", "50", "--optimizer", "sgd", "--weight-decay", "0")     # wrecks any adapter
+    code, out, err = run(capsys, "finetune", bundle, "--data", d / "own.npz", "--out", d / "worse", *FAST, *wild)
+    assert code == 1 and "no adapter written" in err and "--force-adapter" in err and not (d / "worse").exists()
+    assert "without fine-tuning" in err and out == ""
+    code, out, err = run(capsys, "finetune", bundle, "--data", d / "own.npz", "--out", d / "worse", *FAST, *wild,
+                         "--force-adapter")
+    assert code == 0 and "fine-tuning does not help" in out and (d / "worse").is_dir()
 
 
 def test_persistent_cache_second_run_hits_and_cache_command(files, capsys):

@@ -6,10 +6,11 @@ import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune
 from edgelora.core import lora
-from edgelora.core.crossval import Recipe, Stack, _loss_grad, choose, folds, select, tap_standardizer
+from edgelora.core.crossval import Stack, _loss_grad, select, tap_standardizer
 from edgelora.core.lora import fold_standardizer
 from edgelora.core.losses import cross_entropy_grad
 from edgelora.core.optim import AdamW, from_config
+from edgelora.core.selection import folds
 from edgelora.runtime.features import FeatureSource
 
 CV = TrainConfig(epochs=6, batch_size=10, lr=1e-2)
@@ -27,18 +28,6 @@ def step(stack, opt, y0, t, onehot, weight, lr):
     g *= weight
     stack.backward(g, h, t)
     opt.step(stack.flat, stack.grad, lr)
-
-
-def test_folds_are_contiguous_per_class_and_cover_every_sample_once():
-    y = np.array([0] * 7 + [1] * 5 + [0] * 3 + [2] * 10)
-    fold = folds(y, 3, "classification")
-    for c in np.unique(y):
-        f = fold[y == c]
-        assert np.all(np.diff(f) >= 0)                       # contiguous blocks in sample order
-        assert set(f) == {0, 1, 2}                           # every class in every fold
-    assert np.bincount(fold).min() >= 6
-    regression = folds(np.linspace(0, 1, 10), 5, "regression")
-    assert regression.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_no_sample_trains_the_model_that_validates_it():
@@ -105,21 +94,6 @@ def test_loss_grad_is_the_cross_entropy_gradient_even_for_large_logits():
     assert np.allclose(_loss_grad("regression", 4)(y.copy(), target, None), (y - target) * 2 / 4)
 
 
-def test_choose_prefers_raw_taps_within_one_standard_error():
-    fold = np.repeat(np.arange(4), 5)
-
-    def result(scaling, per_fold):
-        score = np.repeat(per_fold, 5).astype(float)
-        return {"recipe": Recipe("skip", scaling, 1.0, 4, 10), "score": score, "loss": 1 - score}
-    near = [result("standard", [1.0, 0.8, 1.0, 0.8]), result("none", [0.9, 0.8, 1.0, 0.8])]  # 0.025 < 1 SE (0.05)
-    assert choose(near, fold, 4)[0]["recipe"].tap_scaling == "none"
-    far = [result("standard", [1.0, 1.0, 1.0, 1.0]), result("none", [0.9, 0.9, 0.9, 0.9])]
-    assert choose(far, fold, 4)[0]["recipe"].tap_scaling == "standard"
-    last = {"recipe": Recipe("last", "none", 1.0, 3, 10), "score": np.repeat([0.9, 0.8, 0.9, 0.8], 5) * 1.0,
-            "loss": np.zeros(20)}
-    assert choose(near + [last], fold, 4)[0]["recipe"].form == "last"          # the simpler model among ties
-
-
 def test_folded_standardisation_is_exact():
     rng = np.random.default_rng(2)
     layout = lora.Layout(("a", "b"), (5, 3), 4, 2, True)
@@ -144,8 +118,8 @@ def test_cv_refits_on_every_sample_and_reports_an_estimate(toy_bundle, toy_data)
     sel = history.selection
     assert sel["folds"] == 5 and len(sel["candidates"]) == 2 * 2 * 3      # forms x tap scalings x epoch marks
     chosen = history.chosen
-    best = max(c["score"] for c in sel["candidates"])                        # one-standard-error rule
-    assert best - sel["chosen"]["score"] <= max(sel["chosen"]["score_spread"], 0.05) / 5 ** 0.5 + 0.05
+    best = max(c["score"] for c in sel["candidates"])                        # within one paired SE of the best
+    assert best - sel["chosen"]["score"] <= 0.1 and sel["budget"]["stopped"] == "explicit"
     assert 0 <= sel["no_finetune"]["score"] <= 1 and len(sel["chosen"]["score_folds"]) == 5
     # the refit is exactly the chosen recipe trained on all samples without selection
     fixed = dataclasses.replace(CV, weight_decay=chosen["weight_decay"], tap_scaling=chosen["tap_scaling"],
@@ -176,6 +150,10 @@ def test_cv_on_evenly_spaced_rows_of_a_large_set_refits_on_all(toy_bundle, toy_d
     assert len(rows) == 30 and np.all(np.diff(rows) > 0) and rows[0] == 0 and rows[-1] == 119
     assert np.ptp(np.diff(rows)) <= 1 and set(y[rows]) == {0, 1, 2}          # evenly spaced, every class
     assert sel["method"] == "5-fold cross-validation on 30 of 120 samples, evenly spaced in sample order"
+    _, sel = select(features, y, scalings=["none"], layouts=layouts, alphas={("skip", 2): 4.0}, decays=[1.0],
+                    config=dataclasses.replace(CV, cv_repeats=0), task="classification", max_rows=10 * 3)
+    assert sel["method"].startswith("5-fold cross-validation (4 repeats) on 30") and sel["repeats"] == 4
+    assert len(sel["chosen"]["score_folds"]) == 20                          # 4 repeats x 5 folds
     capped, h = finetune(bb, x, y, dataclasses.replace(CV, cv_rows_per_class=10))
     assert h.selection["method"].endswith("on 30 of 120 samples, evenly spaced in sample order")
     assert h.samples["train"] == 120
@@ -245,3 +223,41 @@ def test_last_form_is_a_dense_update_of_the_last_layer(toy_bundle, toy_data):
     dense = y0 + t[:, a:b] @ p[layout.a_keys[-1]] + p["bias"]
     assert np.abs(dense - Predictor(bb, adapter).outputs(x)).max() < 1e-4
     assert Predictor(bb, adapter).evaluate(x, y)["accuracy"] > Predictor(bb).evaluate(x, y)["accuracy"]
+
+
+def test_identity_wins_and_is_returned_unchanged_when_every_adapter_is_worse(toy_bundle, toy_data):
+    """Labels the backbone already predicts, and a learning rate that wrecks any adapter: "no fine-tuning" is
+    estimated better, so finetune returns the identity adapter (outputs = the backbone's) and trains nothing;
+    identity=False (CLI --force-adapter) trains the best adapter as before."""
+    bb = Backbone(toy_bundle)
+    x = toy_data[0]
+    y = Predictor(bb).predict(x)
+    wild = dataclasses.replace(CV, lr=50.0, optimizer="sgd", momentum=0.0, weight_decay=0.0)
+    adapter, history = finetune(bb, x, y, wild)
+    sel = history.selection
+    assert history.stopped == "identity" and sel["chosen"]["form"] == "identity" and history.epochs == []
+    assert sel["adapter"]["score"] < sel["no_finetune"]["score"] == 1.0
+    np.testing.assert_array_equal(Predictor(bb, adapter).outputs(x), Predictor(bb).outputs(x))
+    forced, h2 = finetune(bb, x, y, dataclasses.replace(wild, identity=False))
+    assert h2.stopped != "identity" and h2.chosen["form"] in ("skip", "last") and h2.epochs
+
+
+def test_auto_budget_has_a_step_floor_and_extends_while_it_improves(toy_bundle, toy_data):
+    """epochs="auto": at least min_steps optimiser steps however few the samples (20 samples at batch 20: 300
+    epochs, not 30), extended while the largest count is still clearly better, and an explicit count is kept."""
+    bb = Backbone(toy_bundle)
+    x, y = toy_data
+    few = np.r_[0:7, 40:47, 80:86]                                             # 20 samples
+    auto = TrainConfig(batch_size=20, lr=1e-3, weight_decay=0.0, min_steps=300, form="skip", tap_scaling="none")
+    _, h = finetune(bb, x[few], y[few], auto)
+    assert h.selection["budget"] == {"epochs": 300, "start": 300, "marks": [75, 150, 300], "stopped": "score",
+                                     "min_steps": 300, "seconds_limit": 10.0}
+    slow = dataclasses.replace(auto, lr=3e-4, min_steps=8, epoch_fractions=(0.5, 1.0))   # still improving at 30
+    _, h = finetune(bb, x[few], y[few], slow)
+    b = h.selection["budget"]
+    assert b["start"] == 30 and b["marks"] == [15, 30, 60, 120] and b["stopped"] == "score"
+    assert h.chosen["epochs"] in (60, 120)
+    _, h = finetune(bb, x[few], y[few], dataclasses.replace(slow, cv_seconds=1e-6))       # the time budget stops it
+    assert h.selection["budget"]["marks"] == [15, 30] and h.selection["budget"]["stopped"] == "time"
+    _, h = finetune(bb, x[few], y[few], dataclasses.replace(slow, epochs=30))
+    assert h.selection["budget"]["marks"] == [15, 30] and h.selection["budget"]["stopped"] == "explicit"

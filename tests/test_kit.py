@@ -1,4 +1,5 @@
 """The training kit (edgelora/graphs/kit.py, kit_graphs.py) and the Python engine over it (onnx_trainer.py)."""
+import dataclasses
 import json
 import os
 import re
@@ -115,7 +116,7 @@ def test_cli_kit_writes_a_loadable_kit_and_refuses_foreign_outputs(toy_bundle, t
 
 def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
     backbone = Backbone(toy_bundle)
-    with pytest.raises(ValueError, match=r"engine='onnx' trains one explicit recipe; found 'auto' for \['r'\]"):
+    with pytest.raises(ValueError, match=r"engine='onnx' trains one recipe, chosen by cross-validation or given; found 'auto' for \['r'\]"):
         onnx_finetune(backbone, *toy_data, explicit(r="auto", val_fraction=0.2))
     with pytest.raises(ValueError, match="expected lora_dropout=0"):
         onnx_finetune(backbone, *toy_data, explicit(lora_dropout=0.1))
@@ -125,6 +126,19 @@ def test_error_auto_settings_and_dropout(toy_bundle, toy_data):
         finetune(backbone, *toy_data, explicit(), engine="torch")
     with pytest.raises(ValueError, match="init, use_cache=False and checkpoint_dir need engine='numpy'"):
         finetune(backbone, *toy_data, explicit(), engine="onnx", use_cache=False)
+
+
+def test_engine_onnx_trains_what_numpy_cross_validation_chose(toy_bundle, toy_data):
+    """With selection on, numpy cross-validates the recipes a kit can train (skip adapters on raw taps: the
+    rank, weight decay and epochs here) and the kit trains the chosen one: the numpy adapter within 1e-4."""
+    chooses = explicit(r="auto", weight_decay="auto", cv_folds=5, form="auto", tap_scaling="auto", epochs=8)
+    a, h = finetune(Backbone(toy_bundle), *toy_data, chooses, engine="onnx")
+    narrowed = dataclasses.replace(chooses, form="skip", tap_scaling="none")
+    b, hb = finetune(Backbone(toy_bundle), *toy_data, narrowed)
+    assert h.selection["chosen"] == hb.selection["chosen"] and len(h.selection["candidates"]) == 3 * 4 * 3
+    assert h.chosen["r"] == hb.chosen["r"] and h.chosen["epochs"] == hb.chosen["epochs"]
+    assert a.config.training["engine"] == "onnx" and a.config.training["cross_validation"]["chosen"]["form"] == "skip"
+    assert np.abs(a.flat - b.flat).max() <= 1e-4
 
 
 def test_finetune_engine_onnx_dispatches_to_the_kit(toy_bundle, toy_data):
@@ -138,8 +152,10 @@ def test_cli_finetune_engine_onnx(toy_bundle, toy_data, tmp_path, capsys):
     from edgelora.cli import main
     np.savez(tmp_path / "d.npz", x=toy_data[0], y=toy_data[1])
     argv = ["finetune", str(toy_bundle), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "a"), "--engine", "onnx"]
-    assert main(argv + ["--tap-scaling", "auto"]) == 2
-    assert "engine='onnx' trains one explicit recipe" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(argv + ["--rank", "auto", "--val-fraction", "0.2"]) == 2
+    assert "engine='onnx' trains one recipe, chosen by cross-validation or given" in capsys.readouterr().err
+    assert main(argv + ["--form", "last"]) == 2 and "trains skip adapters" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
     assert main(argv + ["--rank", "2", "--weight-decay", "0.1", "--tap-scaling", "none", "--form", "skip", "--epochs", "5",
                         "--quiet"]) == 0
     adapter = load_adapter(tmp_path / "a", Backbone(toy_bundle).manifest)

@@ -7,6 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..core.budget import budget_epochs
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
@@ -48,7 +49,15 @@ def register(subparsers) -> None:
                    help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} (default {d.r})")
     t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
                    help="LoRA alpha; the adapter output is scaled by alpha / r (default 2 r)")
-    t.add_argument("--epochs", type=common.positive_int, default=d.epochs, help=f"default {d.epochs}")
+    t.add_argument("--epochs", type=common.rank, default=d.epochs, metavar="N|auto",
+                   help="passes over the samples; auto: a budget from the data, at least --min-steps optimiser steps "
+                        "(and 30 epochs), which cross-validation extends while its score still improves at the "
+                        f"largest count, within --time-budget (default {d.epochs})")
+    t.add_argument("--min-steps", type=common.positive_int, default=d.min_steps, metavar="STEPS",
+                   help=f"--epochs auto: train at least this many optimiser steps (default {d.min_steps})")
+    t.add_argument("--time-budget", type=common.positive_float, default=d.cv_seconds, metavar="SECONDS",
+                   help="--epochs auto: cross-validation extends the budget only while its projected time stays "
+                        f"within this (default {d.cv_seconds:g})")
     t.add_argument("--batch-size", type=common.positive_int, default=d.batch_size, help=f"default {d.batch_size}")
     t.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=d.optimizer,
@@ -72,8 +81,11 @@ def register(subparsers) -> None:
                    help="instead of cross-validation, hold out this share of each class's most recent samples, "
                         f"choose on it and restore the best epoch (default {d.val_fraction}: cross-validation)")
     t.add_argument("--require-gain", action="store_true",
-                   help="save nothing (exit 1) when cross-validation says the adapter does not beat the backbone "
-                        "without fine-tuning")
+                   help="save nothing (exit 1) unless cross-validation says the adapter beats the backbone "
+                        "without fine-tuning (by default only an adapter estimated worse is refused)")
+    t.add_argument("--force-adapter", action="store_true",
+                   help="save the best adapter even when cross-validation estimates it worse than the backbone "
+                        "alone (by default nothing is saved then, exit 1)")
     t.add_argument("--patience", type=common.positive_int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss (default: never)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
@@ -112,7 +124,8 @@ def run(args: argparse.Namespace) -> dict:
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
-                         cv_rows_per_class=args.cv_rows_per_class)
+                         cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
+                         cv_seconds=args.time_budget, identity=not args.force_adapter)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
@@ -129,7 +142,9 @@ def run(args: argparse.Namespace) -> dict:
     holdout = config.val_fraction > 0   # else: one refit after cross-validation (or none at all)
     candidates = (len(config.rank_grid) if config.r == "auto" and holdout else 1) * \
         (len(config.weight_decay_grid) if config.weight_decay == "auto" and holdout else 1)
-    bar = Progress(candidates * config.epochs, "training", enabled=not args.quiet)
+    epochs = config.epochs if config.epochs != "auto" else \
+        budget_epochs("auto", config.min_steps, len(split[0]), config.batch_size)
+    bar = Progress(candidates * epochs, "training", enabled=not args.quiet)
     done = [0]
 
     def on_epoch(rec: dict) -> None:
@@ -147,6 +162,10 @@ def run(args: argparse.Namespace) -> dict:
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
         raise common.CommandError(f"no adapter written (--require-gain): {_verdict(selection, m.task)}")
+    if history.stopped == "identity":
+        raise common.CommandError(f"no adapter written: {_verdict(selection, m.task)}; the backbone alone is "
+                                  f"expected to do better, so keep serving it (--force-adapter saves the best "
+                                  f"adapter anyway)")
     adapter.save(args.out)
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else {}
     return {"adapter": str(args.out), "bundle": str(args.bundle), "task": m.task, "samples": history.samples,
@@ -160,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
             "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                          "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
                          "rank": config.r, "weight_decay": config.weight_decay, "form": config.form,
-                         "tap_scaling": config.tap_scaling,
+                         "tap_scaling": config.tap_scaling, "min_steps": config.min_steps,
+                         "time_budget": config.cv_seconds, "force_adapter": args.force_adapter,
                          "cv_folds": config.cv_folds, "cv_rows_per_class": config.cv_rows_per_class,
                          "resumed": args.resume},
             "history": history.epochs}
@@ -202,20 +222,36 @@ def report(r: dict) -> str:
 
 def _pct(score: float, spread: float, task: str) -> str:
     """A cross-validated score as text: accuracy in %, or the MSE for regression (stored as -MSE)."""
+    if score is None:
+        return "n/a (every model diverged)"
     return f"{100 * score:.1f} ± {100 * spread:.1f} %" if task == "classification" else f"MSE {-score:.4g} ± {spread:.2g}"
 
 def _verdict(sel: dict, task: str) -> str:
     """One line: does fine-tuning help, by cross-validation."""
     what = "accuracy" if task == "classification" else "error"
-    a, b = sel["chosen"], sel["no_finetune"]
+    a, b = sel["adapter"], sel["no_finetune"]
     return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
             f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
             + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
 
 def _cv_lines(sel: dict, task: str) -> list[str]:
-    lines = [f"  expected   {_verdict(sel, task)}",
-             f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
+    lines = [f"  expected   {_verdict(sel, task)}"]
+    if task == "classification":   # the spread honestly: each sample counts once, however many repeats scored it
+        (a0, a1), (b0, b1) = (v if None not in v else (0.0, 0.0) for v in
+                              (sel["adapter"]["score_interval"], sel["no_finetune"]["score_interval"]))
+        lines.append(f"             95 % interval {100 * a0:.1f}-{100 * a1:.1f} % fine-tuned, {100 * b0:.1f}-"
+                     f"{100 * b1:.1f} % without, from {sel['samples']} samples")
+    lines += [f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
              f"fold's model scored on samples it never saw)"]
+    b = sel["budget"]
+    if b["stopped"] == "explicit":
+        lines.append(f"  budget     {b['epochs']} epochs, as given (--epochs)")
+    else:
+        why = {"score": "no clear gain from more", "time": "the time budget stopped it while the score still "
+               "improved", "cap": "the largest extension"}[b["stopped"]]
+        lines.append(f"  budget     {b['epochs']} epochs cross-validated, from {b['start']} ({b['min_steps']} steps "
+                     f"or more; {why})")
     if not sel["helps"]:
-        lines.append("  warning    the adapter is saved anyway; --require-gain refuses to save one that does not help")
+        lines.append("  warning    the adapter is saved anyway (--force-adapter, or no worse than the backbone); "
+                     "--require-gain refuses to save one that does not help")
     return lines

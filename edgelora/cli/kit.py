@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.budget import DEFAULT_EPOCHS
 from ..files.adapter import load_adapter
 from ..files.bundle import load_manifest
 from ..graphs.kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
     g.add_argument("--clip-norm", type=common.positive_float, default=None, help="clip the gradient norm (default off)")
     g.add_argument("--no-bias", action="store_true", help="do not learn an output bias")
     r = p.add_argument_group("run defaults recorded in the contract")
-    r.add_argument("--epochs", type=common.positive_int, default=d.epochs, help=f"default {d.epochs}")
+    r.add_argument("--epochs", type=common.positive_int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     r.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"default {d.lr}")
     r.add_argument("--weight-decay", type=common.decay, default=0.1, metavar="W",
                    help="weight decay (default 0.1; the kit takes it as an input, so one kit serves several)")
@@ -58,7 +59,7 @@ def _recipe_of(args: argparse.Namespace, manifest) -> tuple[KitRecipe, dict]:
     """The recipe of the adapter named by --recipe-of, refusing recipe flags given alongside it."""
     d, k = TrainConfig(), KitRecipe()
     given = [f"--{n.replace('_', '-')}" for n, default in (("rank", k.r), ("alpha", None), ("batch_size", k.batch_size),
-             ("optimizer", k.optimizer), ("clip_norm", None), ("no_bias", False), ("epochs", d.epochs), ("lr", d.lr),
+             ("optimizer", k.optimizer), ("clip_norm", None), ("no_bias", False), ("epochs", DEFAULT_EPOCHS), ("lr", d.lr),
              ("weight_decay", 0.1), ("seed", d.seed)) if getattr(args, n) != default]
     if given:
         raise ValueError(f"--recipe-of takes the whole recipe from the adapter; expected no recipe flags, found {given}")

@@ -2,26 +2,27 @@
 
 Cached epochs cost a few small matrix products, so instead of holding out scarce labels we train one model
 per (recipe, fold) and score each fold's model on the samples it never saw. All models of one rank form a
-*stack* (the tap scalings are its input groups); all stacks share each mini-batch (one shuffle per epoch), one
-loss gradient and one optimiser step, and a fold's model gives its own validation rows weight 0. Folds are
-contiguous blocks in sample order within each class (the data is correlated in time); every class stays in
-every fold's training part. Epoch counts are candidates for free: models are scored at each mark. A large
+*stack* (stack.py; the tap scalings are its input groups); all stacks share each mini-batch (one shuffle per
+epoch), one loss gradient and one optimiser step, and a fold's model gives its own validation rows weight 0.
+Folds are contiguous blocks in sample order within each class (the data is correlated in time), repeated
+with moved cut points when they would be tiny (selection.py). Epoch counts are candidates for free: models
+are scored at each mark, and while the largest mark still clearly wins the budget grows (budget.py). A large
 set is cross-validated on an evenly spaced subset (`select`'s max_rows); the refit uses every sample.
-
-    A_k  (G, d_k, Mg, r)   B (M, K r, C)   bias (M, C)        G groups x Mg models = M
-    h    (M, b, K r) = [t_k A_k]          y = y0 + s h B + bias
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
 
-from . import lora
-from .losses import balanced_weights, class_groups, log_softmax
+from . import budget, lora
+from .losses import balanced_weights, log_softmax
 from .optim import from_config, learning_rate
+from .selection import IDENTITY, choose, held_out, improved, repeats_for, summarize
+from .stack import Stack
 
 SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
@@ -44,14 +45,6 @@ class Recipe:
     epochs: int
 
 
-def folds(targets: np.ndarray, k: int, task: str) -> np.ndarray:
-    """Fold id (0..k-1) per sample: each class's samples, in sample order, cut into k contiguous blocks."""
-    fold = np.zeros(len(targets), np.int64)
-    for g in class_groups(targets, task):
-        fold[g] = np.arange(len(g)) * k // len(g)
-    return fold
-
-
 def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(mean, 1/std) per tap feature over all n samples (no labels used), summed in float64 over chunks of
     rows (features(idx) -> (y0, taps)), so no float64 copy of the taps is made; constant features get 1/std = 0."""
@@ -60,75 +53,6 @@ def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np
     sd = np.sqrt(sum(((features(np.arange(a, min(n, a + chunk)))[1] - mu) ** 2).sum(axis=0) for a in parts) / n)
     inv = np.where(sd > 1e-6 * (np.abs(mu) + 1.0), 1.0 / np.maximum(sd, 1e-30), 0.0)
     return mu.astype(np.float32), inv.astype(np.float32)
-
-
-class Stack:
-    """M = G x Mg skip adapters of one layout trained side by side: G input groups (one per tap scaling, each
-    reading its own version of the taps) of Mg models each; model m = g Mg + j. Each product is one batched
-    matrix product over all models; the caller's optimiser steps the flat buffers (per-model weight decay)."""
-
-    def __init__(self, layout: lora.Layout, groups: int, per_group: int, scale: float, decays: np.ndarray, cfg,
-                 init_flat: np.ndarray | None = None, form: str = "skip", buffers: tuple | None = None):
-        """decays (Mg,): the weight decay of model j of every group. form "last": B fixed (loop.Run's).
-        buffers: flat (parameters, gradients, weight decays) as long as `layout_shapes` needs (by default new)."""
-        self.layout, self.g_, self.mg, self.m, self.scale = layout, groups, per_group, groups * per_group, scale
-        self.train_b = form != "last"
-        one = init_flat if init_flat is not None else \
-            lora.init(layout, cfg.seed) if self.train_b else lora.init_last(layout, scale)  # as a single run starts
-        p1, shapes = lora.views(one, layout), self.layout_shapes(layout, groups, per_group)
-        size = sum(int(np.prod(s)) for s in shapes.values())
-        self.flat, self.grad, self.decay = buffers or [np.zeros(size, np.float32) for _ in range(3)]
-        self.p, self.g, w = (lora.split(buf, shapes) for buf in (self.flat, self.grad, self.decay))
-        for key in layout.a_keys:
-            self.p[key][:], w[key][:] = p1[key][None, :, None, :], decays[None, None, :, None]
-        self.p["B"][:], w["B"][:] = p1["B"], np.tile(decays, groups)[:, None, None] if self.train_b else 0.0
-        if layout.bias:
-            self.p["bias"][:], w["bias"][:] = p1["bias"], np.tile(decays, groups)[:, None]
-        # views for the step: per tap (columns of t, A_k and its gradient as (G, d_k, Mg r)), B^T, the bias
-        self.taps = [(slice(a, b), *(q[key].reshape(groups, b - a, -1) for q in (self.p, self.g)))
-                     for key, (a, b) in zip(layout.a_keys, layout.bounds)]
-        self.bt = self.p["B"].transpose(0, 2, 1)
-        self.bias = (self.p["bias"][:, None, :], self.g["bias"][:, None, :]) if layout.bias else None
-        self.ones = np.ones((1, cfg.batch_size), np.float32)                      # sums over a batch (grows)
-
-    @staticmethod
-    def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
-        """Named shapes of the stacked parameters (A per tap, B, bias), in buffer order."""
-        m = groups * per_group
-        shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
-                  "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
-        return {**shapes, "bias": (m, layout.num_outputs)} if layout.bias else shapes
-
-    def forward(self, y0: np.ndarray, t: np.ndarray, out: np.ndarray | None = None):
-        """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C) (into `out` if given), h (M, b, K r)."""
-        (g, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
-        hk = np.empty((g, n, len(self.taps), mg * r), np.float32)                # per tap: (G, b, Mg r)
-        for k, (cols, a, _) in enumerate(self.taps):
-            np.matmul(t[:, :, cols], a, out=hk[:, :, k])
-        h = hk.reshape(g, n, -1, mg, r).transpose(0, 3, 1, 2, 4).reshape(self.m, n, -1)   # a copy, per model
-        y = np.matmul(h, self.p["B"], out=out)
-        if self.scale != 1.0:
-            y *= self.scale
-        y += y0
-        if self.bias:
-            y += self.bias[0]
-        return y, h
-
-    def backward(self, g: np.ndarray, h: np.ndarray, t: np.ndarray) -> None:
-        """Gradients into self.g from g (M, b, C): each model's weighted dL/dy per sample (scaled in place)."""
-        (g_, mg, r), n = (self.g_, self.mg, self.layout.rank), t.shape[1]
-        if self.bias:                                        # sum over the batch as a product (see _loss_grad)
-            self.ones = self.ones if n <= self.ones.shape[1] else np.ones((1, n), np.float32)
-            np.matmul(self.ones[:, :n], g, out=self.bias[1])
-        if self.scale != 1.0:
-            g *= self.scale
-        if self.train_b:                                     # else B stays fixed: its gradient stays 0
-            np.matmul(h.transpose(0, 2, 1), g, out=self.g["B"])
-        gh = np.matmul(g, self.bt).reshape(g_, mg, n, -1, r)                          # (G, Mg, b, K, r)
-        gh = gh.transpose(0, 2, 3, 1, 4).reshape(g_, n, -1, mg * r)                    # (G, b, K, Mg r): a copy
-        tt = t.transpose(0, 2, 1)
-        for k, (cols, _, da) in enumerate(self.taps):
-            np.matmul(tt[:, cols], gh[:, :, k], out=da)
 
 
 def _loss_grad(task: str, c: int):
@@ -161,20 +85,25 @@ def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, 
 
 
 def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, scalings: list[str], layouts: dict,
-                   alpha: dict, decays: list[float], marks: list[int], k: int, cfg, task: str, init_flat=None):
-    """Train every (form, rank, scaling, decay) on every fold; score each at the epochs in `marks`.
+                   alpha: dict, decays: list[float], marks: list[int], held: np.ndarray, cfg, task: str,
+                   init_flat=None, time_limit: float | None = None):
+    """Train every (form, rank, scaling, decay) on every fold of every repeat; score each at the epochs in `marks`.
 
-    y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank).
-    Returns (results, baseline, fold ids): results a list of {"recipe", "score": (N,) per-sample score of
-    the model that did not train on it, "loss": (N,)}. The settings of `cfg` apply as in a single run (batch
-    size, lr and schedule, optimiser, class weights, seed) except `clip_norm` and `lora_dropout`."""
+    y0 (N, C); t_all (G, N, D): the taps under each of the G `scalings`; layouts and alpha keyed by (form, rank);
+    held (S, N): slot s = r k + f holds out fold f of repeat r (selection.held_out). With `time_limit` (seconds)
+    the budget grows past max(marks) while the best score still improves at the largest count (budget.extend).
+    Returns (results, baseline, budget): results a list of {"recipe", "score": (R, N) per-sample score of each
+    repeat's model that did not train on the sample, "loss": (R, N)}; baseline the same for the starting
+    point (the backbone alone, or init_flat); budget {"marks", "stopped"}. The settings of `cfg` apply as in a
+    single run (batch size, lr and schedule, optimiser, class weights, seed) except `clip_norm` and `lora_dropout`."""
     n, c = y0.shape
-    fold = folds(targets, k, task)
+    slots, repeats = len(held), int(held[:, 0].sum())
+    k = slots // repeats
     weights = None if task != "classification" or cfg.class_weights == "none" else \
         balanced_weights(targets, c) if cfg.class_weights == "balanced" else np.asarray(cfg.class_weights, np.float32)
     sample_w = np.ones(n, np.float32) if weights is None else weights[targets]
     rng = np.random.default_rng(cfg.seed)
-    wds = np.repeat(np.asarray(decays, np.float32), k)            # model j of a group: decay j // k, fold j % k
+    wds = np.repeat(np.asarray(decays, np.float32), slots)        # model j of a group: decay j // S, slot j % S
     # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap's columns
     used = {(form, r): (lora.Layout(lay.taps[-1:], lay.widths[-1:], lay.num_outputs, r, lay.bias),
                         slice(lay.bounds[-1][0], None)) if form == "last" else (lay, slice(None))
@@ -187,18 +116,22 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, sc
     stacks = [(key, Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
                           (flat[a:b], grads[a:b], decay[a:b])), cols)
               for (key, (lay, cols)), a, b in zip(used.items(), ends[:-1], ends[1:])]
+    base_y = y0 if init_flat is None else stacks[0][1].forward(y0, t_all[:, :, stacks[0][2]])[0][0]
     opt, grad = from_config(cfg, decay.size, decay), _loss_grad(task, c)
-    own = np.tile(np.arange(k), len(decays) * len(scalings))      # fold of each model
-    keep = (fold[None, :] != own[:, None]) * sample_w               # (M, N): a model's loss weight per sample
+    own = np.tile(np.arange(slots), len(decays) * len(scalings))  # slot of each model
+    keep = (~held[own]).astype(np.float32) * sample_w              # (M, N): a model's loss weight per sample
     rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets.astype(np.float32)
     shift = np.maximum.reduce(y0, axis=1, keepdims=True)
     bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
-    lrs = [learning_rate(i, max(marks) * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
-           for i in range(max(marks) * steps)]
+    marks, warmup = sorted(marks), int(round(cfg.warmup_epochs * steps))
+    start = target = marks[-1]
     starts = np.arange(0, n, bs)
     tp = np.empty_like(t_all)                                       # the taps in this epoch's order
-    results = []
-    for epoch in range(1, max(marks) + 1):
+    results, stopped, t0, epoch = [], "explicit" if time_limit is None else "", time.perf_counter(), 0
+    while epoch < target:
+        epoch += 1
+        lrs = [learning_rate(i, start * steps, cfg.lr, cfg.schedule, warmup)
+               for i in range((epoch - 1) * steps, epoch * steps)]
         # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch
         perm = rng.permutation(n)
         w = keep[:, perm]
@@ -214,47 +147,44 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, sc
             y *= w[:, s, None]
             for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
                 stack.backward(g, h, t)
-            opt.step(flat, grads, lrs[(epoch - 1) * steps + i])
+            opt.step(flat, grads, lrs[i])
         if epoch in marks:
-            for (form, r), stack, cols in stacks:
-                y, _ = stack.forward(y0, t_all[:, :, cols])      # (M, N, C): every model on every sample
-                score, loss = _scores(y, targets, task)
-                bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
-                score[bad], loss[bad] = -np.inf, np.inf
-                mine = own[:, None] == fold[None, :]             # each sample scored by its fold's model
-                for j, (sc, wd) in enumerate((sc, wd) for sc in scalings for wd in decays):
-                    sel = mine[j * k:(j + 1) * k]
-                    s = np.where(sel, score[j * k:(j + 1) * k], 0.0).sum(axis=0)
-                    lo = np.where(sel, loss[j * k:(j + 1) * k], 0.0).sum(axis=0)
-                    results.append({"recipe": Recipe(form, sc, float(wd), r, epoch), "score": s, "loss": lo})
-    return results, dict(zip(("score", "loss"), _scores(y0, targets, task))), fold
+            results += _score_mark(stacks, y0, t_all, targets, task, held, repeats, k, scalings, decays, epoch)
+        if epoch == target and time_limit is not None:
+            spent = time.perf_counter() - t0
+            now = [res for res in results if res["recipe"].epochs == epoch]
+            nxt, stopped = budget.extend(improved(now, [res for res in results if res["recipe"].epochs < epoch]),
+                                         epoch, start, spent, spent / epoch, time_limit)
+            if nxt is not None:
+                marks.append(nxt)
+                target = nxt
+    sc, lo = _scores(base_y, targets, task)
+    base = {"score": np.broadcast_to(sc, (repeats, n)), "loss": np.broadcast_to(lo, (repeats, n))}
+    return results, base, {"marks": marks, "stopped": stopped}
 
 
-def summarize(score: np.ndarray, loss: np.ndarray, fold: np.ndarray, k: int) -> dict:
-    """Mean and per-fold means of a per-sample score (accuracy, or minus squared error) and loss."""
-    per = [float(score[fold == f].mean()) for f in range(k) if (fold == f).any()]
-    finite = np.isfinite(score).all() and np.isfinite(loss).all()
-    return {"score": float(score.mean()) if finite else -math.inf, "loss": float(loss.mean()) if finite else math.inf,
-            "folds": per, "spread": float(np.std(per)) if finite else math.inf}
-
-
-def choose(results: list[dict], fold: np.ndarray, k: int) -> tuple[dict, list[dict]]:
-    """The recipe to refit, and every recipe's summary. One-standard-error rule: among the recipes whose
-    cross-validated score is within one standard error (over folds) of the best, prefer the simpler model:
-    the last-layer form (no adapter on the wide early taps), then raw taps, then the higher score, then
-    the lower loss. With a few dozen samples per fold, score differences inside that band are noise."""
-    table = [{"recipe": res["recipe"], **summarize(res["score"], res["loss"], fold, k)} for res in results]
-    top = max(table, key=lambda row: (row["score"], -row["loss"]))
-    band = top["score"] - top["spread"] / math.sqrt(k) if math.isfinite(top["spread"]) else top["score"]
-    ties = [row for row in table if row["score"] >= band]
-    best = max(ties, key=lambda row: (row["recipe"].form == "last", row["recipe"].tap_scaling == "none",
-                                      row["score"], -row["loss"]))
-    return best, table
+def _score_mark(stacks, y0, t_all, targets, task, held, repeats, k, scalings, decays, epoch) -> list[dict]:
+    """Every recipe's (R, N) held-out scores and losses at this epoch: each sample scored, in each repeat,
+    by the model that did not train on it."""
+    found, slots = [], len(held)
+    for (form, r), stack, cols in stacks:
+        y, _ = stack.forward(y0, t_all[:, :, cols])      # (M, N, C): every model on every sample
+        score, loss = _scores(y, targets, task)
+        bad = ~np.isfinite(y).all(axis=(1, 2))          # a diverged model never wins
+        score[bad], loss[bad] = -np.inf, np.inf
+        for j, (sc, wd) in enumerate((sc, wd) for sc in scalings for wd in decays):
+            block = slice(j * slots, (j + 1) * slots)
+            s = np.where(held, score[block], 0.0).reshape(repeats, k, -1).sum(axis=1)
+            lo = np.where(held, loss[block], 0.0).reshape(repeats, k, -1).sum(axis=1)
+            found.append({"recipe": Recipe(form, sc, float(wd), r, epoch), "score": s, "loss": lo})
+    return found
 
 
 def select(features: Rows, targets: np.ndarray, *, scalings: list[str], layouts: dict, alphas: dict, decays: list[float],
-           config, task: str, init_flat: np.ndarray | None = None, max_rows: int | None = None) -> tuple[Recipe, dict]:
-    """Choose the recipe by k-fold cross-validation on the cached rows (`features`); returns it and what was found
+           config, task: str, init_flat: np.ndarray | None = None, max_rows: int | None = None,
+           rule: str = "paired") -> tuple[Recipe | None, dict]:
+    """Choose by k-fold cross-validation on the cached rows (`features`): the recipe to refit, or None when
+    "no fine-tuning" (the backbone alone, or init_flat) wins (config.identity), and what was found
     (History.selection). max_rows: cross-validate on at most this many rows, evenly spaced in sample order."""
     everything, subset = np.arange(n := len(features)), ""
     if max_rows is not None and n > max(max_rows, 2 * config.cv_folds):
@@ -265,33 +195,55 @@ def select(features: Rows, targets: np.ndarray, *, scalings: list[str], layouts:
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
                          f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")
-    y0, t = features(everything)                                 # a copy: the rows of `everything`
-    if scalings == ["none"]:
-        taps = np.ascontiguousarray(t, np.float32)[None]         # (1, N, D) without another copy
-    else:
-        taps = np.empty((len(scalings),) + t.shape, np.float32)  # (G, N, D), each group scaled in place
-        for g, sc in enumerate(scalings):
-            taps[g] = t
-            if sc == "standard":
-                taps[g] -= features.standardizer[0]
-                taps[g] *= features.standardizer[1]
-    del t
-    marks = sorted({max(1, int(round(f * config.epochs))) for f in config.epoch_fractions})
-    results, base, fold = cross_validate(y0, taps, targets, scalings=scalings, layouts=layouts, alpha=alphas,
-                                         decays=decays, marks=marks, k=k, cfg=config, task=task, init_flat=init_flat)
-    best, table = choose(results, fold, k)
-    baseline = summarize(base["score"], base["loss"], fold, k)
-    metric = "accuracy" if task == "classification" else "neg_mse"
-    return best["recipe"], {
-        "method": f"{k}-fold cross-validation{subset}", "folds": k, "metric": metric,
-        "chosen": {**asdict(best["recipe"]), "score": best["score"], "score_spread": best["spread"],
-                   "loss": best["loss"], "score_folds": best["folds"]},
-        "no_finetune": {"score": baseline["score"], "score_spread": baseline["spread"], "loss": baseline["loss"],
-                        "score_folds": baseline["folds"]},
-        "helps": best["score"] > baseline["score"],
+    y0, taps = _scaled_taps(features, everything, scalings)
+    repeats = repeats_for(n, config.cv_repeats)
+    held = held_out(targets, k, task, repeats)
+    start = budget.budget_epochs(config.epochs, config.min_steps, n, config.batch_size)
+    marks = sorted({max(1, int(round(f * start))) for f in config.epoch_fractions})
+    extendable = config.epochs == "auto" and config.schedule == "constant"
+    with np.errstate(over="ignore", invalid="ignore"):   # a diverging model is scored -inf, never chosen
+        results, base, spent = cross_validate(y0, taps, targets, scalings=scalings, layouts=layouts, alpha=alphas,
+                                              decays=decays, marks=marks, held=held, cfg=config, task=task,
+                                              init_flat=init_flat, time_limit=config.cv_seconds if extendable else None)
+    cls = task == "classification"
+    table = [{"recipe": res["recipe"], **summarize(res["score"], res["loss"], held, cls)} for res in results]
+    baseline = summarize(base["score"], base["loss"], held, cls)
+    best, identity = choose(table, baseline if config.identity else None, rule)
+    adapter, none = _estimate(best, asdict(best["recipe"])), _estimate(baseline, {})
+    return None if identity else best["recipe"], {
+        "method": f"{k}-fold cross-validation" + (f" ({repeats} repeats)" if repeats > 1 else "") + subset,
+        "folds": k, "repeats": repeats, "samples": n, "metric": "accuracy" if cls else "neg_mse",
+        "chosen": {**none, "form": IDENTITY} if identity else adapter, "adapter": adapter, "no_finetune": none,
+        "helps": bool(best["score"] > baseline["score"]),
+        "budget": {"epochs": max(spent["marks"]), "start": start, "marks": spent["marks"], "stopped": spent["stopped"],
+                   "min_steps": config.min_steps, "seconds_limit": config.cv_seconds},
         "candidates": [{**asdict(row["recipe"]), "score": row["score"], "loss": row["loss"]} for row in table]}
+
+
+def _scaled_taps(features: Rows, idx: np.ndarray, scalings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(y0, taps (G, N, D)): the rows idx with their taps under each of the G tap scalings."""
+    y0, t = features(idx)                                        # a copy: the rows of idx
+    if scalings == ["none"]:
+        return y0, np.ascontiguousarray(t, np.float32)[None]     # (1, N, D) without another copy
+    taps = np.empty((len(scalings),) + t.shape, np.float32)      # (G, N, D), each group scaled in place
+    for g, sc in enumerate(scalings):
+        taps[g] = t
+        if sc == "standard":
+            taps[g] -= features.standardizer[0]
+            taps[g] *= features.standardizer[1]
+    return y0, taps
+
+
+def _estimate(row: dict, recipe: dict) -> dict:
+    """A candidate's estimate as History.selection reports it (None where every model diverged: JSON has no inf)."""
+    def num(v):
+        return v if math.isfinite(v) else None
+    return {**recipe, "score": num(row["score"]), "score_spread": num(row["spread"]),
+            "score_interval": [num(v) for v in row["interval"]], "loss": num(row["loss"]),
+            "score_folds": [num(v) for v in row["folds"]]}
 
 
 def brief(selection: dict) -> dict:
     """What the adapter file keeps of the selection: the estimate, not the whole table."""
-    return {key: selection[key] for key in ("method", "metric", "chosen", "no_finetune", "helps")} if selection else {}
+    keys = ("method", "metric", "samples", "chosen", "adapter", "no_finetune", "helps", "budget")
+    return {key: selection[key] for key in keys if key in selection} if selection else {}

@@ -54,7 +54,7 @@ JOINED = ("published", "deferred")   # sessions whose samples are trained on and
 
 # a session warm-starts from the current version on raw taps; its own holdout (not cross-validation) picks the
 # epoch, as measured on har (device_bench/personalize_har.py)
-SESSION_TRAINING = TrainConfig(val_fraction=0.2, weight_decay=1.0, form="skip", tap_scaling="none")
+SESSION_TRAINING = TrainConfig(epochs=30, val_fraction=0.2, weight_decay=1.0, form="skip", tap_scaling="none")
 
 
 @dataclass(frozen=True)

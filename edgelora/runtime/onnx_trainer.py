@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
 from ..core import lora
+from ..core.budget import budget_epochs
 from ..core.loop import MONITOR, loss_weights
 from ..core.metrics import evaluate_outputs
 from ..core.optim import learning_rate
@@ -27,20 +29,31 @@ from .features import FeatureSource
 from .train_config import History, TrainConfig
 
 
+def kit_config(config: TrainConfig, kit: Kit | None) -> TrainConfig:
+    """`config` narrowed to what a kit trains: skip adapters on raw taps (an "auto" form or tap scaling becomes
+    that), a given kit's rank. Cross-validation in numpy then chooses among those recipes (the rank if "auto",
+    the weight decay, the epochs, or no fine-tuning) and the kit trains the one chosen."""
+    narrowed = replace(config, form="skip" if config.form == "auto" else config.form,
+                       tap_scaling="none" if config.tap_scaling == "auto" else config.tap_scaling)
+    return narrowed if kit is None else replace(narrowed, r=recipe_of(kit).r)
+
+
 def recipe_from_config(config: TrainConfig) -> KitRecipe:
-    """The kit recipe of an explicit TrainConfig; "auto" settings and dropout are refused."""
-    auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(config, f) == "auto"]
-    if auto:
-        raise ValueError(f"engine='onnx' trains one explicit recipe; found 'auto' for {auto}: pass explicit "
-                         f"settings (e.g. r=4, weight_decay=0.1, form='skip', tap_scaling='none'; on the command "
-                         f"line --rank 4 --weight-decay 0.1 --form skip --tap-scaling none) or use engine='numpy'")
+    """The kit recipe of a TrainConfig (kit_config'd); "auto" settings are refused unless cross-validation
+    chooses them (val_fraction 0, cv_folds >= 2), dropout always."""
+    auto = [f for f in ("r", "weight_decay", "epochs") if getattr(config, f) == "auto"]
+    if auto and (config.val_fraction > 0 or config.cv_folds < 2):
+        raise ValueError(f"engine='onnx' trains one recipe, chosen by cross-validation or given; found 'auto' for "
+                         f"{auto} without cross-validation: pass explicit settings (e.g. r=4, weight_decay=0.1, "
+                         f"epochs=30; on the command line --rank 4 --weight-decay 0.1 --epochs 30), keep "
+                         f"cross-validation on, or use engine='numpy'")
     if config.form != "skip":
         raise ValueError(f"engine='onnx' trains skip adapters: expected form='skip', found {config.form!r}")
     if config.tap_scaling != "none":
         raise ValueError(f"engine='onnx' trains on raw taps: expected tap_scaling='none', found {config.tap_scaling!r}")
     if config.lora_dropout:
         raise ValueError(f"engine='onnx' has no tap dropout: expected lora_dropout=0, found {config.lora_dropout}")
-    return KitRecipe(r=config.r, lora_alpha=config.lora_alpha, bias=config.bias, batch_size=config.batch_size,
+    return KitRecipe(r=config.rank_grid[0] if config.r == "auto" else config.r, lora_alpha=config.lora_alpha, bias=config.bias, batch_size=config.batch_size,
                      optimizer=config.optimizer, momentum=config.momentum, clip_norm=config.clip_norm)
 
 
@@ -75,6 +88,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
              "step": np.array(0, np.int64)}
     n, bs = len(rows), contract["recipe"]["batch_size"]
     steps = math.ceil(n / bs)
+    config = replace(config, epochs=budget_epochs(config.epochs, config.min_steps, n, bs))
     total = config.epochs * steps
     warmup = int(round(config.warmup_epochs * steps))
     lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
@@ -119,7 +133,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
 def check_kit(m: Manifest, config: TrainConfig, kit: Kit | None) -> None:
     """Refuse, before any backbone work, a config the kit cannot train (recipe_from_config) or a `kit` built for
     another backbone."""
-    recipe_from_config(config)
+    recipe_from_config(kit_config(config, kit))
     if kit is not None:
         check_backbone(kit, m, "the training kit")
 
@@ -140,7 +154,8 @@ def train_features(features: FeatureSource, targets: np.ndarray, split: tuple[np
                            callback=callback)
     history.epochs, history.best_epoch, history.stopped = run["epochs"], run["best_epoch"], run["stopped"]
     history.chosen = {"form": "skip", "r": recipe.r, "lora_alpha": recipe.alpha, "weight_decay": config.weight_decay,
-                      "tap_scaling": "none", "epochs": config.epochs}  # the keys the numpy engine reports
+                      "tap_scaling": "none", "epochs": len(run["epochs"]) if run["stopped"] == "completed" else
+                      budget_epochs(config.epochs, config.min_steps, len(train_idx), recipe.batch_size)}
     if val is not None:
         history.val_metrics = evaluate_outputs(run["val_outputs"], val[1], m.task)
     history.train_seconds = time.perf_counter() - start

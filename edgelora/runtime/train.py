@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 
 from ..core import crossval, lora
+from ..core.budget import budget_epochs
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
@@ -46,7 +47,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 
     By default the recipe (adapter form, tap scaling, number of epochs, and any "auto" setting) is chosen by
     k-fold cross-validation on the cached rows (core/crossval.py) and then trained on every sample; the
-    estimate is in History.selection. With `val_fraction` > 0 a holdout chooses instead and the best epoch is kept.
+    estimate is in History.selection. When no adapter is estimated better than none (`identity`), the identity
+    adapter is returned (the backbone's own outputs, or `init` unchanged) and History.stopped is "identity".
+    With `val_fraction` > 0 a holdout chooses instead and the best epoch is kept.
 
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
@@ -75,10 +78,29 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
-        from .onnx_trainer import train_features  # the kit's graphs need onnx: loaded only when asked for
-        return train_features(features, targets, split, config, kit=kit, callback=callback)
+        return _train_kit(features, targets, split, config, kit=kit, callback=callback)
     return _train_numpy(features, targets, split, config, init=init, callback=callback,
                         checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every)
+
+
+def _train_kit(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
+               kit: Kit | None, callback: Callable[[dict], None] | None) -> tuple[Adapter, History]:
+    """The kit trains what numpy's cross-validation chose among the recipes a kit can train (or the one given)."""
+    from .onnx_trainer import kit_config, train_features  # the kit's graphs need onnx: loaded only when asked for
+    config, selection, start = kit_config(config, kit), {}, time.perf_counter()
+    if config.val_fraction == 0 and config.cv_folds >= 2:
+        recipes, selection = _recipes(features, targets, config, None, len(split[0]))
+        if not recipes:
+            history = History(samples={"train": int(len(split[0])), "val": int(len(split[1]))}, selection=selection,
+                              cache_seconds=features.seconds)
+            return _identity(features, config, None, history, start)
+        rc = recipes[0]
+        config = replace(config, r=rc.r, weight_decay=rc.weight_decay, epochs=rc.epochs)
+    adapter, history = train_features(features, targets, split, config, kit=kit, callback=callback)
+    history.selection = selection
+    adapter.config.training["cross_validation"] = crossval.brief(selection)
+    history.train_seconds = time.perf_counter() - start   # the selection, then the kit
+    return adapter, history
 
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
@@ -95,8 +117,10 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    recipes, history.selection = _recipes(features, targets, config, init)
+    recipes, history.selection = _recipes(features, targets, config, init, len(train_idx))
     bias = init.config.bias if init is not None else config.bias
+    if not recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
+        return _identity(features, config, init, history, start)
     scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in recipes)}
     val_features = {sc: f(val_idx) for sc, f in scaled.items()} if features.static and len(val_idx) else {}
     runs: list[Run] = []
@@ -134,8 +158,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                    result), history
 
 
-def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
-             init: Adapter | None) -> tuple[list[crossval.Recipe], dict]:
+def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig, init: Adapter | None,
+             n_train: int) -> tuple[list[crossval.Recipe], dict]:
     """The runs to train, and what cross-validation found (History.selection). With cross-validation
     (`val_fraction` 0, `cv_folds` >= 2) the one recipe it chose, to refit on every sample; otherwise every
     combination of the asked forms, ranks, weight decays and tap scalings (the holdout picks among them)."""
@@ -152,15 +176,36 @@ def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
     forms = ["skip"] if init is not None else (list(crossval.FORMS) if config.form == "auto" else [config.form])
     kinds = [(f, r) for f in forms for r in (ranks if f == "skip" else [m.num_outputs])]
     if config.val_fraction > 0 or config.cv_folds < 2:
-        return [crossval.Recipe(f, sc, wd, r, config.epochs) for f, r in kinds for wd in decays for sc in scalings], {}
+        epochs = budget_epochs(config.epochs, config.min_steps, n_train, config.batch_size)
+        return [crossval.Recipe(f, sc, wd, r, epochs) for f, r in kinds for wd in decays for sc in scalings], {}
     recipe, selection = crossval.select(
         features, targets, scalings=scalings, layouts={(f, r): layout_for(m, r, bias) for f, r in kinds},
         alphas={(f, r): _alpha(f, r, config, init) for f, r in kinds}, decays=decays, config=config, task=m.task,
-        init_flat=None if init is None else init.flat,
+        init_flat=None if init is None else init.flat, rule=config.cv_rule,
         # a copy per tap scaling, each also in epoch order, and one being gathered; enough rows to choose a
         # recipe (cv_rows_per_class): fewer steps on a large fine-tune set, the refit uses every sample
         max_rows=features.cv_rows(2 * len(scalings) + 1, config.cv_rows_per_class * m.num_outputs))
-    return [recipe], selection
+    return [] if recipe is None else [recipe], selection
+
+
+def _identity(features: FeatureSource, config: TrainConfig, init: Adapter | None, history: History,
+              start: float) -> tuple[Adapter, History]:
+    """"No fine-tuning" as an adapter: the warm start as it is, else a new adapter (B = 0, bias 0) whose
+    outputs are the backbone's own."""
+    m = features.manifest
+    history.stopped = "identity"
+    history.chosen = {"form": crossval.IDENTITY, "epochs": 0}
+    history.train_seconds = time.perf_counter() - start
+    history.cache = features.cache.stats() if features.cache is not None else {}
+    training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": 0, "stopped": history.stopped,
+                "samples": history.samples, "cross_validation": crossval.brief(history.selection)}
+    if init is not None:
+        c = init.config
+        return Adapter(adapter_config(m, c.r, c.lora_alpha, c.bias, training), init.flat.copy()), history
+    r = config.r if config.r != "auto" else config.rank_grid[0]
+    layout = layout_for(m, r, config.bias)
+    return Adapter(adapter_config(m, r, lora.default_alpha(r, config.lora_alpha), config.bias, training),
+                   lora.init(layout, config.seed)), history
 
 
 def _alpha(form: str, r: int, config: TrainConfig, init: Adapter | None) -> float:

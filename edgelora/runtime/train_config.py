@@ -20,7 +20,12 @@ class TrainConfig:
     r: int | Literal["auto"] = 4                     # adapter rank, or "auto": pick from rank_grid on validation loss
     lora_alpha: float | None = None                  # scale s = lora_alpha / r; None -> 2 r (s = 2)
     bias: bool = True                                # learn an output bias too
-    epochs: int = 30                                 # passes over the training split
+    epochs: int | Literal["auto"] = "auto"           # passes over the training split; "auto": a budget from the
+                                                     # data (>= min_steps steps and >= 30 epochs), extended by
+                                                     # cross-validation while it still improves (cv_seconds)
+    min_steps: int = 300                             # "auto" epochs: train at least this many optimiser steps
+    cv_seconds: float = 10.0                         # "auto" epochs: cross-validation extends the budget only
+                                                     # while its projected time stays within this many seconds
     batch_size: int = 20                             # samples per step
     lr: float = 3e-3                                 # peak learning rate
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
@@ -44,6 +49,14 @@ class TrainConfig:
                                                      # on it); 0: choose by cross-validation, then train on all
     cv_folds: int = 5                                # k of the k-fold cross-validation (val_fraction 0); 0: none,
                                                      # train exactly the given settings on every sample
+    cv_repeats: int = 1                              # repeat the k folds with moved cut points (1: once; 0: auto,
+                                                     # more the fewer the samples: 4 at 20, 1 from 100 on)
+    cv_rule: Literal["paired", "best", "folds"] = "paired"  # paired: within one paired standard error of the best,
+                                                     # raw taps first; best: the top score; folds: the old rule
+                                                     # (within one SE of the folds' spread, last-layer form first)
+    identity: bool = True                            # "no fine-tuning" is a candidate: when cross-validation finds
+                                                     # no adapter better than the backbone alone (or the warm
+                                                     # start), that is returned unchanged (CLI: nothing saved)
     epoch_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # cross-validation also picks how many of `epochs` to train
     cv_rows_per_class: int = 128                     # cross-validate on at most this many samples x classes (outputs),
                                                      # evenly spaced in sample order (0: all); the refit uses all
@@ -55,7 +68,10 @@ class TrainConfig:
         normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
         check(self.r == "auto" or self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
         check(self.lora_alpha is None or self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
-        check(self.epochs >= 1, f"`epochs` should be a positive integer, found {self.epochs}")
+        check(self.epochs == "auto" or self.epochs >= 1, f"`epochs` should be a positive integer or 'auto', found {self.epochs}")
+        check(self.min_steps >= 1, f"`min_steps` should be a positive integer, found {self.min_steps}")
+        check(self.cv_seconds > 0, f"`cv_seconds` should be a positive number of seconds, found {self.cv_seconds}")
+        check(self.cv_repeats >= 0, f"`cv_repeats` should be >= 0 (0: auto), found {self.cv_repeats}")
         check(self.batch_size >= 1, f"`batch_size` should be a positive integer, found {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"`lr` should be a positive number, found {self.lr}")
         check(0 <= self.momentum < 1, f"`momentum` should be in [0, 1), found {self.momentum}")
@@ -90,7 +106,8 @@ class History:
     epochs: list[dict] = field(default_factory=list)      # epoch, train_loss, val_loss, val_accuracy, lr, seconds
     val_metrics: dict = field(default_factory=dict)       # accuracy, macro_f1, loss (or mse, mae) of the result
     best_epoch: int = 0
-    stopped: str = "completed"                            # completed | early_stopping | non_finite
+    stopped: str = "completed"                            # completed | early_stopping | non_finite | identity
+                                                          # (no fine-tuning won: nothing was trained)
     chosen: dict = field(default_factory=dict)            # r, lora_alpha, weight_decay actually used
     candidates: list[dict] = field(default_factory=list)  # model selection: settings and best val loss of each
     selection: dict = field(default_factory=dict)         # cross-validation: estimate of the chosen recipe and of
