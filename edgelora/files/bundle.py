@@ -24,7 +24,7 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "normalization")  # top-level fields the JSON may leave out
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
@@ -77,6 +77,28 @@ class Standardize:
                 raise ValueError(f"preprocess `{name}` should be a number or a nested list of numbers") from None
             check(bool(np.isfinite(a).all()), f"preprocess `{name}` should be finite numbers")
         check(bool((np.asarray(self.std, np.float64) > 0).all()), "preprocess `std` should be > 0")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A batch-norm layer kept addressable in the ONNX graph (export/batchnorm.py): where its statistics are,
+    where its input's per-sample moments come out, and the statistics the graph uses (the lab's, or re-estimated)."""
+    name: str                                   # the layer (torch module name)
+    channels: int                               # C
+    eps: float                                  # added to the variance
+    mean_initializer: str                       # ONNX initializer holding the running mean (C,)
+    var_initializer: str                        # ONNX initializer holding the running variance (C,)
+    moments: str                                # ONNX output (batch, 2 C): per-sample channel means, mean squares
+    mean: list                                  # the running mean the graph uses (C floats)
+    var: list                                   # the running variance (C floats, >= 0)
+
+    def __post_init__(self):
+        check(self.channels >= 1, f"normalization `{self.name}`: `channels` should be positive, found {self.channels}")
+        for key in ("mean", "var"):
+            a = np.asarray(getattr(self, key), np.float64)
+            check(a.shape == (self.channels,) and bool(np.isfinite(a).all()),
+                  f"normalization `{self.name}`: `{key}` should be {self.channels} finite numbers, found shape {a.shape}")
+        check(min(self.var) >= 0 and self.eps > 0, f"normalization `{self.name}`: `var` should be >= 0 and `eps` > 0")
 
 
 def as_preprocess(pre: dict | None, inputs: Sequence[str]) -> dict[str, Standardize]:
@@ -135,6 +157,7 @@ class Manifest:
     opset: int = 17
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
     checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
+    normalization: tuple[NormSpec, ...] = ()    # batch-norm layers a device may re-calibrate, in call order
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -168,13 +191,23 @@ class Manifest:
         """'sha256:<hex>' over the ONNX fingerprint and every manifest field that changes what the backbone
         computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
         re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
-        what = {k: to_dict(self)[k] for k in ("fingerprint", "inputs", "output", "taps", "preprocess", "task")}
+        fields = ("fingerprint", "inputs", "output", "taps", "preprocess", "task") + \
+            (("normalization",) if self.normalization else ())   # a bundle without any keeps its identity
+        what = {k: to_dict(self)[k] for k in fields}
         return digest(dumps_json(what), tagged=True)
+
+
+def manifest_dict(manifest: Manifest) -> dict:
+    """The manifest as JSON-ready dict; `normalization` only when there is any (older readers, same checksums)."""
+    data = to_dict(manifest)
+    if not manifest.normalization:
+        del data["normalization"]
+    return data
 
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
-    return digest(dumps_json(to_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
+    return digest(dumps_json(manifest_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
 
 
 def with_checksum(manifest: Manifest) -> Manifest:
@@ -235,5 +268,5 @@ def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *,
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
-    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
+    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))}, "bundle")
     return manifest

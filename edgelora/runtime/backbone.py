@@ -9,27 +9,38 @@ import onnxruntime as ort
 from ..files.bundle import Manifest, load_manifest, model_path, read_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from ..files.recalibration import Recalibration, recalibrated
 
 
 class Backbone:
-    """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
+    """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32.
 
-    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64):
+    With a `recalibration` (files/recalibration.py) it uses those statistics instead of the lab's: the input
+    standardisation before the graph, and batch-norm statistics as initializers given to onnxruntime
+    (SessionOptions.add_initializer: the ONNX file is not rewritten). Its `identity` is then its own."""
+
+    def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64,
+                 recalibration: Recalibration | None = None):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
-        self.bundle_dir = Path(bundle_dir)
-        self.manifest: Manifest = load_manifest(bundle_dir)
+        self.bundle_dir, self.threads = Path(bundle_dir), threads
+        self.lab_manifest: Manifest = load_manifest(bundle_dir)
+        self.recalibration = recalibration if recalibration is not None and not recalibration.empty else None
+        self.manifest: Manifest = recalibrated(self.lab_manifest, self.recalibration, f"bundle {bundle_dir}")
         self._identity = self.manifest.identity
         self.batch_size = batch_size
         opts = ort.SessionOptions()
+        self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the session
+        for name, value in self._overrides.items():
+            opts.add_initializer(name, value)
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        path = model_path(bundle_dir, self.manifest)
-        blob = read_model(bundle_dir, self.manifest)
+        path = model_path(bundle_dir, self.lab_manifest)
+        blob = read_model(bundle_dir, self.lab_manifest)
         try:
             self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
@@ -41,6 +52,24 @@ class Backbone:
         self._spans = list(zip(ends[:-1], ends[1:]))  # columns of each output in a row
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
+
+    def recalibrated(self, recalibration: Recalibration | None) -> Backbone:
+        """The same bundle with `recalibration`'s statistics (a new session; None: the lab's)."""
+        return Backbone(self.bundle_dir, self.threads, self.batch_size, recalibration)
+
+    def moments(self, x, layer: str, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean over the samples of batch-norm `layer`'s input, and of its square, per channel (C,) float64."""
+        spec = {n.name: n for n in self.manifest.normalization}.get(layer)
+        if spec is None:
+            raise ValueError(f"bundle {self.bundle_dir}: no batch-norm layer `{layer}`; it records "
+                             f"{[n.name for n in self.manifest.normalization]}")
+        inputs = x if validated else as_inputs(x, self.manifest)
+        n, total = num_samples(inputs), np.zeros(2 * spec.channels)
+        for a in range(0, n, self.batch_size):
+            feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
+            total += self._session.run([spec.moments], feed)[0].sum(axis=0, dtype=np.float64)
+        total /= max(n, 1)
+        return total[:spec.channels], total[spec.channels:]
 
     @property
     def fingerprint(self) -> str:
@@ -120,3 +149,12 @@ class Backbone:
             if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
                 raise ValueError(f"{where}: output `{name}` should have shape (batch, {width}), "
                                  f"the graph says {shape}")
+
+
+def _overrides(m: Manifest, rc: Recalibration | None) -> dict[str, ort.OrtValue]:
+    """Initializers replacing the lab's batch-norm statistics (none without a re-calibration of them)."""
+    if rc is None or not rc.normalization:
+        return {}
+    return {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(values, np.float32))
+            for spec in m.normalization for name, values in ((spec.mean_initializer, spec.mean),
+                                                             (spec.var_initializer, spec.var))}

@@ -28,6 +28,7 @@ from ..files.formats import digest
 from ..files.schema import to_dict
 from .backbone import Backbone
 from .cache import SkipCache
+from . import recalibrate
 from .features import FeatureSource, prepare
 from .train_config import History, TrainConfig
 
@@ -73,13 +74,42 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     if engine == "onnx":
         from .onnx_trainer import train_features  # the kit's graphs need onnx: loaded only when asked for
         return train_features(features, targets, split, config, kit=kit, callback=callback)
-    return _train_numpy(features, targets, split, config, init=init, callback=callback,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+    features, picked, recal = _recalibrated(features, targets, config, init)
+    adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
+                                    checkpoint_dir=checkpoint_dir, resume=resume, picked=picked)
+    if recal:
+        if history.selection:
+            history.selection = {**history.selection, "recalibration": recal}
+        adapter.config = replace(adapter.config, recalibration=features.backbone.recalibration,
+                                 training={**adapter.config.training, "recalibration": recal})
+    return adapter, history
+
+
+def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
+                  init: Adapter | None) -> tuple[FeatureSource, tuple | None, dict]:
+    """The features over the backbone whose normalisation statistics (the lab's, or re-estimated on these
+    samples: runtime/recalibrate.py) cross-validate best; its (recipes, selection), and what was compared.
+    Ties keep the simpler candidate (lab statistics first). Nothing to choose: the features as given."""
+    b = features.backbone
+    if init is not None or b is None or b.recalibration is not None:
+        return features, None, {}     # a warm start is bound to its backbone; a re-calibrated one stays so
+    kinds = recalibrate.kinds(b.lab_manifest, config.recalibrate)
+    if kinds == ["none"] or (len(kinds) > 1 and (config.val_fraction > 0 or config.cv_folds < 2)):
+        return features, None, {}     # choosing needs cross-validation
+    best, scores = None, {}
+    for kind, f in recalibrate.feature_candidates(features, config.recalibrate):
+        if len(kinds) == 1:
+            return f, None, {"chosen": kind}
+        picked = _recipes(f, targets, config, None)
+        scores[kind] = picked[1]["chosen"]["score"]
+        if best is None or scores[kind] > scores[best[0]]:
+            best = (kind, f, picked)
+    return best[1], best[2], {"chosen": best[0], "scores": scores}
 
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
-                 resume: bool) -> tuple[Adapter, History]:
+                 resume: bool, picked: tuple | None = None) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     m, (train_idx, val_idx) = features.manifest, split
@@ -91,7 +121,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    recipes, history.selection = _recipes(features, targets, config, init)
+    recipes, history.selection = picked or _recipes(features, targets, config, init)
     bias = init.config.bias if init is not None else config.bias
     scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in recipes)}
     val_features = {sc: f(val_idx) for sc, f in scaled.items()} if features.static and len(val_idx) else {}

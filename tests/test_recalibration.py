@@ -1,0 +1,64 @@
+"""files/recalibration and the device side without torch: old bundles (no batch-norm record) keep working, the
+input standardisation is re-estimated as numpy computes it, and a bad setting is refused clearly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgelora import Backbone, Predictor, TrainConfig, finetune
+from edgelora.files.bundle import MANIFEST_FILE, load_manifest
+from edgelora.files.data import as_inputs
+from edgelora.files.recalibration import Recalibration, recalibrated
+from edgelora.graphs.merge import merge
+from edgelora.runtime import recalibrate
+from tests.helpers import mlp_bundle, random_mlp
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory):
+    """A bundle as edgelora wrote it before batch-norm records (per-feature standardisation), shifted samples."""
+    folder = tmp_path_factory.mktemp("old") / "bundle"
+    mlp_bundle(folder, random_mlp([10, 16, 3]), mean=np.zeros(10, np.float32), std=np.ones(10, np.float32))
+    x = (RNG.standard_normal((40, 10)) * 3 + 2).astype(np.float32)
+    return folder, x, RNG.integers(0, 3, 40)
+
+
+def test_old_bundle_has_no_batch_norm_candidate_and_reads_as_before(old):
+    folder, x, y = old
+    assert "normalization" not in json.loads((folder / MANIFEST_FILE).read_text())
+    m = load_manifest(folder)                   # its checksum and identity are computed as before
+    assert m.normalization == () and recalibrate.available(m) == ["none", "input"]
+    assert recalibrated(m, None) is m and recalibrated(m, Recalibration()) is m
+    with pytest.raises(ValueError, match="`recalibrate` 'bn' needs a bundle with batch-norm layers.*re-export"):
+        finetune(Backbone(folder), x, y, TrainConfig(epochs=2, recalibrate="bn"))
+
+
+def test_input_statistics_are_the_samples_mean_and_std(old, tmp_path):
+    folder, x, y = old
+    bb = Backbone(folder)
+    rc = recalibrate.estimate(bb, as_inputs(x, bb.manifest), "input")
+    np.testing.assert_allclose(rc.preprocess["x"].mean, x.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rc.preprocess["x"].std, x.astype(np.float64).std(axis=0), rtol=1e-12)
+    const = x.copy()
+    const[:, 3] = 5.0                           # a constant feature keeps the lab's std (no division by 0)
+    assert recalibrate.estimate(bb, as_inputs(const, bb.manifest), "input").preprocess["x"].std[3] == 1.0
+    adapter, _ = finetune(bb, x, y, TrainConfig(epochs=4, recalibrate="input"))
+    adapter.save(tmp_path / "a")
+    merge(folder, tmp_path / "a", tmp_path / "m.onnx")
+    import onnxruntime as ort
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - Predictor(bb, adapter).outputs(x)).max() <= 1e-5
+
+
+def test_error_bad_recalibrate_setting(old):
+    folder, x, y = old
+    with pytest.raises(TypeError, match=r"`recalibrate`: expected one of \['none', 'auto'"):
+        TrainConfig(recalibrate="sometimes")
+    with pytest.raises(ValueError, match="recalibration `kind` should be one of"):
+        Recalibration("all")
+    with pytest.raises(ValueError, match=r"re-estimates the standardisation of input\(s\) \['y'\]"):
+        Backbone(folder, recalibration=Recalibration("input", 3, {"y": {"mean": 0.0, "std": 1.0}}))
