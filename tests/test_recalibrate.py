@@ -106,9 +106,8 @@ def test_candidates_bind_their_own_caches_and_the_adapter_carries_the_choice(lab
     adapter, history = finetune(bb, x, y, TrainConfig(epochs=6, recalibrate="auto"))
     recal = history.selection["recalibration"]
     assert set(recal["scores"]) == {"none", "input", "bn", "both"} and recal["chosen"] in recal["scores"]
-    best = max(recal["scores"].values())
-    assert recal["scores"][recal["chosen"]] == best
-    assert [k for k in recal["scores"] if recal["scores"][k] == best][0] == recal["chosen"]   # ties: the simpler
+    key = {k: (recal["scores"][k], -recal["losses"][k]) for k in recal["scores"]}
+    assert recal["chosen"] == [k for k in key if key[k] == max(key.values())][0]   # then the simpler
     forced, _ = finetune(bb, x, y, TrainConfig(epochs=6, recalibrate="both"))
     assert forced.config.recalibration.kind == "both" and forced.config.training["recalibration"] == {"chosen": "both"}
     forced.save(tmp_path / "a")

@@ -188,7 +188,9 @@ def _set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
 def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | None, baked: bool) -> None:
     meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
-            else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`"}
+            else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`" +
+            (" as re-calibrated by the adapter's `recalibration`" if adapter is not None and adapter.config.recalibration
+             is not None and adapter.config.recalibration.preprocess else "")}
     if adapter is not None:
         meta["edgelora.adapter_weights_sha256"] = adapter.config.weights_sha256
         if adapter.config.recalibration is not None:

@@ -89,22 +89,23 @@ def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainCon
                   init: Adapter | None) -> tuple[FeatureSource, tuple | None, dict]:
     """The features over the backbone whose normalisation statistics (the lab's, or re-estimated on these
     samples: runtime/recalibrate.py) cross-validate best; its (recipes, selection), and what was compared.
-    Ties keep the simpler candidate (lab statistics first). Nothing to choose: the features as given."""
+    Equal accuracies go to the lower cross-validated loss, then to the simpler candidate (lab statistics first).
+    Nothing to choose: the features as given."""
     b = features.backbone
     if init is not None or b is None or b.recalibration is not None:
         return features, None, {}     # a warm start is bound to its backbone; a re-calibrated one stays so
     kinds = recalibrate.kinds(b.lab_manifest, config.recalibrate)
     if kinds == ["none"] or (len(kinds) > 1 and (config.val_fraction > 0 or config.cv_folds < 2)):
         return features, None, {}     # choosing needs cross-validation
-    best, scores = None, {}
+    best, scores, losses = None, {}, {}
     for kind, f in recalibrate.feature_candidates(features, config.recalibrate):
         if len(kinds) == 1:
             return f, None, {"chosen": kind}
         picked = _recipes(f, targets, config, None)
-        scores[kind] = picked[1]["chosen"]["score"]
-        if best is None or scores[kind] > scores[best[0]]:
+        scores[kind], losses[kind] = picked[1]["chosen"]["score"], picked[1]["chosen"]["loss"]
+        if best is None or (scores[kind], -losses[kind]) > (scores[best[0]], -losses[best[0]]):
             best = (kind, f, picked)
-    return best[1], best[2], {"chosen": best[0], "scores": scores}
+    return best[1], best[2], {"chosen": best[0], "scores": scores, "losses": losses}
 
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
@@ -202,6 +203,9 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
     if engine == "onnx" and (init is not None or not use_cache or checkpoint_dir is not None):
         raise ValueError("engine='onnx' trains a new adapter from the Skip-Cache: init, use_cache=False and "
                          "checkpoint_dir need engine='numpy'")
+    if engine == "onnx" and config.recalibrate != "none":
+        raise ValueError(f"`recalibrate` {config.recalibrate!r} needs engine='numpy' (the training kit trains over "
+                         f"the lab's statistics); use recalibrate='none' with engine='onnx'")
     if engine == "numpy" and kit is not None:
         raise ValueError("a training kit is used by engine='onnx' only")
     if engine == "onnx":
