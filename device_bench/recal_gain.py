@@ -2,6 +2,7 @@
 with cross-validation choosing, on input-shifted protocols with batch-norm backbones.
 
     python -m device_bench.recal_gain [--protocols fan-bn har-gain-bn] [--per-class 5 20] [--seeds 0 1 2 3 4]
+    python -m device_bench.recal_gain --serving-cost     # backbone time: batch-norm addressable vs folded
 
 Protocols (data: ../shared/datasets, read in place):
 - fan-bn: the fan protocol (silentA -> noisy), an MLP with batch-norm 512 -> 96 -> BN -> 96 -> BN -> 3, inputs
@@ -26,6 +27,7 @@ import numpy as np
 
 from edgelora import Backbone, Predictor, finetune
 from edgelora.files.data import as_inputs
+from edgelora.files.recalibration import LayerStats, Recalibration
 from edgelora.runtime import recalibrate
 from edgelora.runtime.train_config import TrainConfig
 
@@ -113,6 +115,44 @@ def run(protocol: str, per_class: int, seed: int, bb: Backbone, data: dict) -> d
     return row
 
 
+def serving_cost(out: Path, repeats: int = 300) -> None:
+    """Backbone.rows time at batch 1 and 64 of har-gain-bn's CNN exported as edgelora does (batch-norm
+    addressable), with batch-norm folded (the export before), and re-calibrated (statistics given to
+    onnxruntime, which then leaves BN unfused), interleaved, median."""
+    import torch
+    from edgelora_export import batchnorm, export_model
+    torch.manual_seed(0)
+    model, _ = _model("har-gain-bn")
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 6, 128))
+    model.eval()
+    folders = {"addressable": out / "cost" / "addressable", "folded": out / "cost" / "folded"}
+    find = batchnorm.find
+    for name, folder in folders.items():
+        if not (folder / "edgelora_bundle.json").is_file():
+            batchnorm.find = find if name == "addressable" else (lambda *a, **k: [])
+            try:
+                export_model(model, torch.randn(4, 6, 128), folder)
+            finally:
+                batchnorm.find = find
+    bbs = {name: Backbone(folder) for name, folder in folders.items()}
+    lab = bbs["addressable"].manifest.normalization    # re-calibrated: its own statistics, BN left unfused
+    bbs["re-calibrated"] = bbs["addressable"].recalibrated(
+        Recalibration("bn", 1, {}, {n.name: LayerStats(n.mean, n.var) for n in lab}))
+    for n in (1, 64):
+        x = np.random.default_rng(0).standard_normal((n, 6, 128)).astype(np.float32)
+        times = {name: [] for name in bbs}
+        for _ in range(repeats):
+            for name, bb in bbs.items():
+                start = time.perf_counter()
+                bb.rows(x)
+                times[name].append(time.perf_counter() - start)
+        med = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+        print(f"batch {n:>3}: " + ", ".join(f"{k} {v:.3f} ms ({v / med['folded']:.2f}x folded)"
+                                            for k, v in med.items()), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m device_bench.recal_gain", description=__doc__.split("\n")[0])
     parser.add_argument("--protocols", nargs="+", default=["fan-bn", "har-gain-bn"], choices=("fan-bn", "har-gain-bn"))
@@ -120,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--json", action="store_true", help="print every row as JSON too")
+    parser.add_argument("--serving-cost", action="store_true", help="only time the backbone, addressable vs folded")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.serving_cost:
+        serving_cost(args.out)
+        return 0
     cols = ["no fine-tune", "adabn only"] + list(CHOICES)
     print(f"{'protocol':<12} {'n/cls':>5}  " + "  ".join(f"{c:>12}" for c in cols) + "  auto chose")
     for protocol in args.protocols:

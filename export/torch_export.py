@@ -69,9 +69,12 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                 y = wrapper(*args)[0]
                 proto = _to_onnx(wrapper, args + batchnorm.stats_inputs(norms), names, len(plans) + len(norms))
                 batchnorm.to_initializers(proto.graph, norms, len(names))
-                blob, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] +
-                                        [f"{p.key}.moments" for p in norms])
+                moments = [f"{p.key}.moments" for p in norms]
+                full, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] + moments)
+                blob = batchnorm.serving_model(full, moments) if norms else full
                 diffs = verify(wrapper, blob, args, names, seed)
+                if norms:  # the recalibration model: the same outputs, and the moments
+                    verify(wrapper, full, args, names, seed)
             finally:
                 wrapper.remove_hooks()
     c = int(y.shape[1])
@@ -86,7 +89,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
         preprocess=pre, opset=OPSET,
         producer={"name": "edgelora.export", "torch": torch.__version__, "onnx": onnx.__version__,
                   "max_rel_diff": f"{max(diffs[:1 + len(plans)]):.3g}"})
-    return write_bundle(out, blob, manifest)
+    return write_bundle(out, blob, manifest, recalibration_bytes=full if norms else None)
 
 
 def verify(wrapper: nn.Module, blob: bytes, args: tuple, names: list[str], seed: int = 0) -> list[float]:

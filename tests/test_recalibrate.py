@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -69,6 +70,10 @@ def test_export_keeps_batch_norm_addressable(lab):
     graph = onnx.load(str(folder / "backbone.onnx")).graph
     bn_inputs = [n.input[3:5] for n in graph.node if n.op_type == "BatchNormalization"]
     assert bn_inputs == [[n.mean_initializer, n.var_initializer] for n in norms]     # not folded into Conv/Gemm
+    assert not any(o.name.startswith("bn.") for o in graph.output)  # served: no moments (onnxruntime fuses BN)
+    assert bb.manifest.recalibration_model["file"] == "recalibrate.onnx"
+    full = onnx.load(str(folder / "recalibrate.onnx")).graph
+    assert [o.name for o in full.output][-3:] == [n.moments for n in norms]
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     for spec in norms:
         module = net.get_submodule(spec.name)
@@ -154,6 +159,11 @@ def test_error_recalibration_that_does_not_fit_the_bundle(lab, tmp_path):
         LayerStats([0.0], [-1.0])
     with pytest.raises(ValueError, match="at least 2 samples"):
         recalibrate.estimate(bb, as_inputs(x[:1], bb.manifest), "bn")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "recalibrate.onnx").write_bytes((broken / "recalibrate.onnx").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="recalibrate.onnx does not match the manifest.*re-export"):
+        recalibrate.estimate(Backbone(broken), as_inputs(x, bb.manifest), "bn")
     adapter, _ = finetune(bb, x, y, TrainConfig(epochs=2, recalibrate="bn"))
     adapter.save(tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())

@@ -24,7 +24,8 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "normalization")  # top-level fields the JSON may leave out
+RECALIBRATION_FILE = "recalibrate.onnx"  # the backbone plus each batch-norm layer's moments output
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "normalization", "recalibration_model")  # top-level fields the JSON may leave out
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
@@ -88,7 +89,8 @@ class NormSpec:
     eps: float                                  # added to the variance
     mean_initializer: str                       # ONNX initializer holding the running mean (C,)
     var_initializer: str                        # ONNX initializer holding the running variance (C,)
-    moments: str                                # ONNX output (batch, 2 C): per-sample channel means, mean squares
+    moments: str                                # output of the recalibration model (batch, 2 C): per sample, the
+                                                # channel means of the layer's input, then of its square
     mean: list                                  # the running mean the graph uses (C floats)
     var: list                                   # the running variance (C floats, >= 0)
 
@@ -158,6 +160,8 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
     checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
     normalization: tuple[NormSpec, ...] = ()    # batch-norm layers a device may re-calibrate, in call order
+    recalibration_model: dict[str, str] = field(default_factory=dict)  # {"file", "fingerprint"} of the ONNX model
+                                                # with the moments outputs (kept out of the served one: speed)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -170,6 +174,8 @@ class Manifest:
         if self.task == "classification":
             check(len(self.classes) == self.output.width,
                   f"`classes` should name {self.output.width} classes (output width), found {len(self.classes)}")
+        check(not self.recalibration_model or sorted(self.recalibration_model) == ["file", "fingerprint"],
+              f"`recalibration_model` should have keys ['file', 'fingerprint'], found {sorted(self.recalibration_model)}")
         unknown = sorted(set(self.preprocess) - {i.name for i in self.inputs})
         check(not unknown, f"`preprocess` names unknown input(s) {unknown}; the inputs are "
                            f"{[i.name for i in self.inputs]}")
@@ -200,8 +206,9 @@ class Manifest:
 def manifest_dict(manifest: Manifest) -> dict:
     """The manifest as JSON-ready dict; `normalization` only when there is any (older readers, same checksums)."""
     data = to_dict(manifest)
-    if not manifest.normalization:
-        del data["normalization"]
+    for key in ("normalization", "recalibration_model"):
+        if not data[key]:
+            del data[key]
     return data
 
 
@@ -263,10 +270,34 @@ def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> 
                          f"truncated or was replaced - re-export the bundle")
 
 
-def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False) -> Manifest:
-    """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
+def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False,
+                 recalibration_bytes: bytes | None = None) -> Manifest:
+    """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step;
+    `recalibration_bytes`: the recalibration model (RECALIBRATION_FILE) of a manifest with `normalization`.
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
+    files = {}
+    if recalibration_bytes is not None:
+        files[RECALIBRATION_FILE] = recalibration_bytes
+        manifest = dataclasses.replace(manifest, recalibration_model={
+            "file": RECALIBRATION_FILE, "fingerprint": digest(recalibration_bytes, tagged=True)})
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
-    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))}, "bundle")
+    files.update({manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))})
+    write_folder(bundle_dir, files, "bundle")
     return manifest
+
+
+def read_recalibration_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
+    """The recalibration model's bytes, checked against the manifest's `recalibration_model` fingerprint."""
+    rm = manifest.recalibration_model
+    if not rm:
+        raise ValueError(f"bundle {bundle_dir}: no recalibration model (the manifest lists no batch-norm layers)")
+    path = safe_child(bundle_dir, rm["file"], "manifest field `recalibration_model`")
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle {bundle_dir}: recalibration model missing, expected {path}")
+    blob = path.read_bytes()
+    found = digest(blob, tagged=True)
+    if found != rm["fingerprint"]:
+        raise ValueError(f"bundle {bundle_dir}: {rm['file']} does not match the manifest (expected fingerprint "
+                         f"{rm['fingerprint']}, found {found}); the file is corrupt or was replaced - re-export the bundle")
+    return blob

@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..files.bundle import Manifest, load_manifest, model_path, read_model
+from ..files.bundle import Manifest, load_manifest, model_path, read_model, read_recalibration_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 from ..files.recalibration import Recalibration, recalibrated
+
+
+UNSAFE_WITH_OVERRIDES = ("ConvBNFusion", "ConstantFolding")  # graph optimisers blind to add_initializer
 
 
 class Backbone:
@@ -31,27 +34,34 @@ class Backbone:
         self.manifest: Manifest = recalibrated(self.lab_manifest, self.recalibration, f"bundle {bundle_dir}")
         self._identity = self.manifest.identity
         self.batch_size = batch_size
-        opts = ort.SessionOptions()
-        self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the session
-        for name, value in self._overrides.items():
-            opts.add_initializer(name, value)
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the sessions
         path = model_path(bundle_dir, self.lab_manifest)
-        blob = read_model(bundle_dir, self.lab_manifest)
-        try:
-            self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
-            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
-        del blob
+        self._session = self._open(read_model(bundle_dir, self.lab_manifest), path)
+        self._moments_session = None   # the recalibration model, opened when moments are first asked for
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
         ends = np.cumsum((0, self.manifest.num_outputs) + self.manifest.tap_widths).tolist()
         self._spans = list(zip(ends[:-1], ends[1:]))  # columns of each output in a row
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
+
+    def _open(self, blob: bytes, path: Path) -> ort.InferenceSession:
+        """An onnxruntime session over `blob` (the file at `path`) with this backbone's statistics."""
+        opts = ort.SessionOptions()
+        for name, value in self._overrides.items():
+            opts.add_initializer(name, value)
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        # onnxruntime's Conv + BatchNormalization fusion (and constant folding) read the file's initializers, not
+        # the ones given here (measured with onnxruntime 1.32: outputs off by 1.1 with them on): a re-calibrated
+        # session runs without them; tests/test_recalibrate.py checks its outputs against torch
+        extra = {"disabled_optimizers": list(UNSAFE_WITH_OVERRIDES)} if self._overrides else {}
+        try:
+            return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"], **extra)
+        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
+            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
 
     def recalibrated(self, recalibration: Recalibration | None) -> Backbone:
         """The same bundle with `recalibration`'s statistics (a new session; None: the lab's)."""
@@ -64,10 +74,14 @@ class Backbone:
             raise ValueError(f"bundle {self.bundle_dir}: no batch-norm layer `{layer}`; it records "
                              f"{[n.name for n in self.manifest.normalization]}")
         inputs = x if validated else as_inputs(x, self.manifest)
+        if self._moments_session is None:
+            m = self.lab_manifest
+            self._moments_session = self._open(read_recalibration_model(self.bundle_dir, m),
+                                               self.bundle_dir / m.recalibration_model["file"])
         n, total = num_samples(inputs), np.zeros(2 * spec.channels)
         for a in range(0, n, self.batch_size):
             feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
-            total += self._session.run([spec.moments], feed)[0].sum(axis=0, dtype=np.float64)
+            total += self._moments_session.run([spec.moments], feed)[0].sum(axis=0, dtype=np.float64)
         total /= max(n, 1)
         return total[:spec.channels], total[spec.channels:]
 
