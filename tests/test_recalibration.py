@@ -63,3 +63,19 @@ def test_error_bad_recalibrate_setting(old):
         Recalibration("all")
     with pytest.raises(ValueError, match=r"re-estimates the standardisation of input\(s\) \['y'\]"):
         Backbone(folder, recalibration=Recalibration("input", 3, {"y": {"mean": 0.0, "std": 1.0}}))
+
+
+def test_cli_finetune_recalibrate_then_eval(old, tmp_path, capsys):
+    from edgelora.cli import main
+    folder, x, y = old
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code = main(["finetune", str(folder), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "a"),
+                 "--epochs", "3", "--recalibrate", "auto", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(out["cross_validation"]["recalibration"]["scores"]) == {"none", "input"}
+    code = main(["eval", str(folder), "--adapter", str(tmp_path / "a"), "--data", str(tmp_path / "d.npz"), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["samples"] == len(x)
+    code = main(["finetune", str(folder), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "b"),
+                 "--recalibrate", "bn"])
+    assert code != 0 and "needs a bundle with batch-norm layers" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
