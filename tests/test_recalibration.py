@@ -79,3 +79,18 @@ def test_cli_finetune_recalibrate_then_eval(old, tmp_path, capsys):
                  "--recalibrate", "bn"])
     assert code != 0 and "needs a bundle with batch-norm layers" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_warm_start_keeps_the_adapters_recalibration(old):
+    from edgelora.files.data import as_targets
+    from edgelora.runtime.features import prepare
+    from edgelora.runtime.train import finetune_features
+    folder, x, y = old
+    bb = Backbone(folder)
+    first, _ = finetune(bb, x, y, TrainConfig(epochs=2, recalibrate="input"))
+    again, _ = finetune(bb, x, y, TrainConfig(epochs=2), init=first)     # over the same re-calibrated backbone
+    assert again.config.backbone_fingerprint == first.config.backbone_fingerprint
+    assert again.config.recalibration == first.config.recalibration
+    features, targets, split = prepare(bb, x, y, TrainConfig(epochs=2))   # the lab's rows: refused
+    with pytest.raises(ValueError, match="initial adapter was trained over re-calibrated statistics"):
+        finetune_features(features, as_targets(y, bb.manifest, len(y)), split, TrainConfig(epochs=2), init=first)

@@ -56,6 +56,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
     onnxruntime client.
     """
+    if init is not None and init.config.recalibration is not None and cache is None:
+        backbone = backbone.recalibrated(init.config.recalibration)   # a warm start keeps its statistics
     _check_request(backbone.manifest, config, init=init, use_cache=use_cache, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)  # before any backbone work
     features, targets, split = prepare(backbone, x, y, config, cache=cache, use_cache=use_cache)
@@ -77,11 +79,12 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     features, picked, recal = _recalibrated(features, targets, config, init)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
                                     checkpoint_dir=checkpoint_dir, resume=resume, picked=picked)
-    if recal:
-        if history.selection:
-            history.selection = {**history.selection, "recalibration": recal}
-        adapter.config = replace(adapter.config, recalibration=features.backbone.recalibration,
-                                 training={**adapter.config.training, "recalibration": recal})
+    if recal and history.selection:
+        history.selection = {**history.selection, "recalibration": recal}
+    rc = features.backbone.recalibration if features.backbone is not None else None
+    if rc is not None:   # chosen here, or the backbone given (a warm start's): the adapter carries it
+        adapter.config = replace(adapter.config, recalibration=rc,
+                                 training={**adapter.config.training, "recalibration": recal or {"chosen": rc.kind}})
     return adapter, history
 
 
@@ -213,6 +216,10 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         check_kit(m, config, kit)  # an explicit recipe, and a given kit built for this backbone
     if init is not None:
         init.check_backbone(m, "initial adapter")
+        if init.config.backbone_fingerprint != m.identity:
+            raise ValueError(f"the initial adapter was trained over re-calibrated statistics (its `recalibration`, "
+                             f"kind {init.config.recalibration.kind!r}); warm-start it on features of that backbone: "
+                             f"Backbone.recalibrated(adapter.config.recalibration)")
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
     if config.form == "last" and init is not None:
