@@ -23,7 +23,8 @@ from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, Ou
 from edgelora.files.fileio import PathLike
 from edgelora.graphs.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
 
-from .taps import TapModel, plan_taps
+from . import batchnorm
+from .taps import TapModel, _record, plan_taps
 
 TOLERANCE = 1e-4          # max |onnxruntime - torch| allowed, relative to max(1, max |torch|)
 RANDOM_TRIALS = 2         # random input batches checked after the example
@@ -59,27 +60,37 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     base = "logits" if task == "classification" else "values"
     with _eval_mode(model), _no_fastpath():
         plans = plan_taps(model, args, taps, mask_index, kinds, pooling, output)
-        wrapper = TapModel(model, plans, output, mask_index).eval()
-        try:
-            y = wrapper(*args)[0]
-            proto = _to_onnx(wrapper, args, names, len(plans))
-            blob, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans])
-            diffs = verify(wrapper, blob, args, names, seed)
-        finally:
-            wrapper.remove_hooks()
+        norms = batchnorm.find(model, [n for n, _ in _record(model, args)], {p.module for p in plans})
+        holder = batchnorm.Holder()
+        with batchnorm.swapped(model, norms, holder):
+            wrapper = TapModel(model, plans, output, mask_index).eval()
+            if norms:    # without batch-norm layers the graph (and its initializer names) stays as before
+                wrapper = batchnorm.WithNorms(wrapper, norms, len(args), holder).eval()
+            try:
+                y = wrapper(*args)[0]
+                proto = _to_onnx(wrapper, args + batchnorm.stats_inputs(norms), names, len(plans) + len(norms))
+                batchnorm.to_initializers(proto.graph, norms, len(names))
+                moments = [f"{p.key}.moments" for p in norms]
+                full, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] + moments)
+                blob = batchnorm.serving_model(full, moments) if norms else full
+                diffs = verify(wrapper, blob, args, names, seed)
+                if norms:  # the recalibration model: the same outputs, and the moments
+                    verify(wrapper, full, args, names, seed)
+            finally:
+                wrapper.remove_hooks()
     c = int(y.shape[1])
     manifest = Manifest(
         format_version=BUNDLE_FORMAT_VERSION, fingerprint="sha256:" + "0" * 64,
         inputs=tuple(InputSpec(n, ("batch", *[int(s) for s in a.shape[1:]]), DTYPES[a.dtype]) for n, a in zip(names, args)),
         output=OutputSpec(base, c),
         taps=tuple(TapSpec(p.name, o, p.width, p.pooling, ", ".join((p.module,) + p.aliases) + f" ({p.kind})")
-                   for p, o in zip(plans, outputs[1:])),
+                   for p, o in zip(plans, outputs[1:])), normalization=batchnorm.specs(norms),
         task=task, classes=tuple(classes) if classes is not None else
         (tuple(str(i) for i in range(c)) if task == "classification" else ()),
         preprocess=pre, opset=OPSET,
         producer={"name": "edgelora.export", "torch": torch.__version__, "onnx": onnx.__version__,
-                  "max_rel_diff": f"{max(diffs):.3g}"})
-    return write_bundle(out, blob, manifest)
+                  "max_rel_diff": f"{max(diffs[:1 + len(plans)]):.3g}"})
+    return write_bundle(out, blob, manifest, recalibration_bytes=full if norms else None)
 
 
 def verify(wrapper: nn.Module, blob: bytes, args: tuple, names: list[str], seed: int = 0) -> list[float]:
@@ -101,7 +112,8 @@ def verify(wrapper: nn.Module, blob: bytes, args: tuple, names: list[str], seed:
         what = "the example" if trial == 0 else f"random input {trial}"
         bad = [i for i, d in enumerate(diffs) if not d <= TOLERANCE]
         if bad:
-            which = ["base output" if i == 0 else f"tap `{wrapper.plans[i - 1].name}`" for i in bad]
+            which = ["base output" if i == 0 else f"tap `{wrapper.plans[i - 1].name}`" if i <= len(wrapper.plans)
+                     else "batch-norm moments" for i in bad]
             raise ValueError(f"onnxruntime and torch disagree on {what}: {', '.join(which)} differ by up to "
                              f"{max(diffs[i] for i in bad):.3g} (relative; allowed {TOLERANCE}). The model may "
                              f"be non-deterministic (random ops) or use an op the exporter translates inexactly")
@@ -110,9 +122,10 @@ def verify(wrapper: nn.Module, blob: bytes, args: tuple, names: list[str], seed:
 
 
 def _to_onnx(wrapper: nn.Module, args: tuple, names: list[str], k: int) -> onnx.ModelProto:
-    """torch.onnx.export (dynamo) with a dynamic batch dimension, as one in-memory ModelProto."""
+    """torch.onnx.export (dynamo) with a dynamic batch dimension, as one in-memory ModelProto. Inputs beyond
+    `names` (batch-norm statistics) have no batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic = (tuple({0: batch} for _ in args),)     # forward(*inputs): one entry, a tuple
+    dynamic = (tuple({0: batch} if i < len(names) else None for i in range(len(args))),)  # forward(*inputs): one entry
     quiet = io.StringIO()
     # onnxscript's optimizer logs a warning for every constant it cannot fold ("Evaluation failed: ..."): the
     # node is kept as it is and the result is still verified against torch below, so these are not failures

@@ -70,6 +70,10 @@ def register(subparsers) -> None:
     t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
                    help="taps as cached, or each feature standardised over these samples (folded into the saved "
                         f"adapter); auto: choose (default {d.tap_scaling})")
+    t.add_argument("--recalibrate", choices=("none", "auto", "input", "bn", "both"), default=d.recalibrate,
+                   help="re-estimate the input standardisation and/or batch-norm statistics on these samples (one "
+                        "forward pass, labels unused; docs/recalibration.md); auto: cross-validation chooses among "
+                        f"the lab's and every kind the bundle allows (default {d.recalibrate})")
     t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> dict:
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
                          cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
-                         cv_seconds=args.time_budget, identity=not args.force_adapter)
+                         cv_seconds=args.time_budget, identity=not args.force_adapter,
+                         recalibrate=args.recalibrate)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest

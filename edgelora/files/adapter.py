@@ -25,6 +25,7 @@ from .checked import CheckedFolder
 from .fileio import PathLike
 from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
+from .recalibration import Recalibration, recalibrated
 from .schema import check, from_dict, normalize, to_dict
 
 ADAPTER_FORMAT_VERSION = 1
@@ -59,6 +60,7 @@ class AdapterConfig:
     format_version: int = ADAPTER_FORMAT_VERSION
     peft_type: str = "SKIP_LORA"
     training: dict[str, Any] = field(default_factory=dict)   # settings, choices and metrics of the run
+    recalibration: Recalibration | None = None  # statistics re-estimated on the device's samples (None: the lab's)
 
     def __post_init__(self):
         normalize(self)
@@ -96,11 +98,13 @@ class Adapter:
         return views(self.flat, self.config.layout)
 
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
-        """Refuse an adapter that was not trained on this backbone."""
+        """Refuse an adapter that was not trained on this backbone (with the adapter's re-calibration, if any)."""
         c = self.config
+        manifest = recalibrated(manifest, c.recalibration, f"{where}: `recalibration`")
         if c.backbone_fingerprint != manifest.identity:
-            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity}, "
-                             f"found {c.backbone_fingerprint}; retrain it on this bundle")
+            what = " re-calibrated with the adapter's `recalibration`" if c.recalibration else ""
+            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity} (the "
+                             f"bundle's{what}), found {c.backbone_fingerprint}; retrain it on this bundle")
         have, found = dict(zip(manifest.tap_names, manifest.tap_widths)), dict(zip(c.target_taps, c.tap_widths))
         if (c.target_taps, c.tap_widths) != (manifest.tap_names, manifest.tap_widths):  # every tap, in order
             raise ValueError(f"{where}: expected taps {have} (the backbone's, in order), found {found}")
@@ -118,12 +122,20 @@ class Adapter:
         edgelora.files.outputs)."""
         check_target(folder, ADAPTER_KIND, overwrite=overwrite)
         # normalise first (e.g. lora_alpha 8 -> 8.0) so the digest covers exactly what is written
-        config = from_dict(AdapterConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
+        config = from_dict(AdapterConfig, {**config_dict(self.config), "weights_sha256": ""}, "adapter config")
         blob = _sorted_metadata(st_save(self.tensors(), metadata={
-            "format": "edgelora-skip-lora", "config_sha256": ADAPTER_FOLDER.document_digest(to_dict(config))}))
-        written = ADAPTER_FOLDER.write(folder, to_dict(config), {WEIGHTS_FILE: blob}, extra)
+            "format": "edgelora-skip-lora", "config_sha256": ADAPTER_FOLDER.document_digest(config_dict(config))}))
+        written = ADAPTER_FOLDER.write(folder, config_dict(config), {WEIGHTS_FILE: blob}, extra)
         self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
+
+
+def config_dict(config: AdapterConfig) -> dict:
+    """The config as saved: `recalibration` only when there is one (files without it read as before)."""
+    data = to_dict(config)
+    if config.recalibration is None:
+        del data["recalibration"]
+    return data
 
 
 def layout_for(manifest: Manifest, r: int, bias: bool) -> Layout:
@@ -154,7 +166,7 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     """Read and fully validate an adapter folder (and, given a manifest, that it fits that backbone).
     An empty `weights_sha256`, or no `config_sha256` in the weights' metadata, is not checked."""
     cpath, data = ADAPTER_FOLDER.read_document(folder)
-    config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
+    config = from_dict(AdapterConfig, data, str(cpath), optional=("training", "recalibration"))
     blob = ADAPTER_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
     tensors, metadata = parse_safetensors(blob, str(Path(folder) / WEIGHTS_FILE))
     ADAPTER_FOLDER.check_vouched(folder, data, metadata.get("config_sha256"), WEIGHTS_FILE)

@@ -25,8 +25,10 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "external_data")  # top-level fields the JSON may leave out
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "external_data", "normalization",
+                     "recalibration_model")  # top-level fields the JSON may leave out
 MAX_EXTERNAL_BYTES = 16 * 1024**3  # one external-data file; read into memory, so the device's RAM bounds it too
+RECALIBRATION_FILE = "recalibrate.onnx"  # the backbone plus each batch-norm layer's moments output
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
@@ -79,6 +81,29 @@ class Standardize:
                 raise ValueError(f"preprocess `{name}` should be a number or a nested list of numbers") from None
             check(bool(np.isfinite(a).all()), f"preprocess `{name}` should be finite numbers")
         check(bool((np.asarray(self.std, np.float64) > 0).all()), "preprocess `std` should be > 0")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A batch-norm layer kept addressable in the ONNX graph (export/batchnorm.py): where its statistics are,
+    where its input's per-sample moments come out, and the statistics the graph uses (the lab's, or re-estimated)."""
+    name: str                                   # the layer (torch module name)
+    channels: int                               # C
+    eps: float                                  # added to the variance
+    mean_initializer: str                       # ONNX initializer holding the running mean (C,)
+    var_initializer: str                        # ONNX initializer holding the running variance (C,)
+    moments: str                                # output of the recalibration model (batch, 2 C): per sample, the
+                                                # channel means of the layer's input, then of its square
+    mean: list                                  # the running mean the graph uses (C floats)
+    var: list                                   # the running variance (C floats, >= 0)
+
+    def __post_init__(self):
+        check(self.channels >= 1, f"normalization `{self.name}`: `channels` should be positive, found {self.channels}")
+        for key in ("mean", "var"):
+            a = np.asarray(getattr(self, key), np.float64)
+            check(a.shape == (self.channels,) and bool(np.isfinite(a).all()),
+                  f"normalization `{self.name}`: `{key}` should be {self.channels} finite numbers, found shape {a.shape}")
+        check(min(self.var) >= 0 and self.eps > 0, f"normalization `{self.name}`: `var` should be >= 0 and `eps` > 0")
 
 
 def as_preprocess(pre: dict | None, inputs: Sequence[str]) -> dict[str, Standardize]:
@@ -138,6 +163,9 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
     checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
     external_data: dict[str, str] = field(default_factory=dict)  # file beside the ONNX file -> its SHA-256 (hex)
+    normalization: tuple[NormSpec, ...] = ()    # batch-norm layers a device may re-calibrate, in call order
+    recalibration_model: dict[str, str] = field(default_factory=dict)  # {"file", "fingerprint"} of the ONNX model
+                                                # with the moments outputs (kept out of the served one: speed)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -150,6 +178,8 @@ class Manifest:
         if self.task == "classification":
             check(len(self.classes) == self.output.width,
                   f"`classes` should name {self.output.width} classes (output width), found {len(self.classes)}")
+        check(not self.recalibration_model or sorted(self.recalibration_model) == ["file", "fingerprint"],
+              f"`recalibration_model` should have keys ['file', 'fingerprint'], found {sorted(self.recalibration_model)}")
         unknown = sorted(set(self.preprocess) - {i.name for i in self.inputs})
         check(not unknown, f"`preprocess` names unknown input(s) {unknown}; the inputs are "
                            f"{[i.name for i in self.inputs]}")
@@ -176,23 +206,26 @@ class Manifest:
         """'sha256:<hex>' over the ONNX fingerprint and every manifest field that changes what the backbone
         computes (inputs, output, taps, preprocess, task): caches and adapters are bound to this, so a
         re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
-        keys = ("fingerprint", "inputs", "output", "taps", "preprocess", "task") + (("external_data",) * bool(self.external_data))
+        keys = ("fingerprint", "inputs", "output", "taps", "preprocess", "task") + \
+            (("external_data",) if self.external_data else ()) + \
+            (("normalization",) if self.normalization else ())   # a bundle without either keeps its identity
         what = {k: to_dict(self)[k] for k in keys}
         return digest(dumps_json(what), tagged=True)
+
+
+def manifest_dict(manifest: Manifest) -> dict:
+    """The manifest as JSON-ready dict; `external_data`, `normalization` and `recalibration_model` only when
+    there is some, so a bundle without them reads (and checksums) exactly as before those fields existed."""
+    data = to_dict(manifest)
+    for key in ("external_data", "normalization", "recalibration_model"):
+        if not data[key]:
+            del data[key]
+    return data
 
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
     return digest(dumps_json(manifest_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
-
-
-def manifest_dict(manifest: Manifest) -> dict:
-    """The manifest as JSON-ready dict; `external_data` only when there is some, so a bundle without any
-    reads (and checksums) exactly as before that field existed."""
-    d = to_dict(manifest)
-    if not d["external_data"]:
-        del d["external_data"]
-    return d
 
 
 def with_checksum(manifest: Manifest) -> Manifest:
@@ -275,14 +308,36 @@ def _check_fingerprint(bundle_dir: PathLike, manifest: Manifest, found: str) -> 
 
 
 def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *, overwrite: bool = False,
-                 external: dict[str, bytes] | None = None) -> Manifest:
+                 external: dict[str, bytes] | None = None, recalibration_bytes: bytes | None = None) -> Manifest:
     """Write a complete bundle (ONNX + manifest with fingerprint and checksum filled in) in one atomic step.
-    `external` holds the external-data files the model names (location -> bytes), listed with their SHA-256.
+    `external` holds the external-data files the model names (location -> bytes), listed with their SHA-256;
+    `recalibration_bytes`: the recalibration model (RECALIBRATION_FILE) of a manifest with `normalization`.
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     external = external or {}
+    files = dict(external)
+    if recalibration_bytes is not None:
+        files[RECALIBRATION_FILE] = recalibration_bytes
+        manifest = dataclasses.replace(manifest, recalibration_model={
+            "file": RECALIBRATION_FILE, "fingerprint": digest(recalibration_bytes, tagged=True)})
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True),
                                                  external_data={k: digest(v) for k, v in external.items()}))
-    files = {**external, manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))}
+    files.update({manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))})
     write_folder(bundle_dir, files, "bundle")
     return manifest
+
+
+def read_recalibration_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
+    """The recalibration model's bytes, checked against the manifest's `recalibration_model` fingerprint."""
+    rm = manifest.recalibration_model
+    if not rm:
+        raise ValueError(f"bundle {bundle_dir}: no recalibration model (the manifest lists no batch-norm layers)")
+    path = safe_child(bundle_dir, rm["file"], "manifest field `recalibration_model`")
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle {bundle_dir}: recalibration model missing, expected {path}")
+    blob = path.read_bytes()
+    found = digest(blob, tagged=True)
+    if found != rm["fingerprint"]:
+        raise ValueError(f"bundle {bundle_dir}: {rm['file']} does not match the manifest (expected fingerprint "
+                         f"{rm['fingerprint']}, found {found}); the file is corrupt or was replaced - re-export the bundle")
+    return blob

@@ -25,6 +25,7 @@ from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest, load_manifest, read_external, read_model, verify_bundle
 from ..files.fileio import PathLike, atomic_write, write_file
+from ..files.recalibration import recalibrated
 from ..files.outputs import check_target, file_kind
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
@@ -40,6 +41,7 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
     params = _params(adapter, manifest)
+    manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
     atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
@@ -68,7 +70,7 @@ def lora_model(bundle_dir: PathLike, out_path: PathLike, bake_preprocess: bool =
 
 def adapter_inputs(bundle_dir: PathLike, adapter: Adapter | PathLike) -> dict[str, np.ndarray]:
     """The `lora.*` feeds of `lora_model` for one adapter (taps it does not cover get zero weights)."""
-    manifest, adapter = _load(bundle_dir, adapter)
+    manifest, adapter = _load(bundle_dir, adapter, shared_graph=True)
     return _params(adapter, manifest)
 
 
@@ -77,7 +79,7 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
     """Write `adapter` as an onnxruntime LoRA adapter file (`.onnx_adapter`) for `lora_model`'s graph."""
     import onnxruntime as ort
     check_target(out_path, ORT_ADAPTER_KIND, overwrite=overwrite)
-    manifest, adapter = _load(bundle_dir, adapter)
+    manifest, adapter = _load(bundle_dir, adapter, shared_graph=True)
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
@@ -90,13 +92,19 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
     return out
 
 
-def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter]:
+def _load(bundle_dir: PathLike, adapter, shared_graph: bool = False) -> tuple[Manifest, Adapter]:
+    """The bundle's (lab) manifest and the checked adapter. shared_graph: for `lora_model`'s graph, whose
+    statistics are the lab's: an adapter trained on re-calibrated statistics is refused."""
     manifest = verify_bundle(bundle_dir)
     where = "adapter"
     if not isinstance(adapter, Adapter):
         where = f"adapter {adapter}"
         adapter = load_adapter(adapter)
     adapter.check_backbone(manifest, where)
+    if shared_graph and adapter.config.recalibration is not None:
+        raise ValueError(f"{where} was trained on re-calibrated normalisation statistics (its config's "
+                         f"`recalibration`, kind {adapter.config.recalibration.kind!r}); lora_model's graph keeps "
+                         f"the lab's: deploy it with merge (one ONNX model with its statistics baked in)")
     return manifest, adapter
 
 
@@ -116,6 +124,7 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
     """The backbone graph with the adapter nodes appended and only the adapted output left."""
     proto = _backbone(bundle_dir, manifest)
     g = proto.graph
+    _set_normalization(g, manifest)
     if bake_preprocess:
         _standardize(g, manifest, f"bundle {bundle_dir}")
     name, y0 = manifest.output.name, unique_name(g, f"base_{manifest.output.name}")
@@ -184,12 +193,28 @@ def _standardize(g: onnx.GraphProto, manifest: Manifest, where: str) -> None:
         g.node.insert(0, node)
 
 
+def _set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
+    """The batch-norm statistics of the manifest (the lab's, or re-calibrated) into their initializers."""
+    inits = {i.name: i for i in g.initializer}
+    for spec in manifest.normalization:
+        for name, values in ((spec.mean_initializer, spec.mean), (spec.var_initializer, spec.var)):
+            if name not in inits:
+                raise ValueError(f"the backbone has no initializer `{name}` (batch-norm layer `{spec.name}` in the "
+                                 f"manifest); re-export the bundle")
+            inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, np.float32), name))
+
+
 def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | None, baked: bool) -> None:
     meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
-            else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`"}
+            else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`" +
+            (" as re-calibrated by the adapter's `recalibration`" if adapter is not None and adapter.config.recalibration
+             is not None and adapter.config.recalibration.preprocess else "")}
     if adapter is not None:
         meta["edgelora.adapter_weights_sha256"] = adapter.config.weights_sha256
+        if adapter.config.recalibration is not None:
+            rc = adapter.config.recalibration
+            meta["edgelora.recalibration"] = f"{rc.kind}: statistics re-estimated on {rc.samples} samples, baked in"
     helper.set_model_props(proto, meta)
     proto.producer_name = "edgelora.graphs.merge"
 

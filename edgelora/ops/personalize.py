@@ -27,7 +27,7 @@ serving; the worst case is a candidate that was judged but not published, whose 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, Literal
 
@@ -156,8 +156,9 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
         result.decision = "deferred"
         result.reason = _defer_reason(why, int(parts["gate"].sum()), config)
         if result.reason is None:
-            candidate, history = finetune_features(features.subset(at[train]), data.y[train], split, config.train,
-                                                   init=current)
+            # the judge below scores candidates on these (lab backbone) rows: no re-calibrated candidate here
+            candidate, history = finetune_features(features.subset(at[train]), data.y[train], split,
+                                                   replace(config.train, recalibrate="none"), init=current)
             if config.mask_unseen_classes and m.task == "classification":
                 _mask_unseen_classes(candidate, data.y[train])
             result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}

@@ -59,6 +59,7 @@ class _Loaded:
     stamp: tuple                  # (inode, mtime_ns, size) of current.json when last read
     checked: float                # time.monotonic() of the last pointer check
     nbytes: int
+    backbone: Backbone | None = None  # its own re-calibrated backbone (adapter_config `recalibration`), or None
 
     def __post_init__(self):
         """Prepare the forward pass once. A small adapter becomes one matrix over a served row
@@ -109,7 +110,7 @@ class AdapterServer:
         n = num_samples(inputs)
         if names is None or isinstance(names, str):
             entry = self._entry(names)
-            if n <= self.config.batch_size and self._bytes <= self.config.memory_budget:  # the common case
+            if n <= self.config.batch_size and self._bytes <= self.config.memory_budget and entry.backbone is None:
                 return entry.forward(self._rows(inputs), self.backbone.num_outputs)
             codes, entries = None, [entry]
         else:
@@ -121,6 +122,8 @@ class AdapterServer:
             entries = [self._entry(name) for name in index]
         if self._bytes > self.config.memory_budget:
             self._evict(keep={id(e) for e in entries})
+        if any(e.backbone is not None for e in entries):
+            return self._separately(inputs, codes, entries)
         bs = self.config.batch_size
         if n <= bs:  # the common case: one backbone call, no copy
             return self._apply(self._rows(inputs), codes, entries)
@@ -169,13 +172,26 @@ class AdapterServer:
                 "bytes": self._bytes, "budget": self.config.memory_budget}
 
     # --- internals ----------------------------------------------------------------------------------
-    def _rows(self, inputs: dict) -> np.ndarray:
+    def _rows(self, inputs: dict, backbone: Backbone | None = None) -> np.ndarray:
         """Served rows [y0 | taps | 1] (n, C + D + 1): the backbone's rows written straight into a buffer
         whose constant last column lets each adapter's bias sit in its folded matrix (lora.folded)."""
         r = np.empty((num_samples(inputs), self._width), np.float32)
         r[:, -1] = 1.0
-        self.backbone.rows(inputs, validated=True, out=r[:, :-1])
+        (backbone or self.backbone).rows(inputs, validated=True, out=r[:, :-1])
         return r
+
+    def _separately(self, inputs: dict, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+        """Outputs when some adapter runs over its own re-calibrated backbone: each adapter's rows through the
+        backbone it was trained with, in batches."""
+        n, c, bs = num_samples(inputs), self.backbone.num_outputs, self.config.batch_size
+        codes = np.zeros(n, np.intp) if codes is None else codes
+        out = np.empty((n, c), np.float32)
+        for code, entry in enumerate(entries):
+            idx = np.flatnonzero(codes == code)
+            for a in range(0, len(idx), bs):
+                part = idx[a:a + bs]
+                out[part] = entry.forward(self._rows({k: v[part] for k, v in inputs.items()}, entry.backbone), c)
+        return out
 
     def _apply(self, rows: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
         """Each row's adapter on its backbone row [y0 | taps | 1]."""
@@ -242,7 +258,9 @@ class AdapterServer:
                 entry.checked = now
                 return entry
             self._forget(name)
-            entry = _Loaded(version, adapter, stamp, now, int(adapter.flat.nbytes))
+            rc = adapter.config.recalibration
+            entry = _Loaded(version, adapter, stamp, now, int(adapter.flat.nbytes),
+                            self.backbone.recalibrated(rc) if rc is not None else None)
             self._loaded[name] = entry
             self._bytes += entry.nbytes
             return entry

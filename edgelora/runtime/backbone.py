@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model
+from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model, read_recalibration_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from ..files.recalibration import Recalibration, recalibrated
 from . import stop
 
 RUN_TIME_LIMIT = 600.0  # seconds one run of the backbone (a batch) may take before it is stopped
+UNSAFE_WITH_OVERRIDES = ("ConvBNFusion", "ConstantFolding")  # graph optimisers blind to add_initializer
 
 
 class NonFiniteError(ValueError):
@@ -30,45 +32,84 @@ class NonFiniteError(ValueError):
 
 
 class Backbone:
-    """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32."""
+    """Forward-only ONNX backbone. `run(x)` -> (base output (N, C), [tap_k (N, d_k)]), float32.
+
+    With a `recalibration` (files/recalibration.py) it uses those statistics instead of the lab's: the input
+    standardisation before the graph, and batch-norm statistics as initializers given to onnxruntime
+    (SessionOptions.add_initializer: the ONNX file is not rewritten). Its `identity` is then its own."""
 
     def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64,
-                 time_limit: float | None = RUN_TIME_LIMIT):
+                 recalibration: Recalibration | None = None, time_limit: float | None = RUN_TIME_LIMIT):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
         if time_limit is not None and not time_limit > 0:
             raise ValueError(f"`time_limit` should be a number of seconds > 0 or None, found {time_limit!r}")
-        self.bundle_dir, self.time_limit = Path(bundle_dir), time_limit
-        self.manifest: Manifest = load_manifest(bundle_dir)
+        self.bundle_dir, self.threads, self.time_limit = Path(bundle_dir), threads, time_limit
+        self.lab_manifest: Manifest = load_manifest(bundle_dir)
+        self.recalibration = recalibration if recalibration is not None and not recalibration.empty else None
+        self.manifest: Manifest = recalibrated(self.lab_manifest, self.recalibration, f"bundle {bundle_dir}")
         self._identity = self.manifest.identity
         self.batch_size = batch_size
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        path = model_path(bundle_dir, self.manifest)
-        blob = read_model(bundle_dir, self.manifest)
-        external = read_external(bundle_dir, self.manifest, blob)
-        if external:  # onnxruntime reads them from these checked bytes, never from a path it resolves itself
-            if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
-                raise ValueError(f"bundle {bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
-                                 f"onnxruntime (found {ort.__version__}); upgrade onnxruntime")
-            opts.add_external_initializers_from_files_in_memory(
-                list(external), [np.frombuffer(b, np.uint8) for b in external.values()], [len(b) for b in external.values()])
-        try:
-            self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
-            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
-        del blob, external
+        self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the sessions
+        path = model_path(bundle_dir, self.lab_manifest)
+        self._session = self._open(read_model(bundle_dir, self.lab_manifest), path)
+        self._moments_session = None   # the recalibration model, opened when moments are first asked for
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
         ends = np.cumsum((0, self.manifest.num_outputs) + self.manifest.tap_widths).tolist()
         self._spans = list(zip(ends[:-1], ends[1:]))  # columns of each output in a row
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
+
+    def _open(self, blob: bytes, path: Path) -> ort.InferenceSession:
+        """An onnxruntime session over `blob` (the file at `path`) with this backbone's statistics; external
+        data is handed over as the bundle's checked bytes, never read from a path onnxruntime resolves itself."""
+        opts = ort.SessionOptions()
+        for name, value in self._overrides.items():
+            opts.add_initializer(name, value)
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        external = read_external(self.bundle_dir, self.lab_manifest, blob)
+        if external:
+            if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
+                raise ValueError(f"bundle {self.bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
+                                 f"onnxruntime (found {ort.__version__}); upgrade onnxruntime")
+            opts.add_external_initializers_from_files_in_memory(
+                list(external), [np.frombuffer(b, np.uint8) for b in external.values()], [len(b) for b in external.values()])
+        # onnxruntime's Conv + BatchNormalization fusion (and constant folding) read the file's initializers, not
+        # the ones given here (measured with onnxruntime 1.32: outputs off by 1.1 with them on): a re-calibrated
+        # session runs without them; tests/test_recalibrate.py checks its outputs against torch
+        extra = {"disabled_optimizers": list(UNSAFE_WITH_OVERRIDES)} if self._overrides else {}
+        try:
+            return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"], **extra)
+        except Exception as e:  # onnxruntime raises its own exception types for unloadable models
+            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+
+    def recalibrated(self, recalibration: Recalibration | None) -> Backbone:
+        """The same bundle with `recalibration`'s statistics (a new session; None: the lab's)."""
+        return Backbone(self.bundle_dir, self.threads, self.batch_size, recalibration, self.time_limit)
+
+    def moments(self, x, layer: str, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean over the samples of batch-norm `layer`'s input, and of its square, per channel (C,) float64."""
+        spec = {n.name: n for n in self.manifest.normalization}.get(layer)
+        if spec is None:
+            raise ValueError(f"bundle {self.bundle_dir}: no batch-norm layer `{layer}`; it records "
+                             f"{[n.name for n in self.manifest.normalization]}")
+        inputs = x if validated else as_inputs(x, self.manifest)
+        if self._moments_session is None:
+            m = self.lab_manifest
+            self._moments_session = self._open(read_recalibration_model(self.bundle_dir, m),
+                                               self.bundle_dir / m.recalibration_model["file"])
+        n, total = num_samples(inputs), np.zeros(2 * spec.channels)
+        for a in range(0, n, self.batch_size):
+            feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
+            total += self._moments_session.run([spec.moments], feed)[0].sum(axis=0, dtype=np.float64)
+        total /= max(n, 1)
+        return total[:spec.channels], total[spec.channels:]
 
     @property
     def fingerprint(self) -> str:
@@ -163,3 +204,12 @@ class Backbone:
             if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
                 raise ValueError(f"{where}: output `{name}` should have shape (batch, {width}), "
                                  f"the graph says {shape}")
+
+
+def _overrides(m: Manifest, rc: Recalibration | None) -> dict[str, ort.OrtValue]:
+    """Initializers replacing the lab's batch-norm statistics (none without a re-calibration of them)."""
+    if rc is None or not rc.normalization:
+        return {}
+    return {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(values, np.float32))
+            for spec in m.normalization for name, values in ((spec.mean_initializer, spec.mean),
+                                                             (spec.var_initializer, spec.var))}

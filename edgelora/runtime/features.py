@@ -29,11 +29,13 @@ class FeatureSource:
     `from_backbone`; `scaled("standard")` is the same source with each tap feature standardised."""
 
     def __init__(self, read: Read, manifest: Manifest, inputs: dict[str, np.ndarray], *, name: str,
-                 cache: SkipCache | None = None, values=None, seconds: float = 0.0):
+                 cache: SkipCache | None = None, values=None, seconds: float = 0.0, backbone: Backbone | None = None):
         """name: "cache float32", "cache float16" or "backbone every step" (a checkpoint's run key holds it:
-        float16 rows train differently); values: the cached rows [y0 | taps] (None without a cache)."""
+        float16 rows train differently); values: the cached rows [y0 | taps] (None without a cache);
+        backbone: what computes the rows (the cache's, when cached)."""
         self._read, self.manifest, self.inputs, self.name = read, manifest, inputs, name
         self.cache, self.values, self.seconds = cache, values, seconds
+        self.backbone = backbone if backbone is not None or cache is None else cache.backbone
 
     @classmethod
     def from_cache(cls, cache: SkipCache, inputs: dict[str, np.ndarray], chunk: int | None = None,
@@ -70,7 +72,7 @@ class FeatureSource:
         """The backbone run on the asked samples at every call (Skip-LoRA without the Skip-Cache)."""
         def read(idx):
             return backbone.features({k: v[idx] for k, v in inputs.items()}, validated=True)
-        return cls(read, backbone.manifest, inputs, name="backbone every step")
+        return cls(read, backbone.manifest, inputs, name="backbone every step", backbone=backbone)
 
     def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._read(idx)
@@ -107,7 +109,7 @@ class FeatureSource:
             y0, t = self(idx)
             return y0, (t - mu) * inv
         return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
-                             seconds=self.seconds)
+                             seconds=self.seconds, backbone=self.backbone)
 
     def subset(self, idx: np.ndarray) -> FeatureSource:
         """The same (cached) source over the samples idx only, numbered 0 .. len(idx) - 1: no sample is read,

@@ -12,12 +12,16 @@ from .backbone import Backbone
 
 
 class Predictor:
-    """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model)."""
+    """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model). An adapter trained
+    on a re-calibrated backbone (its config's `recalibration`) runs over the backbone re-calibrated the same way."""
 
     def __init__(self, backbone: Backbone, adapter: Adapter | None = None, batch_size: int = 256):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
         if adapter is not None:
+            rc = adapter.config.recalibration
+            if rc is not None and backbone.recalibration != rc:
+                backbone = backbone.recalibrated(rc)  # the statistics the adapter was trained with
             adapter.check_backbone(backbone.manifest)
             # built once: rebuilding the layout and views per call cost more than the backbone at batch 1
             self._layout, self._params, self._scale = adapter.config.layout, adapter.params, adapter.config.scale

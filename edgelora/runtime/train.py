@@ -29,6 +29,7 @@ from ..files.formats import digest
 from ..files.schema import to_dict
 from .backbone import Backbone
 from .cache import SkipCache
+from . import recalibrate
 from .features import FeatureSource, prepare
 from .train_config import History, TrainConfig
 
@@ -60,6 +61,8 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
     onnxruntime client.
     """
+    if init is not None and init.config.recalibration is not None and cache is None:
+        backbone = backbone.recalibrated(init.config.recalibration)   # a warm start keeps its statistics
     _check_request(backbone.manifest, config, init=init, use_cache=use_cache, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)  # before any backbone work
     features, targets, split = prepare(backbone, x, y, config, cache=cache, use_cache=use_cache)
@@ -79,8 +82,17 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
                    engine=engine, kit=kit)
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback)
-    return _train_numpy(features, targets, split, config, init=init, callback=callback,
-                        checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every)
+    features, picked, recal = _recalibrated(features, targets, config, init, len(split[0]))
+    adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
+                                    checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
+                                    picked=picked)
+    if recal and history.selection:
+        history.selection = {**history.selection, "recalibration": recal}
+    rc = features.backbone.recalibration if features.backbone is not None else None
+    if rc is not None:   # chosen here, or the backbone given (a warm start's): the adapter carries it
+        adapter.config = replace(adapter.config, recalibration=rc,
+                                 training={**adapter.config.training, "recalibration": recal or {"chosen": rc.kind}})
+    return adapter, history
 
 
 def _train_kit(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
@@ -103,9 +115,33 @@ def _train_kit(features: FeatureSource, targets: np.ndarray, split: Split, confi
     return adapter, history
 
 
+def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
+                  init: Adapter | None, n_train: int) -> tuple[FeatureSource, tuple | None, dict]:
+    """The features over the backbone whose normalisation statistics (the lab's, or re-estimated on these
+    samples: runtime/recalibrate.py) cross-validate best; its (recipes, selection), and what was compared.
+    Equal accuracies go to the lower cross-validated loss, then to the simpler candidate (lab statistics first).
+    Nothing to choose: the features as given."""
+    b = features.backbone
+    if init is not None or b is None or b.recalibration is not None:
+        return features, None, {}     # a warm start is bound to its backbone; a re-calibrated one stays so
+    kinds = recalibrate.kinds(b.lab_manifest, config.recalibrate)
+    if kinds == ["none"] or (len(kinds) > 1 and (config.val_fraction > 0 or config.cv_folds < 2)):
+        return features, None, {}     # choosing needs cross-validation
+    best, scores, losses = None, {}, {}
+    for kind, f in recalibrate.feature_candidates(features, config.recalibrate):
+        if len(kinds) == 1:
+            return f, None, {"chosen": kind}
+        picked = _recipes(f, targets, config, None, n_train)
+        scores[kind], losses[kind] = picked[1]["chosen"]["score"], picked[1]["chosen"]["loss"]
+        if best is None or (scores[kind], -losses[kind]) > (scores[best[0]], -losses[best[0]]):
+            best = (kind, f, picked)
+    return best[1], best[2], {"chosen": best[0], "scores": scores, "losses": losses}
+
+
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
-                 resume: bool, checkpoint_every: tuple[str, float] | None = None) -> tuple[Adapter, History]:
+                 resume: bool, checkpoint_every: tuple[str, float] | None = None,
+                 picked: tuple | None = None) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     m, (train_idx, val_idx) = features.manifest, split
@@ -117,7 +153,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    recipes, history.selection = _recipes(features, targets, config, init, len(train_idx))
+    recipes, history.selection = picked or _recipes(features, targets, config, init, len(train_idx))
     bias = init.config.bias if init is not None else config.bias
     if not recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
         return _identity(features, config, init, history, start)
@@ -222,6 +258,9 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
     if engine == "onnx" and (init is not None or not use_cache or checkpoint_dir is not None):
         raise ValueError("engine='onnx' trains a new adapter from the Skip-Cache: init, use_cache=False and "
                          "checkpoint_dir need engine='numpy'")
+    if engine == "onnx" and config.recalibrate != "none":
+        raise ValueError(f"`recalibrate` {config.recalibrate!r} needs engine='numpy' (the training kit trains over "
+                         f"the lab's statistics); use recalibrate='none' with engine='onnx'")
     if engine == "numpy" and kit is not None:
         raise ValueError("a training kit is used by engine='onnx' only")
     if engine == "onnx":
@@ -229,6 +268,10 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         check_kit(m, config, kit)  # an explicit recipe, and a given kit built for this backbone
     if init is not None:
         init.check_backbone(m, "initial adapter")
+        if init.config.backbone_fingerprint != m.identity:
+            raise ValueError(f"the initial adapter was trained over re-calibrated statistics (its `recalibration`, "
+                             f"kind {init.config.recalibration.kind!r}); warm-start it on features of that backbone: "
+                             f"Backbone.recalibrated(adapter.config.recalibration)")
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
     if config.form == "last" and init is not None:

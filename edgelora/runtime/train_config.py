@@ -63,6 +63,9 @@ class TrainConfig:
     val_split: Literal["tail", "random"] = "tail"    # tail: each class's most recent samples (no time leak)
     patience: int | None = None                      # stop after this many epochs without a better val loss
     seed: int = 0
+    recalibrate: Literal["none", "auto", "input", "bn", "both"] = "none"  # normalisation statistics re-estimated
+                                                     # on the fine-tune samples (runtime/recalibrate.py): "auto"
+                                                     # tries every kind the bundle allows, cross-validation chooses
 
     def __post_init__(self):
         normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
