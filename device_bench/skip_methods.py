@@ -29,7 +29,7 @@ def train_config(cfg: BenchConfig, seed: int) -> TrainConfig:
         return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=seed)
     return TrainConfig(r=cfg.rank, lora_alpha=cfg.alpha, epochs=cfg.epochs, batch_size=cfg.batch_size,
                        lr=cfg.lora_lr, weight_decay=cfg.lora_weight_decay, val_fraction=cfg.val_fraction,
-                       tap_scaling="none", cv_folds=0, seed=seed)
+                       form="skip", tap_scaling="none", cv_folds=0, seed=seed)
 
 
 # (module, function, part): what the trainer calls, by the part of a step it belongs to. Entries a given

@@ -1,4 +1,4 @@
-"""The data files the README's deployment and personalisation sections use, cut from the demo's scans.
+"""The data files docs/deploy.md and docs/personalize.md use, cut from the demo's scans.
 
     edgelora demo --save-data demo_files --no-plot --quiet
     python examples/demo_deliveries.py demo_files

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +17,7 @@ from torch import nn
 from edgelora.files.bundle import Manifest
 from edgelora.files.fileio import PathLike
 
-from .torch_export import export_model
+from .torch_export import export_model, forward_parameters
 
 TRAINING_ARG = {"aten.dropout.default": 2, "aten.feature_dropout.default": 2, "aten.alpha_dropout.default": 2,
                 "aten.native_dropout.default": 2, "aten.batch_norm.default": 5, "aten.native_batch_norm.default": 5,
@@ -45,6 +47,7 @@ def export_from_spec(model_spec: str, out: PathLike, taps: str | Sequence[str] =
         raise ValueError(f"MODEL should be a .pt2 file or package.module:factory, found {model_spec!r}")
     if example is None:
         raise ValueError("an example input is needed: give its shape (e.g. 1,512) or a .npy/.npz file")
+    check_example_arity(model, example, options.get("input_names"))
     example = parse_example(example)
     if static is not None:
         check_batch_free(model, example, f"{model_spec} was exported with a static batch of {static}")
@@ -107,14 +110,23 @@ def check_batch_free(model: nn.Module, example, what: str) -> None:
 
 
 def load_factory(spec: str, weights: PathLike | None = None) -> nn.Module:
-    """Call `package.module:factory`; load a state dict into the model if `weights` is given."""
+    """Call `package.module:factory`; load a state dict into the model if `weights` is given. The module is
+    looked up in the current folder first, as `python -m` does, then on the usual path."""
     module_name, attr = spec.split(":")
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ImportError as e:
-        raise ValueError(f"cannot import `{module_name}` for {spec} ({e}); is it on PYTHONPATH?") from None
+        raise ValueError(f"cannot import `{module_name}` for {spec} ({e}); it is looked for in the current "
+                         f"folder ({here}) and on PYTHONPATH") from None
     except AttributeError:
         raise ValueError(f"`{module_name}` has no attribute `{attr}` (from {spec})") from None
+    finally:
+        if added:
+            sys.path.remove(here)
     model = factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"{spec} should return a torch.nn.Module, found {type(model).__name__}")
@@ -133,6 +145,20 @@ def load_factory(spec: str, weights: PathLike | None = None) -> nn.Module:
             raise ValueError(f"{path} does not fit {spec}: missing keys {result.missing_keys}, unexpected keys "
                              f"{result.unexpected_keys}")
     return model
+
+
+def check_example_arity(model: nn.Module, example, input_names=None) -> None:
+    """Refuse an .npz example with more arrays than the model's forward takes (e.g. one that also holds the
+    labels), naming the arrays and the parameters, before anything is exported."""
+    if not (isinstance(example, (str, Path)) and Path(example).suffix == ".npz" and Path(example).is_file()):
+        return
+    with np.load(example, allow_pickle=False) as data:
+        arrays = list(data.files)
+    params = forward_parameters(model)
+    if input_names is None and params is not None and len(arrays) > len(params):
+        raise ValueError(f"example {example} holds {len(arrays)} arrays {arrays}, but the model's forward takes "
+                         f"{len(params)} input(s) {params}: keep only the model's inputs in the file, in "
+                         f"forward's order")
 
 
 def parse_example(example):

@@ -33,9 +33,10 @@ class TapPlan:
 
 
 def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None = None,
-              kinds: dict[str, str] | None = None, pooling: str = "global_avg") -> list[TapPlan]:
-    """Find the taps: `"auto"` (every Linear/Conv1d/Conv2d/MultiheadAttention input) or module names.
-    pooling: how conv feature maps are pooled (FEATURE_MAP_POOLINGS); token sequences are averaged.
+              kinds: dict[str, str] | None = None, pooling: str = "global_avg", output=None) -> list[TapPlan]:
+    """Find the taps: `"auto"` (every Linear/Conv1d/Conv2d/MultiheadAttention input whose layer's output
+    reaches the base output) or module names. pooling: how conv feature maps are pooled
+    (FEATURE_MAP_POOLINGS); token sequences are averaged. output: which output is the base one (select_output).
 
     kinds: module name -> layer class name, where the modules are not the original classes (a .pt2
     program's unflattened modules); by default each module's own class name.
@@ -48,6 +49,7 @@ def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None
     kinds = {**{n: type(m).__name__ for n, m in modules.items()}, **(kinds or {})}
     if taps == "auto":
         chosen = [n for n in available if kinds[n] in TAPPABLE and not _inside_attention(n, kinds)]
+        chosen = [n for n in chosen if n not in _unused(model, args, chosen, output)]
         _warn_untapped(modules, kinds, set(chosen))
         if not chosen:
             raise ValueError(f"auto taps found no Linear/Conv1d/Conv2d/MultiheadAttention layer with a "
@@ -189,6 +191,31 @@ def _record(model: nn.Module, args: tuple) -> list[tuple[str, torch.Tensor]]:
         for h in handles:
             h.remove()
     return list(seen.items())
+
+
+def _unused(model: nn.Module, args: tuple, names: list[str], output=None) -> set[str]:
+    """The modules among `names` whose output never reaches the base output (BERT's pooler under a head that
+    reads the tokens): their input is no feature of the model, so auto taps leave them out. Found with
+    autograd; a module whose output needs no gradient (frozen weights, integer outputs) counts as used."""
+    outs: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, a, out):
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if name not in outs and isinstance(t, torch.Tensor) and t.requires_grad:
+                outs[name] = t
+        return fn
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.enable_grad():
+            y = select_output(model(*args), output)
+            if not outs or not y.requires_grad:
+                return set()
+            grads = torch.autograd.grad(y.sum(), list(outs.values()), allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name for name, g in zip(outs, grads) if g is None}
 
 
 def _first_tensor(args, kwargs):

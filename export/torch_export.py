@@ -54,10 +54,11 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     if len(names) != len(args):
         raise ValueError(f"expected {len(args)} input names (one per example input), found {names}")
     mask_index = _mask_index(attention_mask, names)
+    _warn_unmasked(names, mask_index)
     pre = as_preprocess(preprocess, names)      # before the slow export: a wrong name fails at once
     base = "logits" if task == "classification" else "values"
     with _eval_mode(model), _no_fastpath():
-        plans = plan_taps(model, args, taps, mask_index, kinds, pooling)
+        plans = plan_taps(model, args, taps, mask_index, kinds, pooling, output)
         wrapper = TapModel(model, plans, output, mask_index).eval()
         try:
             y = wrapper(*args)[0]
@@ -113,8 +114,12 @@ def _to_onnx(wrapper: nn.Module, args: tuple, names: list[str], k: int) -> onnx.
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic = (tuple({0: batch} for _ in args),)     # forward(*inputs): one entry, a tuple
     quiet = io.StringIO()
-    level = logging.getLogger("torch.onnx").level
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # onnxscript's optimizer logs a warning for every constant it cannot fold ("Evaluation failed: ..."): the
+    # node is kept as it is and the result is still verified against torch below, so these are not failures
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
@@ -124,7 +129,8 @@ def _to_onnx(wrapper: nn.Module, args: tuple, names: list[str], k: int) -> onnx.
     except Exception as e:
         raise ValueError(f"torch could not export the model to ONNX: {_short_error(e)}") from e
     finally:
-        logging.getLogger("torch.onnx").setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     return program.model_proto
 
 
@@ -172,12 +178,19 @@ def _as_args(example) -> tuple:
     return tuple(args)
 
 
-def _arg_names(model: nn.Module, n: int) -> list[str]:
+def forward_parameters(model: nn.Module) -> list[str] | None:
+    """Names of forward's positional parameters, or None when it takes *args (any number) or has no signature."""
     try:
-        params = [p.name for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        params = []
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _arg_names(model: nn.Module, n: int) -> list[str]:
+    params = forward_parameters(model) or []
     return params[:n] if len(params) >= n else ["x"] if n == 1 else [f"input{i}" for i in range(n)]
 
 
@@ -187,6 +200,15 @@ def _mask_index(name: str | None, names: list[str]) -> int | None:
     if name not in names:
         raise ValueError(f"attention_mask `{name}` is not an input; inputs are {names}")
     return names.index(name)
+
+
+def _warn_unmasked(names: list[str], mask_index: int | None) -> None:
+    """An input named like a mask, exported without attention_mask: token taps would average the padding."""
+    masks = [n for n in names if "mask" in n.lower()]
+    if mask_index is None and masks:
+        warnings.warn(f"input {masks[0]!r} looks like an attention mask, but none was given: token taps average "
+                      f"padding tokens too; pass attention_mask={masks[0]!r} (CLI: --attention-mask {masks[0]}) "
+                      f"if it marks the real tokens", stacklevel=3)
 
 
 def _random_like(args: tuple, gen: torch.Generator) -> tuple:

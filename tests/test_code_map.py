@@ -1,4 +1,4 @@
-"""README's code map names every folder of the package and every module of its layers (cli/ and fleet/ list
+"""The code map (docs/code-map.md) names every folder of the package and every module of its layers (cli/ and fleet/ list
 theirs in their own docstrings), once, in the folder it lives in, and nothing else."""
 import re
 from pathlib import Path
@@ -7,9 +7,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def code_map() -> str:
-    text = (ROOT / "README.md").read_text()
-    found = re.search(r"^## Code map\n(.*?)^## ", text, re.S | re.M)
-    assert found, "README.md has no '## Code map' section"
+    text = (ROOT / "docs" / "code-map.md").read_text()
+    found = re.search(r"^```\n(.*?)^```", text, re.S | re.M)
+    assert found, "docs/code-map.md has no code block holding the tree"
     return found.group(1)
 
 

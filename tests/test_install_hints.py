@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "README.md", ROOT / "run"] + sorted(p for d in ("edgelora", "export", "device_bench", "tests")
+SOURCES = [ROOT / "README.md", ROOT / "run"] + sorted((ROOT / "docs").glob("*.md")) + sorted(p for d in ("edgelora", "export", "device_bench", "tests")
                                                      for p in (ROOT / d).rglob("*.py") if p != Path(__file__).resolve())
 UNPUBLISHED = re.compile(r"""pip install +["']?edgelora\[""")
 FROM_CLONE = re.compile(r"""pip install -e +["']?\.\[([\w,]+)\]""")

@@ -1,6 +1,7 @@
-"""The README, run: every `$ ...` command and every Python example of README.md, in order, in a fresh folder,
-must give the output the README shows. Not run: `./run demo|test` (they build virtual
-environments; CI runs `./run test` itself).
+"""The README and docs, run: every `$ ...` command and every Python example of README.md and of the docs
+that continue its walkthrough (WALKTHROUGH, in that order), in a fresh folder, must give the output they
+show; the other docs hold no such step. Not run: `./run demo|test` (they build virtual environments; CI
+runs `./run test` itself).
 
 How shown output is compared: line by line; a line `...` stands for any number of lines and `...` inside a
 line for any text. Timings (a number followed by `s`, JSON `seconds`) are ignored. Before the first training
@@ -26,6 +27,8 @@ from tests.helpers import js_client
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# README's quick start, then the docs that continue it on its files, in the order a reader follows them
+WALKTHROUGH = [README] + [ROOT / "docs" / name for name in ("export.md", "deploy.md", "js-client.md", "personalize.md")]
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?")
 TRAINING = ("edgelora finetune", "edgelora personalize", "finetune(")   # (the demo's saved files are exact)
 
@@ -150,6 +153,10 @@ def walk(selected) -> list[str]:
     return problems
 
 
+def walkthrough_text() -> str:
+    return "\n\n".join(path.read_text() for path in WALKTHROUGH)
+
+
 def is_export(step) -> bool:
     return step[0] == "python" and "export_model" in step[1]
 
@@ -157,18 +164,25 @@ def is_export(step) -> bool:
 def test_readme_commands_and_python_examples_give_the_shown_results(tmp_path, monkeypatch):
     pytest.importorskip("sklearn", reason="the README starts from `edgelora demo`, which reads scikit-learn's digits "
                                           "(from the clone: pip install -e '.[demo]', or ./run test)")
-    selected = [s for s in steps(README.read_text()) if not is_export(s)]
+    selected = [s for s in steps(walkthrough_text()) if not is_export(s)]
     kinds = [s[1].split()[1] if s[0] == "shell" and s[1].startswith("edgelora") else s[0] for s in selected]
     for needed in ("demo", "eval", "finetune", "predict", "cache", "merge", "personalize", "store", "python"):
-        assert needed in kinds, f"the walkthrough found no `{needed}` step in README.md: {kinds}"
+        assert needed in kinds, f"the walkthrough found no `{needed}` step in README.md and docs: {kinds}"
     monkeypatch.chdir(tmp_path)
     problems = walk(selected)
-    assert not problems, "README.md disagrees with what its commands print:\n\n" + "\n\n".join(problems)
+    assert not problems, "README.md/docs disagree with what their commands print:\n\n" + "\n\n".join(problems)
+
+
+def test_every_runnable_doc_is_in_the_walkthrough():
+    """A doc outside WALKTHROUGH shows commands as plain text, so no `$ ...` or Python step goes unrun."""
+    others = [p for p in sorted((ROOT / "docs").glob("*.md")) if p not in WALKTHROUGH]
+    unrun = {p.name: [s[1][:60] for s in steps(p.read_text())] for p in others}
+    assert not {k: v for k, v in unrun.items() if v}, f"steps no test runs (add the doc to WALKTHROUGH): {unrun}"
 
 
 @pytest.mark.torch
 def test_readme_export_example_gives_the_shown_result(tmp_path, monkeypatch):
-    selected = [s for s in steps(README.read_text()) if is_export(s)]
+    selected = [s for s in steps(walkthrough_text()) if is_export(s)]
     assert len(selected) == 1 and selected[0][2], selected
     monkeypatch.chdir(tmp_path)
     problems = walk(selected)

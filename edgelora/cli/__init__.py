@@ -4,7 +4,9 @@ lines), demo_data and demo_plot (the demo's digits and figure), make_demo (a mai
 rebuilds the shipped demo bundle).
 
 To add a subcommand: write `edgelora/cli/NAME.py` with a `register(subparsers)` that calls
-`common.add_command(subparsers, "name", run, report, ...)`, and add the module to COMMANDS below.
+`common.add_command(subparsers, "name", run, report, ...)`, and add it with its one-line summary to
+parser.COMMANDS. Only the module of the command being run is imported (parser.build_parser), so `--help`
+and each command load only what they use.
 `run(args) -> dict` does the work and returns the result (printed as JSON with --json);
 `report(result) -> str` is the text a person reads otherwise.
 
@@ -21,28 +23,20 @@ import sys
 import traceback
 import warnings
 
-from ..files.outputs import overwrite_allowed
-from . import cache, demo, evaluate, export, finetune, fleet, kit, merge, personalize, predict, store
-from .common import CommandError, Parser, check_targets
+from .parser import COMMANDS, CommandError, build_parser, command_of
 
-COMMANDS = (finetune, evaluate, predict, cache, demo, export, merge, kit, personalize, store, fleet)  # `--help` order
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
-
-
-def build_parser() -> Parser:
-    from .. import __version__
-    parser = Parser(prog="edgelora", description="On-device Skip2-LoRA fine-tuning over a frozen ONNX backbone. "
-                    "Run `edgelora demo` to see it work, `edgelora COMMAND --help` for each command.")
-    parser.add_argument("--version", action="version", version=f"edgelora {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in COMMANDS:
-        module.register(sub)
-    return parser
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(argv)  # imports the named command's module only
+    except ImportError as e:  # that command needs an optional extra that is not installed (e.g. onnx for kit)
+        print(f"edgelora {command_of(argv)}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors (argparse has already printed)
@@ -53,15 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        from ..files.outputs import overwrite_allowed
+        from .common import check_targets
         with _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
             with overwrite_allowed(check_targets(args)):  # refuses unsafe outputs before any work
                 result = args.run(args)
     except (KeyboardInterrupt, Terminated) as e:
-        print(interrupted(args, sys.argv[1:] if argv is None else argv, e), file=sys.stderr)
+        print(interrupted(args, argv, e), file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except USER_ERRORS as e:
         _fail(args, e)
         return 2
+    except ImportError as e:  # an optional extra this run needs (its message names the pip line)
+        _fail(args, e)
+        return 1
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
         _fail(args, e, unexpected=True)
         return 1

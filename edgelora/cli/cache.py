@@ -16,7 +16,7 @@ DTYPES = ("float32", "float16")
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "cache", run, report, summary="show or clear a bundle's on-disk Skip-Cache",
+        subparsers, "cache", run, report,
         description="The Skip-Cache keeps the backbone's outputs per sample (written by `edgelora finetune "
                     "--cache-dir`). `info` lists the rows and bytes cached for BUNDLE's backbone (checking each "
                     "row's checksum); `clear` deletes them. Caches of other backbones in DIR are left alone.",

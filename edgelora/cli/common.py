@@ -16,16 +16,13 @@ from ..files.outputs import Kind, check_target
 from ..ops.store import STORE_FILE, AdapterStore
 from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
+from .parser import CommandError, summary
 
 Run = Callable[[argparse.Namespace], dict]       # does the work, returns the JSON-able result
 Report = Callable[[dict], str]                   # the result as text for a person
 Output = tuple[str, "Path | None", Kind]         # (flag, path, kind of what is written there)
 Input = tuple[str, "Path | None"]                # (what, path): never replaced, held or written into
 Targets = Callable[[argparse.Namespace], tuple[list[Output], list[Input]]]
-
-
-class CommandError(Exception):
-    """A failure whose message is written for the user as it is (exit 1), e.g. a missing optional package."""
 
 
 # --- flag types: a bad value is a usage error (exit 2) that names the flag -----------------------------
@@ -98,13 +95,6 @@ def _float(text: str, alternative: str = "") -> float:
     return value
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (`edgelora eval: error: ...`) instead of usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
 def _common(epochs: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("output and resources")
@@ -120,11 +110,11 @@ def _common(epochs: bool) -> argparse.ArgumentParser:
 COMMON, COMMON_EPOCHS = _common(epochs=False), _common(epochs=True)
 
 
-def add_command(subparsers, name: str, run: Run, report: Report, *, summary: str, description: str,
-                example: str, epochs: bool = False) -> argparse.ArgumentParser:
-    """Register subcommand `name`: its parser (with the shared flags), what it runs and how it reports.
-    `epochs`: the command trains, so --verbose also logs every epoch."""
-    parser = subparsers.add_parser(name, help=summary, description=textwrap.fill(description, 90),
+def add_command(subparsers, name: str, run: Run, report: Report, *, description: str, example: str,
+                epochs: bool = False) -> argparse.ArgumentParser:
+    """Register subcommand `name`: its parser (with the shared flags and its summary from parser.COMMANDS),
+    what it runs and how it reports. `epochs`: the command trains, so --verbose also logs every epoch."""
+    parser = subparsers.add_parser(name, help=summary(name), description=textwrap.fill(description, 90),
                                    parents=[COMMON_EPOCHS if epochs else COMMON],
                                    epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

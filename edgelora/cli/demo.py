@@ -37,7 +37,7 @@ edgelora demo --save-data demo_files   # also keep the bundle and the new scanne
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "demo", run, report, summary="see it work: fix a scanner shift on the device in seconds",
+        subparsers, "demo", run, report,
         description="A handwritten-digit classifier (an MLP pre-trained in the lab, shipped with edgelora) is "
                     "deployed behind a new scanner that shifts, fades and greys its images, and its accuracy "
                     "collapses. The device fine-tunes Skip2-LoRA adapters on 400 labelled scans (on one core, "

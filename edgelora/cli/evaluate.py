@@ -16,7 +16,7 @@ edgelora eval fan_bundle --adapter adapters/site7 --data test.npz --json
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "eval", run, report, summary="measure accuracy, macro-F1 and loss on labelled samples",
+        subparsers, "eval", run, report,
         description="Evaluate the backbone of BUNDLE, plus an adapter if given, on labelled samples: accuracy, "
                     "macro-F1 and cross-entropy loss for classification, MSE, MAE and loss for regression. "
                     "JSON keys: accuracy, macro_f1, loss (or mse, mae, loss), samples.",

@@ -18,9 +18,10 @@ edgelora export mypkg.models:make_mlp --weights mlp.pt --example 1,512 --out fan
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "export", run, report, summary="turn a model (ONNX, .pt2, or torch factory) into a bundle",
+        subparsers, "export", run, report,
         description="Write a backbone bundle (ONNX backbone with pooled tap outputs + manifest) from MODEL: an "
-                    ".onnx file (tapped with the onnx package only, so this also runs on the device), a "
+                    ".onnx file (tapped with the onnx package only, the graphs extra, so this also runs on the "
+                    "device), a "
                     "torch.export program (.pt2) or package.module:factory with --weights (these two need torch: "
                     "from the edgelora clone: pip install -e '.[export]'). Taps: `auto` takes the input of every "
                     "layer with weights "
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> dict:
         except ImportError as e:
             raise common.CommandError(f"exporting a torch model needs torch and edgelora's export package ({e}); "
                                       f"install them from the edgelora clone with: pip install -e '.[export]' "
-                                      f"(an .onnx MODEL needs neither)") from None
+                                      f"(an .onnx MODEL needs neither, only onnx: "
+                                      f"pip install -e '.[graphs]')") from None
         output = int(args.output) if args.output is not None and args.output.isdigit() else args.output
         manifest = export_from_spec(args.model, args.out, taps, example=args.example, weights=args.weights,
                                     output=output, **options)

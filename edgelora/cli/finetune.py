@@ -29,7 +29,7 @@ FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, t
 def register(subparsers) -> None:
     d = TrainConfig()
     p = common.add_command(
-        subparsers, "finetune", run, report, summary="train a Skip2-LoRA adapter on labelled samples",
+        subparsers, "finetune", run, report,
         description="Fine-tune skip adapters over the frozen backbone of BUNDLE on labelled samples and save "
                     "them as a PEFT-style adapter folder. The backbone runs once per sample (Skip-Cache); every "
                     "epoch after that costs a few small matrix products, so the recipe (adapter form, tap "

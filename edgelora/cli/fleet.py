@@ -21,7 +21,7 @@ ACTIONS = ("link", "node", "run", "personalize")
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "fleet", run, report, summary="federated fine-tuning of a fleet of devices (Flower)",
+        subparsers, "fleet", run, report,
         description="A fleet trains one shared adapter without raw data leaving any device, on Flower's "
                     "deployment runtime. link: start the SuperLink (the server's endpoint). node: start one "
                     "device (a SuperNode) with its bundle, labelled samples and a work folder (its adapter store "

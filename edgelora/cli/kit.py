@@ -22,7 +22,7 @@ edgelora finetune fan_bundle --data site7.npz --out site7_numpy && edgelora kit 
 def register(subparsers) -> None:
     d, k = TrainConfig(), KitRecipe()
     p = common.add_command(
-        subparsers, "kit", run, report, summary="write the training kit: fine-tuning as plain ONNX graphs",
+        subparsers, "kit", run, report,
         description=f"Write KIT, a folder with {TRAIN_FILE} (one epoch of Skip2-LoRA training as a single ONNX "
                     f"Loop), {EVAL_FILE} (adapter outputs and loss on cached rows) and {CONTRACT_FILE} (inputs, "
                     "outputs, layout, recipe, the backbone it belongs to). Opset 17, IR 8: any onnxruntime (Kotlin, "

@@ -17,7 +17,7 @@ FORMATS = ("merged", "lora_model", "onnx_adapter")
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "merge", run, report, summary="write an adapter as plain ONNX for deployment",
+        subparsers, "merge", run, report,
         description="merged (default): one ONNX model computing backbone + ADAPTER, with the bundle's input "
                     "standardisation baked in; its single output has the backbone's output name. lora_model: "
                     "backbone + skip adapters whose weights are graph inputs (ADAPTER not needed). "

@@ -18,7 +18,7 @@ edgelora personalize store site-7 --bundle fan_bundle --data batch.npz --margin 
 def register(subparsers) -> None:
     d, t = PersonalizeConfig(), SESSION_TRAINING
     p = common.add_command(
-        subparsers, "personalize", run, report, summary="personalise a named adapter with new labelled samples",
+        subparsers, "personalize", run, report,
         description="Add new labelled samples to adapter NAME in STORE (both created if new). Only samples never "
                     "seen before run through the backbone; a new version is trained on all of the adapter's "
                     "samples, warm-started from the current version, and published only if, on the adapter's "

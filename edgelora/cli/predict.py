@@ -21,7 +21,7 @@ edgelora predict fan_bundle --adapter adapters/site7 --data today.npy --out prob
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "predict", run, report, summary="predict labels or probabilities and save them as .npy",
+        subparsers, "predict", run, report,
         description="Run the backbone of BUNDLE (plus an adapter if given) on samples and write the predictions "
                     "to a .npy file, atomically: class indices (int64, shape (N,)) by default, class "
                     "probabilities (float32, (N, C)) with --proba, values (float32, (N, C)) for regression. "

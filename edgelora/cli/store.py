@@ -22,7 +22,7 @@ ACTIONS = ("list", "show", "rollback", "delete", "pin")
 
 def register(subparsers) -> None:
     p = common.add_command(
-        subparsers, "store", run, report, summary="list, show, roll back, pin or delete versioned adapters",
+        subparsers, "store", run, report,
         description="An adapter store (written by `edgelora personalize`) keeps named adapters, each a list of "
                     "immutable versions and a current version that serving uses. list: every adapter; show: one "
                     "adapter's versions (date, samples, parent, gate decision and reason); rollback: serve the "

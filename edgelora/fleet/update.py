@@ -3,7 +3,7 @@
 The server sends the shared adapter as one flat float32 array (`lora.views` layout) with an
 `AdapterSpec` (backbone identity, rank, alpha, bias, size). A device answers with its update, the
 difference `local - shared` as one flat array in the transport dtype (float16 by default: half the bytes;
-a difference is small, so float16's 11-bit mantissa loses nothing measurable, see README "Fleets").
+a difference is small, so float16's 11-bit mantissa loses nothing measurable, see docs/fleet.md).
 Nothing here imports flwr.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from ..files.outputs import folder_kind
 from .backbone import Backbone
 from .cache_rows import CACHE_FORMAT_VERSION, KEY_BYTES, DiskRows, RamRows
 
-FILL_CHUNK = 2048  # samples per backbone call while filling (bounds the RAM used by a fill)
+FILL_CHUNK = 256  # samples per step of a fill: bounds its temporaries (inputs + rows: 1.2 MB for the fan MLP)
 
 
 def sample_keys(inputs: dict[str, np.ndarray]) -> list[bytes]:

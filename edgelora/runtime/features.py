@@ -58,7 +58,7 @@ class FeatureSource:
 
         def read(idx):
             v = values[idx]
-            return v[:, :c], v[:, c:]
+            return v[:, :c].copy(), v[:, c:]  # y0 (N, C) its own: holding it must not keep the taps' rows alive
         return cls(read, cache.backbone.manifest, inputs, name=f"cache {cache.dtype.name}", cache=cache,
                    values=values, seconds=seconds)
 

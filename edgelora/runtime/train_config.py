@@ -16,7 +16,7 @@ from ..files.schema import check, normalize, to_dict
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tuning settings. Defaults are the ones measured on the fan and har protocols (README)."""
+    """Fine-tuning settings. Defaults are the ones measured on the fan and har protocols (docs/results.md)."""
     r: int | Literal["auto"] = 4                     # adapter rank, or "auto": pick from rank_grid on validation loss
     lora_alpha: float | None = None                  # scale s = lora_alpha / r; None -> 2 r (s = 2)
     bias: bool = True                                # learn an output bias too
