@@ -88,6 +88,21 @@ def test_page_learns_digits_drawn_with_touch(site, browser, tmp_path):
     assert 0 <= r["after"]["accuracy"] <= 1 and r["before"]["accuracy"] < 0.6
 
 
+def test_page_works_offline_after_the_first_load(site, tmp_path):
+    """With its service worker, the page fine-tunes again with the server gone (Chromium)."""
+    node, root, _ = site
+    server, url = serve_page(tmp_path / "site", root / "assets")  # a server of its own, to stop
+    url = url.replace("&sw=0", "")
+    try:
+        online = drive(node, "chromium", url, tmp_path / "a", visits=2, profile=tmp_path / "profile")
+    finally:
+        server.shutdown()
+        server.server_close()
+    offline = drive(node, "chromium", url, tmp_path / "b", profile=tmp_path / "profile")
+    assert offline["after"]["accuracy"] == online["after"]["accuracy"] > 0.6
+    assert (tmp_path / "b" / "adapter_model.safetensors").read_bytes() == (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+
+
 def test_error_the_page_reports_a_kit_for_another_backbone(site, tmp_path):
     node, root, url = site
     other = root / "other"

@@ -5,6 +5,7 @@
 //                        [--width 390 --height 844]   (a phone-sized viewport with touch by default)
 //                        [--draw N] [--demo 0]   draw N digits (1s and 7s) with touch first; --demo 0: train
 //                                       on the drawn digits alone
+//                        [--profile DIR]   keep the browser profile in DIR (default: a fresh one, removed)
 //                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
 //                                       wasm and HTTP caches are warm); the result is the last visit's
 import fs from 'node:fs';
@@ -28,10 +29,11 @@ function parse(argv) {
   return o;
 }
 
-async function launch(name, downloads) {
+async function launch(name, downloads, keep) {
   const b = BROWSERS[name];
   if (!fs.existsSync(b.executablePath)) throw new Error(`${b.executablePath} not found: apt-get install -y ${name === 'firefox' ? 'firefox-esr' : 'chromium'}`);
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
+  if (keep) fs.mkdirSync(keep, { recursive: true });
+  const profile = keep || fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
   const browser = await puppeteer.launch({ ...b, headless: true, userDataDir: profile, protocolTimeout: 300000,
     extraPrefsFirefox: { 'browser.download.folderList': 2, 'browser.download.dir': downloads,
       'browser.download.useDownloadDir': true, 'browser.download.always_ask_before_handling_new_types': false,
@@ -95,7 +97,7 @@ async function main() {
   const o = parse(process.argv.slice(2));
   const out = path.resolve(o.out);
   fs.mkdirSync(out, { recursive: true });
-  const { browser, profile } = await launch(o.browser, out);
+  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile));
   const errors = [];
   try {
     const page = await browser.newPage();
@@ -116,7 +118,7 @@ async function main() {
       ...result, errors }));
   } finally {
     await browser.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (!o.profile) fs.rmSync(profile, { recursive: true, force: true });
   }
 }
 
