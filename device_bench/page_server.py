@@ -26,22 +26,24 @@ def serve_page(root: Path, assets: Path) -> tuple[http.server.ThreadingHTTPServe
     (root / "assets").symlink_to(Path(assets).resolve(), target_is_directory=True)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"
+    return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"  # sw=0: every run cold
 
 
 BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
 
 
 def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
-               query: str = "", visits: int = 1) -> dict:
+               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None) -> dict:
     """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
-    `visits` fine-tunes in one profile), the adapter's downloads in `out`. Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
+    `visits` fine-tunes in one profile), the adapter's downloads in `out`. `draw`: digits drawn with touch first;
+    `demo`: load the demo's scans too. `profile`: keep the browser profile in this folder (default: a fresh one). Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
     import json
     import subprocess
     if not Path(BROWSERS[browser]).exists():
         raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
     args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
-            "--visits", str(visits)]
+            "--visits", str(visits), "--draw", str(draw), "--demo", "1" if demo else "0"] + \
+        (["--profile", str(profile)] if profile else [])
     done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
                           text=True, timeout=300)
     if done.returncode:

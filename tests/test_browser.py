@@ -52,9 +52,9 @@ def evaluate(root, adapter):
     return json.loads(out.stdout)["accuracy"]
 
 
-def drive(node, browser, url, out, screenshot=None):
+def drive(node, browser, url, out, screenshot=None, **kw):
     try:
-        return drive_page(node, browser, url, out, screenshot)
+        return drive_page(node, browser, url, out, screenshot, **kw)
     except FileNotFoundError as e:
         pytest.fail(str(e))
 
@@ -76,6 +76,31 @@ def test_page_finetunes_the_demo_like_numpy_and_node(site, node_adapter, browser
     png = (tmp_path / "page.png").read_bytes()
     width = int.from_bytes(png[16:20], "big")  # the phone-sized viewport (390 px; Firefox leaves out its scroll bar)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 370 <= width <= 390, width
+
+
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+def test_page_learns_digits_drawn_with_touch(site, browser, tmp_path):
+    node, root, url = site
+    r = drive(node, browser, url + "&epochs=10", tmp_path / "adapter", draw=20, demo=False)
+    assert r["drawn"] == 20 and r["n"] == 20 and r["errors"] == []  # every stroke and tap arrived as touch input
+    got = load_adapter(tmp_path / "adapter", Backbone(root / "assets" / "bundle").manifest)
+    assert got.config.training["samples"]["train"] == 20 and np.abs(got.flat).max() > 0
+    assert 0 <= r["after"]["accuracy"] <= 1 and r["before"]["accuracy"] < 0.6
+
+
+def test_page_works_offline_after_the_first_load(site, tmp_path):
+    """With its service worker, the page fine-tunes again with the server gone (Chromium)."""
+    node, root, _ = site
+    server, url = serve_page(tmp_path / "site", root / "assets")  # a server of its own, to stop
+    url = url.replace("&sw=0", "")
+    try:
+        online = drive(node, "chromium", url, tmp_path / "a", visits=2, profile=tmp_path / "profile")
+    finally:
+        server.shutdown()
+        server.server_close()
+    offline = drive(node, "chromium", url, tmp_path / "b", profile=tmp_path / "profile")
+    assert offline["after"]["accuracy"] == online["after"]["accuracy"] > 0.6
+    assert (tmp_path / "b" / "adapter_model.safetensors").read_bytes() == (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
 
 
 def test_error_the_page_reports_a_kit_for_another_backbone(site, tmp_path):

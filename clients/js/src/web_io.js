@@ -68,10 +68,13 @@ async function tx(store, mode, fn) {
   }
 }
 
-/** The Skip-Cache in IndexedDB: rows per (backbone identity, data hash), for finetune.cacheRows. */
+/**
+ * The Skip-Cache in IndexedDB: rows per (backbone identity, data hash), for finetune.cacheRows. Without
+ * IndexedDB (a private window, a full quota) it is a cache that always misses: the backbone recomputes.
+ */
 export const idbCache = {
-  get: async (key) => (await tx('cache', 'readonly', (s) => s.get(key))) || null,
-  put: (key, rows) => tx('cache', 'readwrite', (s) => s.put(rows, key)),
+  get: async (key) => { try { return (await tx('cache', 'readonly', (s) => s.get(key))) || null; } catch (e) { return null; } },
+  put: async (key, rows) => { try { await tx('cache', 'readwrite', (s) => s.put(rows, key)); } catch (e) { /* not kept */ } },
 };
 
 /** Adapters kept in IndexedDB by name: { files: {name: bytes}, saved (ISO time), summary }. */

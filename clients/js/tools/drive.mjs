@@ -3,6 +3,9 @@
 // adapter the page offers as downloads into OUT, optionally a screenshot, and prints one JSON line.
 //   node tools/drive.mjs --browser chromium|firefox --url URL --out DIR [--screenshot PNG] [--timeout S]
 //                        [--width 390 --height 844]   (a phone-sized viewport with touch by default)
+//                        [--draw N] [--demo 0]   draw N digits (1s and 7s) with touch first; --demo 0: train
+//                                       on the drawn digits alone
+//                        [--profile DIR]   keep the browser profile in DIR (default: a fresh one, removed)
 //                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
 //                                       wasm and HTTP caches are warm); the result is the last visit's
 import fs from 'node:fs';
@@ -17,7 +20,7 @@ const BROWSERS = {
 };
 
 function parse(argv) {
-  const o = { timeout: 120, width: 390, height: 844, visits: 1 };
+  const o = { timeout: 120, width: 390, height: 844, visits: 1, draw: 0, demo: '1' };
   for (let i = 0; i < argv.length; i += 2) o[argv[i].replace(/^--/, '')] = argv[i + 1];
   if (!BROWSERS[o.browser] || !o.url || !o.out) {
     console.error('usage: node tools/drive.mjs --browser chromium|firefox --url URL --out DIR [--screenshot PNG]');
@@ -26,10 +29,11 @@ function parse(argv) {
   return o;
 }
 
-async function launch(name, downloads) {
+async function launch(name, downloads, keep) {
   const b = BROWSERS[name];
   if (!fs.existsSync(b.executablePath)) throw new Error(`${b.executablePath} not found: apt-get install -y ${name === 'firefox' ? 'firefox-esr' : 'chromium'}`);
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
+  if (keep) fs.mkdirSync(keep, { recursive: true });
+  const profile = keep || fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
   const browser = await puppeteer.launch({ ...b, headless: true, userDataDir: profile, protocolTimeout: 300000,
     extraPrefsFirefox: { 'browser.download.folderList': 2, 'browser.download.dir': downloads,
       'browser.download.useDownloadDir': true, 'browser.download.always_ask_before_handling_new_types': false,
@@ -50,25 +54,50 @@ async function waitFor(check, seconds, what) {
   throw new Error(`timed out after ${seconds} s waiting for ${what}`);
 }
 
-/** Open the page, load the demo's scans, fine-tune, wait for the result. */
+/** A 1 or a 7 drawn on the pad with one finger, then its label tapped. */
+async function drawDigit(page, digit) {
+  const pad = await page.$('#pad');
+  await pad.scrollIntoView();
+  const box = await pad.boundingBox();
+  const at = (fx, fy) => [box.x + fx * box.width, box.y + fy * box.height];
+  const strokes = digit === 1 ? [[[0.5, 0.15], [0.52, 0.85]]] : [[[0.25, 0.2], [0.75, 0.2], [0.4, 0.85]]];
+  for (const stroke of strokes) {
+    await page.touchscreen.touchStart(...at(...stroke[0]));
+    for (const [a, b] of stroke.slice(1).map((p, k) => [stroke[k], p])) {
+      for (let t = 1; t <= 8; t++) await page.touchscreen.touchMove(...at(a[0] + (b[0] - a[0]) * t / 8, a[1] + (b[1] - a[1]) * t / 8));
+    }
+    await page.touchscreen.touchEnd();
+  }
+  const count = () => page.evaluate(() => document.querySelectorAll('#thumbs canvas').length);
+  const before = await count();
+  const label = await page.$(`#labels button:nth-child(${digit + 1})`);
+  for (let attempt = 0; attempt < 5 && await count() === before; attempt++) {
+    await label.tap();  // a tap right after the last one can be taken for a double tap: wait, tap again
+    await waitFor(async () => await count() > before, 1, 'the label').catch(() => {});
+  }
+}
+
+/** Open the page, draw and/or load the demo's scans, fine-tune, wait for the result. */
 async function fineTune(page, o) {
   await page.goto(o.url, { waitUntil: 'load' });
   await page.waitForSelector('body[data-state="ready"]', { timeout: 30000 });
   if (!o.url.includes('open=0')) await page.waitForSelector('body[data-warm]', { timeout: 60000 });  // as a user would
-  await page.click('#load-demo');
+  for (let i = 0; i < Number(o.draw); i++) await drawDigit(page, i % 2 ? 7 : 1);
+  if (o.demo !== '0') await page.click('#load-demo');
   await page.waitForFunction(() => !document.getElementById('finetune').disabled, { timeout: 30000 });
   await page.$eval('#finetune', (b) => b.click());
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: o.timeout * 1000, polling: 200 });
   const state = await page.evaluate(() => document.body.dataset.state);
   if (state !== 'done') throw new Error(`the page reports: ${await page.evaluate(() => document.getElementById('status').textContent)}`);
-  return page.evaluate(() => window.edgeloraResult);
+  return { ...await page.evaluate(() => window.edgeloraResult),
+    drawn: await page.evaluate(() => document.querySelectorAll('#thumbs canvas').length) };
 }
 
 async function main() {
   const o = parse(process.argv.slice(2));
   const out = path.resolve(o.out);
   fs.mkdirSync(out, { recursive: true });
-  const { browser, profile } = await launch(o.browser, out);
+  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile));
   const errors = [];
   try {
     const page = await browser.newPage();
@@ -89,7 +118,7 @@ async function main() {
       ...result, errors }));
   } finally {
     await browser.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (!o.profile) fs.rmSync(profile, { recursive: true, force: true });
   }
 }
 

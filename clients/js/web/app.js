@@ -117,8 +117,12 @@ async function done(m, n) {
   state.links = downloadLinks(m.files);
   $('downloads').replaceChildren(...state.links.map((l) => Object.assign(document.createElement('a'), { href: l.url, download: l.name, textContent: l.name })));
   const name = `digits-${new Date().toISOString().slice(0, 19)}`;
-  await idbAdapters.save(name, { files: m.files, summary: { before: m.before, after: m.after, samples: n } });
-  $('saved').textContent = (await idbAdapters.names()).join(', ');
+  try {
+    await idbAdapters.save(name, { files: m.files, summary: { before: m.before, after: m.after, samples: n } });
+    $('saved').textContent = (await idbAdapters.names()).join(', ');
+  } catch (e) {
+    $('saved').textContent = `not kept (${e.message || e}): download the files`;
+  }
   window.edgeloraResult = { before: m.before, after: m.after, n, warmedAhead: m.warmed_ahead, timings: { load: m.load_seconds, warm: m.warm_seconds,
     cache: m.cache_seconds, train: m.train_seconds, epochs: m.epoch_seconds, total: m.seconds }, threads: m.threads };
   document.body.dataset.state = 'done';

@@ -8,6 +8,7 @@
 import * as ort from './vendor/ort.wasm.min.mjs';
 import { adapterFor, cacheRows, evaluate, openKit, settingsFor, targetsFor, train } from '../src/finetune.js';
 import { UserError } from '../src/npy.js';
+import { initValues } from '../src/prng.js';
 import { fileSource, idbCache, urlSource } from '../src/web_io.js';
 
 ort.env.wasm.wasmPaths = new URL('./vendor/', import.meta.url).href;  // served from the page's own folder
@@ -68,7 +69,7 @@ async function finetune(msg) {
     const t = await cacheRows(ctx, msg.test.x, 'test samples', idbCache);
     test = { ...t, targets: targetsFor(ctx, msg.test.y, 'test labels', t.n) };
   }
-  const initial = await initialParams(ctx, settings.seed);
+  const initial = initialParams(ctx, settings.seed);
   const before = test && await evaluate(ctx, test.rows, test.targets, test.n, initial);
   post({ type: 'stage', text: `fine-tuning ${fit.n} samples for ${settings.epochs} epochs`, before });
   const onEpoch = async (rec, params) => {
@@ -86,8 +87,7 @@ async function finetune(msg) {
 }
 
 /** The kit's initial parameters for a seed (A from SplitMix64 stream 0, B and bias zero): "before" = the backbone. */
-async function initialParams(ctx, seed) {
-  const { initValues } = await import('../src/prng.js');
+function initialParams(ctx, seed) {
   const lay = ctx.contract.layout;
   const p = new Float32Array(lay.size);
   p.set(initValues(lay.widths, lay.rank, seed));
