@@ -24,6 +24,7 @@ from edgelora.files.fileio import PathLike
 from edgelora.graphs.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
 
 from .taps import TapModel, plan_taps
+from .torch_names import torch_weights
 
 TOLERANCE = 1e-4          # max |onnxruntime - torch| allowed, relative to max(1, max |torch|)
 RANDOM_TRIALS = 2         # random input batches checked after the example
@@ -62,6 +63,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
         try:
             y = wrapper(*args)[0]
             proto = _to_onnx(wrapper, args, names, len(plans))
+            weights = torch_weights(model, proto)
             blob, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans])
             diffs = verify(wrapper, blob, args, names, seed)
         finally:
@@ -75,7 +77,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                    for p, o in zip(plans, outputs[1:])),
         task=task, classes=tuple(classes) if classes is not None else
         (tuple(str(i) for i in range(c)) if task == "classification" else ()),
-        preprocess=pre, opset=OPSET,
+        preprocess=pre, opset=OPSET, torch_weights=weights,
         producer={"name": "edgelora.export", "torch": torch.__version__, "onnx": onnx.__version__,
                   "max_rel_diff": f"{max(diffs):.3g}"})
     return write_bundle(out, blob, manifest)

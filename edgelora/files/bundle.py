@@ -24,7 +24,7 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
-MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum")  # top-level fields the JSON may leave out
+MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "torch_weights")  # top-level fields the JSON may leave out
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
 
 
@@ -59,6 +59,21 @@ class TapSpec:
     def __post_init__(self):
         check(self.width >= 1, f"tap `{self.name}`: `width` should be a positive integer, found {self.width}")
         check(self.pooling in POOLINGS, f"tap `{self.name}`: pooling should be one of {POOLINGS}, found {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class TorchWeight:
+    """Which torch module's weight an ONNX initializer is (what a deep adapter's PEFT file names)."""
+    initializer: str                            # the ONNX initializer holding the weight
+    module: str                                 # the torch module's name in the exported model (e.g. "conv1")
+    kind: str                                   # its class: Linear, Conv1d or Conv2d
+    out_scale: tuple[float, ...] = ()           # per output channel: initializer = out_scale * torch weight
+                                                # (a batch-norm folded in by the exporter); () = equal
+
+    def __post_init__(self):
+        check(self.kind in ("Linear", "Conv1d", "Conv2d"),
+              f"torch weight `{self.initializer}`: kind should be Linear, Conv1d or Conv2d, found {self.kind!r}")
+        check(all(v != 0 for v in self.out_scale), f"torch weight `{self.initializer}`: out_scale has a 0")
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,7 @@ class Manifest:
     opset: int = 17
     producer: dict[str, str] = field(default_factory=dict)           # tool and version that wrote it
     checksum: str = ""                          # "sha256:<hex>" of this manifest with checksum ""; "" = unchecked
+    torch_weights: tuple[TorchWeight, ...] = ()  # ONNX weight initializers -> torch module names (deep adapters)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -174,7 +190,13 @@ class Manifest:
 
 def manifest_checksum(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, `checksum` left empty)."""
-    return digest(dumps_json(to_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
+    return digest(dumps_json(manifest_dict(dataclasses.replace(manifest, checksum=""))), tagged=True)
+
+
+def manifest_dict(manifest: Manifest) -> dict:
+    """The manifest as written: an empty `torch_weights` is left out (bundles from before it keep their checksum)."""
+    d = to_dict(manifest)
+    return d if d["torch_weights"] else {k: v for k, v in d.items() if k != "torch_weights"}
 
 
 def with_checksum(manifest: Manifest) -> Manifest:
@@ -235,5 +257,5 @@ def write_bundle(bundle_dir: PathLike, onnx_bytes: bytes, manifest: Manifest, *,
     An existing `bundle_dir` must be a bundle or empty, unless `overwrite` (see edgelora.files.outputs)."""
     check_target(bundle_dir, BUNDLE_KIND, overwrite=overwrite)
     manifest = with_checksum(dataclasses.replace(manifest, fingerprint=digest(onnx_bytes, tagged=True)))
-    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(to_dict(manifest))}, "bundle")
+    write_folder(bundle_dir, {manifest.model_file: onnx_bytes, MANIFEST_FILE: dumps_json(manifest_dict(manifest))}, "bundle")
     return manifest
