@@ -53,7 +53,7 @@ class Engine:
     """forward(x) -> (y, saved) and backward(dy, saved) -> grads for one chain, modes and rank."""
 
     def __init__(self, chain: Chain, modes: list[str], r: int = 4, scale: float = 2.0):
-        self.chain, self.modes, self.scale = chain, list(modes), scale
+        self.chain, self.modes, self.scale, self.r = chain, list(modes), scale, r
         self.shapes = param_shapes(chain, modes, r)
         self.frozen = matrices(chain)
         self.start = first_trainable_op(chain, modes)

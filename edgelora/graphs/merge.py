@@ -23,8 +23,10 @@ from onnx import TensorProto, helper, numpy_helper
 from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest, model_path, verify_bundle
+from ..files.deep_adapter import DeepAdapter
 from ..files.fileio import PathLike, atomic_write
 from ..files.outputs import check_target, file_kind
+from .deep_merge import deep_model
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
@@ -38,6 +40,11 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
+    if isinstance(adapter, DeepAdapter):  # LoRA inside the backbone's layers: W + s B A (deep_merge.py)
+        proto = deep_model(bundle_dir, manifest, adapter, bake_preprocess)
+        _describe(proto, manifest, adapter, bake_preprocess)
+        atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
+        return Path(out_path)
     params = _params(adapter, manifest)
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
@@ -89,18 +96,21 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
     return out
 
 
-def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter]:
+def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter | DeepAdapter]:
     manifest = verify_bundle(bundle_dir)
     where = "adapter"
     if not isinstance(adapter, Adapter):
         where = f"adapter {adapter}"
-        adapter = load_adapter(adapter)
+        adapter = load_adapter(adapter, manifest)
     adapter.check_backbone(manifest, where)
     return manifest, adapter
 
 
 def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
     """lora.A.<tap> (d_k, r) for every backbone tap, lora.B (K r, C), lora.scale, lora.bias (float32)."""
+    if isinstance(adapter, DeepAdapter):
+        raise ValueError("a deep adapter changes the backbone's own weights: the `lora.*` inputs and .onnx_adapter "
+                         "files carry skip adapters only; deploy it with `merge` (plain ONNX)")
     c, p, lay = adapter.config, adapter.params, adapter.config.layout  # taps == manifest.taps (check_backbone)
     out = {f"{LORA_PREFIX}A.{name}": np.ascontiguousarray(tap_A(p, lay, k), np.float32)
            for k, name in enumerate(c.target_taps)}

@@ -27,6 +27,7 @@ from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
 from .backbone import Backbone
+from . import deep
 from .cache import SkipCache
 from .features import FeatureSource, prepare
 from .train_config import History, TrainConfig
@@ -82,6 +83,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                  resume: bool) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
+    if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
+        return deep.finetune_deep(features, targets, split, config, callback=callback)
     m, (train_idx, val_idx) = features.manifest, split
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
@@ -125,8 +128,10 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    return Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training),
-                   result), history
+    adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
+    if init is not None:  # a warm start continues its skip adapter
+        return adapter, history
+    return deep.escalate(features, targets, split, config, adapter, history, callback)  # the deep tier, if needed
 
 
 def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
@@ -181,6 +186,9 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         init.check_backbone(m, "initial adapter")
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
+    if config.form == "deep" and (init is not None or engine != "numpy" or not use_cache):
+        raise ValueError("`form` 'deep' trains a new adapter in numpy from the Skip-Cache's samples: it needs no "
+                         "initial adapter, engine='numpy' and use_cache=True")
     if config.form == "last" and init is not None:
         raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
 

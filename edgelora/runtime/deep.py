@@ -1,0 +1,167 @@
+"""The deep tier: LoRA inside the backbone's own weight layers, trained by backprop through the frozen backbone
+in numpy (core/deep_loop.py over graphs/onnx_chain.py), chosen when the skip adapters fall short.
+
+Rule (`escalate`, form "auto" with cross-validation): the skip recipe cross-validation chose scores S_cv
+(mean over folds, spread = standard deviation of the fold scores); its refit scores S_fit on the fine-tune
+samples themselves. If S_fit - S_cv > spread (the skip adapter fits the samples clearly better than it
+predicts unseen ones: what the frozen layers lose, a read-out of them cannot recover), the deep tier is
+cross-validated on the same folds; it wins when its score is above S_cv, else the skip adapter stays.
+`form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from ..core import deep_loop, lora
+from ..core.lora import split
+from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
+from ..files.schema import to_dict
+from .train_config import History, TrainConfig
+
+MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
+WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
+RULE = "skip fit on the fine-tune samples - skip cross-validated score > spread of the fold scores"
+
+
+def settings(config: TrainConfig) -> dict:
+    """Rank, alpha, weight decay and epoch budget of the deep tier, from the fine-tune's settings."""
+    r = config.r if config.r != "auto" else max(config.rank_grid)
+    decay = config.weight_decay if config.weight_decay != "auto" and config.form == "deep" and config.weight_decay <= 0.1 \
+        else WEIGHT_DECAY
+    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": float(decay)}
+
+
+def budget(config: TrainConfig, n: int) -> int:
+    """Epochs of the deep tier: config.epochs, raised so that they make at least MIN_STEPS optimiser steps."""
+    steps = math.ceil(n / config.batch_size)
+    return max(config.epochs, math.ceil(MIN_STEPS / steps))
+
+
+def load(features):
+    """(chain, prepared inputs) of a fine-tune's samples; ValueError when the backbone cannot be backpropagated."""
+    from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
+    if features.cache is None:
+        raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
+    chain = load_chain(features.cache.backbone.bundle_dir)
+    if len(features.inputs) != 1:
+        raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
+    return chain, chain.prep(next(iter(features.inputs.values())))
+
+
+def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
+                  callback=None) -> tuple[DeepAdapter, History]:
+    """Train a deep adapter: epochs chosen by cross-validation (cv_folds >= 2, val_fraction 0) among
+    epoch_fractions of the budget, then refit on every sample; or the budget on the training split."""
+    start = time.perf_counter()
+    history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
+                                 cache_seconds=features.seconds)
+    chain, x = load(features)
+    s, m = settings(config), features.manifest
+    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    epochs, train_idx, val_idx = budget(config, len(split_idx[0])), *split_idx
+    found = cross_validate(eng, x, targets, config, s, epochs) if _uses_cv(config) else {}
+    if found:
+        epochs = found["epochs"]
+    flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
+                         idx=train_idx, on_epoch=None if callback is None else
+                         (lambda e, *_: callback({"epoch": e, "tier": "deep"})))
+    adapter = _adapter(chain, eng, flat, s, history, m)
+    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
+    history.selection = {**history.selection, "deep": {**history.selection.get("deep", {}), **found}}
+    if len(val_idx):
+        y = deep_loop.outputs(eng, split(flat, eng.shapes), x[val_idx])
+        from ..core.metrics import evaluate_outputs
+        history.val_metrics = evaluate_outputs(y, targets[val_idx], m.task)
+    history.train_seconds += time.perf_counter() - start
+    adapter.config = dataclasses.replace(adapter.config, training=_training(config, history))
+    return adapter, history
+
+
+def cross_validate(eng, x, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
+    """The deep tier's cross-validated estimate at each epoch mark, and the mark chosen (best score, then
+    lowest loss, then fewest epochs)."""
+    n, cap = len(targets), config.cv_rows_per_class * eng.chain.manifest.num_outputs
+    if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
+        idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
+        x, targets = x[idx], targets[idx]
+    k = min(config.cv_folds, len(targets) // 2)
+    marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
+    start = time.perf_counter()
+    table = deep_loop.cross_validate(eng, x, targets, config, k=k, marks=marks, weight_decay=s["weight_decay"],
+                                     task=eng.chain.manifest.task)
+    best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
+    return {"epochs": best, "score": table[best]["score"], "score_spread": table[best]["spread"],
+            "score_folds": table[best]["folds"], "loss": table[best]["loss"], "folds": k,
+            "cv_seconds": time.perf_counter() - start,
+            "marks": {str(e): table[e]["score"] for e in marks}}
+
+
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History, callback=None):
+    """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one, with
+    history.selection["deep"] saying whether it was considered, the scores, the margin and the cost."""
+    sel = history.selection
+    if config.form != "auto" or not sel or "chosen" not in sel:
+        return adapter, history
+    cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
+    fit = _skip_fit(features, targets, adapter)
+    report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "skip_fit": fit,
+              "considered": bool(fit - cv > spread)}
+    history.chosen["tier"] = "skip"
+    if not report["considered"]:
+        history.selection["deep"] = report
+        return adapter, history
+    start = time.perf_counter()
+    try:
+        chain, x = load(features)
+    except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
+        history.selection["deep"] = {**report, "unavailable": str(e)}
+        return adapter, history
+    s = settings(config)
+    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    found = cross_validate(eng, x, targets, config, s, budget(config, len(targets)))
+    report.update(deep_score=found["score"], deep_spread=found["score_spread"], margin=found["score"] - cv,
+                  won=bool(found["score"] > cv), cv_seconds=time.perf_counter() - start)
+    history.selection["deep"] = report
+    if not report["won"]:
+        history.train_seconds += report["cv_seconds"]
+        return adapter, history
+    history.selection["deep"].update(found)
+    history.selection["deep"].update(report)
+    return finetune_deep(features, targets, split_idx, config, history, callback)
+
+
+def _skip_fit(features, targets: np.ndarray, adapter) -> float:
+    """The skip adapter's score (accuracy, or minus the MSE) on the fine-tune samples it was trained on."""
+    y0, t = features(np.arange(len(targets)))
+    lay = adapter.config.layout
+    y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
+    from ..core.crossval import _scores
+    return float(_scores(y, targets, features.manifest.task)[0].mean())
+
+
+def _uses_cv(config: TrainConfig) -> bool:
+    return config.val_fraction == 0 and config.cv_folds >= 2
+
+
+def _adapter(chain, eng, flat: np.ndarray, s: dict, history: History, m) -> DeepAdapter:
+    """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
+    p = split(flat, eng.shapes)
+    inits = [n.initializer for n in chain.names]
+    modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
+    config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
+                        weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
+                                            for (w, _), n in zip(chain.weights, chain.names)),
+                        num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),
+                        classes=m.classes)
+    params = {i: (p[f"A{j}"].copy(), p[f"B{j}"].copy()) for j, i in enumerate(inits)}
+    return DeepAdapter.for_backbone(m, config, params)
+
+
+def _training(config: TrainConfig, history: History) -> dict:
+    return {"settings": to_dict(config), "chosen": history.chosen, "samples": history.samples,
+            "val_metrics": history.val_metrics, "cross_validation": {
+                k: v for k, v in history.selection.items() if k in ("method", "metric", "chosen", "no_finetune", "deep")}}
