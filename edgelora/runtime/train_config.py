@@ -81,7 +81,8 @@ class TrainConfig:
               f"`cv_rows_per_class` should be >= 0 (0: all), found {self.cv_rows_per_class}")
         check(len(self.epoch_fractions) >= 1 and all(0 < f <= 1 for f in self.epoch_fractions),
               f"`epoch_fractions` should list numbers in (0, 1], found {self.epoch_fractions}")
-        auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(self, f) == "auto"]
+        auto = [f for f in ("r", "weight_decay", "form", "tap_scaling")
+                if getattr(self, f) == "auto" and (self.form != "deep" or f == "r")]  # deep reads no taps
         check(not auto or self.val_fraction > 0 or self.cv_folds >= 2,
               f"automatic selection of {auto} needs cross-validation (`cv_folds` >= 2) or a holdout (`val_fraction` > 0)")
 
