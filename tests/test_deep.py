@@ -174,3 +174,22 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     (tmp_path / "bad" / "adapter_model.safetensors").write_bytes(bytes(blob))
     with pytest.raises(ValueError, match="adapter_model.safetensors"):
         load_adapter(tmp_path / "bad", bb.manifest)
+
+
+def test_mixed_batches_serve_deep_and_skip_adapters_row_by_row(bn_bundle, tmp_path):
+    from edgelora.ops.serve import AdapterServer
+    from edgelora.ops.store import AdapterStore
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    deep_a, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=3))
+    skip_a, _ = finetune(bb, x, y, TrainConfig(form="skip", cv_folds=0, epochs=3, tap_scaling="none"))
+    store = AdapterStore(tmp_path / "store")
+    for name, a in (("d", deep_a), ("s", skip_a)):
+        store.add_version(name, a, parent=None, samples=len(y))
+        store.set_current(name, 1)
+    server = AdapterServer(bb, store)
+    names = ["d", "s", None, "d"] * 10
+    got = server.outputs(x, names)
+    want = {"d": Predictor(bb, deep_a).outputs(x), "s": Predictor(bb, skip_a).outputs(x), None: bb.features(x)[0]}
+    for i, name in enumerate(names):
+        assert np.abs(got[i] - want[name][i]).max() < 1e-5, (i, name)
+    assert np.abs(server.outputs(x[:3], "d") - want["d"][:3]).max() < 1e-5

@@ -92,6 +92,12 @@ class DeepAdapter:
     def for_backbone(cls, manifest: Manifest, config: DeepConfig, params: dict) -> DeepAdapter:
         return cls(config, params, {init: _out_scale(manifest, init) for init in config.initializers})
 
+    @property
+    def nbytes(self) -> int:
+        """Memory it takes to serve: its factors, and the merged copy of each weight it adapts (float32)."""
+        return sum(a.nbytes + b.nbytes for a, b in self.params.values()) + \
+            4 * sum(int(np.prod(s)) for s in self.config.weight_shapes)
+
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
         """Refuse an adapter that was not trained on this backbone."""
         c = self.config

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ..core import deep_loop, lora
+from ..core.crossval import _scores, folds, summarize
 from ..core.lora import split
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.schema import to_dict
@@ -53,85 +54,99 @@ def load(features):
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
-                  callback=None) -> tuple[DeepAdapter, History]:
+                  found: dict | None = None) -> tuple[DeepAdapter, History]:
     """Train a deep adapter: epochs chosen by cross-validation (cv_folds >= 2, val_fraction 0) among
-    epoch_fractions of the budget, then refit on every sample; or the budget on the training split."""
+    epoch_fractions of the budget, then refit on every sample; or the budget on the training split.
+    `found`: that cross-validation, already run (escalate)."""
     start = time.perf_counter()
     history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
                                  cache_seconds=features.seconds)
     chain, x = load(features)
     s, m = settings(config), features.manifest
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
-    epochs, train_idx, val_idx = budget(config, len(split_idx[0])), *split_idx
-    found = cross_validate(eng, x, targets, config, s, epochs) if _uses_cv(config) else {}
+    epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
+    if found is None and _uses_cv(config):
+        found = cross_validate(eng, x, features, targets, config, s, epochs)
+        history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
-        epochs = found["epochs"]
+        epochs = found["chosen"]["epochs"]
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
-                         idx=train_idx, on_epoch=None if callback is None else
-                         (lambda e, *_: callback({"epoch": e, "tier": "deep"})))
-    adapter = _adapter(chain, eng, flat, s, history, m)
+                         idx=train_idx)
+    adapter = _adapter(chain, eng, flat, s, m)
     history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
-    history.selection = {**history.selection, "deep": {**history.selection.get("deep", {}), **found}}
+    history.epochs, history.best_epoch = [], 0
     if len(val_idx):
-        y = deep_loop.outputs(eng, split(flat, eng.shapes), x[val_idx])
         from ..core.metrics import evaluate_outputs
-        history.val_metrics = evaluate_outputs(y, targets[val_idx], m.task)
+        history.val_metrics = evaluate_outputs(deep_loop.outputs(eng, split(flat, eng.shapes), x[val_idx]),
+                                               targets[val_idx], m.task)
     history.train_seconds += time.perf_counter() - start
     adapter.config = dataclasses.replace(adapter.config, training=_training(config, history))
     return adapter, history
 
 
-def cross_validate(eng, x, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
-    """The deep tier's cross-validated estimate at each epoch mark, and the mark chosen (best score, then
-    lowest loss, then fewest epochs)."""
+def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
+    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
+    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs."""
     n, cap = len(targets), config.cv_rows_per_class * eng.chain.manifest.num_outputs
+    idx, subset = np.arange(n), ""
     if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
         idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
-        x, targets = x[idx], targets[idx]
-    k = min(config.cv_folds, len(targets) // 2)
+        subset = f" on {len(idx)} of {n} samples, evenly spaced in sample order"
+    k = min(config.cv_folds, len(idx) // 2)
     marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
-    start = time.perf_counter()
-    table = deep_loop.cross_validate(eng, x, targets, config, k=k, marks=marks, weight_decay=s["weight_decay"],
-                                     task=eng.chain.manifest.task)
+    task, start = eng.chain.manifest.task, time.perf_counter()
+    table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,
+                                     weight_decay=s["weight_decay"], task=task)
     best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
-    return {"epochs": best, "score": table[best]["score"], "score_spread": table[best]["spread"],
-            "score_folds": table[best]["folds"], "loss": table[best]["loss"], "folds": k,
-            "cv_seconds": time.perf_counter() - start,
-            "marks": {str(e): table[e]["score"] for e in marks}}
+    base = summarize(*_scores(features(idx)[0], targets[idx], task), folds(targets[idx], k, task), k)
+    row = table[best]
+    return {"method": f"{k}-fold cross-validation{subset}", "folds": k,
+            "metric": "accuracy" if task == "classification" else "neg_mse",
+            "chosen": {"form": "deep", **s, "epochs": best, "score": row["score"], "score_spread": row["spread"],
+                       "loss": row["loss"], "score_folds": row["folds"]},
+            "no_finetune": {"score": base["score"], "score_spread": base["spread"], "loss": base["loss"],
+                            "score_folds": base["folds"]},
+            "helps": row["score"] > base["score"], "cv_seconds": time.perf_counter() - start,
+            "candidates": [{"form": "deep", **s, "epochs": e, "score": table[e]["score"], "loss": table[e]["loss"]}
+                           for e in marks]}
 
 
-def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History, callback=None):
-    """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one, with
-    history.selection["deep"] saying whether it was considered, the scores, the margin and the cost."""
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History):
+    """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
+    history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
+    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep")."""
     sel = history.selection
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
     cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
     fit = _skip_fit(features, targets, adapter)
     report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "skip_fit": fit,
-              "considered": bool(fit - cv > spread)}
-    history.chosen["tier"] = "skip"
+              "considered": bool(fit - cv > spread), "won": False}
+    history.chosen["tier"], sel["deep"] = "skip", report
     if not report["considered"]:
-        history.selection["deep"] = report
         return adapter, history
     start = time.perf_counter()
     try:
         chain, x = load(features)
     except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
-        history.selection["deep"] = {**report, "unavailable": str(e)}
+        report["unavailable"] = str(e)
         return adapter, history
     s = settings(config)
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
-    found = cross_validate(eng, x, targets, config, s, budget(config, len(targets)))
-    report.update(deep_score=found["score"], deep_spread=found["score_spread"], margin=found["score"] - cv,
-                  won=bool(found["score"] > cv), cv_seconds=time.perf_counter() - start)
-    history.selection["deep"] = report
+    found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
+    d = found["chosen"]
+    report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
+                  margin=d["score"] - cv, won=bool(d["score"] > cv), skip_chosen=sel["chosen"],
+                  cv_seconds=time.perf_counter() - start)
     if not report["won"]:
         history.train_seconds += report["cv_seconds"]
+        report["seconds"] = report["cv_seconds"]
         return adapter, history
-    history.selection["deep"].update(found)
-    history.selection["deep"].update(report)
-    return finetune_deep(features, targets, split_idx, config, history, callback)
+    history.selection = {**found, "deep": report}
+    history.train_seconds += report["cv_seconds"]
+    adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
+    report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
+    return adapter, history
 
 
 def _skip_fit(features, targets: np.ndarray, adapter) -> float:
@@ -139,7 +154,6 @@ def _skip_fit(features, targets: np.ndarray, adapter) -> float:
     y0, t = features(np.arange(len(targets)))
     lay = adapter.config.layout
     y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
-    from ..core.crossval import _scores
     return float(_scores(y, targets, features.manifest.task)[0].mean())
 
 
@@ -147,7 +161,7 @@ def _uses_cv(config: TrainConfig) -> bool:
     return config.val_fraction == 0 and config.cv_folds >= 2
 
 
-def _adapter(chain, eng, flat: np.ndarray, s: dict, history: History, m) -> DeepAdapter:
+def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
     """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
     p = split(flat, eng.shapes)
     inits = [n.initializer for n in chain.names]
@@ -164,4 +178,5 @@ def _adapter(chain, eng, flat: np.ndarray, s: dict, history: History, m) -> Deep
 def _training(config: TrainConfig, history: History) -> dict:
     return {"settings": to_dict(config), "chosen": history.chosen, "samples": history.samples,
             "val_metrics": history.val_metrics, "cross_validation": {
-                k: v for k, v in history.selection.items() if k in ("method", "metric", "chosen", "no_finetune", "deep")}}
+                k: v for k, v in history.selection.items() if k in ("method", "metric", "chosen", "no_finetune", "helps",
+                                                                    "deep")}}

@@ -84,7 +84,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
-        return deep.finetune_deep(features, targets, split, config, callback=callback)
+        return deep.finetune_deep(features, targets, split, config)
     m, (train_idx, val_idx) = features.manifest, split
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
@@ -131,7 +131,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
     if init is not None:  # a warm start continues its skip adapter
         return adapter, history
-    return deep.escalate(features, targets, split, config, adapter, history, callback)  # the deep tier, if needed
+    return deep.escalate(features, targets, split, config, adapter, history)  # the deep tier, if needed
 
 
 def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
