@@ -137,10 +137,16 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     bb, (x, y) = Backbone(bn_bundle), samples()
     adapter, history = finetune(bb, x, y, TrainConfig(epochs=5))
     d = history.selection["deep"]
-    assert d["considered"] == (d["skip_fit"] - d["skip_score"] > d["skip_spread"])
+    assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
         assert d["won"] == (d["deep_score"] > d["skip_score"])
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen["tier"] == "deep")
+    deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
+    try:
+        kept, h = finetune(bb, x, y, TrainConfig(epochs=5))
+    finally:
+        deep.AUTO_MAX_SAMPLES = was
+    assert not h.selection["deep"]["considered"] and type(kept).__name__ == "Adapter"
     skip, h = finetune(bb, x, y, TrainConfig(epochs=5, form="skip"))
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
 

@@ -215,7 +215,7 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
     one = f"{100 * d['skip_fit']:.1f} %" if task == "classification" else f"MSE {-d['skip_fit']:.4g}"
     fit = f"skip fit {one} vs cross-validated {_pct(d['skip_score'], d['skip_spread'], task)}"
     if not d["considered"]:
-        return [f"  tier       skip ({fit}: within the folds' spread, deep tier not tried)"]
+        return [f"  tier       skip ({fit}; deep tier not tried: {d['rule']})"]
     if "unavailable" in d:
         return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
     won = "deep" if d["won"] else "skip"

@@ -28,7 +28,8 @@ def engine(chain, r: int, scale: float) -> Engine:
 
 def outputs(eng: Engine, p: dict, x: np.ndarray) -> np.ndarray:
     """The adapted network's outputs for prepared inputs, in chunks."""
-    return np.concatenate([eng.forward(p, x[a:a + EVAL_BATCH], save=False)[0] for a in range(0, len(x), EVAL_BATCH)])
+    return np.concatenate([eng.forward(p, eng.prefix(x[a:a + EVAL_BATCH]), save=False)[0]
+                           for a in range(0, len(x), EVAL_BATCH)])
 
 
 def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, weight_decay: float, task: str,
@@ -56,7 +57,7 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
         perm = idx[rng.permutation(len(idx))]
         for i in range(steps):
             b = perm[i * bs:(i + 1) * bs]
-            out, saved = eng.forward(p, x[b])
+            out, saved = eng.forward(p, eng.prefix(x[b]))   # the ops before the first weight layer, then the rest
             dy = cross_entropy_grad(out, rows[b]) if cls else (out - rows[b]) * (2.0 / out.size)
             eng.backward(dy.astype(np.float32), saved, p, g)
             step = (epoch - 1) * steps + i
