@@ -119,7 +119,7 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     net.bn1.running_mean.normal_()
     net.bn1.running_var.uniform_(0.5, 2.0)
     net.bn1.weight.data.uniform_(0.5, 2.0)
-    manifest = export_model(net, torch.zeros(2, 3, 16), tmp_path / "bundle")
+    manifest = export_model(net, torch.zeros(2, 3, 16), tmp_path / "bundle", preprocess={"x": (0.5, 2.0)})
     assert {w.module for w in manifest.torch_weights} == {"conv1", "fc"}
     assert any(w.out_scale for w in manifest.torch_weights)          # the batch-norm was folded into conv1
     bb, (x, y) = Backbone(tmp_path / "bundle"), samples()
@@ -128,8 +128,10 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
     model = peft.PeftModel.from_pretrained(net, str(tmp_path / "a")).eval()
     with torch.no_grad():
-        theirs = model(torch.from_numpy(x)).numpy()
-    assert np.abs(theirs - ours).max() < 1e-5
+        theirs = model(torch.from_numpy((x - 0.5) / 2.0)).numpy()
+    merge(tmp_path / "bundle", tmp_path / "a", tmp_path / "m.onnx")             # standardisation baked in
+    merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    assert np.abs(theirs - ours).max() < 1e-5 and np.abs(merged - ours).max() < 1e-5
     assert np.abs(ours - bb.features(x)[0]).max() > 1e-2
 
 

@@ -1,7 +1,7 @@
 """A deep adapter merged into plain ONNX: each adapted weight initializer W becomes W + s (A B) in the
-initializer's own layout, the tap outputs are dropped, and the bundle's input standardisation is baked in
-front (as merge.py does for skip adapters). Any onnxruntime runs the result; so does edgelora's Predictor,
-which builds the same graph in memory to serve a deep adapter."""
+initializer's own layout and the tap outputs are dropped (merge.py bakes the input standardisation in front,
+as for skip adapters). Any onnxruntime runs the result; so does edgelora's Predictor, which builds the same
+graph in memory to serve a deep adapter."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,16 +32,13 @@ def merged_weights(proto: onnx.ModelProto, adapter: DeepAdapter) -> dict[str, np
     return out
 
 
-def deep_model(bundle_dir, manifest: Manifest, adapter: DeepAdapter, bake_preprocess: bool = True) -> onnx.ModelProto:
+def deep_model(bundle_dir, manifest: Manifest, adapter: DeepAdapter) -> onnx.ModelProto:
     """The backbone with the adapter folded into its weights; one output, the base output (e.g. `logits`)."""
-    from .merge import _standardize  # the same standardisation nodes as a merged skip adapter
     proto = onnx.load(str(model_path(bundle_dir, manifest)))
     g = proto.graph
     for name, w in merged_weights(proto, adapter).items():
         i = next(k for k, t in enumerate(g.initializer) if t.name == name)
         g.initializer[i].CopyFrom(numpy_helper.from_array(w, name))
-    if bake_preprocess:
-        _standardize(g, manifest, f"bundle {bundle_dir}")
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(manifest.output.name, TensorProto.FLOAT,
                                                   ["batch", manifest.num_outputs]))

@@ -41,7 +41,9 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
     if isinstance(adapter, DeepAdapter):  # LoRA inside the backbone's layers: W + s B A (deep_merge.py)
-        proto = deep_model(bundle_dir, manifest, adapter, bake_preprocess)
+        proto = deep_model(bundle_dir, manifest, adapter)
+        if bake_preprocess:
+            _standardize(proto.graph, manifest, f"bundle {bundle_dir}")
         _describe(proto, manifest, adapter, bake_preprocess)
         atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
         return Path(out_path)

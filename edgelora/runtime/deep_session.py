@@ -18,7 +18,7 @@ class DeepSession:
     def __init__(self, backbone: Backbone, adapter: DeepAdapter, threads: int = 1):
         adapter.check_backbone(backbone.manifest)
         self.backbone, self.adapter = backbone, adapter
-        blob = serialize(conservative(deep_model(backbone.bundle_dir, backbone.manifest, adapter, bake_preprocess=False)))
+        blob = serialize(conservative(deep_model(backbone.bundle_dir, backbone.manifest, adapter)))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
         self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
