@@ -1,7 +1,7 @@
 """Training deep adapters: LoRA on every weight layer of a chain (backprop.py), by backprop through the frozen
 backbone, with the optimisers of optim.py and a seeded shuffle (one permutation of the training rows per
 epoch). `fit` trains one model; `cross_validate` trains one per fold and scores each on the fold it never
-saw at several epoch counts (the same folds and scores as the skip recipes' cross-validation).
+saw at several epoch counts (folds and scores as in the skip recipes' cross-validation).
 
     x (N, ...) prepared inputs   A_i (fan_in, r), B_i (r, fan_out)   y = chain(x; W_i + s A_i B_i)
 """
@@ -13,12 +13,29 @@ from typing import Callable
 import numpy as np
 
 from .backprop import Engine, init_params
-from .crossval import _scores, folds, summarize
-from .losses import cross_entropy_grad
+from .crossval import _scores as scores  # per-sample (score, loss): accuracy and cross-entropy, or -MSE and MSE
+from .losses import class_groups, cross_entropy_grad
 from .lora import split
 from .optim import from_config, learning_rate
 
 EVAL_BATCH = 128          # rows per forward pass when scoring (bounds the im2col buffers)
+
+
+def fold_ids(targets: np.ndarray, k: int, task: str) -> np.ndarray:
+    """Fold id per sample: each class's samples, in sample order, cut into k contiguous blocks (the folds of
+    the skip recipes' cross-validation)."""
+    fold = np.zeros(len(targets), np.int64)
+    for g in class_groups(targets, task):
+        fold[g] = np.arange(len(g)) * k // len(g)
+    return fold
+
+
+def summary(score: np.ndarray, loss: np.ndarray, fold: np.ndarray) -> dict:
+    """Mean score and loss, per-fold mean scores and their spread (standard deviation over folds)."""
+    per = [float(score[fold == f].mean()) for f in np.unique(fold)]
+    ok = bool(np.isfinite(score).all() and np.isfinite(loss).all())
+    return {"score": float(score.mean()) if ok else -math.inf, "loss": float(loss.mean()) if ok else math.inf,
+            "folds": per, "spread": float(np.std(per)) if ok else math.inf}
 
 
 def engine(chain, r: int, scale: float) -> Engine:
@@ -73,8 +90,8 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
 def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: int, marks: list[int],
                    weight_decay: float, task: str) -> dict[int, dict]:
     """Per epoch count in `marks`: the summary (score, loss, per-fold scores, spread) of k models, each
-    trained without one fold and scored on it (crossval.folds: contiguous blocks per class)."""
-    fold = folds(targets, k, task)
+    trained without one fold and scored on it (fold_ids: contiguous blocks per class)."""
+    fold = fold_ids(targets, k, task)
     n = len(targets)
     score = {m: np.zeros(n) for m in marks}
     loss = {m: np.zeros(n) for m in marks}
@@ -85,7 +102,7 @@ def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: i
         def mark(epoch, flat, *_):
             if epoch in score:
                 y = outputs(eng, split(flat, eng.shapes), x[held])
-                score[epoch][held], loss[epoch][held] = _scores(y, targets[held], task)
+                score[epoch][held], loss[epoch][held] = scores(y, targets[held], task)
         fit(eng, x, targets, cfg, epochs=max(marks), weight_decay=weight_decay, task=task,
             idx=np.flatnonzero(fold != f), on_epoch=mark)
-    return {m: summarize(score[m], loss[m], fold, k) for m in marks}
+    return {m: summary(score[m], loss[m], fold) for m in marks}

@@ -19,7 +19,6 @@ import time
 import numpy as np
 
 from ..core import deep_loop, lora
-from ..core.crossval import _scores, folds, summarize
 from ..core.lora import split
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.schema import to_dict
@@ -41,9 +40,10 @@ def settings(config: TrainConfig) -> dict:
 
 
 def budget(config: TrainConfig, n: int) -> int:
-    """Epochs of the deep tier: config.epochs, raised so that they make at least MIN_STEPS optimiser steps."""
+    """Epochs of the deep tier: config.epochs (30 when it is chosen automatically), raised so that they make
+    at least MIN_STEPS optimiser steps."""
     steps = math.ceil(n / config.batch_size)
-    return max(config.epochs, math.ceil(MIN_STEPS / steps))
+    return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
 
 
 def load(features):
@@ -102,7 +102,8 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
     table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,
                                      weight_decay=s["weight_decay"], task=task)
     best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
-    base = summarize(*_scores(features(idx)[0], targets[idx], task), folds(targets[idx], k, task), k)
+    base = deep_loop.summary(*deep_loop.scores(features(idx)[0], targets[idx], task),
+                             deep_loop.fold_ids(targets[idx], k, task))
     row = table[best]
     return {"method": f"{k}-fold cross-validation{subset}", "folds": k,
             "metric": "accuracy" if task == "classification" else "neg_mse",
@@ -159,7 +160,7 @@ def _skip_fit(features, targets: np.ndarray, adapter) -> float:
     y0, t = features(np.arange(len(targets)))
     lay = adapter.config.layout
     y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
-    return float(_scores(y, targets, features.manifest.task)[0].mean())
+    return float(deep_loop.scores(y, targets, features.manifest.task)[0].mean())
 
 
 def _uses_cv(config: TrainConfig) -> bool:
