@@ -9,7 +9,8 @@ first half = the labelled pool (k per class drawn per seed), second half = test.
 
     python -m device_bench.deep_bench [--seeds 5] [--per-class 5 20] [--out /tmp/deep_bench]
 
-edgelora runs in its own process (no torch imported: its peak RSS is the device's); torch and PEFT run here.
+edgelora runs in its own process with only the device's samples (no torch imported, no lab data: its peak
+RSS is the device's); torch and PEFT run in this one.
 """
 from __future__ import annotations
 
@@ -157,10 +158,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/deep_bench"))
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:  # the edgelora process: jobs in, results out (JSON files)
+    if args.worker:  # the edgelora process: jobs and the device's samples in, results out (files)
         spec = json.loads(args.worker.read_text())
-        d = data()
-        res = edgelora_worker(spec["bundle"], spec["jobs"], d["pool"], d["test"])
+        with np.load(spec["data"]) as f:
+            pool, test = (f["x_pool"], f["y_pool"]), (f["x_test"], f["y_test"])
+        res = edgelora_worker(spec["bundle"], spec["jobs"], pool, test)
         args.worker.with_suffix(".out.json").write_text(json.dumps(res))
         return
     import torch
@@ -181,7 +183,9 @@ def main(argv=None) -> None:
         jobs.append({"k": n // 6, "seed": 0, "form": "deep", "scaling": True, "test": False,
                      "idx": draw(yp, n // 6, 100).tolist()})
     spec = args.out / "edgelora_jobs.json"
-    spec.write_text(json.dumps({"bundle": str(args.out / "bundle"), "jobs": jobs}))
+    np.savez(args.out / "device_data.npz", x_pool=xp, y_pool=yp, x_test=d["test"][0], y_test=d["test"][1])
+    spec.write_text(json.dumps({"bundle": str(args.out / "bundle"), "jobs": jobs,
+                                "data": str(args.out / "device_data.npz")}))
     subprocess.run([sys.executable, "-m", "device_bench.deep_bench", "--worker", str(spec)], check=True,
                    env=device_env())
     ours = json.loads(spec.with_suffix(".out.json").read_text())

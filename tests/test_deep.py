@@ -201,3 +201,27 @@ def test_mixed_batches_serve_deep_and_skip_adapters_row_by_row(bn_bundle, tmp_pa
     for i, name in enumerate(names):
         assert np.abs(got[i] - want[name][i]).max() < 1e-5, (i, name)
     assert np.abs(server.outputs(x[:3], "d") - want["d"][:3]).max() < 1e-5
+
+
+def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    config = TrainConfig(form="deep", epochs=10)
+    whole, _ = finetune(bb, x, y, config)
+    real, calls = deep.save_checkpoint, []
+
+    def crash_after_4(*args):
+        real(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
+    later = []
+    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert len(later) == h.chosen["epochs"] - 4           # it continued after the 4th epoch
+    for name, (a, b) in whole.params.items():
+        assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
+    with pytest.raises(ValueError, match="another run"):
+        finetune(bb, x, y[::-1].copy(), config, checkpoint_dir=tmp_path / "ck", resume=True)

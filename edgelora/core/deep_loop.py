@@ -65,6 +65,7 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
         flat[:], first = state["flat"], state["epoch"] + 1
         for k, v in opt.buffers().items():
             v[...] = state[k]
+        opt.t = state.get("opt_t", 0)  # Adam's step count (bias correction); SGD has none
         rng.bit_generator.state = state["rng"]
     cls = task == "classification"
     rows = np.eye(eng.chain.manifest.num_outputs, dtype=np.float32)[targets] if cls else targets.astype(np.float32)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 
 import numpy as np
 
 from ..core import deep_loop, lora
 from ..core.lora import split
+from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.schema import to_dict
 from .train_config import History, TrainConfig
@@ -58,11 +60,18 @@ def load(features):
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
-                  found: dict | None = None) -> tuple[DeepAdapter, History]:
+                  found: dict | None = None, checkpoint: tuple | None = None) -> tuple[DeepAdapter, History]:
     """Train a deep adapter: epochs chosen by cross-validation (cv_folds >= 2, val_fraction 0) among
     epoch_fractions of the budget, then refit on every sample; or the budget on the training split.
-    `found`: that cross-validation, already run (escalate)."""
+    `found`: that cross-validation, already run (escalate). `checkpoint` = (folder, resume, run key): the
+    refit is saved after every epoch (with the cross-validation's result); resuming continues it and ends
+    with the same adapter as an uninterrupted run."""
     start = time.perf_counter()
+    folder, resume, key = checkpoint or (None, False, {})
+    saved = load_checkpoint(folder) if folder is not None and resume else None
+    if saved is not None:
+        check_same_run(saved[0], key, folder)
+        found = saved[0]["runs"][0].get("found") or found
     history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
                                  cache_seconds=features.seconds)
     chain, x = load(features)
@@ -74,8 +83,11 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
         history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
         epochs = found["chosen"]["epochs"]
+    state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
+                                        **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
+    save = None if folder is None else _saver(folder, key, found)
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
-                         idx=train_idx)
+                         idx=train_idx, on_epoch=save, state=state)
     adapter = _adapter(chain, eng, flat, s, m)
     history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
     history.epochs, history.best_epoch = [], 0
@@ -153,6 +165,18 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
     report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
     return adapter, history
+
+
+def _saver(folder, key: dict, found: dict | None):
+    """on_epoch for deep_loop.fit: the refit's state as a training checkpoint (files/checkpoint.py)."""
+    session = uuid.uuid4().hex
+
+    def save(epoch: int, flat: np.ndarray, opt, rng) -> None:
+        run = {"tier": "deep", "epoch": epoch, "rng": rng.bit_generator.state, "opt_t": getattr(opt, "t", 0),
+               "found": found, "epochs": [{"epoch": e} for e in range(1, epoch + 1)]}
+        arrays = {"0.flat": flat, **{f"0.{k}": v for k, v in opt.buffers().items()}}
+        save_checkpoint(folder, {"run_key": key, "session": session, "runs": [run]}, arrays)
+    return save
 
 
 def _skip_fit(features, targets: np.ndarray, adapter) -> float:

@@ -84,7 +84,9 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
-        return deep.finetune_deep(features, targets, split, config)
+        key = {} if checkpoint_dir is None else \
+            _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
+        return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
     m, (train_idx, val_idx) = features.manifest, split
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
