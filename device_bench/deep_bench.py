@@ -132,7 +132,8 @@ def torch_method(net0, method: str, x, y, xt, yt, d: dict, seed: int) -> dict:
 
 
 def edgelora_worker(bundle: str, jobs: list[dict], pool: tuple, test: tuple) -> list[dict]:
-    """edgelora's methods (no torch in this process): auto, skip, deep; one fine-tune each."""
+    """edgelora's methods (no torch in this process): auto, skip, deep (cross-validated epochs), deep_fit (the
+    deep tier's budget without cross-validation: the cost of one training); one fine-tune each."""
     from edgelora import Backbone
     from edgelora.runtime.predict import Predictor
     from edgelora.runtime.train import finetune
@@ -141,7 +142,8 @@ def edgelora_worker(bundle: str, jobs: list[dict], pool: tuple, test: tuple) -> 
     for job in jobs:
         idx = np.asarray(job["idx"])
         start = time.perf_counter()
-        adapter, h = finetune(bb, pool[0][idx], pool[1][idx], TrainConfig(form=job["form"], seed=job["seed"]))
+        settings = {"form": "deep", "cv_folds": 0} if job["form"] == "deep_fit" else {"form": job["form"]}
+        adapter, h = finetune(bb, pool[0][idx], pool[1][idx], TrainConfig(seed=job["seed"], **settings))
         seconds = time.perf_counter() - start
         acc = float((Predictor(bb, adapter).predict(test[0]) == test[1]).mean()) if job.get("test", True) else None
         deep = h.selection.get("deep", {})
@@ -175,7 +177,7 @@ def main(argv=None) -> None:
     for k in args.per_class:
         for seed in range(args.seeds):
             idx = draw(yp, k, seed)
-            jobs += [{"k": k, "seed": seed, "form": f, "idx": idx.tolist()} for f in ("auto", "skip", "deep")]
+            jobs += [{"k": k, "seed": seed, "form": f, "idx": idx.tolist()} for f in ("auto", "skip", "deep", "deep_fit")]
             for m in ("ft_all", "peft_lora"):
                 torch_rows.append({"k": k, "seed": seed, "method": m,
                                    **torch_method(net, m, xp[idx], yp[idx], *d["test"], d, seed)})
@@ -202,19 +204,21 @@ def summary(r: dict) -> str:
     lines = [f"imu-mount: no fine-tune {100 * r['no_finetune']:.1f} %; load average {r['load'][0]:.2f}",
              f"peak RSS: edgelora process {r['edgelora_peak_rss_mb']:.0f} MB, torch+PEFT process "
              f"{r['torch_peak_rss_mb']:.0f} MB", "",
-             "| per class | edgelora auto | tiers (seeds) | skip only | deep forced | PyTorch FT-All | PEFT LoRA r 8 | "
-             "time auto / FT-All / PEFT (s) |", "|---|---|---|---|---|---|---|---|"]
+             "| per class | edgelora auto | tiers (seeds) | skip only | deep forced | deep, no CV | PyTorch FT-All | "
+             "PEFT LoRA r 8 | time auto / deep no CV / FT-All / PEFT (s) |", "|---|---|---|---|---|---|---|---|---|"]
     rows = [e for e in r["edgelora"] if not e.get("scaling")]
     for k in sorted({e["k"] for e in rows}):
         def ms(vals):
             return f"{100 * np.mean(vals):.1f} +- {100 * np.std(vals):.1f}"
-        ours = {f: [e for e in rows if e["k"] == k and e["form"] == f] for f in ("auto", "skip", "deep")}
+        ours = {f: [e for e in rows if e["k"] == k and e["form"] == f] for f in ("auto", "skip", "deep", "deep_fit")}
         th = {m: [t for t in r["torch"] if t["k"] == k and t["method"] == m] for m in ("ft_all", "peft_lora")}
         tiers = "".join("D" if e["tier"] == "deep" else "s" for e in ours["auto"])
         lines.append(f"| {k} | {ms([e['accuracy'] for e in ours['auto']])} | {tiers} | "
                      f"{ms([e['accuracy'] for e in ours['skip']])} | {ms([e['accuracy'] for e in ours['deep']])} | "
+                     f"{ms([e['accuracy'] for e in ours['deep_fit']])} | "
                      f"{ms([t['accuracy'] for t in th['ft_all']])} | {ms([t['accuracy'] for t in th['peft_lora']])} | "
                      f"{np.mean([e['train_seconds'] for e in ours['auto']]):.2f} / "
+                     f"{np.mean([e['train_seconds'] for e in ours['deep_fit']]):.2f} / "
                      f"{np.mean([t['seconds'] for t in th['ft_all']]):.2f} / "
                      f"{np.mean([t['seconds'] for t in th['peft_lora']]):.2f} |")
     sc = [e for e in r["edgelora"] if e.get("scaling")]
