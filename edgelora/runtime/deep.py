@@ -34,11 +34,9 @@ RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceili
 
 
 def settings(config: TrainConfig) -> dict:
-    """Rank, alpha, weight decay and epoch budget of the deep tier, from the fine-tune's settings."""
+    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`), its weight decay."""
     r = config.r if config.r != "auto" else max(config.rank_grid)
-    decay = config.weight_decay if config.weight_decay != "auto" and config.form == "deep" and config.weight_decay <= 0.1 \
-        else WEIGHT_DECAY
-    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": float(decay)}
+    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": WEIGHT_DECAY}
 
 
 def budget(config: TrainConfig, n: int) -> int:
