@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 _ids = itertools.count()
 
 
-def spawn(spec: dict, workdir: Path, timeout: float = 3600) -> dict:
-    """Run `python -m device_bench.worker` on `spec`; returns its report plus the process wall time."""
+def spawn(spec: dict, workdir: Path, timeout: float = 3600, module: str = "device_bench.worker") -> dict:
+    """Run `python -m MODULE SPEC.json` (a worker) on `spec`; returns its report plus the process wall time."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"spec-{next(_ids):04d}-{spec['method']}.json"
     path.write_text(json.dumps(spec, indent=1))
@@ -24,7 +24,7 @@ def spawn(spec: dict, workdir: Path, timeout: float = 3600) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     t = time.perf_counter()
     python = spec.get("python") or sys.executable   # the onnxruntime-training peer has its own venv
-    proc = subprocess.run([python, "-m", "device_bench.worker", str(path)], env=env, cwd=REPO,
+    proc = subprocess.run([python, "-m", module, str(path)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
     if proc.returncode != 0 or not proc.stdout.strip():

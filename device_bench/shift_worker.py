@@ -1,0 +1,68 @@
+"""One method of the shift benchmark in its own process (its peak RSS is its own):
+`python -m device_bench.shift_worker SPEC.json`.
+
+SPEC: {"method": "edgelora" | "torch-ft-all" | "peft-lora", "folder": a shift_models folder (bundle/,
+model.pt), "data": the protocol's .npz (x_pool, y_pool, x_te, y_te, mean, std), "runs": [{"shots", "seed",
+"idx"}], "overrides": TrainConfig fields}. Prints one JSON line: imports' time and RSS, one record per run,
+the peak RSS. The edgelora process imports no torch; it also reports the backbone's accuracy with no
+fine-tuning.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .profile import check_threads, peak_rss_mb, rss_mb
+
+
+def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
+    """`edgelora.finetune` exactly as shipped (TrainConfig defaults, seeded, plus `overrides`)."""
+    from edgelora import Predictor, TrainConfig, finetune
+    config = TrainConfig(**{"seed": seed, **overrides})
+    t = time.perf_counter()
+    adapter, history = finetune(backbone, data["x_pool"][idx], data["y_pool"][idx], config)
+    call = time.perf_counter() - t
+    record = {"seconds": history.cache_seconds + history.train_seconds, "call_seconds": call,
+              "accuracy": Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"],
+              "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
+    if history.selection:
+        record.update(cv_estimate=history.selection["chosen"]["score"], cv_helps=history.selection["helps"])
+    return record
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m device_bench.shift_worker SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    check_threads()
+    t = time.perf_counter()
+    import numpy as np
+    method, folder = spec["method"], spec["folder"]
+    if method == "edgelora":
+        from edgelora import Backbone, Predictor
+        backbone = Backbone(Path(folder) / "bundle", threads=1)
+    else:
+        import torch
+        from . import shift_torch
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    out = {"method": method, "import_seconds": time.perf_counter() - t, "rss_after_imports_mb": rss_mb(), "runs": []}
+    with np.load(spec["data"], allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    if method == "edgelora":
+        out["base_accuracy"] = Predictor(backbone).evaluate(data["x_te"], data["y_te"])["accuracy"]
+    for run in spec["runs"]:
+        idx = np.asarray(run["idx"], np.int64)
+        record = (edgelora_run(backbone, data, idx, run["seed"], spec.get("overrides", {})) if method == "edgelora"
+                  else shift_torch.run(method, folder, data, idx, run["seed"]))
+        out["runs"].append({"shots": run["shots"], "seed": run["seed"], "n": int(len(idx)), **record})
+    out["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
