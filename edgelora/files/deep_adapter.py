@@ -93,6 +93,11 @@ class DeepAdapter:
         return cls(config, params, {init: _out_scale(manifest, init) for init in config.initializers})
 
     @property
+    def flat(self) -> np.ndarray:
+        """Every trained value in one float32 vector (A then B per target, in `initializers` order)."""
+        return np.concatenate([m.ravel() for init in self.config.initializers for m in self.params[init]])
+
+    @property
     def nbytes(self) -> int:
         """Memory it takes to serve: its factors, and the merged copy of each weight it adapts (float32)."""
         return sum(a.nbytes + b.nbytes for a, b in self.params.values()) + \
