@@ -141,7 +141,7 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     d = history.selection["deep"]
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
-        assert d["won"] == (d["deep_score"] > d["skip_score"])
+        assert d["won"] == (d["deep_score"] > d["skip_score"] + d["skip_spread"] / np.sqrt(history.selection["folds"]))
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen["tier"] == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
     try:
@@ -168,8 +168,8 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
     adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2))
     adapter.save(tmp_path / "a")
-    with pytest.raises(ValueError, match="manifest"):
-        load_adapter(tmp_path / "a")
+    alone = load_adapter(tmp_path / "a")          # without the manifest too: the file carries what it needs
+    assert all(np.array_equal(alone.params[k][1], adapter.params[k][1]) for k in adapter.params)
     with pytest.raises(ValueError, match="merge"):
         export_ort_adapter(bn_bundle, tmp_path / "a", tmp_path / "x.onnx_adapter")
     mlp = tmp_path / "mlp"

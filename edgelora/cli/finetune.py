@@ -220,7 +220,8 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
         return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
     won = "deep" if d["won"] else "skip"
     return [f"  tier       {won} ({fit}; deep cross-validated {_pct(d['deep_score'], d['deep_spread'], task)}, "
-            f"margin {100 * d['margin']:+.1f} points; deep tier cost {d['seconds']:.2f} s)"]
+            f"margin {100 * d['margin']:+.1f} points, needed > {100 * d['needed']:.1f}; deep tier cost "
+            f"{d['seconds']:.2f} s)"]
 
 def _cv_lines(sel: dict, task: str) -> list[str]:
     lines = [f"  expected   {_verdict(sel, task)}",

@@ -150,9 +150,6 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     cpath, data = ADAPTER_FOLDER.read_document(folder)
     if isinstance(data, dict) and data.get("peft_type") == "LORA":
         from .deep_adapter import load_deep_adapter
-        if manifest is None:
-            raise ValueError(f"{folder} is a deep adapter (LoRA in the backbone's layers): load it with its "
-                             f"backbone's manifest")
         return load_deep_adapter(folder, manifest)
     config = from_dict(AdapterConfig, data, str(cpath), optional=("training",))
     blob = ADAPTER_FOLDER.read_binary(folder, data, WEIGHTS_FILE)

@@ -6,7 +6,7 @@ target, the weights' SHA-256, how it was trained), which PEFT ignores. `adapter_
 PEFT's tensors: `base_model.model.<module>.lora_A.weight` (r, d_in) or (r, C, *k) for a conv, and
 `...lora_B.weight` (d_out, r) or (O, r, 1...) for a conv, so `PeftModel.from_pretrained(model, folder)`
 loads it onto the original torch model. Where the exporter folded a batch-norm into a conv, the ONNX weight
-is out_scale * the torch weight (bundle.TorchWeight): B is stored divided by out_scale, the same update.
+is out_scale * the torch weight (bundle.TorchWeight, copied into the config): B is stored divided by it.
 
 In memory (DeepAdapter.params) each target is (A, B) in the engine's matrix form (core/backprop.py):
 A (fan_in, r), B (r, fan_out), the update of the ONNX weight's matrix form being s A B.
@@ -50,6 +50,8 @@ class DeepConfig:
     r: int = 4
     lora_alpha: float = 8.0                   # scale s = lora_alpha / r
     classes: tuple[str, ...] = ()
+    out_scales: tuple[tuple[float, ...], ...] = ()  # per target, the folded batch-norm factor of the export
+                                              # (bundle.TorchWeight.out_scale; () = none): B is stored / it
     peft_type: str = "LORA"
     lora_dropout: float = 0.0
     bias: str = "none"
@@ -72,6 +74,8 @@ class DeepConfig:
         check(len(self.target_modules) == len(self.initializers) == len(set(self.initializers)) == len(self.weight_shapes),
               f"`initializers` should name one distinct ONNX weight per target module ({len(self.target_modules)}), "
               f"found {list(self.initializers)}")
+        check(len(self.out_scales) in (0, len(self.initializers)) and all(v != 0 for o in self.out_scales for v in o),
+              f"`out_scales` should list one tuple of non-zero factors (or none) per target, found {self.out_scales}")
         check(self.bias == "none" and not self.use_rslora and not self.fan_in_fan_out,
               "edgelora's deep adapters have `bias` 'none', `use_rslora` false and `fan_in_fan_out` false")
 
@@ -82,15 +86,21 @@ class DeepConfig:
 
 @dataclass
 class DeepAdapter:
-    """A trained deep adapter: its config, per ONNX initializer (A, B) in matrix form, and per initializer the
-    folded batch-norm factor of its backbone's export (out_scales, from the manifest; 1 when none)."""
+    """A trained deep adapter: its config and, per ONNX initializer, (A, B) in matrix form."""
     config: DeepConfig
     params: dict[str, tuple[np.ndarray, np.ndarray]]
-    out_scales: dict[str, np.ndarray | float] = field(default_factory=dict)
 
     @classmethod
     def for_backbone(cls, manifest: Manifest, config: DeepConfig, params: dict) -> DeepAdapter:
-        return cls(config, params, {init: _out_scale(manifest, init) for init in config.initializers})
+        """With the export's folded batch-norm factors (manifest.torch_weights) recorded in the config."""
+        found = {w.initializer: tuple(w.out_scale) for w in manifest.torch_weights}
+        scales = tuple(found.get(init, ()) for init in config.initializers)
+        return cls(dataclasses.replace(config, out_scales=scales if any(scales) else ()), params)
+
+    def out_scale(self, init: str) -> np.ndarray | float:
+        """Row vector of the folded batch-norm factor of target `init`'s output channels (1.0: none)."""
+        o = self.config.out_scales[self.config.initializers.index(init)] if self.config.out_scales else ()
+        return np.asarray(o, np.float32)[None, :] if o else 1.0
 
     @property
     def flat(self) -> np.ndarray:
@@ -118,7 +128,7 @@ class DeepAdapter:
         out = {}
         for module, init in zip(self.config.target_modules, self.config.initializers):
             a, b = self.params[init]
-            r, scale = a.shape[1], self.out_scales.get(init, 1.0)
+            r, scale = a.shape[1], self.out_scale(init)
             conv = _conv_dims(self.config.weight_shapes[self.config.initializers.index(init)])
             out[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T.reshape((r,) + conv[0]), np.float32)
             out[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(
@@ -135,11 +145,6 @@ class DeepAdapter:
         written = DEEP_FOLDER.write(folder, to_dict(config), {WEIGHTS_FILE: blob}, extra)
         self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
-
-
-def _out_scale(manifest: Manifest, init: str) -> np.ndarray | float:
-    found = next((w for w in manifest.torch_weights if w.initializer == init), None)
-    return np.asarray(found.out_scale, np.float32)[None, :] if found is not None and found.out_scale else 1.0
 
 
 def _conv_dims(shape: tuple[int, ...]) -> tuple[tuple, tuple]:
@@ -165,9 +170,8 @@ def is_deep(doc: dict) -> bool:
     return isinstance(doc, dict) and doc.get("peft_type") == "LORA"
 
 
-def load_deep_adapter(folder: PathLike, manifest: Manifest) -> DeepAdapter:
-    """Read and validate a deep adapter folder for the backbone of `manifest` (whose torch_weights turn PEFT's
-    B back into the ONNX weights' update)."""
+def load_deep_adapter(folder: PathLike, manifest: Manifest | None = None) -> DeepAdapter:
+    """Read and validate a deep adapter folder (and, given a manifest, that it fits that backbone)."""
     cpath, data = DEEP_FOLDER.read_document(folder)
     config = from_dict(DeepConfig, _own_fields(data), str(cpath), optional=("training", "classes"))
     blob = DEEP_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
@@ -185,8 +189,9 @@ def load_deep_adapter(folder: PathLike, manifest: Manifest) -> DeepAdapter:
             raise ValueError(f"{where}: tensors of `{module}` should be finite float32 with rank {config.r} "
                              f"(lora_A (r, ...), lora_B (out, r, ...)), found {a.dtype} {a.shape} and {b.dtype} {b.shape}")
         params[init] = (np.ascontiguousarray(a.reshape(config.r, -1).T), b.reshape(b.shape[0], config.r).T.copy())
-    adapter = DeepAdapter.for_backbone(manifest, config, params)
-    adapter.check_backbone(manifest, f"adapter {folder}")
+    adapter = DeepAdapter(config, params)
     for init, (_, b) in params.items():
-        b *= adapter.out_scales[init]
+        b *= adapter.out_scale(init)
+    if manifest is not None:
+        adapter.check_backbone(manifest, f"adapter {folder}")
     return adapter

@@ -5,9 +5,10 @@ Rule (`escalate`, form "auto" with cross-validation, at most AUTO_MAX_SAMPLES sa
 cross-validation chose scores S_cv (mean over folds; spread = standard deviation of the fold scores). The deep
 tier is considered when S_cv is below the ceiling by more than the spread: the ceiling is 100 % accuracy
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
-the deep tier is cross-validated on the same folds; it wins when its score is above S_cv, else the skip
-adapter stays. Larger sets keep the skip adapter (the gaps the deep tier closes were measured at 20-45
-samples and had closed at 100-135; its cost grows with the samples, the skip tier's hardly).
+the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
+of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
+the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
+tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples).
 `form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
 """
 from __future__ import annotations
@@ -151,8 +152,9 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
     d = found["chosen"]
+    needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
-                  margin=d["score"] - cv, won=bool(d["score"] > cv), skip_chosen=sel["chosen"],
+                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=sel["chosen"],
                   cv_seconds=time.perf_counter() - start)
     if not report["won"]:
         history.train_seconds += report["cv_seconds"]
