@@ -158,6 +158,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--per-class", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--out", type=Path, default=Path("/tmp/deep_bench"))
+    ap.add_argument("--forms", nargs="+", default=["auto", "skip", "deep", "deep_fit"],
+                    help="edgelora's runs (auto skip deep deep_fit)")
+    ap.add_argument("--no-torch", action="store_true", help="edgelora only (no PyTorch/PEFT, no cost-vs-N runs)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:  # the edgelora process: jobs and the device's samples in, results out (files)
@@ -177,11 +180,11 @@ def main(argv=None) -> None:
     for k in args.per_class:
         for seed in range(args.seeds):
             idx = draw(yp, k, seed)
-            jobs += [{"k": k, "seed": seed, "form": f, "idx": idx.tolist()} for f in ("auto", "skip", "deep", "deep_fit")]
-            for m in ("ft_all", "peft_lora"):
+            jobs += [{"k": k, "seed": seed, "form": f, "idx": idx.tolist()} for f in args.forms]
+            for m in () if args.no_torch else ("ft_all", "peft_lora"):
                 torch_rows.append({"k": k, "seed": seed, "method": m,
                                    **torch_method(net, m, xp[idx], yp[idx], *d["test"], d, seed)})
-    for n in SCALING_N:  # cost vs N: the deep tier forced, no test
+    for n in () if args.no_torch else SCALING_N:  # cost vs N: the deep tier forced, no test
         jobs.append({"k": n // 6, "seed": 0, "form": "deep", "scaling": True, "test": False,
                      "idx": draw(yp, n // 6, 100).tolist()})
     spec = args.out / "edgelora_jobs.json"
