@@ -101,7 +101,7 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
 def _load(bundle_dir: PathLike, adapter) -> tuple[Manifest, Adapter | DeepAdapter]:
     manifest = verify_bundle(bundle_dir)
     where = "adapter"
-    if not isinstance(adapter, Adapter):
+    if not isinstance(adapter, (Adapter, DeepAdapter)):
         where = f"adapter {adapter}"
         adapter = load_adapter(adapter, manifest)
     adapter.check_backbone(manifest, where)
