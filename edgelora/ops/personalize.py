@@ -155,7 +155,7 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
         result.reason = _defer_reason(why, int(parts["gate"].sum()), config)
         if result.reason is None:
             candidate, history = finetune_features(features.subset(at[train]), data.y[train], split, config.train,
-                                                   init=current)
+                                                   init=current, deep_tier=False)  # versions warm-start skip adapters
             if config.mask_unseen_classes and m.task == "classification":
                 _mask_unseen_classes(candidate, data.y[train])
             result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}

@@ -66,21 +66,23 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
 def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                       init: Adapter | None = None, callback: Callable[[dict], None] | None = None,
                       checkpoint_dir: PathLike | None = None, resume: bool = False,
-                      engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None) -> tuple[Adapter, History]:
+                      engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None,
+                      deep_tier: bool = True) -> tuple[Adapter, History]:
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
-    fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx)."""
+    fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
+    `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them)."""
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
         from .onnx_trainer import train_features  # the kit's graphs need onnx: loaded only when asked for
         return train_features(features, targets, split, config, kit=kit, callback=callback)
     return _train_numpy(features, targets, split, config, init=init, callback=callback,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+                        checkpoint_dir=checkpoint_dir, resume=resume, deep_tier=deep_tier)
 
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
-                 resume: bool) -> tuple[Adapter, History]:
+                 resume: bool, deep_tier: bool = True) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
@@ -131,7 +133,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
     adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
-    if init is not None:  # a warm start continues its skip adapter
+    if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
         return adapter, history
     return deep.escalate(features, targets, split, config, adapter, history)  # the deep tier, if needed
 
