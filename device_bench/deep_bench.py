@@ -89,7 +89,7 @@ def backbone(out: Path, d: dict):
     net = IMUNet()
     path = out / "imu_cnn.pt"
     if path.is_file():
-        net.load_state_dict(torch.load(path))
+        net.load_state_dict(torch.load(path, weights_only=True))
     else:
         xs, ys = d["source"]
         pretrain(net, (xs - d["mean"]) / d["std"], ys, threads=1, epochs=8)
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.worker:  # the edgelora process: jobs and the device's samples in, results out (files)
         spec = json.loads(args.worker.read_text())
-        with np.load(spec["data"]) as f:
+        with np.load(spec["data"], allow_pickle=False) as f:
             pool, test = (f["x_pool"], f["y_pool"]), (f["x_test"], f["y_test"])
         res = edgelora_worker(spec["bundle"], spec["jobs"], pool, test)
         args.worker.with_suffix(".out.json").write_text(json.dumps(res))

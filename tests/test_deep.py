@@ -142,7 +142,7 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
         assert d["won"] == (d["deep_score"] > d["skip_score"] + d["skip_spread"] / np.sqrt(history.selection["folds"]))
-        assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen["tier"] == "deep")
+        assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
     try:
         kept, h = finetune(bb, x, y, TrainConfig(epochs=5))

@@ -210,7 +210,7 @@ def _verdict(sel: dict, task: str) -> str:
 
 def _tier_lines(d: dict | None, task: str) -> list[str]:
     """Which tier won (skip adapters or deep LoRA), by how much, at what cost (runtime/deep.py's rule)."""
-    if not d or "skip_score" not in d:
+    if not d or "skip_fit" not in d:
         return []
     one = f"{100 * d['skip_fit']:.1f} %" if task == "classification" else f"MSE {-d['skip_fit']:.4g}"
     fit = f"skip fit {one} vs cross-validated {_pct(d['skip_score'], d['skip_spread'], task)}"

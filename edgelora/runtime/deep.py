@@ -135,11 +135,14 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
     cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
+    if len(targets) > AUTO_MAX_SAMPLES:  # before reading any row: a large set may live on disk (memory budget)
+        sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
+        return adapter, history
     fit = _skip_fit(features, targets, adapter)
     ceiling = 1.0 if features.manifest.task == "classification" else fit
     report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "skip_fit": fit, "ceiling": ceiling,
               "considered": bool(ceiling - cv > spread and len(targets) <= AUTO_MAX_SAMPLES), "won": False}
-    history.chosen["tier"], sel["deep"] = "skip", report
+    sel["deep"] = report           # history.chosen gets "tier" only when the deep tier wins
     if not report["considered"]:
         return adapter, history
     start = time.perf_counter()
@@ -181,10 +184,13 @@ def _saver(folder, key: dict, found: dict | None):
 
 def _skip_fit(features, targets: np.ndarray, adapter) -> float:
     """The skip adapter's score (accuracy, or minus the MSE) on the fine-tune samples it was trained on."""
-    y0, t = features(np.arange(len(targets)))
-    lay = adapter.config.layout
-    y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
-    return float(deep_loop.scores(y, targets, features.manifest.task)[0].mean())
+    lay, total = adapter.config.layout, 0.0
+    for a in range(0, len(targets), 256):                 # in chunks: rows may be read from disk
+        idx = np.arange(a, min(a + 256, len(targets)))
+        y0, t = features(idx)
+        y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
+        total += float(deep_loop.scores(y, targets[idx], features.manifest.task)[0].sum())
+    return total / len(targets)
 
 
 def _uses_cv(config: TrainConfig) -> bool:
