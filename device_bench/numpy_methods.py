@@ -16,9 +16,9 @@ from edgelora.core.losses import cross_entropy, cross_entropy_grad
 from edgelora.core.optim import Adam, AdamW
 from edgelora.runtime.train_config import validation_split
 
-from .chain import Chain
+from edgelora.core.chain import Chain
 from .config import BenchConfig, layer_modes
-from .engine import Engine, init_params
+from edgelora.core.backprop import Engine, init_params
 from .profile import Clock, peak_rss_mb
 
 
@@ -88,7 +88,7 @@ def accuracy(eng: Engine, p: dict, x: np.ndarray, y: np.ndarray) -> float:
 
 def run(method: str, bundle: str, data: dict, cfg: BenchConfig, seed: int) -> dict:
     """One fine-tune + test evaluation, as reported by the worker."""
-    from .chain import load_chain
+    from edgelora.graphs.onnx_chain import load_chain
     chain = load_chain(bundle)
     eng, p, record = finetune_numpy(method, chain, data["x_ft"], data["y_ft"], cfg, seed)
     record["accuracy"] = accuracy(eng, p, data["x_te"], data["y_te"])

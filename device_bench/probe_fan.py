@@ -29,7 +29,7 @@ def main(bundle: str = BUNDLE) -> None:
     from edgelora import Backbone, Predictor, TrainConfig, finetune
     from edgelora.runtime.train_config import validation_split
 
-    from .chain import load_chain
+    from edgelora.graphs.onnx_chain import load_chain
     from .config import BenchConfig
     from .numpy_methods import accuracy, finetune_numpy
     from .protocols import fan

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from edgelora.runtime.train_config import validation_split
 
 from . import torch_net
-from .chain import Chain, load_chain
+from edgelora.core.chain import Chain
+from edgelora.graphs.onnx_chain import load_chain
 from .config import BenchConfig
 from .profile import Clock, peak_rss_mb
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .chain import Chain, Op, reshape_like
+from edgelora.core.chain import Chain, Op, reshape_like
 
 
 class Mean(nn.Module):
@@ -59,8 +59,21 @@ class LoRA(nn.Module):
         return self.base(x) + self.scale * self.B(self.A(x))
 
 
+class Affine(nn.Module):
+    """Inference-mode batch-norm: x a + c per channel (axis 1), frozen."""
+
+    def __init__(self, a: np.ndarray, c: np.ndarray):
+        super().__init__()
+        self.register_buffer("a", torch.from_numpy(a.copy()))
+        self.register_buffer("c", torch.from_numpy(c.copy()))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.a.view(shape) + self.c.view(shape)
+
+
 def build(chain: Chain) -> nn.Sequential:
-    """The chain as nn.Sequential with the bundle's weights (eval mode; no dropout/batch-norm inside)."""
+    """The chain as nn.Sequential with the bundle's weights (eval mode; batch-norm as its frozen affine map)."""
     layers = []
     for op in chain.ops:
         if op.kind in ("linear", "conv"):
@@ -76,6 +89,8 @@ def build(chain: Chain) -> nn.Sequential:
             layers.append(m)
         elif op.kind == "relu":
             layers.append(nn.ReLU())
+        elif op.kind == "affine":
+            layers.append(Affine(op.attrs["a"], op.attrs["c"]))
         elif op.kind == "maxpool":
             layers.append({1: nn.MaxPool1d, 2: nn.MaxPool2d}[len(op.attrs["k"])](op.attrs["k"]))
         elif op.kind == "mean":

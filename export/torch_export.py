@@ -25,6 +25,7 @@ from edgelora.graphs.onnx_utils import OPSET, conservative, rename_value, serial
 
 from . import batchnorm
 from .taps import TapModel, _record, plan_taps
+from .torch_names import torch_weights
 
 TOLERANCE = 1e-4          # max |onnxruntime - torch| allowed, relative to max(1, max |torch|)
 RANDOM_TRIALS = 2         # random input batches checked after the example
@@ -69,6 +70,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
             try:
                 y = wrapper(*args)[0]
                 proto = _to_onnx(wrapper, args + batchnorm.stats_inputs(norms), names, len(plans) + len(norms))
+                # the user's weights are named after the wrapper's path to the model
+                weights = torch_weights(model, proto, "inner.model." if norms else "model.")
                 batchnorm.to_initializers(proto.graph, norms, len(names))
                 moments = [f"{p.key}.moments" for p in norms]
                 full, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] + moments)
@@ -87,7 +90,7 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                    for p, o in zip(plans, outputs[1:])), normalization=batchnorm.specs(norms),
         task=task, classes=tuple(classes) if classes is not None else
         (tuple(str(i) for i in range(c)) if task == "classification" else ()),
-        preprocess=pre, opset=OPSET,
+        preprocess=pre, opset=OPSET, torch_weights=weights,
         producer={"name": "edgelora.export", "torch": torch.__version__, "onnx": onnx.__version__,
                   "max_rel_diff": f"{max(diffs[:1 + len(plans)]):.3g}"})
     return write_bundle(out, blob, manifest, recalibration_bytes=full if norms else None)

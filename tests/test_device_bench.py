@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_bench.chain import load_chain
-from device_bench.engine import Engine, init_params
+from edgelora.graphs.onnx_chain import load_chain
+from edgelora.core.backprop import Engine, init_params
 from device_bench.profile import peak_rss_mb
 from device_bench.protocols import DATASETS
 from edgelora import Backbone

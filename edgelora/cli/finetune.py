@@ -26,7 +26,8 @@ edgelora finetune fan_bundle --data new_site.npz --out adapters/site7 --rank aut
     --cache-dir /var/cache/edgelora --cache-dtype float16 --json
 """
 FILL_CHUNKS = 40  # the cache is filled in this many steps so the progress bar moves
-FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)"}
+FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)",
+             "deep": "deep: LoRA inside the backbone's layers"}
 
 def register(subparsers) -> None:
     d = TrainConfig()
@@ -64,9 +65,11 @@ def register(subparsers) -> None:
                    help=f"default {d.optimizer}")
     t.add_argument("--weight-decay", type=common.decay, default=d.weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: pick from {list(d.weight_decay_grid)} (default {d.weight_decay})")
-    t.add_argument("--form", choices=("skip", "last", "auto"), default=d.form,
+    t.add_argument("--form", choices=("skip", "last", "auto", "deep"), default=d.form,
                    help="skip: Skip-LoRA adapters on every tap; last: a dense update of the last layer through "
-                        f"its input tap (FT-Last on the cache); auto: choose (default {d.form})")
+                        "its input tap (FT-Last on the cache); deep: LoRA inside the backbone's own layers, "
+                        "backprop through it (docs/deep.md); auto: choose, deep only when the skip adapters "
+                        f"fall short (default {d.form})")
     t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
                    help="taps as cached, or each feature standardised over these samples (folded into the saved "
                         f"adapter); auto: choose (default {d.tap_scaling})")
@@ -215,9 +218,11 @@ def report(r: dict) -> str:
     st = r["settings"]
     auto = " (auto)" if "auto" in (st["rank"], st["weight_decay"], st["form"], st["tap_scaling"]) else ""
     how = f"best epoch {r['best_epoch']} of {r['epochs_run']}" if r["val_after"] else f"{r['epochs_run']} epochs"
+    taps = "" if ch["form"] == "deep" else f" taps {'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}"
+    how = f"{ch['epochs']} epochs" if ch["form"] == "deep" else how
     lines += [f"  chosen     {FORM_TEXT[ch['form']]} r={ch['r']} alpha={ch['lora_alpha']:g} "
-              f"weight_decay={ch['weight_decay']:g} "
-              f"taps {'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}{auto}; {how} ({r['stopped']})",
+              f"weight_decay={ch['weight_decay']:g}{taps}{auto}; {how} ({r['stopped']})",
+              *_tier_lines((r["cross_validation"] or {}).get("deep"), r["task"]),
               f"  cache      {c['misses']} samples computed by the backbone, {c['hits']} already cached; "
               f"{c['rows']} rows, {common.human_bytes(c['bytes'])} {c['dtype']}"
               f"{' on disk' if c['on_disk'] else ' in RAM'}",
@@ -238,6 +243,21 @@ def _verdict(sel: dict, task: str) -> str:
     return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
             f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
             + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
+
+def _tier_lines(d: dict | None, task: str) -> list[str]:
+    """Which tier won (skip adapters or deep LoRA), by how much, at what cost (runtime/deep.py's rule)."""
+    if not d or "skip_fit" not in d:
+        return []
+    one = f"{100 * d['skip_fit']:.1f} %" if task == "classification" else f"MSE {-d['skip_fit']:.4g}"
+    fit = f"skip fit {one} vs cross-validated {_pct(d['skip_score'], d['skip_spread'], task)}"
+    if not d["considered"]:
+        return [f"  tier       skip ({fit}; deep tier not tried: {d['rule']})"]
+    if "unavailable" in d:
+        return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
+    won = "deep" if d["won"] else "skip"
+    return [f"  tier       {won} ({fit}; deep cross-validated {_pct(d['deep_score'], d['deep_spread'], task)}, "
+            f"margin {100 * d['margin']:+.1f} points, needed > {100 * d['needed']:.1f}; deep tier cost "
+            f"{d['seconds']:.2f} s)"]
 
 def _cv_lines(sel: dict, task: str) -> list[str]:
     lines = [f"  expected   {_verdict(sel, task)}"]

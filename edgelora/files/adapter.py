@@ -164,8 +164,12 @@ def _sorted_metadata(blob: bytes) -> bytes:
 
 def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     """Read and fully validate an adapter folder (and, given a manifest, that it fits that backbone).
-    An empty `weights_sha256`, or no `config_sha256` in the weights' metadata, is not checked."""
+    An empty `weights_sha256`, or no `config_sha256` in the weights' metadata, is not checked.
+    A deep adapter (PEFT LoRA in the backbone's layers, files/deep_adapter.py) is returned as a DeepAdapter."""
     cpath, data = ADAPTER_FOLDER.read_document(folder)
+    if isinstance(data, dict) and data.get("peft_type") == "LORA":
+        from .deep_adapter import load_deep_adapter
+        return load_deep_adapter(folder, manifest)
     config = from_dict(AdapterConfig, data, str(cpath), optional=("training", "recalibration"))
     blob = ADAPTER_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
     tensors, metadata = parse_safetensors(blob, str(Path(folder) / WEIGHTS_FILE))

@@ -26,7 +26,7 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
 POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
 MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "external_data", "normalization",
-                     "recalibration_model")  # top-level fields the JSON may leave out
+                     "recalibration_model", "torch_weights")  # top-level fields the JSON may leave out
 MAX_EXTERNAL_BYTES = 16 * 1024**3  # one external-data file; read into memory, so the device's RAM bounds it too
 RECALIBRATION_FILE = "recalibrate.onnx"  # the backbone plus each batch-norm layer's moments output
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
@@ -63,6 +63,21 @@ class TapSpec:
     def __post_init__(self):
         check(self.width >= 1, f"tap `{self.name}`: `width` should be a positive integer, found {self.width}")
         check(self.pooling in POOLINGS, f"tap `{self.name}`: pooling should be one of {POOLINGS}, found {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class TorchWeight:
+    """Which torch module's weight an ONNX initializer is (what a deep adapter's PEFT file names)."""
+    initializer: str                            # the ONNX initializer holding the weight
+    module: str                                 # the torch module's name in the exported model (e.g. "conv1")
+    kind: str                                   # its class: Linear, Conv1d or Conv2d
+    out_scale: tuple[float, ...] = ()           # per output channel: initializer = out_scale * torch weight
+                                                # (a batch-norm folded in by the exporter); () = equal
+
+    def __post_init__(self):
+        check(self.kind in ("Linear", "Conv1d", "Conv2d"),
+              f"torch weight `{self.initializer}`: kind should be Linear, Conv1d or Conv2d, found {self.kind!r}")
+        check(all(v != 0 for v in self.out_scale), f"torch weight `{self.initializer}`: out_scale has a 0")
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,7 @@ class Manifest:
     normalization: tuple[NormSpec, ...] = ()    # batch-norm layers a device may re-calibrate, in call order
     recalibration_model: dict[str, str] = field(default_factory=dict)  # {"file", "fingerprint"} of the ONNX model
                                                 # with the moments outputs (kept out of the served one: speed)
+    torch_weights: tuple[TorchWeight, ...] = ()  # ONNX weight initializers -> torch module names (deep adapters)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -214,10 +230,11 @@ class Manifest:
 
 
 def manifest_dict(manifest: Manifest) -> dict:
-    """The manifest as JSON-ready dict; `external_data`, `normalization` and `recalibration_model` only when
-    there is some, so a bundle without them reads (and checksums) exactly as before those fields existed."""
+    """The manifest as JSON-ready dict; `external_data`, `normalization`, `recalibration_model` and
+    `torch_weights` only when there is some, so a bundle without them reads (and checksums) exactly as
+    before those fields existed."""
     data = to_dict(manifest)
-    for key in ("external_data", "normalization", "recalibration_model"):
+    for key in ("external_data", "normalization", "recalibration_model", "torch_weights"):
         if not data[key]:
             del data[key]
     return data

@@ -24,9 +24,11 @@ from onnx.external_data_helper import load_external_data_for_model
 from ..core.lora import output_bias, tap_A
 from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import Manifest, load_manifest, read_external, read_model, verify_bundle
+from ..files.deep_adapter import DeepAdapter
 from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.recalibration import recalibrated
 from ..files.outputs import check_target, file_kind
+from .deep_merge import deep_model
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
@@ -40,6 +42,13 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
+    if isinstance(adapter, DeepAdapter):  # LoRA inside the backbone's layers: W + s B A (deep_merge.py)
+        proto = deep_model(bundle_dir, manifest, adapter)
+        if bake_preprocess:
+            _standardize(proto.graph, manifest, f"bundle {bundle_dir}")
+        _describe(proto, manifest, adapter, bake_preprocess)
+        atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
+        return Path(out_path)
     params = _params(adapter, manifest)
     manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
@@ -92,16 +101,16 @@ def export_ort_adapter(bundle_dir: PathLike, adapter: Adapter | PathLike, out_pa
     return out
 
 
-def _load(bundle_dir: PathLike, adapter, shared_graph: bool = False) -> tuple[Manifest, Adapter]:
+def _load(bundle_dir: PathLike, adapter, shared_graph: bool = False) -> tuple[Manifest, Adapter | DeepAdapter]:
     """The bundle's (lab) manifest and the checked adapter. shared_graph: for `lora_model`'s graph, whose
     statistics are the lab's: an adapter trained on re-calibrated statistics is refused."""
     manifest = verify_bundle(bundle_dir)
     where = "adapter"
-    if not isinstance(adapter, Adapter):
+    if not isinstance(adapter, (Adapter, DeepAdapter)):
         where = f"adapter {adapter}"
-        adapter = load_adapter(adapter)
+        adapter = load_adapter(adapter, manifest)
     adapter.check_backbone(manifest, where)
-    if shared_graph and adapter.config.recalibration is not None:
+    if shared_graph and getattr(adapter.config, "recalibration", None) is not None:
         raise ValueError(f"{where} was trained on re-calibrated normalisation statistics (its config's "
                          f"`recalibration`, kind {adapter.config.recalibration.kind!r}); lora_model's graph keeps "
                          f"the lab's: deploy it with merge (one ONNX model with its statistics baked in)")
@@ -110,6 +119,9 @@ def _load(bundle_dir: PathLike, adapter, shared_graph: bool = False) -> tuple[Ma
 
 def _params(adapter: Adapter, manifest: Manifest) -> dict[str, np.ndarray]:
     """lora.A.<tap> (d_k, r) for every backbone tap, lora.B (K r, C), lora.scale, lora.bias (float32)."""
+    if isinstance(adapter, DeepAdapter):
+        raise ValueError("a deep adapter changes the backbone's own weights: the `lora.*` inputs and .onnx_adapter "
+                         "files carry skip adapters only; deploy it with `merge` (plain ONNX)")
     c, p, lay = adapter.config, adapter.params, adapter.config.layout  # taps == manifest.taps (check_backbone)
     out = {f"{LORA_PREFIX}A.{name}": np.ascontiguousarray(tap_A(p, lay, k), np.float32)
            for k, name in enumerate(c.target_taps)}
@@ -204,16 +216,15 @@ def _set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
             inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, np.float32), name))
 
 
-def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | None, baked: bool) -> None:
+def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | DeepAdapter | None, baked: bool) -> None:
+    rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None   # deep adapters have none
     meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
             else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`" +
-            (" as re-calibrated by the adapter's `recalibration`" if adapter is not None and adapter.config.recalibration
-             is not None and adapter.config.recalibration.preprocess else "")}
+            (" as re-calibrated by the adapter's `recalibration`" if rc is not None and rc.preprocess else "")}
     if adapter is not None:
         meta["edgelora.adapter_weights_sha256"] = adapter.config.weights_sha256
-        if adapter.config.recalibration is not None:
-            rc = adapter.config.recalibration
+        if rc is not None:
             meta["edgelora.recalibration"] = f"{rc.kind}: statistics re-estimated on {rc.samples} samples, baked in"
     helper.set_model_props(proto, meta)
     proto.producer_name = "edgelora.graphs.merge"

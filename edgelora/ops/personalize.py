@@ -156,9 +156,11 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
         result.decision = "deferred"
         result.reason = _defer_reason(why, int(parts["gate"].sum()), config)
         if result.reason is None:
-            # the judge below scores candidates on these (lab backbone) rows: no re-calibrated candidate here
+            # the judge below scores candidates on these (lab backbone) rows: no re-calibrated candidate here;
+            # versions warm-start skip adapters: no deep tier either
             candidate, history = finetune_features(features.subset(at[train]), data.y[train], split,
-                                                   replace(config.train, recalibrate="none"), init=current)
+                                                   replace(config.train, recalibrate="none"), init=current,
+                                                   deep_tier=False)
             if config.mask_unseen_classes and m.task == "classification":
                 _mask_unseen_classes(candidate, data.y[train])
             result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}

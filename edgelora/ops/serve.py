@@ -24,6 +24,7 @@ from ..core import lora
 from ..core.losses import log_softmax
 from ..files.adapter import Adapter
 from ..files.data import as_inputs, num_samples
+from ..files.deep_adapter import DeepAdapter
 from ..files.schema import check, normalize
 from ..runtime.backbone import Backbone
 from .store import AdapterStore
@@ -66,7 +67,9 @@ class _Loaded:
         [y0 | taps | 1], M = [I; W; bias] (lora.folded), so y = row @ M is a single product: at batch 1
         a small adapter costs a few numpy calls' overhead rather than its multiply-adds, so one call
         instead of K + 4 is what makes it cheap. Bigger adapters (MERGE_MAX_BYTES) keep the low-rank form."""
-        a = self.adapter
+        a, self.deep, self.session = self.adapter, isinstance(self.adapter, DeepAdapter), None
+        if self.deep:  # served by its own merged session (AdapterServer._deep_rows); no skip path
+            a = None
         self.params = a.params if a is not None else None
         self.layout = a.config.layout if a is not None else None
         self.scale = a.config.scale if a is not None else 0.0
@@ -78,8 +81,9 @@ class _Loaded:
             self.nbytes += self.MT.nbytes
 
     def forward(self, rows: np.ndarray, c: int) -> np.ndarray:
-        """Outputs (n, C) for served rows [y0 | taps | 1] (AdapterServer._rows)."""
-        if self.adapter is None:
+        """Outputs (n, C) for served rows [y0 | taps | 1] (AdapterServer._rows); a deep adapter's rows are
+        filled in afterwards from its own session."""
+        if self.adapter is None or self.deep:
             return rows[:, :c]
         if self.M is None:
             return lora.forward(self.params, rows[:, :c], rows[:, c:-1], self.layout, self.scale)[0]
@@ -110,6 +114,8 @@ class AdapterServer:
         n = num_samples(inputs)
         if names is None or isinstance(names, str):
             entry = self._entry(names)
+            if entry.deep:
+                return self._session(entry).outputs(inputs, self.config.batch_size)
             if n <= self.config.batch_size and self._bytes <= self.config.memory_budget and entry.backbone is None:
                 return entry.forward(self._rows(inputs), self.backbone.num_outputs)
             codes, entries = None, [entry]
@@ -126,12 +132,12 @@ class AdapterServer:
             return self._separately(inputs, codes, entries)
         bs = self.config.batch_size
         if n <= bs:  # the common case: one backbone call, no copy
-            return self._apply(self._rows(inputs), codes, entries)
+            return self._deep_rows(self._apply(self._rows(inputs), codes, entries), inputs, codes, entries)
         out = np.empty((n, self.backbone.num_outputs), np.float32)
         for a in range(0, n, bs):
             rows = self._rows({k: v[a:a + bs] for k, v in inputs.items()})
             out[a:a + len(rows)] = self._apply(rows, None if codes is None else codes[a:a + bs], entries)
-        return out
+        return self._deep_rows(out, inputs, codes, entries)
 
     def predict(self, x, names: str | None | Sequence[str | None]) -> np.ndarray:
         """Class indices (classification) or values (regression)."""
@@ -172,6 +178,24 @@ class AdapterServer:
                 "bytes": self._bytes, "budget": self.config.memory_budget}
 
     # --- internals ----------------------------------------------------------------------------------
+    def _deep_rows(self, out: np.ndarray, inputs: dict, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+        """`out` with the rows of deep adapters replaced by their own session's outputs (a deep adapter
+        changes the backbone's layers: its rows need their own backbone pass)."""
+        for code, entry in enumerate(entries):
+            if entry.deep:
+                mine = np.ones(len(out), bool) if codes is None else codes == code
+                if mine.any():
+                    out = out if out.flags.writeable and out.base is None else out.copy()
+                    out[mine] = self._session(entry).outputs({k: v[mine] for k, v in inputs.items()},
+                                                             self.config.batch_size)
+        return out
+
+    def _session(self, entry: _Loaded):
+        if entry.session is None:
+            from ..runtime.deep_session import DeepSession
+            entry.session = DeepSession(self.backbone, entry.adapter)
+        return entry.session
+
     def _rows(self, inputs: dict, backbone: Backbone | None = None) -> np.ndarray:
         """Served rows [y0 | taps | 1] (n, C + D + 1): the backbone's rows written straight into a buffer
         whose constant last column lets each adapter's bias sit in its folded matrix (lora.folded)."""
@@ -188,6 +212,9 @@ class AdapterServer:
         out = np.empty((n, c), np.float32)
         for code, entry in enumerate(entries):
             idx = np.flatnonzero(codes == code)
+            if entry.deep and len(idx):
+                out[idx] = self._session(entry).outputs({k: v[idx] for k, v in inputs.items()}, bs)
+                continue
             for a in range(0, len(idx), bs):
                 part = idx[a:a + bs]
                 out[part] = entry.forward(self._rows({k: v[part] for k, v in inputs.items()}, entry.backbone), c)
@@ -258,8 +285,9 @@ class AdapterServer:
                 entry.checked = now
                 return entry
             self._forget(name)
-            rc = adapter.config.recalibration
-            entry = _Loaded(version, adapter, stamp, now, int(adapter.flat.nbytes),
+            rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None
+            entry = _Loaded(version, adapter, stamp, now, int(adapter.nbytes if isinstance(adapter, DeepAdapter)
+                                                              else adapter.flat.nbytes),
                             self.backbone.recalibrated(rc) if rc is not None else None)
             self._loaded[name] = entry
             self._bytes += entry.nbytes

@@ -8,17 +8,23 @@ from ..core.losses import log_softmax
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter
 from ..files.data import as_inputs, as_targets, num_samples
+from ..files.deep_adapter import DeepAdapter
 from .backbone import Backbone
 
 
 class Predictor:
-    """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model). An adapter trained
+    """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model); a deep adapter
+    runs as the backbone with the adapter folded into its weights (runtime/deep_session.py). An adapter trained
     on a re-calibrated backbone (its config's `recalibration`) runs over the backbone re-calibrated the same way."""
 
-    def __init__(self, backbone: Backbone, adapter: Adapter | None = None, batch_size: int = 256):
+    def __init__(self, backbone: Backbone, adapter: Adapter | DeepAdapter | None = None, batch_size: int = 256):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` should be a positive integer, found {batch_size!r}")
-        if adapter is not None:
+        self._deep = None
+        if isinstance(adapter, DeepAdapter):
+            from .deep_session import DeepSession
+            self._deep = DeepSession(backbone, adapter)
+        elif adapter is not None:
             rc = adapter.config.recalibration
             if rc is not None and backbone.recalibration != rc:
                 backbone = backbone.recalibrated(rc)  # the statistics the adapter was trained with
@@ -30,6 +36,8 @@ class Predictor:
     def outputs(self, x) -> np.ndarray:
         """Model outputs (N, C): logits for classification, values for regression."""
         inputs = as_inputs(x, self.backbone.manifest)
+        if self._deep is not None:
+            return self._deep.outputs(inputs, self.batch_size)
         n = num_samples(inputs)
         out = np.empty((n, self.backbone.num_outputs), np.float32)
         for a in range(0, n, self.batch_size):
@@ -39,6 +47,9 @@ class Predictor:
 
     def apply(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Add the adapter to precomputed backbone results (e.g. from a SkipCache)."""
+        if self._deep is not None:
+            raise ValueError("a deep adapter changes the backbone's own layers: it cannot be added to cached "
+                             "backbone results; use outputs(x)")
         if self.adapter is None:
             return y0
         return lora.forward(self._params, y0, t, self._layout, self._scale)[0]

@@ -27,9 +27,9 @@ from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_chec
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
+from . import deep, recalibrate
 from .backbone import Backbone
 from .cache import SkipCache
-from . import recalibrate
 from .features import FeatureSource, prepare
 from .train_config import History, TrainConfig
 
@@ -75,17 +75,21 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
                       init: Adapter | None = None, callback: Callable[[dict], None] | None = None,
                       checkpoint_dir: PathLike | None = None, resume: bool = False,
                       engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None,
-                      checkpoint_every: tuple[str, float] | None = None) -> tuple[Adapter, History]:
+                      checkpoint_every: tuple[str, float] | None = None,
+                      deep_tier: bool = True) -> tuple[Adapter, History]:
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
-    fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx)."""
+    fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
+    `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them)."""
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback)
     features, picked, recal = _recalibrated(features, targets, config, init, len(split[0]))
+    # the deep tier trains over the lab's statistics (runtime/deep.py): not escalated from a re-calibrated backbone
+    deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
                                     checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
-                                    picked=picked)
+                                    picked=picked, deep_tier=deep_tier)
     if recal and history.selection:
         history.selection = {**history.selection, "recalibration": recal}
     rc = features.backbone.recalibration if features.backbone is not None else None
@@ -141,9 +145,13 @@ def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainCon
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
                  resume: bool, checkpoint_every: tuple[str, float] | None = None,
-                 picked: tuple | None = None) -> tuple[Adapter, History]:
+                 picked: tuple | None = None, deep_tier: bool = True) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
+    if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
+        key = {} if checkpoint_dir is None else \
+            _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
+        return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
     m, (train_idx, val_idx) = features.manifest, split
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
                       cache_seconds=features.seconds)
@@ -190,8 +198,10 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    return Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training),
-                   result), history
+    adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
+    if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
+        return adapter, history
+    return deep.escalate(features, targets, split, config, adapter, history)  # the deep tier, if needed
 
 
 def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig, init: Adapter | None,
@@ -274,6 +284,12 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
                              f"Backbone.recalibrated(adapter.config.recalibration)")
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
+    if config.form == "deep" and config.recalibrate != "none":
+        raise ValueError("`form` 'deep' trains over the bundle's own normalisation statistics: it needs "
+                         f"`recalibrate` 'none', found {config.recalibrate!r}")
+    if config.form == "deep" and (init is not None or engine != "numpy" or not use_cache):
+        raise ValueError("`form` 'deep' trains a new adapter in numpy from the Skip-Cache's samples: it needs no "
+                         "initial adapter, engine='numpy' and use_cache=True")
     if config.form == "last" and init is not None:
         raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
 

@@ -33,9 +33,11 @@ class TrainConfig:
     weight_decay: float | Literal["auto"] = 1.0      # L2 (sgd, adam) or decoupled (adamw); "auto": pick from grid
     weight_decay_grid: tuple[float, ...] = (0.0, 1e-2, 1e-1, 1.0)
     rank_grid: tuple[int, ...] = (2, 4, 8)
-    form: Literal["skip", "last", "auto"] = "auto"   # skip: Skip-LoRA adapters on every tap (rank r); last: a dense
-                                                     # update of the last layer through its input tap (FT-Last on
-                                                     # the cache; saved as r = C with B fixed); auto: choose
+    form: Literal["skip", "last", "auto", "deep"] = "auto"  # skip: Skip-LoRA adapters on every tap (rank r); last: a
+                                                     # dense update of the last layer through its input tap (FT-Last
+                                                     # on the cache; saved as r = C with B fixed); deep: LoRA inside
+                                                     # the backbone's layers (runtime/deep.py); auto: choose (deep
+                                                     # only when the skip adapters fall short)
     tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
                                                      # fine-tune samples (folded into A and the bias when saved)
     select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
@@ -98,7 +100,8 @@ class TrainConfig:
               f"`cv_rows_per_class` should be >= 0 (0: all), found {self.cv_rows_per_class}")
         check(len(self.epoch_fractions) >= 1 and all(0 < f <= 1 for f in self.epoch_fractions),
               f"`epoch_fractions` should list numbers in (0, 1], found {self.epoch_fractions}")
-        auto = [f for f in ("r", "weight_decay", "form", "tap_scaling") if getattr(self, f) == "auto"]
+        auto = [f for f in ("r", "weight_decay", "form", "tap_scaling")
+                if getattr(self, f) == "auto" and (self.form != "deep" or f == "r")]  # deep reads no taps
         check(not auto or self.val_fraction > 0 or self.cv_folds >= 2,
               f"automatic selection of {auto} needs cross-validation (`cv_folds` >= 2) or a holdout (`val_fraction` > 0)")
 

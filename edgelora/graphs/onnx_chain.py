@@ -1,50 +1,26 @@
-"""Read a bundle's ONNX backbone as a chain of simple ops with numpy weights (for the baseline engines).
+"""Read a bundle's ONNX backbone as a core.chain.Chain: simple ops with the initializers as numpy weights.
 
-The paper's baselines (FT-*, LoRA-*) need backprop through the backbone, which onnxruntime inference
-cannot do; device_bench re-runs the same network in numpy (device_bench.engine) and in torch
-(device_bench.torch_methods). Both are built from this chain, read from the ONNX initializers, so all
-methods start from the very same frozen weights. Supported: the reference families (MLP, 1D/2D CNN):
-a single path from the input to the base output of Gemm/MatMul(+Add)/Conv/Relu/MaxPool/ReduceMean/
-GlobalAveragePool/Transpose/Reshape/Flatten/(Un)Squeeze/Identity nodes.
+Backprop through the backbone (deep adapters, device_bench's FT-*/LoRA-* baselines) needs more than
+onnxruntime inference can do; the numpy engine (core/backprop.py) runs this chain instead. Supported: what
+the exporter emits for the reference families (MLP, 1-D/2-D CNN, with or without batch-norm): a single path
+from the input to the base output of Gemm/MatMul(+Add)/Conv/BatchNormalization (inference mode)/Relu/
+MaxPool/ReduceMean/GlobalAveragePool/Transpose/Reshape/Flatten/(Un)Squeeze/Identity nodes; any other op is
+named in a ValueError.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgelora.files.bundle import Manifest, load_manifest, model_path
+from ..core.chain import Chain, Op, WeightName
+from ..files.bundle import load_manifest, model_path
 
 SHAPE_OPS = ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze")
-
-
-@dataclass
-class Op:
-    """One step of the chain. kind: linear | conv | relu | maxpool | mean | transpose | reshape."""
-    kind: str
-    layer: int = -1                       # index into Chain.weights for linear/conv
-    attrs: dict = field(default_factory=dict)
-
-
-@dataclass
-class Chain:
-    """A backbone as ops + weight layers. Linear: W (d_in, d_out); conv: W (O, C, *k) as in ONNX."""
-    ops: list[Op]
-    weights: list[tuple[np.ndarray, np.ndarray]]
-    mean: np.ndarray | None               # preprocessing of the manifest (applied before the chain)
-    std: np.ndarray | None
-    manifest: Manifest
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.weights)
-
-    def prep(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        return x if self.mean is None else ((x - self.mean) / self.std).astype(np.float32)
+SUPPORTED = ("Gemm", "MatMul", "Add", "Conv", "BatchNormalization", "Relu", "MaxPool", "ReduceMean",
+             "GlobalAveragePool") + SHAPE_OPS + ("Identity",)
 
 
 def _attrs(node) -> dict:
@@ -61,7 +37,7 @@ def load_chain(bundle_dir: str | Path) -> Chain:
         if n.op_type == "Constant":
             consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
     if len(manifest.inputs) != 1:
-        raise ValueError(f"{bundle_dir}: the baseline engines support one input, found {len(manifest.inputs)}")
+        raise ValueError(f"{bundle_dir}: the numpy backward supports one input, found {len(manifest.inputs)}")
     readers = {}
     for n in g.node:
         for i in n.input:
@@ -78,18 +54,18 @@ def load_chain(bundle_dir: str | Path) -> Chain:
         data = [i for i in node.input if i and i not in consts]
         if len(data) != 1:
             raise ValueError(f"{bundle_dir}: node {node.name or node.op_type} ({node.op_type}) has {len(data)} "
-                             f"data inputs; the baseline engines support a single chain of ops")
+                             f"data inputs; the numpy backward supports a single chain of ops")
         value = data[0]
-    ops, weights = [], []
+    ops, weights, names = [], [], []
     for node in reversed(path):
-        ops.extend(_convert(node, consts, weights, bundle_dir))
+        ops.extend(_convert(node, consts, weights, names, bundle_dir))
     pre = manifest.preprocess.get(manifest.inputs[0].name)
     mean = np.asarray(pre.mean, np.float32) if pre else None
     std = np.asarray(pre.std, np.float32) if pre else None
-    return Chain(_fuse_bias(ops, weights), weights, mean, std, manifest)
+    return Chain(_fuse_bias(ops, weights), weights, mean, std, manifest, names)
 
 
-def _convert(node, consts: dict, weights: list, where) -> list[Op]:
+def _convert(node, consts: dict, weights: list, names: list, where) -> list[Op]:
     t, a = node.op_type, _attrs(node)
     if t == "Identity":
         return []
@@ -102,10 +78,14 @@ def _convert(node, consts: dict, weights: list, where) -> list[Op]:
         w = w.T if a.get("transB", 0) else w
         b = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[1], np.float32)
         weights.append((np.ascontiguousarray(w, np.float32), b.astype(np.float32).reshape(-1)))
+        names.append(WeightName(node.input[1], bool(a.get("transB", 0))))
         return [Op("linear", len(weights) - 1)]
     if t == "MatMul":
         w = consts[node.input[1]]
+        if w.ndim != 2:
+            raise ValueError(f"{where}: MatMul {node.name} with a {w.ndim}-D weight is not supported (2-D only)")
         weights.append((np.ascontiguousarray(w, np.float32), np.zeros(w.shape[1], np.float32)))
+        names.append(WeightName(node.input[1]))
         return [Op("linear", len(weights) - 1)]
     if t == "Add":  # a bias after a MatMul (fused by _fuse_bias)
         return [Op("bias", attrs={"b": consts[[i for i in node.input if i in consts][0]].astype(np.float32)})]
@@ -120,7 +100,14 @@ def _convert(node, consts: dict, weights: list, where) -> list[Op]:
             raise ValueError(f"{where}: Conv {node.name} has asymmetric pads {pads}")
         b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         weights.append((w, b.astype(np.float32)))
+        names.append(WeightName(node.input[1]))
         return [Op("conv", len(weights) - 1, {"pads": tuple(pads[:k]), "strides": tuple(a.get("strides", [1] * k))})]
+    if t == "BatchNormalization":  # inference mode: the stored statistics, y = x a + c per channel
+        if a.get("training_mode", 0) or len(node.output) > 1 and any(node.output[1:]):
+            raise ValueError(f"{where}: BatchNormalization {node.name} in training mode is not supported")
+        gamma, beta, mu, var = (consts[i].astype(np.float64) for i in node.input[1:5])
+        scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+        return [Op("affine", attrs={"a": scale.astype(np.float32), "c": (beta - mu * scale).astype(np.float32)})]
     if t == "MaxPool":
         k = list(a["kernel_shape"])
         if list(a.get("strides", k)) != k or any(a.get("pads", [0])) or a.get("ceil_mode", 0):
@@ -135,9 +122,8 @@ def _convert(node, consts: dict, weights: list, where) -> list[Op]:
     if t in SHAPE_OPS:
         return [Op("reshape", attrs={"node": t, "a": a, "arg": consts.get(node.input[1]) if len(node.input) > 1
                                      else None})]
-    raise ValueError(f"{where}: op {t} (node {node.name}) is not supported by the baseline engines; "
-                     f"supported: Gemm, MatMul, Add, Conv, Relu, MaxPool, ReduceMean, GlobalAveragePool, "
-                     f"{', '.join(SHAPE_OPS)}, Identity")
+    raise ValueError(f"{where}: op {t} (node {node.name}) is not supported by the numpy backward "
+                     f"(core/backprop.py); supported: {', '.join(SUPPORTED)}")
 
 
 def _fuse_bias(ops: list[Op], weights: list) -> list[Op]:
@@ -151,20 +137,3 @@ def _fuse_bias(ops: list[Op], weights: list) -> list[Op]:
             continue
         out.append(op)
     return out
-
-
-def reshape_like(x: np.ndarray, op: Op) -> np.ndarray:
-    """Forward of a shape op (Reshape/Flatten/Unsqueeze/Squeeze) on a batch."""
-    t, a, arg = op.attrs["node"], op.attrs["a"], op.attrs["arg"]
-    if t == "Flatten":
-        axis = a.get("axis", 1)
-        return x.reshape(int(np.prod(x.shape[:axis])), -1)
-    if t == "Reshape":  # 0 copies the input's dim unless allowzero (then it is a real 0)
-        shape = [x.shape[i] if s == 0 and not a.get("allowzero", 0) else int(s) for i, s in enumerate(arg)]
-        return x.reshape(shape)
-    axes = sorted(int(v) for v in (a.get("axes") if "axes" in a else arg))
-    if t == "Unsqueeze":
-        for ax in axes:
-            x = np.expand_dims(x, ax)
-        return x
-    return np.squeeze(x, axis=tuple(axes))

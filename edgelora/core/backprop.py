@@ -1,5 +1,5 @@
-"""A small numpy training engine over a Chain: forward and backward through the backbone (the paper's
-FT-All, FT-Last, LoRA-All, LoRA-Last baselines, in the same numpy as edgelora's adapters).
+"""Numpy forward and backward through a frozen backbone (core/chain.py): the deep adapters' engine, and
+device_bench's FT-All, FT-Last, LoRA-All, LoRA-Last baselines.
 
 Each weight layer has a mode: "frozen", "full" (W and b trained) or "lora" (W frozen, y += s (x A) B,
 A (d_in, r), B (r, d_out); conv layers use im2col columns as x, PEFT's conv LoRA: a k-sized conv to r
@@ -11,21 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgelora.core.lora import split
-
-from .chain import Chain, Op, reshape_like
+from .chain import Chain, Op, layer_shapes, matrices, reshape_like
+from .lora import split
 
 MODES = ("frozen", "full", "lora")
-
-
-def layer_shapes(chain: Chain) -> list[tuple[int, int]]:
-    """(fan_in, fan_out) of each weight layer's matrix form: linear d_in x d_out, conv C*prod(k) x O."""
-    return [(int(np.prod(w.shape[1:])), w.shape[0]) if w.ndim > 2 else w.shape for w, _ in chain.weights]
-
-
-def matrices(chain: Chain) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Frozen weights in matrix form (fan_in, fan_out) + bias."""
-    return [(np.ascontiguousarray(w.reshape(w.shape[0], -1).T) if w.ndim > 2 else w, b) for w, b in chain.weights]
 
 
 def param_shapes(chain: Chain, modes: list[str], r: int) -> dict[str, tuple[int, ...]]:
@@ -64,7 +53,7 @@ class Engine:
     """forward(x) -> (y, saved) and backward(dy, saved) -> grads for one chain, modes and rank."""
 
     def __init__(self, chain: Chain, modes: list[str], r: int = 4, scale: float = 2.0):
-        self.chain, self.modes, self.scale = chain, list(modes), scale
+        self.chain, self.modes, self.scale, self.r = chain, list(modes), scale, r
         self.shapes = param_shapes(chain, modes, r)
         self.frozen = matrices(chain)
         self.start = first_trainable_op(chain, modes)
@@ -97,6 +86,8 @@ class Engine:
             return self._weight(op, x, p)
         if k == "relu":
             return np.maximum(x, 0.0), x > 0
+        if k == "affine":
+            return x * _channel(op.attrs["a"], x) + _channel(op.attrs["c"], x), None
         if k == "maxpool":
             win, shape = _windows(x, op.attrs["k"])
             arg = win.argmax(axis=-1)
@@ -136,6 +127,8 @@ class Engine:
             return None
         if k == "relu":
             return dy * saved
+        if k == "affine":
+            return dy * _channel(op.attrs["a"], dy)
         if k == "maxpool":
             arg, shape, xshape = saved
             win = np.zeros(arg.shape + (int(np.prod(shape[1])),), dy.dtype)
@@ -177,6 +170,11 @@ class Engine:
         if spatial is None:
             return dcols
         return _col2im(dcols, xshape, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+
+
+def _channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along axis 1 of x (N, C, *S)."""
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
 def _im2col(x: np.ndarray, k: tuple, pads: tuple, strides: tuple):

@@ -1,0 +1,218 @@
+"""The deep tier: LoRA inside the backbone's own weight layers, trained by backprop through the frozen backbone
+in numpy (core/deep_loop.py over graphs/onnx_chain.py), chosen when the skip adapters fall short.
+
+Rule (`escalate`, form "auto" with cross-validation, at most AUTO_MAX_SAMPLES samples): the skip recipe
+cross-validation chose scores S_cv (mean over folds; spread = standard deviation of the fold scores). The deep
+tier is considered when S_cv is below the ceiling by more than the spread: the ceiling is 100 % accuracy
+for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
+the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
+of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
+the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
+tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples).
+`form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import uuid
+
+import numpy as np
+
+from ..core import deep_loop, lora
+from ..core.lora import split
+from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
+from ..files.schema import to_dict
+from .train_config import History, TrainConfig
+
+MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
+WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
+AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
+RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
+        f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
+
+
+def settings(config: TrainConfig) -> dict:
+    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`), its weight decay."""
+    r = config.r if config.r != "auto" else max(config.rank_grid)
+    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": WEIGHT_DECAY}
+
+
+def budget(config: TrainConfig, n: int) -> int:
+    """Epochs of the deep tier: config.epochs (30 when it is chosen automatically), raised so that they make
+    at least MIN_STEPS optimiser steps."""
+    steps = math.ceil(n / config.batch_size)
+    return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
+
+
+def load(features):
+    """(chain, prepared inputs) of a fine-tune's samples; ValueError when the backbone cannot be backpropagated."""
+    from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
+    if features.cache is None:
+        raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
+    chain = load_chain(features.cache.backbone.bundle_dir)
+    if len(features.inputs) != 1:
+        raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
+    return chain, chain.prep(next(iter(features.inputs.values())))
+
+
+def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
+                  found: dict | None = None, checkpoint: tuple | None = None) -> tuple[DeepAdapter, History]:
+    """Train a deep adapter: epochs chosen by cross-validation (cv_folds >= 2, val_fraction 0) among
+    epoch_fractions of the budget, then refit on every sample; or the budget on the training split.
+    `found`: that cross-validation, already run (escalate). `checkpoint` = (folder, resume, run key): the
+    refit is saved after every epoch (with the cross-validation's result); resuming continues it and ends
+    with the same adapter as an uninterrupted run."""
+    start = time.perf_counter()
+    folder, resume, key = checkpoint or (None, False, {})
+    saved = load_checkpoint(folder) if folder is not None and resume else None
+    if saved is not None:
+        check_same_run(saved[0], key, folder)
+        found = saved[0]["runs"][0].get("found") or found
+    history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
+                                 cache_seconds=features.seconds)
+    chain, x = load(features)
+    s, m = settings(config), features.manifest
+    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
+    if found is None and _uses_cv(config):
+        found = cross_validate(eng, x, features, targets, config, s, epochs)
+        history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
+    if found:
+        epochs = found["chosen"]["epochs"]
+    state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
+                                        **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
+    save = None if folder is None else _saver(folder, key, found)
+    flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
+                         idx=train_idx, on_epoch=save, state=state)
+    adapter = _adapter(chain, eng, flat, s, m)
+    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
+    history.epochs, history.best_epoch = [], 0
+    if len(val_idx):
+        from ..core.metrics import evaluate_outputs
+        history.val_metrics = evaluate_outputs(deep_loop.outputs(eng, split(flat, eng.shapes), x[val_idx]),
+                                               targets[val_idx], m.task)
+    history.train_seconds += time.perf_counter() - start
+    adapter.config = dataclasses.replace(adapter.config, training=_training(config, history))
+    return adapter, history
+
+
+def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
+    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
+    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs."""
+    n, cap = len(targets), config.cv_rows_per_class * eng.chain.manifest.num_outputs
+    idx, subset = np.arange(n), ""
+    if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
+        idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
+        subset = f" on {len(idx)} of {n} samples, evenly spaced in sample order"
+    k = min(config.cv_folds, len(idx) // 2)
+    marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
+    task, start = eng.chain.manifest.task, time.perf_counter()
+    table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,
+                                     weight_decay=s["weight_decay"], task=task)
+    best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
+    base = deep_loop.summary(*deep_loop.scores(features(idx)[0], targets[idx], task),
+                             deep_loop.fold_ids(targets[idx], k, task))
+    row = table[best]
+    return {"method": f"{k}-fold cross-validation{subset}", "folds": k,
+            "metric": "accuracy" if task == "classification" else "neg_mse",
+            "chosen": {"form": "deep", **s, "epochs": best, "score": row["score"], "score_spread": row["spread"],
+                       "loss": row["loss"], "score_folds": row["folds"]},
+            "no_finetune": {"score": base["score"], "score_spread": base["spread"], "loss": base["loss"],
+                            "score_folds": base["folds"]},
+            "helps": row["score"] > base["score"], "cv_seconds": time.perf_counter() - start,
+            "candidates": [{"form": "deep", **s, "epochs": e, "score": table[e]["score"], "loss": table[e]["loss"]}
+                           for e in marks]}
+
+
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History):
+    """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
+    history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
+    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep")."""
+    sel = history.selection
+    if config.form != "auto" or not sel or "chosen" not in sel:
+        return adapter, history
+    cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
+    if len(targets) > AUTO_MAX_SAMPLES:  # before reading any row: a large set may live on disk (memory budget)
+        sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
+        return adapter, history
+    fit = _skip_fit(features, targets, adapter)
+    ceiling = 1.0 if features.manifest.task == "classification" else fit
+    report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "skip_fit": fit, "ceiling": ceiling,
+              "considered": bool(ceiling - cv > spread and len(targets) <= AUTO_MAX_SAMPLES), "won": False}
+    sel["deep"] = report           # history.chosen gets "tier" only when the deep tier wins
+    if not report["considered"]:
+        return adapter, history
+    start = time.perf_counter()
+    try:
+        chain, x = load(features)
+    except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
+        report["unavailable"] = str(e)
+        return adapter, history
+    s = settings(config)
+    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
+    d = found["chosen"]
+    needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
+    report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
+                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=sel["chosen"],
+                  cv_seconds=time.perf_counter() - start)
+    if not report["won"]:
+        history.train_seconds += report["cv_seconds"]
+        report["seconds"] = report["cv_seconds"]
+        return adapter, history
+    history.selection = {**found, "deep": report}
+    history.train_seconds += report["cv_seconds"]
+    adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
+    report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
+    return adapter, history
+
+
+def _saver(folder, key: dict, found: dict | None):
+    """on_epoch for deep_loop.fit: the refit's state as a training checkpoint (files/checkpoint.py)."""
+    session = uuid.uuid4().hex
+
+    def save(epoch: int, flat: np.ndarray, opt, rng) -> None:
+        run = {"tier": "deep", "epoch": epoch, "rng": rng.bit_generator.state, "opt_t": getattr(opt, "t", 0),
+               "found": found, "epochs": [{"epoch": e} for e in range(1, epoch + 1)]}
+        arrays = {"0.flat": flat, **{f"0.{k}": v for k, v in opt.buffers().items()}}
+        save_checkpoint(folder, {"run_key": key, "session": session, "runs": [run]}, arrays)
+    return save
+
+
+def _skip_fit(features, targets: np.ndarray, adapter) -> float:
+    """The skip adapter's score (accuracy, or minus the MSE) on the fine-tune samples it was trained on."""
+    lay, total = adapter.config.layout, 0.0
+    for a in range(0, len(targets), 256):                 # in chunks: rows may be read from disk
+        idx = np.arange(a, min(a + 256, len(targets)))
+        y0, t = features(idx)
+        y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
+        total += float(deep_loop.scores(y, targets[idx], features.manifest.task)[0].sum())
+    return total / len(targets)
+
+
+def _uses_cv(config: TrainConfig) -> bool:
+    return config.val_fraction == 0 and config.cv_folds >= 2
+
+
+def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
+    """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
+    p = split(flat, eng.shapes)
+    inits = [n.initializer for n in chain.names]
+    modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
+    config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
+                        weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
+                                            for (w, _), n in zip(chain.weights, chain.names)),
+                        num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),
+                        classes=m.classes)
+    params = {i: (p[f"A{j}"].copy(), p[f"B{j}"].copy()) for j, i in enumerate(inits)}
+    return DeepAdapter.for_backbone(m, config, params)
+
+
+def _training(config: TrainConfig, history: History) -> dict:
+    return {"settings": to_dict(config), "chosen": history.chosen, "samples": history.samples,
+            "val_metrics": history.val_metrics, "cross_validation": {
+                k: v for k, v in history.selection.items() if k in ("method", "metric", "chosen", "no_finetune", "helps",
+                                                                    "deep")}}

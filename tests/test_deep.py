@@ -1,0 +1,228 @@
+"""The deep tier (runtime/deep.py): LoRA inside the backbone's layers trained by numpy backprop, its PEFT files
+(files/deep_adapter.py), its merge (graphs/deep_merge.py) and serving, the auto rule, and bad input."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgelora import Backbone
+from edgelora.core import deep_loop
+from edgelora.core.backprop import Engine, init_params
+from edgelora.core.lora import split
+from edgelora.files.adapter import load_adapter
+from edgelora.graphs.merge import export_ort_adapter, merge
+from edgelora.graphs.onnx_chain import load_chain
+from edgelora.graphs.onnx_taps import add_taps
+from edgelora.runtime import deep
+from edgelora.runtime.predict import Predictor
+from edgelora.runtime.train import finetune
+from edgelora.runtime.train_config import TrainConfig
+from tests.helpers import mlp_bundle, random_mlp
+
+
+def bn_graph(act: str = "Relu") -> onnx.ModelProto:
+    """x (N, 3, 16) -> Conv -> BatchNormalization (inference) -> act -> Flatten -> Gemm(transB) -> logits (4)."""
+    rng = np.random.default_rng(1)
+    inits = {"w0": rng.normal(size=(5, 3, 3)) / 3, "b0": rng.normal(size=5) * 0.1, "g": rng.uniform(0.5, 2, 5),
+             "beta": rng.normal(size=5), "mu": rng.normal(size=5), "var": rng.uniform(0.5, 2, 5),
+             "w1": rng.normal(size=(4, 80)) / 9, "b1": rng.normal(size=4) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], pads=[1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "beta", "mu", "var"], ["n"], epsilon=1e-5),
+             helper.make_node(act, ["n"], ["a"]), helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def bn_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("deep") / "bn"
+    add_taps(bn_graph(), folder)
+    return folder
+
+
+def samples(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 4
+    x = rng.normal(size=(n, 3, 16)) + y[:, None, None] * np.linspace(-1, 1, 16)
+    return x.astype(np.float32), y
+
+
+def test_engine_with_batchnorm_matches_onnxruntime_and_numeric_gradients(bn_bundle):
+    chain = load_chain(bn_bundle)
+    assert [op.kind for op in chain.ops] == ["conv", "affine", "relu", "reshape", "linear"]
+    eng = Engine(chain, ["lora", "lora"], 2, 2.0)
+    flat, shapes = init_params(chain, eng.modes, 2, 0)
+    flat += np.random.default_rng(2).normal(size=flat.size).astype(np.float32) * 0.1   # B != 0
+    p = split(flat, shapes)
+    x, _ = samples(6)
+    base = ort.InferenceSession(bn_graph().SerializeToString()).run(None, {"x": x})[0]
+    zero = split(np.zeros_like(flat), shapes)
+    assert np.abs(eng.forward(zero, x, save=False)[0] - base).max() < 1e-5
+    y, saved = eng.forward(p, x)
+    dy = np.random.default_rng(3).normal(size=y.shape).astype(np.float32)
+    grad = np.zeros_like(flat)
+    eng.backward(dy, saved, p, split(grad, shapes))
+    f64 = Engine(chain, ["lora", "lora"], 2, 2.0)
+    for i in np.random.default_rng(4).choice(flat.size, 12, replace=False):
+        e = np.zeros_like(flat, dtype=np.float64)
+        e[i] = 1e-3
+        hi = (f64.forward(split((flat + e).astype(np.float64), shapes), x.astype(np.float64), save=False)[0] * dy).sum()
+        lo = (f64.forward(split((flat - e).astype(np.float64), shapes), x.astype(np.float64), save=False)[0] * dy).sum()
+        assert abs((hi - lo) / 2e-3 - grad[i]) < 1e-3 * max(1.0, abs(grad[i]))
+
+
+def test_deep_adapter_saves_loads_merges_and_serves_the_same_outputs(bn_bundle, tmp_path):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    adapter, history = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=10))
+    assert history.chosen["tier"] == "deep" and history.chosen["epochs"] == deep.budget(TrainConfig(epochs=10), 40)
+    adapter.save(tmp_path / "a")
+    loaded = load_adapter(tmp_path / "a", bb.manifest)
+    doc = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert doc["peft_type"] == "LORA" and doc["target_modules"] == ["w0", "w1"]  # no torch names: ONNX names
+    served = Predictor(bb, loaded).outputs(x)
+    chain = load_chain(bn_bundle)
+    eng = deep_loop.engine(chain, loaded.config.r, loaded.config.scale)
+    p = {}
+    for j, name in enumerate(loaded.config.initializers):
+        p[f"A{j}"], p[f"B{j}"] = loaded.params[name]
+    numpy_out = deep_loop.outputs(eng, p, chain.prep(x))
+    merge(bn_bundle, tmp_path / "a", tmp_path / "m.onnx")
+    merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    assert np.abs(served - numpy_out).max() < 1e-5 and np.abs(merged - served).max() < 1e-5
+    assert np.abs(served - bb.features(x)[0]).max() > 1e-2            # the adapter changed something
+    assert (served.argmax(1) == y).mean() > (bb.features(x)[0].argmax(1) == y).mean()
+
+
+def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_path):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from torch import nn
+    from edgelora_export import export_model
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv1d(3, 6, 3, padding=1), nn.BatchNorm1d(6)
+            self.fc = nn.Linear(6 * 8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.max_pool1d(torch.relu(self.bn1(self.conv1(x))), 2).flatten(1))
+    torch.manual_seed(0)
+    net = Net().eval()
+    net.bn1.running_mean.normal_()
+    net.bn1.running_var.uniform_(0.5, 2.0)
+    net.bn1.weight.data.uniform_(0.5, 2.0)
+    manifest = export_model(net, torch.zeros(2, 3, 16), tmp_path / "bundle", preprocess={"x": (0.5, 2.0)})
+    assert {w.module for w in manifest.torch_weights} == {"conv1", "fc"}
+    # the batch-norm stays a node of its own (kept addressable for re-calibration), so conv1's weight is torch's
+    assert [n.name for n in manifest.normalization] == ["bn1"] and not any(w.out_scale for w in manifest.torch_weights)
+    bb, (x, y) = Backbone(tmp_path / "bundle"), samples()
+    adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=5))
+    adapter.save(tmp_path / "a")
+    ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
+    model = peft.PeftModel.from_pretrained(net, str(tmp_path / "a")).eval()
+    with torch.no_grad():
+        theirs = model(torch.from_numpy((x - 0.5) / 2.0)).numpy()
+    merge(tmp_path / "bundle", tmp_path / "a", tmp_path / "m.onnx")             # standardisation baked in
+    merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    assert np.abs(theirs - ours).max() < 1e-5 and np.abs(merged - ours).max() < 1e-5
+    assert np.abs(ours - bb.features(x)[0]).max() > 1e-2
+
+
+def test_auto_escalates_by_the_stated_rule(bn_bundle):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    adapter, history = finetune(bb, x, y, TrainConfig(epochs=5))
+    d = history.selection["deep"]
+    assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
+    if d["considered"]:
+        assert d["won"] == (d["deep_score"] > d["skip_score"] + d["skip_spread"] / np.sqrt(history.selection["folds"]))
+        assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
+    deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
+    try:
+        kept, h = finetune(bb, x, y, TrainConfig(epochs=5))
+    finally:
+        deep.AUTO_MAX_SAMPLES = was
+    assert not h.selection["deep"]["considered"] and type(kept).__name__ == "Adapter"
+    skip, h = finetune(bb, x, y, TrainConfig(epochs=5, form="skip"))
+    assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
+
+
+def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):
+    add_taps(bn_graph("Sigmoid"), tmp_path / "b")
+    with pytest.raises(ValueError, match="Sigmoid"):
+        load_chain(tmp_path / "b")
+    bb, (x, y) = Backbone(tmp_path / "b"), samples()
+    with pytest.raises(ValueError, match="Sigmoid"):
+        finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0))
+
+
+def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    with pytest.raises(ValueError, match="use_cache"):
+        finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
+    adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2))
+    adapter.save(tmp_path / "a")
+    alone = load_adapter(tmp_path / "a")          # without the manifest too: the file carries what it needs
+    assert all(np.array_equal(alone.params[k][1], adapter.params[k][1]) for k in adapter.params)
+    with pytest.raises(ValueError, match="merge"):
+        export_ort_adapter(bn_bundle, tmp_path / "a", tmp_path / "x.onnx_adapter")
+    mlp = tmp_path / "mlp"
+    mlp_bundle(mlp, random_mlp([48, 4]))
+    with pytest.raises(ValueError, match="another backbone"):
+        load_adapter(tmp_path / "a", Backbone(mlp).manifest)
+    shutil.copytree(tmp_path / "a", tmp_path / "bad")
+    blob = bytearray((tmp_path / "bad" / "adapter_model.safetensors").read_bytes())
+    blob[-3] ^= 0xFF
+    (tmp_path / "bad" / "adapter_model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="adapter_model.safetensors"):
+        load_adapter(tmp_path / "bad", bb.manifest)
+
+
+def test_mixed_batches_serve_deep_and_skip_adapters_row_by_row(bn_bundle, tmp_path):
+    from edgelora.ops.serve import AdapterServer
+    from edgelora.ops.store import AdapterStore
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    deep_a, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=3))
+    skip_a, _ = finetune(bb, x, y, TrainConfig(form="skip", cv_folds=0, epochs=3, tap_scaling="none"))
+    store = AdapterStore(tmp_path / "store")
+    for name, a in (("d", deep_a), ("s", skip_a)):
+        store.add_version(name, a, parent=None, samples=len(y))
+        store.set_current(name, 1)
+    server = AdapterServer(bb, store)
+    names = ["d", "s", None, "d"] * 10
+    got = server.outputs(x, names)
+    want = {"d": Predictor(bb, deep_a).outputs(x), "s": Predictor(bb, skip_a).outputs(x), None: bb.features(x)[0]}
+    for i, name in enumerate(names):
+        assert np.abs(got[i] - want[name][i]).max() < 1e-5, (i, name)
+    assert np.abs(server.outputs(x[:3], "d") - want["d"][:3]).max() < 1e-5
+
+
+def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    config = TrainConfig(form="deep", epochs=10)
+    whole, _ = finetune(bb, x, y, config)
+    real, calls = deep.save_checkpoint, []
+
+    def crash_after_4(*args):
+        real(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
+    later = []
+    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert len(later) == h.chosen["epochs"] - 4           # it continued after the 4th epoch
+    for name, (a, b) in whole.params.items():
+        assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
+    with pytest.raises(ValueError, match="another run"):
+        finetune(bb, x, y[::-1].copy(), config, checkpoint_dir=tmp_path / "ck", resume=True)
