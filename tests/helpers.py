@@ -72,7 +72,7 @@ def js_client() -> str:
     client = Path(__file__).resolve().parent.parent / "clients" / "js"
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 18 and npm")
+        pytest.fail("node is not installed: the JavaScript client's tests need Node.js >= 20 and npm")
     if not all((client / "node_modules" / p).is_dir() for p in ("onnxruntime-node", "onnxruntime-web", "puppeteer-core")):
         npm = shutil.which("npm")
         if npm is None:

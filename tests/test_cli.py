@@ -149,7 +149,7 @@ def test_an_adapter_estimated_worse_is_not_saved_unless_forced(files, capsys):
     assert "without fine-tuning" in err and out == ""
     code, out, err = run(capsys, "finetune", bundle, "--data", d / "own.npz", "--out", d / "worse", *FAST, *wild,
                          "--force-adapter")
-    assert code == 0 and "fine-tuning does not help" in out and (d / "worse").is_dir()
+    assert code == 0 and "fine-tuning does not help" in out and (d / "worse").is_dir(), err
 
 
 def test_persistent_cache_second_run_hits_and_cache_command(files, capsys):

@@ -137,7 +137,7 @@ def test_error_train_config_of_the_wrong_type(field, value):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("epochs", 2.5, "`epochs`: expected an integer, found number 2.5"),
+    ("epochs", 2.5, "`epochs`: expected an integer or one of \[.auto.\], found number 2.5"),
     ("optimizer", "lbfgs", "`optimizer`: expected one of \\['sgd', 'adam', 'adamw'\\], found 'lbfgs'"),
     ("batch_size", True, "`batch_size`: expected an integer, found boolean True"),
     ("weight_decay_grid", (0.1, "x"), "`weight_decay_grid`\\[1\\]: expected a number, found string"),

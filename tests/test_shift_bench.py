@@ -30,7 +30,7 @@ def test_overrides_are_train_config_fields_and_get_their_own_folder():
 def test_error_bad_flags_name_what_was_expected():
     with pytest.raises(ValueError, match=r"--set expects FIELD=VALUE with FIELD one of TrainConfig's .*found 'epoch=3'"):
         shift_bench.parse_overrides(["epoch=3"])
-    with pytest.raises(ValueError, match="`epochs` should be a positive integer, found 0"):
+    with pytest.raises(ValueError, match="`epochs` should be a positive integer or 'auto', found 0"):
         shift_bench.parse_overrides(["epochs=0"])
     with pytest.raises(ValueError, match="--shots should be positive integers separated by commas, found '5,x'"):
         shift_bench.positive_ints("5,x", "--shots")

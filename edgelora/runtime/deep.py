@@ -135,6 +135,9 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
     cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
+    if cv is None or spread is None:     # every skip model diverged (no finite estimate): nothing to compare with
+        sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
+        return adapter, history
     if len(targets) > AUTO_MAX_SAMPLES:  # before reading any row: a large set may live on disk (memory budget)
         sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
         return adapter, history
