@@ -32,6 +32,7 @@ from edgelora.runtime import recalibrate
 from edgelora.runtime.train_config import TrainConfig
 
 from .protocols import _load, fan
+from .shifts import user_halves
 
 SEEDS, PER_CLASS, OUT = (0, 1, 2, 3, 4), (5, 20), Path("bench_out/recal")
 CHOICES = ("none", "input", "bn", "both", "auto")
@@ -48,13 +49,7 @@ def har_gain() -> dict:
     src = ~np.isin(subj, test_users)
     shifted = x[:, [1, 0, 2, 4, 3, 5]] * np.array([.6, .6, .6, 1.4, 1.4, 1.4], np.float32)[:, None]
     shifted[:, :3] += 0.3
-    pool, test = [], []
-    for u in test_users:
-        idx = np.flatnonzero(subj == u)
-        idx = idx[np.lexsort((start[idx], exp[idx]))]
-        pool.append(idx[:len(idx) // 2])
-        test.append(idx[len(idx) // 2:])
-    pool, test = np.concatenate(pool), np.concatenate(test)
+    pool, test = user_halves(subj, exp, start, test_users)
     mean = x[src].mean(axis=(0, 2))[:, None]
     std = x[src].std(axis=(0, 2))[:, None] + 1e-6
     return {"source": (x[src], y[src]), "finetune": (shifted[pool], y[pool]), "test": (shifted[test], y[test]),

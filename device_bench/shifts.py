@@ -87,13 +87,7 @@ def har_mount() -> dict:
     exp, start = d["experiment"][keep], d["start_sample"][keep]
     test_users = [int(u) for u in d["uci_har_test_subjects"]]
     src = ~np.isin(subj, test_users)
-    pool, test = [], []
-    for u in test_users:
-        idx = np.flatnonzero(subj == u)
-        idx = idx[np.lexsort((start[idx], exp[idx]))]
-        pool.append(idx[:len(idx) // 2])
-        test.append(idx[len(idx) // 2:])
-    pool, test = np.concatenate(pool), np.concatenate(test)
+    pool, test = user_halves(subj, exp, start, test_users)
     shifted = mount(x, SHIFTS["har-mount"], np.random.default_rng(NOISE_SEED))
     mean, std = _channel_stats(x[src], (0, 1))
     return {"name": "har-mount", "shift": SHIFTS["har-mount"], "source": (x[src], y[src]),
@@ -158,3 +152,14 @@ def draw(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
             raise ValueError(f"class {c} has {len(idx)} samples in the fine-tune pool, fewer than {shots} shots")
         chosen.append(rng.choice(idx, shots, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+def user_halves(subj: np.ndarray, exp: np.ndarray, start: np.ndarray, users) -> tuple[np.ndarray, np.ndarray]:
+    """(first halves, second halves): each user's windows in time order (experiment, start sample), split in two."""
+    pool, test = [], []
+    for u in users:
+        idx = np.flatnonzero(subj == u)
+        idx = idx[np.lexsort((start[idx], exp[idx]))]
+        pool.append(idx[:len(idx) // 2])
+        test.append(idx[len(idx) // 2:])
+    return np.concatenate(pool), np.concatenate(test)

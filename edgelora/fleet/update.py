@@ -118,12 +118,7 @@ def check_update(update: np.ndarray, meta, spec: AdapterSpec, server_round: int,
     reason = check_declared(str(update.dtype), update.shape, spec)
     if reason is not None:
         return reason
-    if not np.isfinite(update).all():
-        return f"{int((~np.isfinite(update)).sum())} non-finite values (NaN or inf)"
-    norm = float(np.linalg.norm(update.astype(np.float64)))
-    if not math.isfinite(norm) or norm > max_norm:
-        return f"update norm {norm:.4g} (expected <= {max_norm:g})"
-    return None
+    return _finite_within(update, max_norm, "update norm", "")
 
 
 def check_shared(flat: np.ndarray, max_norm: float) -> str | None:
@@ -131,9 +126,14 @@ def check_shared(flat: np.ndarray, max_norm: float) -> str | None:
     flat = np.asarray(flat)
     if flat.dtype != np.float32:
         return f"dtype {flat.dtype} (expected float32)"
-    if not np.isfinite(flat).all():
-        return f"{int((~np.isfinite(flat)).sum())} non-finite values (NaN or inf)"
-    norm = float(np.linalg.norm(flat.astype(np.float64)))
+    return _finite_within(flat, max_norm, "norm", "; node config `max-shared-norm`")
+
+
+def _finite_within(a: np.ndarray, max_norm: float, what: str, hint: str) -> str | None:
+    """Why `a` is unusable (non-finite values, or an L2 norm above max_norm), or None."""
+    if not np.isfinite(a).all():
+        return f"{int((~np.isfinite(a)).sum())} non-finite values (NaN or inf)"
+    norm = float(np.linalg.norm(a.astype(np.float64)))
     if not math.isfinite(norm) or norm > max_norm:
-        return f"norm {norm:.4g} (expected <= {max_norm:g}; node config `max-shared-norm`)"
+        return f"{what} {norm:.4g} (expected <= {max_norm:g}{hint})"
     return None
