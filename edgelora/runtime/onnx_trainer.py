@@ -17,7 +17,8 @@ import onnxruntime as ort
 
 from ..core import lora
 from ..core.budget import budget_epochs
-from ..core.loop import MONITOR, loss_weights
+from ..core.losses import class_weights
+from ..core.loop import MONITOR
 from ..core.metrics import evaluate_outputs
 from ..core.optim import learning_rate
 from ..core.shuffle import SplitMix64
@@ -94,7 +95,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
     feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
     if s.cls:
-        w = loss_weights(config.class_weights, targets, layout.num_outputs)
+        w = class_weights(config.class_weights, targets, layout.num_outputs)
         feed["class_weights"] = np.ones(layout.num_outputs, np.float32) if w is None else w
     shuffler, monitor = SplitMix64(config.seed), np.arange(0, n, max(1, n // MONITOR))
     best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
