@@ -6,7 +6,8 @@ import pytest
 
 from edgelora import Backbone, Predictor, TrainConfig, finetune
 from edgelora.core import lora
-from edgelora.core.crossval import Stack, select, tap_standardizer
+from edgelora.core.crossval import Stack, select
+from edgelora.core.scaling import standardizer as tap_standardizer
 from edgelora.core.lora import fold_standardizer
 from edgelora.core.losses import cross_entropy_grad, loss_grad
 from edgelora.core.optim import AdamW, from_config

@@ -7,13 +7,13 @@ import time
 import warnings
 from pathlib import Path
 
-from ..core.budget import budget_epochs
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
+from ..runtime.plan import Plan
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig
 from ..runtime.train_config import training_split
@@ -147,13 +147,11 @@ def run(args: argparse.Namespace) -> dict:
     val_idx = split[1]
     val_before = evaluate_outputs(features(val_idx)[0], targets[val_idx], m.task) if len(val_idx) else None
 
-    holdout = config.val_fraction > 0   # else: one refit after cross-validation (or none at all)
-    candidates = (len(config.rank_grid) if config.r == "auto" and holdout else 1) * \
-        (len(config.weight_decay_grid) if config.weight_decay == "auto" and holdout else 1)
-    epochs = config.epochs if config.epochs != "auto" else \
-        budget_epochs("auto", config.min_steps, len(split[0]), config.batch_size)
-    bar = Progress(candidates * epochs, "training", enabled=not args.quiet)
-    done = [0]
+    bar = Progress(1, "training", enabled=not args.quiet)   # sized by the plan, before the first epoch
+    done, planned = [0], {}
+
+    def on_plan(plan: Plan) -> None:
+        bar.total, planned["plan"] = max(1, plan.epochs), plan.summary()
 
     def on_epoch(rec: dict) -> None:
         done[0] += 1
@@ -165,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
 
     adapter, history = finetune_features(features, targets, split, config, callback=on_epoch,
                                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine,
-                                         checkpoint_every=args.checkpoint_every)
+                                         checkpoint_every=args.checkpoint_every, on_plan=on_plan)
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
@@ -180,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
             "chosen": history.chosen, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
             "stopped": history.stopped, "val_before": val_before, "val_after": history.val_metrics or None,
             "train_loss": best.get("train_loss"), "candidates": history.candidates,
-            "cross_validation": selection or None,
+            "cross_validation": selection or None, "plan": planned.get("plan"),
             "cache": cache_stats,
             "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                         "total": time.perf_counter() - start},

@@ -22,9 +22,9 @@ from . import budget, lora
 from .losses import class_weights, log_softmax, loss_grad
 from .optim import from_config, learning_rate
 from .selection import IDENTITY, choose, held_out, improved, repeats_for, summarize
+from .scaling import SCALINGS, scaled
 from .stack import Stack
 
-SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
 
 
@@ -43,16 +43,6 @@ class Recipe:
     weight_decay: float
     r: int
     epochs: int
-
-
-def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, 1/std) per tap feature over all n samples (no labels used), summed in float64 over chunks of
-    rows (features(idx) -> (y0, taps)), so no float64 copy of the taps is made; constant features get 1/std = 0."""
-    parts = range(0, n, chunk)
-    mu = sum(features(np.arange(a, min(n, a + chunk)))[1].sum(axis=0, dtype=np.float64) for a in parts) / n
-    sd = np.sqrt(sum(((features(np.arange(a, min(n, a + chunk)))[1] - mu) ** 2).sum(axis=0) for a in parts) / n)
-    inv = np.where(sd > 1e-6 * (np.abs(mu) + 1.0), 1.0 / np.maximum(sd, 1e-30), 0.0)
-    return mu.astype(np.float32), inv.astype(np.float32)
 
 
 def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -216,10 +206,7 @@ def _scaled_taps(features: Rows, idx: np.ndarray, scalings: list[str]) -> tuple[
         return y0, np.ascontiguousarray(t, np.float32)[None]     # (1, N, D) without another copy
     taps = np.empty((len(scalings),) + t.shape, np.float32)      # (G, N, D), each group scaled in place
     for g, sc in enumerate(scalings):
-        taps[g] = t
-        if sc == "standard":
-            taps[g] -= features.standardizer[0]
-            taps[g] *= features.standardizer[1]
+        scaled(t, sc, features.standardizer if sc != "none" else None, out=taps[g])
     return y0, taps
 
 
