@@ -90,6 +90,8 @@ def test_loss_grad_of_many_models_is_each_models_gradient_bit_for_bit():
     want = np.stack([[cross_entropy_grad(m.copy(), onehot) for m in s] for s in y])
     got = loss_grad(y.copy(), onehot, np.full((3, 6, 1), 1 / 6, np.float32))
     assert np.isfinite(got).all() and np.array_equal(got, want)
+    shifted = loss_grad(y.copy(), onehot, np.full((3, 6, 1), 1 / 6, np.float32), shift=y[0, 0].max(axis=1)[:, None])
+    assert np.isfinite(shifted).all() and np.abs(shifted - want).max() <= 1e-7   # all in float64: rounded once
     target = rng.standard_normal((6, 4)).astype(np.float32)
     assert np.allclose(loss_grad(y.copy(), target, 1 / 6, "regression"), (y - target) * 2 / 4 / 6)
 

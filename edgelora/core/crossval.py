@@ -129,13 +129,14 @@ def _epoch(stacks: list, opt, buffers: tuple, data: tuple, perm: np.ndarray, lrs
     w = keep[:, perm]
     w /= np.repeat(np.maximum(np.add.reduceat(w, starts, axis=1), 1e-12), np.diff(np.append(starts, n)), axis=1)
     y0p, rp = y0[perm], rows[perm]
+    shift = np.maximum.reduce(y0p, axis=1, keepdims=True)          # each sample's largest backbone logit
     np.take(t_all, perm, axis=1, out=tp)
     for i, lr in enumerate(lrs):
         s = slice(i * bs, (i + 1) * bs)
         ts = [tp[:, s, cols] for _, _, cols in stacks]
         y = np.empty((len(stacks), len(w), len(rp[s]), y0.shape[1]), np.float32)    # every stack's outputs
         hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
-        loss_grad(y, rp[s], w[:, s, None], task)                           # one loss gradient for all stacks
+        loss_grad(y, rp[s], w[:, s, None], task, shift[s])               # one loss gradient for all stacks
         for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
             stack.backward(g, h, t)
         opt.step(flat, grads, lr)

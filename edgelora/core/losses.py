@@ -38,19 +38,31 @@ def cross_entropy_grad(y: np.ndarray, onehot: np.ndarray, w: np.ndarray | None =
     return loss_grad(y, onehot, 1.0 / len(y) if w is None else (w / np.add.reduce(w))[:, None])
 
 
-def loss_grad(y: np.ndarray, rows: np.ndarray, share, task: str = "classification") -> np.ndarray:
+def loss_grad(y: np.ndarray, rows: np.ndarray, share, task: str = "classification",
+              shift: np.ndarray | None = None) -> np.ndarray:
     """dL/dy of each sample's loss times its `share`, in place in y (..., N, C): the training engine's loss
     gradient for one model (N, C) or M models at once (M, N, C). rows: one-hot labels (classification) or
     target values (regression); share: a number or (..., N, 1), each sample's share of its model's mean loss.
 
-    Softmax cross-entropy: exp and the row sums are taken in float64 and rounded to float32 once: float32 exp
-    and sums differ in the last bit between CPUs (numpy's and onnxruntime's SIMD kernels), and Adam turns such
-    bits into visible differences within a few epochs; rounded from float64 they agree on every platform and
-    with the training kit (kit_graphs._softmax). Regression: the squared error's mean over the C outputs.
+    Softmax cross-entropy, in float64: float32 exp and sums differ in the last bit between CPUs (numpy's and
+    onnxruntime's SIMD kernels), and Adam turns such bits into visible differences within a few epochs.
+    Without `shift` (one run): y minus its row maximum, exp in float64 rounded to float32, row sums in float64,
+    as the training kit rounds them (kit_graphs._softmax), so numpy, the kit and every client agree. With
+    `shift` (N, 1), each sample's largest backbone logit (cross-validation's M models): y minus the shift,
+    capped at 80, then exp, sums (as a product) and the division all in float64, rounded once: a reduction
+    over the short class axis of (M, N, C) costs 20x the product. Regression: the squared error's mean over C.
     """
     if task != "classification":
         y -= rows
         y *= 2.0 / y.shape[-1] * share
+        return y
+    if shift is not None:
+        z = np.subtract(y, shift, dtype=np.float64)
+        np.minimum(z, 80.0, out=z)                           # exp stays finite even if an adapter diverges
+        np.exp(z, out=z)
+        z /= z @ np.ones((y.shape[-1], 1))
+        np.subtract(z, rows, out=y, casting="same_kind")
+        y *= share
         return y
     np.subtract(y, np.maximum.reduce(y, axis=-1, keepdims=True), out=y)
     np.exp(y, out=y, dtype=np.float64)                                         # in double, rounded once
