@@ -79,13 +79,12 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, sc
     rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets.astype(np.float32)
     steps, marks = math.ceil(n / cfg.batch_size), sorted(marks)
     start = target = marks[-1]
-    tp = np.empty_like(t_all)                                       # the taps in this epoch's order
     results, stopped, t0, epoch = [], "explicit" if time_limit is None else "", time.perf_counter(), 0
     while epoch < target:
         epoch += 1
         lrs = [learning_rate(i, start * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
                for i in range((epoch - 1) * steps, epoch * steps)]
-        _epoch(stacks, opt, (flat, grads), (y0, t_all, rows, keep), rng.permutation(n), lrs, tp, cfg.batch_size, task)
+        _epoch(stacks, opt, (flat, grads), (y0, t_all, rows, keep), rng.permutation(n), lrs, cfg.batch_size, task)
         if epoch in marks:
             results += _score_mark(stacks, y0, t_all, targets, task, held, repeats, scalings, decays, epoch)
         if epoch == target and time_limit is not None:
@@ -118,22 +117,23 @@ def _stacks(layouts: dict, alpha: dict, groups: int, wds: np.ndarray, cfg, init_
     return stacks, flat, grads, decay
 
 
-def _epoch(stacks: list, opt, buffers: tuple, data: tuple, perm: np.ndarray, lrs: list[float], tp: np.ndarray,
-           bs: int, task: str) -> None:
+def _epoch(stacks: list, opt, buffers: tuple, data: tuple, perm: np.ndarray, lrs: list[float], bs: int,
+           task: str) -> None:
     """One epoch of every model of every stack over the rows in the order `perm`: each batch one forward per
     stack, one loss gradient for all (losses.loss_grad), one backward per stack and one optimiser step.
     data = (y0 (N, C), taps (G, N, D), rows (N, C) one-hot or targets, keep (M, N) each model's loss weights)."""
     (flat, grads), (y0, t_all, rows, keep), n = buffers, data, len(perm)
-    # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch
+    # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch;
+    # the taps are gathered per batch (a copy of all of them in epoch order was the fine-tune's peak memory)
     starts = np.arange(0, n, bs)
     w = keep[:, perm]
     w /= np.repeat(np.maximum(np.add.reduceat(w, starts, axis=1), 1e-12), np.diff(np.append(starts, n)), axis=1)
     y0p, rp = y0[perm], rows[perm]
     shift = np.maximum.reduce(y0p, axis=1, keepdims=True)          # each sample's largest backbone logit
-    np.take(t_all, perm, axis=1, out=tp)
     for i, lr in enumerate(lrs):
         s = slice(i * bs, (i + 1) * bs)
-        ts = [tp[:, s, cols] for _, _, cols in stacks]
+        tb = np.take(t_all, perm[s], axis=1)                             # (G, b, D): this batch's taps
+        ts = [tb[:, :, cols] for _, _, cols in stacks]
         y = np.empty((len(stacks), len(w), len(rp[s]), y0.shape[1]), np.float32)    # every stack's outputs
         hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
         loss_grad(y, rp[s], w[:, s, None], task, shift[s])               # one loss gradient for all stacks
