@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.shape import AdapterShape, check_rank
 from ..files.adapter import ADAPTER_KIND
 from ..files.outputs import check_target
 from ..files.schema import check
@@ -30,8 +31,8 @@ class FleetSettings:
     strategy: str = "fedavg"                      # fedavg | fedavgm (server momentum)
     server_momentum: float = 0.9                  # fedavgm's beta
     server_lr: float = 1.0
-    rank: int = 4
-    lora_alpha: float = 0.0                       # 0: 2 * rank (TrainConfig's default)
+    rank: int = 4                                 # the shared adapter's shape (`shape`), unless `init` gives it
+    lora_alpha: float = 0.0                       # 0: 2 * rank (the shape's default; TOML has no null)
     init: str = ""                                # warm-start the fleet from this adapter folder ("" = fresh)
     seed: int = 0                                 # of the initial A matrices
     max_norm: float = 1e3                         # reject updates with a larger L2 norm
@@ -49,11 +50,16 @@ class FleetSettings:
         check(self.min_clients >= 1, f"`min-clients` should be a positive integer, found {self.min_clients}")
         check(self.round_timeout > 0 and self.node_wait > 0, "`round-timeout` and `node-wait` should be positive")
         check(self.strategy in STRATEGIES, f"`strategy` should be one of {STRATEGIES}, found {self.strategy!r}")
-        check(self.rank >= 1, f"`rank` should be a positive integer, found {self.rank}")
+        check_rank(self.rank, "rank")
         check(self.lora_alpha >= 0, f"`lora-alpha` should be >= 0 (0: 2 * rank), found {self.lora_alpha}")
         check(self.max_norm > 0 and self.max_samples >= 1, "`max-norm` and `max-samples` should be positive")
         check(bool(self.bundle) and bool(self.out), "`bundle` and `out` are required")
         self.rule()   # validates aggregation, sample-cap, norm-clip and trim
+
+    @property
+    def shape(self) -> AdapterShape:
+        """The shape of a fresh shared adapter: `rank`, `lora-alpha` (0: the default), an output bias."""
+        return AdapterShape(self.rank, self.lora_alpha or None, True)
 
     def rule(self) -> RobustRule:
         return RobustRule(self.aggregation, self.sample_cap, self.norm_clip, self.trim)
