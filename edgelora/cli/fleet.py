@@ -100,7 +100,8 @@ def register(subparsers) -> None:
     r.add_argument("--evaluate", action="store_true",
                    help="devices report each round's shared adapter's loss on their own validation split; "
                         "--out keeps the round with the lowest loss")
-    r.add_argument("--init", type=Path, default=None, metavar="DIR", help="start from this adapter")
+    r.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="start from this adapter: its shape, and its recorded weight decay on every device")
     r.add_argument("--timeout", type=common.positive_float, default=3600.0, metavar="S",
                    help="stop waiting for the whole run after this many seconds (default 3600)")
 

@@ -23,7 +23,7 @@ from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import load_manifest
 from ..files.fileio import atomic_write
 from .aggregate import ServerOptimizer
-from .settings import FleetSettings, check_out, round_to_config, rounds_path
+from .settings import FleetSettings, check_out, round_to_config, rounds_path, with_init_recipe
 from .strategy import FleetStrategy
 from .update import SHARED_KEY, adapter_from, initial_adapter, spec_for
 
@@ -45,6 +45,7 @@ def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Ada
     if settings.init:
         start = load_adapter(settings.init, manifest)
         spec = spec_for(manifest, start.config)   # the warm start's shape
+        settings = with_init_recipe(settings, start)
     else:
         spec = spec_for(manifest, settings.shape)
         start = initial_adapter(manifest, spec, settings.seed)
