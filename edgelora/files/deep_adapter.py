@@ -23,7 +23,6 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from ..core.shape import check_alpha, check_rank
-
 from .bundle import Manifest, TorchWeight
 from .checked import CheckedFolder
 from .fileio import PathLike
