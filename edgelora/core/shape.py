@@ -47,7 +47,3 @@ class AdapterShape:
     def scale(self) -> float:
         """s = alpha / r, the factor on every adapter's output."""
         return self.alpha / self.r
-
-    def shape(self) -> "AdapterShape":
-        """Just the shape (of a config that derives from it), alpha resolved."""
-        return AdapterShape(self.r, self.alpha, self.bias)
