@@ -3,7 +3,7 @@ serving on the verified holdout, and are the session's labels plausible to it? A
 little data to judge yet."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -13,13 +13,19 @@ from ..runtime.backbone import Backbone
 from ..runtime.features import FeatureSource
 from ..runtime.predict import Predictor
 
-if TYPE_CHECKING:
-    from .personalize import PersonalizeConfig
+
+class GateSettings(Protocol):
+    """The gate's settings (personalize.PersonalizeConfig has them)."""
+    min_holdout: int
+    margin: float
+    gate_metric: str
+    max_implausible: float | None
+    implausible_p: float
 
 
 def judge(backbone: Backbone, features: FeatureSource, y: np.ndarray, *, holdouts: dict[str, np.ndarray],
-           mine: np.ndarray, current, candidate, cur: int | None, verified_only: bool,
-           config: PersonalizeConfig) -> tuple[bool, str, dict]:
+          mine: np.ndarray, current, candidate, cur: int | None, verified_only: bool,
+          config: GateSettings) -> tuple[bool, str, dict]:
     """(publish?, reason, metrics): the label check, then the holdout comparison. features and their labels y:
     the samples in play; holdouts (each part) and mine (this session's samples): positions in them."""
     ref_name = f"v{cur}" if cur is not None else "the shared model"
@@ -41,7 +47,7 @@ def judge(backbone: Backbone, features: FeatureSource, y: np.ndarray, *, holdout
     return ok, why, metrics
 
 
-def defer_reason(why: str, n_hold: int, config: PersonalizeConfig) -> str | None:
+def defer_reason(why: str, n_hold: int, config: GateSettings) -> str | None:
     """Why there is too little data to train and judge a candidate yet (`why` the training samples cannot
     train: train_config.split_or_reason), or None."""
     if why:
@@ -66,7 +72,7 @@ def _evaluate(backbone: Backbone, features: FeatureSource, y: np.ndarray, parts:
     return out
 
 
-def _gate(metrics: dict, config: PersonalizeConfig, ref_name: str) -> tuple[bool, str]:
+def _gate(metrics: dict, config: GateSettings, ref_name: str) -> tuple[bool, str]:
     """(publish?, reason): on the gate holdout the candidate may be worse than the reference by at most `margin`."""
     key = config.gate_metric if config.gate_metric != "auto" else \
         ("accuracy" if "accuracy" in metrics["candidate"]["gate"] else "loss")
