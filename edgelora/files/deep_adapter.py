@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from ..core.shape import check_alpha, check_rank
 from .bundle import Manifest, TorchWeight
 from .checked import CheckedFolder
 from .fileio import PathLike
@@ -68,8 +69,8 @@ class DeepConfig:
         check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
               f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
         check(self.peft_type == "LORA", f"`peft_type` should be 'LORA', found {self.peft_type!r}")
-        check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        check_rank(self.r)   # the skip adapters' checks (core/shape.py); `bias` here is PEFT's string
+        check_alpha(self.lora_alpha)
         check(len(self.target_modules) >= 1, "`target_modules` should name at least one module")
         check(len(self.target_modules) == len(self.initializers) == len(set(self.initializers)) == len(self.weight_shapes),
               f"`initializers` should name one distinct ONNX weight per target module ({len(self.target_modules)}), "

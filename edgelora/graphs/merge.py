@@ -28,6 +28,7 @@ from ..files.deep_adapter import DeepAdapter
 from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.recalibration import recalibrated
 from ..files.outputs import check_target, file_kind
+from .adapter_nodes import adapter_forward
 from .deep_merge import deep_model
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
@@ -141,21 +142,26 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
         _standardize(g, manifest, f"bundle {bundle_dir}")
     name, y0 = manifest.output.name, unique_name(g, f"base_{manifest.output.name}")
     rename_value(g, name, y0)          # the adapted output takes over the base output's name
-    taps = [t.output for t in manifest.taps]
     g.initializer.extend(weights.values())
-    h = []
-    for t, tensor in zip(manifest.taps, taps):
-        h.append(unique_name(g, f"lora_h.{t.name}"))
-        g.node.append(helper.make_node("MatMul", [tensor, f"{LORA_PREFIX}A.{t.name}"], [h[-1]], name=f"{h[-1]}_matmul"))
-    hh, hb, hs, y1 = (unique_name(g, n) for n in ("lora_h", "lora_hB", "lora_delta", "lora_y"))
-    g.node.extend([helper.make_node("Concat", h, [hh], axis=1, name="lora_concat"),
-                   helper.make_node("MatMul", [hh, f"{LORA_PREFIX}B"], [hb], name="lora_matmul_B"),
-                   helper.make_node("Mul", [hb, f"{LORA_PREFIX}scale"], [hs], name="lora_scale"),
-                   helper.make_node("Add", [hs, y0], [y1], name="lora_add_base"),
-                   helper.make_node("Add", [y1, f"{LORA_PREFIX}bias"], [name], name="lora_add_bias")])
+    adapter_forward(_namer(g, name), y0, [(t.name, t.output, f"{LORA_PREFIX}A.{t.name}") for t in manifest.taps],
+                    f"{LORA_PREFIX}B", lambda: f"{LORA_PREFIX}scale", f"{LORA_PREFIX}bias")
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", manifest.num_outputs]))
     return proto
+
+
+def _namer(g: onnx.GraphProto, out: str):
+    """adapter_nodes' `op` for a merged graph: nodes appended to `g`, values named `lora_*` (unique in `g`),
+    the last one `out` (the base output's name)."""
+    nodes = {"h": "lora_concat", "hB": "lora_matmul_B", "delta": "lora_scale", "y": "lora_add_base",
+             "out": "lora_add_bias"}
+
+    def op(op_type: str, inputs: list[str], role: str, **attrs) -> str:
+        value = out if role == "out" else unique_name(g, f"lora_{role}")
+        node = f"{value}_matmul" if role.startswith("h.") else nodes[role]
+        g.node.append(helper.make_node(op_type, inputs, [value], name=node, **attrs))
+        return value
+    return op
 
 
 def _backbone(bundle_dir: PathLike, manifest: Manifest) -> onnx.ModelProto:
