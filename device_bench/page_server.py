@@ -14,17 +14,30 @@ CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js"
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    isolate = False  # send the cross-origin isolation headers (COOP/COEP): the page may then use wasm threads
+
     def log_message(self, *args):
         pass
 
+    def end_headers(self):
+        if self.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
 
-def serve_page(root: Path, assets: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """(server, page URL) over a new folder `root` linking the page, its modules and `assets`; shut it down after."""
+
+class _Isolated(_Quiet):
+    isolate = True
+
+
+def serve_page(root: Path, assets: Path, isolate: bool = False) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """(server, page URL) over a new folder `root` linking the page, its modules and `assets`; shut it down after.
+    `isolate`: serve with COOP/COEP headers (a cross-origin-isolated page, where onnxruntime-web may use threads)."""
     root.mkdir(parents=True, exist_ok=False)
     for name in ("src", "web"):
         (root / name).symlink_to(CLIENT / name, target_is_directory=True)
     (root / "assets").symlink_to(Path(assets).resolve(), target_is_directory=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Isolated if isolate else _Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"  # sw=0: every run cold
 
@@ -33,7 +46,8 @@ BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
 
 
 def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
-               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None) -> dict:
+               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None,
+               flags: str = "") -> dict:
     """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
     `visits` fine-tunes in one profile), the adapter's downloads in `out`. `draw`: digits drawn with touch first;
     `demo`: load the demo's scans too. `profile`: keep the browser profile in this folder (default: a fresh one). Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
@@ -43,7 +57,7 @@ def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | 
         raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
     args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
             "--visits", str(visits), "--draw", str(draw), "--demo", "1" if demo else "0"] + \
-        (["--profile", str(profile)] if profile else [])
+        (["--profile", str(profile)] if profile else []) + (["--flags", flags] if flags else [])
     done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
                           text=True, timeout=300)
     if done.returncode:

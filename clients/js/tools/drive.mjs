@@ -6,6 +6,8 @@
 //                        [--draw N] [--demo 0]   draw N digits (1s and 7s) with touch first; --demo 0: train
 //                                       on the drawn digits alone
 //                        [--profile DIR]   keep the browser profile in DIR (default: a fresh one, removed)
+//                        [--flags "ARGS"]   extra browser command-line arguments (diagnostics: e.g. Chromium's
+//                                       --js-flags=--no-wasm-dynamic-tiering; a user's browser has none)
 //                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
 //                                       wasm and HTTP caches are warm); the result is the last visit's
 import fs from 'node:fs';
@@ -29,8 +31,9 @@ function parse(argv) {
   return o;
 }
 
-async function launch(name, downloads, keep) {
-  const b = BROWSERS[name];
+async function launch(name, downloads, keep, flags) {
+  const b = { ...BROWSERS[name] };
+  if (flags) b.args = [...b.args, ...flags.split(' ').filter(Boolean)];
   if (!fs.existsSync(b.executablePath)) throw new Error(`${b.executablePath} not found: apt-get install -y ${name === 'firefox' ? 'firefox-esr' : 'chromium'}`);
   if (keep) fs.mkdirSync(keep, { recursive: true });
   const profile = keep || fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
@@ -97,7 +100,7 @@ async function main() {
   const o = parse(process.argv.slice(2));
   const out = path.resolve(o.out);
   fs.mkdirSync(out, { recursive: true });
-  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile));
+  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile), o.flags);
   const errors = [];
   try {
     const page = await browser.newPage();
