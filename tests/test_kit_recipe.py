@@ -9,8 +9,6 @@ import pytest
 
 from edgelora import Backbone, TrainConfig, finetune, load_adapter
 from edgelora.cli import main
-from edgelora.files.bundle import Standardize
-from edgelora.files.recalibration import Recalibration
 from edgelora.graphs.kit import KitRecipe, build_kit
 from edgelora.graphs.kit_recipe import kit_recipe_of
 from tests.helpers import js_client
@@ -64,8 +62,6 @@ def test_error_recipes_a_kit_cannot_train_are_refused_by_name():
                             (_config({"form": "last"}), "form='last' (expected 'skip')"),
                             (_config({"input_gain": True}), "cannot reproduce the chosen input_gain=True"),
                             (_config(lora_dropout=0.1), "lora_dropout=0.1 (expected 0)"),
-                            (dataclasses.replace(_config(), recalibration=Recalibration("input", 40, {"x": Standardize(
-                                [0.0], [1.0])})), "recalibration='input' (expected 'none'"),
                             (dataclasses.replace(_config(), training={}), "expected an adapter trained by edgelora")):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             kit_recipe_of(config)

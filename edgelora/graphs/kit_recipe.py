@@ -3,8 +3,7 @@
 The numpy trainer picks rank, weight decay, epochs, form and tap scaling by cross-validation and records the
 choice in the adapter (`training.chosen`, `training.settings`). A kit built from that record trains the same
 recipe on any onnxruntime (a browser page, Node, Kotlin): with the same data and seed its adapter equals the
-numpy one to float32 rounding. Choices the kit's graphs cannot express are refused by name, and so is an
-adapter trained over re-calibrated normalisation statistics (the kit's clients run the bundle's backbone).
+numpy one to float32 rounding. Choices the kit's graphs cannot express are refused by name.
 """
 from __future__ import annotations
 
@@ -29,15 +28,11 @@ def kit_recipe_of(config: AdapterConfig, where: str = "adapter") -> tuple[KitRec
     refused = [f"form={chosen.get('form')!r} (expected 'skip')"] if chosen.get("form", "skip") != "skip" else []
     if chosen.get("tap_scaling", "none") not in ("none", None):
         refused.append(f"tap_scaling={chosen['tap_scaling']!r} (expected 'none': the kit's graphs read raw taps)")
-    rc = config.recalibration
-    if rc is not None and rc.kind != "none":
-        refused.append(f"recalibration={rc.kind!r} (expected 'none': the kit trains over the bundle's own "
-                       "normalisation statistics, the client runs the bundle's backbone as it is)")
     if float(settings.get("lora_dropout") or 0.0) > 0:
         refused.append(f"lora_dropout={settings['lora_dropout']} (expected 0)")
     if refused:
         raise ValueError(f"{where}: the kit cannot reproduce this recipe: {'; '.join(refused)}; fine-tune with "
-                         "--form skip --tap-scaling none --recalibrate none (or the Python engine) to train it elsewhere")
+                         "--form skip --tap-scaling none (or the Python engine) to train it elsewhere")
     recipe = KitRecipe(r=int(chosen.get("r", config.r)), lora_alpha=float(chosen.get("lora_alpha", config.lora_alpha)),
                        bias=config.bias, batch_size=int(settings["batch_size"]), optimizer=settings["optimizer"],
                        momentum=float(settings.get("momentum", 0.9)), clip_norm=settings.get("clip_norm"))
