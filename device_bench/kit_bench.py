@@ -12,7 +12,8 @@ in a fresh profile each time; their fine-tune time is the page's cache fill + tr
 measured inside the worker (the page warms its kernels up at load, while a user collects samples: reported,
 not counted; `--page-query '&open=0'` warms up inside the fine-tune and counts it, `&warm=0` skips it); a
 browser's CPU time is that of all its processes from the click to the result (Linux /proc; it also covers the
-test set's cache fill, the before/after evaluations and the page's drawing, which numpy's leaves out); no RSS. Reported: the median over `repeats` runs and
+test set's cache fill, the before/after evaluations and the page's drawing, which numpy's leaves out); no RSS.
+`--isolate` serves the page with COOP/COEP headers (wasm threads). Reported: the median over `repeats` runs and
 the ratio of medians, in wall time and in CPU time (on a shared, busy machine a run that needs a few ms of
 CPU per epoch waits tens of ms for a core, so wall time penalises slower runtimes more than their work).
 """

@@ -37,7 +37,8 @@ def serve_page(root: Path, assets: Path, isolate: bool = False) -> tuple[http.se
     for name in ("src", "web"):
         (root / name).symlink_to(CLIENT / name, target_is_directory=True)
     (root / "assets").symlink_to(Path(assets).resolve(), target_is_directory=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Isolated if isolate else _Quiet, directory=str(root)))
+    handler = functools.partial(_Isolated if isolate else _Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"  # sw=0: every run cold
 
@@ -46,8 +47,7 @@ BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
 
 
 def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
-               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None,
-               flags: str = "") -> dict:
+               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None) -> dict:
     """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
     `visits` fine-tunes in one profile), the adapter's downloads in `out`. `draw`: digits drawn with touch first;
     `demo`: load the demo's scans too. `profile`: keep the browser profile in this folder (default: a fresh one). Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
@@ -57,7 +57,7 @@ def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | 
         raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
     args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
             "--visits", str(visits), "--draw", str(draw), "--demo", "1" if demo else "0"] + \
-        (["--profile", str(profile)] if profile else []) + (["--flags", flags] if flags else [])
+        (["--profile", str(profile)] if profile else [])
     done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
                           text=True, timeout=300)
     if done.returncode:
