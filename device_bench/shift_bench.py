@@ -88,18 +88,24 @@ def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None
             "source": len(data["source"][1]), "shift": data["shift"]}, folders
 
 
+def seconds(run: dict) -> float:
+    """A run's time: edgelora's whole `finetune` call (`call_seconds`: every re-calibration candidate's fill and
+    cross-validation included, which History's cache + train seconds leave out), else the worker's `seconds`."""
+    return run.get("call_seconds", run["seconds"])
+
+
 def summarise(reports: dict, base: float, shots: list[int]) -> dict:
     """Per shots and method: accuracy mean/std over seeds, harm count, time (the median over seeds: a process's
     first, cold run and bursts of load from other jobs would swing a mean), time ratio, peak RSS."""
     rows = {}
     for k in shots:
         rows[k] = {"none": {"mean": base}}
-        ref = np.median([r["seconds"] for r in reports[REFERENCE]["runs"] if r["shots"] == k]) \
+        ref = np.median([seconds(r) for r in reports[REFERENCE]["runs"] if r["shots"] == k]) \
             if REFERENCE in reports else None
         for method, rep in reports.items():
             runs = [r for r in rep["runs"] if r["shots"] == k]
             acc = np.array([r["accuracy"] for r in runs])
-            sec = float(np.median([r["seconds"] for r in runs]))
+            sec = float(np.median([seconds(r) for r in runs]))
             rows[k][method] = {"accuracy": acc.tolist(), "mean": float(acc.mean()), "std": float(acc.std()),
                                "harm": int((acc < base - 1e-9).sum()), "seeds": len(acc), "seconds": sec,
                                "ratio": sec / ref if ref else None, "peak_rss_mb": rep["peak_rss_mb"]}
