@@ -28,7 +28,11 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
               "accuracy": Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"],
               "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
     if history.selection:
-        record.update(cv_estimate=history.selection["chosen"]["score"], cv_helps=history.selection["helps"])
+        sel = history.selection
+        record.update(cv_estimate=sel["chosen"]["score"], cv_helps=sel["helps"],
+                      recalibration=sel.get("recalibration", {}).get("chosen", "none"),
+                      deep={k: sel["deep"].get(k) for k in ("considered", "won", "seconds")} if "deep" in sel else {},
+                      budget={k: sel["budget"].get(k) for k in ("marks", "stopped")} if "budget" in sel else {})
     return record
 
 
