@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelora import Backbone, TrainConfig, finetune
+from edgelora import Backbone, Predictor, TrainConfig, finetune
 from edgelora.core import crossval, loop
 from edgelora.runtime import deep, recalibrate, train
 
@@ -58,13 +58,14 @@ def timed(spent: dict):
             setattr(obj, attr, saved[name])
 
 
-def profile_draw(backbone: Backbone, x, y, config: TrainConfig) -> dict:
-    """One fine-tune: {stage: seconds}, "total", and the deep tier's report."""
+def profile_draw(backbone: Backbone, x, y, config: TrainConfig, test: tuple) -> dict:
+    """One fine-tune: {stage: seconds}, "total", its accuracy on `test` (x, y), whether the deep tier ran."""
     spent = defaultdict(float)
     with timed(spent):
         t = time.process_time()
-        _, history = finetune(backbone, x, y, config)
+        adapter, history = finetune(backbone, x, y, config)
         spent["total"] = time.process_time() - t
+    spent["accuracy"] = Predictor(backbone, adapter).evaluate(*test)["accuracy"]
     sel = history.selection or {}
     spent["deep considered"] = float(bool(sel.get("deep", {}).get("considered")))
     spent["deep won"] = float(history.chosen.get("form") == "deep")
@@ -92,12 +93,14 @@ def main(argv=None) -> list[dict]:
                              f"{args.protocol} --backbones {name}` first")
         backbone = Backbone(folder, threads=1)
         for k in shots:
-            draws = [profile_draw(backbone, x_pool[idx], y_pool[idx], TrainConfig(**{"seed": s, **overrides}))
+            draws = [profile_draw(backbone, x_pool[idx], y_pool[idx], TrainConfig(**{"seed": s, **overrides}), data["test"])
                      for s in range(args.seeds) for idx in [shifts.draw(y_pool, k, s)]]
             total = float(np.median([d["total"] for d in draws]))
-            row = {"backbone": name, "shots": k, "total": total, "draws": draws}
-            print(f"{name} {k}/class: median {total:.2f} s; deep tier considered {sum(d['deep considered'] for d in draws):.0f}"
-                  f"/{len(draws)}, won {sum(d['deep won'] for d in draws):.0f}")
+            acc = 100 * np.array([d["accuracy"] for d in draws])
+            row = {"backbone": name, "shots": k, "total": total, "accuracy": float(acc.mean()), "draws": draws}
+            considered, won = (sum(d[key] for d in draws) for key in ("deep considered", "deep won"))
+            print(f"{name} {k}/class: accuracy {acc.mean():.1f} ± {acc.std():.1f} %, median {total:.2f} s; "
+                  f"deep tier considered {considered:.0f}/{len(draws)}, won {won:.0f}")
             for d in draws:
                 d["other"] = d["total"] - sum(d.get(stage, 0.0) for stage in STAGES if stage != "deep tier load")
             for stage in list(STAGES) + ["other"]:
