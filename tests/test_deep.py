@@ -127,9 +127,14 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=5))
     adapter.save(tmp_path / "a")
     ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
+    rc = adapter.config.recalibration          # re-estimated on the samples before training: torch gets them too
+    assert rc.kind == "both" and set(rc.normalization) == {"bn1"}
+    net.bn1.running_mean.copy_(torch.tensor(rc.normalization["bn1"].mean))
+    net.bn1.running_var.copy_(torch.tensor(rc.normalization["bn1"].var))
     model = peft.PeftModel.from_pretrained(net, str(tmp_path / "a")).eval()
+    pre = rc.preprocess["x"]
     with torch.no_grad():
-        theirs = model(torch.from_numpy((x - 0.5) / 2.0)).numpy()
+        theirs = model(torch.from_numpy(((x - pre.mean) / pre.std).astype(np.float32))).numpy()
     merge(tmp_path / "bundle", tmp_path / "a", tmp_path / "m.onnx")             # standardisation baked in
     merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
     assert np.abs(theirs - ours).max() < 1e-5 and np.abs(merged - ours).max() < 1e-5

@@ -24,12 +24,15 @@ from ..core import deep_loop, lora
 from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
+from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
+from . import recalibrate
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
+RECALIBRATE = "both"      # statistics re-estimated on the samples before training (docs/deep.md: measured)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
         f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
 
@@ -47,15 +50,31 @@ def budget(config: TrainConfig, n: int) -> int:
     return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
 
 
+def recalibration_kind(manifest) -> str:
+    """What the deep tier re-estimates on the device's samples before training (RECALIBRATE, narrowed to what
+    the bundle records: runtime/recalibrate.available)."""
+    have = recalibrate.available(manifest)
+    if RECALIBRATE in have:
+        return RECALIBRATE
+    return next((k for k in ("bn", "input") if RECALIBRATE == "both" and k in have), "none")
+
+
 def load(features):
-    """(chain, prepared inputs) of a fine-tune's samples; ValueError when the backbone cannot be backpropagated."""
+    """(chain, prepared inputs, recalibration) of a fine-tune's samples: the chain computes the backbone with
+    its normalisation statistics re-estimated on the samples (recalibration_kind; those of an already
+    re-calibrated backbone as they are). ValueError when the backbone cannot be backpropagated."""
     from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
     if features.cache is None:
         raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
-    chain = load_chain(features.cache.backbone.bundle_dir)
     if len(features.inputs) != 1:
         raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
-    return chain, chain.prep(next(iter(features.inputs.values())))
+    backbone = features.cache.backbone
+    rc, kind = backbone.recalibration, recalibration_kind(backbone.lab_manifest)
+    if rc is None and kind != "none":
+        rc = recalibrate.estimate(backbone, features.inputs, kind)
+    rc = rc if rc is not None and not rc.empty else None
+    chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
+    return chain, chain.prep(next(iter(features.inputs.values()))), rc
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
@@ -73,8 +92,8 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
         found = saved[0]["runs"][0].get("found") or found
     history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
                                  cache_seconds=features.seconds)
-    chain, x = load(features)
-    s, m = settings(config), features.manifest
+    chain, x, rc = load(features)
+    s, m = settings(config), chain.manifest
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
     if found is None and _uses_cv(config):
@@ -87,8 +106,9 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     save = None if folder is None else _saver(folder, key, found)
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
                          idx=train_idx, on_epoch=save, state=state)
-    adapter = _adapter(chain, eng, flat, s, m)
-    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
+    adapter = _adapter(chain, eng, flat, s, rc)
+    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs,
+                      "recalibration": rc.kind if rc is not None else "none"}
     history.epochs, history.best_epoch = [], 0
     if len(val_idx):
         from ..core.metrics import evaluate_outputs
@@ -150,7 +170,7 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
         return adapter, history
     start = time.perf_counter()
     try:
-        chain, x = load(features)
+        chain, x, _ = load(features)
     except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
         report["unavailable"] = str(e)
         return adapter, history
@@ -200,16 +220,17 @@ def _uses_cv(config: TrainConfig) -> bool:
     return config.val_fraction == 0 and config.cv_folds >= 2
 
 
-def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
-    """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
-    p = split(flat, eng.shapes)
+def _adapter(chain, eng, flat: np.ndarray, s: dict, rc) -> DeepAdapter:
+    """The DeepAdapter of trained parameters (over the chain's statistics, re-calibrated by `rc` or the lab's):
+    torch module names where the export recorded them."""
+    p, m = split(flat, eng.shapes), chain.manifest
     inits = [n.initializer for n in chain.names]
     modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
     config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
                         weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
                                             for (w, _), n in zip(chain.weights, chain.names)),
                         num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),
-                        classes=m.classes)
+                        classes=m.classes, recalibration=rc)
     params = {i: (p[f"A{j}"].copy(), p[f"B{j}"].copy()) for j, i in enumerate(inits)}
     return DeepAdapter.for_backbone(m, config, params)
 
