@@ -2,6 +2,7 @@
 (files/deep_adapter.py), its merge (graphs/deep_merge.py) and serving, the auto rule, and bad input."""
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -128,16 +129,20 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     adapter.save(tmp_path / "a")
     ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
     rc = adapter.config.recalibration          # re-estimated on the samples before training: torch gets them too
-    assert rc.kind == "both" and set(rc.normalization) == {"bn1"}
+    assert rc.kind == "bn" and set(rc.normalization) == {"bn1"} and not rc.preprocess
     net.bn1.running_mean.copy_(torch.tensor(rc.normalization["bn1"].mean))
     net.bn1.running_var.copy_(torch.tensor(rc.normalization["bn1"].var))
     model = peft.PeftModel.from_pretrained(net, str(tmp_path / "a")).eval()
-    pre = rc.preprocess["x"]
     with torch.no_grad():
-        theirs = model(torch.from_numpy(((x - pre.mean) / pre.std).astype(np.float32))).numpy()
+        theirs = model(torch.from_numpy((x - 0.5) / 2.0)).numpy()
     merge(tmp_path / "bundle", tmp_path / "a", tmp_path / "m.onnx")             # standardisation baked in
     merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    chain, _, _ = deep.load(SimpleNamespace(cache=SimpleNamespace(backbone=bb), inputs={"x": x}))
+    p = {k: v for j, name in enumerate(adapter.config.initializers)
+         for k, v in zip((f"A{j}", f"B{j}"), adapter.params[name])}
+    numpy_out = deep_loop.outputs(deep_loop.engine(chain, adapter.config.r, adapter.config.scale), p, chain.prep(x))
     assert np.abs(theirs - ours).max() < 1e-5 and np.abs(merged - ours).max() < 1e-5
+    assert np.abs(numpy_out - ours).max() < 1e-5             # the engine trained over the same statistics
     assert np.abs(ours - bb.features(x)[0]).max() > 1e-2
 
 

@@ -32,7 +32,7 @@ from .train_config import History, TrainConfig
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
-RECALIBRATE = "both"      # statistics re-estimated on the samples before training (docs/deep.md: measured)
+RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
         f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
 
@@ -51,12 +51,9 @@ def budget(config: TrainConfig, n: int) -> int:
 
 
 def recalibration_kind(manifest) -> str:
-    """What the deep tier re-estimates on the device's samples before training (RECALIBRATE, narrowed to what
-    the bundle records: runtime/recalibrate.available)."""
-    have = recalibrate.available(manifest)
-    if RECALIBRATE in have:
-        return RECALIBRATE
-    return next((k for k in ("bn", "input") if RECALIBRATE == "both" and k in have), "none")
+    """What the deep tier re-estimates on the device's samples before training: RECALIBRATE when the bundle
+    records it (runtime/recalibrate.available), else nothing."""
+    return RECALIBRATE if RECALIBRATE in recalibrate.available(manifest) else "none"
 
 
 def load(features):
