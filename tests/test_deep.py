@@ -236,3 +236,28 @@ def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tm
         assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
     with pytest.raises(ValueError, match="another run"):
         finetune(bb, x, y[::-1].copy(), config, checkpoint_dir=tmp_path / "ck", resume=True)
+
+
+def test_an_interrupted_auto_fine_tune_that_escalated_resumes_its_deep_refit(bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples(seed=3)
+    config = TrainConfig(epochs=10)
+    whole, first = finetune(bb, x, y, config)
+    assert first.chosen["tier"] == "deep"                  # the auto rule escalated on these samples
+    real, calls = deep.save_checkpoint, []
+
+    def crash_after_4(*args):
+        real(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
+    assert deep.resumes(tmp_path / "ck", True) and not deep.resumes(tmp_path / "ck", False)
+    later = []
+    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert len(later) == h.chosen["epochs"] - 4           # no skip run, no cross-validation: the refit went on
+    assert h.selection["deep"]["won"] and h.selection["deep"]["skip_score"] == first.selection["deep"]["skip_score"]
+    for name, (a, b) in whole.params.items():
+        assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])

@@ -98,6 +98,7 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
         history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
         epochs = found["chosen"]["epochs"]
+        history.selection = history.selection or found   # a resumed auto run: the decision it checkpointed
     state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
                                         **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
     save = None if folder is None else _saver(folder, key, found)
@@ -144,10 +145,12 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
                            for e in marks]}
 
 
-def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History):
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History,
+             checkpoint: tuple | None = None):
     """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
     history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
-    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep")."""
+    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep"). `checkpoint`
+    (folder, resume, run key): the deep refit is checkpointed there, with the decision (see `resumes`)."""
     sel = history.selection
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
@@ -185,9 +188,17 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
         return adapter, history
     history.selection = {**found, "deep": report}
     history.train_seconds += report["cv_seconds"]
-    adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
+    adapter, history = finetune_deep(features, targets, split_idx, config, history, {**found, "deep": report},
+                                     checkpoint)
     report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
     return adapter, history
+
+
+def resumes(folder, resume: bool) -> bool:
+    """Whether `folder` holds a deep refit's checkpoint to resume: an interrupted `form` "auto" fine-tune that
+    had escalated (the refit's checkpoint replaces the skip runs', and carries the tier decision)."""
+    saved = load_checkpoint(folder) if folder is not None and resume else None
+    return bool(saved and saved[0].get("runs") and saved[0]["runs"][0].get("tier") == "deep")
 
 
 def _saver(folder, key: dict, found: dict | None):

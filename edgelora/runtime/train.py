@@ -148,7 +148,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                  picked: tuple | None = None, deep_tier: bool = True) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
-    if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
+    if config.form == "deep" or config.form == "auto" and deep.resumes(checkpoint_dir, resume):  # LoRA inside
+        # the backbone's layers, trained by backprop (deep.py); or an interrupted auto run's deep refit
         key = {} if checkpoint_dir is None else \
             _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
         return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
@@ -201,7 +202,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
     if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
         return adapter, history
-    return deep.escalate(features, targets, split, config, adapter, history)  # the deep tier, if needed
+    return deep.escalate(features, targets, split, config, adapter, history,   # the deep tier, if needed
+                         None if checkpoint_dir is None else (checkpoint_dir, False, key))
 
 
 def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig, init: Adapter | None,
