@@ -22,7 +22,6 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from .adapter import config_dict   # the config as saved: `recalibration` only when there is one
 from .bundle import Manifest, TorchWeight
 from .checked import CheckedFolder
 from .fileio import PathLike
@@ -144,12 +143,17 @@ class DeepAdapter:
         """Write config + weights (and `extra` files) into a fresh folder and swap it in (never a half-written
         adapter); an existing `folder` must be an adapter or empty, unless `overwrite`."""
         check_target(folder, KIND, overwrite=overwrite)
-        config = from_dict(DeepConfig, {**config_dict(self.config), "weights_sha256": ""}, "adapter config")
+        config = from_dict(DeepConfig, {**_document(self.config), "weights_sha256": ""}, "adapter config")
         blob = st_save(self.tensors(), metadata={
-            "format": "pt", "config_sha256": DEEP_FOLDER.document_digest(config_dict(config))})
-        written = DEEP_FOLDER.write(folder, config_dict(config), {WEIGHTS_FILE: blob}, extra)
+            "format": "pt", "config_sha256": DEEP_FOLDER.document_digest(_document(config))})
+        written = DEEP_FOLDER.write(folder, _document(config), {WEIGHTS_FILE: blob}, extra)
         self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
+
+
+def _document(config: DeepConfig) -> dict:
+    """The config as saved: `recalibration` only when there is one (files without it read as before)."""
+    return {k: v for k, v in to_dict(config).items() if k != "recalibration" or v is not None}
 
 
 def _conv_dims(shape: tuple[int, ...]) -> tuple[tuple, tuple]:
