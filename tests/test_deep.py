@@ -19,6 +19,7 @@ from edgelora.graphs.merge import export_ort_adapter, merge
 from edgelora.graphs.onnx_chain import load_chain
 from edgelora.graphs.onnx_taps import add_taps
 from edgelora.runtime import deep
+from edgelora.runtime.cache import SkipCache
 from edgelora.runtime.predict import Predictor
 from edgelora.runtime.train import finetune
 from edgelora.runtime.train_config import TrainConfig
@@ -177,6 +178,11 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     bb, (x, y) = Backbone(bn_bundle), samples()
     with pytest.raises(ValueError, match="use_cache"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
+    need = deep.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
+    with pytest.raises(ValueError, match=f"needs about {need:,} bytes .* memory budget of 20,000 bytes"):
+        finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2), cache=SkipCache(bb, memory_budget=20000))
+    kept, h = finetune(bb, x, y, TrainConfig(epochs=3), cache=SkipCache(bb, memory_budget=20000))
+    assert type(kept).__name__ == "Adapter" and "memory budget" in h.selection["deep"]["unavailable"]
     adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2))
     adapter.save(tmp_path / "a")
     alone = load_adapter(tmp_path / "a")          # without the manifest too: the file carries what it needs

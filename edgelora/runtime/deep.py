@@ -21,6 +21,7 @@ import uuid
 import numpy as np
 
 from ..core import deep_loop, lora
+from ..core.backprop import init_params
 from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
@@ -74,6 +75,30 @@ def load(features):
     return chain, chain.prep(next(iter(features.inputs.values()))), rc
 
 
+def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
+    """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
+    im2col columns included, measured on one sample) and as much again for their gradients, the parameters
+    with their gradient and two optimiser buffers."""
+    flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
+    saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
+    return int(x.nbytes + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+
+
+def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:
+    """ValueError when the deep tier would hold more than the Skip-Cache's memory budget (None: no budget)."""
+    need = memory_need(eng, x, batch_size)
+    if budget is not None and need > budget:
+        raise ValueError(f"the deep tier needs about {need:,} bytes ({len(x)} prepared inputs of {x[0].nbytes:,} "
+                         f"bytes and a mini-batch of {batch_size}), more than the memory budget of {budget:,} bytes; "
+                         f"use fewer samples, a smaller `batch_size`, or a larger budget")
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, np.ndarray):
+        return v.nbytes
+    return sum(_nbytes(u) for u in v) if isinstance(v, (tuple, list)) else 0
+
+
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
                   found: dict | None = None, checkpoint: tuple | None = None) -> tuple[DeepAdapter, History]:
     """Train a deep adapter: epochs chosen by cross-validation (cv_folds >= 2, val_fraction 0) among
@@ -92,6 +117,7 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     chain, x, rc = load(features)
     s, m = settings(config), chain.manifest
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    check_memory(eng, x, config.batch_size, features.cache.memory_budget)
     epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
     if found is None and _uses_cv(config):
         found = cross_validate(eng, x, features, targets, config, s, epochs)
@@ -169,13 +195,14 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     if not report["considered"]:
         return adapter, history
     start = time.perf_counter()
+    s = settings(config)
     try:
         chain, x, _ = load(features)
-    except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
+        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+        check_memory(eng, x, config.batch_size, features.cache.memory_budget)
+    except ValueError as e:   # an op the numpy backward lacks, or over the memory budget: the skip adapter stays
         report["unavailable"] = str(e)
         return adapter, history
-    s = settings(config)
-    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
     d = found["chosen"]
     needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
