@@ -29,6 +29,9 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
               "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
     if history.selection:
         record.update(cv_estimate=history.selection["chosen"]["score"], cv_helps=history.selection["helps"])
+        deep = history.selection.get("deep", {})   # the tier rule's inputs (runtime/deep.py), to weigh other rules
+        record["deep_tier"] = {k: deep.get(k) for k in ("considered", "won", "skip_score", "skip_spread", "deep_score",
+                                                        "deep_spread", "needed", "unavailable") if k in deep}
     return record
 
 

@@ -85,7 +85,7 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback)
     features, picked, recal = _recalibrated(features, targets, config, init, len(split[0]))
-    # the deep tier trains over the lab's statistics (runtime/deep.py): not escalated from a re-calibrated backbone
+    # the deep tier re-estimates batch-norm itself (runtime/deep.py): not escalated from a re-calibrated backbone
     deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
                                     checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
@@ -287,7 +287,7 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
     if config.form == "deep" and config.recalibrate != "none":
-        raise ValueError("`form` 'deep' trains over the bundle's own normalisation statistics: it needs "
+        raise ValueError("`form` 'deep' re-estimates the batch-norm statistics itself (runtime/deep.py): it needs "
                          f"`recalibrate` 'none', found {config.recalibrate!r}")
     if config.form == "deep" and (init is not None or engine != "numpy" or not use_cache):
         raise ValueError("`form` 'deep' trains a new adapter in numpy from the Skip-Cache's samples: it needs no "
