@@ -29,7 +29,7 @@ from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.recalibration import recalibrated
 from ..files.outputs import check_target, file_kind
 from .adapter_nodes import adapter_forward
-from .deep_merge import deep_model
+from .deep_merge import deep_model, set_normalization as _set_normalization
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
@@ -43,6 +43,7 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
+    manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     if isinstance(adapter, DeepAdapter):  # LoRA inside the backbone's layers: W + s B A (deep_merge.py)
         proto = deep_model(bundle_dir, manifest, adapter)
         if bake_preprocess:
@@ -51,7 +52,6 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
         atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
         return Path(out_path)
     params = _params(adapter, manifest)
-    manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
     atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
@@ -211,19 +211,8 @@ def _standardize(g: onnx.GraphProto, manifest: Manifest, where: str) -> None:
         g.node.insert(0, node)
 
 
-def _set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
-    """The batch-norm statistics of the manifest (the lab's, or re-calibrated) into their initializers."""
-    inits = {i.name: i for i in g.initializer}
-    for spec in manifest.normalization:
-        for name, values in ((spec.mean_initializer, spec.mean), (spec.var_initializer, spec.var)):
-            if name not in inits:
-                raise ValueError(f"the backbone has no initializer `{name}` (batch-norm layer `{spec.name}` in the "
-                                 f"manifest); re-export the bundle")
-            inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, np.float32), name))
-
-
 def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | DeepAdapter | None, baked: bool) -> None:
-    rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None   # deep adapters have none
+    rc = adapter.config.recalibration if adapter is not None else None
     meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
             else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`" +

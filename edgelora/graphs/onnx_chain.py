@@ -27,12 +27,18 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def load_chain(bundle_dir: str | Path) -> Chain:
-    """Parse the bundle's backbone into a Chain; ValueError naming the node when it is not supported."""
-    manifest = load_manifest(bundle_dir)
-    model = onnx.load(str(model_path(bundle_dir, manifest)))
+def load_chain(bundle_dir: str | Path, manifest=None) -> Chain:
+    """Parse the bundle's backbone into a Chain; ValueError naming the node when it is not supported.
+    `manifest`: a re-calibrated one (runtime/backbone.Backbone.manifest): its batch-norm statistics and input
+    standardisation replace the file's (the chain then computes what that re-calibrated backbone does)."""
+    lab = load_manifest(bundle_dir)
+    manifest = manifest or lab
+    model = onnx.load(str(model_path(bundle_dir, lab)))
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for spec in manifest.normalization:
+        consts[spec.mean_initializer] = np.asarray(spec.mean, np.float32)
+        consts[spec.var_initializer] = np.asarray(spec.var, np.float32)
     for n in g.node:
         if n.op_type == "Constant":
             consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])

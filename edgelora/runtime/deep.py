@@ -21,15 +21,19 @@ import uuid
 import numpy as np
 
 from ..core import deep_loop, lora
+from ..core.backprop import init_params
 from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
+from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
+from . import recalibrate
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
+RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
         f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
 
@@ -47,15 +51,52 @@ def budget(config: TrainConfig, n: int) -> int:
     return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
 
 
+def recalibration_kind(manifest) -> str:
+    """What the deep tier re-estimates on the device's samples before training: RECALIBRATE when the bundle
+    records it (runtime/recalibrate.available), else nothing."""
+    return RECALIBRATE if RECALIBRATE in recalibrate.available(manifest) else "none"
+
+
 def load(features):
-    """(chain, prepared inputs) of a fine-tune's samples; ValueError when the backbone cannot be backpropagated."""
+    """(chain, prepared inputs, recalibration) of a fine-tune's samples: the chain computes the backbone with
+    its normalisation statistics re-estimated on the samples (recalibration_kind; those of an already
+    re-calibrated backbone as they are). ValueError when the backbone cannot be backpropagated."""
     from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
     if features.cache is None:
         raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
-    chain = load_chain(features.cache.backbone.bundle_dir)
     if len(features.inputs) != 1:
         raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
-    return chain, chain.prep(next(iter(features.inputs.values())))
+    backbone = features.cache.backbone
+    rc, kind = backbone.recalibration, recalibration_kind(backbone.lab_manifest)
+    if rc is None and kind != "none":
+        rc = recalibrate.estimate(backbone, features.inputs, kind)
+    rc = rc if rc is not None and not rc.empty else None
+    chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
+    return chain, chain.prep(next(iter(features.inputs.values()))), rc
+
+
+def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
+    """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
+    im2col columns included, measured on one sample) and as much again for their gradients, the parameters
+    with their gradient and two optimiser buffers."""
+    flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
+    saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
+    return int(x.nbytes + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+
+
+def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:
+    """ValueError when the deep tier would hold more than the Skip-Cache's memory budget (None: no budget)."""
+    need = memory_need(eng, x, batch_size)
+    if budget is not None and need > budget:
+        raise ValueError(f"the deep tier needs about {need:,} bytes ({len(x)} prepared inputs of {x[0].nbytes:,} "
+                         f"bytes and a mini-batch of {batch_size}), more than the memory budget of {budget:,} bytes; "
+                         f"use fewer samples, a smaller `batch_size`, or a larger budget")
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, np.ndarray):
+        return v.nbytes
+    return sum(_nbytes(u) for u in v) if isinstance(v, (tuple, list)) else 0
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
@@ -73,22 +114,25 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
         found = saved[0]["runs"][0].get("found") or found
     history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
                                  cache_seconds=features.seconds)
-    chain, x = load(features)
-    s, m = settings(config), features.manifest
+    chain, x, rc = load(features)
+    s, m = settings(config), chain.manifest
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    check_memory(eng, x, config.batch_size, features.cache.memory_budget)
     epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
     if found is None and _uses_cv(config):
         found = cross_validate(eng, x, features, targets, config, s, epochs)
         history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
         epochs = found["chosen"]["epochs"]
+        history.selection = history.selection or found   # a resumed auto run: the decision it checkpointed
     state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
                                         **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
     save = None if folder is None else _saver(folder, key, found)
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
                          idx=train_idx, on_epoch=save, state=state)
-    adapter = _adapter(chain, eng, flat, s, m)
-    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
+    adapter = _adapter(chain, eng, flat, s, rc)
+    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs,
+                      "recalibration": rc.kind if rc is not None else "none"}
     history.epochs, history.best_epoch = [], 0
     if len(val_idx):
         from ..core.metrics import evaluate_outputs
@@ -127,10 +171,12 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
                            for e in marks]}
 
 
-def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History):
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History,
+             checkpoint: tuple | None = None):
     """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
     history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
-    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep")."""
+    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep"). `checkpoint`
+    (folder, resume, run key): the deep refit is checkpointed there, with the decision (see `resumes`)."""
     sel = history.selection
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
@@ -149,13 +195,14 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     if not report["considered"]:
         return adapter, history
     start = time.perf_counter()
+    s = settings(config)
     try:
-        chain, x = load(features)
-    except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
+        chain, x, _ = load(features)
+        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+        check_memory(eng, x, config.batch_size, features.cache.memory_budget)
+    except ValueError as e:   # an op the numpy backward lacks, or over the memory budget: the skip adapter stays
         report["unavailable"] = str(e)
         return adapter, history
-    s = settings(config)
-    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
     d = found["chosen"]
     needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
@@ -168,9 +215,17 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
         return adapter, history
     history.selection = {**found, "deep": report}
     history.train_seconds += report["cv_seconds"]
-    adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
+    adapter, history = finetune_deep(features, targets, split_idx, config, history, {**found, "deep": report},
+                                     checkpoint)
     report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
     return adapter, history
+
+
+def resumes(folder, resume: bool) -> bool:
+    """Whether `folder` holds a deep refit's checkpoint to resume: an interrupted `form` "auto" fine-tune that
+    had escalated (the refit's checkpoint replaces the skip runs', and carries the tier decision)."""
+    saved = load_checkpoint(folder) if folder is not None and resume else None
+    return bool(saved and saved[0].get("runs") and saved[0]["runs"][0].get("tier") == "deep")
 
 
 def _saver(folder, key: dict, found: dict | None):
@@ -200,16 +255,17 @@ def _uses_cv(config: TrainConfig) -> bool:
     return config.val_fraction == 0 and config.cv_folds >= 2
 
 
-def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
-    """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
-    p = split(flat, eng.shapes)
+def _adapter(chain, eng, flat: np.ndarray, s: dict, rc) -> DeepAdapter:
+    """The DeepAdapter of trained parameters (over the chain's statistics, re-calibrated by `rc` or the lab's):
+    torch module names where the export recorded them."""
+    p, m = split(flat, eng.shapes), chain.manifest
     inits = [n.initializer for n in chain.names]
     modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
     config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
                         weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
                                             for (w, _), n in zip(chain.weights, chain.names)),
                         num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),
-                        classes=m.classes)
+                        classes=m.classes, recalibration=rc)
     params = {i: (p[f"A{j}"].copy(), p[f"B{j}"].copy()) for j, i in enumerate(inits)}
     return DeepAdapter.for_backbone(m, config, params)
 
