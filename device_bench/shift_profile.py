@@ -69,6 +69,7 @@ def profile_draw(backbone: Backbone, x, y, config: TrainConfig, test: tuple) -> 
     sel = history.selection or {}
     spent["deep considered"] = float(bool(sel.get("deep", {}).get("considered")))
     spent["deep won"] = float(history.chosen.get("form") == "deep")
+    spent["deep projected"] = float(sel.get("deep", {}).get("projected_seconds") or 0.0)
     return dict(spent)
 
 
@@ -99,8 +100,10 @@ def main(argv=None) -> list[dict]:
             acc = 100 * np.array([d["accuracy"] for d in draws])
             row = {"backbone": name, "shots": k, "total": total, "accuracy": float(acc.mean()), "draws": draws}
             considered, won = (sum(d[key] for d in draws) for key in ("deep considered", "deep won"))
+            projected = np.median([d["deep projected"] for d in draws])
             print(f"{name} {k}/class: accuracy {acc.mean():.1f} ± {acc.std():.1f} %, median {total:.2f} s; "
-                  f"deep tier considered {considered:.0f}/{len(draws)}, won {won:.0f}")
+                  f"deep tier considered {considered:.0f}/{len(draws)}, won {won:.0f}, its cost projected "
+                  f"(median) {projected:.2f} s")
             for d in draws:
                 d["other"] = d["total"] - sum(d.get(stage, 0.0) for stage in STAGES if stage != "deep tier load")
             for stage in list(STAGES) + ["other"]:

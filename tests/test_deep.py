@@ -1,5 +1,6 @@
 """The deep tier (runtime/deep.py): LoRA inside the backbone's layers trained by numpy backprop, its PEFT files
 (files/deep_adapter.py), its merge (graphs/deep_merge.py) and serving, the auto rule, and bad input."""
+import dataclasses
 import json
 import shutil
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from edgelora.files.adapter import load_adapter
 from edgelora.graphs.merge import export_ort_adapter, merge
 from edgelora.graphs.onnx_chain import load_chain
 from edgelora.graphs.onnx_taps import add_taps
-from edgelora.runtime import deep
+from edgelora.runtime import deep, deep_cost
 from edgelora.runtime.cache import SkipCache
 from edgelora.runtime.predict import Predictor
 from edgelora.runtime.train import finetune
@@ -165,6 +166,21 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
 
 
+def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    clock = iter(np.arange(0, 100, 0.01))              # every timed probe step takes 0.01 CPU s, per batch of 20
+    monkeypatch.setattr(deep_cost.time, "process_time", lambda: float(next(clock)))
+    cfg = TrainConfig(epochs=5, cv_folds=4)
+    eng = deep_loop.engine(load_chain(bn_bundle), 4, 2.0)
+    n = len(y)                                         # 4 folds: 4 trainings on 3/4 of the rows, then the refit
+    steps = 4 * np.ceil(n * 3 / 4 / 20) + np.ceil(n / 20)
+    assert deep_cost.projected_seconds(eng, eng.chain.prep(x), n, cfg, 5) == pytest.approx(0.01 * 5 * steps)
+    kept, h = finetune(bb, x, y, dataclasses.replace(cfg, deep_seconds=1e-6))
+    d = h.selection["deep"]                            # considered, projected over 1e-6 s: the skip adapter stays
+    assert d["considered"] and not d["won"] and d["projected_seconds"] > 1e-6 and type(kept).__name__ == "Adapter"
+    assert "deep_seconds" in d["unavailable"] and "--form deep" in d["unavailable"]
+
+
 def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):
     add_taps(bn_graph("Sigmoid"), tmp_path / "b")
     with pytest.raises(ValueError, match="Sigmoid"):
@@ -178,7 +194,7 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     bb, (x, y) = Backbone(bn_bundle), samples()
     with pytest.raises(ValueError, match="use_cache"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
-    need = deep.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
+    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
     with pytest.raises(ValueError, match=f"needs about {need:,} bytes .* memory budget of 20,000 bytes"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2), cache=SkipCache(bb, memory_budget=20000))
     kept, h = finetune(bb, x, y, TrainConfig(epochs=3), cache=SkipCache(bb, memory_budget=20000))

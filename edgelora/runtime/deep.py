@@ -8,7 +8,9 @@ for classification, and for regression the skip adapter's own fit on the fine-tu
 the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
 of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
 the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
-tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples).
+tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
+does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
+from a few timed optimiser steps before any is paid (`projected_seconds`).
 `form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
 """
 from __future__ import annotations
@@ -21,13 +23,13 @@ import uuid
 import numpy as np
 
 from ..core import deep_loop, lora
-from ..core.backprop import init_params
 from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
 from . import recalibrate
+from .deep_cost import check_memory, projected_seconds
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
@@ -35,7 +37,7 @@ WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
 RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
-        f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
+        f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples; projected CPU time within deep_seconds")
 
 
 def settings(config: TrainConfig) -> dict:
@@ -73,30 +75,6 @@ def load(features):
     rc = rc if rc is not None and not rc.empty else None
     chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
     return chain, chain.prep(next(iter(features.inputs.values()))), rc
-
-
-def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
-    """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
-    im2col columns included, measured on one sample) and as much again for their gradients, the parameters
-    with their gradient and two optimiser buffers."""
-    flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
-    saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
-    return int(x.nbytes + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
-
-
-def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:
-    """ValueError when the deep tier would hold more than the Skip-Cache's memory budget (None: no budget)."""
-    need = memory_need(eng, x, batch_size)
-    if budget is not None and need > budget:
-        raise ValueError(f"the deep tier needs about {need:,} bytes ({len(x)} prepared inputs of {x[0].nbytes:,} "
-                         f"bytes and a mini-batch of {batch_size}), more than the memory budget of {budget:,} bytes; "
-                         f"use fewer samples, a smaller `batch_size`, or a larger budget")
-
-
-def _nbytes(v) -> int:
-    if isinstance(v, np.ndarray):
-        return v.nbytes
-    return sum(_nbytes(u) for u in v) if isinstance(v, (tuple, list)) else 0
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
@@ -203,7 +181,16 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     except ValueError as e:   # an op the numpy backward lacks, or over the memory budget: the skip adapter stays
         report["unavailable"] = str(e)
         return adapter, history
-    found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
+    epochs = budget(config, len(targets))
+    report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
+    if projected > config.deep_seconds:
+        report["unavailable"] = (f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
+                                 f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
+                                 f"anyway")
+        report["seconds"] = time.perf_counter() - start
+        history.train_seconds += report["seconds"]
+        return adapter, history
+    found = cross_validate(eng, x, features, targets, config, s, epochs)
     d = found["chosen"]
     needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],

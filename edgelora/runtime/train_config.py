@@ -38,6 +38,8 @@ class TrainConfig(AdapterShape):
                                                      # on the cache; saved as r = C with B fixed); deep: LoRA inside
                                                      # the backbone's layers (runtime/deep.py); auto: choose (deep
                                                      # only when the skip adapters fall short)
+    deep_seconds: float = 30.0                       # form "auto": the deep tier is tried only when its projected
+                                                     # CPU time (cross-validation + refit) is within this
     tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
                                                      # fine-tune samples (folded into A and the bias when saved)
     select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
@@ -77,6 +79,7 @@ class TrainConfig(AdapterShape):
         check(self.epochs == "auto" or self.epochs >= 1, f"`epochs` should be a positive integer or 'auto', found {self.epochs}")
         check(self.min_steps >= 1, f"`min_steps` should be a positive integer, found {self.min_steps}")
         check(self.cv_seconds > 0, f"`cv_seconds` should be a positive number of seconds, found {self.cv_seconds}")
+        check(self.deep_seconds > 0, f"`deep_seconds` should be a positive number of seconds, found {self.deep_seconds}")
         check(self.cv_repeats >= 0, f"`cv_repeats` should be >= 0 (0: auto), found {self.cv_repeats}")
         check(self.batch_size >= 1, f"`batch_size` should be a positive integer, found {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"`lr` should be a positive number, found {self.lr}")
