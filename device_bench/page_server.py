@@ -14,17 +14,31 @@ CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js"
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    isolate = False  # send the cross-origin isolation headers (COOP/COEP): the page may then use wasm threads
+
     def log_message(self, *args):
         pass
 
+    def end_headers(self):
+        if self.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
 
-def serve_page(root: Path, assets: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """(server, page URL) over a new folder `root` linking the page, its modules and `assets`; shut it down after."""
+
+class _Isolated(_Quiet):
+    isolate = True
+
+
+def serve_page(root: Path, assets: Path, isolate: bool = False) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """(server, page URL) over a new folder `root` linking the page, its modules and `assets`; shut it down after.
+    `isolate`: serve with COOP/COEP headers (a cross-origin-isolated page, where onnxruntime-web may use threads)."""
     root.mkdir(parents=True, exist_ok=False)
     for name in ("src", "web"):
         (root / name).symlink_to(CLIENT / name, target_is_directory=True)
     (root / "assets").symlink_to(Path(assets).resolve(), target_is_directory=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    handler = functools.partial(_Isolated if isolate else _Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/web/?assets=../assets/&sw=0"  # sw=0: every run cold
 

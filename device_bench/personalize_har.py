@@ -156,8 +156,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--bundle", type=Path, default=None, help="har bundle (default: the reference MLP)")
     ap.add_argument("--users", default=None, help="comma-separated subset of the 9 test users")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default edgelora's)")
+    ap.add_argument("--recipe", choices=("chosen", "fixed"), default="chosen",
+                    help="chosen: the recipe chosen on the device (default); fixed: the session defaults")
     args = ap.parse_args(argv)
-    cfg = PersonalizeConfig()
+    cfg = PersonalizeConfig(recipe=args.recipe)
     if args.epochs:
         cfg = replace(cfg, train=replace(TrainConfig(), epochs=args.epochs))
     users = [int(u) for u in args.users.split(",")] if args.users else None

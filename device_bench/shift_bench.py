@@ -88,21 +88,32 @@ def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None
             "source": len(data["source"][1]), "shift": data["shift"]}, folders
 
 
+def seconds(run: dict) -> float:
+    """A run's time: edgelora's whole `finetune` call (`call_seconds`: every re-calibration candidate's fill and
+    cross-validation included, which History's cache + train seconds leave out), else the worker's `seconds`."""
+    return run.get("call_seconds", run["seconds"])
+
+
 def summarise(reports: dict, base: float, shots: list[int]) -> dict:
     """Per shots and method: accuracy mean/std over seeds, harm count, time (the median over seeds: a process's
     first, cold run and bursts of load from other jobs would swing a mean), time ratio, peak RSS."""
     rows = {}
     for k in shots:
         rows[k] = {"none": {"mean": base}}
-        ref = np.median([r["seconds"] for r in reports[REFERENCE]["runs"] if r["shots"] == k]) \
-            if REFERENCE in reports else None
+        ref_runs = [r for r in reports[REFERENCE]["runs"] if r["shots"] == k] if REFERENCE in reports else []
+        ref = np.median([seconds(r) for r in ref_runs]) if ref_runs else None
+        cpu_ref = np.median([r["cpu_seconds"] for r in ref_runs]) \
+            if ref_runs and all("cpu_seconds" in r for r in ref_runs) else None
         for method, rep in reports.items():
             runs = [r for r in rep["runs"] if r["shots"] == k]
             acc = np.array([r["accuracy"] for r in runs])
-            sec = float(np.median([r["seconds"] for r in runs]))
+            sec = float(np.median([seconds(r) for r in runs]))
+            cpu = float(np.median([r["cpu_seconds"] for r in runs])) if all("cpu_seconds" in r for r in runs) else None
             rows[k][method] = {"accuracy": acc.tolist(), "mean": float(acc.mean()), "std": float(acc.std()),
                                "harm": int((acc < base - 1e-9).sum()), "seeds": len(acc), "seconds": sec,
-                               "ratio": sec / ref if ref else None, "peak_rss_mb": rep["peak_rss_mb"]}
+                               "ratio": sec / ref if ref else None, "cpu_seconds": cpu,
+                               "cpu_ratio": cpu / cpu_ref if cpu is not None and cpu_ref else None,
+                               "peak_rss_mb": rep["peak_rss_mb"]}
     return rows
 
 
@@ -110,16 +121,20 @@ def table(protocol: str, results: dict) -> str:
     """The markdown table: one row per (backbone, shots): the lab's model on the unshifted test set, then on
     the shifted one, each method's accuracy % mean +- std (harm: seeds below no fine-tune), time ratio, RSS."""
     methods = [m for m in METHODS if m in results["methods"]]
+    others = [m for m in methods if m != REFERENCE]
+    rows = [row for b in results["backbones"].values() for row in b["rows"].values()]
+    cpu = [m for m in others if all(row[m].get("cpu_ratio") is not None for row in rows)]
     head = ["backbone", "shots/class", "unshifted test (lab)", NAMES["none"]] + [NAMES[m] for m in methods] + \
-        [f"time / {NAMES[REFERENCE]}: {NAMES[m]}" for m in methods if m != REFERENCE] + ["peak RSS MB"]
+        [f"time / {NAMES[REFERENCE]}: {NAMES[m]}" for m in others] + \
+        [f"CPU time / {NAMES[REFERENCE]}: {NAMES[m]}" for m in cpu] + ["peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, b in results["backbones"].items():
         for k, row in b["rows"].items():
             cells = [name, str(k), f"{100 * b['clean_test_accuracy']:.1f}", f"{100 * row['none']['mean']:.1f}"]
             cells += [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f} ({row[m]['harm']}/{row[m]['seeds']})"
                       for m in methods]
-            cells += [f"{row[m]['ratio']:.2f}x" if row[m]["ratio"] is not None else "-"
-                      for m in methods if m != REFERENCE]
+            cells += [f"{row[m]['ratio']:.2f}x" if row[m]["ratio"] is not None else "-" for m in others]
+            cells += [f"{row[m]['cpu_ratio']:.2f}x" for m in cpu]
             cells.append(" / ".join(f"{row[m]['peak_rss_mb']:.0f}" for m in methods))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

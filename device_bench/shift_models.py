@@ -4,7 +4,9 @@ on the clean source split and exported with edgelora's own export; cached under 
 Each bundle folder also keeps `model.pt` (the torch weights, batch-norm statistics included) and
 `model.json` (how to rebuild the module), so PyTorch and PEFT start from the very model the bundle holds.
 Deterministic: seeded initial weights and shuffles, a fixed thread count; rebuilt when missing or when
-its recorded recipe differs from this file's. Imports torch: used by the orchestrator and torch workers only.
+its recorded recipe differs from this file's. The recipe records the export format (EXPORT): a bundle written
+by an older export is re-exported from its kept weights (no new pre-training when only the export changed).
+Imports torch: used by the orchestrator and torch workers only.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import torch
 from torch import nn
 
 SEED, THREADS = 0, 2
+# what the bundle's export writes, recorded in model.json; bump it when edgelora_export changes what a bundle
+# holds, so cached bundles are re-exported. 2: batch-norm kept as its own node, with recalibrate.onnx beside it
+EXPORT = 2
 
 
 class Conv1dNet(nn.Module):
@@ -97,22 +102,31 @@ def load(folder: str | Path) -> nn.Module:
 
 def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
     """The bundle of `protocol`'s backbone `name` under root/protocol/name, pre-trained and exported if absent
-    or stale. A new bundle is written beside and swapped in whole, so a crash leaves no half bundle."""
+    or stale (re-exported from its kept weights when only the export format changed). A new bundle is written
+    beside and swapped in whole, so a crash leaves no half bundle."""
     from edgelora import Backbone          # here, not at the top: a torch worker only needs `load`
+    from edgelora.files.bundle import BUNDLE_FORMAT_VERSION
     from edgelora.files.fileio import atomic_write, dumps_json
     from edgelora_export import export_model
     from edgelora_export.pretrain import pretrain
     kind, kwargs, epochs, lr = BACKBONES[protocol][name]
     xs, ys = data["source"]
     recipe = {"kind": kind, "kwargs": kwargs, "epochs": epochs, "lr": lr, "seed": SEED, "threads": THREADS,
-              "batch_size": 64, "source_samples": int(len(ys)), "torch": torch.__version__}
+              "batch_size": 64, "source_samples": int(len(ys)), "torch": torch.__version__,
+              "export": EXPORT, "bundle_format": BUNDLE_FORMAT_VERSION}
     folder = Path(root) / protocol / name
-    if (folder / "model.json").is_file() and json.loads((folder / "model.json").read_text()) == recipe:
+    old = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else None
+    if old == recipe:
         return folder
-    log(f"  pre-training {protocol}/{name} ({kind}, {epochs} epochs on {len(ys)} clean source samples)")
     model = make(recipe)
     xn = (xs - data["mean"]) / data["std"]
-    pretrain(model, xn, ys, threads=THREADS, epochs=epochs, lr=lr, seed=SEED)
+    if old is not None and same_weights(old, recipe) and (folder / "model.pt").is_file():
+        log(f"  re-exporting {protocol}/{name} (export format {old.get('export', 1)} -> {EXPORT}; weights kept)")
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    else:
+        log(f"  pre-training {protocol}/{name} ({kind}, {epochs} epochs on {len(ys)} clean source samples)")
+        pretrain(model, xn, ys, threads=THREADS, epochs=epochs, lr=lr, seed=SEED)
+    model.eval()
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     export_model(model, torch.from_numpy(np.ascontiguousarray(xn[:8], np.float32)), tmp / "bundle",
@@ -131,3 +145,10 @@ def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
     tmp.rename(folder)
     log(f"    clean test {100 * acc['test_clean']:.1f} %, shifted test {100 * acc['test']:.1f} %")
     return folder
+
+
+def same_weights(old: dict, recipe: dict) -> bool:
+    """Whether a recorded recipe pre-trained the same weights as `recipe`: equal except the export's fields."""
+    def training(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k not in ("export", "bundle_format")}
+    return training(old) == training(recipe)

@@ -21,14 +21,21 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
     """`edgelora.finetune` exactly as shipped (TrainConfig defaults, seeded, plus `overrides`)."""
     from edgelora import Predictor, TrainConfig, finetune
     config = TrainConfig(**{"seed": seed, **overrides})
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     adapter, history = finetune(backbone, data["x_pool"][idx], data["y_pool"][idx], config)
-    call = time.perf_counter() - t
-    record = {"seconds": history.cache_seconds + history.train_seconds, "call_seconds": call,
+    call, cpu = time.perf_counter() - t, time.process_time() - c
+    record = {"seconds": history.cache_seconds + history.train_seconds, "call_seconds": call, "cpu_seconds": cpu,
               "accuracy": Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"],
               "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
     if history.selection:
-        record.update(cv_estimate=history.selection["chosen"]["score"], cv_helps=history.selection["helps"])
+        sel = history.selection
+        record.update(cv_estimate=sel["chosen"]["score"], cv_helps=sel["helps"],
+                      recalibration=sel.get("recalibration", {}).get("chosen", "none"),
+                      deep={k: sel["deep"].get(k) for k in ("considered", "won", "seconds")} if "deep" in sel else {},
+                      budget={k: sel["budget"].get(k) for k in ("marks", "stopped")} if "budget" in sel else {})
+        deep = sel.get("deep", {})   # the tier rule's inputs (runtime/deep.py), to weigh other rules
+        record["deep_tier"] = {k: deep.get(k) for k in ("considered", "won", "skip_score", "skip_spread", "deep_score",
+                                                        "deep_spread", "needed", "unavailable") if k in deep}
     return record
 
 

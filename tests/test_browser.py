@@ -64,6 +64,7 @@ def test_page_finetunes_the_demo_like_numpy_and_node(site, node_adapter, browser
     node, root, url = site
     r = drive(node, browser, url, tmp_path / "adapter", tmp_path / "page.png")
     assert r["errors"] == [] and r["n"] == 400 and browser.replace("chromium", "chrome") in r["version"].lower()
+    assert r["warmedAhead"] and r["timings"]["warmPasses"] >= 1  # warmed up at page load (src/warm.js)
     backbone = Backbone(root / "assets" / "bundle")
     got = load_adapter(tmp_path / "adapter", backbone.manifest)  # checksums, shapes, backbone identity
     numpy_adapter = load_adapter(root / "assets" / "adapter_numpy", backbone.manifest)

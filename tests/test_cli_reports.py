@@ -50,7 +50,8 @@ def test_every_other_command_reports_in_text_and_json(files, capsys):
                 ["merge", bundle, ad, "--out", tmp / "m.onnx"], ["merge", bundle, "--format", "lora_model", "--out", tmp / "l.onnx"],
                 ["merge", bundle, ad, "--format", "onnx_adapter", "--out", tmp / "a.onnx_adapter"],
                 ["kit", bundle, "--out", tmp / "kit"], ["cache", "info", bundle, "--cache-dir", cache],
-                ["personalize", store, "u1", "--bundle", bundle, "--data", tmp / "train.npz", "--epochs", "3"],
+                ["personalize", store, "u1", "--bundle", bundle, "--data", tmp / "train.npz", "--recipe", "fixed",
+                 "--epochs", "3"],
                 ["store", "list", store], ["store", "show", store, "u1"]]
     for argv in commands:
         text, r = both(capsys, *argv)

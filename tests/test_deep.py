@@ -1,7 +1,9 @@
 """The deep tier (runtime/deep.py): LoRA inside the backbone's layers trained by numpy backprop, its PEFT files
 (files/deep_adapter.py), its merge (graphs/deep_merge.py) and serving, the auto rule, and bad input."""
+import dataclasses
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -17,7 +19,8 @@ from edgelora.files.adapter import load_adapter
 from edgelora.graphs.merge import export_ort_adapter, merge
 from edgelora.graphs.onnx_chain import load_chain
 from edgelora.graphs.onnx_taps import add_taps
-from edgelora.runtime import deep
+from edgelora.runtime import deep, deep_cost
+from edgelora.runtime.cache import SkipCache
 from edgelora.runtime.predict import Predictor
 from edgelora.runtime.train import finetune
 from edgelora.runtime.train_config import TrainConfig
@@ -127,12 +130,21 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=5))
     adapter.save(tmp_path / "a")
     ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
+    rc = adapter.config.recalibration          # re-estimated on the samples before training: torch gets them too
+    assert rc.kind == "bn" and set(rc.normalization) == {"bn1"} and not rc.preprocess
+    net.bn1.running_mean.copy_(torch.tensor(rc.normalization["bn1"].mean))
+    net.bn1.running_var.copy_(torch.tensor(rc.normalization["bn1"].var))
     model = peft.PeftModel.from_pretrained(net, str(tmp_path / "a")).eval()
     with torch.no_grad():
         theirs = model(torch.from_numpy((x - 0.5) / 2.0)).numpy()
     merge(tmp_path / "bundle", tmp_path / "a", tmp_path / "m.onnx")             # standardisation baked in
     merged = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    chain, _, _ = deep.load(SimpleNamespace(cache=SimpleNamespace(backbone=bb), inputs={"x": x}))
+    p = {k: v for j, name in enumerate(adapter.config.initializers)
+         for k, v in zip((f"A{j}", f"B{j}"), adapter.params[name])}
+    numpy_out = deep_loop.outputs(deep_loop.engine(chain, adapter.config.r, adapter.config.scale), p, chain.prep(x))
     assert np.abs(theirs - ours).max() < 1e-5 and np.abs(merged - ours).max() < 1e-5
+    assert np.abs(numpy_out - ours).max() < 1e-5             # the engine trained over the same statistics
     assert np.abs(ours - bb.features(x)[0]).max() > 1e-2
 
 
@@ -154,6 +166,21 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
 
 
+def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    clock = iter(np.arange(0, 100, 0.01))              # every timed probe step takes 0.01 CPU s, per batch of 20
+    monkeypatch.setattr(deep_cost.time, "process_time", lambda: float(next(clock)))
+    cfg = TrainConfig(epochs=5, cv_folds=4)
+    eng = deep_loop.engine(load_chain(bn_bundle), 4, 2.0)
+    n = len(y)                                         # 4 folds: 4 trainings on 3/4 of the rows, then the refit
+    steps = 4 * np.ceil(n * 3 / 4 / 20) + np.ceil(n / 20)
+    assert deep_cost.projected_seconds(eng, eng.chain.prep(x), n, cfg, 5) == pytest.approx(0.01 * 5 * steps)
+    kept, h = finetune(bb, x, y, dataclasses.replace(cfg, deep_seconds=1e-6))
+    d = h.selection["deep"]                            # considered, projected over 1e-6 s: the skip adapter stays
+    assert d["considered"] and not d["won"] and d["projected_seconds"] > 1e-6 and type(kept).__name__ == "Adapter"
+    assert "deep_seconds" in d["unavailable"] and "--form deep" in d["unavailable"]
+
+
 def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):
     add_taps(bn_graph("Sigmoid"), tmp_path / "b")
     with pytest.raises(ValueError, match="Sigmoid"):
@@ -167,6 +194,11 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     bb, (x, y) = Backbone(bn_bundle), samples()
     with pytest.raises(ValueError, match="use_cache"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
+    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
+    with pytest.raises(ValueError, match=f"needs about {need:,} bytes .* memory budget of 20,000 bytes"):
+        finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2), cache=SkipCache(bb, memory_budget=20000))
+    kept, h = finetune(bb, x, y, TrainConfig(epochs=3), cache=SkipCache(bb, memory_budget=20000))
+    assert type(kept).__name__ == "Adapter" and "memory budget" in h.selection["deep"]["unavailable"]
     adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2))
     adapter.save(tmp_path / "a")
     alone = load_adapter(tmp_path / "a")          # without the manifest too: the file carries what it needs
@@ -226,3 +258,28 @@ def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tm
         assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
     with pytest.raises(ValueError, match="another run"):
         finetune(bb, x, y[::-1].copy(), config, checkpoint_dir=tmp_path / "ck", resume=True)
+
+
+def test_an_interrupted_auto_fine_tune_that_escalated_resumes_its_deep_refit(bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples(seed=3)
+    config = TrainConfig(epochs=10)
+    whole, first = finetune(bb, x, y, config)
+    assert first.chosen["tier"] == "deep"                  # the auto rule escalated on these samples
+    real, calls = deep.save_checkpoint, []
+
+    def crash_after_4(*args):
+        real(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
+    assert deep.resumes(tmp_path / "ck", True) and not deep.resumes(tmp_path / "ck", False)
+    later = []
+    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert len(later) == h.chosen["epochs"] - 4           # no skip run, no cross-validation: the refit went on
+    assert h.selection["deep"]["won"] and h.selection["deep"]["skip_score"] == first.selection["deep"]["skip_score"]
+    for name, (a, b) in whole.params.items():
+        assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])

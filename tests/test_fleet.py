@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
+from edgelora.core.shape import AdapterShape  # noqa: E402
 from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.cli import main  # noqa: E402
 from edgelora.cli.demo_data import splits  # noqa: E402
@@ -29,7 +30,7 @@ from device_bench import faulty_client  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
 MANIFEST = load_manifest(BUNDLE)
-SPEC = spec_for(MANIFEST, 4)
+SPEC = spec_for(MANIFEST, AdapterShape(4))
 
 
 @pytest.fixture(scope="module")

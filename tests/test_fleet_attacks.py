@@ -9,6 +9,7 @@ pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip 
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
 from edgelora.cli.demo_data import splits  # noqa: E402
+from edgelora.core.shape import AdapterShape  # noqa: E402
 from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.fleet.device import FleetDevice, RoundSettings  # noqa: E402
 from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
@@ -19,7 +20,7 @@ from device_bench import faulty_client  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
 MANIFEST = load_manifest(BUNDLE)
-SPEC = spec_for(MANIFEST, 4)
+SPEC = spec_for(MANIFEST, AdapterShape(4))
 
 
 @pytest.fixture(scope="module")

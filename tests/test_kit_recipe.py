@@ -47,6 +47,9 @@ def test_kit_of_the_chosen_recipe_reproduces_the_numpy_adapter(chosen):
     assert np.abs(adapter.flat).max() > 0.05  # it learnt something
 
 
+from edgelora.files.recalibration import Recalibration  # noqa: E402
+
+
 def _config(chosen=None, **settings):
     base = {"batch_size": 20, "optimizer": "adamw", "epochs": 30, "weight_decay": 0.1, "lr": 3e-3, "seed": 0}
     training = {"chosen": {"r": 4, "lora_alpha": 8.0, "weight_decay": 0.1, "epochs": 20, "form": "skip",
@@ -62,6 +65,8 @@ def test_error_recipes_a_kit_cannot_train_are_refused_by_name():
                             (_config({"form": "last"}), "form='last' (expected 'skip')"),
                             (_config({"input_gain": True}), "cannot reproduce the chosen input_gain=True"),
                             (_config(lora_dropout=0.1), "lora_dropout=0.1 (expected 0)"),
+                            (dataclasses.replace(_config(), recalibration=Recalibration("input", 20)),
+                             "recalibration='input' (expected none"),
                             (dataclasses.replace(_config(), training={}), "expected an adapter trained by edgelora")):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             kit_recipe_of(config)

@@ -19,7 +19,7 @@ from tests.test_train import count_checks_and_hashes
 
 pmod = importlib.import_module("edgelora.ops.personalize")  # the module; `edgelora.ops.personalize` is also the function
 
-CFG = PersonalizeConfig(train=replace(SESSION_TRAINING, epochs=10, batch_size=10))
+CFG = PersonalizeConfig(train=replace(SESSION_TRAINING, epochs=10, batch_size=10), recipe="fixed")  # fast, fixed
 CENTRES = np.random.default_rng(0).standard_normal((3, 10)) * 3
 
 
@@ -81,7 +81,7 @@ def test_early_sessions_are_deferred_with_a_reason(bb, store):
     assert r.decision == "deferred" and "same class" in r.reason and r.version is None and store.current("a") is None
     r = personalize(store, "b", bb, *session(12, 2, classes=(0, 2)), CFG)
     assert r.decision == "deferred" and "batch_size" in r.reason
-    r = personalize(store, "c", bb, *session(30, 3), PersonalizeConfig(train=CFG.train, min_holdout=20))
+    r = personalize(store, "c", bb, *session(30, 3), replace(CFG, min_holdout=20))
     assert r.decision == "deferred" and "min_holdout" in r.reason
     r = personalize(store, "b", bb, *session(40, 4), CFG)
     assert r.decision == "published"
@@ -103,7 +103,7 @@ def test_bad_session_is_rejected_quarantined_and_can_be_resent(bb, store):
 
 
 def test_label_check_rejects_labels_the_current_version_finds_implausible(bb, store):
-    cfg = PersonalizeConfig(train=CFG.train, margin=1.0, implausible_p=0.2)
+    cfg = replace(CFG, margin=1.0, implausible_p=0.2)
     for day in (1, 2):
         personalize(store, "u", bb, *session(60, day), cfg)
     x, y = session(40, 3)
@@ -143,7 +143,7 @@ KILL_SCRIPT = textwrap.dedent("""
         if at == stage:
             os.kill(os.getpid(), signal.SIGKILL)
     personalize(AdapterStore(store), "u", Backbone(bundle), z["x"], z["y"],
-                PersonalizeConfig(train=TrainConfig(epochs=10, batch_size=10)), progress=kill)
+                PersonalizeConfig(train=TrainConfig(epochs=10, batch_size=10), recipe="fixed"), progress=kill)
 """)
 
 

@@ -53,9 +53,9 @@ def test_mixed_batch_runs_the_backbone_once_and_applies_each_rows_adapter(bb, st
 
 
 def test_grouped_path_for_many_or_large_adapters_matches(bb, store, adapters, toy_data, monkeypatch):
-    from edgelora.ops import serve
+    from edgelora.ops import serve, served
     monkeypatch.setattr(serve, "STACK_MAX_COLUMNS", 0)     # force the group-by path
-    monkeypatch.setattr(serve, "MERGE_MAX_BYTES", 0)       # and lora.forward instead of merged weights
+    monkeypatch.setattr(served, "MERGE_MAX_BYTES", 0)      # and lora.forward instead of merged weights
     x = toy_data[0][:30]
     names = [f"m{i % 4}" for i in range(30)]
     out = AdapterServer(bb, store, ServeConfig(poll_seconds=0, batch_size=7)).outputs(x, names)

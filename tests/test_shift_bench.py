@@ -45,3 +45,22 @@ def test_render_rewrites_the_table_from_the_raw_reports(tmp_path):
     text = shift_bench.render(tmp_path / "results.json")
     assert (tmp_path / "results.md").read_text() == text and "1-min load 1.00-2.00" in text
     assert "| cnn | 5 | 90.0 | 60.0 | 60.0 ± 10.0 (1/2) | 85.0 ± 5.0 (0/2) | 0.05x | 80 / 400 |" in text
+
+
+def test_time_is_the_whole_call_when_the_worker_reports_it():
+    runs = [{"shots": 5, "seed": 0, "accuracy": 0.5, "seconds": 0.1, "call_seconds": 0.4}]
+    reports = {"edgelora": {"peak_rss_mb": 1.0, "runs": runs}, "torch-ft-all": report({5: [0.9]}, 2.0, 400.0)}
+    assert shift_bench.summarise(reports, base=0.6, shots=[5])[5]["edgelora"]["ratio"] == pytest.approx(0.2)
+
+
+def test_cpu_time_ratio_is_a_column_when_every_run_reports_it():
+    def cpu_report(accs, wall, cpu):
+        rep = report({5: accs}, wall, 100.0)
+        for r in rep["runs"]:
+            r["cpu_seconds"] = cpu
+        return rep
+    reports = {"edgelora": cpu_report([0.7], 1.0, 0.5), "torch-ft-all": cpu_report([0.9], 2.0, 2.0)}
+    row = shift_bench.summarise(reports, base=0.6, shots=[5])[5]
+    results = {"methods": ["edgelora", "torch-ft-all"], "backbones": {"cnn": {"rows": {5: row}, "clean_test_accuracy": 0.9}}}
+    text = shift_bench.table("p", results)
+    assert "CPU time / PyTorch FT-All: edgelora default" in text and "| 0.50x | 0.25x | 100 / 100 |" in text

@@ -7,7 +7,7 @@ import pytest
 from edgelora.cli import main
 
 CENTRES = np.random.default_rng(0).standard_normal((3, 10)) * 3
-FAST = ("--epochs", "10", "--batch-size", "10")
+FAST = ("--recipe", "fixed", "--epochs", "10", "--batch-size", "10")
 
 
 def day(path, seed, n=60, wrong=False):
@@ -81,3 +81,10 @@ def test_error_bad_input_exits_2_with_one_line(store, tmp_path, toy_bundle, caps
     argv = [a.format(st=store, tmp=tmp_path, bundle=toy_bundle) for a in argv]
     code, _, err = cli(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_error_epochs_without_the_fixed_recipe_is_refused(tmp_path, toy_bundle, capsys):
+    code, _, err = cli(capsys, "personalize", tmp_path / "st", "u1", "--bundle", toy_bundle,
+                       "--data", day(tmp_path / "d.npz", 1), "--epochs", "10")
+    assert code == 2 and "--epochs 10: the number of epochs is part of the recipe" in err and "--recipe fixed" in err
+    assert not (tmp_path / "st").exists()

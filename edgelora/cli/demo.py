@@ -90,45 +90,51 @@ def run(args: argparse.Namespace) -> dict:
     adapter, history = finetune_features(features, targets, split, config, callback=lambda rec: bar.update(
         bar.done + 1, f"train loss {rec['train_loss']:.3f}"))
     bar.close()
-    sel, ch = history.selection, history.chosen
-    recipes = len(sel["candidates"])
     backbone_passes = cache.misses   # fine-tuning runs on the cache: the backbone saw each scan once
     after = Predictor(backbone, adapter).evaluate(*data["test"])
     peak = _peak_rss()
 
     saved = None if args.save_data is None else _save_data(args.save_data, data)
     result = {
-        "saved_data": saved,
+        "saved_data": saved, **_figures(lab, before, after, history, targets, cache, config),
+        "collected_accuracy_before": collected["accuracy"],
+        "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
+                    "total": time.perf_counter() - start},
+        "backbone_passes": backbone_passes, "peak_rss_bytes": peak, "threads": args.threads,
+        "shift": demo_data.SHIFT, "data": demo_data.CITATION, "bundle": str(BUNDLE),
+        "png": None, "png_note": "not written (--no-plot)" if args.no_plot else None}
+    if not args.no_plot:
+        result["png"], result["png_note"] = _plot(result, data, args.png)
+    return result
+
+
+def _figures(lab: dict, before: dict, after: dict, history, targets: np.ndarray, cache, config: TrainConfig) -> dict:
+    """What the fine-tune did, for the report and the figure: accuracies, samples, the recipe cross-validation
+    chose and its curve, the Skip-Cache's work."""
+    sel, ch = history.selection, history.chosen
+    return {
         "accuracy": {"lab": lab["accuracy"], "before": before["accuracy"], "after": after["accuracy"]},
         "macro_f1": {"lab": lab["macro_f1"], "before": before["macro_f1"], "after": after["macro_f1"]},
         "gain_points": 100 * (after["accuracy"] - before["accuracy"]),
         "samples": {"finetune": int(len(targets)), **history.samples, "test": before["samples"]},
-        "collected_accuracy_before": collected["accuracy"],
-        "chosen": ch, "cross_validation": sel, "epochs": config.epochs, "recipes": recipes,
-        "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
-                    "total": time.perf_counter() - start},
+        "chosen": ch, "cross_validation": sel, "epochs": config.epochs, "recipes": len(sel["candidates"]),
         "cache": {"hits": cache.hits, "misses": cache.misses, "rows": len(cache),
                   "bytes": cache.stats()["bytes"], "dtype": cache.stats()["dtype"]},
-        "backbone_passes": backbone_passes,
         "passes_without_cache": (len({(c["form"], c["tap_scaling"]) for c in sel["candidates"]}) * sel["folds"] + 1)
         * config.epochs * history.samples["train"],    # every fold model of each tap scaling, and the refit
-        "peak_rss_bytes": peak, "threads": args.threads,
         # cross-validated accuracy of the chosen recipe after each epoch count tried; epoch 0 = no adapter
         "curve": [{"epoch": 0, "cv_accuracy": sel["no_finetune"]["score"]}] +
                  [{"epoch": c["epochs"], "cv_accuracy": c["score"]} for c in sel["candidates"]
-                  if (c["tap_scaling"], c["weight_decay"], c["r"]) == (ch["tap_scaling"], ch["weight_decay"], ch["r"])],
-        "shift": demo_data.SHIFT, "data": demo_data.CITATION, "bundle": str(BUNDLE),
-        "png": None, "png_note": "not written (--no-plot)" if args.no_plot else None}
-    if not args.no_plot:
-        try:
-            from .demo_plot import plot
-        except ImportError:
-            result["png_note"] = ("not written: matplotlib is not installed; from the edgelora clone: "
-                                  "pip install -e '.[demo]'")
-        else:
-            examples = (data["lab_test"][0][:6], data["test"][0][:6])
-            result["png"] = str(plot(result, examples, args.png))
-    return result
+                  if (c["tap_scaling"], c["weight_decay"], c["r"]) == (ch["tap_scaling"], ch["weight_decay"], ch["r"])]}
+
+
+def _plot(result: dict, data: dict, png: Path) -> tuple[str | None, str | None]:
+    """(the figure written, None), or (None, why not: matplotlib is not installed)."""
+    try:
+        from .demo_plot import plot
+    except ImportError:
+        return None, "not written: matplotlib is not installed; from the edgelora clone: pip install -e '.[demo]'"
+    return str(plot(result, (data["lab_test"][0][:6], data["test"][0][:6]), png)), None
 
 
 PNG_KIND = file_kind("PNG figure", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"))

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                         "its input tap (FT-Last on the cache); deep: LoRA inside the backbone's own layers, "
                         "backprop through it (docs/deep.md); auto: choose, deep only when the skip adapters "
                         f"fall short (default {d.form})")
+    t.add_argument("--deep-budget", type=common.positive_float, default=d.deep_seconds, metavar="SECONDS",
+                   help="--form auto: try the deep tier only when its cross-validation and refit are projected to take "
+                        f"at most this much CPU time (default {d.deep_seconds:g})")
     t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
                    help="taps as cached, or each feature standardised over these samples (folded into the saved "
                         f"adapter); auto: choose (default {d.tap_scaling})")
@@ -174,7 +177,8 @@ def _settings(config: TrainConfig, args: argparse.Namespace) -> dict:
     return {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "optimizer": config.optimizer,
             "val_fraction": config.val_fraction, "seed": config.seed, "rank": config.r,
             "weight_decay": config.weight_decay, "form": config.form, "tap_scaling": config.tap_scaling,
-            "min_steps": config.min_steps, "time_budget": config.cv_seconds, "force_adapter": args.force_adapter,
+            "min_steps": config.min_steps, "time_budget": config.cv_seconds, "deep_budget": config.deep_seconds,
+            "force_adapter": args.force_adapter,
             "cv_folds": config.cv_folds, "cv_rows_per_class": config.cv_rows_per_class, "resumed": args.resume}
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -184,7 +188,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
                        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                        form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
                        cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
-                       cv_seconds=args.time_budget, identity=not args.force_adapter,
+                       cv_seconds=args.time_budget, deep_seconds=args.deep_budget,
+                       identity=not args.force_adapter,
                        recalibrate=args.recalibrate)
 
 def _on_epoch(bar: Progress, verbose: bool):

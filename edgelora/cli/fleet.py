@@ -53,7 +53,12 @@ def register(subparsers) -> None:
                    help="node, run: the SuperLink's address (default 127.0.0.1:9091)")
     n.add_argument("--home", type=Path, default=None, metavar="DIR",
                    help="Flower's private folder (FLWR_HOME; default a temporary one)")
-    s = p.add_argument_group("security (off loopback; docs/security.md)")
+    _security_flags(p.add_argument_group("security (off loopback; docs/security.md)"))
+    _device_flags(p.add_argument_group("device (node, personalize)"))
+    _round_flags(p.add_argument_group("rounds (run)"))
+
+
+def _security_flags(s) -> None:
     s.add_argument("--certs", type=Path, default=None, metavar="DIR", help="link, run, register: take every "
                    "credential below from a folder `fleet certs` wrote (link: all; run, register: ca.pem, operator.token)")
     s.add_argument("--ssl-ca-certfile", default=None, metavar="PEM", help="link: the CA certificate")
@@ -72,7 +77,9 @@ def register(subparsers) -> None:
     s.add_argument("--names", nargs="+", default=["localhost"], metavar="NAME",
                    help="certs: the SuperLink's host names or addresses (default localhost)")
     s.add_argument("--nodes", type=common.positive_int, default=1, metavar="N", help="certs: key pairs dev0.. (default 1)")
-    d = p.add_argument_group("device (node, personalize)")
+
+
+def _device_flags(d) -> None:
     d.add_argument("--data", type=Path, default=None, metavar="FILE", help="labelled samples (.npz or .csv)")
     d.add_argument("--x-key", default="x", metavar="KEY", help="inputs in a .npz (default x)")
     d.add_argument("--y-key", default="y", metavar="KEY", help="labels in a .npz (default y)")
@@ -83,7 +90,9 @@ def register(subparsers) -> None:
                    help="node: refuse a shared adapter with a larger L2 norm (default 1000)")
     d.add_argument("--bundle", type=Path, default=None, help="personalize: the backbone bundle")
     d.add_argument("--shared", type=Path, default=None, metavar="DIR", help="personalize: the shared adapter")
-    r = p.add_argument_group("rounds (run)")
+
+
+def _round_flags(r) -> None:
     r.add_argument("--out", type=Path, default=None, metavar="DIR", help="the shared adapter's folder")
     r.add_argument("--rounds", type=common.positive_int, default=10, help="default 10")
     r.add_argument("--min-clients", type=common.positive_int, default=2,
@@ -100,7 +109,8 @@ def register(subparsers) -> None:
     r.add_argument("--evaluate", action="store_true",
                    help="devices report each round's shared adapter's loss on their own validation split; "
                         "--out keeps the round with the lowest loss")
-    r.add_argument("--init", type=Path, default=None, metavar="DIR", help="start from this adapter")
+    r.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="start from this adapter: its shape, and its recorded weight decay on every device")
     r.add_argument("--timeout", type=common.positive_float, default=3600.0, metavar="S",
                    help="stop waiting for the whole run after this many seconds (default 3600)")
 
@@ -166,22 +176,34 @@ def _serve(args: argparse.Namespace, deploy, home: Path) -> dict:
         return _foreground(deploy.superlink_command(args.host, args.port or 9091, tls, sec["--enable-supernode-auth"],
                                                     sec["--operator-token"]), env, "link")
     if args.action == "register":
-        _need(args, "target")
-        done = subprocess.run(deploy.register_command(args.target), env=env, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"flwr supernode register failed (exit {done.returncode}): "
-                               f"{' '.join((done.stdout + done.stderr).split()[-40:])}")
-        return {"action": "register", "key": str(args.target), "output": done.stdout.strip().splitlines()[-1:]}
+        return _register(args, deploy, env)
     if args.action == "node":
-        _need(args, "target", "data", "workdir")
-        from ..fleet.device import FleetDevice   # check bundle, data and workdir now, not at the first round
-        FleetDevice.from_files(args.target, args.data, args.workdir, args.x_key, args.y_key, args.threads,
-                               args.max_shared_norm)
-        cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
-                                       str(args.workdir), args.x_key, args.y_key, args.max_shared_norm)
-        return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait,
-                                                    root_certificates=sec["--root-certificates"],
-                                                    private_key=sec["--auth-supernode-private-key"]), env, "node")
+        return _node(args, deploy, env, sec)
+    return _rounds(args, deploy, env, home)
+
+
+def _register(args: argparse.Namespace, deploy, env: dict) -> dict:
+    _need(args, "target")
+    done = subprocess.run(deploy.register_command(args.target), env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"flwr supernode register failed (exit {done.returncode}): "
+                           f"{' '.join((done.stdout + done.stderr).split()[-40:])}")
+    return {"action": "register", "key": str(args.target), "output": done.stdout.strip().splitlines()[-1:]}
+
+
+def _node(args: argparse.Namespace, deploy, env: dict, sec: dict) -> dict:
+    _need(args, "target", "data", "workdir")
+    from ..fleet.device import FleetDevice   # check bundle, data and workdir now, not at the first round
+    FleetDevice.from_files(args.target, args.data, args.workdir, args.x_key, args.y_key, args.threads,
+                           args.max_shared_norm)
+    cfg = deploy.write_node_config(args.workdir / "node_config.toml", str(args.target), str(args.data),
+                                   str(args.workdir), args.x_key, args.y_key, args.max_shared_norm)
+    return _foreground(deploy.supernode_command(args.superlink, args.port or 9094, cfg, args.max_wait,
+                                                root_certificates=sec["--root-certificates"],
+                                                private_key=sec["--auth-supernode-private-key"]), env, "node")
+
+
+def _rounds(args: argparse.Namespace, deploy, env: dict, home: Path) -> dict:
     _need(args, "target", "out")
     from ..fleet.device import RoundSettings
     from ..fleet.settings import FleetSettings, check_out, rounds_path

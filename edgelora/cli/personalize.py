@@ -48,7 +48,12 @@ def register(subparsers) -> None:
     g.add_argument("--keep-versions", type=common.positive_int, default=d.keep_versions, metavar="N",
                    help=f"prune older unpinned versions beyond this many (default {d.keep_versions})")
     tr = p.add_argument_group("training")
-    tr.add_argument("--epochs", type=common.positive_int, default=t.epochs, help=f"default {t.epochs}")
+    tr.add_argument("--recipe", choices=("chosen", "fixed"), default=d.recipe,
+                    help="chosen: the recipe chosen on this device - the current version's recorded weight decay and "
+                         "epochs, else (a new adapter) what cross-validation chooses, as `finetune` does; fixed: "
+                         f"--epochs and --rank as given, weight decay {t.weight_decay} (default {d.recipe})")
+    tr.add_argument("--epochs", type=common.positive_int, default=None,
+                    help=f"with --recipe fixed (default {t.epochs}); the chosen recipe has its own")
     tr.add_argument("--batch-size", type=common.positive_int, default=t.batch_size, help=f"default {t.batch_size}")
     tr.add_argument("--lr", type=common.positive_float, default=t.lr, help=f"default {t.lr}")
     tr.add_argument("--rank", type=common.positive_int, default=t.r, help=f"rank of a new adapter (default {t.r})")
@@ -70,9 +75,12 @@ def _fraction_or_none(text: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    train = replace(SESSION_TRAINING, r=args.rank, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    if args.epochs is not None and args.recipe == "chosen":
+        raise ValueError(f"--epochs {args.epochs}: the number of epochs is part of the recipe chosen on this device "
+                         "(--recipe chosen, the default); add --recipe fixed to train a fixed number of epochs")
+    train = replace(SESSION_TRAINING, r=args.rank, epochs=args.epochs or SESSION_TRAINING.epochs, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed)
-    config = PersonalizeConfig(train=train, margin=args.margin, holdout_fraction=args.holdout_fraction,
+    config = PersonalizeConfig(train=train, recipe=args.recipe, margin=args.margin, holdout_fraction=args.holdout_fraction,
                                min_holdout=args.min_holdout, max_implausible=args.max_implausible,
                                keep_versions=args.keep_versions, cache_dtype=args.cache_dtype)
     backbone = common.open_backbone(args)

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .shape import default_alpha  # noqa: F401  (lora.default_alpha: the shape's default, 2 r)
 from .shuffle import init_values
 
 
@@ -51,11 +52,6 @@ class Layout:
     @cached_property
     def a_keys(self) -> list[str]:
         return [f"A.{name}" for name in self.taps]
-
-
-def default_alpha(r: int, lora_alpha: float | None = None) -> float:
-    """lora_alpha, or 2 r when not given (scale s = 2): the default of every trainer and of the fleet."""
-    return float(lora_alpha if lora_alpha is not None else 2.0 * r)
 
 
 def views(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from ..core.lora import Layout, peft_views, views
+from ..core.shape import AdapterShape, check_alpha
 from .bundle import Manifest
 from .checked import CheckedFolder
 from .fileio import PathLike
@@ -44,17 +45,16 @@ MAX_WEIGHT = 1e8
 MAX_ALPHA = 1e6
 
 
-@dataclass(frozen=True)
-class AdapterConfig:
-    """What an adapter is and which backbone it belongs to (saved as sorted, indented JSON)."""
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig(AdapterShape):
+    """What an adapter is and which backbone it belongs to (saved as sorted, indented JSON): its shape (r, bias:
+    core/shape.py; lora_alpha always written), the backbone's taps and outputs, how it was trained."""
     backbone_fingerprint: str                 # Manifest.identity of the bundle it was trained on
     target_taps: tuple[str, ...]              # tap names, in order
     tap_widths: tuple[int, ...]               # d_k per tap
     num_outputs: int                          # C
     task: Literal["classification", "regression"]
-    r: int = 4                                # rank
-    lora_alpha: float = 8.0                   # scale s = lora_alpha / r
-    bias: bool = True                         # learned output bias
+    lora_alpha: float = 8.0                   # scale s = lora_alpha / r (explicit in the file, as PEFT's)
     classes: tuple[str, ...] = ()
     weights_sha256: str = ""                  # of adapter_model.safetensors, filled in on save
     format_version: int = ADAPTER_FORMAT_VERSION
@@ -66,9 +66,8 @@ class AdapterConfig:
         normalize(self)
         check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
               f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
-        check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(0 < self.lora_alpha <= MAX_ALPHA, f"`lora_alpha` should be positive and at most {MAX_ALPHA:g}, found "
-                                                f"{self.lora_alpha}")
+        super().__post_init__()   # the shape's checks
+        check_alpha(self.lora_alpha, most=MAX_ALPHA)
         check(len(self.target_taps) >= 1, "`target_taps` should name at least one tap")
         check(len(set(self.target_taps)) == len(self.target_taps), f"`target_taps` should be unique, found {self.target_taps}")
         check(len(self.target_taps) == len(self.tap_widths),
@@ -77,10 +76,6 @@ class AdapterConfig:
         check(self.num_outputs >= 1, f"`num_outputs` should be positive, found {self.num_outputs}")
         check(self.peft_type == "SKIP_LORA", f"`peft_type` should be 'SKIP_LORA', found {self.peft_type!r}")
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
-
-    @property
-    def scale(self) -> float:
-        return self.lora_alpha / self.r
 
     @functools.cached_property  # built once: it is asked for on every prediction
     def layout(self) -> Layout:

@@ -22,11 +22,13 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from ..core.shape import check_alpha, check_rank
 from .bundle import Manifest, TorchWeight
 from .checked import CheckedFolder
 from .fileio import PathLike
 from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
+from .recalibration import Recalibration, recalibrated
 from .schema import check, from_dict, normalize, to_dict
 
 DEEP_FORMAT_VERSION = 1
@@ -62,14 +64,15 @@ class DeepConfig:
     weights_sha256: str = ""
     format_version: int = DEEP_FORMAT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
+    recalibration: Recalibration | None = None  # statistics re-estimated on the device's samples before training
 
     def __post_init__(self):
         normalize(self)
         check(re.fullmatch("sha256:[0-9a-f]{64}", self.backbone_fingerprint) is not None,
               f"`backbone_fingerprint` should be 'sha256:' + 64 hex digits, found {self.backbone_fingerprint!r}")
         check(self.peft_type == "LORA", f"`peft_type` should be 'LORA', found {self.peft_type!r}")
-        check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        check_rank(self.r)   # the skip adapters' checks (core/shape.py); `bias` here is PEFT's string
+        check_alpha(self.lora_alpha)
         check(len(self.target_modules) >= 1, "`target_modules` should name at least one module")
         check(len(self.target_modules) == len(self.initializers) == len(set(self.initializers)) == len(self.weight_shapes),
               f"`initializers` should name one distinct ONNX weight per target module ({len(self.target_modules)}), "
@@ -116,9 +119,11 @@ class DeepAdapter:
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
         """Refuse an adapter that was not trained on this backbone."""
         c = self.config
+        manifest = recalibrated(manifest, c.recalibration, f"{where}: `recalibration`")
         if c.backbone_fingerprint != manifest.identity:
-            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity}, "
-                             f"found {c.backbone_fingerprint}; retrain it on this bundle")
+            what = " re-calibrated with the adapter's `recalibration`" if c.recalibration else ""
+            raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity} (the "
+                             f"bundle's{what}), found {c.backbone_fingerprint}; retrain it on this bundle")
         if (c.num_outputs, c.task) != (manifest.num_outputs, manifest.task):
             raise ValueError(f"{where}: expected a {manifest.task} adapter with {manifest.num_outputs} outputs, "
                              f"found {c.task} with {c.num_outputs}")
@@ -139,12 +144,17 @@ class DeepAdapter:
         """Write config + weights (and `extra` files) into a fresh folder and swap it in (never a half-written
         adapter); an existing `folder` must be an adapter or empty, unless `overwrite`."""
         check_target(folder, KIND, overwrite=overwrite)
-        config = from_dict(DeepConfig, {**to_dict(self.config), "weights_sha256": ""}, "adapter config")
+        config = from_dict(DeepConfig, {**_document(self.config), "weights_sha256": ""}, "adapter config")
         blob = st_save(self.tensors(), metadata={
-            "format": "pt", "config_sha256": DEEP_FOLDER.document_digest(to_dict(config))})
-        written = DEEP_FOLDER.write(folder, to_dict(config), {WEIGHTS_FILE: blob}, extra)
+            "format": "pt", "config_sha256": DEEP_FOLDER.document_digest(_document(config))})
+        written = DEEP_FOLDER.write(folder, _document(config), {WEIGHTS_FILE: blob}, extra)
         self.config = dataclasses.replace(config, weights_sha256=written["weights_sha256"])
         return Path(folder)
+
+
+def _document(config: DeepConfig) -> dict:
+    """The config as saved: `recalibration` only when there is one (files without it read as before)."""
+    return {k: v for k, v in to_dict(config).items() if k != "recalibration" or v is not None}
 
 
 def _conv_dims(shape: tuple[int, ...]) -> tuple[tuple, tuple]:
@@ -173,7 +183,7 @@ def is_deep(doc: dict) -> bool:
 def load_deep_adapter(folder: PathLike, manifest: Manifest | None = None) -> DeepAdapter:
     """Read and validate a deep adapter folder (and, given a manifest, that it fits that backbone)."""
     cpath, data = DEEP_FOLDER.read_document(folder)
-    config = from_dict(DeepConfig, _own_fields(data), str(cpath), optional=("training", "classes"))
+    config = from_dict(DeepConfig, _own_fields(data), str(cpath), optional=("training", "classes", "recalibration"))
     blob = DEEP_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
     where = Path(folder) / WEIGHTS_FILE
     tensors, metadata = parse_safetensors(blob, str(where))

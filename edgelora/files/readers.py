@@ -79,22 +79,7 @@ def parse_safetensors(blob: bytes, where: str) -> tuple[dict[str, np.ndarray], d
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise bad("`__metadata__` should map names to strings")
     data = len(blob) - 8 - n
-    spans = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"tensor `{name}`: expected dtype, shape and data_offsets")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise bad(f"tensor `{name}`: dtype {dtype!r} is not one of {sorted(SAFETENSORS_DTYPES)}")
-        if not isinstance(shape, list) or not all(_index(d) for d in shape):
-            raise bad(f"tensor `{name}`: shape should be a list of integers >= 0, found {shape!r}"[:200])
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_index(o) for o in offsets) \
-                or not offsets[0] <= offsets[1] <= data:
-            raise bad(f"tensor `{name}`: data_offsets {offsets!r} outside the {data} data bytes"[:200])
-        size = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
-        if offsets[1] - offsets[0] != size:
-            raise bad(f"tensor `{name}`: shape {shape} needs {size} bytes, data_offsets give {offsets[1] - offsets[0]}")
-        spans.append((offsets[0], offsets[1], name))
+    spans = [(*_span(name, info, data, bad), name) for name, info in header.items()]
     end = 0
     for a, b, name in sorted(spans):
         if a != end:
@@ -108,6 +93,25 @@ def parse_safetensors(blob: bytes, where: str) -> tuple[dict[str, np.ndarray], d
         flat = np.frombuffer(blob[8 + n + a:8 + n + b], dtype)
         tensors[name] = flat.reshape(header[name]["shape"]).copy()
     return tensors, metadata
+
+
+def _span(name: str, info, data: int, bad) -> tuple[int, int]:
+    """The byte range [start, end) of tensor `name` in the data section, after checking its header entry
+    (`bad(why)` makes the error)."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise bad(f"tensor `{name}`: expected dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"tensor `{name}`: dtype {dtype!r} is not one of {sorted(SAFETENSORS_DTYPES)}")
+    if not isinstance(shape, list) or not all(_index(d) for d in shape):
+        raise bad(f"tensor `{name}`: shape should be a list of integers >= 0, found {shape!r}"[:200])
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_index(o) for o in offsets) \
+            or not offsets[0] <= offsets[1] <= data:
+        raise bad(f"tensor `{name}`: data_offsets {offsets!r} outside the {data} data bytes"[:200])
+    size = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != size:
+        raise bad(f"tensor `{name}`: shape {shape} needs {size} bytes, data_offsets give {offsets[1] - offsets[0]}")
+    return offsets[0], offsets[1]
 
 
 def _index(v) -> bool:

@@ -23,9 +23,9 @@ from ..files.adapter import Adapter, load_adapter
 from ..files.bundle import load_manifest
 from ..files.fileio import atomic_write
 from .aggregate import ServerOptimizer
-from .settings import FleetSettings, check_out, round_to_config, rounds_path
+from .settings import FleetSettings, check_out, round_to_config, rounds_path, with_init_recipe
 from .strategy import FleetStrategy
-from .update import SHARED_KEY, AdapterSpec, adapter_from, initial_adapter, spec_for
+from .update import SHARED_KEY, adapter_from, initial_adapter, spec_for
 
 app = ServerApp()
 
@@ -44,10 +44,10 @@ def run_fleet(grid: Grid, settings: FleetSettings, on_round: Callable[[dict, Ada
     check_out(out)
     if settings.init:
         start = load_adapter(settings.init, manifest)
-        c = start.config
-        spec = AdapterSpec(manifest.identity, c.r, c.lora_alpha, c.bias, int(start.flat.size))
+        spec = spec_for(manifest, start.config)   # the warm start's shape
+        settings = with_init_recipe(settings, start)
     else:
-        spec = spec_for(manifest, settings.rank, settings.lora_alpha or None, bias=True)
+        spec = spec_for(manifest, settings.shape)
         start = initial_adapter(manifest, spec, settings.seed)
     log = {"settings": settings.to_run_config(), "spec": spec.to_record(), "rounds": [], "started": time.time()}
 

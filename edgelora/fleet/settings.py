@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files.adapter import ADAPTER_KIND
+from ..core.shape import AdapterShape, check_rank
+from ..files.adapter import ADAPTER_KIND, Adapter
 from ..files.outputs import check_target
 from ..files.schema import check
+from ..ops.session_recipe import recorded_recipe
 from .aggregate import STRATEGIES
 from .device import RoundSettings
 from .robust import RobustRule
@@ -30,9 +32,11 @@ class FleetSettings:
     strategy: str = "fedavg"                      # fedavg | fedavgm (server momentum)
     server_momentum: float = 0.9                  # fedavgm's beta
     server_lr: float = 1.0
-    rank: int = 4
-    lora_alpha: float = 0.0                       # 0: 2 * rank (TrainConfig's default)
+    rank: int = 4                                 # the shared adapter's shape (`shape`), unless `init` gives it
+    lora_alpha: float = 0.0                       # 0: 2 * rank (the shape's default; TOML has no null)
     init: str = ""                                # warm-start the fleet from this adapter folder ("" = fresh)
+    recipe: str = "init"                          # init: with `init`, devices train its recorded weight decay
+                                                  # (chosen on the device that trained it); settings: `round`'s
     seed: int = 0                                 # of the initial A matrices
     max_norm: float = 1e3                         # reject updates with a larger L2 norm
     max_samples: int = 1_000_000                  # reject updates claiming more samples (weight poisoning)
@@ -49,11 +53,17 @@ class FleetSettings:
         check(self.min_clients >= 1, f"`min-clients` should be a positive integer, found {self.min_clients}")
         check(self.round_timeout > 0 and self.node_wait > 0, "`round-timeout` and `node-wait` should be positive")
         check(self.strategy in STRATEGIES, f"`strategy` should be one of {STRATEGIES}, found {self.strategy!r}")
-        check(self.rank >= 1, f"`rank` should be a positive integer, found {self.rank}")
+        check_rank(self.rank, "rank")
         check(self.lora_alpha >= 0, f"`lora-alpha` should be >= 0 (0: 2 * rank), found {self.lora_alpha}")
+        check(self.recipe in ("init", "settings"), f"`recipe` should be 'init' or 'settings', found {self.recipe!r}")
         check(self.max_norm > 0 and self.max_samples >= 1, "`max-norm` and `max-samples` should be positive")
         check(bool(self.bundle) and bool(self.out), "`bundle` and `out` are required")
         self.rule()   # validates aggregation, sample-cap, norm-clip and trim
+
+    @property
+    def shape(self) -> AdapterShape:
+        """The shape of a fresh shared adapter: `rank`, `lora-alpha` (0: the default), an output bias."""
+        return AdapterShape(self.rank, self.lora_alpha or None, True)
 
     def rule(self) -> RobustRule:
         return RobustRule(self.aggregation, self.sample_cap, self.norm_clip, self.trim)
@@ -75,6 +85,21 @@ class FleetSettings:
             raise ValueError(f"fleet run config: unknown key(s) {unknown}; expected some of {sorted(known)}")
         kwargs = {k: _typed(cls, k, config[k.replace("_", "-")]) for k in top if k.replace("_", "-") in config}
         return cls(**kwargs, round=round_from_config({k: v for k, v in config.items() if k in round_keys}))
+
+
+def with_init_recipe(settings: FleetSettings, init: Adapter) -> FleetSettings:
+    """The settings whose rounds train `init`'s recorded recipe (recipe "init"): its weight decay. Its shape is
+    the fleet's already (AdapterSpec); its epoch count is not taken: a round's budget is `local-epochs` from
+    the shared adapter, rounds x local epochs in all. An adapter re-calibrated on one device is refused: the
+    devices share the lab's normalisation statistics."""
+    if init.config.recalibration is not None:
+        raise ValueError(f"init: adapter {settings.init} carries normalisation statistics re-estimated on one device "
+                         f"(`recalibration` {init.config.recalibration.kind!r}); a fleet trains on the lab's statistics "
+                         "every device shares: start it from an adapter fine-tuned with --recalibrate none")
+    recipe = recorded_recipe(init) if settings.recipe == "init" else None
+    if recipe is None:
+        return settings
+    return dataclasses.replace(settings, round=dataclasses.replace(settings.round, weight_decay=recipe["weight_decay"]))
 
 
 def round_to_config(settings: RoundSettings) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import lora
+from ..core.shape import AdapterShape
 from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.bundle import Manifest
 from ..files.formats import digest
@@ -25,18 +26,16 @@ SPEC_KEY = "edgelora"       # ConfigRecord key: AdapterSpec fields + the round
 UPDATE_DTYPES = ("float16", "float32")
 
 
-@dataclass(frozen=True)
-class AdapterSpec:
-    """What the fleet trains: which backbone, which adapter shape. Sent with every round."""
+@dataclass(frozen=True, kw_only=True)
+class AdapterSpec(AdapterShape):
+    """What the fleet trains: which backbone, which adapter shape (r, lora_alpha, bias: core/shape.py).
+    Sent with every round."""
     fingerprint: str      # Manifest.identity of the bundle every device must hold
-    r: int                # rank
-    lora_alpha: float     # scale = lora_alpha / r
-    bias: bool            # learnt output bias
+    lora_alpha: float     # scale = lora_alpha / r (explicit on the wire)
     size: int             # number of float parameters (lora.Layout.size)
 
     def __post_init__(self):
-        check(isinstance(self.r, int) and self.r >= 1, f"`r` should be a positive integer, found {self.r!r}")
-        check(self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        super().__post_init__()   # the shape's checks
         check(isinstance(self.size, int) and self.size >= 1, f"`size` should be a positive integer, found {self.size!r}")
 
     def to_record(self) -> dict:
@@ -51,13 +50,14 @@ class AdapterSpec:
             value = record.get(key) if hasattr(record, "get") else None
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"fleet message: field `{key}` should be a {kind.__name__}, found {value!r}")
-        return cls(record["fingerprint"], record["r"], record["lora-alpha"], record["bias"], record["size"])
+        return cls(fingerprint=record["fingerprint"], r=record["r"], lora_alpha=record["lora-alpha"],
+                   bias=record["bias"], size=record["size"])
 
 
-def spec_for(manifest: Manifest, r: int, lora_alpha: float | None = None, bias: bool = True) -> AdapterSpec:
-    """The spec of an r-rank adapter over `manifest`'s backbone (alpha defaults to 2 r, as TrainConfig's)."""
-    size = layout_for(manifest, r, bias).size
-    return AdapterSpec(manifest.identity, int(r), lora.default_alpha(r, lora_alpha), bool(bias), int(size))
+def spec_for(manifest: Manifest, shape: AdapterShape) -> AdapterSpec:
+    """The spec of an adapter of this shape over `manifest`'s backbone (alpha defaults to 2 r)."""
+    size = layout_for(manifest, shape.r, shape.bias).size
+    return AdapterSpec(fingerprint=manifest.identity, r=shape.r, lora_alpha=shape.alpha, bias=shape.bias, size=int(size))
 
 
 def adapter_from(spec: AdapterSpec, manifest: Manifest, flat: np.ndarray, training: dict | None = None) -> Adapter:

@@ -32,10 +32,23 @@ def merged_weights(proto: onnx.ModelProto, adapter: DeepAdapter) -> dict[str, np
     return out
 
 
+def set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
+    """The batch-norm statistics of the manifest (the lab's, or re-calibrated) into their initializers."""
+    inits = {i.name: i for i in g.initializer}
+    for spec in manifest.normalization:
+        for name, values in ((spec.mean_initializer, spec.mean), (spec.var_initializer, spec.var)):
+            if name not in inits:
+                raise ValueError(f"the backbone has no initializer `{name}` (batch-norm layer `{spec.name}` in the "
+                                 f"manifest); re-export the bundle")
+            inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, np.float32), name))
+
+
 def deep_model(bundle_dir, manifest: Manifest, adapter: DeepAdapter) -> onnx.ModelProto:
-    """The backbone with the adapter folded into its weights; one output, the base output (e.g. `logits`)."""
+    """The backbone with the adapter folded into its weights and `manifest`'s batch-norm statistics (the lab's, or
+    re-calibrated as the adapter was trained); one output, the base output (e.g. `logits`)."""
     proto = onnx.load(str(model_path(bundle_dir, manifest)))
     g = proto.graph
+    set_normalization(g, manifest)
     for name, w in merged_weights(proto, adapter).items():
         i = next(k for k, t in enumerate(g.initializer) if t.name == name)
         g.initializer[i].CopyFrom(numpy_helper.from_array(w, name))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..core.lora import Layout, default_alpha
+from ..core.lora import Layout
+from ..core.shape import AdapterShape
 from ..files.adapter import layout_for
 from ..files.bundle import Manifest
 from ..files.fileio import PathLike, dumps_json, write_folder
@@ -35,11 +36,9 @@ KIT_KIND = folder_kind("training kit folder", CONTRACT_FILE, (TRAIN_FILE, EVAL_F
 
 
 @dataclass(frozen=True)
-class KitRecipe:
-    """What the graphs bake in. Run settings (epochs, lr, weight decay, seed, ...) stay client inputs."""
-    r: int = 4                                        # adapter rank
-    lora_alpha: float | None = None                   # scale = lora_alpha / r; None -> 2 r
-    bias: bool = True                                 # learn an output bias
+class KitRecipe(AdapterShape):
+    """What the graphs bake in: the adapter's shape (r, lora_alpha, bias: core/shape.py) and the optimiser.
+    Run settings (epochs, lr, weight decay, seed, ...) stay client inputs."""
     batch_size: int = 20                              # samples per step (the last step may be smaller)
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     momentum: float = 0.9                             # SGD only
@@ -47,15 +46,10 @@ class KitRecipe:
 
     def __post_init__(self):
         normalize(self)
-        check(self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(self.lora_alpha is None or self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        super().__post_init__()   # the shape's checks
         check(self.batch_size >= 1, f"`batch_size` should be a positive integer, found {self.batch_size}")
         check(0 <= self.momentum < 1, f"`momentum` should be in [0, 1), found {self.momentum}")
         check(self.clip_norm is None or self.clip_norm > 0, f"`clip_norm` should be positive, found {self.clip_norm}")
-
-    @property
-    def alpha(self) -> float:
-        return default_alpha(self.r, self.lora_alpha)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.lora import Layout
+from .adapter_nodes import adapter_forward
 from .onnx_utils import IR_VERSION, OPSET
 
 F32, F64, I64, BOOL = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
@@ -65,13 +66,11 @@ def _param_views(g: _Graph, params: str, layout: Layout) -> dict[str, str]:
 
 
 def _forward(g: _Graph, rows: str, p: dict[str, str], layout: Layout, scale: float):
-    """rows [y0 | taps] (b, C + D) -> (y (b, C), h (b, K r), taps t_k): lora.forward."""
+    """rows [y0 | taps] (b, C + D) -> (y (b, C), h (b, K r), taps t_k): lora.forward (adapter_nodes.py)."""
     y0, *taps = g.split(rows, [layout.num_outputs, *layout.widths], axis=1)
-    hs = [g.op("MatMul", t, p[key]) for t, key in zip(taps, layout.a_keys)]
-    h = hs[0] if len(hs) == 1 else g.op("Concat", *hs, axis=1)
-    y = g.op("Add", g.op("Mul", g.op("MatMul", h, p["B"]), g.const(scale, np.float32)), y0)
-    if layout.bias:
-        y = g.op("Add", y, p["bias"])
+    y, h = adapter_forward(lambda op_type, inputs, role, **attrs: g.op(op_type, *inputs, **attrs), y0,
+                           [(name, t, p[key]) for name, t, key in zip(layout.taps, taps, layout.a_keys)], p["B"],
+                           lambda: g.const(scale, np.float32), p["bias"] if layout.bias else None, concat_one=False)
     return y, h, taps
 
 

@@ -30,9 +30,12 @@ def kit_recipe_of(config: AdapterConfig, where: str = "adapter") -> tuple[KitRec
         refused.append(f"tap_scaling={chosen['tap_scaling']!r} (expected 'none': the kit's graphs read raw taps)")
     if float(settings.get("lora_dropout") or 0.0) > 0:
         refused.append(f"lora_dropout={settings['lora_dropout']} (expected 0)")
+    if config.recalibration is not None:   # clients compute the rows on the bundle's own statistics
+        refused.append(f"recalibration={config.recalibration.kind!r} (expected none: clients compute the rows with "
+                       "the bundle's own normalisation statistics)")
     if refused:
         raise ValueError(f"{where}: the kit cannot reproduce this recipe: {'; '.join(refused)}; fine-tune with "
-                         "--form skip --tap-scaling none (or the Python engine) to train it elsewhere")
+                         "--form skip --tap-scaling none --recalibrate none (or the Python engine) to train it elsewhere")
     recipe = KitRecipe(r=int(chosen.get("r", config.r)), lora_alpha=float(chosen.get("lora_alpha", config.lora_alpha)),
                        bias=config.bias, batch_size=int(settings["batch_size"]), optimizer=settings["optimizer"],
                        momentum=float(settings.get("momentum", 0.9)), clip_norm=settings.get("clip_norm"))

@@ -28,7 +28,8 @@ from ..files.deep_adapter import DeepAdapter
 from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.recalibration import recalibrated
 from ..files.outputs import check_target, file_kind
-from .deep_merge import deep_model
+from .adapter_nodes import adapter_forward
+from .deep_merge import deep_model, set_normalization as _set_normalization
 from .onnx_utils import conservative, rename_value, serialize, unique_name
 
 LORA_PREFIX = "lora."          # graph input names: lora.A.<tap> (d_k, r), lora.B (K r, C), lora.scale (), lora.bias (C,)
@@ -42,6 +43,7 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
     output name (e.g. `logits`). Refuses an adapter of another backbone, leaving no file behind."""
     check_target(out_path, MERGED_KIND, overwrite=overwrite)  # refuse before the work, not after
     manifest, adapter = _load(bundle_dir, adapter)
+    manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     if isinstance(adapter, DeepAdapter):  # LoRA inside the backbone's layers: W + s B A (deep_merge.py)
         proto = deep_model(bundle_dir, manifest, adapter)
         if bake_preprocess:
@@ -50,7 +52,6 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
         atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
         return Path(out_path)
     params = _params(adapter, manifest)
-    manifest = recalibrated(manifest, adapter.config.recalibration)   # the statistics it was trained with
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
     atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
@@ -141,21 +142,26 @@ def _build(bundle_dir: PathLike, manifest: Manifest, weights: dict[str, onnx.Ten
         _standardize(g, manifest, f"bundle {bundle_dir}")
     name, y0 = manifest.output.name, unique_name(g, f"base_{manifest.output.name}")
     rename_value(g, name, y0)          # the adapted output takes over the base output's name
-    taps = [t.output for t in manifest.taps]
     g.initializer.extend(weights.values())
-    h = []
-    for t, tensor in zip(manifest.taps, taps):
-        h.append(unique_name(g, f"lora_h.{t.name}"))
-        g.node.append(helper.make_node("MatMul", [tensor, f"{LORA_PREFIX}A.{t.name}"], [h[-1]], name=f"{h[-1]}_matmul"))
-    hh, hb, hs, y1 = (unique_name(g, n) for n in ("lora_h", "lora_hB", "lora_delta", "lora_y"))
-    g.node.extend([helper.make_node("Concat", h, [hh], axis=1, name="lora_concat"),
-                   helper.make_node("MatMul", [hh, f"{LORA_PREFIX}B"], [hb], name="lora_matmul_B"),
-                   helper.make_node("Mul", [hb, f"{LORA_PREFIX}scale"], [hs], name="lora_scale"),
-                   helper.make_node("Add", [hs, y0], [y1], name="lora_add_base"),
-                   helper.make_node("Add", [y1, f"{LORA_PREFIX}bias"], [name], name="lora_add_bias")])
+    adapter_forward(_namer(g, name), y0, [(t.name, t.output, f"{LORA_PREFIX}A.{t.name}") for t in manifest.taps],
+                    f"{LORA_PREFIX}B", lambda: f"{LORA_PREFIX}scale", f"{LORA_PREFIX}bias")
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", manifest.num_outputs]))
     return proto
+
+
+def _namer(g: onnx.GraphProto, out: str):
+    """adapter_nodes' `op` for a merged graph: nodes appended to `g`, values named `lora_*` (unique in `g`),
+    the last one `out` (the base output's name)."""
+    nodes = {"h": "lora_concat", "hB": "lora_matmul_B", "delta": "lora_scale", "y": "lora_add_base",
+             "out": "lora_add_bias"}
+
+    def op(op_type: str, inputs: list[str], role: str, **attrs) -> str:
+        value = out if role == "out" else unique_name(g, f"lora_{role}")
+        node = f"{value}_matmul" if role.startswith("h.") else nodes[role]
+        g.node.append(helper.make_node(op_type, inputs, [value], name=node, **attrs))
+        return value
+    return op
 
 
 def _backbone(bundle_dir: PathLike, manifest: Manifest) -> onnx.ModelProto:
@@ -205,19 +211,8 @@ def _standardize(g: onnx.GraphProto, manifest: Manifest, where: str) -> None:
         g.node.insert(0, node)
 
 
-def _set_normalization(g: onnx.GraphProto, manifest: Manifest) -> None:
-    """The batch-norm statistics of the manifest (the lab's, or re-calibrated) into their initializers."""
-    inits = {i.name: i for i in g.initializer}
-    for spec in manifest.normalization:
-        for name, values in ((spec.mean_initializer, spec.mean), (spec.var_initializer, spec.var)):
-            if name not in inits:
-                raise ValueError(f"the backbone has no initializer `{name}` (batch-norm layer `{spec.name}` in the "
-                                 f"manifest); re-export the bundle")
-            inits[name].CopyFrom(numpy_helper.from_array(np.asarray(values, np.float32), name))
-
-
 def _describe(proto: onnx.ModelProto, manifest: Manifest, adapter: Adapter | DeepAdapter | None, baked: bool) -> None:
-    rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None   # deep adapters have none
+    rc = adapter.config.recalibration if adapter is not None else None
     meta = {"edgelora.backbone_fingerprint": manifest.identity,
             "edgelora.preprocess": "baked into the graph (feed raw inputs)" if baked or not manifest.preprocess
             else "NOT baked: feed (x - mean) / std with the bundle manifest's `preprocess`" +

@@ -27,12 +27,18 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def load_chain(bundle_dir: str | Path) -> Chain:
-    """Parse the bundle's backbone into a Chain; ValueError naming the node when it is not supported."""
-    manifest = load_manifest(bundle_dir)
-    model = onnx.load(str(model_path(bundle_dir, manifest)))
+def load_chain(bundle_dir: str | Path, manifest=None) -> Chain:
+    """Parse the bundle's backbone into a Chain; ValueError naming the node when it is not supported.
+    `manifest`: a re-calibrated one (runtime/backbone.Backbone.manifest): its batch-norm statistics and input
+    standardisation replace the file's (the chain then computes what that re-calibrated backbone does)."""
+    lab = load_manifest(bundle_dir)
+    manifest = manifest or lab
+    model = onnx.load(str(model_path(bundle_dir, lab)))
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for spec in manifest.normalization:
+        consts[spec.mean_initializer] = np.asarray(spec.mean, np.float32)
+        consts[spec.var_initializer] = np.asarray(spec.var, np.float32)
     for n in g.node:
         if n.op_type == "Constant":
             consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
@@ -65,43 +71,57 @@ def load_chain(bundle_dir: str | Path) -> Chain:
     return Chain(_fuse_bias(ops, weights), weights, mean, std, manifest, names)
 
 
+def _gemm(node, a: dict, consts: dict, where):
+    """(weight (d_in, d_out), bias, its name, "linear", no attrs) of a Gemm."""
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+        raise ValueError(f"{where}: Gemm {node.name} with transA/alpha/beta is not supported")
+    w = consts[node.input[1]]
+    w = w.T if a.get("transB", 0) else w
+    b = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[1], np.float32)
+    return (np.ascontiguousarray(w, np.float32), b.astype(np.float32).reshape(-1),
+            WeightName(node.input[1], bool(a.get("transB", 0))), "linear", None)
+
+
+def _matmul(node, a: dict, consts: dict, where):
+    """(weight, zero bias, its name, "linear", no attrs) of a MatMul by a 2-D constant."""
+    w = consts[node.input[1]]
+    if w.ndim != 2:
+        raise ValueError(f"{where}: MatMul {node.name} with a {w.ndim}-D weight is not supported (2-D only)")
+    return (np.ascontiguousarray(w, np.float32), np.zeros(w.shape[1], np.float32), WeightName(node.input[1]),
+            "linear", None)
+
+
+def _conv(node, a: dict, consts: dict, where):
+    """(kernel, bias, its name, "conv", pads and strides) of a Conv (group 1, dilation 1, symmetric pads)."""
+    w = consts[node.input[1]].astype(np.float32)
+    k = w.ndim - 2
+    if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1] * k)) \
+            or a.get("auto_pad", b"NOTSET") != b"NOTSET":
+        raise ValueError(f"{where}: Conv {node.name} needs group 1, dilation 1, explicit pads")
+    pads = list(a.get("pads", [0] * 2 * k))
+    if pads[:k] != pads[k:]:
+        raise ValueError(f"{where}: Conv {node.name} has asymmetric pads {pads}")
+    b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+    return (w, b.astype(np.float32), WeightName(node.input[1]), "conv",
+            {"pads": tuple(pads[:k]), "strides": tuple(a.get("strides", [1] * k))})
+
+
+WEIGHTED = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv}   # the ops that hold a trainable weight
+
+
 def _convert(node, consts: dict, weights: list, names: list, where) -> list[Op]:
     t, a = node.op_type, _attrs(node)
     if t == "Identity":
         return []
     if t == "Relu":
         return [Op("relu")]
-    if t == "Gemm":
-        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-            raise ValueError(f"{where}: Gemm {node.name} with transA/alpha/beta is not supported")
-        w = consts[node.input[1]]
-        w = w.T if a.get("transB", 0) else w
-        b = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[1], np.float32)
-        weights.append((np.ascontiguousarray(w, np.float32), b.astype(np.float32).reshape(-1)))
-        names.append(WeightName(node.input[1], bool(a.get("transB", 0))))
-        return [Op("linear", len(weights) - 1)]
-    if t == "MatMul":
-        w = consts[node.input[1]]
-        if w.ndim != 2:
-            raise ValueError(f"{where}: MatMul {node.name} with a {w.ndim}-D weight is not supported (2-D only)")
-        weights.append((np.ascontiguousarray(w, np.float32), np.zeros(w.shape[1], np.float32)))
-        names.append(WeightName(node.input[1]))
-        return [Op("linear", len(weights) - 1)]
+    if t in WEIGHTED:
+        w, b, name, kind, attrs = WEIGHTED[t](node, a, consts, where)
+        weights.append((w, b))
+        names.append(name)
+        return [Op(kind, len(weights) - 1, attrs or {})]
     if t == "Add":  # a bias after a MatMul (fused by _fuse_bias)
         return [Op("bias", attrs={"b": consts[[i for i in node.input if i in consts][0]].astype(np.float32)})]
-    if t == "Conv":
-        w = consts[node.input[1]].astype(np.float32)
-        k = w.ndim - 2
-        if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1] * k)) \
-                or a.get("auto_pad", b"NOTSET") != b"NOTSET":
-            raise ValueError(f"{where}: Conv {node.name} needs group 1, dilation 1, explicit pads")
-        pads = list(a.get("pads", [0] * 2 * k))
-        if pads[:k] != pads[k:]:
-            raise ValueError(f"{where}: Conv {node.name} has asymmetric pads {pads}")
-        b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
-        weights.append((w, b.astype(np.float32)))
-        names.append(WeightName(node.input[1]))
-        return [Op("conv", len(weights) - 1, {"pads": tuple(pads[:k]), "strides": tuple(a.get("strides", [1] * k))})]
     if t == "BatchNormalization":  # inference mode: the stored statistics, y = x a + c per channel
         if a.get("training_mode", 0) or len(node.output) > 1 and any(node.output[1:]):
             raise ValueError(f"{where}: BatchNormalization {node.name} in training mode is not supported")

@@ -53,18 +53,8 @@ def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output
     batch = {_dims(i)[0] for i in feeds if _dims(i)}
     found = _candidates(graph, inits, shapes, batch)
     tensors = _choose(taps, found, shapes, batch)
-    conv_inputs = {n.input[0] for n in graph.node if n.op_type == "Conv"}
-    opset, specs, sources = default_opset(proto), [], []
-    names = _tap_names(tensors, owners)
-    for name, tensor in zip(names, tensors):
-        shape = shapes.get(tensor)
-        if shape is None or len(shape) < 2 or not isinstance(shape[-1 if tensor not in conv_inputs else 1], int):
-            raise ValueError(f"tap `{tensor}`: shape inference gives {shape}; expected (batch, ..., width) with a "
-                             f"known width")
-        src, how, width = _pool(graph, tensor, shape, pooling if tensor in conv_inputs else None, attention_mask,
-                                shapes.get(attention_mask, [None, None])[1] if attention_mask else None, opset)
-        specs.append(TapSpec(name, f"tap.{name}", width, how, tensor))
-        sources.append(src)
+    opset = default_opset(proto)
+    specs, sources = _add_pooling(graph, tensors, owners, shapes, pooling, attention_mask, opset)
     base_width = shapes.get(base)
     if base_width is None or len(base_width) != 2 or not isinstance(base_width[1], int):
         raise ValueError(f"base output `{base}` should have shape (batch, outputs), shape inference gives {base_width}")
@@ -82,6 +72,23 @@ def add_taps(model, out: PathLike, taps: str | Sequence[str] = "auto", *, output
         preprocess=as_preprocess(preprocess, [i.name for i in feeds]),
         opset=opset, producer={"name": "edgelora.graphs.onnx_taps", "onnx": onnx.__version__})
     return write_bundle(out, blob, manifest)
+
+
+def _add_pooling(graph, tensors: list[str], owners: dict, shapes: dict, pooling: str, attention_mask: str | None,
+                 opset: int) -> tuple[list[TapSpec], list[str]]:
+    """Pooling nodes from each tapped tensor to a (batch, width) tap: (the taps' specs, their pooled values)."""
+    conv_inputs = {n.input[0] for n in graph.node if n.op_type == "Conv"}
+    specs, sources = [], []
+    for name, tensor in zip(_tap_names(tensors, owners), tensors):
+        shape = shapes.get(tensor)
+        if shape is None or len(shape) < 2 or not isinstance(shape[-1 if tensor not in conv_inputs else 1], int):
+            raise ValueError(f"tap `{tensor}`: shape inference gives {shape}; expected (batch, ..., width) with a "
+                             f"known width")
+        src, how, width = _pool(graph, tensor, shape, pooling if tensor in conv_inputs else None, attention_mask,
+                                shapes.get(attention_mask, [None, None])[1] if attention_mask else None, opset)
+        specs.append(TapSpec(name, f"tap.{name}", width, how, tensor))
+        sources.append(src)
+    return specs, sources
 
 
 def _versioned(proto: onnx.ModelProto) -> onnx.ModelProto:

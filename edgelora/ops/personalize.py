@@ -34,18 +34,17 @@ from typing import Callable, Literal
 import numpy as np
 
 from ..core import lora
-from ..core.losses import log_softmax
-from ..core.metrics import evaluate_outputs
 from ..files.data import as_inputs, as_targets, num_samples
 from ..files.fileio import remove_stale
 from ..files.schema import check, normalize, to_dict
 from ..runtime.backbone import Backbone
 from ..runtime.cache import SkipCache, sample_keys
 from ..runtime.features import FeatureSource
-from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig, holdout_mask, split_or_reason
+from .gate import defer_reason, judge
 from .samples import Samples
+from .session_recipe import session_training
 from .store import AdapterStore, check_name
 
 Decision = Literal["published", "rejected", "deferred", "unchanged"]
@@ -53,7 +52,8 @@ JOINED = ("published", "deferred")   # sessions whose samples are trained on and
 
 
 # a session warm-starts from the current version on raw taps; its own holdout (not cross-validation) picks the
-# epoch, as measured on har (device_bench/personalize_har.py)
+# epoch, as measured on har (device_bench/personalize_har.py); `recipe` "chosen" replaces the weight decay and
+# epochs by the device's choice
 SESSION_TRAINING = TrainConfig(epochs=30, val_fraction=0.2, weight_decay=1.0, form="skip", tap_scaling="none")
 
 
@@ -61,6 +61,9 @@ SESSION_TRAINING = TrainConfig(epochs=30, val_fraction=0.2, weight_decay=1.0, fo
 class PersonalizeConfig:
     """How a session is trained and judged."""
     train: TrainConfig = field(default_factory=lambda: SESSION_TRAINING)  # rank/alpha come from the current version
+    recipe: Literal["chosen", "fixed"] = "chosen"  # chosen: the recipe chosen on this device (the current version's
+                                             # record, else cross-validation: session_recipe.py), on `train`'s
+                                             # other settings; fixed: `train` exactly
     holdout_fraction: float = 0.2            # most recent fraction of each class of each session, never trained on
     min_holdout: int = 10                    # fewer accumulated holdout samples than this: defer, publish nothing
     margin: float = 0.02                     # publish unless the candidate is worse than the current by more than this
@@ -121,74 +124,105 @@ def personalize(store: AdapterStore, name: str, backbone: Backbone, x_new, y_new
     targets = as_targets(y_new, m, num_samples(inputs), "y_new")
     step("validated")
     with store.lock(config.lock_timeout):
-        folder = store.adapter_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale(folder)  # what writers killed mid-session left (temps of data, current.json)
-        data = Samples.load(store.adapter_dir(name, "data"), m)
-        cur = store.current(name)
-        current = store.load(name, cur, m) if cur is not None else None
-        keys = sample_keys(inputs)
-        fresh = _unseen(keys, {bytes(k) for k in data.keys[data.joined(JOINED)]})
-        counts = {"new": int(fresh.sum()), "duplicates": int(len(keys) - fresh.sum())}
-        result = PersonalizeResult(name, "unchanged", "", current=cur, previous=cur, samples=counts)
-        if not fresh.any():
-            result.reason = f"all {len(keys)} samples are already in the adapter's data; nothing to train"
-            result.seconds["total"] = time.perf_counter() - start
-            return result
-        session = result.session = data.next_session()
-        hold_new = holdout_mask(targets[fresh], config.holdout_fraction, m.task)
-        data = data.append({k: v[fresh] for k, v in inputs.items()}, targets[fresh],
-                           [k for k, f in zip(keys, fresh) if f], session, hold_new)
-        use, mine = data.joined(JOINED + ("pending",), pending=session), data.session == session
-        train = use & ~data.holdout
-        parts = {"verified": use & data.holdout & ~mine, "new": use & data.holdout & mine}
-        verified_only = parts["verified"].sum() >= config.min_holdout
-        parts["gate"] = parts["verified"] if verified_only else parts["verified"] | parts["new"]
-        counts.update(train=int(train.sum()), holdout_verified=int(parts["verified"].sum()),
-                      holdout_new=int(parts["new"].sum()))
-        cache = SkipCache(backbone, store.cache_dir, dtype=config.cache_dtype)
-        misses = cache.misses
-        # the samples in play, read from the cache by their stored keys (no sample checked or hashed again):
-        # the only backbone work is this session's new samples, in one pass
-        features = FeatureSource.from_cache(cache, data.inputs_at(use), keys=[bytes(k) for k in data.keys[use]])
-        at = np.cumsum(use) - 1   # the position in `features` of each sample in play (train, parts, mine)
-        split, why = split_or_reason(m, data.y[train], config.train)
-        result.decision = "deferred"
-        result.reason = _defer_reason(why, int(parts["gate"].sum()), config)
-        if result.reason is None:
-            # the judge below scores candidates on these (lab backbone) rows: no re-calibrated candidate here;
-            # versions warm-start skip adapters: no deep tier either
-            candidate, history = finetune_features(features.subset(at[train]), data.y[train], split,
-                                                   replace(config.train, recalibrate="none"), init=current,
-                                                   deep_tier=False)
-            if config.mask_unseen_classes and m.task == "classification":
-                _mask_unseen_classes(candidate, data.y[train])
-            result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}
-            step("trained")
-            ok, result.reason, result.metrics = _judge(
-                backbone, features, data.y[use], holdouts={part: at[mask] for part, mask in parts.items()},
-                mine=at[mine], current=current, candidate=candidate, cur=cur, verified_only=verified_only, config=config)
-            result.decision = "published" if ok else "rejected"
-            info = store.add_version(name, candidate, parent=cur, samples=int(train.sum()),
-                                     status="accepted" if ok else "rejected", reason=result.reason,
-                                     metrics=result.metrics,
-                                     extra={"session": session, "chosen": history.chosen,
-                                            "best_epoch": history.best_epoch, "stopped": history.stopped})
-            result.version = info.version
-            step("version_written")
-        counts["backbone_runs"] = cache.misses - misses
-        data.save(store.adapter_dir(name, "data"), {"session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                    "new": counts["new"], "duplicates": counts["duplicates"],
-                                    "holdout": counts["holdout_new"], "decision": result.decision,
-                                    "version": result.version, "reason": result.reason})
-        step("data_written")
-        if result.decision == "published":
-            store.set_current(name, result.version)
-            result.current = result.version
-            step("published")
-            store.prune(name, config.keep_versions)
+        result = _session(store, name, backbone, inputs, targets, config, step)
     result.seconds["total"] = time.perf_counter() - start
     return result
+
+
+def _session(store: AdapterStore, name: str, backbone: Backbone, inputs: dict, targets: np.ndarray,
+             config: PersonalizeConfig, step: Callable[[str], None]) -> PersonalizeResult:
+    """One session, under the store's lock: the new samples join the adapter's data; a candidate is trained
+    and judged (unless there is too little data yet) and written as a version; then the data; then publish."""
+    m = backbone.manifest
+    folder = store.adapter_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder)  # what writers killed mid-session left (temps of data, current.json)
+    data = Samples.load(store.adapter_dir(name, "data"), m)
+    cur = store.current(name)
+    current = store.load(name, cur, m) if cur is not None else None
+    keys = sample_keys(inputs)
+    fresh = _unseen(keys, {bytes(k) for k in data.keys[data.joined(JOINED)]})
+    counts = {"new": int(fresh.sum()), "duplicates": int(len(keys) - fresh.sum())}
+    result = PersonalizeResult(name, "unchanged", "", current=cur, previous=cur, samples=counts)
+    if not fresh.any():
+        result.reason = f"all {len(keys)} samples are already in the adapter's data; nothing to train"
+        return result
+    session = result.session = data.next_session()
+    hold_new = holdout_mask(targets[fresh], config.holdout_fraction, m.task)
+    data = data.append({k: v[fresh] for k, v in inputs.items()}, targets[fresh],
+                       [k for k, f in zip(keys, fresh) if f], session, hold_new)
+    masks = _in_play(data, session, config)
+    counts.update(train=int(masks["train"].sum()), holdout_verified=int(masks["verified"].sum()),
+                  holdout_new=int(masks["new"].sum()))
+    cache = SkipCache(backbone, store.cache_dir, dtype=config.cache_dtype)
+    misses = cache.misses
+    # the samples in play, read from the cache by their stored keys (no sample checked or hashed again):
+    # the only backbone work is this session's new samples, in one pass
+    use = masks["use"]
+    features = FeatureSource.from_cache(cache, data.inputs_at(use), keys=[bytes(k) for k in data.keys[use]])
+    _candidate(store, backbone, features, data, masks, current, config, result, step)
+    counts["backbone_runs"] = cache.misses - misses
+    data.save(store.adapter_dir(name, "data"), {
+        "session": session, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "new": counts["new"],
+        "duplicates": counts["duplicates"], "holdout": counts["holdout_new"], "decision": result.decision,
+        "version": result.version, "reason": result.reason})
+    step("data_written")
+    if result.decision == "published":
+        store.set_current(name, result.version)
+        result.current = result.version
+        step("published")
+        store.prune(name, config.keep_versions)
+    return result
+
+
+def _in_play(data: Samples, session: int, config: PersonalizeConfig) -> dict[str, np.ndarray]:
+    """Masks over the adapter's samples: in play this session (`use`: joined sessions and this one), this
+    session's (`mine`), trained on (`train`), and the holdout parts: `verified` (earlier joined sessions'),
+    `new` (this session's) and `gate` (what the gate scores: verified alone once it has `min_holdout`)."""
+    use, mine = data.joined(JOINED + ("pending",), pending=session), data.session == session
+    masks = {"use": use, "mine": mine, "train": use & ~data.holdout,
+             "verified": use & data.holdout & ~mine, "new": use & data.holdout & mine}
+    masks["gate"] = masks["verified"] if _verified_only(masks, config) else masks["verified"] | masks["new"]
+    return masks
+
+
+def _verified_only(masks: dict[str, np.ndarray], config: PersonalizeConfig) -> bool:
+    return bool(masks["verified"].sum() >= config.min_holdout)
+
+
+def _candidate(store: AdapterStore, backbone: Backbone, features: FeatureSource, data: Samples,
+               masks: dict[str, np.ndarray], current, config: PersonalizeConfig, result: PersonalizeResult,
+               step: Callable[[str], None]) -> None:
+    """Train a candidate on the training samples (the recipe: session_recipe.py), judge it and write it as a
+    version (result: decision, reason, metrics, version); or defer when there is too little data yet."""
+    train, cur = masks["train"], result.previous
+    at = np.cumsum(masks["use"]) - 1   # the position in `features` of each sample in play
+    settings, source = session_training(config.train, current) if config.recipe == "chosen" else \
+        (replace(config.train, recalibrate="none"), "fixed")
+    split, why = split_or_reason(backbone.manifest, data.y[train], settings)
+    result.decision = "deferred"
+    result.reason = defer_reason(why, int(masks["gate"].sum()), config)
+    if result.reason is not None:
+        return
+    # the judge scores candidates on these (lab backbone) rows: no re-calibrated candidate here; versions
+    # warm-start skip adapters: no deep tier either
+    candidate, history = finetune_features(features.subset(at[train]), data.y[train], split, settings,
+                                           init=current, deep_tier=False)
+    if config.mask_unseen_classes and backbone.manifest.task == "classification":
+        _mask_unseen_classes(candidate, data.y[train])
+    result.seconds = {"cache": history.cache_seconds, "train": history.train_seconds}
+    step("trained")
+    ok, result.reason, result.metrics = judge(
+        backbone, features, data.y[masks["use"]], holdouts={p: at[masks[p]] for p in ("verified", "new", "gate")},
+        mine=at[masks["mine"]], current=current, candidate=candidate, cur=cur,
+        verified_only=_verified_only(masks, config), config=config)
+    result.decision = "published" if ok else "rejected"
+    info = store.add_version(result.name, candidate, parent=cur, samples=int(train.sum()),
+                             status="accepted" if ok else "rejected", reason=result.reason, metrics=result.metrics,
+                             extra={"session": result.session, "chosen": history.chosen, "recipe": source,
+                                    "best_epoch": history.best_epoch, "stopped": history.stopped})
+    result.version = info.version
+    step("version_written")
 
 
 def _unseen(keys: list[bytes], known: set[bytes]) -> np.ndarray:
@@ -206,70 +240,3 @@ def _mask_unseen_classes(adapter, y_train: np.ndarray) -> None:
     model's. Without this, a session of 2 activities teaches the adapter to push the other 4 down."""
     unseen = np.setdiff1d(np.arange(adapter.config.num_outputs), np.unique(y_train))
     lora.mask_classes(adapter.params, adapter.config.layout, unseen)
-
-
-def _judge(backbone: Backbone, features: FeatureSource, y: np.ndarray, *, holdouts: dict[str, np.ndarray],
-           mine: np.ndarray, current, candidate, cur: int | None, verified_only: bool,
-           config: PersonalizeConfig) -> tuple[bool, str, dict]:
-    """(publish?, reason, metrics): the label check, then the holdout comparison. features and their labels y:
-    the samples in play; holdouts (each part) and mine (this session's samples): positions in them."""
-    ref_name = f"v{cur}" if cur is not None else "the shared model"
-    metrics = _evaluate(backbone, features, y, holdouts, {"reference": current, "candidate": candidate})
-    metrics.update(reference_version=cur, gate_holdout="verified" if verified_only else "verified+new")
-    ok, why = _gate(metrics, config, ref_name)
-    if not verified_only:
-        why += (f" (earlier sessions' holdout has {len(holdouts['verified'])} < min_holdout {config.min_holdout} "
-                f"samples, so this session's own holdout counts too)")
-    if current is not None and config.max_implausible is not None and backbone.manifest.task == "classification":
-        y0, t = features(mine)
-        logp = log_softmax(Predictor(backbone, current).apply(y0, t).astype(np.float64))
-        frac = float((logp[np.arange(len(logp)), y[mine]] < np.log(config.implausible_p)).mean())
-        metrics["implausible_labels"] = frac
-        if frac > config.max_implausible:
-            ok, why = False, (f"rejected: {100 * frac:.0f} % of this session's labels are implausible for {ref_name} "
-                              f"(probability < {config.implausible_p:g}), more than max_implausible "
-                              f"{100 * config.max_implausible:g} %: wrong labels? {ref_name} keeps serving")
-    return ok, why, metrics
-
-
-def _defer_reason(why: str, n_hold: int, config: PersonalizeConfig) -> str | None:
-    """Why there is too little data to train and judge a candidate yet (`why` the training samples cannot
-    train: train_config.split_or_reason), or None."""
-    if why:
-        return f"deferred: {why} - the samples are kept and count next time"
-    if n_hold < config.min_holdout:
-        return (f"deferred: the holdout has {n_hold} samples, fewer than min_holdout {config.min_holdout}, too "
-                f"few to judge a new version - the samples are kept and count next time")
-    return None
-
-
-def _evaluate(backbone: Backbone, features: FeatureSource, y: np.ndarray, parts: dict[str, np.ndarray],
-              models: dict) -> dict:
-    """{model: {part: metrics}} for each non-empty holdout part (positions in features), from cached rows."""
-    out = {name: {} for name in models}
-    for part, idx in parts.items():
-        if not len(idx):
-            continue
-        y0, t = features(idx)
-        for name, adapter in models.items():
-            out[name][part] = evaluate_outputs(Predictor(backbone, adapter).apply(y0, t), y[idx],
-                                               backbone.manifest.task)
-    return out
-
-
-def _gate(metrics: dict, config: PersonalizeConfig, ref_name: str) -> tuple[bool, str]:
-    """(publish?, reason): on the gate holdout the candidate may be worse than the reference by at most `margin`."""
-    key = config.gate_metric if config.gate_metric != "auto" else \
-        ("accuracy" if "accuracy" in metrics["candidate"]["gate"] else "loss")
-    if key not in metrics["candidate"]["gate"]:
-        raise ValueError(f"`gate_metric` {key!r} does not apply to a regression backbone; use 'loss' or 'auto'")
-    c, r = metrics["candidate"]["gate"][key], metrics["reference"]["gate"][key]
-    n = metrics["candidate"]["gate"]["samples"]
-    worse = (r - c) if key == "accuracy" else (c - r)
-    fmt = (lambda v: f"{100 * v:.1f} %") if key == "accuracy" else (lambda v: f"{v:.4f}")
-    unit, size = (" points", 100) if key == "accuracy" else ("", 1)
-    what = f"holdout {key} {fmt(c)} vs {fmt(r)} for {ref_name} on {n} samples"
-    if worse > config.margin + 1e-12:
-        return False, (f"rejected: {what}: worse by {size * worse:.1f}{unit}, more than the margin "
-                       f"{size * config.margin:g}{unit}; {ref_name} keeps serving")
-    return True, f"published: {what} (margin {size * config.margin:g}{unit})"

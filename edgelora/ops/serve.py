@@ -27,10 +27,10 @@ from ..files.data import as_inputs, num_samples
 from ..files.deep_adapter import DeepAdapter
 from ..files.schema import check, normalize
 from ..runtime.backbone import Backbone
+from .served import SHARED, LoadedAdapter
 from .store import AdapterStore
 
 
-MERGE_MAX_BYTES = 1024**2  # adapters whose merged (D, C) weight fits this are served as one product
 STACK_MAX_COLUMNS = 96     # a mixed batch of merged adapters runs as one product up to this many columns
 
 
@@ -53,45 +53,6 @@ class ServeConfig:
               f"`batch_size` should be a positive integer, found {self.batch_size!r}")
 
 
-@dataclass
-class _Loaded:
-    version: int | None           # None: no published version, serving the shared model
-    adapter: Adapter | None
-    stamp: tuple                  # (inode, mtime_ns, size) of current.json when last read
-    checked: float                # time.monotonic() of the last pointer check
-    nbytes: int
-    backbone: Backbone | None = None  # its own re-calibrated backbone (adapter_config `recalibration`), or None
-
-    def __post_init__(self):
-        """Prepare the forward pass once. A small adapter becomes one matrix over a served row
-        [y0 | taps | 1], M = [I; W; bias] (lora.folded), so y = row @ M is a single product: at batch 1
-        a small adapter costs a few numpy calls' overhead rather than its multiply-adds, so one call
-        instead of K + 4 is what makes it cheap. Bigger adapters (MERGE_MAX_BYTES) keep the low-rank form."""
-        a, self.deep, self.session = self.adapter, isinstance(self.adapter, DeepAdapter), None
-        if self.deep:  # served by its own merged session (AdapterServer._deep_rows); no skip path
-            a = None
-        self.params = a.params if a is not None else None
-        self.layout = a.config.layout if a is not None else None
-        self.scale = a.config.scale if a is not None else 0.0
-        self.M = self.MT = None
-        if a is not None and _merged_bytes(self.layout) <= MERGE_MAX_BYTES:
-            # (C, C+D+1): one row is faster at batch 1; M is its (C+D+1, C) view for batches
-            self.MT = np.ascontiguousarray(lora.folded(self.params, self.layout, self.scale).T)
-            self.M = self.MT.T
-            self.nbytes += self.MT.nbytes
-
-    def forward(self, rows: np.ndarray, c: int) -> np.ndarray:
-        """Outputs (n, C) for served rows [y0 | taps | 1] (AdapterServer._rows); a deep adapter's rows are
-        filled in afterwards from its own session."""
-        if self.adapter is None or self.deep:
-            return rows[:, :c]
-        if self.M is None:
-            return lora.forward(self.params, rows[:, :c], rows[:, c:-1], self.layout, self.scale)[0]
-        if len(rows) == 1:
-            return (self.MT @ rows[0])[None]
-        return rows @ self.M
-
-
 class AdapterServer:
     """Predictions for rows that each name their adapter (None: the shared model without adapter).
 
@@ -100,7 +61,7 @@ class AdapterServer:
 
     def __init__(self, backbone: Backbone, store: AdapterStore, config: ServeConfig = ServeConfig()):
         self.backbone, self.store, self.config = backbone, store, config
-        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._pointers: dict[str, str] = {}  # name -> path of its current.json (validated once)
         self._bytes = 0                      # weights held by the loaded adapters
         self._stack = None                   # (key, W, b, entries) of the last mixed batch
@@ -157,9 +118,9 @@ class AdapterServer:
         """The version of `name` serving now (None: the shared model)."""
         return self._entry(name).version
 
-    def _entry(self, name: str | None) -> _Loaded:
+    def _entry(self, name: str | None) -> LoadedAdapter:
         if name is None:
-            return _SHARED
+            return SHARED
         entry = self._loaded.get(name)
         now = time.monotonic()
         if entry is None or now - entry.checked >= self.config.poll_seconds:
@@ -178,7 +139,7 @@ class AdapterServer:
                 "bytes": self._bytes, "budget": self.config.memory_budget}
 
     # --- internals ----------------------------------------------------------------------------------
-    def _deep_rows(self, out: np.ndarray, inputs: dict, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+    def _deep_rows(self, out: np.ndarray, inputs: dict, codes: np.ndarray | None, entries: list[LoadedAdapter]) -> np.ndarray:
         """`out` with the rows of deep adapters replaced by their own session's outputs (a deep adapter
         changes the backbone's layers: its rows need their own backbone pass)."""
         for code, entry in enumerate(entries):
@@ -190,7 +151,7 @@ class AdapterServer:
                                                              self.config.batch_size)
         return out
 
-    def _session(self, entry: _Loaded):
+    def _session(self, entry: LoadedAdapter):
         if entry.session is None:
             from ..runtime.deep_session import DeepSession
             entry.session = DeepSession(self.backbone, entry.adapter)
@@ -204,7 +165,7 @@ class AdapterServer:
         (backbone or self.backbone).rows(inputs, validated=True, out=r[:, :-1])
         return r
 
-    def _separately(self, inputs: dict, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+    def _separately(self, inputs: dict, codes: np.ndarray | None, entries: list[LoadedAdapter]) -> np.ndarray:
         """Outputs when some adapter runs over its own re-calibrated backbone: each adapter's rows through the
         backbone it was trained with, in batches."""
         n, c, bs = num_samples(inputs), self.backbone.num_outputs, self.config.batch_size
@@ -220,7 +181,7 @@ class AdapterServer:
                 out[part] = entry.forward(self._rows({k: v[part] for k, v in inputs.items()}, entry.backbone), c)
         return out
 
-    def _apply(self, rows: np.ndarray, codes: np.ndarray | None, entries: list[_Loaded]) -> np.ndarray:
+    def _apply(self, rows: np.ndarray, codes: np.ndarray | None, entries: list[LoadedAdapter]) -> np.ndarray:
         """Each row's adapter on its backbone row [y0 | taps | 1]."""
         c = self.backbone.num_outputs
         if codes is None or len(entries) == 1:
@@ -241,7 +202,7 @@ class AdapterServer:
             start = end
         return out
 
-    def _stacked(self, entries: list[_Loaded], width: int, c: int) -> np.ndarray:
+    def _stacked(self, entries: list[LoadedAdapter], width: int, c: int) -> np.ndarray:
         """[M_1 | ... | M_G] (C+D+1, G C) of these entries (the last combination is kept); the shared
         model's block is [I; 0; 0]."""
         key = tuple(id(e) for e in entries)
@@ -252,7 +213,7 @@ class AdapterServer:
             self._stack = (key, M, entries)  # holding `entries` keeps their ids from being reused
         return self._stack[1]
 
-    def _refresh(self, name: str, entry: _Loaded | None, now: float) -> _Loaded:
+    def _refresh(self, name: str, entry: LoadedAdapter | None, now: float) -> LoadedAdapter:
         path = self._pointers.get(name)
         if path is None:
             path = self._pointers[name] = str(self.store.pointer_path(name))  # validates the name
@@ -286,7 +247,7 @@ class AdapterServer:
                 return entry
             self._forget(name)
             rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None
-            entry = _Loaded(version, adapter, stamp, now, int(adapter.nbytes if isinstance(adapter, DeepAdapter)
+            entry = LoadedAdapter(version, adapter, stamp, now, int(adapter.nbytes if isinstance(adapter, DeepAdapter)
                                                               else adapter.flat.nbytes),
                             self.backbone.recalibrated(rc) if rc is not None else None)
             self._loaded[name] = entry
@@ -294,7 +255,7 @@ class AdapterServer:
             return entry
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _no_version(self, name: str, now: float) -> _Loaded:
+    def _no_version(self, name: str, now: float) -> LoadedAdapter:
         if self.config.missing == "error":
             if not self.store.exists(name):
                 raise FileNotFoundError(f"no adapter named {name!r} in store {self.store.root} "
@@ -302,7 +263,7 @@ class AdapterServer:
             raise FileNotFoundError(f"adapter {name!r} has no published version yet; serve it with "
                                     f"missing='shared' to use the shared model until it has one")
         self._forget(name)
-        entry = _Loaded(None, None, (), now, 0)
+        entry = LoadedAdapter(None, None, (), now, 0)
         self._loaded[name] = entry
         return entry
 
@@ -320,11 +281,3 @@ class AdapterServer:
         entry = self._loaded.pop(name, None)
         if entry is not None:
             self._bytes -= entry.nbytes
-
-
-_SHARED = _Loaded(None, None, (), 0.0, 0)
-
-
-def _merged_bytes(layout: lora.Layout) -> int:
-    return sum(layout.widths) * layout.num_outputs * 4
-

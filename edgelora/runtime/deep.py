@@ -8,7 +8,9 @@ for classification, and for regression the skip adapter's own fit on the fine-tu
 the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
 of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
 the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
-tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples).
+tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
+does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
+from a few timed optimiser steps before any is paid (`projected_seconds`).
 `form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
 """
 from __future__ import annotations
@@ -24,14 +26,18 @@ from ..core import deep_loop, lora
 from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
+from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
+from . import recalibrate
+from .deep_cost import check_memory, projected_seconds
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
+RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
-        f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples")
+        f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples; projected CPU time within deep_seconds")
 
 
 def settings(config: TrainConfig) -> dict:
@@ -47,15 +53,28 @@ def budget(config: TrainConfig, n: int) -> int:
     return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
 
 
+def recalibration_kind(manifest) -> str:
+    """What the deep tier re-estimates on the device's samples before training: RECALIBRATE when the bundle
+    records it (runtime/recalibrate.available), else nothing."""
+    return RECALIBRATE if RECALIBRATE in recalibrate.available(manifest) else "none"
+
+
 def load(features):
-    """(chain, prepared inputs) of a fine-tune's samples; ValueError when the backbone cannot be backpropagated."""
+    """(chain, prepared inputs, recalibration) of a fine-tune's samples: the chain computes the backbone with
+    its normalisation statistics re-estimated on the samples (recalibration_kind; those of an already
+    re-calibrated backbone as they are). ValueError when the backbone cannot be backpropagated."""
     from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
     if features.cache is None:
         raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
-    chain = load_chain(features.cache.backbone.bundle_dir)
     if len(features.inputs) != 1:
         raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
-    return chain, chain.prep(next(iter(features.inputs.values())))
+    backbone = features.cache.backbone
+    rc, kind = backbone.recalibration, recalibration_kind(backbone.lab_manifest)
+    if rc is None and kind != "none":
+        rc = recalibrate.estimate(backbone, features.inputs, kind)
+    rc = rc if rc is not None and not rc.empty else None
+    chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
+    return chain, chain.prep(next(iter(features.inputs.values()))), rc
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
@@ -73,22 +92,25 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
         found = saved[0]["runs"][0].get("found") or found
     history = history or History(samples={"train": int(len(split_idx[0])), "val": int(len(split_idx[1]))},
                                  cache_seconds=features.seconds)
-    chain, x = load(features)
-    s, m = settings(config), features.manifest
+    chain, x, rc = load(features)
+    s, m = settings(config), chain.manifest
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    check_memory(eng, x, config.batch_size, features.cache.memory_budget)
     epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
     if found is None and _uses_cv(config):
         found = cross_validate(eng, x, features, targets, config, s, epochs)
         history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
         epochs = found["chosen"]["epochs"]
+        history.selection = history.selection or found   # a resumed auto run: the decision it checkpointed
     state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
                                         **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
     save = None if folder is None else _saver(folder, key, found)
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
                          idx=train_idx, on_epoch=save, state=state)
-    adapter = _adapter(chain, eng, flat, s, m)
-    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs}
+    adapter = _adapter(chain, eng, flat, s, rc)
+    history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs,
+                      "recalibration": rc.kind if rc is not None else "none"}
     history.epochs, history.best_epoch = [], 0
     if len(val_idx):
         from ..core.metrics import evaluate_outputs
@@ -127,10 +149,12 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
                            for e in marks]}
 
 
-def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History):
+def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adapter, history: History,
+             checkpoint: tuple | None = None):
     """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
     history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
-    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep")."""
+    and when it wins history.selection holds its estimate (the skip recipe's stays in "deep"). `checkpoint`
+    (folder, resume, run key): the deep refit is checkpointed there, with the decision (see `resumes`)."""
     sel = history.selection
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
@@ -149,15 +173,25 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     if not report["considered"]:
         return adapter, history
     start = time.perf_counter()
+    s = settings(config)
     try:
-        chain, x = load(features)
-    except ValueError as e:   # an op the numpy backward lacks: the skip adapter stays, and the report says why
+        chain, x, _ = load(features)
+        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+        check_memory(eng, x, config.batch_size, features.cache.memory_budget)
+    except ValueError as e:   # an op the numpy backward lacks, or over the memory budget: the skip adapter stays
         report["unavailable"] = str(e)
         return adapter, history
-    s = settings(config)
-    eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+    epochs = budget(config, len(targets))
+    report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
+    if projected > config.deep_seconds:
+        report["unavailable"] = (f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
+                                 f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
+                                 f"anyway")
+        report["seconds"] = time.perf_counter() - start
+        history.train_seconds += report["seconds"]
+        return adapter, history
     try:
-        found = cross_validate(eng, x, features, targets, config, s, budget(config, len(targets)))
+        found = cross_validate(eng, x, features, targets, config, s, epochs)
     except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`): the skip adapter stays
         report["unavailable"] = str(e)
         return adapter, history
@@ -172,9 +206,17 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
         return adapter, history
     history.selection = {**found, "deep": report}
     history.train_seconds += report["cv_seconds"]
-    adapter, history = finetune_deep(features, targets, split_idx, config, history, found)
+    adapter, history = finetune_deep(features, targets, split_idx, config, history, {**found, "deep": report},
+                                     checkpoint)
     report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
     return adapter, history
+
+
+def resumes(folder, resume: bool) -> bool:
+    """Whether `folder` holds a deep refit's checkpoint to resume: an interrupted `form` "auto" fine-tune that
+    had escalated (the refit's checkpoint replaces the skip runs', and carries the tier decision)."""
+    saved = load_checkpoint(folder) if folder is not None and resume else None
+    return bool(saved and saved[0].get("runs") and saved[0]["runs"][0].get("tier") == "deep")
 
 
 def _saver(folder, key: dict, found: dict | None):
@@ -204,16 +246,17 @@ def _uses_cv(config: TrainConfig) -> bool:
     return config.val_fraction == 0 and config.cv_folds >= 2
 
 
-def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
-    """The DeepAdapter of trained parameters: torch module names where the export recorded them."""
-    p = split(flat, eng.shapes)
+def _adapter(chain, eng, flat: np.ndarray, s: dict, rc) -> DeepAdapter:
+    """The DeepAdapter of trained parameters (over the chain's statistics, re-calibrated by `rc` or the lab's):
+    torch module names where the export recorded them."""
+    p, m = split(flat, eng.shapes), chain.manifest
     inits = [n.initializer for n in chain.names]
     modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
     config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
                         weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
                                             for (w, _), n in zip(chain.weights, chain.names)),
                         num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),
-                        classes=m.classes)
+                        classes=m.classes, recalibration=rc)
     params = {i: (p[f"A{j}"].copy(), p[f"B{j}"].copy()) for j, i in enumerate(inits)}
     return DeepAdapter.for_backbone(m, config, params)
 

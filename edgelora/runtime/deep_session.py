@@ -1,5 +1,6 @@
 """A deep adapter at serving time: the backbone with the adapter folded into its weights (graphs/deep_merge.py),
-in its own onnxruntime session; the input standardisation is the Backbone's own (same float32 arithmetic)."""
+in its own onnxruntime session; the input standardisation is the Backbone's own (same float32 arithmetic). An
+adapter trained over re-calibrated statistics (its config's `recalibration`) runs with them."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,9 @@ class DeepSession:
     """outputs(inputs) -> (N, C) of backbone + deep adapter, for inputs already checked (files/data.as_inputs)."""
 
     def __init__(self, backbone: Backbone, adapter: DeepAdapter, threads: int = 1):
-        adapter.check_backbone(backbone.manifest)
+        rc = adapter.config.recalibration
+        backbone = backbone.recalibrated(rc) if backbone.recalibration != rc else backbone
+        adapter.check_backbone(backbone.lab_manifest)
         self.backbone, self.adapter = backbone, adapter
         blob = serialize(conservative(deep_model(backbone.bundle_dir, backbone.manifest, adapter)))
         opts = ort.SessionOptions()

@@ -77,6 +77,19 @@ class KitSessions:
         return outputs, float(loss)
 
 
+def _feed(rows: np.ndarray, targets: np.ndarray, config: TrainConfig, steps: int,
+          classes: int) -> tuple[dict, np.ndarray]:
+    """(the train graph's inputs every epoch shares, the learning rate of every step); `classes` 0: regression."""
+    total = config.epochs * steps
+    warmup = int(round(config.warmup_epochs * steps))
+    lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
+    feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
+    if classes:
+        w = class_weights(config.class_weights, targets, classes)
+        feed["class_weights"] = np.ones(classes, np.float32) if w is None else w
+    return feed, lrs
+
+
 def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainConfig, *,
                val: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1,
                callback: Callable[[dict], None] | None = None) -> tuple[np.ndarray, dict]:
@@ -90,13 +103,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     n, bs = len(rows), contract["recipe"]["batch_size"]
     steps = math.ceil(n / bs)
     config = replace(config, epochs=budget_epochs(config.epochs, config.min_steps, n, bs))
-    total = config.epochs * steps
-    warmup = int(round(config.warmup_epochs * steps))
-    lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
-    feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
-    if s.cls:
-        w = class_weights(config.class_weights, targets, layout.num_outputs)
-        feed["class_weights"] = np.ones(layout.num_outputs, np.float32) if w is None else w
+    feed, lrs = _feed(rows, targets, config, steps, layout.num_outputs if s.cls else 0)
     shuffler, monitor = SplitMix64(config.seed), np.arange(0, n, max(1, n // MONITOR))
     best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
     for epoch in range(1, config.epochs + 1):

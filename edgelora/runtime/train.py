@@ -87,7 +87,7 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback, on_plan=on_plan)
     features, picked, recal = _recalibrated(features, targets, config, init, split)
-    # the deep tier trains over the lab's statistics (runtime/deep.py): not escalated from a re-calibrated backbone
+    # the deep tier re-estimates batch-norm itself (runtime/deep.py): not escalated from a re-calibrated backbone
     deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
                                     checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
@@ -152,7 +152,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                  deep_tier: bool = True, on_plan: Callable[[Plan], None] | None = None) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: plan the candidate runs (plan.py), train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
-    if config.form == "deep":  # LoRA inside the backbone's layers, trained by backprop (deep.py)
+    if config.form == "deep" or config.form == "auto" and deep.resumes(checkpoint_dir, resume):  # LoRA inside
+        # the backbone's layers, trained by backprop (deep.py); or an interrupted auto run's deep refit
         key = {} if checkpoint_dir is None else \
             _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
         return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
@@ -176,7 +177,8 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     history.train_seconds = time.perf_counter() - start
     if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
         return adapter, history
-    return deep.escalate(features, targets, split, config, adapter, history)  # the deep tier, if needed
+    return deep.escalate(features, targets, split, config, adapter, history,   # the deep tier, if needed
+                         None if checkpoint_dir is None else (checkpoint_dir, False, key))
 
 
 def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs_plan: Plan,
@@ -280,7 +282,7 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
     if config.tap_scaling == "standard" and (init is not None or not config.bias):
         raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
     if config.form == "deep" and config.recalibrate != "none":
-        raise ValueError("`form` 'deep' trains over the bundle's own normalisation statistics: it needs "
+        raise ValueError("`form` 'deep' re-estimates the batch-norm statistics itself (runtime/deep.py): it needs "
                          f"`recalibrate` 'none', found {config.recalibrate!r}")
     if config.form == "deep" and (init is not None or engine != "numpy" or not use_cache):
         raise ValueError("`form` 'deep' trains a new adapter in numpy from the Skip-Cache's samples: it needs no "

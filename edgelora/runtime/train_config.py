@@ -10,16 +10,16 @@ from typing import Literal
 import numpy as np
 
 from ..core.losses import class_groups
+from ..core.shape import AdapterShape, check_alpha, check_rank
 from ..files.bundle import Manifest
 from ..files.schema import check, normalize, to_dict
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Fine-tuning settings. Defaults are the ones measured on the fan and har protocols (docs/results.md)."""
+class TrainConfig(AdapterShape):
+    """Fine-tuning settings: the adapter's shape (r, lora_alpha, bias: core/shape.py) and how to train it.
+    Defaults are the ones measured on the fan and har protocols (docs/results.md)."""
     r: int | Literal["auto"] = 4                     # adapter rank, or "auto": pick from rank_grid on validation loss
-    lora_alpha: float | None = None                  # scale s = lora_alpha / r; None -> 2 r (s = 2)
-    bias: bool = True                                # learn an output bias too
     epochs: int | Literal["auto"] = "auto"           # passes over the training split; "auto": a budget from the
                                                      # data (>= min_steps steps and >= 30 epochs), extended by
                                                      # cross-validation while it still improves (cv_seconds)
@@ -38,6 +38,8 @@ class TrainConfig:
                                                      # on the cache; saved as r = C with B fixed); deep: LoRA inside
                                                      # the backbone's layers (runtime/deep.py); auto: choose (deep
                                                      # only when the skip adapters fall short)
+    deep_seconds: float = 30.0                       # form "auto": the deep tier is tried only when its projected
+                                                     # CPU time (cross-validation + refit) is within this
     tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
                                                      # fine-tune samples (folded into A and the bias when saved)
     select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
@@ -71,11 +73,13 @@ class TrainConfig:
 
     def __post_init__(self):
         normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
-        check(self.r == "auto" or self.r >= 1, f"`r` should be a positive integer value but the value passed is {self.r}")
-        check(self.lora_alpha is None or self.lora_alpha > 0, f"`lora_alpha` should be positive, found {self.lora_alpha}")
+        if self.r != "auto":
+            check_rank(self.r)
+        check_alpha(self.lora_alpha)
         check(self.epochs == "auto" or self.epochs >= 1, f"`epochs` should be a positive integer or 'auto', found {self.epochs}")
         check(self.min_steps >= 1, f"`min_steps` should be a positive integer, found {self.min_steps}")
         check(self.cv_seconds > 0, f"`cv_seconds` should be a positive number of seconds, found {self.cv_seconds}")
+        check(self.deep_seconds > 0, f"`deep_seconds` should be a positive number of seconds, found {self.deep_seconds}")
         check(self.cv_repeats >= 0, f"`cv_repeats` should be >= 0 (0: auto), found {self.cv_repeats}")
         check(self.batch_size >= 1, f"`batch_size` should be a positive integer, found {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"`lr` should be a positive number, found {self.lr}")
@@ -84,8 +88,9 @@ class TrainConfig:
               f"`weight_decay` should be a number >= 0 or 'auto', found {self.weight_decay}")
         check(len(self.weight_decay_grid) >= 1 and all(w >= 0 for w in self.weight_decay_grid),
               f"`weight_decay_grid` should list numbers >= 0, found {self.weight_decay_grid}")
-        check(len(self.rank_grid) >= 1 and all(r >= 1 for r in self.rank_grid),
-              f"`rank_grid` should list positive ranks, found {self.rank_grid}")
+        check(len(self.rank_grid) >= 1, "`rank_grid` should list at least one rank")
+        for r in self.rank_grid:
+            check_rank(r, "rank_grid")
         check(self.warmup_epochs >= 0, f"`warmup_epochs` should be >= 0, found {self.warmup_epochs}")
         check(self.clip_norm is None or self.clip_norm > 0, f"`clip_norm` should be positive, found {self.clip_norm}")
         check(0 <= self.lora_dropout < 1, f"`lora_dropout` should be in [0, 1), found {self.lora_dropout}")

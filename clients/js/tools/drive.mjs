@@ -1,11 +1,14 @@
 // Drives the page in a real headless browser (Debian's chromium or firefox-esr through puppeteer-core: CDP for
 // Chromium, WebDriver BiDi for Firefox; no browser is downloaded): loads the demo's scans, fine-tunes, saves the
-// adapter the page offers as downloads into OUT, optionally a screenshot, and prints one JSON line.
+// adapter the page offers as downloads into OUT, optionally a screenshot, and prints one JSON line (the page's
+// result, and browserCpu: the CPU seconds of all the browser's processes from the click to the result, on Linux).
 //   node tools/drive.mjs --browser chromium|firefox --url URL --out DIR [--screenshot PNG] [--timeout S]
 //                        [--width 390 --height 844]   (a phone-sized viewport with touch by default)
 //                        [--draw N] [--demo 0]   draw N digits (1s and 7s) with touch first; --demo 0: train
 //                                       on the drawn digits alone
 //                        [--profile DIR]   keep the browser profile in DIR (default: a fresh one, removed)
+//                        [--flags "ARGS"]   extra browser command-line arguments (diagnostics: e.g. Chromium's
+//                                       --js-flags=--no-wasm-dynamic-tiering; a user's browser has none)
 //                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
 //                                       wasm and HTTP caches are warm); the result is the last visit's
 import fs from 'node:fs';
@@ -29,8 +32,9 @@ function parse(argv) {
   return o;
 }
 
-async function launch(name, downloads, keep) {
-  const b = BROWSERS[name];
+async function launch(name, downloads, keep, flags) {
+  const b = { ...BROWSERS[name] };
+  if (flags) b.args = [...b.args, ...flags.split(' ').filter(Boolean)];
   if (!fs.existsSync(b.executablePath)) throw new Error(`${b.executablePath} not found: apt-get install -y ${name === 'firefox' ? 'firefox-esr' : 'chromium'}`);
   if (keep) fs.mkdirSync(keep, { recursive: true });
   const profile = keep || fs.mkdtempSync(path.join(os.tmpdir(), `edgelora-${name}-`));
@@ -77,19 +81,41 @@ async function drawDigit(page, digit) {
   }
 }
 
+/**
+ * CPU seconds (user + system) of process `root` and its descendants from Linux's /proc (null elsewhere): the
+ * whole browser's CPU, every process and thread, read before and after a fine-tune.
+ */
+function treeCpu(root) {
+  if (!root || !fs.existsSync('/proc/self/stat')) return null;
+  const kids = new Map(); const ticks = new Map();
+  for (const d of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let stat;
+    try { stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8'); } catch { continue; }  // gone meanwhile
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');  // state ppid ... utime (11) stime (12)
+    ticks.set(Number(d), Number(f[11]) + Number(f[12]));
+    if (!kids.has(Number(f[1]))) kids.set(Number(f[1]), []);
+    kids.get(Number(f[1])).push(Number(d));
+  }
+  let total = 0; const todo = [root];
+  while (todo.length) { const p = todo.pop(); total += ticks.get(p) || 0; todo.push(...(kids.get(p) || [])); }
+  return total / 100;  // USER_HZ
+}
+
 /** Open the page, draw and/or load the demo's scans, fine-tune, wait for the result. */
-async function fineTune(page, o) {
+async function fineTune(page, o, pid) {
   await page.goto(o.url, { waitUntil: 'load' });
   await page.waitForSelector('body[data-state="ready"]', { timeout: 30000 });
   if (!o.url.includes('open=0')) await page.waitForSelector('body[data-warm]', { timeout: 60000 });  // as a user would
   for (let i = 0; i < Number(o.draw); i++) await drawDigit(page, i % 2 ? 7 : 1);
   if (o.demo !== '0') await page.click('#load-demo');
   await page.waitForFunction(() => !document.getElementById('finetune').disabled, { timeout: 30000 });
+  const cpu0 = treeCpu(pid);
   await page.$eval('#finetune', (b) => b.click());
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), { timeout: o.timeout * 1000, polling: 200 });
+  const cpu = cpu0 === null ? null : treeCpu(pid) - cpu0;
   const state = await page.evaluate(() => document.body.dataset.state);
   if (state !== 'done') throw new Error(`the page reports: ${await page.evaluate(() => document.getElementById('status').textContent)}`);
-  return { ...await page.evaluate(() => window.edgeloraResult),
+  return { ...await page.evaluate(() => window.edgeloraResult), browserCpu: cpu,
     drawn: await page.evaluate(() => document.querySelectorAll('#thumbs canvas').length) };
 }
 
@@ -97,14 +123,14 @@ async function main() {
   const o = parse(process.argv.slice(2));
   const out = path.resolve(o.out);
   fs.mkdirSync(out, { recursive: true });
-  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile));
+  const { browser, profile } = await launch(o.browser, out, o.profile && path.resolve(o.profile), o.flags);
   const errors = [];
   try {
     const page = await browser.newPage();
     page.on('pageerror', (e) => errors.push(String(e.message || e)));
     await page.setViewport({ width: Number(o.width), height: Number(o.height), hasTouch: true, isMobile: o.browser === 'chromium' });
     let result;
-    for (let visit = 0; visit < Number(o.visits); visit++) result = await fineTune(page, o);
+    for (let visit = 0; visit < Number(o.visits); visit++) result = await fineTune(page, o, browser.process()?.pid);
     for (const name of ['adapter_config.json', 'adapter_model.safetensors']) {
       await page.click(`#downloads a[download="${name}"]`);
       await waitFor(() => fs.existsSync(path.join(out, name)) && fs.statSync(path.join(out, name)).size > 0, 30, `the download of ${name}`);

@@ -60,6 +60,7 @@ const sources = () => ({
   bundle: $('bundle-files').files.length ? [...$('bundle-files').files] : `${ASSETS}bundle/`,
   kit: $('kit-files').files.length ? [...$('kit-files').files] : `${ASSETS}kit/`,
   warm: query.get('warm') !== '0',
+  budget: query.get('warmup') === null ? undefined : Number(query.get('warmup')),  // warm-up seconds at load
 });
 
 /** The trainer: one module worker for the page's life, opened and warmed up at load (see worker.js). */
@@ -69,7 +70,7 @@ function startWorker() {
   state.onmessage = (m) => {
     if (m.type === 'warm') {
       document.body.dataset.warm = 'done';
-      $('timing').textContent = `trainer ready: loaded in ${m.load.toFixed(3)} s, warmed up in ${m.seconds.toFixed(3)} s`;
+      $('timing').textContent = `trainer ready: loaded in ${m.load.toFixed(3)} s, warmed up in ${m.seconds.toFixed(3)} s (${m.passes} passes)`;
     } else if (m.type === 'error') {
       document.body.dataset.warm = 'error';
       $('status').textContent = m.message;
@@ -123,7 +124,7 @@ async function done(m, n) {
   } catch (e) {
     $('saved').textContent = `not kept (${e.message || e}): download the files`;
   }
-  window.edgeloraResult = { before: m.before, after: m.after, n, warmedAhead: m.warmed_ahead, timings: { load: m.load_seconds, warm: m.warm_seconds,
+  window.edgeloraResult = { before: m.before, after: m.after, n, warmedAhead: m.warmed_ahead, timings: { load: m.load_seconds, warm: m.warm_seconds, warmPasses: m.warm_passes,
     cache: m.cache_seconds, train: m.train_seconds, epochs: m.epoch_seconds, total: m.seconds }, threads: m.threads };
   document.body.dataset.state = 'done';
   refresh();

@@ -1,12 +1,15 @@
 // The page's trainer, off the main thread: opens the bundle and kit, fills the Skip-Cache (kept in IndexedDB),
 // fine-tunes with onnxruntime-web's wasm backend and posts progress events, then the adapter's files.
-//   in:  { type: 'open', bundle, kit (base URL or File[]), warm } opens and warms up ahead (while the user
-//          collects samples); { type: 'finetune', bundle, kit, train: { x, y }, test: { x, y } | null (npy.js
-//          arrays), options (run settings), chart (evaluate the test rows after each epoch), warm (see warmUp) }
-//   out: { type: 'warm', seconds } | { type: 'stage', text } | { type: 'epoch', epoch, epochs, seconds, accuracy }
-//        | { type: 'done', ... } | { type: 'error', message, user }   (messages are handled one at a time)
+//   in:  { type: 'open', bundle, kit (base URL or File[]), warm, budget (warm-up seconds) } opens and warms up
+//          ahead (while the user collects samples); { type: 'finetune', bundle, kit, train: { x, y },
+//          test: { x, y } | null (npy.js arrays), options (run settings), chart (evaluate the test rows after each
+//          epoch), warm (false: no warm-up; src/warm.js) }
+//   out: { type: 'warm', seconds, passes, load } | { type: 'stage', text }
+//        | { type: 'epoch', epoch, epochs, seconds, accuracy } | { type: 'done', ... }
+//        | { type: 'error', message, user }   (messages are handled one at a time)
 import * as ort from './vendor/ort.wasm.min.mjs';
 import { adapterFor, cacheRows, evaluate, openKit, settingsFor, targetsFor, train } from '../src/finetune.js';
+import { warmUp } from '../src/warm.js';
 import { UserError } from '../src/npy.js';
 import { initValues } from '../src/prng.js';
 import { fileSource, idbCache, urlSource } from '../src/web_io.js';
@@ -18,27 +21,6 @@ const clock = () => performance.now() / 1e3;
 const post = (m) => globalThis.postMessage(m);
 const source = (s, what) => (typeof s === 'string' ? urlSource(s) : fileSource(s, `the picked ${what} files`));
 
-/**
- * One pass of every graph on a batch of zero samples before the real work: wasm kernels compile and the JIT
- * tiers up on tiny inputs, so the first real epoch does not pay for it. Returns its seconds (0: not possible,
- * the input has a dynamic dimension).
- */
-async function warmUp(ctx) {
-  const t0 = clock();
-  const lay = ctx.contract.layout;
-  const m = ctx.contract.recipe.batch_size;
-  const dims = ctx.contract.backbone.inputs[0].shape.slice(1);
-  if (!dims.every(Number.isInteger)) return 0;
-  const x = { dtype: '<f4', shape: [m, ...dims], data: new Float32Array(m * dims.reduce((a, b) => a * b, 1)) };
-  const { rows, n } = await cacheRows(ctx, x, 'warm-up');
-  const cls = ctx.contract.backbone.task === 'classification';
-  const targets = cls ? BigInt64Array.from({ length: n }, (_, i) => BigInt(i % lay.num_outputs)) : new Float32Array(n * lay.num_outputs);
-  const settings = settingsFor(ctx, { epochs: 1, val_fraction: 0, patience: null, class_weights: 'none' });
-  await train(ctx, rows, targets, n, settings);
-  await evaluate(ctx, rows, targets, n, new Float32Array(lay.size));
-  return clock() - t0;
-}
-
 let opened = null;  // { key, ctx, warm (seconds) } of the last bundle and kit given as URLs
 
 /** The kit context for these sources: reused when the same URLs were opened (and warmed) before. */
@@ -49,15 +31,16 @@ async function open(msg) {
   const t0 = clock();
   const ctx = await openKit({ ort, backend: 'wasm', bundle: source(msg.bundle, 'bundle'), kit: source(msg.kit, 'kit') });
   const load = clock() - t0;
-  const warm = msg.warm === false ? 0 : await warmUp(ctx);
-  opened = { key, ctx, load, warm, reused: false };
-  post({ type: 'warm', seconds: warm, load });
+  const budget = msg.type === 'open' ? msg.budget : 0;  // at page load: until settled (src/warm.js); at the click: one pass
+  const { seconds: warm, passes } = msg.warm === false ? { seconds: 0, passes: 0 } : await warmUp(ctx, { clock, budget });
+  opened = { key, ctx, load, warm, passes, reused: false };
+  post({ type: 'warm', seconds: warm, passes, load });
   return opened;
 }
 
 async function finetune(msg) {
   const t0 = clock();
-  const { ctx, load, warm, reused } = await open(msg);
+  const { ctx, load, warm, passes, reused } = await open(msg);
   const settings = settingsFor(ctx, msg.options || {});
   post({ type: 'stage', text: 'filling the Skip-Cache' });
   const t1 = clock();
@@ -82,7 +65,7 @@ async function finetune(msg) {
   const after = test && await evaluate(ctx, test.rows, test.targets, test.n, params);
   const files = await adapterFor(ctx, params, settings, history, 'js-browser-wasm');
   post({ type: 'done', files, before, after, params, history, n: fit.n, cached: fit.cached, threads: ort.env.wasm.numThreads,
-    load_seconds: load, warm_seconds: warm, warmed_ahead: reused, cache_seconds: cacheSeconds, train_seconds: trainSeconds,
+    load_seconds: load, warm_seconds: warm, warm_passes: passes, warmed_ahead: reused, cache_seconds: cacheSeconds, train_seconds: trainSeconds,
     epoch_seconds: history.epochs.map((e) => e.seconds), seconds: clock() - t0 });
 }
 

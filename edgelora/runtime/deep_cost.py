@@ -1,0 +1,54 @@
+"""What the deep tier would cost before it is paid: the memory it holds while training and the CPU time of its
+cross-validation and refit, projected from a few timed optimiser steps (runtime/deep.py's rule reads both)."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..core.backprop import init_params
+from ..core.lora import split
+from .train_config import TrainConfig
+
+PROBE_STEPS = 3           # optimiser steps timed to project the deep tier's cost (the fastest counts)
+
+
+def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
+    """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
+    im2col columns included, measured on one sample) and as much again for their gradients, the parameters
+    with their gradient and two optimiser buffers."""
+    flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
+    saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
+    return int(x.nbytes + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+
+
+def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:
+    """ValueError when the deep tier would hold more than the Skip-Cache's memory budget (None: no budget)."""
+    need = memory_need(eng, x, batch_size)
+    if budget is not None and need > budget:
+        raise ValueError(f"the deep tier needs about {need:,} bytes ({len(x)} prepared inputs of {x[0].nbytes:,} "
+                         f"bytes and a mini-batch of {batch_size}), more than the memory budget of {budget:,} bytes; "
+                         f"use fewer samples, a smaller `batch_size`, or a larger budget")
+
+
+def projected_seconds(eng, x: np.ndarray, n: int, config: TrainConfig, epochs: int) -> float:
+    """CPU seconds the deep tier's k-fold cross-validation and refit would take on n samples: the fastest of
+    PROBE_STEPS timed optimiser steps (forward and backward of one mini-batch) times the steps they make."""
+    flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
+    p, g, b = split(flat, shapes), split(np.zeros_like(flat), shapes), x[:config.batch_size]
+    step = math.inf
+    for _ in range(PROBE_STEPS):
+        t = time.process_time()
+        out, saved = eng.forward(p, eng.prefix(b))
+        eng.backward(np.full_like(out, 1e-3, dtype=np.float32), saved, p, g)
+        step = min(step, (time.process_time() - t) * config.batch_size / len(b))
+    k = max(2, min(config.cv_folds, n // 2))
+    per_epoch = k * math.ceil(n * (k - 1) / k / config.batch_size) + math.ceil(n / config.batch_size)
+    return step * epochs * per_epoch
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, np.ndarray):
+        return v.nbytes
+    return sum(_nbytes(u) for u in v) if isinstance(v, (tuple, list)) else 0
