@@ -108,7 +108,8 @@ def _stacks(layouts: dict, alpha: dict, groups: int, wds: np.ndarray, cfg, init_
     used = {(form, r): (lora.Layout(lay.taps[-1:], lay.widths[-1:], lay.num_outputs, r, lay.bias),
                         slice(lay.bounds[-1][0], None)) if form == "last" else (lay, slice(None))
             for (form, r), lay in layouts.items()}
-    sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, groups, len(wds)).values()) for lay, _ in used.values()]
+    sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, groups, len(wds)).values())
+             for lay, _ in used.values()]
     flat, grads, decay = (np.zeros(sum(sizes), np.float32) for _ in range(3))
     ends = np.cumsum([0] + sizes)
     stacks = [(key, Stack(lay, groups, len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],

@@ -1,5 +1,6 @@
 """The training loop: one run of skip adapters over cached (or computed) taps, with seeded epochs,
-validation, best-epoch restore and a NaN/Inf guard, around the training engine at M = 1 (stack.py). runtime/train.py chooses the runs and builds the adapter.
+validation, best-epoch restore and a NaN/Inf guard, around the training engine at M = 1 (stack.py).
+runtime/train.py chooses the runs and builds the adapter.
 
 Everything a run needs to continue lives in `Run.state()` (flat arrays + JSON-able values), so a
 checkpoint written after any epoch resumes to the same adapter, bit for bit, as a run never stopped.

@@ -224,7 +224,8 @@ def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config:
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    return Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
+    config_out = adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training)
+    return Adapter(config_out, result)
 
 
 def _resumable(saved: tuple | None, runs_plan: Plan) -> tuple | None:
