@@ -34,13 +34,14 @@ def train_config(cfg: BenchConfig, seed: int) -> TrainConfig:
                        form="skip", tap_scaling="none", cv_folds=0, seed=seed)
 
 
-# (module, function, part): what the trainer calls, by the part of a step it belongs to. Entries a given
-# edgelora version does not have are skipped, so the profile follows the core as it changes.
-PATCHES = (("edgelora.core.lora", "forward", "forward"), ("edgelora.core.lora", "backward", "backward"),
-           ("edgelora.core.loop", "cross_entropy_grad", "backward"), ("edgelora.runtime.train", "cross_entropy_grad", "backward"),
-           ("edgelora.core.loop", "cross_entropy", "eval"), ("edgelora.runtime.train", "cross_entropy", "eval"),
-           ("edgelora.core.loop", "epoch_metrics", "eval"), ("edgelora.runtime.train", "evaluate_outputs", "eval"),
-           ("edgelora.core.optim.Adam", "step", "update"), ("edgelora.core.optim.SGD", "step", "update"))
+# (module, class or "", function, part): what the trainer calls, by the part of a step it belongs to. Entries a
+# given edgelora version does not have are skipped, so the profile follows the core as it changes.
+PATCHES = (("edgelora.core.lora", "", "forward", "forward"), ("edgelora.core.lora", "", "backward", "backward"),
+           ("edgelora.core.stack", "Stack", "forward", "forward"), ("edgelora.core.stack", "Stack", "backward", "backward"),
+           ("edgelora.core.loop", "", "cross_entropy_grad", "backward"), ("edgelora.core.loop", "", "loss_grad", "backward"),
+           ("edgelora.core.loop", "", "cross_entropy", "eval"), ("edgelora.runtime.train", "", "cross_entropy", "eval"),
+           ("edgelora.core.loop", "", "epoch_metrics", "eval"), ("edgelora.runtime.train", "", "evaluate_outputs", "eval"),
+           ("edgelora.core.optim", "Adam", "step", "update"), ("edgelora.core.optim", "SGD", "step", "update"))
 
 
 @contextlib.contextmanager
@@ -60,10 +61,10 @@ def instrumented(backbone: Backbone, batch_size: int):
         return wrapper
 
     undo = []
-    for where, attr, part in PATCHES:
-        mod, _, cls = where.partition(".optim.") if ".optim." in where else (where, "", "")
-        owner = getattr(importlib.import_module("edgelora.core.optim"), cls) if cls else importlib.import_module(mod)
-        if hasattr(owner, attr):
+    for mod, cls, attr, part in PATCHES:
+        owner = importlib.import_module(mod)
+        owner = getattr(owner, cls, None) if cls else owner
+        if owner is not None and hasattr(owner, attr):
             undo.append((owner, attr, getattr(owner, attr)))
             setattr(owner, attr, timed(getattr(owner, attr), part))
     backbone.features = timed(backbone.features, "backbone")

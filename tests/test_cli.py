@@ -283,6 +283,23 @@ def test_error_unexpected_failure_exits_1_with_one_line(files, capsys, monkeypat
     assert code == 1 and "Traceback" in err  # --verbose adds the traceback
 
 
+@pytest.mark.parametrize("flags", [("--epochs", "8"), ("--epochs", "3", "--val-fraction", "0.2")])
+def test_progress_bar_is_sized_by_the_plan(files, capsys, monkeypatch, flags):
+    """The bar was sized from the flags (8 epochs where cross-validation chose 4; 8 where a holdout trained 32);
+    it is sized by the plan, which the report shows."""
+    d, bundle = files
+    seen = []
+    update = Progress.update
+    monkeypatch.setattr(Progress, "update", lambda self, done, note="": seen.append((self.label, done, self.total))
+                        or update(self, done, note))
+    r = run_json(capsys, "finetune", bundle, "--data", d / "train.npz", "--out", d / "ad", "--batch-size", "10",
+                 "--time-budget", "1000", *flags)
+    training = [(done, total) for label, done, total in seen if label == "training"]
+    epochs = r["plan"]["epochs"]                     # one update per epoch callback, the last one fills the bar
+    assert len(training) == epochs and training[-1] == (epochs, epochs)
+    assert r["plan"]["rows"] == r["samples"] and len(r["plan"]["runs"]) == max(1, len(r["candidates"]))
+
+
 def test_progress_bar_draws_only_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):

@@ -68,7 +68,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_says_it_starts_ov
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr("edgelora.runtime.train._recipes", interrupt)   # inside cross-validation
+    monkeypatch.setattr("edgelora.runtime.train.plan", interrupt)   # inside cross-validation
     args = ["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad"), *FAST,
             "--checkpoint-dir", str(d / "ck")]
     assert main(args) == 130

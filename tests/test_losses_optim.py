@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edgelora.core.losses import balanced_weights, cross_entropy, cross_entropy_grad
+from edgelora.core.losses import balanced_weights, class_weights, cross_entropy, cross_entropy_grad, loss_grad
 from edgelora.core.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate
 
 
@@ -79,3 +79,25 @@ def test_clip_grad_norm():
     g = np.array([0.3, 0.4])
     clip_grad_norm(g, 1.0)
     np.testing.assert_allclose(g, [0.3, 0.4])
+
+
+def test_loss_grad_of_many_models_is_each_models_gradient_bit_for_bit():
+    """The engine's one loss gradient for stacks of models (S, M, b, C) is, per model, the single-model gradient,
+    float64 softmax included, and finite for large logits (~1000, where an unshifted exp overflows)."""
+    rng = np.random.default_rng(2)
+    y = (1000.0 + 5.0 * rng.standard_normal((2, 3, 6, 4))).astype(np.float32)     # (stacks, models, b, C)
+    onehot = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 6)]
+    want = np.stack([[cross_entropy_grad(m.copy(), onehot) for m in s] for s in y])
+    got = loss_grad(y.copy(), onehot, np.full((3, 6, 1), 1 / 6, np.float32))
+    assert np.isfinite(got).all() and np.array_equal(got, want)
+    shifted = loss_grad(y.copy(), onehot, np.full((3, 6, 1), 1 / 6, np.float32), shift=y[0, 0].max(axis=1)[:, None])
+    assert np.isfinite(shifted).all() and np.abs(shifted - want).max() <= 1e-7   # all in float64: rounded once
+    target = rng.standard_normal((6, 4)).astype(np.float32)
+    assert np.allclose(loss_grad(y.copy(), target, 1 / 6, "regression"), (y - target) * 2 / 4 / 6)
+
+
+def test_error_class_weights_of_the_wrong_length():
+    assert class_weights("none", np.array([0, 1]), 2) is None
+    assert np.allclose(class_weights("balanced", np.array([0, 0, 0, 1]), 2), [2 / 3, 2.0])
+    with pytest.raises(ValueError, match="should have 3 entries .* found 2"):
+        class_weights([1.0, 2.0], np.array([0, 1]), 3)

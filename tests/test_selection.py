@@ -57,6 +57,16 @@ def test_paired_rule_does_not_prefer_a_worse_last_layer_form():
     assert choose(tie, None)[0]["recipe"].tap_scaling == "none"
 
 
+def test_a_diverged_candidate_never_ties_with_the_best():
+    """A diverged model's paired error is inf, which put it "within one error" of any best: with raw taps
+    preferred among ties, a diverged raw-tap candidate beat a finite standardised one."""
+    good = np.r_[np.ones(18), np.zeros(2)]
+    diverged = row("skip", "none", np.full(20, -np.inf))
+    assert choose([row("skip", "standard", good), diverged], None)[0]["recipe"].tap_scaling == "standard"
+    only = choose([diverged], None)[0]                       # every candidate diverged: still an answer
+    assert only is diverged
+
+
 def test_identity_wins_when_no_adapter_is_better():
     adapter = row("skip", "none", np.r_[np.ones(14), np.zeros(6)])
     backbone = row("identity", "none", np.r_[np.ones(15), np.zeros(5)])

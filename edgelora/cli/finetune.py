@@ -7,13 +7,13 @@ import time
 import warnings
 from pathlib import Path
 
-from ..core.budget import budget_epochs
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..files.data import num_samples
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
+from ..runtime.plan import Plan
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig
 from ..runtime.train_config import training_split
@@ -130,13 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume and load_checkpoint(args.checkpoint_dir) is None:
         warnings.warn(f"--resume: {args.checkpoint_dir} holds no checkpoint (the run it continues stopped before its "
                       f"first epoch finished); starting from the beginning")
-    config = TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
-                         cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
-                         cv_seconds=args.time_budget, deep_seconds=args.deep_budget, identity=not args.force_adapter,
-                         recalibrate=args.recalibrate)
+    config = _config(args)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
@@ -149,26 +143,15 @@ def run(args: argparse.Namespace) -> dict:
 
     val_idx = split[1]
     val_before = evaluate_outputs(features(val_idx)[0], targets[val_idx], m.task) if len(val_idx) else None
+    bar = Progress(1, "training", enabled=not args.quiet)   # sized by the plan, before the first epoch
+    planned: list[Plan] = []
 
-    holdout = config.val_fraction > 0   # else: one refit after cross-validation (or none at all)
-    candidates = (len(config.rank_grid) if config.r == "auto" and holdout else 1) * \
-        (len(config.weight_decay_grid) if config.weight_decay == "auto" and holdout else 1)
-    epochs = config.epochs if config.epochs != "auto" else \
-        budget_epochs("auto", config.min_steps, len(split[0]), config.batch_size)
-    bar = Progress(candidates * epochs, "training", enabled=not args.quiet)
-    done = [0]
-
-    def on_epoch(rec: dict) -> None:
-        done[0] += 1
-        val = f"val loss {rec['val_loss']:.4f}" if "val_loss" in rec else f"train loss {rec['train_loss']:.4f}"
-        bar.update(done[0], f"r={rec['r']} wd={rec['weight_decay']:g} {val}")
-        if args.verbose and not bar.active:
-            print(f"epoch {rec['epoch']}/{rec['epochs']} r={rec['r']} wd={rec['weight_decay']:g} "
-                  f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
-
-    adapter, history = finetune_features(features, targets, split, config, callback=on_epoch,
+    def on_plan(plan: Plan) -> None:
+        planned.append(plan)
+        bar.resize(plan.epochs)
+    adapter, history = finetune_features(features, targets, split, config, callback=_on_epoch(bar, args.verbose),
                                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, engine=args.engine,
-                                         checkpoint_every=args.checkpoint_every)
+                                         checkpoint_every=args.checkpoint_every, on_plan=on_plan)
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
@@ -183,18 +166,44 @@ def run(args: argparse.Namespace) -> dict:
             "chosen": history.chosen, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
             "stopped": history.stopped, "val_before": val_before, "val_after": history.val_metrics or None,
             "train_loss": best.get("train_loss"), "candidates": history.candidates,
-            "cross_validation": selection or None,
-            "cache": cache_stats,
+            "cross_validation": selection or None, "cache": cache_stats,
+            "plan": planned[0].summary() if planned else None,
             "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                         "total": time.perf_counter() - start},
-            "settings": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-                         "optimizer": config.optimizer, "val_fraction": config.val_fraction, "seed": config.seed,
-                         "rank": config.r, "weight_decay": config.weight_decay, "form": config.form,
-                         "tap_scaling": config.tap_scaling, "min_steps": config.min_steps,
-                         "time_budget": config.cv_seconds, "deep_budget": config.deep_seconds, "force_adapter": args.force_adapter,
-                         "cv_folds": config.cv_folds, "cv_rows_per_class": config.cv_rows_per_class,
-                         "resumed": args.resume},
-            "history": history.epochs}
+            "settings": _settings(config, args), "history": history.epochs}
+
+def _settings(config: TrainConfig, args: argparse.Namespace) -> dict:
+    """The settings as the report shows them (the flags' names)."""
+    return {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "optimizer": config.optimizer,
+            "val_fraction": config.val_fraction, "seed": config.seed, "rank": config.r,
+            "weight_decay": config.weight_decay, "form": config.form, "tap_scaling": config.tap_scaling,
+            "min_steps": config.min_steps, "time_budget": config.cv_seconds, "deep_budget": config.deep_seconds,
+            "force_adapter": args.force_adapter,
+            "cv_folds": config.cv_folds, "cv_rows_per_class": config.cv_rows_per_class, "resumed": args.resume}
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The settings the flags ask for."""
+    return TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                       val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                       form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
+                       cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
+                       cv_seconds=args.time_budget, deep_seconds=args.deep_budget,
+                       identity=not args.force_adapter,
+                       recalibrate=args.recalibrate)
+
+def _on_epoch(bar: Progress, verbose: bool):
+    """The epoch callback: the progress bar (sized by the plan), or with --verbose and no terminal a line per epoch."""
+    done = [0]
+
+    def on_epoch(rec: dict) -> None:
+        done[0] += 1
+        val = f"val loss {rec['val_loss']:.4f}" if "val_loss" in rec else f"train loss {rec['train_loss']:.4f}"
+        bar.update(done[0], f"r={rec['r']} wd={rec['weight_decay']:g} {val}")
+        if verbose and not bar.active:
+            print(f"epoch {rec['epoch']}/{rec['epochs']} r={rec['r']} wd={rec['weight_decay']:g} "
+                  f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
+    return on_epoch
 
 def _fill(cache: SkipCache, inputs: dict, show: bool) -> FeatureSource:
     """The samples' features from the Skip-Cache, filled in chunks so a progress bar can follow the backbone."""

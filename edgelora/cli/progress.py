@@ -32,6 +32,10 @@ class Progress:
                           f"\033[K")
         self.stream.flush()
 
+    def resize(self, total: int) -> None:
+        """Set the count that fills the bar (known once the work is planned)."""
+        self.total = max(int(total), 1)
+
     def close(self) -> None:
         if self.active:
             self._last = 0.0

@@ -19,12 +19,12 @@ from typing import Protocol
 import numpy as np
 
 from . import budget, lora
-from .losses import balanced_weights, log_softmax
+from .losses import class_weights, log_softmax, loss_grad
 from .optim import from_config, learning_rate
 from .selection import IDENTITY, choose, held_out, improved, repeats_for, summarize
+from .scaling import SCALINGS, scaled
 from .stack import Stack
 
-SCALINGS = ("none", "standard")
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)
 
 
@@ -43,35 +43,6 @@ class Recipe:
     weight_decay: float
     r: int
     epochs: int
-
-
-def tap_standardizer(features, n: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, 1/std) per tap feature over all n samples (no labels used), summed in float64 over chunks of
-    rows (features(idx) -> (y0, taps)), so no float64 copy of the taps is made; constant features get 1/std = 0."""
-    parts = range(0, n, chunk)
-    mu = sum(features(np.arange(a, min(n, a + chunk)))[1].sum(axis=0, dtype=np.float64) for a in parts) / n
-    sd = np.sqrt(sum(((features(np.arange(a, min(n, a + chunk)))[1] - mu) ** 2).sum(axis=0) for a in parts) / n)
-    inv = np.where(sd > 1e-6 * (np.abs(mu) + 1.0), 1.0 / np.maximum(sd, 1e-30), 0.0)
-    return mu.astype(np.float32), inv.astype(np.float32)
-
-
-def _loss_grad(task: str, c: int):
-    """grad(y (..., b, C), rows (b, C), shift (b, 1)) -> per-sample dL/dy (not yet divided by the batch size), in
-    place in y; rows: the batch's one-hot targets (classification) or target values (regression). The softmax
-    subtracts `shift` (each sample's largest backbone logit) instead of a max over y, and sums with a matrix
-    product: a reduction over a short last axis costs 5-15 us in numpy, a product 1-2 us."""
-    ones = np.ones((c, 1), np.float32)
-
-    def grad(y, rows, shift):
-        if task != "classification":
-            return np.multiply(np.subtract(y, rows, out=y), 2.0 / c, out=y)
-        y -= shift
-        np.minimum(y, 80.0, out=y)                           # exp stays finite even if an adapter diverges
-        np.exp(y, out=y)
-        y /= y @ ones
-        y -= rows
-        return y
-    return grad
 
 
 def _scores(y: np.ndarray, targets: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,58 +69,24 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, sc
     single run (batch size, lr and schedule, optimiser, class weights, seed) except `clip_norm` and `lora_dropout`."""
     n, c = y0.shape
     slots, repeats = len(held), int(held[:, 0].sum())
-    k = slots // repeats
-    weights = None if task != "classification" or cfg.class_weights == "none" else \
-        balanced_weights(targets, c) if cfg.class_weights == "balanced" else np.asarray(cfg.class_weights, np.float32)
-    sample_w = np.ones(n, np.float32) if weights is None else weights[targets]
-    rng = np.random.default_rng(cfg.seed)
     wds = np.repeat(np.asarray(decays, np.float32), slots)        # model j of a group: decay j // S, slot j % S
-    # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap's columns
-    used = {(form, r): (lora.Layout(lay.taps[-1:], lay.widths[-1:], lay.num_outputs, r, lay.bias),
-                        slice(lay.bounds[-1][0], None)) if form == "last" else (lay, slice(None))
-            for (form, r), lay in layouts.items()}
-    # every stack lives in one flat buffer, so one optimiser call per step updates all of them
-    sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, len(scalings), len(wds)).values())
-             for lay, _ in used.values()]
-    flat, grads, decay = (np.zeros(sum(sizes), np.float32) for _ in range(3))
-    ends = np.cumsum([0] + sizes)
-    stacks = [(key, Stack(lay, len(scalings), len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
-                          (flat[a:b], grads[a:b], decay[a:b])), cols)
-              for (key, (lay, cols)), a, b in zip(used.items(), ends[:-1], ends[1:])]
+    stacks, flat, grads, decay = _stacks(layouts, alpha, len(scalings), wds, cfg, init_flat)
     base_y = y0 if init_flat is None else stacks[0][1].forward(y0, t_all[:, :, stacks[0][2]])[0][0]
-    opt, grad = from_config(cfg, decay.size, decay), _loss_grad(task, c)
+    opt, rng = from_config(cfg, decay.size, decay), np.random.default_rng(cfg.seed)
+    weights = None if task != "classification" else class_weights(cfg.class_weights, targets, c)
     own = np.tile(np.arange(slots), len(decays) * len(scalings))  # slot of each model
-    keep = (~held[own]).astype(np.float32) * sample_w              # (M, N): a model's loss weight per sample
+    keep = (~held[own]).astype(np.float32) * (1.0 if weights is None else weights[targets])  # (M, N) loss weights
     rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets.astype(np.float32)
-    shift = np.maximum.reduce(y0, axis=1, keepdims=True)
-    bs, steps = cfg.batch_size, math.ceil(n / cfg.batch_size)
-    marks, warmup = sorted(marks), int(round(cfg.warmup_epochs * steps))
+    steps, marks = math.ceil(n / cfg.batch_size), sorted(marks)
     start = target = marks[-1]
-    starts = np.arange(0, n, bs)
-    tp = np.empty_like(t_all)                                       # the taps in this epoch's order
     results, stopped, t0, epoch = [], "explicit" if time_limit is None else "", time.perf_counter(), 0
     while epoch < target:
         epoch += 1
-        lrs = [learning_rate(i, start * steps, cfg.lr, cfg.schedule, warmup)
+        lrs = [learning_rate(i, start * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
                for i in range((epoch - 1) * steps, epoch * steps)]
-        # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch
-        perm = rng.permutation(n)
-        w = keep[:, perm]
-        w /= np.repeat(np.maximum(np.add.reduceat(w, starts, axis=1), 1e-12), np.diff(np.append(starts, n)), axis=1)
-        y0p, rp, sp = y0[perm], rows[perm], shift[perm]
-        np.take(t_all, perm, axis=1, out=tp)
-        for i in range(steps):
-            s = slice(i * bs, (i + 1) * bs)
-            ts = [tp[:, s, cols] for _, _, cols in stacks]
-            y = np.empty((len(stacks), len(own), len(sp[s]), c), np.float32)    # every stack's outputs
-            hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
-            grad(y, rp[s], sp[s])                                        # one loss gradient for all stacks
-            y *= w[:, s, None]
-            for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
-                stack.backward(g, h, t)
-            opt.step(flat, grads, lrs[i])
+        _epoch(stacks, opt, (flat, grads), (y0, t_all, rows, keep), rng.permutation(n), lrs, cfg.batch_size, task)
         if epoch in marks:
-            results += _score_mark(stacks, y0, t_all, targets, task, held, repeats, k, scalings, decays, epoch)
+            results += _score_mark(stacks, y0, t_all, targets, task, held, repeats, scalings, decays, epoch)
         if epoch == target and time_limit is not None:
             spent = time.perf_counter() - t0
             now = [res for res in results if res["recipe"].epochs == epoch]
@@ -163,10 +100,54 @@ def cross_validate(y0: np.ndarray, t_all: np.ndarray, targets: np.ndarray, *, sc
     return results, base, {"marks": marks, "stopped": stopped}
 
 
-def _score_mark(stacks, y0, t_all, targets, task, held, repeats, k, scalings, decays, epoch) -> list[dict]:
+def _stacks(layouts: dict, alpha: dict, groups: int, wds: np.ndarray, cfg, init_flat):
+    """([(key, Stack, columns of the taps it reads)], flat parameters, gradients, weight decays): one stack per
+    (form, rank), all in one flat buffer so one optimiser call per step updates all of them. wds (Mg,): model j
+    of a group has decay wds[j]."""
+    # the last-layer form trains only its tap (the others' A and B stay 0): its stack reads just that tap's columns
+    used = {(form, r): (lora.Layout(lay.taps[-1:], lay.widths[-1:], lay.num_outputs, r, lay.bias),
+                        slice(lay.bounds[-1][0], None)) if form == "last" else (lay, slice(None))
+            for (form, r), lay in layouts.items()}
+    sizes = [sum(int(np.prod(s)) for s in Stack.layout_shapes(lay, groups, len(wds)).values())
+             for lay, _ in used.values()]
+    flat, grads, decay = (np.zeros(sum(sizes), np.float32) for _ in range(3))
+    ends = np.cumsum([0] + sizes)
+    stacks = [(key, Stack(lay, groups, len(wds), alpha[key] / key[1], wds, cfg, init_flat, key[0],
+                          (flat[a:b], grads[a:b], decay[a:b])), cols)
+              for (key, (lay, cols)), a, b in zip(used.items(), ends[:-1], ends[1:])]
+    return stacks, flat, grads, decay
+
+
+def _epoch(stacks: list, opt, buffers: tuple, data: tuple, perm: np.ndarray, lrs: list[float], bs: int,
+           task: str) -> None:
+    """One epoch of every model of every stack over the rows in the order `perm`: each batch one forward per
+    stack, one loss gradient for all (losses.loss_grad), one backward per stack and one optimiser step.
+    data = (y0 (N, C), taps (G, N, D), rows (N, C) one-hot or targets, keep (M, N) each model's loss weights)."""
+    (flat, grads), (y0, t_all, rows, keep), n = buffers, data, len(perm)
+    # one gather per epoch, then every batch is a slice: (M, N) loss weights summing to 1 per model and batch;
+    # the taps are gathered per batch (a copy of all of them in epoch order was the fine-tune's peak memory)
+    starts = np.arange(0, n, bs)
+    w = keep[:, perm]
+    w /= np.repeat(np.maximum(np.add.reduceat(w, starts, axis=1), 1e-12), np.diff(np.append(starts, n)), axis=1)
+    y0p, rp = y0[perm], rows[perm]
+    shift = np.maximum.reduce(y0p, axis=1, keepdims=True)          # each sample's largest backbone logit
+    for i, lr in enumerate(lrs):
+        s = slice(i * bs, (i + 1) * bs)
+        tb = np.take(t_all, perm[s], axis=1)                             # (G, b, D): this batch's taps
+        ts = [tb[:, :, cols] for _, _, cols in stacks]
+        y = np.empty((len(stacks), len(w), len(rp[s]), y0.shape[1]), np.float32)    # every stack's outputs
+        hs = [stack.forward(y0p[s], t, out)[1] for (_, stack, _), t, out in zip(stacks, ts, y)]
+        loss_grad(y, rp[s], w[:, s, None], task, shift[s])               # one loss gradient for all stacks
+        for (_, stack, _), g, h, t in zip(stacks, y, hs, ts):
+            stack.backward(g, h, t)
+        opt.step(flat, grads, lr)
+
+
+def _score_mark(stacks, y0, t_all, targets, task, held, repeats, scalings, decays, epoch) -> list[dict]:
     """Every recipe's (R, N) held-out scores and losses at this epoch: each sample scored, in each repeat,
     by the model that did not train on it."""
     found, slots = [], len(held)
+    k = slots // repeats
     for (form, r), stack, cols in stacks:
         y, _ = stack.forward(y0, t_all[:, :, cols])      # (M, N, C): every model on every sample
         score, loss = _scores(y, targets, task)
@@ -227,10 +208,7 @@ def _scaled_taps(features: Rows, idx: np.ndarray, scalings: list[str]) -> tuple[
         return y0, np.ascontiguousarray(t, np.float32)[None]     # (1, N, D) without another copy
     taps = np.empty((len(scalings),) + t.shape, np.float32)      # (G, N, D), each group scaled in place
     for g, sc in enumerate(scalings):
-        taps[g] = t
-        if sc == "standard":
-            taps[g] -= features.standardizer[0]
-            taps[g] *= features.standardizer[1]
+        scaled(t, sc, features.standardizer if sc != "none" else None, out=taps[g])
     return y0, taps
 
 

@@ -1,5 +1,6 @@
 """The training loop: one run of skip adapters over cached (or computed) taps, with seeded epochs,
-validation, best-epoch restore and a NaN/Inf guard. runtime/train.py chooses the runs and builds the adapter.
+validation, best-epoch restore and a NaN/Inf guard, around the training engine at M = 1 (stack.py).
+runtime/train.py chooses the runs and builds the adapter.
 
 Everything a run needs to continue lives in `Run.state()` (flat arrays + JSON-able values), so a
 checkpoint written after any epoch resumes to the same adapter, bit for bit, as a run never stopped.
@@ -13,10 +14,12 @@ from typing import Protocol
 import numpy as np
 
 from . import lora
-from .losses import balanced_weights, cross_entropy, cross_entropy_grad, mse
+from .losses import class_weights as class_weights_of
+from .losses import cross_entropy, loss_grad, mse
 from .metrics import epoch_metrics
 from .optim import clip_grad_norm, from_config, learning_rate
 from .shuffle import SplitMix64
+from .stack import Stack
 
 MONITOR = 256  # train loss is monitored on a fixed sample of at most this many rows (both trainers)
 
@@ -29,7 +32,7 @@ class Features(Protocol):
 
 
 class Run:
-    """Training state of one candidate (form, rank, weight decay)."""
+    """Training state of one candidate (form, rank, weight decay): the engine's stack at M = 1 (stack.py)."""
 
     def __init__(self, layout: lora.Layout, *, scale: float, weight_decay: float, cfg, task: str,
                  init_flat: np.ndarray | None = None, form: str = "skip"):
@@ -37,15 +40,12 @@ class Run:
         form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap)."""
         self.layout, self.scale, self.weight_decay, self.cfg, self.task = layout, scale, weight_decay, cfg, task
         self.form = form
-        self.flat = init_flat.astype(np.float32, copy=True) if init_flat is not None else \
-            lora.init_last(layout, scale) if form == "last" else lora.init(layout, cfg.seed)
-        self.grad = np.zeros_like(self.flat)
+        # one model's flat buffer is lora's layout (A (1, d, 1, r) is A (d, r)): `flat` is what is saved
+        self.stack = Stack(layout, 1, 1, scale, np.array([weight_decay], np.float32), cfg, init_flat, form)
+        self.flat, self.grad = self.stack.flat, self.stack.grad
         self.best_flat = self.flat.copy()
-        decay = weight_decay
-        if form == "last":   # B is held fixed: no gradient (zeroed every step) and no decay
-            decay = np.full(self.flat.size, weight_decay, np.float32)
-            lora.views(decay, layout)["B"][:] = 0.0
-        self.opt = from_config(cfg, self.flat.size, decay)
+        # B of the last form is held fixed: no gradient and no decay (the stack's per-element decays)
+        self.opt = from_config(cfg, self.flat.size, self.stack.decay if form == "last" else weight_decay)
         self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
         self.shuffler = SplitMix64(cfg.seed)       # specified PRNG: every client shuffles identically
         self.epoch = self.step = self.best_epoch = self.since_best = 0
@@ -55,79 +55,79 @@ class Run:
 
     def fit(self, features: Features, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
             callback=None, on_epoch=None, val: tuple | None = None) -> None:
-        """Run the remaining epochs on the samples split = (train_idx, val_idx). callback(epoch record) and
-        on_epoch(self) after every epoch; `val`: the validation features when the caller already has them."""
-        cfg, layout, scale, static = self.cfg, self.layout, self.scale, features.static
-        train_idx, val_idx = split
-        loss_fn, grad_fn = objective(layout.num_outputs, cfg.class_weights, self.task, targets, train_idx)
-        p, g = lora.views(self.flat, layout), lora.views(self.grad, layout)
-        bs = cfg.batch_size
-        steps = math.ceil(len(train_idx) / bs)
-        total = cfg.epochs * steps
-        lrs = [learning_rate(i, total, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
-               for i in range(total)]
-        if val is None and len(val_idx) and static:
+        """Run the remaining epochs on the samples split = (train_idx, val_idx): the validation rows never enter
+        a batch (a fold whose rows weigh 0). callback(epoch record) and on_epoch(self) after every epoch;
+        `val`: the validation features when the caller already has them."""
+        cfg, (train_idx, val_idx) = self.cfg, split
+        obj = Objective(self.layout.num_outputs, cfg.class_weights, self.task, targets, train_idx)
+        steps = math.ceil(len(train_idx) / cfg.batch_size)
+        lrs = [learning_rate(i, cfg.epochs * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
+               for i in range(cfg.epochs * steps)]
+        if val is None and len(val_idx) and features.static:
             val = features(val_idx)
         # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
         monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
-        train = features(monitor) if static else None
-        fixed_b = g["B"] if self.form == "last" else None
-        # the step loop runs ~50 numpy calls' worth of Python per batch: keep its lookups local
-        dropout, clip, opt_step, flat, grad, forward, backward = (cfg.lora_dropout, cfg.clip_norm, self.opt.step,
-                                                                 self.flat, self.grad, lora.forward, lora.backward)
+        train = features(monitor) if features.static else None
         while self.stopped is None:
-            t0 = time.perf_counter()
-            good = flat.copy()
+            t0, good = time.perf_counter(), self.flat.copy()
             perm = train_idx[self.shuffler.permutation(len(train_idx))]
-            batch_losses, step = 0.0, self.step
             with np.errstate(over="ignore", invalid="ignore"):  # the guard below handles overflow
-                for i in range(0, len(perm), bs):
-                    idx = perm[i:i + bs]
-                    y0, t = features(idx)
-                    if dropout:
-                        t = lora.tap_dropout(t, dropout, self.rng)
-                    y, saved = forward(p, y0, t, layout, scale)
-                    if not static:  # Skip-LoRA without a cache: a running mean costs nothing next to the backbone
-                        batch_losses += loss_fn(y, idx) * len(idx)
-                    backward(grad_fn(y, idx), saved, p, g, layout, scale)
-                    if fixed_b is not None:
-                        fixed_b[:] = 0.0
-                    if clip:
-                        clip_grad_norm(grad, clip)
-                    opt_step(flat, grad, lrs[step])
-                    step += 1
-            self.step = step
+                batch_loss = self._epoch(features, perm, obj, lrs)
             self.epoch += 1
             if not np.isfinite(self.flat).all():
                 self.flat[:] = good  # keep the last good parameters (end of the previous epoch)
                 self.stopped = "non_finite"
                 break
             with np.errstate(over="ignore", invalid="ignore"):
-                train_loss = loss_fn(lora.forward(p, *train, layout, scale)[0], monitor) if static else \
-                    batch_losses / len(perm)
-            rec = {"epoch": self.epoch, "train_loss": train_loss, "lr": lrs[self.step - 1],
-                   "seconds": time.perf_counter() - t0}
-            if len(val_idx):
-                vy0, vt = val if val is not None else features(val_idx)
-                val_metrics = epoch_metrics(lora.forward(p, vy0, vt, layout, scale)[0], targets[val_idx], self.task)
-                rec.update({f"val_{k}": v for k, v in val_metrics.items()})
-                if self.best_loss is None or rec["val_loss"] < self.best_loss:
-                    self.best_loss, self.best_epoch, self.since_best = rec["val_loss"], self.epoch, 0
-                    self.best_flat[:] = self.flat
-                else:
-                    self.since_best += 1
-            else:
-                self.best_epoch = self.epoch
-                self.best_flat[:] = self.flat
-            self.epochs.append(rec)
-            if cfg.patience and self.since_best >= cfg.patience:
-                self.stopped = "early_stopping"
-            elif self.epoch >= cfg.epochs:
-                self.stopped = "completed"
+                loss = obj.loss(self.outputs(*train), monitor) if train is not None else batch_loss
+            rec = self._record(loss, lrs[self.step - 1], time.perf_counter() - t0, targets, val_idx, val, features)
             if callback:
-                callback({**rec, "epochs": cfg.epochs, "r": layout.rank, "weight_decay": self.weight_decay})
+                callback({**rec, "epochs": cfg.epochs, "r": self.layout.rank, "weight_decay": self.weight_decay})
             if on_epoch:
                 on_epoch(self)
+
+    def _epoch(self, features: Features, perm: np.ndarray, obj: Objective, lrs: list[float]) -> float:
+        """One pass over the rows `perm` in batches; the mean loss of the batches when the rows are not cached
+        (Skip-LoRA without a cache: a running mean costs nothing next to the backbone), else 0."""
+        cfg, stack, static, total = self.cfg, self.stack, features.static, 0.0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            y0, t = features(idx)
+            if cfg.lora_dropout:
+                t = lora.tap_dropout(t, cfg.lora_dropout, self.rng)
+            y, h = stack.forward(y0, t[None])
+            if not static:
+                total += obj.loss(y[0], idx) * len(idx)
+            stack.backward(obj.grad(y, idx), h, t[None])
+            if cfg.clip_norm:
+                clip_grad_norm(self.grad, cfg.clip_norm)
+            self.opt.step(self.flat, self.grad, lrs[self.step])
+            self.step += 1
+        return total / len(perm)
+
+    def _record(self, train_loss: float, lr: float, seconds: float, targets: np.ndarray, val_idx: np.ndarray,
+                val: tuple | None, features: Features) -> dict:
+        """The epoch's record (appended to self.epochs), the best epoch so far and why the run stops, if it does."""
+        rec = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds}
+        if len(val_idx):
+            metrics = epoch_metrics(self.outputs(*(val if val is not None else features(val_idx))),
+                                    targets[val_idx], self.task)
+            rec.update({f"val_{k}": v for k, v in metrics.items()})
+        if not len(val_idx) or self.best_loss is None or rec["val_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch, self.since_best = rec.get("val_loss"), self.epoch, 0
+            self.best_flat[:] = self.flat
+        else:
+            self.since_best += 1
+        self.epochs.append(rec)
+        if self.cfg.patience and self.since_best >= self.cfg.patience:
+            self.stopped = "early_stopping"
+        elif self.epoch >= self.cfg.epochs:
+            self.stopped = "completed"
+        return rec
+
+    def outputs(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The adapted outputs y (N, C) of rows (y0 (N, C), taps (N, D)) with the current parameters."""
+        return self.stack.forward(y0, t[None])[0][0]
 
     def summary(self) -> dict:
         """The candidate's settings and outcome, for History.candidates."""
@@ -161,35 +161,22 @@ class Run:
                                                                        meta["epochs"], meta["stopped"])
 
 
-def objective(c: int, class_weights, task: str, targets: np.ndarray, train_idx: np.ndarray):
-    """(loss(y, idx) -> float, grad(y, idx) -> dL/dy computed in place in y) for the samples idx."""
-    if task != "classification":
-        def loss(y, idx):
-            return mse(y, targets[idx])[0]
+class Objective:
+    """The training loss of one run over the samples `train_idx`: `loss(y, idx)` -> float and `grad(y, idx)`, its
+    gradient computed in place in y (..., N, C) (losses.loss_grad), with the class weights of `class_weights`."""
 
-        def grad(y, idx):
-            y -= targets[idx]
-            y *= 2.0 / y.size
-            return y
-        return loss, grad
-    onehot = np.eye(c, dtype=np.float32)[targets]
-    weights = loss_weights(class_weights, targets[train_idx], c)
-    sample_w = weights[targets] if weights is not None else None
+    def __init__(self, c: int, class_weights, task: str, targets: np.ndarray, train_idx: np.ndarray):
+        self.task, self.targets = task, targets
+        self.weights = None if task != "classification" else class_weights_of(class_weights, targets[train_idx], c)
+        self.sample_w = None if self.weights is None else self.weights[targets]
+        self.rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets
 
-    def loss(y, idx):
-        return cross_entropy(y, targets[idx], weights)[0]
+    def loss(self, y: np.ndarray, idx: np.ndarray) -> float:
+        if self.task != "classification":
+            return mse(y, self.targets[idx])[0]
+        return cross_entropy(y, self.targets[idx], self.weights)[0]
 
-    def grad(y, idx):
-        return cross_entropy_grad(y, onehot[idx], None if sample_w is None else sample_w[idx])
-    return loss, grad
-
-
-def loss_weights(class_weights, targets: np.ndarray, c: int) -> np.ndarray | None:
-    """Per-class loss weights of TrainConfig.class_weights: None ('none'), scikit-learn's 'balanced' on the
-    training labels `targets`, or the given list."""
-    if class_weights == "none":
-        return None
-    w = balanced_weights(targets, c) if class_weights == "balanced" else np.asarray(class_weights, np.float32)
-    if len(w) != c:
-        raise ValueError(f"`class_weights` should have {c} entries (one per class), found {len(w)}")
-    return w
+    def grad(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        w = None if self.sample_w is None else self.sample_w[idx]
+        return loss_grad(y, self.rows[idx], 1.0 / len(idx) if w is None else (w / np.add.reduce(w))[:, None],
+                         self.task)

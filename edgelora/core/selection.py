@@ -92,15 +92,16 @@ def _key(row: dict) -> tuple[float, float]:
 
 
 def within(row: dict, top: dict) -> bool:
-    """Whether `row` is within one paired standard error of `top`."""
-    return row["score"] >= top["score"] - paired_se(top["per_sample"], row["per_sample"])
+    """Whether `row` is within one paired standard error of `top` (a diverged row never is: its error is inf)."""
+    se = paired_se(top["per_sample"], row["per_sample"])
+    return math.isfinite(row["score"]) and row["score"] >= top["score"] - se
 
 
 def rule_paired(table: list[dict]) -> dict:
     """Among the candidates within one *paired* standard error of the best, raw taps before standardised,
     then the higher score, then the lower loss (no preference between the forms: see the README)."""
     top = max(table, key=_key)
-    ties = [row for row in table if within(row, top)]
+    ties = [row for row in table if row is top or within(row, top)]
     return max(ties, key=lambda row: (row["recipe"].tap_scaling == "none",) + _key(row))
 
 

@@ -190,7 +190,11 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
         report["seconds"] = time.perf_counter() - start
         history.train_seconds += report["seconds"]
         return adapter, history
-    found = cross_validate(eng, x, features, targets, config, s, epochs)
+    try:
+        found = cross_validate(eng, x, features, targets, config, s, epochs)
+    except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`): the skip adapter stays
+        report["unavailable"] = str(e)
+        return adapter, history
     d = found["chosen"]
     needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core import crossval
+from ..core import scaling
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
 from .backbone import Backbone, NonFiniteError
@@ -96,18 +96,18 @@ class FeatureSource:
 
     @cached_property
     def standardizer(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, 1/std) of each tap feature over every sample (core/crossval.tap_standardizer)."""
-        return crossval.tap_standardizer(self, len(self))
+        """(mean, 1/std) of each tap feature over every sample (core/scaling.standardizer)."""
+        return scaling.standardizer(self, len(self))
 
-    def scaled(self, scaling: str) -> FeatureSource:
-        """This source with the taps as they are ("none") or standardised ("standard")."""
-        if scaling == "none":
+    def scaled(self, how: str) -> FeatureSource:
+        """This source with the taps as they are ("none") or standardised ("standard": core/scaling.scaled)."""
+        if how == "none":
             return self
-        mu, inv = self.standardizer
+        standard = self.standardizer
 
         def standardized(idx):
             y0, t = self(idx)
-            return y0, (t - mu) * inv
+            return y0, scaling.scaled(t, how, standard)
         return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
                              seconds=self.seconds, backbone=self.backbone)
 

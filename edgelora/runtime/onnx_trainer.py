@@ -17,7 +17,8 @@ import onnxruntime as ort
 
 from ..core import lora
 from ..core.budget import budget_epochs
-from ..core.loop import MONITOR, loss_weights
+from ..core.losses import class_weights
+from ..core.loop import MONITOR
 from ..core.metrics import evaluate_outputs
 from ..core.optim import learning_rate
 from ..core.shuffle import SplitMix64
@@ -84,7 +85,7 @@ def _feed(rows: np.ndarray, targets: np.ndarray, config: TrainConfig, steps: int
     lrs = np.array([learning_rate(i, total, config.lr, config.schedule, warmup) for i in range(total)], np.float64)
     feed = {"rows": rows, "targets": targets, "weight_decay": np.array(config.weight_decay, np.float64)}
     if classes:
-        w = loss_weights(config.class_weights, targets, classes)
+        w = class_weights(config.class_weights, targets, classes)
         feed["class_weights"] = np.ones(classes, np.float32) if w is None else w
     return feed, lrs
 

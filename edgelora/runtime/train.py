@@ -12,13 +12,13 @@ import json
 import math
 import time
 import uuid
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
 from ..core import crossval, lora
-from ..core.budget import budget_epochs
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
@@ -31,6 +31,7 @@ from . import deep, recalibrate
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
+from .plan import Plan, alpha, plan
 from .train_config import History, TrainConfig
 
 if TYPE_CHECKING:
@@ -75,21 +76,22 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
                       init: Adapter | None = None, callback: Callable[[dict], None] | None = None,
                       checkpoint_dir: PathLike | None = None, resume: bool = False,
                       engine: Literal["numpy", "onnx"] = "numpy", kit: Kit | None = None,
-                      checkpoint_every: tuple[str, float] | None = None,
-                      deep_tier: bool = True) -> tuple[Adapter, History]:
+                      checkpoint_every: tuple[str, float] | None = None, deep_tier: bool = True,
+                      on_plan: Callable[[Plan], None] | None = None) -> tuple[Adapter, History]:
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
     fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
-    `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them)."""
+    `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them);
+    on_plan(plan) once the runs are planned (plan.py), before the first epoch."""
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
-        return _train_kit(features, targets, split, config, kit=kit, callback=callback)
-    features, picked, recal = _recalibrated(features, targets, config, init, len(split[0]))
+        return _train_kit(features, targets, split, config, kit=kit, callback=callback, on_plan=on_plan)
+    features, picked, recal = _recalibrated(features, targets, config, init, split)
     # the deep tier re-estimates batch-norm itself (runtime/deep.py): not escalated from a re-calibrated backbone
     deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
                                     checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=checkpoint_every,
-                                    picked=picked, deep_tier=deep_tier)
+                                    picked=picked, deep_tier=deep_tier, on_plan=on_plan)
     if recal and history.selection:
         history.selection = {**history.selection, "recalibration": recal}
     rc = features.backbone.recalibration if features.backbone is not None else None
@@ -100,27 +102,29 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
 
 
 def _train_kit(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
-               kit: Kit | None, callback: Callable[[dict], None] | None) -> tuple[Adapter, History]:
+               kit: Kit | None, callback: Callable[[dict], None] | None,
+               on_plan: Callable[[Plan], None] | None) -> tuple[Adapter, History]:
     """The kit trains what numpy's cross-validation chose among the recipes a kit can train (or the one given)."""
     from .onnx_trainer import kit_config, train_features  # the kit's graphs need onnx: loaded only when asked for
-    config, selection, start = kit_config(config, kit), {}, time.perf_counter()
-    if config.val_fraction == 0 and config.cv_folds >= 2:
-        recipes, selection = _recipes(features, targets, config, None, len(split[0]))
-        if not recipes:
-            history = History(samples={"train": int(len(split[0])), "val": int(len(split[1]))}, selection=selection,
-                              cache_seconds=features.seconds)
-            return _identity(features, config, None, history, start)
-        rc = recipes[0]
+    config, start = kit_config(config, kit), time.perf_counter()
+    found = plan(features, targets, config, split)
+    if on_plan:
+        on_plan(found)
+    if not found.recipes:
+        history = History(samples=found.rows, selection=found.selection, cache_seconds=features.seconds)
+        return _identity(features, config, None, history, start)
+    if found.selection:
+        rc = found.recipes[0]
         config = replace(config, r=rc.r, weight_decay=rc.weight_decay, epochs=rc.epochs)
     adapter, history = train_features(features, targets, split, config, kit=kit, callback=callback)
-    history.selection = selection
-    adapter.config.training["cross_validation"] = crossval.brief(selection)
+    history.selection = found.selection
+    adapter.config.training["cross_validation"] = crossval.brief(found.selection)
     history.train_seconds = time.perf_counter() - start   # the selection, then the kit
     return adapter, history
 
 
 def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainConfig,
-                  init: Adapter | None, n_train: int) -> tuple[FeatureSource, tuple | None, dict]:
+                  init: Adapter | None, split: Split) -> tuple[FeatureSource, Plan | None, dict]:
     """The features over the backbone whose normalisation statistics (the lab's, or re-estimated on these
     samples: runtime/recalibrate.py) cross-validate best; its (recipes, selection), and what was compared.
     Equal accuracies go to the lower cross-validated loss, then to the simpler candidate (lab statistics first).
@@ -135,8 +139,8 @@ def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainCon
     for kind, f in recalibrate.feature_candidates(features, config.recalibrate):
         if len(kinds) == 1:
             return f, None, {"chosen": kind}
-        picked = _recipes(f, targets, config, None, n_train)
-        scores[kind], losses[kind] = picked[1]["chosen"]["score"], picked[1]["chosen"]["loss"]
+        picked = plan(f, targets, config, split)
+        scores[kind], losses[kind] = picked.selection["chosen"]["score"], picked.selection["chosen"]["loss"]
         if best is None or (scores[kind], -losses[kind]) > (scores[best[0]], -losses[best[0]]):
             best = (kind, f, picked)
     return best[1], best[2], {"chosen": best[0], "scores": scores, "losses": losses}
@@ -144,53 +148,74 @@ def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainCon
 
 def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, *,
                  init: Adapter | None, callback: Callable[[dict], None] | None, checkpoint_dir: PathLike | None,
-                 resume: bool, checkpoint_every: tuple[str, float] | None = None,
-                 picked: tuple | None = None, deep_tier: bool = True) -> tuple[Adapter, History]:
-    """The numpy trainer, on a checked request: choose the candidate runs, train them (core/loop.py),
+                 resume: bool, checkpoint_every: tuple[str, float] | None = None, picked: Plan | None = None,
+                 deep_tier: bool = True, on_plan: Callable[[Plan], None] | None = None) -> tuple[Adapter, History]:
+    """The numpy trainer, on a checked request: plan the candidate runs (plan.py), train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
     if config.form == "deep" or config.form == "auto" and deep.resumes(checkpoint_dir, resume):  # LoRA inside
         # the backbone's layers, trained by backprop (deep.py); or an interrupted auto run's deep refit
         key = {} if checkpoint_dir is None else \
             _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
         return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
-    m, (train_idx, val_idx) = features.manifest, split
-    history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},
-                      cache_seconds=features.seconds)
     start = time.perf_counter()
     # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
-    key = _run_key(m.identity, features.name, config, features.inputs, targets, init) if checkpoint_dir is not None else ""
+    key = "" if checkpoint_dir is None else \
+        _run_key(features.manifest.identity, features.name, config, features.inputs, targets, init)
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    recipes, history.selection = picked or _recipes(features, targets, config, init, len(train_idx))
-    bias = init.config.bias if init is not None else config.bias
-    if not recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
+    runs_plan = picked or plan(features, targets, config, split, init)
+    history = History(samples=runs_plan.rows, selection=runs_plan.selection, cache_seconds=features.seconds)
+    if on_plan:
+        on_plan(runs_plan)
+    if not runs_plan.recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
         return _identity(features, config, init, history, start)
-    scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in recipes)}
-    val_features = {sc: f(val_idx) for sc, f in scaled.items()} if features.static and len(val_idx) else {}
+    store = None if checkpoint_dir is None else (checkpoint_dir, key, Pacer(checkpoint_every))
+    runs = _train_runs(features, targets, split, config, runs_plan, init, callback, store,
+                       _resumable(saved, runs_plan))
+    adapter = _adapter(features, targets, split, config, runs, runs_plan, history)
+    history.train_seconds = time.perf_counter() - start
+    if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
+        return adapter, history
+    return deep.escalate(features, targets, split, config, adapter, history,   # the deep tier, if needed
+                         None if checkpoint_dir is None else (checkpoint_dir, False, key))
+
+
+def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs_plan: Plan,
+                init: Adapter | None, callback, store: tuple | None, saved: tuple | None) -> list[Run]:
+    """Every run of the plan, trained in order (continued from `saved`, a checkpoint of the same plan), each
+    checkpointed to store = (folder, run key, Pacer) as it goes."""
+    m, bias = features.manifest, init.config.bias if init is not None else config.bias
+    scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in runs_plan.recipes)}
+    val_features = {sc: f(split[1]) for sc, f in scaled.items()} if features.static and len(split[1]) else {}
     runs: list[Run] = []
-    pace = Pacer(checkpoint_every)
-    for i, rc in enumerate(recipes):
-        run = Run(layout_for(m, rc.r, bias), scale=_alpha(rc.form, rc.r, config, init) / rc.r,
+    for i, rc in enumerate(runs_plan.recipes):
+        run = Run(layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
                   weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
                   init_flat=None if init is None else init.flat, form=rc.form)
         if saved is not None and i < len(saved[0]["runs"]):
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
-        on_epoch = None if checkpoint_dir is None else (lambda r, done=runs + [run]: pace(  # files.checkpoint.Pacer
-            lambda: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)), finished=r.stopped is not None))
+        on_epoch = None if store is None else (lambda r, done=runs + [run]: store[2](  # files.checkpoint.Pacer
+            lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done)), finished=r.stopped is not None))
         run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
                 val=val_features.get(rc.tap_scaling))
         runs.append(run)
+    return runs
+
+
+def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs: list[Run],
+             runs_plan: Plan, history: History) -> Adapter:
+    """The adapter of the best run (its tap standardisation folded in), with what History reports of it."""
+    m, val_idx = features.manifest, split[1]
     best = _select(runs, config.select_tolerance)
-    scaling = recipes[runs.index(best)].tap_scaling
+    scaling = runs_plan.recipes[runs.index(best)].tap_scaling
     result = best.result.copy() if scaling == "none" else \
         lora.fold_standardizer(best.result, best.layout, best.scale, *features.standardizer)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
     history.chosen = {"form": best.form, "r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
                       "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
-    history.train_seconds = time.perf_counter() - start
     history.cache = features.cache.stats() if features.cache is not None else {}
     if len(val_idx):
         y0, t = features(val_idx)  # raw taps: also checks that the folded standardisation is exact
@@ -199,41 +224,18 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    adapter = Adapter(adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training), result)
-    if init is not None or not deep_tier:  # a warm start continues its skip adapter; a caller may want skip only
-        return adapter, history
-    return deep.escalate(features, targets, split, config, adapter, history,   # the deep tier, if needed
-                         None if checkpoint_dir is None else (checkpoint_dir, False, key))
+    config_out = adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training)
+    return Adapter(config_out, result)
 
 
-def _recipes(features: FeatureSource, targets: np.ndarray, config: TrainConfig, init: Adapter | None,
-             n_train: int) -> tuple[list[crossval.Recipe], dict]:
-    """The runs to train, and what cross-validation found (History.selection). With cross-validation
-    (`val_fraction` 0, `cv_folds` >= 2) the one recipe it chose, to refit on every sample; otherwise every
-    combination of the asked forms, ranks, weight decays and tap scalings (the holdout picks among them)."""
-    m = features.manifest
-    ranks = [init.config.r] if init is not None else (list(config.rank_grid) if config.r == "auto" else [config.r])
-    decays = list(config.weight_decay_grid) if config.weight_decay == "auto" else [config.weight_decay]
-    # A warm start's parameters act on raw taps; standardising needs the bias to absorb the tap means.
-    # Rows read from disk per batch (features.lazy): cross-validation then runs on an evenly spaced subset
-    # that fits the budget, and taps stay raw unless asked (standardising reads all).
-    bias = init.config.bias if init is not None else config.bias
-    scalings = ["none"] if init is not None or not bias or (features.lazy and config.tap_scaling == "auto") else \
-        (list(crossval.SCALINGS) if config.tap_scaling == "auto" else [config.tap_scaling])
-    # a warm start keeps its own form (skip); the last-layer form has r = C and scale 1 (B = I on its tap)
-    forms = ["skip"] if init is not None else (list(crossval.FORMS) if config.form == "auto" else [config.form])
-    kinds = [(f, r) for f in forms for r in (ranks if f == "skip" else [m.num_outputs])]
-    if config.val_fraction > 0 or config.cv_folds < 2:
-        epochs = budget_epochs(config.epochs, config.min_steps, n_train, config.batch_size)
-        return [crossval.Recipe(f, sc, wd, r, epochs) for f, r in kinds for wd in decays for sc in scalings], {}
-    recipe, selection = crossval.select(
-        features, targets, scalings=scalings, layouts={(f, r): layout_for(m, r, bias) for f, r in kinds},
-        alphas={(f, r): _alpha(f, r, config, init) for f, r in kinds}, decays=decays, config=config, task=m.task,
-        init_flat=None if init is None else init.flat, rule=config.cv_rule,
-        # a copy per tap scaling, each also in epoch order, and one being gathered; enough rows to choose a
-        # recipe (cv_rows_per_class): fewer steps on a large fine-tune set, the refit uses every sample
-        max_rows=features.cv_rows(2 * len(scalings) + 1, config.cv_rows_per_class * m.num_outputs))
-    return [] if recipe is None else [recipe], selection
+def _resumable(saved: tuple | None, runs_plan: Plan) -> tuple | None:
+    """The checkpoint's run states when it was written for this plan's runs; else None, with a warning (a plan
+    chosen again, e.g. a cross-validation budget cut by time, may differ: its runs then start over)."""
+    if saved is None or saved[0].get("plan", runs_plan.summary()["runs"]) == runs_plan.summary()["runs"]:
+        return saved
+    warnings.warn("--resume: the checkpoint's runs were planned differently from this run's (cross-validation "
+                  "chose again); training them from the beginning")
+    return None
 
 
 def _identity(features: FeatureSource, config: TrainConfig, init: Adapter | None, history: History,
@@ -254,12 +256,6 @@ def _identity(features: FeatureSource, config: TrainConfig, init: Adapter | None
     layout = layout_for(m, r, config.bias)
     return Adapter(adapter_config(m, r, lora.default_alpha(r, config.lora_alpha), config.bias, training),
                    lora.init(layout, config.seed)), history
-
-
-def _alpha(form: str, r: int, config: TrainConfig, init: Adapter | None) -> float:
-    """lora_alpha of a run: r for the last-layer form (scale 1), a warm start's own, or the config's (2 r)."""
-    return float(r) if form == "last" else init.config.lora_alpha if init is not None else \
-        lora.default_alpha(r, config.lora_alpha)
 
 
 def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, use_cache: bool,
@@ -296,11 +292,11 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
 
 
-def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
-    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one).
+def _checkpoint(key: dict, runs_plan: Plan, runs: list[Run]) -> tuple[dict, dict]:
+    """Checkpoint contents: the plan's runs and the state of every run so far (finished ones and the current one).
     `session` names this fine-tune call, so the checkpoint only appends the epochs it has not yet seen."""
     session = runs[0].__dict__.setdefault("checkpoint_session", uuid.uuid4().hex)
-    meta, arrays = {"run_key": key, "session": session, "runs": []}, {}
+    meta, arrays = {"run_key": key, "session": session, "plan": runs_plan.summary()["runs"], "runs": []}, {}
     for i, run in enumerate(runs):
         state, arr = run.state()
         meta["runs"].append(state)
