@@ -28,6 +28,7 @@ from .fileio import PathLike
 from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
 from .schema import check, from_dict, normalize, to_dict
+from .tap_stats import view
 
 DEEP_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"          # PEFT's names (files/adapter.py uses the same)
@@ -114,8 +115,9 @@ class DeepAdapter:
             4 * sum(int(np.prod(s)) for s in self.config.weight_shapes)
 
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
-        """Refuse an adapter that was not trained on this backbone."""
-        c = self.config
+        """Refuse an adapter that was not trained on this backbone (bound to the bundle, whatever tap statistics
+        a view of it gives: files/tap_stats.py)."""
+        c, manifest = self.config, view(manifest, ())
         if c.backbone_fingerprint != manifest.identity:
             raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity}, "
                              f"found {c.backbone_fingerprint}; retrain it on this bundle")

@@ -60,7 +60,7 @@ class _Loaded:
     stamp: tuple                  # (inode, mtime_ns, size) of current.json when last read
     checked: float                # time.monotonic() of the last pointer check
     nbytes: int
-    backbone: Backbone | None = None  # its own re-calibrated backbone (adapter_config `recalibration`), or None
+    backbone: Backbone | None = None  # its own backbone (adapter_config `recalibration`, `tap_statistics`), or None
 
     def __post_init__(self):
         """Prepare the forward pass once. A small adapter becomes one matrix over a served row
@@ -285,10 +285,10 @@ class AdapterServer:
                 entry.checked = now
                 return entry
             self._forget(name)
-            rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None
+            own = self.backbone.for_adapter(adapter.config) if adapter is not None else self.backbone
             entry = _Loaded(version, adapter, stamp, now, int(adapter.nbytes if isinstance(adapter, DeepAdapter)
                                                               else adapter.flat.nbytes),
-                            self.backbone.recalibrated(rc) if rc is not None else None)
+                            own if own is not self.backbone else None)
             self._loaded[name] = entry
             self._bytes += entry.nbytes
             return entry

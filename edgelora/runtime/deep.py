@@ -25,6 +25,7 @@ from ..core.lora import split
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.schema import to_dict
+from ..files.tap_stats import view
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
@@ -205,7 +206,7 @@ def _adapter(chain, eng, flat: np.ndarray, s: dict, m) -> DeepAdapter:
     p = split(flat, eng.shapes)
     inits = [n.initializer for n in chain.names]
     modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
-    config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
+    config = DeepConfig(backbone_fingerprint=view(m, ()).identity,   # the bundle's, whichever tap statistics target_modules=tuple(modules), initializers=tuple(inits),
                         weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
                                             for (w, _), n in zip(chain.weights, chain.names)),
                         num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),

@@ -27,7 +27,7 @@ from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_chec
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
-from . import deep, recalibrate
+from . import deep, recalibrate, tap_choice
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
@@ -80,11 +80,14 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
     fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
     `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them)."""
+    features = tap_choice.fixed(features, config, init, engine)   # the view of the tap statistics read
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback)
     features, picked, recal = _recalibrated(features, targets, config, init, len(split[0]))
+    features, picked, stats = tap_choice.choose(features, targets, config, init, picked,
+                                                lambda f: _recipes(f, targets, config, init, len(split[0])))
     # the deep tier trains over the lab's statistics (runtime/deep.py): not escalated from a re-calibrated backbone
     deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
@@ -92,6 +95,8 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
                                     picked=picked, deep_tier=deep_tier)
     if recal and history.selection:
         history.selection = {**history.selection, "recalibration": recal}
+    if stats and history.selection:
+        history.selection = {**history.selection, "tap_statistics": stats}
     rc = features.backbone.recalibration if features.backbone is not None else None
     if rc is not None:   # chosen here, or the backbone given (a warm start's): the adapter carries it
         adapter.config = replace(adapter.config, recalibration=rc,
