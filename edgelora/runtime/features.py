@@ -37,6 +37,7 @@ class FeatureSource:
         self._read, self.manifest, self.inputs, self.name = read, manifest, inputs, name
         self.cache, self.values, self.seconds = cache, values, seconds
         self.backbone = backbone if backbone is not None or cache is None else cache.backbone
+        self.whole = self   # the source this one is a view of (with_statistics)
 
     @classmethod
     def from_cache(cls, cache: SkipCache, inputs: dict[str, np.ndarray], chunk: int | None = None,
@@ -128,17 +129,23 @@ class FeatureSource:
         part = tap_stats.view(self.manifest, statistics, f"bundle of {self.name}")
         if part.identity == self.manifest.identity:
             return self
+        self = self.whole    # the rows as the backbone gave them: every statistic the cache holds
+        if part.identity == self.manifest.identity:
+            return self
         cols = tap_stats.columns(self.manifest, part)
         if self.static:
             values = _LazyRows(self.values.values, self.values.rows, self.values.cols[cols]) if self.lazy else \
                 self.values[:, cols]
-            return FeatureSource._cached(self.cache, self.inputs, values, self.seconds, part)
-        c = self.manifest.num_outputs
+            out = FeatureSource._cached(self.cache, self.inputs, values, self.seconds, part)
+        else:
+            c = self.manifest.num_outputs
 
-        def read(idx):
-            y0, t = self(idx)
-            return y0, t[:, cols[c:] - c]
-        return FeatureSource(read, part, self.inputs, name=self.name, backbone=self.backbone)
+            def read(idx):
+                y0, t = self(idx)
+                return y0, t[:, cols[c:] - c]
+            out = FeatureSource(read, part, self.inputs, name=self.name, backbone=self.backbone)
+        out.whole = self
+        return out
 
     def cv_rows(self, copies: int, cap: int = 0) -> int | None:
         """How many rows cross-validation may gather (core/crossval.select's max_rows): at most `cap` (0: no cap)

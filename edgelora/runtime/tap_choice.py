@@ -4,7 +4,7 @@ A bundle offering statistics of its feature-map taps (the channel standard devia
 whole) fills the Skip-Cache with all of them in one forward per sample; each candidate is a view of those
 rows (a column selection, no backbone run). With `tap_statistics` "auto" and cross-validation, each candidate
 is cross-validated like any recipe and the best kept: "none" (the bundle's taps, as bundles without
-statistics), each offered statistic alone, and all of them when more than one is offered.
+statistics) and each offered statistic alone.
 """
 from __future__ import annotations
 
@@ -19,32 +19,29 @@ from .train_config import TrainConfig
 NONE, ALL = "none", "all"
 
 
-def fixed(features: FeatureSource, config: TrainConfig, init, engine: str = "numpy") -> FeatureSource:
+def fixed(features: FeatureSource, config: TrainConfig, init) -> FeatureSource:
     """The features over the view a fine-tune reads before anything is chosen: a warm start's own statistics;
-    "none", one statistic or "all" as asked (one the bundle does not offer is refused); "auto": every statistic when cross-validation will choose (numpy), else the
-    bundle's taps only (no cross-validation, or the training kit, which like `form` and `tap_scaling` narrows
-    "auto" to the plain choice). A bundle offering none: the features as they are."""
-    if not tap_stats.offered(features.manifest):
-        return features
+    "none", one statistic or "all" as asked (one the bundle does not offer is refused); "auto": the bundle's
+    taps only, which `choose` then compares with the others (the training kit, like its `form` and
+    `tap_scaling`, narrows "auto" to that plain choice). A bundle offering none: the features as they are
+    (asking it for one statistic is refused)."""
     if init is not None:
         return features.with_statistics(tuple(getattr(init.config, "tap_statistics", ())))
     asked = config.tap_statistics
-    if asked == ALL or (asked == "auto" and engine == "numpy" and _uses_cv(config)):
-        return features.with_statistics(None)
-    return features.with_statistics(() if asked in (NONE, "auto") else (asked,))
+    return features.with_statistics(None if asked == ALL else () if asked in (NONE, "auto") else (asked,))
 
 
-def candidates(manifest) -> list[tuple[str, tuple[str, ...] | None]]:
-    """(name, statistics) of each candidate view, the simplest ("none") first."""
-    offered = tap_stats.offered(manifest)
-    return [(NONE, ())] + [(s, (s,)) for s in offered] + ([(ALL, None)] if len(offered) > 1 else [])
+def candidates(manifest) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, statistics) of each candidate view: "none" (the simplest) first, then each offered statistic
+    alone; at most 1 + len(TAP_STATISTICS) cross-validations ("all" is asked for explicitly)."""
+    return [(NONE, ())] + [(s, (s,)) for s in tap_stats.offered(manifest)]
 
 
 def choose(features: FeatureSource, targets: np.ndarray, config: TrainConfig, init, picked: tuple | None,
            recipes: Callable[[FeatureSource], tuple]) -> tuple[FeatureSource, tuple | None, dict]:
     """(features over the view that cross-validates best, its (recipes, selection), what was compared), or the
     features and `picked` as given when there is nothing to choose. recipes(features) cross-validates one view;
-    `picked` is its result on the given features (every statistic), when already known. Equal accuracies go to
+    `picked` is its result on the given features ("none"), when already known. Equal accuracies go to
     the lower cross-validated loss, then to the simpler view (fewer statistics)."""
     if init is not None or config.tap_statistics != "auto" or not _uses_cv(config) or \
             not tap_stats.offered(features.manifest) or config.form == "deep":

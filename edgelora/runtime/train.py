@@ -80,7 +80,7 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     """`finetune` on samples already checked and read (features.prepare, the CLI's own progress-reporting
     fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
     `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them)."""
-    features = tap_choice.fixed(features, config, init, engine)   # the view of the tap statistics read
+    features = tap_choice.fixed(features, config, init)   # the view of the tap statistics read
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
