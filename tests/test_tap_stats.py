@@ -22,6 +22,7 @@ from edgelora.files.fileio import dumps_json  # noqa: E402
 from edgelora.files.formats import digest  # noqa: E402
 from edgelora.files.schema import to_dict  # noqa: E402
 from edgelora.files.tap_stats import columns, offered, view  # noqa: E402
+from edgelora.graphs.kit_recipe import kit_recipe_of  # noqa: E402
 from edgelora.graphs.merge import export_ort_adapter, merge  # noqa: E402
 from edgelora.ops.serve import AdapterServer, ServeConfig  # noqa: E402
 from edgelora.ops.store import AdapterStore  # noqa: E402
@@ -109,15 +110,17 @@ def test_cross_validation_chooses_and_the_adapter_carries_the_choice(lab, tmp_pa
     np.testing.assert_allclose(served[1::2], bb.run(x[1::2])[0], atol=1e-6)
     with pytest.raises(ValueError, match="reads the tap statistics \\['std'\\].*merge"):
         export_ort_adapter(new, tmp_path / "a", tmp_path / "a.onnx_adapter")
+    with pytest.raises(ValueError, match="kit cannot reproduce.*tap_statistics=\\['std'\\] .*--tap-statistics none"):
+        kit_recipe_of(loaded.config)
 
 
 def test_training_kit_reproduces_an_explicit_choice_and_narrows_auto(lab):
-    pytest.importorskip("onnxruntime.training")
     new, _, _, x, y = lab
     bb = Backbone(new)
-    config = TrainConfig(r=2, epochs=3, weight_decay=0.0, cv_folds=0, tap_statistics="std")
+    config = TrainConfig(r=2, epochs=3, weight_decay=0.0, cv_folds=0, form="skip", tap_scaling="none",
+                         tap_statistics="std")
     kit, _ = finetune(bb, x, y, config, engine="onnx")
-    ref, _ = finetune(bb, x, y, dataclasses.replace(config, form="skip", tap_scaling="none"))
+    ref, _ = finetune(bb, x, y, config)
     assert kit.config.tap_statistics == ref.config.tap_statistics == ("std",)
     assert np.abs(kit.flat - ref.flat).max() <= 1e-4
     plain, _ = finetune(bb, x, y, dataclasses.replace(config, tap_statistics="auto"), engine="onnx")

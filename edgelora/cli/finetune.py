@@ -77,6 +77,9 @@ def register(subparsers) -> None:
                    help="re-estimate the input standardisation and/or batch-norm statistics on these samples (one "
                         "forward pass, labels unused; docs/recalibration.md); auto: cross-validation chooses among "
                         f"the lab's and every kind the bundle allows (default {d.recalibrate})")
+    t.add_argument("--tap-statistics", choices=("auto", "none", "std", "map", "all"), default=d.tap_statistics,
+                   help="which statistics of its feature-map taps a bundle offers the adapter reads (docs/taps.md): "
+                        f"none, one, all; auto: cross-validation chooses (default {d.tap_statistics})")
     t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
                          form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,
                          cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
                          cv_seconds=args.time_budget, identity=not args.force_adapter,
-                         recalibrate=args.recalibrate)
+                         recalibrate=args.recalibrate, tap_statistics=args.tap_statistics)
     start = time.perf_counter()
     backbone = common.open_backbone(args)
     m = backbone.manifest
