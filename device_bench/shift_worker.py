@@ -26,7 +26,8 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
     call = time.perf_counter() - t
     record = {"seconds": history.cache_seconds + history.train_seconds, "call_seconds": call,
               "accuracy": Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"],
-              "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
+              "trainable_params": int(adapter.flat.size), "chosen": history.chosen,
+              "tap_statistics": list(getattr(adapter.config, "tap_statistics", ()))}
     if history.selection:
         record.update(cv_estimate=history.selection["chosen"]["score"], cv_helps=history.selection["helps"])
     return record
