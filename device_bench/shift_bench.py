@@ -70,7 +70,8 @@ def positive_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None, log) -> tuple[dict, dict]:
+def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None, log,
+            statistics: tuple = ()) -> tuple[dict, dict]:
     """The protocol's data file for the workers and the chosen backbones' folders (pre-trained if missing)."""
     from . import shift_models          # torch: only the orchestrator and torch workers import it
     known = list(shift_models.BACKBONES[protocol])
@@ -82,7 +83,7 @@ def prepare(protocol: str, out: Path, bundles: Path, backbones: list[str] | None
     np.savez(tmp, x_pool=data["pool"][0], y_pool=data["pool"][1], x_te=data["test"][0], y_te=data["test"][1],
              mean=data["mean"], std=data["std"])
     os.replace(tmp, path)
-    folders = {name: str(shift_models.bundle(protocol, name, data, bundles, log))
+    folders = {name: str(shift_models.bundle(protocol, name, data, bundles, log, statistics))
                for name in known if not backbones or name in backbones}
     return {"path": str(path), "pool": len(data["pool"][1]), "test": len(data["test"][1]),
             "source": len(data["source"][1]), "shift": data["shift"]}, folders
@@ -141,13 +142,13 @@ def table(protocol: str, results: dict) -> str:
 
 
 def run(protocol: str, shots: list[int], seeds: int, overrides: dict, methods=METHODS, backbones=None,
-        out: Path | None = None, bundles: Path | None = None, log=print) -> dict:
+        out: Path | None = None, bundles: Path | None = None, log=print, statistics: tuple = ()) -> dict:
     """Run one protocol; writes results.json and results.md into `out`; returns the results."""
     out = Path(out) if out is not None else default_out(protocol, overrides)
     out.mkdir(parents=True, exist_ok=True)
     load = [os.getloadavg()[0]]
     t0 = time.time()
-    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", backbones, log)
+    info, folders = prepare(protocol, out, Path(bundles) if bundles else OUT / "bundles", backbones, log, statistics)
     with np.load(info["path"]) as f:
         y_pool = f["y_pool"]
     draws = [{"shots": k, "seed": s, "idx": shifts.draw(y_pool, k, s).tolist()} for k in shots for s in range(seeds)]
@@ -208,6 +209,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="results folder (default bench_out/shift/PROTOCOL, and a "
                                                 "set-FIELD=VALUE sub-folder with --set)")
     ap.add_argument("--bundles", default=None, help="where the backbones are cached (default bench_out/shift/bundles)")
+    ap.add_argument("--export-statistics", choices=("none", "all"), default="none",
+                    help="export the backbones offering tap statistics (std, map: docs/taps.md); use its own --bundles")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite results.md from a results.json")
     args = ap.parse_args(argv)
     if args.render:
@@ -228,7 +231,8 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     backbones = [b for b in args.backbones.split(",") if b] or None
     return {p: run(p, shots, args.seeds, overrides, methods, backbones,
-                   Path(args.out) / p if args.out and len(protocols) > 1 else args.out, args.bundles)
+                   Path(args.out) / p if args.out and len(protocols) > 1 else args.out, args.bundles,
+                   statistics=("std", "map") if args.export_statistics == "all" else ())
             for p in protocols}
 
 

@@ -100,9 +100,10 @@ def load(folder: str | Path) -> nn.Module:
     return model.eval()
 
 
-def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
+def bundle(protocol: str, name: str, data: dict, root: Path, log=print, statistics: tuple = ()) -> Path:
     """The bundle of `protocol`'s backbone `name` under root/protocol/name, pre-trained and exported if absent
-    or stale (re-exported from its kept weights when only the export format changed). A new bundle is written
+    or stale (re-exported from its kept weights when only the export format changed); `statistics`: the tap
+    statistics it also offers (export_model's, docs/taps.md). A new bundle is written
     beside and swapped in whole, so a crash leaves no half bundle."""
     from edgelora import Backbone          # here, not at the top: a torch worker only needs `load`
     from edgelora.files.bundle import BUNDLE_FORMAT_VERSION
@@ -113,7 +114,8 @@ def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
     xs, ys = data["source"]
     recipe = {"kind": kind, "kwargs": kwargs, "epochs": epochs, "lr": lr, "seed": SEED, "threads": THREADS,
               "batch_size": 64, "source_samples": int(len(ys)), "torch": torch.__version__,
-              "export": EXPORT, "bundle_format": BUNDLE_FORMAT_VERSION}
+              "export": EXPORT, "bundle_format": BUNDLE_FORMAT_VERSION,
+              **({"statistics": list(statistics)} if statistics else {})}
     folder = Path(root) / protocol / name
     old = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else None
     if old == recipe:
@@ -130,7 +132,8 @@ def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     export_model(model, torch.from_numpy(np.ascontiguousarray(xn[:8], np.float32)), tmp / "bundle",
-                 classes=data["classes"], preprocess={"x": (data["mean"], data["std"])}, input_names=["x"])
+                 classes=data["classes"], preprocess={"x": (data["mean"], data["std"])}, input_names=["x"],
+                 statistics=tuple(statistics))
     torch.save(model.state_dict(), tmp / "model.pt")
     backbone = Backbone(tmp / "bundle", threads=1)
     acc = {k: float((backbone.run(data[k][0])[0].argmax(1) == data[k][1]).mean()) for k in ("test_clean", "test")}
@@ -150,5 +153,5 @@ def bundle(protocol: str, name: str, data: dict, root: Path, log=print) -> Path:
 def same_weights(old: dict, recipe: dict) -> bool:
     """Whether a recorded recipe pre-trained the same weights as `recipe`: equal except the export's fields."""
     def training(r: dict) -> dict:
-        return {k: v for k, v in r.items() if k not in ("export", "bundle_format")}
+        return {k: v for k, v in r.items() if k not in ("export", "bundle_format", "statistics")}
     return training(old) == training(recipe)

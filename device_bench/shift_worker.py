@@ -26,7 +26,8 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
     call, cpu = time.perf_counter() - t, time.process_time() - c
     record = {"seconds": history.cache_seconds + history.train_seconds, "call_seconds": call, "cpu_seconds": cpu,
               "accuracy": Predictor(backbone, adapter).evaluate(data["x_te"], data["y_te"])["accuracy"],
-              "trainable_params": int(adapter.flat.size), "chosen": history.chosen}
+              "trainable_params": int(adapter.flat.size), "chosen": history.chosen,
+              "tap_statistics": list(getattr(adapter.config, "tap_statistics", ()))}
     if history.selection:
         sel = history.selection
         record.update(cv_estimate=sel["chosen"]["score"], cv_helps=sel["helps"],

@@ -56,7 +56,7 @@ class WithNorms(nn.Module):
         super().__init__()
         self.inner, self.norms, self.n_inputs = inner, plans, n_inputs
         self.__dict__["holder"] = holder          # a plain object, not a submodule
-        self.plans = inner.plans                  # the taps (verify names them)
+        self.plans, self.stats = inner.plans, inner.stats   # the taps and their statistics (verify names them)
 
     def forward(self, *args):
         inputs, stats = args[:self.n_inputs], args[self.n_inputs:]

@@ -1,22 +1,28 @@
 """Choosing taps on a torch model and pooling them to vectors (Skip2-LoRA: the input of each layer).
 
 `plan_taps` runs the model eagerly with forward pre-hooks at two batch sizes to learn each candidate
-layer's input shape and which dimension is the batch; `TapModel` wraps the model so that its forward
-returns (base output, pooled tap_1, ..., pooled tap_K), which is what gets exported to ONNX.
+layer's input shape and which dimension is the batch; `plan_statistics` adds, for each feature map pooled to
+channel means, its channel standard deviations and (a small one) the map kept whole; `TapModel` wraps the
+model so that its forward returns (base output, pooled tap_1, ..., pooled tap_K, statistic_1, ...), which is
+what gets exported to ONNX.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from edgelora.files.bundle import FEATURE_MAP_POOLINGS
+from edgelora.files.bundle import FEATURE_MAP_POOLINGS, TAP_STATISTICS
 
 TAPPABLE = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "MultiheadAttention")  # auto
 CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: pooled over the other dims
 NOT_LAYERS = ("LayerNorm", "GroupNorm", "Embedding", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "RMSNorm")
+# a feature map of at most this many values per sample (channels x positions) is also offered whole
+# (statistic "map"): measured in docs/taps.md
+MAP_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,43 @@ class TapPlan:
     reduce: tuple[int, ...]     # dims averaged away
     width: int                  # d_k after pooling
     aliases: tuple[str, ...] = ()   # other modules reading the same tensor (deduplicated by auto)
+    positions: int = 1          # values per channel averaged away (a feature map's positions)
+
+
+@dataclass(frozen=True)
+class StatPlan:
+    """A further statistic of a tap's feature map (edgelora.files.bundle.TapStatistic)."""
+    tap: str                    # the tap's name
+    module: str                 # module whose first input is tapped
+    statistic: str              # std | map
+    reduce: tuple[int, ...]     # the positions' dims
+    width: int
+
+
+def plan_statistics(plans: list[TapPlan], statistics=TAP_STATISTICS, map_max: int = MAP_MAX) -> list[StatPlan]:
+    """The statistics offered beside each feature-map tap pooled to channel means: the channel standard
+    deviations ("std"), and the map itself ("map") when it holds at most `map_max` values per sample."""
+    unknown = [s for s in statistics if s not in TAP_STATISTICS]
+    if unknown:
+        raise ValueError(f"`statistics` should be among {TAP_STATISTICS}, found {unknown}")
+    out = []
+    for p in plans:
+        if p.kind in CONV and p.pooling == "global_avg":
+            if "std" in statistics:
+                out.append(StatPlan(p.name, p.module, "std", p.reduce, p.width))
+            if "map" in statistics and p.width * p.positions <= map_max:
+                out.append(StatPlan(p.name, p.module, "map", p.reduce, p.width * p.positions))
+    return out
+
+
+def statistic(t: torch.Tensor, plan: StatPlan) -> torch.Tensor:
+    """(batch, width) of a feature map: its channel standard deviations (as global_avg_std's), or the map
+    flattened channel-major."""
+    t = t.float()
+    if plan.statistic == "map":
+        return t.flatten(1)
+    mean = t.mean(dim=plan.reduce, keepdim=True)
+    return ((t - mean) ** 2).mean(dim=plan.reduce).sqrt()
 
 
 def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None = None,
@@ -98,11 +141,12 @@ def pool(t: torch.Tensor, plan: TapPlan, mask: torch.Tensor | None) -> torch.Ten
 
 
 class TapModel(nn.Module):
-    """forward(*inputs) -> (base output (N, C), tap_1 (N, d_1), ..., tap_K (N, d_K))."""
+    """forward(*inputs) -> (base output (N, C), tap_1 (N, d_1), ..., tap_K (N, d_K), statistic_1, ...)."""
 
-    def __init__(self, model: nn.Module, plans: list[TapPlan], output=None, mask_index: int | None = None):
+    def __init__(self, model: nn.Module, plans: list[TapPlan], output=None, mask_index: int | None = None,
+                 stats: list[StatPlan] = ()):
         super().__init__()
-        self.model, self.plans, self.output, self.mask_index = model, plans, output, mask_index
+        self.model, self.plans, self.output, self.mask_index, self.stats = model, plans, output, mask_index, list(stats)
         self._seen: dict[str, torch.Tensor] = {}
         self._handles = [model.get_submodule(p.module).register_forward_pre_hook(self._hook(p.module), with_kwargs=True)
                          for p in plans]
@@ -117,7 +161,8 @@ class TapModel(nn.Module):
         self._seen.clear()
         y = select_output(self.model(*inputs), self.output)
         mask = inputs[self.mask_index] if self.mask_index is not None else None
-        taps = [pool(self._seen[p.module], p, mask) for p in self.plans]
+        taps = [pool(self._seen[p.module], p, mask) for p in self.plans] + \
+            [statistic(self._seen[p.module], p) for p in self.stats]
         self._seen.clear()
         return (y, *taps)
 
@@ -158,19 +203,20 @@ def _plan(name: str, kind: str, shape: torch.Size, shape2: torch.Size, mask, poo
     if kind in CONV:
         if b != 0:
             raise ValueError(f"tap `{name}` ({kind}): expected the batch first in {tuple(shape)}")
-        reduce, width = tuple(range(2, len(shape))), shape[1]
+        reduce, width, positions = tuple(range(2, len(shape))), shape[1], math.prod(shape[2:])
         if pooling.startswith("segment_avg_") and shape[2] < int(pooling.rsplit("_", 1)[1]):
             pooling = "global_avg"             # fewer positions than segments: the mean is all there is
         width *= 2 if pooling == "global_avg_std" else \
             int(pooling.rsplit("_", 1)[1]) if pooling.startswith("segment_avg_") else 1
     else:
         reduce = tuple(i for i in range(len(shape) - 1) if i != b)
-        width, pooling = shape[-1], "mean"
+        width, pooling, positions = shape[-1], "mean", 1
         if mask is not None and len(reduce) == 1 and shape[reduce[0]] == mask.shape[-1]:
             pooling = "masked_mean"
     if not reduce:
         pooling = "none"
-    return TapPlan(f"{name}.input" if name else "input", name, kind, pooling, b, reduce, int(width))
+    return TapPlan(f"{name}.input" if name else "input", name, kind, pooling, b, reduce, int(width),
+                   positions=positions)
 
 
 def _record(model: nn.Module, args: tuple) -> list[tuple[str, torch.Tensor]]:

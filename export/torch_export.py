@@ -19,12 +19,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
+from edgelora.files.bundle import (BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, TapSpec,
+                                   TapStatistic, as_preprocess, write_bundle)
 from edgelora.files.fileio import PathLike
 from edgelora.graphs.onnx_utils import OPSET, conservative, rename_value, serialize, set_outputs
 
 from . import batchnorm
-from .taps import TapModel, _record, plan_taps
+from .taps import MAP_MAX, TapModel, _record, plan_statistics, plan_taps
 from .torch_names import torch_weights
 
 TOLERANCE = 1e-4          # max |onnxruntime - torch| allowed, relative to max(1, max |torch|)
@@ -39,7 +40,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
                  classes: Sequence[str] | None = None, preprocess: dict | None = None,
                  input_names: Sequence[str] | None = None, attention_mask: str | None = None,
                  output=None, seed: int = 0, kinds: dict[str, str] | None = None,
-                 pooling: str = "global_avg") -> Manifest:
+                 pooling: str = "global_avg", statistics: Sequence[str] = (),
+                 map_max: int = MAP_MAX) -> Manifest:
     """Export `model` (called as model(*example)) to a bundle folder `out`; returns its manifest.
 
     example: one tensor/array or a tuple of them (batch first). taps: "auto" or module names.
@@ -50,6 +52,9 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     kinds: module name -> layer class name when the modules are stand-ins (see edgelora_export.spec for .pt2).
     pooling: conv feature maps -> vectors (edgelora.files.bundle.FEATURE_MAP_POOLINGS): the channel means, means and
     standard deviations, or the means of 2/4/8 segments along the first spatial axis.
+    statistics: what the bundle also offers of each feature map pooled to channel means, for adapters to read
+    if the data says so (`tap_statistics`, docs/taps.md): "std" (channel standard deviations) and "map" (the
+    map whole, when it has at most `map_max` values); () for none.
     """
     args = _as_args(example)
     names = list(input_names or _arg_names(model, len(args)))
@@ -61,20 +66,23 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
     base = "logits" if task == "classification" else "values"
     with _eval_mode(model), _no_fastpath():
         plans = plan_taps(model, args, taps, mask_index, kinds, pooling, output)
+        stats = plan_statistics(plans, tuple(statistics), map_max)
         norms = batchnorm.find(model, [n for n, _ in _record(model, args)], {p.module for p in plans})
         holder = batchnorm.Holder()
         with batchnorm.swapped(model, norms, holder):
-            wrapper = TapModel(model, plans, output, mask_index).eval()
+            wrapper = TapModel(model, plans, output, mask_index, stats).eval()
             if norms:    # without batch-norm layers the graph (and its initializer names) stays as before
                 wrapper = batchnorm.WithNorms(wrapper, norms, len(args), holder).eval()
             try:
                 y = wrapper(*args)[0]
-                proto = _to_onnx(wrapper, args + batchnorm.stats_inputs(norms), names, len(plans) + len(norms))
+                proto = _to_onnx(wrapper, args + batchnorm.stats_inputs(norms), names,
+                                 len(plans) + len(stats) + len(norms))
                 # the user's weights are named after the wrapper's path to the model
                 weights = torch_weights(model, proto, "inner.model." if norms else "model.")
                 batchnorm.to_initializers(proto.graph, norms, len(names))
                 moments = [f"{p.key}.moments" for p in norms]
-                full, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] + moments)
+                full, outputs = _finish(proto, names, [base] + [f"tap.{p.name}" for p in plans] +
+                                        [f"stat.{p.tap}.{p.statistic}" for p in stats] + moments)
                 blob = batchnorm.serving_model(full, moments) if norms else full
                 diffs = verify(wrapper, blob, args, names, seed)
                 if norms:  # the recalibration model: the same outputs, and the moments
@@ -88,6 +96,8 @@ def export_model(model: nn.Module, example, out: PathLike, taps: str | Sequence[
         output=OutputSpec(base, c),
         taps=tuple(TapSpec(p.name, o, p.width, p.pooling, ", ".join((p.module,) + p.aliases) + f" ({p.kind})")
                    for p, o in zip(plans, outputs[1:])), normalization=batchnorm.specs(norms),
+        tap_statistics=tuple(TapStatistic(p.tap, p.statistic, o, p.width)
+                             for p, o in zip(stats, outputs[1 + len(plans):])),
         task=task, classes=tuple(classes) if classes is not None else
         (tuple(str(i) for i in range(c)) if task == "classification" else ()),
         preprocess=pre, opset=OPSET, torch_weights=weights,
@@ -115,8 +125,9 @@ def verify(wrapper: nn.Module, blob: bytes, args: tuple, names: list[str], seed:
         what = "the example" if trial == 0 else f"random input {trial}"
         bad = [i for i, d in enumerate(diffs) if not d <= TOLERANCE]
         if bad:
-            which = ["base output" if i == 0 else f"tap `{wrapper.plans[i - 1].name}`" if i <= len(wrapper.plans)
-                     else "batch-norm moments" for i in bad]
+            named = ["base output"] + [f"tap `{p.name}`" for p in wrapper.plans] + \
+                [f"tap statistic `{p.tap}:{p.statistic}`" for p in wrapper.stats]
+            which = [named[i] if i < len(named) else "batch-norm moments" for i in bad]
             raise ValueError(f"onnxruntime and torch disagree on {what}: {', '.join(which)} differ by up to "
                              f"{max(diffs[i] for i in bad):.3g} (relative; allowed {TOLERANCE}). The model may "
                              f"be non-deterministic (random ops) or use an op the exporter translates inexactly")

@@ -49,13 +49,21 @@ def register(subparsers) -> None:
                    help="how conv feature-map taps become vectors: channel means (C values), means and standard "
                         "deviations (2 C), or means of 2/4/8 segments along time or image rows (C S) "
                         "(default global_avg)")
+    p.add_argument("--tap-statistics", choices=("none", "std", "map", "all"), default="none",
+                   help="torch only: also offer each channel-mean tap's channel standard deviations (std), its feature "
+                        "map whole when small (map), or both, for fine-tunes to choose by cross-validation "
+                        "(docs/taps.md; default none)")
 
 
 def run(args: argparse.Namespace) -> dict:
     taps = "auto" if args.taps == "auto" else [t.strip() for t in args.taps.split(",") if t.strip()]
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     options = {"task": args.task, "classes": classes, "attention_mask": args.attention_mask, "pooling": args.pooling}
+    statistics = {"none": (), "std": ("std",), "map": ("map",), "all": ("std", "map")}[args.tap_statistics]
     if str(args.model).lower().endswith(".onnx"):
+        if statistics:
+            raise ValueError(f"--tap-statistics {args.tap_statistics}: only torch exports offer tap statistics; an "
+                             f"ONNX model's taps are added as channel means (leave out --tap-statistics)")
         for flag in ("example", "weights"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag} is for torch models; an ONNX model carries its shapes and weights")
@@ -78,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
                                       f"pip install -e '.[graphs]')") from None
         output = int(args.output) if args.output is not None and args.output.isdigit() else args.output
         manifest = export_from_spec(args.model, args.out, taps, example=args.example, weights=args.weights,
-                                    output=output, **options)
+                                    output=output, statistics=statistics, **options)
     return {"bundle": str(args.out), "fingerprint": manifest.fingerprint, "task": manifest.task,
             "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in manifest.inputs],
             "output": {"name": manifest.output.name, "width": manifest.output.width},

@@ -80,6 +80,9 @@ def register(subparsers) -> None:
                    help="re-estimate the input standardisation and/or batch-norm statistics on these samples (one "
                         "forward pass, labels unused; docs/recalibration.md); auto: cross-validation chooses among "
                         f"the lab's and every kind the bundle allows (default {d.recalibrate})")
+    t.add_argument("--tap-statistics", choices=("auto", "none", "std", "map", "all"), default=d.tap_statistics,
+                   help="which statistics of its feature-map taps a bundle offers the adapter reads (docs/taps.md): "
+                        f"none, one, all; auto: cross-validation chooses (default {d.tap_statistics})")
     t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
@@ -190,7 +193,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
                        cv_rows_per_class=args.cv_rows_per_class, min_steps=args.min_steps,
                        cv_seconds=args.time_budget, deep_seconds=args.deep_budget,
                        identity=not args.force_adapter,
-                       recalibrate=args.recalibrate)
+                       recalibrate=args.recalibrate, tap_statistics=args.tap_statistics)
+
 
 def _on_epoch(bar: Progress, verbose: bool):
     """The epoch callback: the progress bar (sized by the plan), or with --verbose and no terminal a line per epoch."""

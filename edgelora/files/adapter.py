@@ -21,13 +21,14 @@ from safetensors.numpy import save as st_save
 
 from ..core.lora import Layout, peft_views, views
 from ..core.shape import AdapterShape, check_alpha
-from .bundle import Manifest
+from .bundle import TAP_STATISTICS, Manifest
 from .checked import CheckedFolder
 from .fileio import PathLike
 from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
 from .recalibration import Recalibration, recalibrated
 from .schema import check, from_dict, normalize, to_dict
+from .tap_stats import chosen, view
 
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -61,6 +62,7 @@ class AdapterConfig(AdapterShape):
     peft_type: str = "SKIP_LORA"
     training: dict[str, Any] = field(default_factory=dict)   # settings, choices and metrics of the run
     recalibration: Recalibration | None = None  # statistics re-estimated on the device's samples (None: the lab's)
+    tap_statistics: tuple[str, ...] = ()      # the bundle's tap statistics it reads beside the taps (files/tap_stats.py)
 
     def __post_init__(self):
         normalize(self)
@@ -76,6 +78,9 @@ class AdapterConfig(AdapterShape):
         check(self.num_outputs >= 1, f"`num_outputs` should be positive, found {self.num_outputs}")
         check(self.peft_type == "SKIP_LORA", f"`peft_type` should be 'SKIP_LORA', found {self.peft_type!r}")
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
+        check(all(s in TAP_STATISTICS for s in self.tap_statistics) and
+              len(set(self.tap_statistics)) == len(self.tap_statistics),
+              f"`tap_statistics` should be distinct names among {TAP_STATISTICS}, found {list(self.tap_statistics)}")
 
     @functools.cached_property  # built once: it is asked for on every prediction
     def layout(self) -> Layout:
@@ -95,7 +100,8 @@ class Adapter:
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
         """Refuse an adapter that was not trained on this backbone (with the adapter's re-calibration, if any)."""
         c = self.config
-        manifest = recalibrated(manifest, c.recalibration, f"{where}: `recalibration`")
+        manifest = view(recalibrated(manifest, c.recalibration, f"{where}: `recalibration`"), c.tap_statistics,
+                        f"{where}: `tap_statistics`")
         if c.backbone_fingerprint != manifest.identity:
             what = " re-calibrated with the adapter's `recalibration`" if c.recalibration else ""
             raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity} (the "
@@ -126,10 +132,13 @@ class Adapter:
 
 
 def config_dict(config: AdapterConfig) -> dict:
-    """The config as saved: `recalibration` only when there is one (files without it read as before)."""
+    """The config as saved: `recalibration` and `tap_statistics` only when there are some (files without them
+    read as before)."""
     data = to_dict(config)
     if config.recalibration is None:
         del data["recalibration"]
+    if not config.tap_statistics:
+        del data["tap_statistics"]
     return data
 
 
@@ -144,7 +153,7 @@ def adapter_config(manifest: Manifest, r: int, lora_alpha: float, bias: bool, tr
     m = manifest
     return AdapterConfig(backbone_fingerprint=m.identity, target_taps=m.tap_names, tap_widths=m.tap_widths,
                          num_outputs=m.num_outputs, task=m.task, r=r, lora_alpha=float(lora_alpha), bias=bias,
-                         classes=m.classes, training=training)
+                         classes=m.classes, training=training, tap_statistics=chosen(m))
 
 
 def _sorted_metadata(blob: bytes) -> bytes:
@@ -165,7 +174,7 @@ def load_adapter(folder: PathLike, manifest: Manifest | None = None) -> Adapter:
     if isinstance(data, dict) and data.get("peft_type") == "LORA":
         from .deep_adapter import load_deep_adapter
         return load_deep_adapter(folder, manifest)
-    config = from_dict(AdapterConfig, data, str(cpath), optional=("training", "recalibration"))
+    config = from_dict(AdapterConfig, data, str(cpath), optional=("training", "recalibration", "tap_statistics"))
     blob = ADAPTER_FOLDER.read_binary(folder, data, WEIGHTS_FILE)
     tensors, metadata = parse_safetensors(blob, str(Path(folder) / WEIGHTS_FILE))
     ADAPTER_FOLDER.check_vouched(folder, data, metadata.get("config_sha256"), WEIGHTS_FILE)

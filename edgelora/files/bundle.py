@@ -10,8 +10,9 @@ from typing import Literal
 
 from .fileio import PathLike, dumps_json, write_folder
 from .formats import check_version, digest
-from .manifest_parts import (FEATURE_MAP_POOLINGS, INPUT_DTYPES, POOLINGS, InputSpec, NormSpec,  # noqa: F401
-                             OutputSpec, Standardize, TapSpec, TorchWeight, as_preprocess)
+from .manifest_parts import (FEATURE_MAP_POOLINGS, INPUT_DTYPES, POOLINGS, TAP_STATISTICS,  # noqa: F401
+                             InputSpec, NormSpec, OutputSpec, Standardize, TapSpec, TapStatistic, TorchWeight,
+                             as_preprocess)
 from .outputs import check_target, folder_kind
 from .onnx_refs import external_locations
 from .readers import read_bounded, read_json, safe_child
@@ -21,7 +22,7 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "edgelora_bundle.json"
 MODEL_FILE = "backbone.onnx"
 MANIFEST_OPTIONAL = ("classes", "preprocess", "producer", "checksum", "external_data", "normalization",
-                     "recalibration_model", "torch_weights")  # top-level fields the JSON may leave out
+                     "recalibration_model", "torch_weights", "tap_statistics")  # top-level fields the JSON may leave out
 MAX_EXTERNAL_BYTES = 16 * 1024**3  # one external-data file; read into memory, so the device's RAM bounds it too
 RECALIBRATION_FILE = "recalibrate.onnx"  # the backbone plus each batch-norm layer's moments output
 BUNDLE_KIND = folder_kind("bundle folder", MANIFEST_FILE, pattern=r"[^/]+\.onnx(\.data)?")
@@ -47,6 +48,7 @@ class Manifest:
     recalibration_model: dict[str, str] = field(default_factory=dict)  # {"file", "fingerprint"} of the ONNX model
                                                 # with the moments outputs (kept out of the served one: speed)
     torch_weights: tuple[TorchWeight, ...] = ()  # ONNX weight initializers -> torch module names (deep adapters)
+    tap_statistics: tuple[TapStatistic, ...] = ()  # further statistics of feature-map taps (docs/taps.md)
 
     def __post_init__(self):
         check(self.format_version >= 1, f"`format_version` should be >= 1, found {self.format_version}")
@@ -69,6 +71,29 @@ class Manifest:
                   f"`external_data`: expected plain file names beside {self.model_file}, found {name!r}")
             check(re.fullmatch("[0-9a-f]{64}", sha) is not None,
                   f"`external_data` {name!r}: expected a SHA-256 of 64 hex digits, found {sha!r}")
+        self._check_statistics()
+
+    def _check_statistics(self) -> None:
+        """Each tap statistic describes a tap pooled to channel means, once, in an output of its own; a std has
+        the tap's width, a whole map a multiple of it."""
+        taps = {t.name: t for t in self.taps}
+        extra = {f"{s.tap}:{s.statistic}" for s in self.tap_statistics}   # a view's skip paths (files/tap_stats.py)
+        outputs = [self.output.name] + [t.output for t in self.taps if t.name not in extra]
+        seen = set()
+        for s in self.tap_statistics:
+            where = f"`tap_statistics` entry {s.tap}:{s.statistic}"
+            tap = taps.get(s.tap)
+            check(tap is not None, f"{where}: names no tap; expected one of {list(taps)}")
+            check(tap.pooling == "global_avg", f"{where}: expected a tap pooled by `global_avg` (channel means), "
+                                               f"found pooling {tap.pooling!r}")
+            check((s.tap, s.statistic) not in seen, f"{where}: listed twice")
+            seen.add((s.tap, s.statistic))
+            check(s.output not in outputs, f"{where}: output `{s.output}` is already the output of another tap "
+                                           f"or statistic")
+            outputs.append(s.output)
+            want = "equal to" if s.statistic == "std" else "a multiple of"
+            check(s.width == tap.width if s.statistic == "std" else s.width % tap.width == 0,
+                  f"{where}: `width` should be {want} the tap's width {tap.width}, found {s.width}")
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -89,17 +114,18 @@ class Manifest:
         re-export with new standardisation constants never reuses stale rows or mismatched adapters."""
         keys = ("fingerprint", "inputs", "output", "taps", "preprocess", "task") + \
             (("external_data",) if self.external_data else ()) + \
-            (("normalization",) if self.normalization else ())   # a bundle without either keeps its identity
+            (("normalization",) if self.normalization else ()) + \
+            (("tap_statistics",) if self.tap_statistics else ())   # a bundle without these keeps its identity
         what = {k: to_dict(self)[k] for k in keys}
         return digest(dumps_json(what), tagged=True)
 
 
 def manifest_dict(manifest: Manifest) -> dict:
-    """The manifest as JSON-ready dict; `external_data`, `normalization`, `recalibration_model` and
-    `torch_weights` only when there is some, so a bundle without them reads (and checksums) exactly as
-    before those fields existed."""
+    """The manifest as JSON-ready dict; `external_data`, `normalization`, `recalibration_model`,
+    `torch_weights` and `tap_statistics` only when there is some, so a bundle without them reads (and
+    checksums) exactly as before those fields existed."""
     data = to_dict(manifest)
-    for key in ("external_data", "normalization", "recalibration_model", "torch_weights"):
+    for key in ("external_data", "normalization", "recalibration_model", "torch_weights", "tap_statistics"):
         if not data[key]:
             del data[key]
     return data

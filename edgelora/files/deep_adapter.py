@@ -30,6 +30,7 @@ from .outputs import check_target, folder_kind
 from .readers import parse_safetensors
 from .recalibration import Recalibration, recalibrated
 from .schema import check, from_dict, normalize, to_dict
+from .tap_stats import view
 
 DEEP_FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"          # PEFT's names (files/adapter.py uses the same)
@@ -117,9 +118,10 @@ class DeepAdapter:
             4 * sum(int(np.prod(s)) for s in self.config.weight_shapes)
 
     def check_backbone(self, manifest: Manifest, where: str = "adapter") -> None:
-        """Refuse an adapter that was not trained on this backbone."""
+        """Refuse an adapter that was not trained on this backbone (bound to the bundle, whatever tap statistics
+        a view of it gives: files/tap_stats.py)."""
         c = self.config
-        manifest = recalibrated(manifest, c.recalibration, f"{where}: `recalibration`")
+        manifest = view(recalibrated(manifest, c.recalibration, f"{where}: `recalibration`"), ())
         if c.backbone_fingerprint != manifest.identity:
             what = " re-calibrated with the adapter's `recalibration`" if c.recalibration else ""
             raise ValueError(f"{where} belongs to another backbone: expected fingerprint {manifest.identity} (the "

@@ -13,7 +13,10 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 # how a conv feature map (N, C, L...) becomes a tap vector: per-channel means (C), means then standard
 # deviations (2 C), or the means of S contiguous segments along the first spatial axis, channel-major (C S)
 FEATURE_MAP_POOLINGS = ("global_avg", "global_avg_std", "segment_avg_2", "segment_avg_4", "segment_avg_8")
-POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS
+# statistics of a feature map a bundle may offer beside a tap's channel means (`tap_statistics`, docs/taps.md):
+# the standard deviation of each channel (C), or the map kept whole, flattened channel-major (C L...)
+TAP_STATISTICS = ("std", "map")
+POOLINGS = ("none", "mean", "masked_mean") + FEATURE_MAP_POOLINGS + TAP_STATISTICS
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,21 @@ class TapSpec:
     def __post_init__(self):
         check(self.width >= 1, f"tap `{self.name}`: `width` should be a positive integer, found {self.width}")
         check(self.pooling in POOLINGS, f"tap `{self.name}`: pooling should be one of {POOLINGS}, found {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class TapStatistic:
+    """A further statistic of a tap's feature map, its own ONNX output: an adapter may read it beside the tap."""
+    tap: str                                    # the tap (a `taps` name, pooled by `global_avg`) it describes
+    statistic: str                              # one of TAP_STATISTICS
+    output: str                                 # ONNX output carrying it, shape (batch, width)
+    width: int                                  # C for std, C L... for map
+
+    def __post_init__(self):
+        check(self.statistic in TAP_STATISTICS, f"tap statistic of `{self.tap}`: `statistic` should be one of "
+                                                f"{TAP_STATISTICS}, found {self.statistic!r}")
+        check(self.width >= 1, f"tap statistic `{self.tap}:{self.statistic}`: `width` should be a positive "
+                               f"integer, found {self.width}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ def kit_recipe_of(config: AdapterConfig, where: str = "adapter") -> tuple[KitRec
     refused = [f"form={chosen.get('form')!r} (expected 'skip')"] if chosen.get("form", "skip") != "skip" else []
     if chosen.get("tap_scaling", "none") not in ("none", None):
         refused.append(f"tap_scaling={chosen['tap_scaling']!r} (expected 'none': the kit's graphs read raw taps)")
+    if config.tap_statistics:
+        refused.append(f"tap_statistics={list(config.tap_statistics)} (expected none, --tap-statistics none: a kit's "
+                       f"clients feed the bundle's own taps)")
     if float(settings.get("lora_dropout") or 0.0) > 0:
         refused.append(f"lora_dropout={settings['lora_dropout']} (expected 0)")
     if config.recalibration is not None:   # clients compute the rows on the bundle's own statistics

@@ -27,6 +27,7 @@ from ..files.bundle import Manifest, load_manifest, read_external, read_model, v
 from ..files.deep_adapter import DeepAdapter
 from ..files.fileio import PathLike, atomic_write, write_file
 from ..files.recalibration import recalibrated
+from ..files.tap_stats import view
 from ..files.outputs import check_target, file_kind
 from .adapter_nodes import adapter_forward
 from .deep_merge import deep_model, set_normalization as _set_normalization
@@ -52,6 +53,7 @@ def merge(bundle_dir: PathLike, adapter: Adapter | PathLike, out_path: PathLike,
         atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
         return Path(out_path)
     params = _params(adapter, manifest)
+    manifest = view(manifest, adapter.config.tap_statistics)   # the tap statistics it reads
     proto = _build(bundle_dir, manifest, {k: numpy_helper.from_array(v, k) for k, v in params.items()}, bake_preprocess)
     _describe(proto, manifest, adapter, bake_preprocess)
     atomic_write(_out(out_path, MERGED_KIND, overwrite), serialize(conservative(proto)))
@@ -115,6 +117,10 @@ def _load(bundle_dir: PathLike, adapter, shared_graph: bool = False) -> tuple[Ma
         raise ValueError(f"{where} was trained on re-calibrated normalisation statistics (its config's "
                          f"`recalibration`, kind {adapter.config.recalibration.kind!r}); lora_model's graph keeps "
                          f"the lab's: deploy it with merge (one ONNX model with its statistics baked in)")
+    if shared_graph and getattr(adapter.config, "tap_statistics", ()):
+        raise ValueError(f"{where} reads the tap statistics {list(adapter.config.tap_statistics)} (its config's "
+                         f"`tap_statistics`); lora_model's graph feeds the bundle's own taps only: deploy it with "
+                         f"merge (one ONNX model)")
     return manifest, adapter
 
 

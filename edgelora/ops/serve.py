@@ -160,14 +160,16 @@ class AdapterServer:
     def _rows(self, inputs: dict, backbone: Backbone | None = None) -> np.ndarray:
         """Served rows [y0 | taps | 1] (n, C + D + 1): the backbone's rows written straight into a buffer
         whose constant last column lets each adapter's bias sit in its folded matrix (lora.folded)."""
-        r = np.empty((num_samples(inputs), self._width), np.float32)
+        b = backbone or self.backbone    # an adapter's own: its width may differ (tap statistics)
+        r = np.empty((num_samples(inputs), self._width if b is self.backbone else
+                      b.num_outputs + sum(b.tap_widths) + 1), np.float32)
         r[:, -1] = 1.0
-        (backbone or self.backbone).rows(inputs, validated=True, out=r[:, :-1])
+        b.rows(inputs, validated=True, out=r[:, :-1])
         return r
 
     def _separately(self, inputs: dict, codes: np.ndarray | None, entries: list[LoadedAdapter]) -> np.ndarray:
-        """Outputs when some adapter runs over its own re-calibrated backbone: each adapter's rows through the
-        backbone it was trained with, in batches."""
+        """Outputs when some adapter runs over its own backbone (re-calibrated, or other tap statistics): each
+        adapter's rows through the backbone it was trained with, in batches."""
         n, c, bs = num_samples(inputs), self.backbone.num_outputs, self.config.batch_size
         codes = np.zeros(n, np.intp) if codes is None else codes
         out = np.empty((n, c), np.float32)
@@ -246,10 +248,10 @@ class AdapterServer:
                 entry.checked = now
                 return entry
             self._forget(name)
-            rc = getattr(adapter.config, "recalibration", None) if adapter is not None else None
+            own = self.backbone.for_adapter(adapter.config) if adapter is not None else self.backbone
             entry = LoadedAdapter(version, adapter, stamp, now, int(adapter.nbytes if isinstance(adapter, DeepAdapter)
                                                               else adapter.flat.nbytes),
-                            self.backbone.recalibrated(rc) if rc is not None else None)
+                            own if own is not self.backbone else None)
             self._loaded[name] = entry
             self._bytes += entry.nbytes
             return entry

@@ -10,6 +10,7 @@ from ..files.bundle import Manifest, load_manifest, model_path, read_external, r
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 from ..files.recalibration import Recalibration, recalibrated
+from ..files.tap_stats import view
 from . import stop
 
 RUN_TIME_LIMIT = 600.0  # seconds one run of the backbone (a batch) may take before it is stopped
@@ -36,10 +37,14 @@ class Backbone:
 
     With a `recalibration` (files/recalibration.py) it uses those statistics instead of the lab's: the input
     standardisation before the graph, and batch-norm statistics as initializers given to onnxruntime
-    (SessionOptions.add_initializer: the ONNX file is not rewritten). Its `identity` is then its own."""
+    (SessionOptions.add_initializer: the ONNX file is not rewritten). Its `identity` is then its own.
+
+    A bundle offering tap statistics (files/tap_stats.py) gives its taps followed by the `statistics` asked for
+    (None: every one offered; one forward computes them all), a view with its own identity."""
 
     def __init__(self, bundle_dir: PathLike, threads: int = 1, batch_size: int = 64,
-                 recalibration: Recalibration | None = None, time_limit: float | None = RUN_TIME_LIMIT):
+                 recalibration: Recalibration | None = None, time_limit: float | None = RUN_TIME_LIMIT,
+                 statistics: tuple[str, ...] | None = None):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"`threads` should be a positive integer, found {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -49,7 +54,9 @@ class Backbone:
         self.bundle_dir, self.threads, self.time_limit = Path(bundle_dir), threads, time_limit
         self.lab_manifest: Manifest = load_manifest(bundle_dir)
         self.recalibration = recalibration if recalibration is not None and not recalibration.empty else None
-        self.manifest: Manifest = recalibrated(self.lab_manifest, self.recalibration, f"bundle {bundle_dir}")
+        self.manifest: Manifest = view(recalibrated(self.lab_manifest, self.recalibration, f"bundle {bundle_dir}"),
+                                       statistics, f"bundle {bundle_dir}")
+        self.statistics = statistics
         self._identity = self.manifest.identity
         self.batch_size = batch_size
         self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the sessions
@@ -91,7 +98,16 @@ class Backbone:
 
     def recalibrated(self, recalibration: Recalibration | None) -> Backbone:
         """The same bundle with `recalibration`'s statistics (a new session; None: the lab's)."""
-        return Backbone(self.bundle_dir, self.threads, self.batch_size, recalibration, self.time_limit)
+        return Backbone(self.bundle_dir, self.threads, self.batch_size, recalibration, self.time_limit, self.statistics)
+
+    def for_adapter(self, config) -> Backbone:
+        """This backbone, or the same bundle with the statistics an adapter config (files/adapter.py) was trained
+        with: its `recalibration` and the `tap_statistics` it reads."""
+        rc = getattr(config, "recalibration", None)
+        stats = tuple(config.tap_statistics) if hasattr(config, "tap_statistics") else self.statistics  # deep: any
+        if self.recalibration == rc and (stats is None or view(self.manifest, stats).identity == self.identity):
+            return self
+        return Backbone(self.bundle_dir, self.threads, self.batch_size, rc, self.time_limit, stats)
 
     def moments(self, x, layer: str, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Mean over the samples of batch-norm `layer`'s input, and of its square, per channel (C,) float64."""

@@ -30,6 +30,7 @@ from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
 from . import recalibrate
 from .deep_cost import check_memory, projected_seconds
+from ..files.tap_stats import view
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
@@ -252,7 +253,8 @@ def _adapter(chain, eng, flat: np.ndarray, s: dict, rc) -> DeepAdapter:
     p, m = split(flat, eng.shapes), chain.manifest
     inits = [n.initializer for n in chain.names]
     modules = [(torch_module(m, i).module if torch_module(m, i) is not None else i) for i in inits]
-    config = DeepConfig(backbone_fingerprint=m.identity, target_modules=tuple(modules), initializers=tuple(inits),
+    # bound to the bundle, whichever tap statistics the skip adapters' view reads (files/tap_stats.py)
+    config = DeepConfig(backbone_fingerprint=view(m, ()).identity, target_modules=tuple(modules), initializers=tuple(inits),
                         weight_shapes=tuple(tuple(int(d) for d in (w.T.shape if n.transposed else w.shape))
                                             for (w, _), n in zip(chain.weights, chain.names)),
                         num_outputs=m.num_outputs, task=m.task, r=s["r"], lora_alpha=float(s["lora_alpha"]),

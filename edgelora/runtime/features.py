@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..core import scaling
+from ..files import tap_stats
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
 from .backbone import Backbone, NonFiniteError
@@ -36,6 +37,7 @@ class FeatureSource:
         self._read, self.manifest, self.inputs, self.name = read, manifest, inputs, name
         self.cache, self.values, self.seconds = cache, values, seconds
         self.backbone = backbone if backbone is not None or cache is None else cache.backbone
+        self.whole = self   # the source this one is a view of (with_statistics)
 
     @classmethod
     def from_cache(cls, cache: SkipCache, inputs: dict[str, np.ndarray], chunk: int | None = None,
@@ -58,13 +60,15 @@ class FeatureSource:
         return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)
 
     @classmethod
-    def _cached(cls, cache: SkipCache, inputs: dict[str, np.ndarray], values, seconds: float) -> FeatureSource:
+    def _cached(cls, cache: SkipCache, inputs: dict[str, np.ndarray], values, seconds: float,
+                manifest: Manifest | None = None) -> FeatureSource:
+        """manifest: what the rows `values` hold (default: the cache backbone's rows whole)."""
         c = cache.y0_width
 
         def read(idx):
             v = values[idx]
             return v[:, :c].copy(), v[:, c:]  # y0 (N, C) its own: holding it must not keep the taps' rows alive
-        return cls(read, cache.backbone.manifest, inputs, name=f"cache {cache.dtype.name}", cache=cache,
+        return cls(read, manifest or cache.backbone.manifest, inputs, name=f"cache {cache.dtype.name}", cache=cache,
                    values=values, seconds=seconds)
 
     @classmethod
@@ -115,8 +119,33 @@ class FeatureSource:
         """The same (cached) source over the samples idx only, numbered 0 .. len(idx) - 1: no sample is read,
         checked or hashed again."""
         assert self.static, "a subset reads the cached rows"
-        values = _LazyRows(self.values.values, self.values.rows[idx]) if self.lazy else self.values[idx]
-        return FeatureSource._cached(self.cache, {k: v[idx] for k, v in self.inputs.items()}, values, self.seconds)
+        values = _LazyRows(self.values.values, self.values.rows[idx], self.values.cols) if self.lazy else self.values[idx]
+        return FeatureSource._cached(self.cache, {k: v[idx] for k, v in self.inputs.items()}, values, self.seconds,
+                                     self.manifest)
+
+    def with_statistics(self, statistics: tuple[str, ...] | None) -> FeatureSource:
+        """The same samples over the view reading the tap statistics `statistics` (files/tap_stats.py; None:
+        every one offered): columns of these rows, the backbone not run again; itself when it is that view."""
+        part = tap_stats.view(self.manifest, statistics, f"bundle of {self.name}")
+        if part.identity == self.manifest.identity:
+            return self
+        self = self.whole    # the rows as the backbone gave them: every statistic the cache holds
+        if part.identity == self.manifest.identity:
+            return self
+        cols = tap_stats.columns(self.manifest, part)
+        if self.static:
+            values = _LazyRows(self.values.values, self.values.rows, self.values.cols[cols]) if self.lazy else \
+                self.values[:, cols]
+            out = FeatureSource._cached(self.cache, self.inputs, values, self.seconds, part)
+        else:
+            c = self.manifest.num_outputs
+
+            def read(idx):
+                y0, t = self(idx)
+                return y0, t[:, cols[c:] - c]
+            out = FeatureSource(read, part, self.inputs, name=self.name, backbone=self.backbone)
+        out.whole = self
+        return out
 
     def cv_rows(self, copies: int, cap: int = 0) -> int | None:
         """How many rows cross-validation may gather (core/crossval.select's max_rows): at most `cap` (0: no cap)
@@ -157,10 +186,12 @@ def _cached_rows(cache: SkipCache, rows: np.ndarray) -> np.ndarray:
 
 
 class _LazyRows:
-    """values[rows[idx]] as float32, without loading every row (memory-budgeted, on-disk cache)."""
+    """values[rows[idx]][:, cols] as float32, without loading every row (memory-budgeted, on-disk cache)."""
 
-    def __init__(self, values: np.ndarray, rows: np.ndarray):
+    def __init__(self, values: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None):
         self.values, self.rows = values, rows
+        self.cols = cols if cols is not None else np.arange(values.shape[1])
 
     def __getitem__(self, idx):
-        return self.values[self.rows[idx]].astype(np.float32, copy=False)
+        v = self.values[self.rows[idx]]
+        return (v if len(self.cols) == v.shape[1] else v[:, self.cols]).astype(np.float32, copy=False)

@@ -15,7 +15,8 @@ from .backbone import Backbone
 class Predictor:
     """Runs the frozen backbone and adds one adapter's skip paths (or none: the base model); a deep adapter
     runs as the backbone with the adapter folded into its weights (runtime/deep_session.py). An adapter trained
-    on a re-calibrated backbone (its config's `recalibration`) runs over the backbone re-calibrated the same way."""
+    on a re-calibrated backbone (its config's `recalibration`) runs over the backbone re-calibrated the same way,
+    and one reading tap statistics (`tap_statistics`) over the backbone giving those."""
 
     def __init__(self, backbone: Backbone, adapter: Adapter | DeepAdapter | None = None, batch_size: int = 256):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -25,9 +26,7 @@ class Predictor:
             from .deep_session import DeepSession
             self._deep = DeepSession(backbone, adapter)
         elif adapter is not None:
-            rc = adapter.config.recalibration
-            if rc is not None and backbone.recalibration != rc:
-                backbone = backbone.recalibrated(rc)  # the statistics the adapter was trained with
+            backbone = backbone.for_adapter(adapter.config)  # the statistics the adapter was trained with
             adapter.check_backbone(backbone.manifest)
             # built once: rebuilding the layout and views per call cost more than the backbone at batch 1
             self._layout, self._params, self._scale = adapter.config.layout, adapter.params, adapter.config.scale

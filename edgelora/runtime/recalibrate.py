@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..files import tap_stats
 from ..files.bundle import Manifest, Standardize
 from ..files.data import num_samples
 from ..files.recalibration import KINDS, LayerStats, Recalibration, constant_shape
@@ -89,13 +90,13 @@ def feature_candidates(features: FeatureSource, asked: str = "auto") -> Iterator
     """(kind, the fine-tune samples' features over that candidate backbone) for each candidate of `asked`, the
     given `features` ("none") first. Each candidate fills a Skip-Cache of its own (like the given one: same
     folder, dtype and memory budget), or runs its backbone at every call when `features` has no cache."""
-    base = features.backbone
+    base, read = features.backbone, tap_stats.chosen(features.manifest)   # each over the same tap statistics
     for kind, backbone in candidates(base, features.inputs, asked):
         if kind == "none":
             yield kind, features
         elif features.cache is None:
-            yield kind, FeatureSource.from_backbone(backbone, features.inputs)
+            yield kind, FeatureSource.from_backbone(backbone, features.inputs).with_statistics(read)
         else:
             c = features.cache
             cache = SkipCache(backbone, c.directory, c.dtype.name, c.memory_budget)
-            yield kind, FeatureSource.from_cache(cache, features.inputs)
+            yield kind, FeatureSource.from_cache(cache, features.inputs).with_statistics(read)

@@ -27,7 +27,7 @@ from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_chec
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
-from . import deep, recalibrate
+from . import deep, recalibrate, tap_choice
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
@@ -82,11 +82,14 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     fill, a personalisation session's rows): their features, checked targets and split = (train_idx, val_idx).
     `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them);
     on_plan(plan) once the runs are planned (plan.py), before the first epoch."""
+    features = tap_choice.fixed(features, config, init)   # the view of the tap statistics read
     _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback, on_plan=on_plan)
     features, picked, recal = _recalibrated(features, targets, config, init, split)
+    features, picked, stats = tap_choice.choose(features, targets, config, init, picked,
+                                                lambda f: plan(f, targets, config, split))
     # the deep tier re-estimates batch-norm itself (runtime/deep.py): not escalated from a re-calibrated backbone
     deep_tier = deep_tier and (features.backbone is None or features.backbone.recalibration is None)
     adapter, history = _train_numpy(features, targets, split, config, init=init, callback=callback,
@@ -94,6 +97,8 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
                                     picked=picked, deep_tier=deep_tier, on_plan=on_plan)
     if recal and history.selection:
         history.selection = {**history.selection, "recalibration": recal}
+    if stats and history.selection:
+        history.selection = {**history.selection, "tap_statistics": stats}
     rc = features.backbone.recalibration if features.backbone is not None else None
     if rc is not None:   # chosen here, or the backbone given (a warm start's): the adapter carries it
         adapter.config = replace(adapter.config, recalibration=rc,

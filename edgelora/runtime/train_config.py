@@ -70,6 +70,9 @@ class TrainConfig(AdapterShape):
     recalibrate: Literal["none", "auto", "input", "bn", "both"] = "none"  # normalisation statistics re-estimated
                                                      # on the fine-tune samples (runtime/recalibrate.py): "auto"
                                                      # tries every kind the bundle allows, cross-validation chooses
+    tap_statistics: Literal["auto", "none", "std", "map", "all"] = "auto"  # which of a bundle's tap statistics
+                                                     # (docs/taps.md) the adapter reads; "auto": cross-validation
+                                                     # chooses among none, each offered one, all
 
     def __post_init__(self):
         normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
