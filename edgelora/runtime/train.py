@@ -27,7 +27,7 @@ from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_chec
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
-from . import deep, recalibrate
+from . import cv_checkpoint, deep, recalibrate
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
@@ -161,7 +161,11 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    recipes, history.selection = picked or _recipes(features, targets, config, init, len(train_idx))
+    found = None if picked else cv_checkpoint.restored(saved)   # a resumed run's cross-validation, done
+    recipes, history.selection = picked or found or _recipes(features, targets, config, init, len(train_idx))
+    cv = cv_checkpoint.state(recipes, history.selection) if checkpoint_dir is not None and not picked else None
+    if cv is not None and found is None and saved is None:
+        cv_checkpoint.save(checkpoint_dir, key, cv)
     bias = init.config.bias if init is not None else config.bias
     if not recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
         return _identity(features, config, init, history, start)
@@ -177,7 +181,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
         on_epoch = None if checkpoint_dir is None else (lambda r, done=runs + [run]: pace(  # files.checkpoint.Pacer
-            lambda: save_checkpoint(checkpoint_dir, *_checkpoint(key, done)), finished=r.stopped is not None))
+            lambda: save_checkpoint(checkpoint_dir, *_checkpoint(key, done, cv)), finished=r.stopped is not None))
         run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
                 val=val_features.get(rc.tap_scaling))
         runs.append(run)
@@ -294,11 +298,12 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
 
 
-def _checkpoint(key: dict, runs: list[Run]) -> tuple[dict, dict]:
-    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one).
-    `session` names this fine-tune call, so the checkpoint only appends the epochs it has not yet seen."""
+def _checkpoint(key: dict, runs: list[Run], cv: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Checkpoint contents: the state of every candidate run so far (finished ones and the current one), and
+    cross-validation's outcome `cv` (cv_checkpoint.py). `session` names this fine-tune call, so the checkpoint
+    only appends the epochs it has not yet seen."""
     session = runs[0].__dict__.setdefault("checkpoint_session", uuid.uuid4().hex)
-    meta, arrays = {"run_key": key, "session": session, "runs": []}, {}
+    meta, arrays = {"run_key": key, "session": session, "runs": []}, dict(cv or {})
     for i, run in enumerate(runs):
         state, arr = run.state()
         meta["runs"].append(state)
