@@ -55,8 +55,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
     With `checkpoint_dir` the state is saved atomically at the end of every run and in between as
-    `checkpoint_every` says (files/checkpoint.parse_every; default: at most ~10 % of the time); `resume`
-    continues from it and ends with the same adapter as an uninterrupted run.
+    `checkpoint_every` says (files/checkpoint.parse_every; default: at most ~10 % of the time), and
+    cross-validation's outcome as soon as it is known (cv_checkpoint.py); `resume` continues from it, without
+    cross-validating again, and ends with the same adapter as an uninterrupted run.
     `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py; `kit`, built from
     `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
     onnxruntime client.
