@@ -180,3 +180,13 @@ def test_cv_rows_per_class_limits_the_cross_validated_samples(files, capsys):
     assert main(["finetune", str(bundle), "--data", str(d / "train.npz"), "--out", str(d / "ad2"),
                  "--cv-rows-per-class", "-1"]) == 2
     assert "expected 0 or a positive integer, found '-1'" in capsys.readouterr().err and not (d / "ad2").exists()
+
+
+def test_ctrl_c_while_starting_prints_one_line(monkeypatch, capsys):
+    """Ctrl-C while Python imported numpy and onnxruntime printed a traceback."""
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("edgelora.cli.build_parser", interrupt)
+    assert main(["finetune", "b", "--data", "d.npz"]) == 130
+    err = capsys.readouterr().err
+    assert err == "edgelora finetune: interrupted by Ctrl-C while starting; nothing was read or written\n", err

@@ -35,11 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(argv)  # imports the named command's module only
+        args = parser.parse_args(argv)
     except ImportError as e:  # that command needs an optional extra that is not installed (e.g. onnx for kit)
         print(f"edgelora {command_of(argv)}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    try:
-        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # while importing (numpy, onnxruntime: up to a second or two on a small board)
+        print(f"edgelora {command_of(argv) or ''}".rstrip() + ": interrupted by Ctrl-C while starting; nothing was "
+              "read or written", file=sys.stderr)
+        return 130
     except SystemExit as e:  # --help, --version, usage errors (argparse has already printed)
         if not _flushed():
             return 141
@@ -119,10 +122,10 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     kept = [str(path) for flag, path, kind in outputs if not kind.container and flag != "--checkpoint-dir"]
     text = f"edgelora {args.command}: interrupted by {why}" +         (f"; nothing was saved to {' or '.join(kept)} (what was there, if anything, is intact)" if kept else "")
     checkpoints = [path for flag, path, _ in outputs if flag == "--checkpoint-dir"]
-    if checkpoints and _has_checkpoint(checkpoints[0]):
+    holds = _checkpoint_holds(checkpoints[0]) if checkpoints else None
+    if holds:
         resume = [*argv, "--resume"] if "--resume" not in argv else argv
-        text += (f"; {checkpoints[0]} holds the last finished epoch (cross-validation, if any, runs again): "
-                 f"continue with: edgelora {shlex.join(resume)}")
+        text += f"; {checkpoints[0]} {holds}: continue with: edgelora {shlex.join(resume)}"
     elif checkpoints:
         text += (f"; no epoch had finished, so {checkpoints[0]} holds no checkpoint (what the Skip-Cache computed "
                  f"is kept): run the same command again")
@@ -131,12 +134,15 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     return text
 
 
-def _has_checkpoint(folder) -> bool:
+def _checkpoint_holds(folder) -> str | None:
+    """What the checkpoint in `folder` lets --resume skip (runtime/cv_checkpoint.describe), None: no checkpoint."""
     from ..files.checkpoint import load_checkpoint
+    from ..runtime.cv_checkpoint import describe
     try:
-        return load_checkpoint(folder) is not None
+        saved = load_checkpoint(folder)
     except Exception:  # noqa: BLE001 - a damaged one is no checkpoint to continue from
-        return False
+        return None
+    return describe(saved) if saved is not None else None
 
 
 def _fail(args, e: Exception, unexpected: bool = False) -> None:

@@ -11,6 +11,7 @@ from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..files.data import num_samples
+from ..files.memory import cap_arenas
 from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
 from ..runtime.plan import Plan
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> dict:
                       f"first epoch finished); starting from the beginning")
     config = _config(args)
     start = time.perf_counter()
+    if args.memory_budget is not None:
+        cap_arenas()   # before onnxruntime starts its threads: each arena would reserve 64 MB of address space
     backbone = common.open_backbone(args)
     m = backbone.manifest
     inputs, targets = common.load_data(args, m, labels=True)  # the one check of the samples

@@ -20,6 +20,7 @@ import numpy as np
 from .bundle import InputSpec, Manifest
 from .csv_data import load_csv
 from .fileio import PathLike
+from .memory import Pager
 from .readers import check_file
 
 MAX_DATA_BYTES = 8 * 1024**3  # refuse files larger than this before reading them
@@ -63,7 +64,7 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
         with np.errstate(over="ignore"):
             cast = np.ascontiguousarray(a, dtype=want)
         if cast.dtype.kind == "f" and cast.size:  # after the cast: 1e300 becomes Inf in float32
-            bad = ~np.isfinite(cast.reshape(len(cast), -1)).all(axis=1)
+            bad = _nonfinite_rows(cast)
             if bad.any():
                 raise ValueError(f"{name}: {int(bad.sum())} sample(s) contain NaN or Inf or values too large "
                                  f"for {spec.dtype} (first at row {int(np.argmax(bad))}); clean or drop them")
@@ -71,6 +72,17 @@ def as_inputs(x, manifest: Manifest, where: str = "x") -> dict[str, np.ndarray]:
     if n == 0:
         raise ValueError(f"{where}: no samples (empty array)")
     return out
+
+
+def _nonfinite_rows(a: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Per sample: whether any value is NaN or Inf, checked in chunks of rows (a memory-mapped file is never
+    all in memory, nor is a full-size temporary)."""
+    flat, pager = a.reshape(len(a), -1), Pager(a, chunk * a[:1].nbytes)
+    bad = []
+    for i in range(0, len(a), chunk):
+        bad.append(~np.isfinite(flat[i:i + chunk]).all(axis=1))
+        pager.read(i, i + chunk)
+    return np.concatenate(bad)
 
 
 def csv_rows(x: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
@@ -147,12 +159,13 @@ def class_indices(names: np.ndarray, manifest: Manifest, where: str = "y") -> np
 def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 label_column: str | int | None = -1, max_memory: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Read (x, y) from .npz (keys), .npy (x only) or .csv (numeric inputs; `label_column` is the target).
-    `max_memory` (bytes): refuse, before allocating, a file whose arrays (decompressed) or whose parsing
-    (a CSV: about CSV_MEMORY_FACTOR times its size) would need more."""
+    `max_memory` (bytes): arrays stored as they are (a .npy, a .npz saved with np.savez) that need more are
+    memory-mapped read-only instead of read; a file that would need more once decompressed or parsed (a
+    compressed .npz, a CSV: about CSV_MEMORY_FACTOR times its size) is refused before anything is allocated."""
     path = check_file(path, "data file", MAX_DATA_BYTES)
     suffix = path.suffix.lower()
     try:
-        _check_memory(path, suffix, (x_key, y_key), max_memory)
+        mapped = _check_memory(path, suffix, (x_key, y_key), max_memory)
         if suffix == ".npz":  # read with zipfile + the .npy reader: np.load would guess the format from the bytes
             with zipfile.ZipFile(path) as z:
                 keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
@@ -160,11 +173,13 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                     want = [k for k in (x_key, y_key) if k is not None]
                     raise ValueError(f"{path}: expected array(s) {want}, found {keys}; choose keys with "
                                      f"--x-key/--y-key")
-                return _read_npz_member(z, x_key, path), \
-                    (_read_npz_member(z, y_key, path) if y_key is not None else None)
+                return _read_npz_member(z, x_key, path, mapped), \
+                    (_read_npz_member(z, y_key, path, mapped) if y_key is not None else None)
         if suffix == ".npy":
             with open(path, "rb") as f:
-                _check_npy(f, path.stat().st_size, str(path))
+                header = _check_npy(f, path.stat().st_size, str(path))
+                if mapped:
+                    return _mapped(path, f.tell(), header), None
                 f.seek(0)
                 return _read_array(f, str(path)), None
         if suffix == ".csv":
@@ -177,25 +192,32 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
     raise ValueError(f"{path}: unsupported data format {suffix!r}; expected .npz, .npy or .csv")
 
 
-def _check_memory(path: Path, suffix: str, keys, max_memory: int | None) -> None:
+def _check_memory(path: Path, suffix: str, keys, max_memory: int | None) -> bool:
+    """Whether the arrays must be memory-mapped to stay within `max_memory`; refuses what cannot be."""
     if max_memory is None:
-        return
+        return False
+    stored = True
     if suffix == ".npz":
         with zipfile.ZipFile(path) as z:
-            sizes = {n[:-4]: z.getinfo(n).file_size for n in z.namelist() if n.endswith(".npy")}
-        need, what = sum(sizes.get(k, 0) for k in keys if k is not None), "its arrays take"
+            infos = {n[:-4]: z.getinfo(n) for n in z.namelist() if n.endswith(".npy")}
+        chosen = [infos[k] for k in keys if k is not None and k in infos]
+        need, what = sum(i.file_size for i in chosen), "its arrays take"
+        stored = all(i.compress_type == zipfile.ZIP_STORED for i in chosen)
     elif suffix == ".csv":
         need, what = path.stat().st_size * CSV_MEMORY_FACTOR, f"parsing it takes about {CSV_MEMORY_FACTOR} x its size,"
     else:
         need, what = path.stat().st_size, "its array takes"
-    if need > max_memory:
+    if need > max_memory and (suffix == ".csv" or not stored):
+        how = "save it as .npy once" if suffix == ".csv" else "save it uncompressed (np.savez, not np.savez_compressed)"
         raise ValueError(f"{path}: {what} {need / 2**20:.1f} MB, more than the {max_memory / 2**20:.1f} MB of memory "
-                         f"allowed (--memory-budget, or the memory available); raise the budget, or split the data"
-                         f"{' or save it as .npy once' if suffix == '.csv' else ''}")
+                         f"allowed (--memory-budget, or the memory available); raise the budget, split the data, "
+                         f"or {how}: such a file is memory-mapped, not read into memory")
+    return need > max_memory
 
 
-def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
-    """Array `key` of a .npz, after checking its .npy header against the member's size."""
+def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path, mapped: bool = False) -> np.ndarray:
+    """Array `key` of a .npz, after checking its .npy header against the member's size; memory-mapped in
+    place when `mapped` (an uncompressed member)."""
     info = z.getinfo(key + ".npy")
     where = f"{path}['{key}']"
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -205,9 +227,30 @@ def _read_npz_member(z: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
         raise ValueError(f"{where}: the zip declares {info.file_size} bytes from {info.compress_size} stored; "
                          f"the file is corrupt")
     with z.open(info) as f:
-        _check_npy(f, info.file_size, where)
+        header = _check_npy(f, info.file_size, where)
+        start = f.tell()
+    if mapped and info.compress_type == zipfile.ZIP_STORED:
+        return _mapped(path, _member_offset(path, info) + start, header)
     with z.open(info) as f:
         return _read_array(f, where)
+
+
+def _member_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a stored zip member's bytes begin: after its local header (30 bytes, its name, its extra field)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path}: the local header of {info.filename!r} is missing; the file is corrupt")
+    return info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+
+
+def _mapped(path: Path, offset: int, header: tuple[tuple, bool, np.dtype]) -> np.ndarray:
+    """The array described by a checked .npy header, memory-mapped read-only at `offset` of `path`."""
+    shape, fortran, dtype = header
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype, "r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _read_array(f, where: str) -> np.ndarray:
@@ -218,8 +261,9 @@ def _read_array(f, where: str) -> np.ndarray:
         raise ValueError(f"{where}: not a valid .npy array ({' '.join(str(e).split())[:200]})") from None
 
 
-def _check_npy(f, size: int, where: str) -> None:
-    """A .npy header must describe a non-object array whose bytes are exactly what the file holds."""
+def _check_npy(f, size: int, where: str) -> tuple[tuple, bool, np.dtype]:
+    """A .npy header must describe a non-object array whose bytes are exactly what the file holds; its
+    (shape, fortran order, dtype), `f` left at the first byte of data."""
     try:
         version = np.lib.format.read_magic(f)
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -240,3 +284,4 @@ def _check_npy(f, size: int, where: str) -> None:
     if need != have:
         raise ValueError(f"{where}: the header declares shape {shape} of {dtype} ({need} bytes) but the file holds "
                          f"{have} bytes of data; it is corrupt or truncated")
+    return shape, fortran, dtype

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from ..files.memory import cap_arenas
 from ..files.outputs import folder_kind
 from .backbone import Backbone, NonFiniteError
 from .cache_rows import CACHE_FORMAT_VERSION, KEY_BYTES, DiskRows, RamRows
@@ -63,6 +64,8 @@ class SkipCache:
             raise ValueError(f"cache `dtype` should be 'float32' or 'float16', found {dtype!r}")
         if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget <= 0):
             raise ValueError(f"`memory_budget` should be a positive number of bytes, found {memory_budget!r}")
+        if memory_budget is not None:
+            cap_arenas()  # each new thread's malloc arena would reserve 64 MB of address space (files/memory.py)
         self.backbone, self.dtype, self.memory_budget = backbone, np.dtype(dtype), memory_budget
         self.y0_width = backbone.num_outputs
         self.width = self.y0_width + sum(backbone.tap_widths)

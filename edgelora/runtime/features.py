@@ -18,6 +18,7 @@ from ..core import scaling
 from ..files import tap_stats
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
+from ..files.memory import Pager, release
 from .backbone import Backbone, NonFiniteError
 from .cache import SkipCache
 from .train_config import TrainConfig, training_split
@@ -49,12 +50,15 @@ class FeatureSource:
         n = num_samples(inputs)
         chunk = chunk or n
         rows = []
+        pagers = [Pager(v, cache.memory_budget and cache.memory_budget // 4) for v in inputs.values()]
         for a in range(0, n, chunk):
             try:
                 rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
                                        keys=None if keys is None else keys[a:a + chunk]))
             except NonFiniteError as e:  # name the samples by their place in `inputs`
                 raise e.within(np.arange(a, min(a + chunk, n))) from None
+            for p in pagers:   # memory-mapped inputs (larger than the budget): their pages read so far given back
+                p.read(a, a + len(rows[-1]))
             if progress:
                 progress(a + len(rows[-1]))
         return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)
@@ -119,7 +123,8 @@ class FeatureSource:
         """The same (cached) source over the samples idx only, numbered 0 .. len(idx) - 1: no sample is read,
         checked or hashed again."""
         assert self.static, "a subset reads the cached rows"
-        values = _LazyRows(self.values.values, self.values.rows[idx], self.values.cols) if self.lazy else self.values[idx]
+        values = _LazyRows(self.values.values, self.values.rows[idx], self.values.cols,
+                                                              self.values.budget) if self.lazy else self.values[idx]
         return FeatureSource._cached(self.cache, {k: v[idx] for k, v in self.inputs.items()}, values, self.seconds,
                                      self.manifest)
 
@@ -134,7 +139,8 @@ class FeatureSource:
             return self
         cols = tap_stats.columns(self.manifest, part)
         if self.static:
-            values = _LazyRows(self.values.values, self.values.rows, self.values.cols[cols]) if self.lazy else \
+            values = _LazyRows(self.values.values, self.values.rows, self.values.cols[cols],
+                               self.values.budget) if self.lazy else \
                 self.values[:, cols]
             out = FeatureSource._cached(self.cache, self.inputs, values, self.seconds, part)
         else:
@@ -181,17 +187,21 @@ def _cached_rows(cache: SkipCache, rows: np.ndarray) -> np.ndarray:
         if values.dtype == np.float32 and not isinstance(values, np.memmap) and len(rows) == len(values) \
                 and np.array_equal(rows, np.arange(len(rows))):
             return values  # the cache holds exactly these rows in order: read it in place (only read below)
-        return values[rows].astype(np.float32, copy=False)  # fancy indexing already copied
-    return _LazyRows(cache.values, rows)
+        found = values[rows].astype(np.float32, copy=False)  # fancy indexing already copied
+        release(values)      # an on-disk cache's pages, all read once
+        return found
+    return _LazyRows(cache.values, rows, budget=cache.memory_budget)
 
 
 class _LazyRows:
-    """values[rows[idx]][:, cols] as float32, without loading every row (memory-budgeted, on-disk cache)."""
+    """values[rows[idx]][:, cols] as float32, without loading every row (memory-budgeted, on-disk cache); the
+    mapped pages read are given back to the system whenever they add up to a quarter of the budget."""
 
-    def __init__(self, values: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None):
-        self.values, self.rows = values, rows
+    def __init__(self, values: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None, budget: int | None = None):
+        self.values, self.rows, self.budget = values, rows, budget
         self.cols = cols if cols is not None else np.arange(values.shape[1])
+        self._pager = Pager(values, budget and budget // 4)
 
     def __getitem__(self, idx):
-        v = self.values[self.rows[idx]]
+        v = self._pager.take(self.rows[idx])
         return (v if len(self.cols) == v.shape[1] else v[:, self.cols]).astype(np.float32, copy=False)

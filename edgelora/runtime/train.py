@@ -27,7 +27,7 @@ from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_chec
 from ..files.fileio import PathLike
 from ..files.formats import digest
 from ..files.schema import to_dict
-from . import deep, recalibrate, tap_choice
+from . import cv_checkpoint, deep, recalibrate, tap_choice
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
@@ -56,8 +56,9 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     With `use_cache` (Skip2-LoRA) the backbone runs once per sample not already in `cache`; without it
     (Skip-LoRA) the backbone runs on every mini-batch. `init` warm-starts from an existing adapter.
     With `checkpoint_dir` the state is saved atomically at the end of every run and in between as
-    `checkpoint_every` says (files/checkpoint.parse_every; default: at most ~10 % of the time); `resume`
-    continues from it and ends with the same adapter as an uninterrupted run.
+    `checkpoint_every` says (files/checkpoint.parse_every; default: at most ~10 % of the time), and
+    cross-validation's outcome as soon as it is known (cv_checkpoint.py); `resume` continues from it, without
+    cross-validating again, and ends with the same adapter as an uninterrupted run.
     `engine="onnx"` trains one explicit recipe with the ONNX training kit (onnx_trainer.py; `kit`, built from
     `config` unless given), no numpy arithmetic on parameters: same adapter, within float rounding, as any
     onnxruntime client.
@@ -169,13 +170,17 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
-    runs_plan = picked or plan(features, targets, config, split, init)
+    found = None if picked else cv_checkpoint.restored(saved)   # a resumed run's cross-validation, done
+    runs_plan = picked or found or plan(features, targets, config, split, init)
     history = History(samples=runs_plan.rows, selection=runs_plan.selection, cache_seconds=features.seconds)
     if on_plan:
         on_plan(runs_plan)
+    cv = cv_checkpoint.state(runs_plan) if checkpoint_dir is not None and not picked else None
+    if cv is not None and found is None and saved is None:
+        cv_checkpoint.save(checkpoint_dir, key, cv)
     if not runs_plan.recipes:   # cross-validation found no adapter better than none: the starting point, unchanged
         return _identity(features, config, init, history, start)
-    store = None if checkpoint_dir is None else (checkpoint_dir, key, Pacer(checkpoint_every))
+    store = None if checkpoint_dir is None else (checkpoint_dir, key, Pacer(checkpoint_every), cv)
     runs = _train_runs(features, targets, split, config, runs_plan, init, callback, store,
                        _resumable(saved, runs_plan))
     adapter = _adapter(features, targets, split, config, runs, runs_plan, history)
@@ -189,7 +194,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
 def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs_plan: Plan,
                 init: Adapter | None, callback, store: tuple | None, saved: tuple | None) -> list[Run]:
     """Every run of the plan, trained in order (continued from `saved`, a checkpoint of the same plan), each
-    checkpointed to store = (folder, run key, Pacer) as it goes."""
+    checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or None) as it goes."""
     m, bias = features.manifest, init.config.bias if init is not None else config.bias
     scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in runs_plan.recipes)}
     val_features = {sc: f(split[1]) for sc, f in scaled.items()} if features.static and len(split[1]) else {}
@@ -202,7 +207,8 @@ def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, conf
             run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
                                               if k.startswith(f"{i}.")})
         on_epoch = None if store is None else (lambda r, done=runs + [run]: store[2](  # files.checkpoint.Pacer
-            lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done)), finished=r.stopped is not None))
+            lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
+            finished=r.stopped is not None))
         run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
                 val=val_features.get(rc.tap_scaling))
         runs.append(run)
@@ -297,11 +303,12 @@ def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, us
         raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
 
 
-def _checkpoint(key: dict, runs_plan: Plan, runs: list[Run]) -> tuple[dict, dict]:
-    """Checkpoint contents: the plan's runs and the state of every run so far (finished ones and the current one).
-    `session` names this fine-tune call, so the checkpoint only appends the epochs it has not yet seen."""
+def _checkpoint(key: dict, runs_plan: Plan, runs: list[Run], cv: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Checkpoint contents: the plan's runs, the state of every run so far (finished ones and the current one),
+    and cross-validation's outcome `cv` (cv_checkpoint.py). `session` names this fine-tune call, so the
+    checkpoint only appends the epochs it has not yet seen."""
     session = runs[0].__dict__.setdefault("checkpoint_session", uuid.uuid4().hex)
-    meta, arrays = {"run_key": key, "session": session, "plan": runs_plan.summary()["runs"], "runs": []}, {}
+    meta, arrays = {"run_key": key, "session": session, "plan": runs_plan.summary()["runs"], "runs": []}, dict(cv or {})
     for i, run in enumerate(runs):
         state, arr = run.state()
         meta["runs"].append(state)

@@ -1,0 +1,80 @@
+"""What a memory budget asks of the process itself: few malloc arenas, and mapped file pages given back.
+
+Two costs that no array size shows. glibc gives each thread that allocates its own malloc arena, and each
+arena reserves 64 MB of address space (onnxruntime's thread pool, the stop watcher): under an
+address-space limit (RLIMIT_AS, a small board without swap) that reservation, not the data, is what
+fails first. And the pages of a memory-mapped file (the on-disk Skip-Cache, a large data file) count in
+the process's resident memory once read, until the kernel needs them back: reading a 700 MB cache once
+leaves 700 MB resident. `cap_arenas` limits the first; `Pager` hands mapped pages back as reading goes (the layers above
+use both: files/data.py, runtime/features.py, cli/finetune.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+
+import numpy as np
+
+M_ARENA_MAX = -8   # glibc's mallopt parameter (malloc.h)
+FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
+
+
+def cap_arenas(arenas: int = 2) -> bool:
+    """Let glibc create at most `arenas` malloc arenas from now on; False where that is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas) == 1)
+    except (OSError, AttributeError):
+        return False
+
+
+def release(array) -> None:
+    """Drop the resident pages of the read-only file mapping behind `array` (an np.memmap or a view of one):
+    they stay in the page cache, so reading them again costs no disk I/O, but no longer count in this process."""
+    while array is not None and not isinstance(array, mmap.mmap):
+        m = getattr(array, "_mmap", None)
+        if isinstance(m, mmap.mmap) and getattr(array, "mode", None) == "r":  # never a map holding changes
+            array = m
+            break
+        array = getattr(array, "base", None)
+    if isinstance(array, mmap.mmap) and hasattr(array, "madvise") and not array.closed and len(array):
+        try:
+            array.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):   # a platform without it: the pages stay, nothing breaks
+            pass
+
+
+class Pager:
+    """Reads rows of a memory-mapped array a few at a time, handing the mapped pages back to the system
+    whenever what was read adds up to `budget` bytes (None: read at once, nothing released). A row read
+    maps up to FAULT_AROUND bytes around it (Linux maps neighbouring cached pages on each fault), so rows
+    spread over a file are counted at that size."""
+
+    def __init__(self, array: np.ndarray, budget: int | None):
+        self.array, self.budget, self.touched = array, budget, 0
+        row = array[:1].nbytes
+        self.cost = max(FAULT_AROUND, row)                       # bytes mapped by one scattered row
+        self.step = max(1, budget // self.cost) if budget else 0
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """array[idx] (a copy), the pages read given back as they add up to the budget."""
+        if not self.step:
+            return self.array[idx]
+        parts = []
+        for a in range(0, len(idx), self.step):
+            parts.append(self.array[idx[a:a + self.step]])
+            self.touched += len(parts[-1]) * self.cost
+            if self.touched >= self.budget:
+                release(self.array)
+                self.touched = 0
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read(self, start: int, stop: int) -> None:
+        """Rows start..stop were just read in order (a fill): give their pages back once they add up."""
+        if self.step:
+            self.touched += (stop - start) * self.array[:1].nbytes
+            if self.touched >= self.budget:
+                release(self.array)
+                self.touched = 0
