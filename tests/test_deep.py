@@ -283,3 +283,14 @@ def test_an_interrupted_auto_fine_tune_that_escalated_resumes_its_deep_refit(bn_
     assert h.selection["deep"]["won"] and h.selection["deep"]["skip_score"] == first.selection["deep"]["skip_score"]
     for name, (a, b) in whole.params.items():
         assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
+
+
+def test_cli_reports_a_deep_fine_tune(bn_bundle, tmp_path, capsys):
+    """The text report of a fine-tune whose adapter is deep: its cross-validation has no skip "adapter" entry."""
+    from edgelora.cli import main
+    x, y = samples()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    args = ["finetune", str(bn_bundle), "--data", str(tmp_path / "d.npz"), "--epochs", "3", "--cv-folds", "2"]
+    assert main(args + ["--out", str(tmp_path / "deep"), "--form", "deep"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "saved" in out and "fine-tuned vs" in out and "cross-validated (the deep tier: at least 100" in out, out

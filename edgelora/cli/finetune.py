@@ -212,6 +212,7 @@ def _on_epoch(bar: Progress, verbose: bool):
                   f"train loss {rec['train_loss']:.4f} {val}", file=sys.stderr)
     return on_epoch
 
+
 def _fill(cache: SkipCache, inputs: dict, show: bool) -> FeatureSource:
     """The samples' features from the Skip-Cache, filled in chunks so a progress bar can follow the backbone."""
     n = num_samples(inputs)
@@ -258,10 +259,11 @@ def _pct(score: float, spread: float, task: str) -> str:
 def _verdict(sel: dict, task: str) -> str:
     """One line: does fine-tuning help, by cross-validation."""
     what = "accuracy" if task == "classification" else "error"
-    a, b = sel["adapter"], sel["no_finetune"]
+    a, b = sel.get("adapter", sel["chosen"]), sel["no_finetune"]   # a deep tier's estimate has only "chosen"
     return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
             f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
             + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
+
 
 def _tier_lines(d: dict | None, task: str) -> list[str]:
     """Which tier won (skip adapters or deep LoRA), by how much, at what cost (runtime/deep.py's rule)."""
@@ -278,17 +280,27 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
             f"margin {100 * d['margin']:+.1f} points, needed > {100 * d['needed']:.1f}; deep tier cost "
             f"{d['seconds']:.2f} s)"]
 
+
+def _deep_min_steps() -> int:
+    from ..runtime.deep import MIN_STEPS
+    return MIN_STEPS
+
+
 def _cv_lines(sel: dict, task: str) -> list[str]:
     lines = [f"  expected   {_verdict(sel, task)}"]
-    if task == "classification":   # the spread honestly: each sample counts once, however many repeats scored it
+    if task == "classification" and "adapter" in sel:   # the spread honestly: each sample counts once, however
+        # many repeats scored it (a deep tier's estimate, runtime/deep.py, has no interval)
         (a0, a1), (b0, b1) = (v if None not in v else (0.0, 0.0) for v in
                               (sel["adapter"]["score_interval"], sel["no_finetune"]["score_interval"]))
         lines.append(f"             95 % interval {100 * a0:.1f}-{100 * a1:.1f} % fine-tuned, {100 * b0:.1f}-"
                      f"{100 * b1:.1f} % without, from {sel['samples']} samples")
     lines += [f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
              f"fold's model scored on samples it never saw)"]
-    b = sel["budget"]
-    if b["stopped"] == "explicit":
+    b = sel.get("budget")
+    if b is None:    # the deep tier's own budget (runtime/deep.budget)
+        lines.append(f"  budget     {sel['chosen']['epochs']} epochs cross-validated (the deep tier: at least "
+                     f"{_deep_min_steps()} optimiser steps)")
+    elif b["stopped"] == "explicit":
         lines.append(f"  budget     {b['epochs']} epochs, as given (--epochs)")
     else:
         why = {"score": "no clear gain from more", "time": "the time budget stopped it while the score still "
