@@ -76,10 +76,10 @@ def _started_after(pid: int, path: Path) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime, in clock ticks after boot
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        # the wall-clock time of boot as of now (/proc/stat's btime drifts from the wall clock by up to seconds)
+        boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
         made = path.lstat().st_ctime
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError):
         return False
     return pid != os.getpid() and boot + ticks / os.sysconf("SC_CLK_TCK") > made + 2
 
