@@ -16,9 +16,9 @@ from ..runtime.cache import CACHE_DIR_KIND, SkipCache
 from ..runtime.features import FeatureSource
 from ..runtime.plan import Plan
 from ..runtime.train import finetune_features
-from ..runtime.train_config import TrainConfig
-from ..runtime.train_config import training_split
+from ..runtime.train_config import TrainConfig, training_split
 from . import common
+from .finetune_report import report, verdict
 from .progress import Progress
 
 EXAMPLE = """
@@ -27,8 +27,7 @@ edgelora finetune fan_bundle --data new_site.npz --out adapters/site7 --rank aut
     --cache-dir /var/cache/edgelora --cache-dtype float16 --json
 """
 FILL_CHUNKS = 40  # the cache is filled in this many steps so the progress bar moves
-FORM_TEXT = {"skip": "skip adapters on every tap", "last": "last layer (dense, through its tap)",
-             "deep": "deep: LoRA inside the backbone's layers"}
+
 
 def register(subparsers) -> None:
     d = TrainConfig()
@@ -47,6 +46,13 @@ def register(subparsers) -> None:
     common.add_overwrite(p, "--out (and --checkpoint-dir)")
     common.add_data_flags(p, labels=True, what="labelled training samples")
     t = p.add_argument_group("training")
+    _recipe_flags(t, d)
+    _selection_flags(t, d)
+    _cache_flags(p.add_argument_group("cache and checkpoints"))
+
+
+def _recipe_flags(t, d: TrainConfig) -> None:
+    """The adapter and how it trains."""
     t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
                    help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} (default {d.r})")
     t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
@@ -84,6 +90,10 @@ def register(subparsers) -> None:
     t.add_argument("--tap-statistics", choices=("auto", "none", "std", "map", "all"), default=d.tap_statistics,
                    help="which statistics of its feature-map taps a bundle offers the adapter reads (docs/taps.md): "
                         f"none, one, all; auto: cross-validation chooses (default {d.tap_statistics})")
+
+
+def _selection_flags(t, d: TrainConfig) -> None:
+    """How the recipe is chosen and which trainer runs it."""
     t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
@@ -106,7 +116,10 @@ def register(subparsers) -> None:
     t.add_argument("--engine", choices=("numpy", "onnx"), default="numpy",
                    help="numpy (default), or onnx: the training kit's graphs on onnxruntime (as any onnxruntime "
                         "client trains; one explicit recipe: --rank N --weight-decay W --form skip --tap-scaling none)")
-    c = p.add_argument_group("cache and checkpoints")
+
+
+def _cache_flags(c) -> None:
+    """Where the Skip-Cache and the checkpoints live."""
     c.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help="keep the Skip-Cache on disk here, so later runs only compute new samples")
     c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
@@ -121,6 +134,7 @@ def register(subparsers) -> None:
                         "(default): as often as costs at most about 10 %% of the run")
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --checkpoint-dir")
+
 
 def targets(args: argparse.Namespace) -> tuple[list, list]:
     """What this command writes, and what it reads (never to be replaced); see common.check_targets."""
@@ -161,9 +175,9 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     selection = history.selection
     if args.require_gain and selection and not selection["helps"]:
-        raise common.CommandError(f"no adapter written (--require-gain): {_verdict(selection, m.task)}")
+        raise common.CommandError(f"no adapter written (--require-gain): {verdict(selection, m.task)}")
     if history.stopped == "identity":
-        raise common.CommandError(f"no adapter written: {_verdict(selection, m.task)}; the backbone alone is "
+        raise common.CommandError(f"no adapter written: {verdict(selection, m.task)}; the backbone alone is "
                                   f"expected to do better, so keep serving it (--force-adapter saves the best "
                                   f"adapter anyway)")
     adapter.save(args.out)
@@ -222,92 +236,3 @@ def _fill(cache: SkipCache, inputs: dict, show: bool) -> FeatureSource:
                                                                                f"{cache.hits} cached"))
     bar.close()
     return features
-
-def report(r: dict) -> str:
-    s, c, t, ch = r["samples"], r["cache"], r["seconds"], r["chosen"]
-    lines = [f"Fine-tuned {s['train'] + s['val']} samples ({s['train']} train, {s['val']} validation) "
-             f"over {r['bundle']}"]
-    if r["val_before"] and r["val_after"]:
-        lines.append(f"  {'validation':<10} {'before':>9}    {'after':>9}")
-        for (label, b), (_, a) in zip(common.metric_rows(r["val_before"]), common.metric_rows(r["val_after"])):
-            lines.append(f"  {label:<10} {b.strip():>9} -> {a.strip():>9}")
-    elif r["cross_validation"]:
-        lines += _cv_lines(r["cross_validation"], r["task"])
-    else:
-        lines.append(f"  no selection (--cv-folds 0); final train loss {r['train_loss']:.4f}")
-    st = r["settings"]
-    auto = " (auto)" if "auto" in (st["rank"], st["weight_decay"], st["form"], st["tap_scaling"]) else ""
-    how = f"best epoch {r['best_epoch']} of {r['epochs_run']}" if r["val_after"] else f"{r['epochs_run']} epochs"
-    taps = "" if ch["form"] == "deep" else f" taps {'standardised' if ch['tap_scaling'] == 'standard' else 'raw'}"
-    how = f"{ch['epochs']} epochs" if ch["form"] == "deep" else how
-    lines += [f"  chosen     {FORM_TEXT[ch['form']]} r={ch['r']} alpha={ch['lora_alpha']:g} "
-              f"weight_decay={ch['weight_decay']:g}{taps}{auto}; {how} ({r['stopped']})",
-              *_tier_lines((r["cross_validation"] or {}).get("deep"), r["task"]),
-              f"  cache      {c['misses']} samples computed by the backbone, {c['hits']} already cached; "
-              f"{c['rows']} rows, {common.human_bytes(c['bytes'])} {c['dtype']}"
-              f"{' on disk' if c['on_disk'] else ' in RAM'}",
-              f"  time       cache fill {t['cache_fill']:.3f} s, training {t['train']:.3f} s, total {t['total']:.2f} s",
-              f"  saved      {r['adapter']}"]
-    return "\n".join(lines)
-
-def _pct(score: float, spread: float, task: str) -> str:
-    """A cross-validated score as text: accuracy in %, or the MSE for regression (stored as -MSE)."""
-    if score is None:
-        return "n/a (every model diverged)"
-    return f"{100 * score:.1f} ± {100 * spread:.1f} %" if task == "classification" else f"MSE {-score:.4g} ± {spread:.2g}"
-
-def _verdict(sel: dict, task: str) -> str:
-    """One line: does fine-tuning help, by cross-validation."""
-    what = "accuracy" if task == "classification" else "error"
-    a, b = sel.get("adapter", sel["chosen"]), sel["no_finetune"]   # a deep tier's estimate has only "chosen"
-    return (f"cross-validated {what} {_pct(a['score'], a['score_spread'], task)} fine-tuned vs "
-            f"{_pct(b['score'], b['score_spread'], task)} without fine-tuning"
-            + ("" if sel["helps"] else ": fine-tuning does not help on these samples"))
-
-
-def _tier_lines(d: dict | None, task: str) -> list[str]:
-    """Which tier won (skip adapters or deep LoRA), by how much, at what cost (runtime/deep.py's rule)."""
-    if not d or "skip_fit" not in d:
-        return []
-    one = f"{100 * d['skip_fit']:.1f} %" if task == "classification" else f"MSE {-d['skip_fit']:.4g}"
-    fit = f"skip fit {one} vs cross-validated {_pct(d['skip_score'], d['skip_spread'], task)}"
-    if not d["considered"]:
-        return [f"  tier       skip ({fit}; deep tier not tried: {d['rule']})"]
-    if "unavailable" in d:
-        return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
-    won = "deep" if d["won"] else "skip"
-    return [f"  tier       {won} ({fit}; deep cross-validated {_pct(d['deep_score'], d['deep_spread'], task)}, "
-            f"margin {100 * d['margin']:+.1f} points, needed > {100 * d['needed']:.1f}; deep tier cost "
-            f"{d['seconds']:.2f} s)"]
-
-
-def _deep_min_steps() -> int:
-    from ..runtime.deep import MIN_STEPS
-    return MIN_STEPS
-
-
-def _cv_lines(sel: dict, task: str) -> list[str]:
-    lines = [f"  expected   {_verdict(sel, task)}"]
-    if task == "classification" and "adapter" in sel:   # the spread honestly: each sample counts once, however
-        # many repeats scored it (a deep tier's estimate, runtime/deep.py, has no interval)
-        (a0, a1), (b0, b1) = (v if None not in v else (0.0, 0.0) for v in
-                              (sel["adapter"]["score_interval"], sel["no_finetune"]["score_interval"]))
-        lines.append(f"             95 % interval {100 * a0:.1f}-{100 * a1:.1f} % fine-tuned, {100 * b0:.1f}-"
-                     f"{100 * b1:.1f} % without, from {sel['samples']} samples")
-    lines += [f"             ({sel['method']} over {len(sel['candidates'])} recipes, folds in sample order; each "
-             f"fold's model scored on samples it never saw)"]
-    b = sel.get("budget")
-    if b is None:    # the deep tier's own budget (runtime/deep.budget)
-        lines.append(f"  budget     {sel['chosen']['epochs']} epochs cross-validated (the deep tier: at least "
-                     f"{_deep_min_steps()} optimiser steps)")
-    elif b["stopped"] == "explicit":
-        lines.append(f"  budget     {b['epochs']} epochs, as given (--epochs)")
-    else:
-        why = {"score": "no clear gain from more", "time": "the time budget stopped it while the score still "
-               "improved", "cap": "the largest extension"}[b["stopped"]]
-        lines.append(f"  budget     {b['epochs']} epochs cross-validated, from {b['start']} ({b['min_steps']} steps "
-                     f"or more; {why})")
-    if not sel["helps"]:
-        lines.append("  warning    the adapter is saved anyway (--force-adapter, or no worse than the backbone); "
-                     "--require-gain refuses to save one that does not help")
-    return lines

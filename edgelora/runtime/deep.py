@@ -159,58 +159,62 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     sel = history.selection
     if config.form != "auto" or not sel or "chosen" not in sel:
         return adapter, history
-    cv, spread = sel["chosen"]["score"], sel["chosen"]["score_spread"]
-    if cv is None or spread is None:     # every skip model diverged (no finite estimate): nothing to compare with
-        sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
-        return adapter, history
-    if len(targets) > AUTO_MAX_SAMPLES:  # before reading any row: a large set may live on disk (memory budget)
-        sel["deep"] = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
-        return adapter, history
-    fit = _skip_fit(features, targets, adapter)
-    ceiling = 1.0 if features.manifest.task == "classification" else fit
-    report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "skip_fit": fit, "ceiling": ceiling,
-              "considered": bool(ceiling - cv > spread and len(targets) <= AUTO_MAX_SAMPLES), "won": False}
-    sel["deep"] = report           # history.chosen gets "tier" only when the deep tier wins
-    if not report["considered"]:
+    report = sel["deep"] = _consider(features, targets, adapter, sel["chosen"])  # history.chosen gets "tier"
+    if not report["considered"]:                                                 # only when the deep tier wins
         return adapter, history
     start = time.perf_counter()
-    s = settings(config)
-    try:
-        chain, x, _ = load(features)
-        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
-        check_memory(eng, x, config.batch_size, features.cache.memory_budget)
-    except ValueError as e:   # an op the numpy backward lacks, or over the memory budget: the skip adapter stays
-        report["unavailable"] = str(e)
-        return adapter, history
-    epochs = budget(config, len(targets))
-    report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
-    if projected > config.deep_seconds:
-        report["unavailable"] = (f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
-                                 f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
-                                 f"anyway")
-        report["seconds"] = time.perf_counter() - start
-        history.train_seconds += report["seconds"]
-        return adapter, history
-    try:
-        found = cross_validate(eng, x, features, targets, config, s, epochs)
-    except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`): the skip adapter stays
-        report["unavailable"] = str(e)
-        return adapter, history
-    d = found["chosen"]
-    needed = spread / math.sqrt(found["folds"])   # one standard error of the skip estimate (crossval's rule)
-    report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
-                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=sel["chosen"],
-                  cv_seconds=time.perf_counter() - start)
-    if not report["won"]:
-        history.train_seconds += report["cv_seconds"]
-        report["seconds"] = report["cv_seconds"]
+    found = _cross_validated(features, targets, config, report, sel["chosen"])
+    report["seconds"] = time.perf_counter() - start
+    history.train_seconds += report["seconds"]
+    if found is None or not report["won"]:
         return adapter, history
     history.selection = {**found, "deep": report}
-    history.train_seconds += report["cv_seconds"]
     adapter, history = finetune_deep(features, targets, split_idx, config, history, {**found, "deep": report},
                                      checkpoint)
     report["seconds"] = time.perf_counter() - start   # the deep tier's whole cost: its cross-validation + refit
     return adapter, history
+
+
+def _consider(features, targets: np.ndarray, adapter, chosen: dict) -> dict:
+    """The rule's first half: whether the deep tier is a candidate after the skip recipe `chosen` (its report)."""
+    cv, spread = chosen["score"], chosen["score_spread"]
+    report = {"rule": RULE, "skip_score": cv, "skip_spread": spread, "considered": False, "won": False}
+    if cv is None or spread is None or len(targets) > AUTO_MAX_SAMPLES:   # no finite skip estimate (every model
+        return report     # diverged): nothing to compare with; a large set may live on disk: no row is read
+    fit = _skip_fit(features, targets, adapter)
+    ceiling = 1.0 if features.manifest.task == "classification" else fit
+    report.update(skip_fit=fit, ceiling=ceiling, considered=bool(ceiling - cv > spread))
+    return report
+
+
+def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report: dict, chosen: dict) -> dict | None:
+    """The rule's second half: the deep tier's cross-validation (None, and why in `report`, when it cannot run:
+    an op the numpy backward lacks, over the memory or CPU-time budget, or diverged), and whether it won."""
+    s, epochs = settings(config), budget(config, len(targets))
+    try:
+        chain, x, _ = load(features)
+        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+        check_memory(eng, x, config.batch_size, features.cache.memory_budget)
+        report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
+        if projected > config.deep_seconds:
+            raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
+                             f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
+                             f"anyway")
+    except ValueError as e:
+        report["unavailable"] = str(e)
+        return None
+    start = time.perf_counter()
+    try:
+        found = cross_validate(eng, x, features, targets, config, s, epochs)
+    except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`)
+        report["unavailable"] = str(e)
+        return None
+    d, cv = found["chosen"], report["skip_score"]
+    needed = report["skip_spread"] / math.sqrt(found["folds"])   # one standard error of the skip estimate
+    report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
+                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=chosen,
+                  cv_seconds=time.perf_counter() - start)
+    return found
 
 
 def resumes(folder, resume: bool) -> bool:
