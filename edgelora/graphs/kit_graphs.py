@@ -147,8 +147,7 @@ def train_epoch_graph(layout: Layout, scale: float, *, task: str, batch_size: in
         raise ValueError(f"optimizer should be 'sgd', 'adam' or 'adamw', found {optimizer!r}")
     outer, body = _Graph("o"), _Graph("b")
     c, size = layout.num_outputs, layout.size
-    adam = optimizer != "sgd"
-    coef = _adam_coefficients(outer, optimizer, betas, eps) if adam else \
+    coef = _adam_coefficients(outer, optimizer, betas, eps) if optimizer != "sgd" else \
         {"lr": outer.op("Cast", "lr", to=F32)}
     wd32 = outer.op("Cast", "weight_decay", to=F32)
     n = outer.op("Squeeze", outer.op("Shape", "perm"))
@@ -166,21 +165,7 @@ def train_epoch_graph(layout: Layout, scale: float, *, task: str, batch_size: in
         grad = _clip(b, grad, clip_norm)
     if optimizer != "adamw":  # L2 decay added to the gradient (optim.SGD, optim.Adam)
         grad = b.op("Add", grad, b.op("Mul", wd32, "params"))
-    if adam:
-        k = {name: b.op("Gather", v, "i") for name, v in coef.items()}
-        m = b.op("Add", b.op("Mul", "opt_m", b.const(betas[0], np.float32)),
-                 b.op("Mul", grad, b.const(1 - betas[0], np.float32)), out="m_next")
-        v = b.op("Add", b.op("Mul", "opt_v", b.const(betas[1], np.float32)),
-                 b.op("Mul", b.op("Mul", grad, grad), b.const(1 - betas[1], np.float32)), out="v_next")
-        theta = b.op("Mul", "params", k["decay"]) if optimizer == "adamw" else "params"
-        step = b.op("Mul", b.op("Div", m, b.op("Add", b.op("Sqrt", v), k["eps"])), k["alpha"])
-        b.op("Sub", theta, step, out="params_next")
-    else:
-        b.op("Identity", "opt_m", out="m_next")
-        v = b.op("Add", b.op("Mul", "opt_v", b.const(momentum, np.float32)), grad, out="v_next") if momentum \
-            else b.op("Identity", "opt_v", out="v_next")
-        b.op("Sub", "params", b.op("Mul", b.op("Gather", coef["lr"], "i"), v if momentum else grad),
-             out="params_next")
+    _update(b, grad, coef, optimizer, momentum, betas)
     b.op("Identity", "cond", out="cond_next")
     vec = [helper.make_tensor_value_info(name, F32, [size]) for name in ("params", "opt_m", "opt_v")]
     vec_next = [helper.make_tensor_value_info(name, F32, [size]) for name in ("params_next", "m_next", "v_next")]
@@ -195,6 +180,30 @@ def train_epoch_graph(layout: Layout, scale: float, *, task: str, batch_size: in
     # 0 * x is NaN for any NaN or Inf: one reduction tells the client whether the epoch stayed finite
     o.op("Not", o.op("IsNaN", o.op("ReduceSum", o.op("Mul", "params_out", o.const(0.0, np.float32)), keepdims=0)),
          out="finite")
+    return _model(helper.make_graph(o.nodes, "edgelora_train_epoch", *_epoch_io(layout, task), o.inits))
+
+
+def _update(b: _Graph, grad: str, coef: dict, optimizer: str, momentum: float, betas: tuple[float, float]) -> None:
+    """The optimiser step inside the epoch's loop body: params, opt_m, opt_v -> params_next, m_next, v_next."""
+    if optimizer != "sgd":
+        k = {name: b.op("Gather", v, "i") for name, v in coef.items()}
+        m = b.op("Add", b.op("Mul", "opt_m", b.const(betas[0], np.float32)),
+                 b.op("Mul", grad, b.const(1 - betas[0], np.float32)), out="m_next")
+        v = b.op("Add", b.op("Mul", "opt_v", b.const(betas[1], np.float32)),
+                 b.op("Mul", b.op("Mul", grad, grad), b.const(1 - betas[1], np.float32)), out="v_next")
+        theta = b.op("Mul", "params", k["decay"]) if optimizer == "adamw" else "params"
+        step = b.op("Mul", b.op("Div", m, b.op("Add", b.op("Sqrt", v), k["eps"])), k["alpha"])
+        b.op("Sub", theta, step, out="params_next")
+        return
+    b.op("Identity", "opt_m", out="m_next")
+    v = b.op("Add", b.op("Mul", "opt_v", b.const(momentum, np.float32)), grad, out="v_next") if momentum \
+        else b.op("Identity", "opt_v", out="v_next")
+    b.op("Sub", "params", b.op("Mul", b.op("Gather", coef["lr"], "i"), v if momentum else grad), out="params_next")
+
+
+def _epoch_io(layout: Layout, task: str) -> tuple[list, list]:
+    """The epoch graph's inputs and outputs (kit.py's contract)."""
+    c, size = layout.num_outputs, layout.size
     inputs = [helper.make_tensor_value_info("rows", F32, ["N", c + sum(layout.widths)]),
               _targets_info(task, c),
               helper.make_tensor_value_info("class_weights", F32, [c]),
@@ -207,7 +216,7 @@ def train_epoch_graph(layout: Layout, scale: float, *, task: str, batch_size: in
         inputs = [i for i in inputs if i.name != "class_weights"]
     outputs = [helper.make_tensor_value_info(name, F32, [size]) for name in ("params_out", "opt_m_out", "opt_v_out")]
     outputs += [helper.make_tensor_value_info("step_out", I64, []), helper.make_tensor_value_info("finite", BOOL, [])]
-    return _model(helper.make_graph(o.nodes, "edgelora_train_epoch", inputs, outputs, o.inits))
+    return inputs, outputs
 
 
 def evaluate_graph(layout: Layout, scale: float, task: str) -> onnx.ModelProto:
