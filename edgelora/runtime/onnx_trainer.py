@@ -149,7 +149,7 @@ def check_kit(m: Manifest, config: TrainConfig, kit: Kit | None) -> None:
 def train_features(features: FeatureSource, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray],
                    config: TrainConfig, *, kit: Kit | None = None, callback: Callable[[dict], None] | None = None,
                    threads: int = 1) -> tuple[Adapter, History]:
-    """`train.finetune_features(engine="onnx")` on a checked request (train._check_request): train with `kit`
+    """`train.finetune_features(engine="onnx")` on a checked request (request.check_request): train with `kit`
     (built from `config` unless given) on the cached rows of split = (train_idx, val_idx)."""
     m, (train_idx, val_idx) = features.manifest, split
     kit = kit or build_kit(m, recipe_from_config(config))

@@ -8,7 +8,6 @@ to the ONNX training kit (onnx_trainer.py) instead.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -22,16 +21,15 @@ from ..core import crossval, lora
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
-from ..files.bundle import Manifest
 from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_checkpoint
 from ..files.fileio import PathLike
-from ..files.formats import digest
 from ..files.schema import to_dict
 from . import cv_checkpoint, deep, recalibrate, tap_choice
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
 from .plan import Plan, alpha, plan
+from .request import check_request, run_key
 from .train_config import History, TrainConfig
 
 if TYPE_CHECKING:
@@ -65,7 +63,7 @@ def finetune(backbone: Backbone, x, y, config: TrainConfig = TrainConfig(), *, c
     """
     if init is not None and init.config.recalibration is not None and cache is None:
         backbone = backbone.recalibrated(init.config.recalibration)   # a warm start keeps its statistics
-    _check_request(backbone.manifest, config, init=init, use_cache=use_cache, checkpoint_dir=checkpoint_dir,
+    check_request(backbone.manifest, config, init=init, use_cache=use_cache, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)  # before any backbone work
     features, targets, split = prepare(backbone, x, y, config, cache=cache, use_cache=use_cache)
     return finetune_features(features, targets, split, config, init=init, callback=callback,
@@ -84,7 +82,7 @@ def finetune_features(features: FeatureSource, targets: np.ndarray, split: Split
     `deep_tier=False` keeps `form` "auto" among the skip forms (personalisation's versions warm-start them);
     on_plan(plan) once the runs are planned (plan.py), before the first epoch."""
     features = tap_choice.fixed(features, config, init)   # the view of the tap statistics read
-    _check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
+    check_request(features.manifest, config, init=init, use_cache=features.static, checkpoint_dir=checkpoint_dir,
                    engine=engine, kit=kit)
     if engine == "onnx":
         return _train_kit(features, targets, split, config, kit=kit, callback=callback, on_plan=on_plan)
@@ -161,12 +159,12 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
     if config.form == "deep" or config.form == "auto" and deep.resumes(checkpoint_dir, resume):  # LoRA inside
         # the backbone's layers, trained by backprop (deep.py); or an interrupted auto run's deep refit
         key = {} if checkpoint_dir is None else \
-            _run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
+            run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
         return deep.finetune_deep(features, targets, split, config, checkpoint=(checkpoint_dir, resume, key))
     start = time.perf_counter()
     # hashing every input costs time (inside train_seconds): only a checkpoint needs the key
     key = "" if checkpoint_dir is None else \
-        _run_key(features.manifest.identity, features.name, config, features.inputs, targets, init)
+        run_key(features.manifest.identity, features.name, config, features.inputs, targets, init)
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if saved is not None:
         check_same_run(saved[0], key, checkpoint_dir)  # names what differs: data, settings, backbone, ...
@@ -269,40 +267,6 @@ def _identity(features: FeatureSource, config: TrainConfig, init: Adapter | None
                    lora.init(layout, config.seed)), history
 
 
-def _check_request(m: Manifest, config: TrainConfig, *, init: Adapter | None, use_cache: bool,
-                   checkpoint_dir: PathLike | None, engine: str, kit: Kit | None) -> None:
-    """Refuse, before any backbone work, a request no trainer can carry out (the settings, not the data)."""
-    if engine not in ("numpy", "onnx"):
-        raise ValueError(f"engine should be 'numpy' or 'onnx', found {engine!r}")
-    if engine == "onnx" and (init is not None or not use_cache or checkpoint_dir is not None):
-        raise ValueError("engine='onnx' trains a new adapter from the Skip-Cache: init, use_cache=False and "
-                         "checkpoint_dir need engine='numpy'")
-    if engine == "onnx" and config.recalibrate != "none":
-        raise ValueError(f"`recalibrate` {config.recalibrate!r} needs engine='numpy' (the training kit trains over "
-                         f"the lab's statistics); use recalibrate='none' with engine='onnx'")
-    if engine == "numpy" and kit is not None:
-        raise ValueError("a training kit is used by engine='onnx' only")
-    if engine == "onnx":
-        from .onnx_trainer import check_kit
-        check_kit(m, config, kit)  # an explicit recipe, and a given kit built for this backbone
-    if init is not None:
-        init.check_backbone(m, "initial adapter")
-        if init.config.backbone_fingerprint != m.identity:
-            raise ValueError(f"the initial adapter was trained over re-calibrated statistics (its `recalibration`, "
-                             f"kind {init.config.recalibration.kind!r}); warm-start it on features of that backbone: "
-                             f"Backbone.recalibrated(adapter.config.recalibration)")
-    if config.tap_scaling == "standard" and (init is not None or not config.bias):
-        raise ValueError("`tap_scaling` 'standard' needs `bias`=True and no initial adapter (its weights act on raw taps)")
-    if config.form == "deep" and config.recalibrate != "none":
-        raise ValueError("`form` 'deep' re-estimates the batch-norm statistics itself (runtime/deep.py): it needs "
-                         f"`recalibrate` 'none', found {config.recalibrate!r}")
-    if config.form == "deep" and (init is not None or engine != "numpy" or not use_cache):
-        raise ValueError("`form` 'deep' trains a new adapter in numpy from the Skip-Cache's samples: it needs no "
-                         "initial adapter, engine='numpy' and use_cache=True")
-    if config.form == "last" and init is not None:
-        raise ValueError("`form` 'last' starts a new adapter; an initial adapter (warm start) continues in form 'skip'")
-
-
 def _checkpoint(key: dict, runs_plan: Plan, runs: list[Run], cv: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Checkpoint contents: the plan's runs, the state of every run so far (finished ones and the current one),
     and cross-validation's outcome `cv` (cv_checkpoint.py). `session` names this fine-tune call, so the
@@ -314,16 +278,6 @@ def _checkpoint(key: dict, runs_plan: Plan, runs: list[Run], cv: dict[str, np.nd
         meta["runs"].append(state)
         arrays.update({f"{i}.{k}": v for k, v in arr.items()})
     return meta, arrays
-
-
-def _run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targets: np.ndarray, init) -> dict:
-    """What a checkpoint must match to be resumed, one entry each: backbone, feature source (cache dtype),
-    settings, data, starting adapter; a refused resume names the ones that differ."""
-    data = [b for name in sorted(inputs) for b in (name.encode(), np.ascontiguousarray(inputs[name]).data)]
-    return {"backbone": digest(identity.encode()), "feature source": source,
-            "settings": digest(json.dumps(to_dict(config), sort_keys=True).encode()),
-            "data": digest(data + [targets.tobytes()]),   # streamed: the inputs are not copied
-            "starting adapter": None if init is None else digest(init.flat.tobytes())}
 
 
 def _select(runs: list[Run], tolerance: float) -> Run:
