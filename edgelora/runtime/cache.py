@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ class SkipCache:
         self.y0_width = backbone.num_outputs
         self.width = self.y0_width + sum(backbone.tap_widths)
         self.directory = Path(directory) if directory is not None else None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp: weakref.finalize | None = None    # removes the spill folder with the cache (or at exit)
         self.hits = self.misses = 0
         self.fill_seconds = 0.0
         self._store = self._disk_store(self.directory) if self.directory is not None else \
@@ -138,9 +139,10 @@ class SkipCache:
         need = (len(self) + extra) * self.width * self.dtype.itemsize
         if self._store.on_disk or self.memory_budget is None or need <= self.memory_budget:
             return
-        self._tmp = tempfile.TemporaryDirectory(prefix="edgelora-cache-")
+        folder = tempfile.mkdtemp(prefix="edgelora-cache-")   # removed silently: TemporaryDirectory's own
+        self._tmp = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)  # finalizer warns
         old = self._store
-        self._store = self._disk_store(Path(self._tmp.name))
+        self._store = self._disk_store(Path(folder))
         if old.keys:
             self._store.append(old.keys, old.values)
 

@@ -98,7 +98,7 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     check_memory(eng, x, config.batch_size, features.cache.memory_budget)
     epochs, (train_idx, val_idx) = budget(config, len(split_idx[0])), split_idx
-    if found is None and _uses_cv(config):
+    if found is None and config.cross_validates:
         found = cross_validate(eng, x, features, targets, config, s, epochs)
         history.selection = {**found, "deep": {"rule": "forced (form 'deep')", "considered": True, "won": True}}
     if found:
@@ -245,10 +245,6 @@ def _skip_fit(features, targets: np.ndarray, adapter) -> float:
         y = lora.forward(lora.views(adapter.flat, lay), y0, t, lay, adapter.config.scale)[0]
         total += float(deep_loop.scores(y, targets[idx], features.manifest.task)[0].sum())
     return total / len(targets)
-
-
-def _uses_cv(config: TrainConfig) -> bool:
-    return config.val_fraction == 0 and config.cv_folds >= 2
 
 
 def _adapter(chain, eng, flat: np.ndarray, s: dict, rc) -> DeepAdapter:

@@ -43,7 +43,7 @@ def recipe_from_config(config: TrainConfig) -> KitRecipe:
     """The kit recipe of a TrainConfig (kit_config'd); "auto" settings are refused unless cross-validation
     chooses them (val_fraction 0, cv_folds >= 2), dropout always."""
     auto = [f for f in ("r", "weight_decay", "epochs") if getattr(config, f) == "auto"]
-    if auto and (config.val_fraction > 0 or config.cv_folds < 2):
+    if auto and not config.cross_validates:
         raise ValueError(f"engine='onnx' trains one recipe, chosen by cross-validation or given; found 'auto' for "
                          f"{auto} without cross-validation: pass explicit settings (e.g. r=4, weight_decay=0.1, "
                          f"epochs=30; on the command line --rank 4 --weight-decay 0.1 --epochs 30), keep "

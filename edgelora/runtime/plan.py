@@ -50,7 +50,7 @@ def plan(features: FeatureSource, targets: np.ndarray, config: TrainConfig, spli
     rows = {"train": int(n_train), "val": int(len(split[1]))}
     bias = init.config.bias if init is not None else config.bias
     kinds, decays, scalings = _grid(features, config, init, bias)
-    if config.val_fraction > 0 or config.cv_folds < 2:
+    if not config.cross_validates:
         epochs = budget_epochs(config.epochs, config.min_steps, n_train, config.batch_size)
         recipes = tuple(crossval.Recipe(f, sc, wd, r, epochs) for f, r in kinds for wd in decays for sc in scalings)
         return Plan(recipes, rows, "holdout" if len(recipes) > 1 else "given")

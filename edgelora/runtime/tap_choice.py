@@ -43,7 +43,7 @@ def choose(features: FeatureSource, targets: np.ndarray, config: TrainConfig, in
     features and `picked` as given when there is nothing to choose. plan(features) cross-validates one view;
     `picked` is its result on the given features ("none"), when already known. Equal accuracies go to
     the lower cross-validated loss, then to the simpler view (fewer statistics)."""
-    if init is not None or config.tap_statistics != "auto" or not _uses_cv(config) or \
+    if init is not None or config.tap_statistics != "auto" or not config.cross_validates or \
             not tap_stats.offered(features.manifest) or config.form == "deep":
         return features, picked, {}
     best, scores, losses = None, {}, {}
@@ -54,7 +54,3 @@ def choose(features: FeatureSource, targets: np.ndarray, config: TrainConfig, in
         if best is None or (scores[name], -losses[name]) > (scores[best[0]], -losses[best[0]]):
             best = (name, f, result)
     return best[1], best[2], {"chosen": best[0], "scores": scores, "losses": losses}
-
-
-def _uses_cv(config: TrainConfig) -> bool:
-    return config.val_fraction == 0 and config.cv_folds >= 2

@@ -137,7 +137,7 @@ def _recalibrated(features: FeatureSource, targets: np.ndarray, config: TrainCon
     if init is not None or b is None or b.recalibration is not None:
         return features, None, {}     # a warm start is bound to its backbone; a re-calibrated one stays so
     kinds = recalibrate.kinds(b.lab_manifest, config.recalibrate)
-    if kinds == ["none"] or (len(kinds) > 1 and (config.val_fraction > 0 or config.cv_folds < 2)):
+    if kinds == ["none"] or (len(kinds) > 1 and not config.cross_validates):
         return features, None, {}     # choosing needs cross-validation
     best, scores, losses = None, {}, {}
     for kind, f in recalibrate.feature_candidates(features, config.recalibrate):

@@ -74,6 +74,11 @@ class TrainConfig(AdapterShape):
                                                      # (docs/taps.md) the adapter reads; "auto": cross-validation
                                                      # chooses among none, each offered one, all
 
+    @property
+    def cross_validates(self) -> bool:
+        """Whether the recipe is chosen by k-fold cross-validation (no holdout, cv_folds >= 2)."""
+        return self.val_fraction == 0 and self.cv_folds >= 2
+
     def __post_init__(self):
         normalize(self)  # TypeError naming the field: TrainConfig(epochs=2.5), optimizer="lbfgs", ...
         if self.r != "auto":
