@@ -21,7 +21,7 @@ import numpy as np
 from . import budget, lora
 from .losses import class_weights, log_softmax, loss_grad
 from .optim import from_config, learning_rate
-from .selection import IDENTITY, choose, held_out, improved, repeats_for, summarize
+from .selection import IDENTITY, choose, fold_count, held_out, improved, repeats_for, summarize
 from .scaling import SCALINGS, scaled
 from .stack import Stack
 
@@ -172,7 +172,7 @@ def select(features: Rows, targets: np.ndarray, *, scalings: list[str], layouts:
         everything = np.unique(np.linspace(0, n - 1, max(max_rows, 2 * config.cv_folds)).astype(np.int64))
         subset = f" on {len(everything)} of {n} samples, evenly spaced in sample order"
         targets, n = targets[everything], len(everything)
-    k = min(config.cv_folds, n // 2)
+    k = fold_count(config.cv_folds, n)
     if k < 2:
         raise ValueError(f"cross-validation needs at least {2 * config.cv_folds} samples, found {n}; pass explicit "
                          f"settings with `cv_folds`=0 (CLI: --cv-folds 0)")

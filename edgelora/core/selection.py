@@ -19,6 +19,11 @@ MIN_SCORES = 100        # repeat the folds until every candidate has about this 
 MAX_REPEATS = 4
 
 
+def fold_count(requested: int, n: int) -> int:
+    """k of a k-fold cross-validation of n samples: `requested`, at most n // 2 (each fold holds >= 2 samples)."""
+    return min(requested, n // 2)
+
+
 def repeats_for(n: int, requested: int) -> int:
     """Fold repeats for n samples: `requested` if > 0, else ("auto") enough for MIN_SCORES held-out scores,
     1 to MAX_REPEATS (1 from 100 samples on, so larger sets cost what they did)."""

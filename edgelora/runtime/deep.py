@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core import deep_loop, lora
 from ..core.lora import split
+from ..core.selection import fold_count
 from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.recalibration import recalibrated
@@ -130,7 +131,7 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
     if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
         idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
         subset = f" on {len(idx)} of {n} samples, evenly spaced in sample order"
-    k = min(config.cv_folds, len(idx) // 2)
+    k = fold_count(config.cv_folds, len(idx))
     marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
     task, start = eng.chain.manifest.task, time.perf_counter()
     table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,

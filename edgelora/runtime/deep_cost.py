@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.backprop import init_params
 from ..core.lora import split
+from ..core.selection import fold_count
 from .train_config import TrainConfig
 
 PROBE_STEPS = 3           # optimiser steps timed to project the deep tier's cost (the fastest counts)
@@ -43,7 +44,7 @@ def projected_seconds(eng, x: np.ndarray, n: int, config: TrainConfig, epochs: i
         out, saved = eng.forward(p, eng.prefix(b))
         eng.backward(np.full_like(out, 1e-3, dtype=np.float32), saved, p, g)
         step = min(step, (time.process_time() - t) * config.batch_size / len(b))
-    k = max(2, min(config.cv_folds, n // 2))
+    k = max(2, fold_count(config.cv_folds, n))
     per_epoch = k * math.ceil(n * (k - 1) / k / config.batch_size) + math.ceil(n / config.batch_size)
     return step * epochs * per_epoch
 
