@@ -236,10 +236,8 @@ def test_mixed_batches_serve_deep_and_skip_adapters_row_by_row(bn_bundle, tmp_pa
     assert np.abs(server.outputs(x[:3], "d") - want["d"][:3]).max() < 1e-5
 
 
-def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tmp_path, monkeypatch):
-    bb, (x, y) = Backbone(bn_bundle), samples()
-    config = TrainConfig(form="deep", epochs=10)
-    whole, _ = finetune(bb, x, y, config)
+def _crash_after_4_saves(monkeypatch):
+    """Make the deep tier's 4th checkpoint save end the run with Ctrl-C; returns the real save."""
     real, calls = deep.save_checkpoint, []
 
     def crash_after_4(*args):
@@ -248,6 +246,14 @@ def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tm
         if len(calls) == 4:
             raise KeyboardInterrupt
     monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    return real
+
+
+def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    config = TrainConfig(form="deep", epochs=10)
+    whole, _ = finetune(bb, x, y, config)
+    real = _crash_after_4_saves(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
     later = []
@@ -265,14 +271,7 @@ def test_an_interrupted_auto_fine_tune_that_escalated_resumes_its_deep_refit(bn_
     config = TrainConfig(epochs=10)
     whole, first = finetune(bb, x, y, config)
     assert first.chosen["tier"] == "deep"                  # the auto rule escalated on these samples
-    real, calls = deep.save_checkpoint, []
-
-    def crash_after_4(*args):
-        real(*args)
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    real = _crash_after_4_saves(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
     assert deep.resumes(tmp_path / "ck", True) and not deep.resumes(tmp_path / "ck", False)
