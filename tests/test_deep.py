@@ -127,7 +127,7 @@ def test_peft_loads_the_adapter_onto_the_torch_model_with_the_same_outputs(tmp_p
     # the batch-norm stays a node of its own (kept addressable for re-calibration), so conv1's weight is torch's
     assert [n.name for n in manifest.normalization] == ["bn1"] and not any(w.out_scale for w in manifest.torch_weights)
     bb, (x, y) = Backbone(tmp_path / "bundle"), samples()
-    adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=5))
+    adapter, _ = finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=5, deep_lr=3e-3))
     adapter.save(tmp_path / "a")
     ours = Predictor(bb, load_adapter(tmp_path / "a", bb.manifest)).outputs(x)
     rc = adapter.config.recalibration          # re-estimated on the samples before training: torch gets them too
@@ -194,7 +194,8 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     bb, (x, y) = Backbone(bn_bundle), samples()
     with pytest.raises(ValueError, match="use_cache"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
-    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
+    r = deep.settings(TrainConfig(form="deep"))["r"]
+    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), r, 2.0), x, 20)
     with pytest.raises(ValueError, match=f"needs about {need:,} bytes .* memory budget of 20,000 bytes"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2), cache=SkipCache(bb, memory_budget=20000))
     kept, h = finetune(bb, x, y, TrainConfig(epochs=3), cache=SkipCache(bb, memory_budget=20000))

@@ -82,7 +82,7 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
             opt.step(flat, grad, learning_rate(step, total, cfg.lr, cfg.schedule,
                                                int(round(cfg.warmup_epochs * steps))))
         if not np.isfinite(flat).all():
-            raise FloatingPointError(f"deep adapter training diverged at epoch {epoch}; lower `lr`")
+            raise FloatingPointError(f"deep adapter training diverged at epoch {epoch}; lower `deep_lr`")
         if on_epoch is not None:
             on_epoch(epoch, flat, opt, rng)
     return flat

@@ -7,7 +7,8 @@ tier is considered when S_cv is below the ceiling by more than the spread: the c
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
 the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
 of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
-the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
+the cheaper model stays) and, for classification, by more than MARGIN_SAMPLES samples (one or two samples
+are the noise of training alone), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
 tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
 does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
 from a few timed optimiser steps before any is paid (`projected_seconds`).
@@ -35,7 +36,10 @@ from ..files.tap_stats import view
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
+EPOCHS = 60                # the deep budget when `epochs` is "auto" (cross-validation picks 1/4, 1/2 or all of it)
+MIN_RANK = 8               # PEFT LoRA's r 8, as users run it: the deep tier's rank is at least this
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
+MARGIN_SAMPLES = 2        # the deep tier must be right on more than this many samples more than the skip recipe
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
 RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
@@ -43,16 +47,24 @@ RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceili
 
 
 def settings(config: TrainConfig) -> dict:
-    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`), its weight decay."""
-    r = config.r if config.r != "auto" else max(config.rank_grid)
-    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": WEIGHT_DECAY}
+    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`, at least MIN_RANK),
+    its weight decay and learning rate (`deep_lr`)."""
+    r = max(config.r if config.r != "auto" else max(config.rank_grid), MIN_RANK)
+    return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": WEIGHT_DECAY,
+            "lr": config.deep_lr}
+
+
+def stepping(config: TrainConfig, s: dict) -> TrainConfig:
+    """The config deep_loop steps with: the fine-tune's optimiser, batch, schedule and seed at the deep tier's
+    learning rate."""
+    return dataclasses.replace(config, lr=s["lr"])
 
 
 def budget(config: TrainConfig, n: int) -> int:
-    """Epochs of the deep tier: config.epochs (30 when it is chosen automatically), raised so that they make
-    at least MIN_STEPS optimiser steps."""
+    """Epochs of the deep tier: config.epochs (EPOCHS when it is chosen automatically), raised so that they
+    make at least MIN_STEPS optimiser steps."""
     steps = math.ceil(n / config.batch_size)
-    return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
+    return max(config.epochs if isinstance(config.epochs, int) else EPOCHS, math.ceil(MIN_STEPS / steps))
 
 
 def recalibration_kind(manifest) -> str:
@@ -108,7 +120,7 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
                                         **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
     save = None if folder is None else _saver(folder, key, found)
-    flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
+    flat = deep_loop.fit(eng, x, targets, stepping(config, s), epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
                          idx=train_idx, on_epoch=save, state=state)
     adapter = _adapter(chain, eng, flat, s, rc)
     history.chosen = {"tier": "deep", "form": "deep", **s, "epochs": epochs,
@@ -134,13 +146,13 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
     k = fold_count(config.cv_folds, len(idx))
     marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
     task, start = eng.chain.manifest.task, time.perf_counter()
-    table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,
+    table = deep_loop.cross_validate(eng, x[idx], targets[idx], stepping(config, s), k=k, marks=marks,
                                      weight_decay=s["weight_decay"], task=task)
     best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
     base = deep_loop.summary(*deep_loop.scores(features(idx)[0], targets[idx], task),
                              deep_loop.fold_ids(targets[idx], k, task))
     row = table[best]
-    return {"method": f"{k}-fold cross-validation{subset}", "folds": k,
+    return {"method": f"{k}-fold cross-validation{subset}", "folds": k, "samples": len(idx),
             "metric": "accuracy" if task == "classification" else "neg_mse",
             "chosen": {"form": "deep", **s, "epochs": best, "score": row["score"], "score_spread": row["spread"],
                        "loss": row["loss"], "score_folds": row["folds"]},
@@ -211,7 +223,9 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         report["unavailable"] = str(e)
         return None
     d, cv = found["chosen"], report["skip_score"]
-    needed = report["skip_spread"] / math.sqrt(found["folds"])   # one standard error of the skip estimate
+    # one standard error of the skip estimate, and more than MARGIN_SAMPLES samples (classification)
+    needed = max(report["skip_spread"] / math.sqrt(found["folds"]),
+                 MARGIN_SAMPLES / found["samples"] if features.manifest.task == "classification" else 0.0)
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
                   margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=chosen,
                   cv_seconds=time.perf_counter() - start)
