@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -110,8 +112,6 @@ def test_cross_validation_chooses_and_the_adapter_carries_the_choice(lab, tmp_pa
     np.testing.assert_allclose(served[1::2], bb.run(x[1::2])[0], atol=1e-6)
     with pytest.raises(ValueError, match="reads the tap statistics \\['std'\\].*merge"):
         export_ort_adapter(new, tmp_path / "a", tmp_path / "a.onnx_adapter")
-    with pytest.raises(ValueError, match="kit cannot reproduce.*tap_statistics=\\['std'\\] .*--tap-statistics none"):
-        kit_recipe_of(loaded.config)
 
 
 def test_training_kit_reproduces_an_explicit_choice_and_narrows_auto(lab):
@@ -125,6 +125,34 @@ def test_training_kit_reproduces_an_explicit_choice_and_narrows_auto(lab):
     assert np.abs(kit.flat - ref.flat).max() <= 1e-4
     plain, _ = finetune(bb, x, y, dataclasses.replace(config, tap_statistics="auto"), engine="onnx")
     assert plain.config.tap_statistics == ()
+
+
+def test_kit_of_a_recipe_reading_statistics_trains_it_in_the_js_client(lab, tmp_path):
+    """`edgelora kit --recipe-of` an adapter reading tap statistics: a kit over its view, whose Node adapter equals
+    numpy's within 1e-4 and records the same statistics; the client refuses that kit on a bundle without them."""
+    from edgelora.cli import main
+    from tests.helpers import js_client
+    new, old, _, x, y = lab
+    bb = Backbone(new)
+    ref, _ = finetune(bb, x, y, TrainConfig(r=2, epochs=8, lr=1e-2, cv_folds=0, form="skip", tap_scaling="none",
+                                            tap_statistics="all"))
+    ref.save(tmp_path / "numpy")
+    assert kit_recipe_of(ref.config)[1]["epochs"] == 8
+    assert main(["kit", str(new), "--out", str(tmp_path / "kit"), "--recipe-of", str(tmp_path / "numpy")]) == 0
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    client = str(Path(__file__).resolve().parent.parent / "clients" / "js" / "src" / "cli.js")
+    run = lambda bundle, out: subprocess.run([js_client(), client, "train", "--bundle", str(bundle), "--kit",  # noqa: E731
+                                              str(tmp_path / "kit"), "--data", str(tmp_path / "d.npz"), "--out",
+                                              str(tmp_path / out)], capture_output=True, text=True, timeout=300)
+    done = run(new, "js")
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = load_adapter(tmp_path / "js", load_manifest(new))    # bound to the view: checksums, identity, taps
+    assert got.config.tap_statistics == ref.config.tap_statistics == ("std", "map")
+    assert got.config.target_taps == ref.config.target_taps and np.abs(got.flat - ref.flat).max() <= 1e-4
+    assert np.abs(ref.flat).max() > 0.05  # it learnt something
+    done = run(old, "js_old")
+    assert done.returncode != 0 and "reads tap statistic(s) [\"std\",\"map\"], which the bundle does not offer" in done.stderr
+    assert not (tmp_path / "js_old").exists()
 
 
 def _edited(src, dst, edit):

@@ -7,8 +7,8 @@ import { cacheRows, evaluate, settingsFor, train } from './finetune.js';
 
 /**
  * Passes of every graph (backbone, one training epoch, evaluate) on zero samples of the kit's input shape until
- * the passes have settled (`settle` false: not checked), `budget` seconds have passed or `stop()` says so (checked between passes; the event
- * loop gets a turn every 50 ms, so a message can set it). Settled: the median of the last `window` passes has not
+ * the passes have settled (`settle` false: not checked), `budget` seconds have passed or `stop()` says so
+ * (checked between passes; the event loop gets a turn every 50 ms, so a message can set it). Settled: the median of the last `window` passes has not
  * dropped below 0.8 x its lowest value for as long as it took to reach that value (at least `quiet` s). V8's
  * passes fall in steps, with plateaus of 0.5-1 s, as batches of functions finish their optimised compile
  * (docs/browser.md); SpiderMonkey's settle in milliseconds. Returns { seconds, passes } (passes 0: the backbone's
@@ -26,7 +26,7 @@ export async function warmUp(ctx, { budget = 8, window = 5, quiet = 2, settle = 
   const cls = ctx.contract.backbone.task === 'classification';
   const targets = cls ? BigInt64Array.from({ length: n }, (_, i) => BigInt(i % lay.num_outputs)) : new Float32Array(n * lay.num_outputs);
   const settings = settingsFor(ctx, { epochs: 1, val_fraction: 0, patience: null, class_weights: 'none' });
-  const times = []; let best = Infinity; let since = t0; let turn = t0;
+  const times = []; let best = Infinity; let since = t0; let turn = t0; let done = false;
   do {
     const p0 = clock();
     const { rows } = await cacheRows(ctx, x, 'warm-up');
@@ -37,7 +37,8 @@ export async function warmUp(ctx, { budget = 8, window = 5, quiet = 2, settle = 
     const median = times.slice(-window).sort((a, b) => a - b)[Math.floor(Math.min(window, times.length) / 2)];
     if (times.length >= window && median < 0.8 * best) { best = median; since = now; }
     if (now - turn > 0.05) { await new Promise((r) => setTimeout(r, 0)); turn = clock(); }
-  } while (!(settle && settled(times.length, window, clock() - since, Math.max(quiet, since - t0))) && clock() - t0 < budget && !stop());
+    done = settle && settled(times.length, window, clock() - since, Math.max(quiet, since - t0));
+  } while (!done && clock() - t0 < budget && !stop());
   return { seconds: clock() - t0, passes: times.length };
 }
 
