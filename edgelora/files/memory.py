@@ -6,17 +6,21 @@ address-space limit (RLIMIT_AS, a small board without swap) that reservation, no
 fails first. And the pages of a memory-mapped file (the on-disk Skip-Cache, a large data file) count in
 the process's resident memory once read, until the kernel needs them back: reading a 700 MB cache once
 leaves 700 MB resident. `cap_arenas` limits the first; `Pager` hands mapped pages back as reading goes (the layers above
-use both: files/data.py, runtime/features.py, cli/finetune.py).
+use both: files/data.py, runtime/features.py, cli/finetune.py). The same holds for a shared library's code:
+`release_library` hands back the pages of onnxruntime that loading a model touched and running it does not need
+(runtime/backbone.py, runtime/features.py).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import mmap
+import re
 
 import numpy as np
 
 M_ARENA_MAX = -8   # glibc's mallopt parameter (malloc.h)
+MADV_DONTNEED = 4  # Linux's madvise advice (sys/mman.h)
 FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
 
 
@@ -44,6 +48,28 @@ def release(array) -> None:
             array.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):   # a platform without it: the pages stay, nothing breaks
             pass
+
+
+def release_library(name: str) -> int:
+    """Drop from this process's resident memory the mapped pages of every loaded file whose path contains `name`
+    (e.g. "onnxruntime"), in its read-only mappings that hold no private page (code and constants, never data nor
+    relocated tables). They stay in the page cache: code run again is mapped back on use, without disk I/O.
+    Returns the bytes of the mappings released; 0 where /proc/self/smaps or madvise is missing (not Linux)."""
+    try:
+        with open("/proc/self/smaps") as f:
+            smaps = f.read()
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes, done = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], 0
+    span = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+ +(\S.*)$", re.M)
+    found = list(span.finditer(smaps))
+    for m, after in zip(found, found[1:] + [None]):
+        block = smaps[m.end():after.start() if after else len(smaps)]
+        if name in m[4] and "w" not in m[3] and re.search(r"^Anonymous: +0 kB$", block, re.M):
+            start, end = int(m[1], 16), int(m[2], 16)
+            done += (end - start) * (madvise(start, end - start, MADV_DONTNEED) == 0)
+    return done
 
 
 class Pager:
