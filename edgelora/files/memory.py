@@ -13,9 +13,7 @@ use both: files/data.py, runtime/features.py, cli/finetune.py). The same holds f
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
-import re
 
 import numpy as np
 
@@ -26,6 +24,7 @@ FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
 
 def cap_arenas(arenas: int = 2) -> bool:
     """Let glibc create at most `arenas` malloc arenas from now on; False where that is not glibc."""
+    import ctypes.util  # imports subprocess (18 ms of every command's start): only when a budget asks for this
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -54,22 +53,43 @@ def release_library(name: str) -> int:
     """Drop from this process's resident memory the mapped pages of every loaded file whose path contains `name`
     (e.g. "onnxruntime"), in its read-only mappings that hold no private page (code and constants, never data nor
     relocated tables). They stay in the page cache: code run again is mapped back on use, without disk I/O.
-    Returns the bytes of the mappings released; 0 where /proc/self/smaps or madvise is missing (not Linux)."""
+    Returns the bytes of the mappings released; 0 where /proc/self/maps or madvise is missing (not Linux)."""
     try:
-        with open("/proc/self/smaps") as f:
-            smaps = f.read()
+        with open("/proc/self/maps") as f:
+            maps = [line for line in f.read().splitlines() if _read_only_of(line, name)]
         madvise = ctypes.CDLL(None).madvise
     except (OSError, AttributeError):
         return 0
+    if any(line not in _SHARED_ONLY for line in maps):
+        _SHARED_ONLY.update(_without_private_pages())
     madvise.argtypes, done = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], 0
-    span = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+ +(\S.*)$", re.M)
-    found = list(span.finditer(smaps))
-    for m, after in zip(found, found[1:] + [None]):
-        block = smaps[m.end():after.start() if after else len(smaps)]
-        if name in m[4] and "w" not in m[3] and re.search(r"^Anonymous: +0 kB$", block, re.M):
-            start, end = int(m[1], 16), int(m[2], 16)
-            done += (end - start) * (madvise(start, end - start, MADV_DONTNEED) == 0)
+    for line in maps:
+        start, end = (int(a, 16) for a in line.split(maxsplit=1)[0].split("-"))
+        if _SHARED_ONLY.get(line) and madvise(start, end - start, MADV_DONTNEED) == 0:
+            done += end - start
     return done
+
+
+_SHARED_ONLY: dict[str, bool] = {}  # a mapping's /proc/self/maps line -> it holds no private (written) page
+
+
+def _read_only_of(line: str, name: str) -> bool:
+    """A /proc/self/maps line of a read-only mapping of a file whose path contains `name`."""
+    part = line.split(maxsplit=5)
+    return len(part) == 6 and name in part[5] and "w" not in part[1]
+
+
+def _without_private_pages() -> dict[str, bool]:
+    """Every mapping's /proc/self/maps line (smaps heads each block with it) -> whether it holds no private page.
+    Read once per new mapping: smaps walks every resident page (milliseconds), maps does not."""
+    found, head = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef":          # a mapping's line; its fields start with a capital
+                head = line.rstrip("\n")
+            elif line.startswith("Anonymous:") and head is not None:
+                found[head] = line.split()[1] == "0"
+    return found
 
 
 class Pager:
