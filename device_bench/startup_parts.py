@@ -79,10 +79,15 @@ def run_once(python: str, bundle: Path, data: Path, out: Path) -> dict:
     return {**found["parts"], "interpreter": found["wall0"] - start, "exit": end - found["end"], "wall": end - start}
 
 
-def floor_once(python: str) -> float:
+def floor_once(python: str) -> dict:
+    """The floor `import numpy, onnxruntime` as a whole process, and its own interpreter start, imports and exit."""
+    code = ("import atexit, sys, time; w = time.time(); import numpy, onnxruntime; i = time.time() - w; "
+            "atexit.register(lambda: print(w, i, time.time(), file=sys.stderr))")
     start = time.time()
-    subprocess.run([python, "-c", "import numpy, onnxruntime"], check=True, env=device_env())
-    return time.time() - start
+    p = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, env=device_env())
+    end = time.time()
+    w, imports, done = (float(v) for v in p.stderr.split()[-3:])
+    return {"wall": end - start, "interpreter": w - start, "numpy+onnxruntime": imports, "exit": end - done}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.repeats):
             floors.append(floor_once(a.python))
             runs.append(run_once(a.python, a.bundle.resolve(), a.data.resolve(), Path(tmp)))
-    floor = statistics.median(floors)
+    floor = statistics.median(f["wall"] for f in floors)
     print(f"edgelora finetune {a.bundle.name}: medians of {a.repeats} interleaved runs ({load}; "
           "load %.2f %.2f %.2f at the end)" % os.getloadavg())
-    print(f"  {FLOOR:44s} {1000 * floor:7.1f} ms")
+    print(f"  {FLOOR:44s} {1000 * floor:7.1f} ms (" + ", ".join(
+        f"{k} {1000 * statistics.median(f[k] for f in floors):.1f}" for k in ("interpreter", "numpy+onnxruntime",
+                                                                              "exit")) + ")")
     for part in PARTS:
         print(f"  {part:44s} {1000 * statistics.median(r[part] for r in runs):7.1f} ms")
     rest = statistics.median(r["wall"] - r["training"] for r in runs)
