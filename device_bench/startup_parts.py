@@ -28,8 +28,9 @@ PARTS = ("interpreter", "numpy+onnxruntime", "edgelora modules", "parser", "open
          "cache fill", "training", "save adapter", "other in the command", "exit")
 FLOOR = "floor: python -c 'import numpy, onnxruntime'"
 CHILD = r"""
-import json, sys, time
+import sys, time
 wall0 = time.time(); t0 = time.perf_counter()
+import json
 import numpy, onnxruntime
 t1 = time.perf_counter()
 import edgelora.cli as C, edgelora.cli.common as common, edgelora.cli.finetune as F
