@@ -79,6 +79,24 @@ def test_release_library_hands_back_onnxruntime_code_and_it_still_runs(toy_bundl
     assert release_library("no-library-has-this-name") == 0
 
 
+@linux
+def test_release_library_never_drops_a_private_page(tmp_path):
+    """A read-only mapping holding written pages (as a library's relocated tables do) is left alone."""
+    import ctypes
+    import mmap
+    path = tmp_path / "edgelora-test-library.bin"
+    path.write_bytes(b"\1" * 2**20)
+    with open(path, "rb") as f:
+        clean = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        written = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    written[:4096] = b"\2" * 4096                                      # a private copy of the first page
+    start = ctypes.addressof(ctypes.c_char.from_buffer(written))
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(start), ctypes.c_size_t(2**20), mmap.PROT_READ) == 0
+    assert clean[:].count(b"\1") == 2**20                             # every page of the clean one read
+    assert release_library("edgelora-test-library") == 2**20           # the clean mapping only
+    assert written[:2] == b"\2\2" and written[4096:4098] == b"\1\1" and clean[:1] == b"\1"
+
+
 def test_cap_arenas_answers():
     assert cap_arenas(4) in (True, False)
 

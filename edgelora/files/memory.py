@@ -71,6 +71,7 @@ def release_library(name: str) -> int:
 
 
 _SHARED_ONLY: dict[str, bool] = {}  # a mapping's /proc/self/maps line -> it holds no private (written) page
+_HEX = frozenset("0123456789abcdef")
 
 
 def _read_only_of(line: str, name: str) -> bool:
@@ -80,15 +81,17 @@ def _read_only_of(line: str, name: str) -> bool:
 
 
 def _without_private_pages() -> dict[str, bool]:
-    """Every mapping's /proc/self/maps line (smaps heads each block with it) -> whether it holds no private page.
-    Read once per new mapping: smaps walks every resident page (milliseconds), maps does not."""
+    """Every mapping's /proc/self/maps line (smaps heads each block with it) -> whether it holds no private page,
+    resident (Anonymous) or swapped out (Swap). Read once per new mapping: smaps walks every resident page
+    (milliseconds), maps does not."""
     found, head = {}, None
     with open("/proc/self/smaps") as f:
         for line in f:
-            if line[0] in "0123456789abcdef":          # a mapping's line; its fields start with a capital
+            if line[:1] in _HEX:                     # a mapping's line; its fields start with a capital letter
                 head = line.rstrip("\n")
-            elif line.startswith("Anonymous:") and head is not None:
-                found[head] = line.split()[1] == "0"
+                found[head] = True
+            elif line.startswith(("Anonymous:", "Swap:")) and head is not None:
+                found[head] = found[head] and line.split()[1] == "0"
     return found
 
 
