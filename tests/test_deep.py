@@ -154,7 +154,9 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     d = history.selection["deep"]
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
-        assert d["won"] == (d["deep_score"] > d["skip_score"] + d["skip_spread"] / np.sqrt(history.selection["folds"]))
+        n = len(y)                                   # one standard error, and more than MARGIN_SAMPLES samples
+        assert d["needed"] == max(d["skip_spread"] / np.sqrt(d["deep_folds"][1]), deep.MARGIN_SAMPLES / n)
+        assert d["won"] == (d["deep_score"] > d["skip_score"] + d["needed"])
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
     try:
@@ -164,6 +166,19 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert not h.selection["deep"]["considered"] and type(kept).__name__ == "Adapter"
     skip, h = finetune(bb, x, y, TrainConfig(epochs=5, form="skip"))
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
+
+
+def test_deep_cross_validation_stops_once_it_cannot_win_and_only_then(bn_bundle):
+    chain, (x, y) = load_chain(bn_bundle), samples()
+    eng, cfg, xp = deep_loop.engine(chain, 4, 2.0), TrainConfig(seed=0), chain.prep(x)
+    run = dict(k=4, marks=[2, 4], weight_decay=1e-2, task="classification")
+    full = deep_loop.cross_validate(eng, xp, y, cfg, **run)
+    best = max(row["score"] for row in full.values())
+    assert deep_loop.cross_validate(eng, xp, y, cfg, beat=best - 1e-9, **run) == full   # it could still win
+    stopped = deep_loop.cross_validate(eng, xp, y, cfg, beat=1.0, **run)      # no score is above 100 %
+    assert {row["folds_done"] for row in stopped.values()} == {1}
+    for m, row in stopped.items():
+        assert row["score"] <= row["bound"] <= 1.0 and row["bound"] >= full[m]["score"]
 
 
 def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeypatch):

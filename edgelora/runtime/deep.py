@@ -135,19 +135,27 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     return adapter, history
 
 
-def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
-    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
-    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs."""
-    n, cap = len(targets), config.cv_rows_per_class * eng.chain.manifest.num_outputs
-    idx, subset = np.arange(n), ""
-    if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
+def cv_rows(config: TrainConfig, manifest, n: int) -> tuple[np.ndarray, str, int]:
+    """The rows the deep tier cross-validates on (all, or as the skip recipes' cross-validation an evenly
+    spaced subset of at most cv_rows_per_class x outputs), how to say so, and k."""
+    cap, idx, subset = config.cv_rows_per_class * manifest.num_outputs, np.arange(n), ""
+    if cap and n > cap:
         idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
         subset = f" on {len(idx)} of {n} samples, evenly spaced in sample order"
-    k = fold_count(config.cv_folds, len(idx))
+    return idx, subset, fold_count(config.cv_folds, len(idx))
+
+
+def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int,
+                   beat: float | None = None) -> dict:
+    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
+    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs.
+    `beat`: stop once the deep tier can no longer score above it (deep_loop.cross_validate); `folds_done`
+    then says after how many folds."""
+    idx, subset, k = cv_rows(config, eng.chain.manifest, len(targets))
     marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
     task, start = eng.chain.manifest.task, time.perf_counter()
     table = deep_loop.cross_validate(eng, x[idx], targets[idx], stepping(config, s), k=k, marks=marks,
-                                     weight_decay=s["weight_decay"], task=task)
+                                     weight_decay=s["weight_decay"], task=task, beat=beat)
     best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
     base = deep_loop.summary(*deep_loop.scores(features(idx)[0], targets[idx], task),
                              deep_loop.fold_ids(targets[idx], k, task))
@@ -159,6 +167,7 @@ def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epoc
             "no_finetune": {"score": base["score"], "score_spread": base["spread"], "loss": base["loss"],
                             "score_folds": base["folds"]},
             "helps": row["score"] > base["score"], "cv_seconds": time.perf_counter() - start,
+            "folds_done": row.get("folds_done", k), "bound": max(r.get("bound", r["score"]) for r in table.values()),
             "candidates": [{"form": "deep", **s, "epochs": e, "score": table[e]["score"], "loss": table[e]["loss"]}
                            for e in marks]}
 
@@ -216,19 +225,21 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
     except ValueError as e:
         report["unavailable"] = str(e)
         return None
-    start = time.perf_counter()
-    try:
-        found = cross_validate(eng, x, features, targets, config, s, epochs)
+    start, cv = time.perf_counter(), report["skip_score"]
+    idx, _, k = cv_rows(config, features.manifest, len(targets))
+    # one standard error of the skip estimate, and more than MARGIN_SAMPLES samples (classification)
+    needed = max(report["skip_spread"] / math.sqrt(k),
+                 MARGIN_SAMPLES / len(idx) if features.manifest.task == "classification" else 0.0)
+    try:   # stopped as soon as it can no longer win: the same decision, at a fraction of the cost
+        found = cross_validate(eng, x, features, targets, config, s, epochs, beat=cv + needed)
     except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`)
         report["unavailable"] = str(e)
         return None
-    d, cv = found["chosen"], report["skip_score"]
-    # one standard error of the skip estimate, and more than MARGIN_SAMPLES samples (classification)
-    needed = max(report["skip_spread"] / math.sqrt(found["folds"]),
-                 MARGIN_SAMPLES / found["samples"] if features.manifest.task == "classification" else 0.0)
+    d = found["chosen"]
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
                   margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=chosen,
-                  cv_seconds=time.perf_counter() - start)
+                  cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
+                  deep_bound=found["bound"])
     return found
 
 
