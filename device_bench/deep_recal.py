@@ -39,7 +39,7 @@ def accuracy(bundle: Path, x, y, x_te, y_te, kind: str, config: TrainConfig, epo
     chain = load_chain(bundle, b.manifest)
     s = deep.settings(config)
     eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
-    flat = deep_loop.fit(eng, chain.prep(x), y, deep.stepping(config, s), epochs=epochs or deep.budget(config, len(y)),
+    flat = deep_loop.fit(eng, chain.prep(x), y, config, epochs=epochs or deep.budget(config, len(y)),
                          weight_decay=s["weight_decay"], task="classification")
     out = deep_loop.outputs(eng, split(flat, eng.shapes), chain.prep(x_te))
     return float((out.argmax(1) == y_te).mean())

@@ -87,17 +87,17 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
             opt.step(flat, grad, learning_rate(step, total, cfg.lr, cfg.schedule,
                                                int(round(cfg.warmup_epochs * steps))))
         if not np.isfinite(flat).all():
-            raise FloatingPointError(f"deep adapter training diverged at epoch {epoch}; lower `deep_lr`")
+            raise FloatingPointError(f"deep adapter training diverged at epoch {epoch}; lower `lr`")
         if on_epoch is not None:
             on_epoch(epoch, flat, opt, rng)
     return flat
 
 
 def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: int, marks: list[int],
-                   weight_decay: float, task: str, beat: float | None = None) -> dict[int, dict]:
+                   weight_decay: float, task: str, reach: float | None = None) -> dict[int, dict]:
     """Per epoch count in `marks`: the summary (score, loss, per-fold scores, spread) of k models, each
-    trained without one fold and scored on it (fold_ids: contiguous blocks per class). `beat`: stop early
-    once no mark can end with a mean score above it, even scoring best on every sample not yet scored
+    trained without one fold and scored on it (fold_ids: contiguous blocks per class). `reach`: stop early
+    once no mark can end with a mean score of at least it, even scoring best on every sample not yet scored
     (accuracy 1, -MSE 0); the summaries then cover the folds trained, with `folds_done` and `bound` (the
     best mean score the mark could still have reached)."""
     fold, stem = fold_ids(targets, k, task), eng.stem(x, STEM_BYTES)
@@ -118,7 +118,7 @@ def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: i
         bound = {m: float(score[m][done].sum()) / n for m in marks}   # the rest at their best: +1 or +0 each
         if task == "classification":
             bound = {m: b + float((~done).sum()) / n for m, b in bound.items()}
-        if beat is not None and not done.all() and max(bound.values()) <= beat:
+        if reach is not None and not done.all() and max(bound.values()) < reach:
             return {m: {**summary(score[m][done], loss[m][done], fold[done]), "folds_done": f + 1,
                         "bound": bound[m]} for m in marks}
     return {m: summary(score[m], loss[m], fold) for m in marks}

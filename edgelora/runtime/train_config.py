@@ -40,7 +40,6 @@ class TrainConfig(AdapterShape):
                                                      # only when the skip adapters fall short)
     deep_seconds: float = 30.0                       # form "auto": the deep tier is tried only when its projected
                                                      # CPU time (cross-validation + refit) is within this
-    deep_lr: float = 1e-2                            # the deep tier's learning rate (`lr` is the skip adapters')
     tap_scaling: Literal["none", "standard", "auto"] = "auto"  # standard: each tap feature standardised over the
                                                      # fine-tune samples (folded into A and the bias when saved)
     select_tolerance: float = 0.02                   # holdout "auto": val losses within this (nats) of the best tie;
@@ -92,8 +91,6 @@ class TrainConfig(AdapterShape):
         check(self.cv_repeats >= 0, f"`cv_repeats` should be >= 0 (0: auto), found {self.cv_repeats}")
         check(self.batch_size >= 1, f"`batch_size` should be a positive integer, found {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"`lr` should be a positive number, found {self.lr}")
-        check(self.deep_lr > 0 and math.isfinite(self.deep_lr), f"`deep_lr` should be a positive number, found "
-              f"{self.deep_lr}")
         check(0 <= self.momentum < 1, f"`momentum` should be in [0, 1), found {self.momentum}")
         check(self.weight_decay == "auto" or self.weight_decay >= 0,
               f"`weight_decay` should be a number >= 0 or 'auto', found {self.weight_decay}")
