@@ -154,7 +154,7 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     d = history.selection["deep"]
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
-        assert d["needed"] == -d["skip_spread"] / np.sqrt(d["deep_folds"][1])   # minus one standard error
+        assert d["needed"] <= 0 and d["needed"] >= -d["skip_spread"] / np.sqrt(d["deep_folds"][1])
         assert d["won"] == (d["deep_score"] >= d["skip_score"] + d["needed"])
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
@@ -165,6 +165,13 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert not h.selection["deep"]["considered"] and type(kept).__name__ == "Adapter"
     skip, h = finetune(bb, x, y, TrainConfig(epochs=5, form="skip"))
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
+
+
+def test_the_paired_error_is_that_of_the_per_fold_differences_and_only_for_the_same_folds():
+    assert deep._paired_error([0.8, 0.6, 0.7], [0.7, 0.5, 0.6]) == pytest.approx(0.0, abs=1e-12)  # always 10 points
+    assert deep._paired_error([0.8, 0.6], [0.6, 0.6]) == pytest.approx(0.1 / np.sqrt(2))
+    assert deep._paired_error([0.8, 0.6, 0.7], [0.7, 0.5]) == np.inf          # the deep one stopped after 2 folds
+    assert deep._paired_error(None, [0.7]) == np.inf and deep._paired_error([None], [0.7]) == np.inf
 
 
 def test_deep_cross_validation_stops_once_it_cannot_win_and_only_then(bn_bundle):

@@ -6,7 +6,8 @@ cross-validation chose scores S_cv (mean over folds; spread = standard deviation
 tier is considered when S_cv is below the ceiling by more than the spread: the ceiling is 100 % accuracy
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
 the deep tier is cross-validated on the same folds; once considered it wins unless the skip recipe scores
-above it by more than one standard error of the skip estimate (spread / sqrt(k)): the skip adapters have
+above it by more than one standard error: of the per-fold differences (paired, as the skip recipes' own
+rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller. The skip adapters have
 been shown to fall short, and at 5-20 samples per class cross-validation under-rates the deep tier (on the
 input-shift protocols it tested better in 9 of 10 cells, docs/deep.md). Its cross-validation stops as soon
 as it can no longer reach that score. Larger sets keep the skip adapter (the gaps the deep
@@ -227,11 +228,21 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         report["unavailable"] = str(e)
         return None
     d = found["chosen"]
+    needed = max(needed, -_paired_error(chosen.get("score_folds"), d["score_folds"]))
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
                   margin=d["score"] - cv, needed=needed, won=bool(d["score"] >= cv + needed), skip_chosen=chosen,
                   cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
                   deep_bound=found["bound"])
     return found
+
+
+def _paired_error(skip_folds, deep_folds) -> float:
+    """One standard error of the per-fold differences between the skip recipe's and the deep tier's scores on
+    the same folds (the skip recipes' paired rule); inf when they cannot be paired (a fold count differs: the
+    deep cross-validation stopped early, or the skip's was repeated)."""
+    if not skip_folds or len(skip_folds) != len(deep_folds) or None in skip_folds:
+        return math.inf
+    return float(np.std(np.subtract(skip_folds, deep_folds)) / math.sqrt(len(deep_folds)))
 
 
 def resumes(folder, resume: bool) -> bool:
