@@ -13,7 +13,8 @@ from edgelora.graphs.merge import merge  # noqa: E402
 from edgelora_export import export_model  # noqa: E402
 from edgelora_export.models import CNN1d, CNN2d, MLP, TransformerClassifier  # noqa: E402
 
-CONFIG = TrainConfig(epochs=8, batch_size=16, lr=1e-2, weight_decay=0.0, val_fraction=0.0)
+CONFIG = TrainConfig(epochs=8, batch_size=16, lr=1e-2, weight_decay=0.0, val_fraction=0.0, form="skip")  # the skip
+# adapters over each family's taps (the deep tier has its own tests: test_deep.py)
 
 
 def _task(shape, n=240, classes=3, seed=0):
