@@ -2,7 +2,8 @@
 
     python -m device_bench.ctrl_c DIR --repeats 10     # DIR from `edgelora demo --no-plot --save-data DIR`
 
-Sends SIGINT to the real console script at fixed delays after it was started and counts the outcomes: one
+Sends SIGINT to the real console script (started with SIGINT at its default, as a terminal's foreground job)
+at fixed delays after it was started and counts the outcomes: one
 line and exit 130 (edgelora's handling), killed by the signal with nothing printed (before Python installs
 its handler), or a traceback (Python's own start-up, before edgelora's first line runs). It also reports how
 long that start-up lasts here: Python's `-X importtime` timings up to edgelora.cli.ctrl_c.
@@ -32,7 +33,7 @@ def outcome(files: Path, delay: float) -> str:
     """What one Ctrl-C `delay` s after the start gave."""
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(command(files, Path(tmp) / "ad"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         start = time.monotonic()
         while time.monotonic() - start < delay:
             pass

@@ -25,12 +25,19 @@ def demo_files(tmp_path_factory):
     return folder
 
 
+def default_ctrl_c() -> None:
+    """In the child: SIGINT at its default, as a terminal's foreground job has it (a test run in the background
+    of a script inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ctrl_c_at(delay: float, args: list[str], cwd: Path) -> tuple[int, list[str]]:
     """Start `edgelora ARGS` and send SIGINT `delay` s after its first module has run; its exit code and the
     stderr lines that are not Python's import timings. The moment is found from those timings
     (PYTHONPROFILEIMPORTTIME): a line for any import after edgelora.cli.ctrl_c's comes after its handler is set."""
     proc = subprocess.Popen([*COMMAND, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": str(REPO)},
+                            preexec_fn=default_ctrl_c)
     try:
         seen = False
         for line in proc.stderr:
@@ -59,9 +66,17 @@ def test_ctrl_c_at_any_moment_of_a_command_is_one_line_and_exit_130(demo_files, 
 
 
 def test_importing_the_cli_leaves_another_programs_ctrl_c_alone():
-    out = subprocess.run([sys.executable, "-c", "import signal, edgelora.cli; "
-                          "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+    out = subprocess.run([sys.executable, "-c", "import signal; before = signal.getsignal(signal.SIGINT); "
+                          "import edgelora.cli; print(signal.getsignal(signal.SIGINT) is before)"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv = ['edgelora']; "
+            "import edgelora.cli; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     assert out.stdout.strip() == "True"
 
 
@@ -69,6 +84,7 @@ def test_ctrl_c_raises_inside_the_work_and_ends_the_process_after_it(monkeypatch
     before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(ctrl_c, "is_the_command", lambda: True)
     monkeypatch.setattr(ctrl_c, "_active", [False])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         ctrl_c.outside_work()
         assert signal.getsignal(signal.SIGINT) is ctrl_c._end_at_once and ctrl_c._said == [ctrl_c.STARTING]

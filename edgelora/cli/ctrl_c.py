@@ -4,8 +4,9 @@ There a Ctrl-C ends the process at once with one line on stderr and exit code 13
 a traceback. Inside the work (`during_work()`), Ctrl-C raises KeyboardInterrupt as usual, so that the work
 stops cleanly and main() says what is intact.
 
-Only the `edgelora` process itself is changed (its console script, or `python -m edgelora.cli`): a program
-that imports edgelora.cli keeps its own Ctrl-C handling. What runs before edgelora's first line (Python's
+Only the `edgelora` process itself is changed (its console script, or `python -m edgelora.cli`), and only
+while Python's own handler is in place: a program that imports edgelora.cli keeps its Ctrl-C handling, and a
+command started with SIGINT ignored (a background job of a script) keeps ignoring it. What runs before edgelora's first line (Python's
 start-up: site-packages and their .pth files) is Python's own; a Ctrl-C there is outside edgelora's reach.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _end_at_once(signum, frame) -> None:
 def outside_work(said: str = STARTING) -> None:
     """From now on, in the `edgelora` process, a Ctrl-C ends it at once with one line ending in `said`."""
     _said[0] = said
-    if _active[0] or is_the_command():
+    if _active[0] or (is_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         try:
             signal.signal(signal.SIGINT, _end_at_once)
             _active[0] = True
