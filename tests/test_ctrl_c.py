@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgelora.cli import ctrl_c
+from tests.helpers import default_ctrl_c
 
 REPO = Path(__file__).resolve().parent.parent
 MOMENTS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0]   # seconds after edgelora's first line ran
@@ -23,12 +24,6 @@ def demo_files(tmp_path_factory):
     subprocess.run([*COMMAND, "demo", "--no-plot", "--save-data", str(folder)], capture_output=True, check=True,
                    cwd=folder.parent, env={**os.environ, "PYTHONPATH": str(REPO)})
     return folder
-
-
-def default_ctrl_c() -> None:
-    """In the child: SIGINT at its default, as a terminal's foreground job has it (a test run in the background
-    of a script inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ctrl_c_at(delay: float, args: list[str], cwd: Path) -> tuple[int, list[str]]:
