@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all (numpy first)")
     ap.add_argument("--visits", type=int, default=1, help="browsers: fine-tune this many times in one profile and "
                     "report the last (2: a returning user, whose browser cached the compiled wasm; default 1)")
-    ap.add_argument("--page-query", default="", help="browsers: extra URL parameters, e.g. '&warm=0' (no warm-up)")
+    ap.add_argument("--page-query", default="", help="browsers: extra URL parameters, e.g. '&warm=0' (no warm-up), "
+                    "'&warmup=S' (warm up at most S seconds at load; 0: one pass), '&settle=0' (for all S seconds)")
     ap.add_argument("--isolate", action="store_true", help="browsers: serve the page cross-origin isolated "
                     "(COOP/COEP headers), so onnxruntime-web runs wasm threads (up to 4)")
     ap.add_argument("--worker", choices=("numpy", "onnx"), help=argparse.SUPPRESS)

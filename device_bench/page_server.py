@@ -47,16 +47,17 @@ BROWSERS = {"chromium": "/usr/bin/chromium", "firefox": "/usr/bin/firefox-esr"}
 
 
 def drive_page(node: str, browser: str, url: str, out: Path, screenshot: Path | None = None,
-               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None) -> dict:
+               query: str = "", visits: int = 1, draw: int = 0, demo: bool = True, profile: Path | None = None,
+               wait_warm: bool = True) -> dict:
     """Fine-tune on the page in a headless `browser` (clients/js/tools/drive.mjs): its JSON result (of the last of
     `visits` fine-tunes in one profile), the adapter's downloads in `out`. `draw`: digits drawn with touch first;
-    `demo`: load the demo's scans too. `profile`: keep the browser profile in this folder (default: a fresh one). Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
+    `demo`: load the demo's scans too; `wait_warm` False: click without waiting for the warm-up at load. `profile`: keep the browser profile in this folder (default: a fresh one). Raises FileNotFoundError without the browser, RuntimeError if the page fails."""
     import json
     import subprocess
     if not Path(BROWSERS[browser]).exists():
         raise FileNotFoundError(f"{BROWSERS[browser]} is missing: apt-get install -y chromium firefox-esr (.ci/run does)")
     args = [node, str(CLIENT / "tools" / "drive.mjs"), "--browser", browser, "--url", url + query, "--out", str(out),
-            "--visits", str(visits), "--draw", str(draw), "--demo", "1" if demo else "0"] + \
+            "--visits", str(visits), "--draw", str(draw), "--demo", "1" if demo else "0", "--wait-warm", str(int(wait_warm))] + \
         (["--profile", str(profile)] if profile else [])
     done = subprocess.run(args + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True,
                           text=True, timeout=300)

@@ -36,7 +36,8 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
                       budget={k: sel["budget"].get(k) for k in ("marks", "stopped")} if "budget" in sel else {})
         deep = sel.get("deep", {})   # the tier rule's inputs (runtime/deep.py), to weigh other rules
         record["deep_tier"] = {k: deep.get(k) for k in ("considered", "won", "skip_score", "skip_spread", "deep_score",
-                                                        "deep_spread", "needed", "unavailable") if k in deep}
+                                                        "deep_spread", "needed", "unavailable", "deep_folds")
+                              if k in deep}
     return record
 
 

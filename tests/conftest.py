@@ -42,3 +42,11 @@ def toy_data():
     y = np.repeat(np.arange(3), 40)
     x = (centres[y] + rng.standard_normal((120, 10))).astype(np.float32)
     return x, y
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo's digit scans (cli/demo_data.splits(0)): lab, fine-tune (the new scanner) and test splits."""
+    pytest.importorskip("sklearn", reason="the demo digits come from scikit-learn (test extra)")
+    from edgelora.cli.demo_data import splits
+    return splits(0)

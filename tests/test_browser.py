@@ -89,6 +89,16 @@ def test_page_learns_digits_drawn_with_touch(site, browser, tmp_path):
     assert 0 <= r["after"]["accuracy"] <= 1 and r["before"]["accuracy"] < 0.6
 
 
+def test_a_click_stops_the_warm_up_at_load(site, tmp_path):
+    """A user who clicks "Fine-tune" during the warm-up at load (here one asked to run 60 s) does not wait for it:
+    the worker stops it at its next pass (src/warm.js) and fine-tunes on the code it warmed (Chromium)."""
+    node, root, url = site
+    r = drive(node, "chromium", url, tmp_path / "adapter", query="&warmup=60&settle=0", wait_warm=False)
+    assert r["errors"] == [] and r["n"] == 400 and r["warmedAhead"]
+    assert 0 < r["timings"]["warm"] < 30 and r["timings"]["warmPasses"] >= 1
+    assert r["after"]["accuracy"] > 0.6
+
+
 def test_page_works_offline_after_the_first_load(site, tmp_path):
     """With its service worker, the page fine-tunes again with the server gone (Chromium)."""
     node, root, _ = site

@@ -28,6 +28,15 @@ def test_backbone_runs_once_per_new_sample(toy_bundle, toy_data):
     np.testing.assert_array_equal(t, ref[1])
 
 
+def test_a_fill_in_parts_copies_no_row(toy_bundle, toy_data):
+    from edgelora.runtime.features import FeatureSource
+    cache, first = SkipCache(Backbone(toy_bundle)), []
+    source = FeatureSource.from_cache(cache, {"x": toy_data[0]}, chunk=16,
+                                      progress=lambda done: first or first.append(cache.values))
+    assert np.shares_memory(first[0], cache.values)                    # rows stay where the first part put them
+    np.testing.assert_array_equal(source(np.arange(120))[1], Backbone(toy_bundle).features(toy_data[0])[1])
+
+
 def test_duplicates_and_float64_copies_hit(toy_bundle, toy_data):
     bb = Backbone(toy_bundle)
     ran = BackboneCounter(bb)

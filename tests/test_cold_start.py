@@ -58,3 +58,14 @@ def test_rss_stages_follow_one_fine_tune(tmp_path, toy_bundle, toy_data):
     assert r["stages"][-1]["stage"] == "cross-validation and refit" and not {"onnx", "torch"} & set(r["loaded"])
     peaks = [m["VmHWM"] for m in r["stages"]]
     assert peaks == sorted(peaks) and all(m["RssAnon"] + m["RssFile"] <= m["VmRSS"] + 0.2 for m in r["stages"])
+
+
+def test_startup_parts_account_for_the_whole_process(toy_bundle, toy_data, tmp_path, capsys):
+    from device_bench.startup_parts import PARTS, main
+    np.savez(tmp_path / "d.npz", x=toy_data[0], y=toy_data[1])
+    assert main([str(toy_bundle), str(tmp_path / "d.npz"), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    ms = {line[:46].strip(): float(line[46:].split()[0]) for line in out.splitlines()[1:-1]}
+    assert set(PARTS) <= set(ms) and all(v >= 0 for v in ms.values())
+    whole = float(out.splitlines()[-1][46:].split()[0])
+    assert 0.8 * whole < sum(ms[p] for p in PARTS) < 1.2 * whole   # the parts are the process

@@ -154,7 +154,8 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     d = history.selection["deep"]
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
-        assert d["won"] == (d["deep_score"] > d["skip_score"] + d["skip_spread"] / np.sqrt(history.selection["folds"]))
+        assert d["needed"] <= 0 and d["needed"] >= -d["skip_spread"] / np.sqrt(d["deep_folds"][1])
+        assert d["won"] == (d["deep_score"] >= d["skip_score"] + d["needed"])
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
     try:
@@ -164,6 +165,26 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert not h.selection["deep"]["considered"] and type(kept).__name__ == "Adapter"
     skip, h = finetune(bb, x, y, TrainConfig(epochs=5, form="skip"))
     assert "deep" not in h.selection and type(skip).__name__ == "Adapter"
+
+
+def test_the_paired_error_is_that_of_the_per_fold_differences_and_only_for_the_same_folds():
+    assert deep._paired_error([0.8, 0.6, 0.7], [0.7, 0.5, 0.6]) == pytest.approx(0.0, abs=1e-12)  # always 10 points
+    assert deep._paired_error([0.8, 0.6], [0.6, 0.6]) == pytest.approx(0.1 / np.sqrt(2))
+    assert deep._paired_error([0.8, 0.6, 0.7], [0.7, 0.5]) == np.inf          # the deep one stopped after 2 folds
+    assert deep._paired_error(None, [0.7]) == np.inf and deep._paired_error([None], [0.7]) == np.inf
+
+
+def test_deep_cross_validation_stops_once_it_cannot_win_and_only_then(bn_bundle):
+    chain, (x, y) = load_chain(bn_bundle), samples()
+    eng, cfg, xp = deep_loop.engine(chain, 4, 2.0), TrainConfig(seed=0), chain.prep(x)
+    run = dict(k=4, marks=[2, 4], weight_decay=1e-2, task="classification")
+    full = deep_loop.cross_validate(eng, xp, y, cfg, **run)
+    best = max(row["score"] for row in full.values())
+    assert deep_loop.cross_validate(eng, xp, y, cfg, reach=best, **run) == full   # it reaches it: never stopped
+    stopped = deep_loop.cross_validate(eng, xp, y, cfg, reach=1.01, **run)     # no score is above 100 %
+    assert {row["folds_done"] for row in stopped.values()} == {1}
+    for m, row in stopped.items():
+        assert row["score"] <= row["bound"] <= 1.0 and row["bound"] >= full[m]["score"]
 
 
 def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeypatch):
@@ -194,7 +215,8 @@ def test_error_deep_requests_that_cannot_work(bn_bundle, tmp_path):
     bb, (x, y) = Backbone(bn_bundle), samples()
     with pytest.raises(ValueError, match="use_cache"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0), use_cache=False)
-    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), 4, 2.0), x, 20)
+    r = deep.settings(TrainConfig(form="deep"))["r"]
+    need = deep_cost.memory_need(deep_loop.engine(load_chain(bn_bundle), r, 2.0), x, 20)
     with pytest.raises(ValueError, match=f"needs about {need:,} bytes .* memory budget of 20,000 bytes"):
         finetune(bb, x, y, TrainConfig(form="deep", cv_folds=0, epochs=2), cache=SkipCache(bb, memory_budget=20000))
     kept, h = finetune(bb, x, y, TrainConfig(epochs=3), cache=SkipCache(bb, memory_budget=20000))

@@ -11,10 +11,7 @@ import pytest
 pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
-from edgelora.core.shape import AdapterShape  # noqa: E402
-from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.cli import main  # noqa: E402
-from edgelora.cli.demo_data import splits  # noqa: E402
 from edgelora.fleet import deploy, processes  # noqa: E402
 from edgelora.fleet.aggregate import ServerOptimizer, weighted_mean  # noqa: E402
 from edgelora.fleet.client_app import app as client_app  # noqa: E402
@@ -24,31 +21,11 @@ from edgelora.fleet.personal import adopt_shared, personalize_on_shared  # noqa:
 from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.fleet.update import (adapter_from, check_update, encode_update, flat_sha256,  # noqa: E402
-                                   initial_adapter, spec_for)
+                                   initial_adapter)
 from edgelora.ops.store import AdapterStore  # noqa: E402
 from device_bench import faulty_client  # noqa: E402
 
-BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
-MANIFEST = load_manifest(BUNDLE)
-SPEC = spec_for(MANIFEST, AdapterShape(4))
-
-
-@pytest.fixture(scope="module")
-def demo():
-    pytest.importorskip("sklearn", reason="the demo digits come from scikit-learn (test extra)")
-    return splits(0)
-
-
-def device_nodes(root: Path, demo, n: int = 4, faults=()) -> list[dict]:
-    """n devices, each a quarter of the demo's new-scanner scans; then one device per fault (faulty_client)."""
-    x, y = demo["finetune"]
-    nodes = []
-    for i in range(n + len(faults)):
-        np.savez(root / f"d{i}.npz", x=x[i % n::n], y=y[i % n::n])
-        nodes.append({"bundle": str(BUNDLE), "data": str(root / f"d{i}.npz"), "workdir": str(root / f"w{i}")})
-        if i >= n:
-            nodes[-1]["fault"] = faults[i - n]
-    return nodes
+from tests.fleet_helpers import BUNDLE, MANIFEST, SPEC, device_nodes  # noqa: E402
 
 
 def fleet(tmp_path, demo, name, faults=(), rounds=2):

@@ -8,39 +8,21 @@ import pytest
 pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, Predictor, load_adapter  # noqa: E402
-from edgelora.cli.demo_data import splits  # noqa: E402
-from edgelora.core.shape import AdapterShape  # noqa: E402
-from edgelora.files.bundle import load_manifest  # noqa: E402
 from edgelora.fleet.device import FleetDevice, RoundSettings  # noqa: E402
 from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
 from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
-from edgelora.fleet.update import check_update, encode_update, flat_sha256, initial_adapter, spec_for  # noqa: E402
+from edgelora.fleet.update import check_update, encode_update, flat_sha256, initial_adapter  # noqa: E402
 from device_bench import faulty_client  # noqa: E402
 
-BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
-MANIFEST = load_manifest(BUNDLE)
-SPEC = spec_for(MANIFEST, AdapterShape(4))
-
-
-@pytest.fixture(scope="module")
-def demo():
-    pytest.importorskip("sklearn", reason="the demo digits come from scikit-learn (test extra)")
-    return splits(0)
+from tests.fleet_helpers import BUNDLE, MANIFEST, SPEC, device_nodes  # noqa: E402
 
 
 def fleet(root: Path, demo, faults=(), rounds=2, evaluate=False, min_clients=4, **settings):
     """4 honest devices (a quarter of the demo's new-scanner scans each), then one device per fault (with half
     of an honest device's scans: its honest update differs from every other device's)."""
     root.mkdir()
-    x, y = demo["finetune"]
-    nodes = []
-    for i in range(4 + len(faults)):
-        part = slice(i % 4, None, 4 if i < 4 else 8)
-        np.savez(root / f"d{i}.npz", x=x[part], y=y[part])
-        nodes.append({"bundle": str(BUNDLE), "data": str(root / f"d{i}.npz"), "workdir": str(root / f"w{i}")})
-        if i >= 4:
-            nodes[-1]["fault"] = faults[i - 4]
+    nodes = device_nodes(root, demo, faults=faults, fault_stride=8)
     s = FleetSettings(bundle=str(BUNDLE), out=str(root / "shared"), num_rounds=rounds, min_clients=min_clients,
                       evaluate=evaluate, round=RoundSettings(local_epochs=3), **settings)
     return run_fleet(LocalGrid(faulty_client.app, nodes), s)

@@ -8,22 +8,13 @@ import pytest
 pytest.importorskip("flwr", reason="the fleet needs Flower: from the clone, pip install -e '.[fleet]' (or ./run test)")
 
 from edgelora import Backbone, TrainConfig, finetune  # noqa: E402
-from edgelora.cli.demo_data import splits  # noqa: E402
 from edgelora.fleet.client_app import app as client_app  # noqa: E402
 from edgelora.fleet.device import RoundSettings  # noqa: E402
 from edgelora.fleet.local_grid import LocalGrid  # noqa: E402
 from edgelora.fleet.server_app import run_fleet  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.ops.session_recipe import recorded_recipe  # noqa: E402
-from tests.test_fleet import device_nodes  # noqa: E402
-
-BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    pytest.importorskip("sklearn", reason="the demo digits come from scikit-learn (test extra)")
-    return splits(0)
+from tests.fleet_helpers import BUNDLE, device_nodes  # noqa: E402
 
 
 def run(tmp_path, demo, init: Path, recipe: str) -> dict:

@@ -20,7 +20,8 @@ from edgelora.fleet import deploy, processes  # noqa: E402
 from edgelora.fleet.settings import FleetSettings  # noqa: E402
 from edgelora.ops.store import AdapterStore  # noqa: E402
 
-BUNDLE = Path(__file__).resolve().parents[1] / "edgelora" / "data" / "demo_bundle"
+from tests.fleet_helpers import BUNDLE  # noqa: E402
+
 HOST = "127.0.0.1"
 
 

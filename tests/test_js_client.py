@@ -77,6 +77,43 @@ def test_js_prng_follows_the_specification(node):
     assert np.array_equal(np.asarray(got["init"], np.float32), want)
 
 
+def test_js_inputs_of_any_dtype_are_cast_to_float32_like_numpy(node):
+    code = ("const { prepareInputs } = await import(process.argv[1]); const b = { inputs: [{ name: 'x', dtype: 'float32',"
+            " shape: ['n', 2] }] }; const arrays = [Float64Array.of(1.1, -2, 1e40, 3), BigInt64Array.of(-5n, 2n ** 40n, 0n, 7n),"
+            " Uint8Array.of(0, 255, 3, 4), Int16Array.of(-300, 2, 3, 4)];"
+            " console.log(JSON.stringify(arrays.map((d) => Array.from(prepareInputs({ shape: [2, 2], data: d }, 'x', b).data))));")
+    out = subprocess.run([node, "--input-type=module", "-e", code, str(CLIENT / "src" / "data.js")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "x: sample 1 contains NaN or Inf" in out.stderr  # 1e40 overflows float32
+    code = code.replace("1e40", "1e30")
+    out = subprocess.run([node, "--input-type=module", "-e", code, str(CLIENT / "src" / "data.js")], capture_output=True,
+                         text=True, timeout=60)
+    want = [np.array(v).astype(np.float32) for v in ([1.1, -2, 1e30, 3], [-5, 2**40, 0, 7], [0, 255, 3, 4], [-300, 2, 3, 4])]
+    assert [np.asarray(g, np.float32).tolist() for g in json.loads(out.stdout)] == [w.tolist() for w in want]
+
+
+def test_js_warm_up_stops_when_asked_settles_or_runs_its_budget(node, demo):
+    """src/warm.js on onnxruntime-node: one pass when stop() is true at once; the whole budget with settle false;
+    settled (well before a long budget) otherwise."""
+    _, bundle, folder, _ = demo
+    code = ("const [, bundle, kit] = process.argv; const ort = (await import('onnxruntime-node')).default;"
+            " const { openKit } = await import(new URL('src/finetune.js', 'file://' + process.env.CLIENT + '/').href);"
+            " const { warmUp } = await import(new URL('src/warm.js', 'file://' + process.env.CLIENT + '/').href);"
+            " const { folderSource } = await import(new URL('src/node_io.js', 'file://' + process.env.CLIENT + '/').href);"
+            " const ctx = await openKit({ ort, backend: 'node', bundle: folderSource(bundle), kit: folderSource(kit) });"
+            " const stopped = await warmUp(ctx, { stop: () => true });"
+            " const budget = await warmUp(ctx, { budget: 0.3, settle: false });"
+            " const settled = await warmUp(ctx, { budget: 60, quiet: 0.2 });"
+            " console.log(JSON.stringify({ stopped, budget, settled }));")
+    out = subprocess.run([node, "--input-type=module", "-e", code, str(bundle), str(folder / "kit")],
+                         capture_output=True, text=True, timeout=120, cwd=CLIENT, env={"CLIENT": str(CLIENT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["stopped"]["passes"] == 1
+    assert r["budget"]["seconds"] >= 0.3 and r["budget"]["passes"] > 1
+    assert 10 <= r["settled"]["passes"] and 0.2 <= r["settled"]["seconds"] < 30
+
+
 def test_js_adapters_equal_the_python_ones_on_the_demo(node, demo, capsys):
     backbone, bundle, folder, s = demo
     acc = compare(node, backbone, bundle, folder, s["finetune"], s["test"], explicit())

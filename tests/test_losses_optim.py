@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from edgelora.core.losses import balanced_weights, class_weights, cross_entropy, cross_entropy_grad, loss_grad
+from edgelora.core.losses import (balanced_weights, class_groups, class_weights, classes_present, cross_entropy,
+                                  cross_entropy_grad, loss_grad)
 from edgelora.core.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate
 
 
@@ -101,3 +102,11 @@ def test_error_class_weights_of_the_wrong_length():
     assert np.allclose(class_weights("balanced", np.array([0, 0, 0, 1]), 2), [2 / 3, 2.0])
     with pytest.raises(ValueError, match="should have 3 entries .* found 2"):
         class_weights([1.0, 2.0], np.array([0, 1]), 3)
+
+
+def test_classes_present_and_groups_are_np_unique_s():
+    y = np.random.default_rng(0).choice([0, 2, 3, 7], 200)              # classes 1, 4-6 absent
+    assert classes_present(y).tolist() == np.unique(y).tolist() == [0, 2, 3, 7]
+    groups = class_groups(y, "classification")
+    assert [g.tolist() for g in groups] == [np.flatnonzero(y == c).tolist() for c in np.unique(y)]
+    assert classes_present(np.zeros(0, np.int64)).tolist() == []

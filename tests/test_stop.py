@@ -73,3 +73,12 @@ def test_a_signal_ends_a_command_inside_an_endless_backbone_run_within_a_second(
         assert f"interrupted by {said}" in err and "Traceback" not in err
     finally:
         proc.kill()
+
+
+def test_leaving_on_signals_does_not_wait_for_the_watchers_next_poll():
+    from edgelora.runtime.stop import on_signals
+    start = time.perf_counter()
+    for _ in range(10):
+        with on_signals():
+            pass
+    assert time.perf_counter() - start < 0.5     # measured: 1.0 s when each exit waited for the 0.1 s poll

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +29,8 @@ from edgelora.graphs.merge import export_ort_adapter, merge  # noqa: E402
 from edgelora.ops.serve import AdapterServer, ServeConfig  # noqa: E402
 from edgelora.ops.store import AdapterStore  # noqa: E402
 from edgelora_export import export_model  # noqa: E402
+
+CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 
 
 def _net():
@@ -110,8 +114,6 @@ def test_cross_validation_chooses_and_the_adapter_carries_the_choice(lab, tmp_pa
     np.testing.assert_allclose(served[1::2], bb.run(x[1::2])[0], atol=1e-6)
     with pytest.raises(ValueError, match="reads the tap statistics \\['std'\\].*merge"):
         export_ort_adapter(new, tmp_path / "a", tmp_path / "a.onnx_adapter")
-    with pytest.raises(ValueError, match="kit cannot reproduce.*tap_statistics=\\['std'\\] .*--tap-statistics none"):
-        kit_recipe_of(loaded.config)
 
 
 def test_training_kit_reproduces_an_explicit_choice_and_narrows_auto(lab):
@@ -125,6 +127,63 @@ def test_training_kit_reproduces_an_explicit_choice_and_narrows_auto(lab):
     assert np.abs(kit.flat - ref.flat).max() <= 1e-4
     plain, _ = finetune(bb, x, y, dataclasses.replace(config, tap_statistics="auto"), engine="onnx")
     assert plain.config.tap_statistics == ()
+
+
+@pytest.fixture(scope="module")
+def stats_kit(lab, tmp_path_factory):
+    """A folder as the browser page reads it (bundle/, kit/, finetune.npz, test.npz) with the adapter numpy trained
+    reading both statistics (numpy/) and, as kit/, `edgelora kit --recipe-of` that adapter."""
+    from edgelora.cli import main
+    new, _, _, x, y = lab
+    folder = tmp_path_factory.mktemp("stats_kit")
+    shutil.copytree(new, folder / "bundle")
+    ref, _ = finetune(Backbone(new), x, y, TrainConfig(r=2, epochs=8, lr=1e-2, cv_folds=0, form="skip",
+                                                       tap_scaling="none", tap_statistics="all"))
+    ref.save(folder / "numpy")
+    assert kit_recipe_of(ref.config)[1]["epochs"] == 8
+    assert main(["kit", str(new), "--out", str(folder / "kit"), "--recipe-of", str(folder / "numpy")]) == 0
+    np.savez(folder / "finetune.npz", x=x, y=y)
+    np.savez(folder / "test.npz", x=x, y=y)
+    return folder, ref
+
+
+def _same_as_numpy(adapter_dir, new, ref):
+    got = load_adapter(adapter_dir, load_manifest(new))    # bound to the view: checksums, identity, taps
+    assert got.config.tap_statistics == ref.config.tap_statistics == ("std", "map")
+    assert got.config.target_taps == ref.config.target_taps and np.abs(got.flat - ref.flat).max() <= 1e-4
+    assert np.abs(ref.flat).max() > 0.05  # it learnt something
+
+
+def test_kit_of_a_recipe_reading_statistics_trains_it_in_the_js_client(lab, stats_kit, tmp_path):
+    """`edgelora kit --recipe-of` an adapter reading tap statistics: a kit over its view, whose Node adapter equals
+    numpy's within 1e-4 and records the same statistics; the client refuses that kit on a bundle without them."""
+    from tests.helpers import js_client
+    new, old, _, _, _ = lab
+    folder, ref = stats_kit
+    client = str(CLIENT / "src" / "cli.js")
+    run = lambda bundle, out: subprocess.run([js_client(), client, "train", "--bundle", str(bundle), "--kit",  # noqa: E731
+                                              str(folder / "kit"), "--data", str(folder / "finetune.npz"), "--out",
+                                              str(tmp_path / out)], capture_output=True, text=True, timeout=300)
+    done = run(new, "js")
+    assert done.returncode == 0, done.stderr[-2000:]
+    _same_as_numpy(tmp_path / "js", new, ref)
+    done = run(old, "js_old")
+    assert done.returncode != 0 and "reads tap statistic(s) [\"std\",\"map\"], which the bundle does not offer" in done.stderr
+    assert not (tmp_path / "js_old").exists()
+
+
+def test_the_browser_page_trains_a_kit_reading_statistics_like_numpy(lab, stats_kit, tmp_path):
+    """The page (`?assets=` the folder above) in headless Chromium: its downloaded adapter equals numpy's."""
+    from device_bench.page_server import drive_page, serve_page
+    from tests.helpers import js_client
+    folder, ref = stats_kit
+    server, url = serve_page(tmp_path / "site", folder)
+    try:
+        r = drive_page(js_client(), "chromium", url + "&chart=0", tmp_path / "adapter")
+    finally:
+        server.shutdown()
+    assert r["errors"] == [] and r["n"] == 60
+    _same_as_numpy(tmp_path / "adapter", lab[0], ref)
 
 
 def _edited(src, dst, edit):

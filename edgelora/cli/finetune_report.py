@@ -60,8 +60,14 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
     if "unavailable" in d:
         return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
     won = "deep" if d["won"] else "skip"
+    done, k = d.get("deep_folds", (None, None))
+    if done is not None and done < k:   # stopped once it could no longer win (runtime/deep.py)
+        best = f"{100 * d['deep_bound']:.1f} %" if task == "classification" else f"MSE {-d['deep_bound']:.4g}"
+        return [f"  tier       skip ({fit}; deep tier stopped after {done} of {k} folds: it could reach at most "
+                f"{best}, needed at least {100 * d['needed']:+.1f} points from the skip estimate; deep tier cost "
+                f"{d['seconds']:.2f} s)"]
     return [f"  tier       {won} ({fit}; deep cross-validated {_pct(d['deep_score'], d['deep_spread'], task)}, "
-            f"margin {100 * d['margin']:+.1f} points, needed > {100 * d['needed']:.1f}; deep tier cost "
+            f"margin {100 * d['margin']:+.1f} points, needed >= {100 * d['needed']:+.1f}; deep tier cost "
             f"{d['seconds']:.2f} s)"]
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..core.budget import DEFAULT_EPOCHS
 from ..files.adapter import load_adapter
-from ..files.bundle import load_manifest
+from ..files.bundle import Manifest, load_manifest
+from ..files.tap_stats import view
 from ..graphs.kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
 from ..graphs.kit_recipe import kit_recipe_of
 from ..runtime.train_config import TrainConfig
@@ -55,8 +56,9 @@ def register(subparsers) -> None:
                         "the flags above: the kit then trains that recipe on any onnxruntime")
 
 
-def _recipe_of(args: argparse.Namespace, manifest) -> tuple[KitRecipe, dict]:
-    """The recipe of the adapter named by --recipe-of, refusing recipe flags given alongside it."""
+def _recipe_of(args: argparse.Namespace, manifest) -> tuple[KitRecipe, dict, Manifest]:
+    """(recipe, defaults, the manifest it reads: the view of the tap statistics it reads) of the adapter named by
+    --recipe-of, refusing recipe flags given alongside it."""
     d, k = TrainConfig(), KitRecipe()
     given = [f"--{n.replace('_', '-')}" for n, default in (("rank", k.r), ("alpha", None), ("batch_size", k.batch_size),
              ("optimizer", k.optimizer), ("clip_norm", None), ("no_bias", False), ("epochs", DEFAULT_EPOCHS), ("lr", d.lr),
@@ -64,13 +66,12 @@ def _recipe_of(args: argparse.Namespace, manifest) -> tuple[KitRecipe, dict]:
     if given:
         raise ValueError(f"--recipe-of takes the whole recipe from the adapter; expected no recipe flags, found {given}")
     config = load_adapter(args.recipe_of, manifest).config
-    return kit_recipe_of(config, str(args.recipe_of))
+    return (*kit_recipe_of(config, str(args.recipe_of)), view(manifest, config.tap_statistics, str(args.recipe_of)))
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.recipe_of is not None:
-        manifest = load_manifest(args.bundle)
-        recipe, defaults = _recipe_of(args, manifest)
+        recipe, defaults, manifest = _recipe_of(args, load_manifest(args.bundle))
         defaults = {"schedule": "constant", "warmup_epochs": 0.0, "class_weights": "none", "val_fraction": 0.0,
                     "seed": TrainConfig().seed, "lr": TrainConfig().lr, **defaults}
         return _write(args, manifest, recipe, defaults)

@@ -49,6 +49,24 @@ def first_trainable_op(chain: Chain, modes: list[str]) -> int:
                 len(chain.ops))
 
 
+class Stem:
+    """A first trainable layer's input columns and frozen output (cols @ W + b) for every sample, row-major per
+    sample (a conv layer has prod(spatial) rows per sample)."""
+
+    def __init__(self, cols: np.ndarray, base: np.ndarray, spatial: tuple | None):
+        self.cols, self.base, self.spatial = cols, base, spatial
+        self.per = int(np.prod(spatial)) if spatial else 1
+
+    def rows(self, b: np.ndarray) -> tuple:
+        """Engine.forward's `first` for samples b: copies of their columns and frozen output."""
+        i = (np.asarray(b)[:, None] * self.per + np.arange(self.per)).ravel()
+        return self.cols[i], self.base[i], self.spatial, len(b)
+
+    @property
+    def nbytes(self) -> int:
+        return self.cols.nbytes + self.base.nbytes
+
+
 class Engine:
     """forward(x) -> (y, saved) and backward(dy, saved) -> grads for one chain, modes and rank."""
 
@@ -64,14 +82,40 @@ class Engine:
             x = self._op(op, x, None)[0]
         return x
 
-    def forward(self, p: dict, x: np.ndarray, save: bool = True, start: int | None = None):
-        """Run ops[start:] (default: after the frozen prefix); saved values for backward if `save`."""
+    def forward(self, p: dict, x: np.ndarray | None, save: bool = True, start: int | None = None,
+                first: tuple | None = None):
+        """Run ops[start:] (default: after the frozen prefix); saved values for backward if `save`. `first`:
+        the first trainable layer's rows of a Stem (Stem.rows) in place of x (its inputs never change)."""
         saved = []
-        for op in self.chain.ops[self.start if start is None else start:]:
-            x, s = self._op(op, x, p)
+        for j, op in enumerate(self.chain.ops[self.start if start is None else start:]):
+            x, s = self._weight(op, x, p, first) if j == 0 and first is not None else self._op(op, x, p)
             if save:
                 saved.append(s)
         return x, saved
+
+    def stem(self, x: np.ndarray, max_bytes: int) -> "Stem | None":
+        """The first trainable layer's input columns and frozen output for every row of prepared inputs x:
+        constant while LoRA trains (only its low-rank term moves), so computed once, not every step. None
+        when that layer trains fully or the two arrays would take more than max_bytes."""
+        op = self.chain.ops[self.start] if self.start < len(self.chain.ops) else None
+        if op is None or self.modes[op.layer] != "lora":
+            return None
+        one = self._columns(op, self.prefix(x[:1]))
+        if len(x) * (one[0].nbytes + one[1].nbytes) > max_bytes:
+            return None
+        parts = [self._columns(op, self.prefix(x[a:a + 128])) for a in range(0, len(x), 128)]
+        return Stem(np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts]), one[2])
+
+    def _columns(self, op: Op, x: np.ndarray, wb: tuple | None = None):
+        """(columns, output cols @ W + b, spatial shape) of a weight layer's input x (W, b: wb, or frozen)."""
+        if op.kind == "conv":
+            cols, spatial = _im2col(x, self.chain.weights[op.layer][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+        else:
+            cols, spatial = x, None
+        w, b = wb or self.frozen[op.layer]
+        z = cols @ w
+        z += b
+        return cols, z, spatial
 
     def backward(self, dy: np.ndarray, saved: list, p: dict, g: dict) -> None:
         """dL/dy -> dL/dparam written into g (views of a flat gradient buffer)."""
@@ -89,9 +133,7 @@ class Engine:
         if k == "affine":
             return x * _channel(op.attrs["a"], x) + _channel(op.attrs["c"], x), None
         if k == "maxpool":
-            win, shape = _windows(x, op.attrs["k"])
-            arg = win.argmax(axis=-1)
-            return np.take_along_axis(win, arg[..., None], -1)[..., 0], (arg, shape, x.shape)
+            return _maxpool(x, op.attrs["k"])
         if k == "mean":
             axes = op.attrs["axes"] if op.attrs["axes"] is not None else tuple(range(2, x.ndim))
             return x.mean(axis=axes, keepdims=op.attrs["keepdims"]), (x.shape, axes)
@@ -101,23 +143,22 @@ class Engine:
             return reshape_like(x, op), x.shape
         raise AssertionError(k)
 
-    def _weight(self, op: Op, x: np.ndarray, p: dict | None):
+    def _weight(self, op: Op, x: np.ndarray | None, p: dict | None, first: tuple | None = None):
         i, mode = op.layer, self.modes[op.layer]
-        n = len(x)
-        if op.kind == "conv":
-            cols, spatial = _im2col(x, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+        if first is not None:                  # a Stem's rows: columns and frozen output, computed once
+            cols, z, spatial, n = first
+            xshape = None                      # the first trainable layer passes no gradient further down
         else:
-            cols, spatial = x, None
-        w, b = (p[f"W{i}"], p[f"b{i}"]) if mode == "full" and p is not None else self.frozen[i]
-        z = cols @ w
-        z += b
+            n, xshape = len(x), x.shape
+            cols, z, spatial = self._columns(op, x, (p[f"W{i}"], p[f"b{i}"]) if mode == "full" and p is not None
+                                             else None)
         h = None
         if mode == "lora" and p is not None:
             h = cols @ p[f"A{i}"]
             z += self.scale * (h @ p[f"B{i}"])
         if spatial is not None:
             z = np.moveaxis(z.reshape(n, *spatial, -1), -1, 1)
-        return z, (cols, h, x.shape, spatial)
+        return z, (cols, h, xshape, spatial)
 
     def _back(self, op: Op, dy: np.ndarray, saved, p: dict, g: dict, need_dx: bool):
         k = op.kind
@@ -130,10 +171,11 @@ class Engine:
         if k == "affine":
             return dy * _channel(op.attrs["a"], dy)
         if k == "maxpool":
-            arg, shape, xshape = saved
-            win = np.zeros(arg.shape + (int(np.prod(shape[1])),), dy.dtype)
-            np.put_along_axis(win, arg[..., None], dy[..., None], -1)
-            return _unwindows(win, shape, xshape)
+            arg, k, xshape = saved
+            dx = np.zeros(xshape, dy.dtype)
+            for j, off in enumerate(np.ndindex(*k)):
+                dx[_window_slice(off, k, dy.shape[2:])] = np.where(arg == j, dy, 0)
+            return dx
         if k == "mean":
             xshape, axes = saved
             count = int(np.prod([xshape[a] for a in axes]))
@@ -202,22 +244,22 @@ def _col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple, strides: tu
     return dx[(slice(None), slice(None)) + tuple(slice(q, q + s) for q, s in zip(pads, xshape[2:]))]
 
 
-def _windows(x: np.ndarray, k: tuple):
-    """Non-overlapping pooling windows: x (N, C, *S) -> (N, C, *S//k, prod(k)) (floor mode)."""
-    nd = len(k)
+def _window_slice(off: tuple, k: tuple, out: tuple) -> tuple:
+    """The elements at offset `off` of every non-overlapping pooling window (kernel k, output shape out)."""
+    return (slice(None), slice(None)) + tuple(slice(o, o + kk * n, kk) for o, kk, n in zip(off, k, out))
+
+
+def _maxpool(x: np.ndarray, k: tuple):
+    """Non-overlapping max pooling (floor mode): the max of each window and, saved for backward, the index of
+    its first largest element (argmax's choice) in np.ndindex(*k) order."""
     out = tuple(s // kk for s, kk in zip(x.shape[2:], k))
-    crop = x[(slice(None), slice(None)) + tuple(slice(0, o * kk) for o, kk in zip(out, k))]
-    split = crop.reshape(x.shape[:2] + tuple(v for o, kk in zip(out, k) for v in (o, kk)))
-    perm = (0, 1) + tuple(2 + 2 * j for j in range(nd)) + tuple(3 + 2 * j for j in range(nd))
-    return split.transpose(perm).reshape(x.shape[:2] + out + (-1,)), (out, k)
-
-
-def _unwindows(win: np.ndarray, shape, xshape: tuple) -> np.ndarray:
-    out, k = shape
-    nd = len(k)
-    split = win.reshape(win.shape[:2] + out + tuple(k))
-    perm = (0, 1) + tuple(v for j in range(nd) for v in (2 + j, 2 + nd + j))
-    crop = split.transpose(perm).reshape(win.shape[:2] + tuple(o * kk for o, kk in zip(out, k)))
-    dx = np.zeros(xshape, win.dtype)
-    dx[(slice(None), slice(None)) + tuple(slice(0, s) for s in crop.shape[2:])] = crop
-    return dx
+    best, arg = None, None
+    for j, off in enumerate(np.ndindex(*k)):
+        v = x[_window_slice(off, k, out)]
+        if best is None:
+            best, arg = v.copy(), np.zeros(v.shape, np.int16)
+            continue
+        more = v > best
+        np.copyto(best, v, where=more)
+        arg[more] = j
+    return best, (arg, tuple(k), x.shape)

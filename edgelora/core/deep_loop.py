@@ -12,13 +12,14 @@ from typing import Callable
 
 import numpy as np
 
-from .backprop import Engine, init_params
+from .backprop import Engine, Stem, init_params
 from .crossval import _scores as scores  # per-sample (score, loss): accuracy and cross-entropy, or -MSE and MSE
 from .losses import class_groups, cross_entropy_grad
 from .lora import split
 from .optim import from_config, learning_rate
 
 EVAL_BATCH = 128          # rows per forward pass when scoring (bounds the im2col buffers)
+STEM_BYTES = 32 << 20     # the first layer's columns and frozen output are kept for every sample up to this size
 
 
 def fold_ids(targets: np.ndarray, k: int, task: str) -> np.ndarray:
@@ -51,11 +52,14 @@ def outputs(eng: Engine, p: dict, x: np.ndarray) -> np.ndarray:
 
 def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, weight_decay: float, task: str,
         idx: np.ndarray | None = None, on_epoch: Callable | None = None,
-        state: dict | None = None) -> np.ndarray:
+        state: dict | None = None, stem: Stem | None = None) -> np.ndarray:
     """Train a new deep adapter on rows `idx` of (x, targets) for `epochs`; returns its flat parameters.
     `on_epoch(epoch, flat, optimiser, rng)` after each epoch (scoring, checkpoints); `state` (a checkpoint's:
-    flat, the optimiser's buffers, epoch, rng state) resumes, with the same result as an uninterrupted run."""
+    flat, the optimiser's buffers, epoch, rng state) resumes, with the same result as an uninterrupted run.
+    `stem`: eng.stem(x) when the caller has it (cross_validate: one for all folds); else made here if it fits
+    STEM_BYTES."""
     idx = np.arange(len(targets)) if idx is None else idx
+    stem = stem or eng.stem(x, STEM_BYTES)
     flat, shapes = init_params(eng.chain, eng.modes, eng.r, cfg.seed)
     grad = np.zeros_like(flat)
     p, g = split(flat, shapes), split(grad, shapes)
@@ -75,7 +79,8 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
         perm = idx[rng.permutation(len(idx))]
         for i in range(steps):
             b = perm[i * bs:(i + 1) * bs]
-            out, saved = eng.forward(p, eng.prefix(x[b]))   # the ops before the first weight layer, then the rest
+            out, saved = (eng.forward(p, None, first=stem.rows(b)) if stem is not None
+                          else eng.forward(p, eng.prefix(x[b])))   # the ops before the first weight layer, the rest
             dy = cross_entropy_grad(out, rows[b]) if cls else (out - rows[b]) * (2.0 / out.size)
             eng.backward(dy.astype(np.float32), saved, p, g)
             step = (epoch - 1) * steps + i
@@ -89,11 +94,14 @@ def fit(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, epochs: int, we
 
 
 def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: int, marks: list[int],
-                   weight_decay: float, task: str) -> dict[int, dict]:
+                   weight_decay: float, task: str, reach: float | None = None) -> dict[int, dict]:
     """Per epoch count in `marks`: the summary (score, loss, per-fold scores, spread) of k models, each
-    trained without one fold and scored on it (fold_ids: contiguous blocks per class)."""
-    fold = fold_ids(targets, k, task)
-    n = len(targets)
+    trained without one fold and scored on it (fold_ids: contiguous blocks per class). `reach`: stop early
+    once no mark can end with a mean score of at least it, even scoring best on every sample not yet scored
+    (accuracy 1, -MSE 0); the summaries then cover the folds trained, with `folds_done` and `bound` (the
+    best mean score the mark could still have reached)."""
+    fold, stem = fold_ids(targets, k, task), eng.stem(x, STEM_BYTES)
+    n, done = len(targets), np.zeros(len(targets), bool)
     score = {m: np.zeros(n) for m in marks}
     loss = {m: np.zeros(n) for m in marks}
     for f in range(k):
@@ -105,5 +113,12 @@ def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: i
                 y = outputs(eng, split(flat, eng.shapes), x[held])
                 score[epoch][held], loss[epoch][held] = scores(y, targets[held], task)
         fit(eng, x, targets, cfg, epochs=max(marks), weight_decay=weight_decay, task=task,
-            idx=np.flatnonzero(fold != f), on_epoch=mark)
+            idx=np.flatnonzero(fold != f), on_epoch=mark, stem=stem)
+        done[held] = True
+        bound = {m: float(score[m][done].sum()) / n for m in marks}   # the rest at their best: +1 or +0 each
+        if task == "classification":
+            bound = {m: b + float((~done).sum()) / n for m, b in bound.items()}
+        if reach is not None and not done.all() and max(bound.values()) < reach:
+            return {m: {**summary(score[m][done], loss[m][done], fold[done]), "folds_done": f + 1,
+                        "bound": bound[m]} for m in marks}
     return {m: summary(score[m], loss[m], fold) for m in marks}

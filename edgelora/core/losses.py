@@ -78,11 +78,17 @@ def mse(y: np.ndarray, target: np.ndarray):
     return float((d * d).mean()), d * (2.0 / d.size)
 
 
+def classes_present(targets: np.ndarray) -> np.ndarray:
+    """The class indices found in `targets` (checked class indices, >= 0), ascending: np.unique's answer without
+    its first call's import of numpy.ma (numpy 2.4: 8-18 ms of a fine-tune process's start)."""
+    return np.flatnonzero(np.bincount(targets))
+
+
 def class_groups(targets: np.ndarray, task: str) -> list[np.ndarray]:
     """The sample indices of each class, in sample order (one group of all samples for regression)."""
     if task != "classification":
         return [np.arange(len(targets))]
-    return [np.flatnonzero(targets == c) for c in np.unique(targets)]
+    return [np.flatnonzero(targets == c) for c in classes_present(targets)]
 
 
 def class_weights(setting, labels: np.ndarray, c: int) -> np.ndarray | None:

@@ -6,22 +6,25 @@ address-space limit (RLIMIT_AS, a small board without swap) that reservation, no
 fails first. And the pages of a memory-mapped file (the on-disk Skip-Cache, a large data file) count in
 the process's resident memory once read, until the kernel needs them back: reading a 700 MB cache once
 leaves 700 MB resident. `cap_arenas` limits the first; `Pager` hands mapped pages back as reading goes (the layers above
-use both: files/data.py, runtime/features.py, cli/finetune.py).
+use both: files/data.py, runtime/features.py, cli/finetune.py). The same holds for a shared library's code:
+`release_library` hands back the pages of onnxruntime that loading a model touched and running it does not need
+(runtime/backbone.py, runtime/features.py).
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 
 import numpy as np
 
 M_ARENA_MAX = -8   # glibc's mallopt parameter (malloc.h)
+MADV_DONTNEED = 4  # Linux's madvise advice (sys/mman.h)
 FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
 
 
 def cap_arenas(arenas: int = 2) -> bool:
     """Let glibc create at most `arenas` malloc arenas from now on; False where that is not glibc."""
+    import ctypes.util  # imports subprocess (18 ms of every command's start): only when a budget asks for this
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -44,6 +47,52 @@ def release(array) -> None:
             array.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):   # a platform without it: the pages stay, nothing breaks
             pass
+
+
+def release_library(name: str) -> int:
+    """Drop from this process's resident memory the mapped pages of every loaded file whose path contains `name`
+    (e.g. "onnxruntime"), in its read-only mappings that hold no private page (code and constants, never data nor
+    relocated tables). They stay in the page cache: code run again is mapped back on use, without disk I/O.
+    Returns the bytes of the mappings released; 0 where /proc/self/maps or madvise is missing (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = [line for line in f.read().splitlines() if _read_only_of(line, name)]
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return 0
+    if any(line not in _SHARED_ONLY for line in maps):
+        _SHARED_ONLY.update(_without_private_pages())
+    madvise.argtypes, done = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], 0
+    for line in maps:
+        start, end = (int(a, 16) for a in line.split(maxsplit=1)[0].split("-"))
+        if _SHARED_ONLY.get(line) and madvise(start, end - start, MADV_DONTNEED) == 0:
+            done += end - start
+    return done
+
+
+_SHARED_ONLY: dict[str, bool] = {}  # a mapping's /proc/self/maps line -> it holds no private (written) page
+_HEX = frozenset("0123456789abcdef")
+
+
+def _read_only_of(line: str, name: str) -> bool:
+    """A /proc/self/maps line of a read-only mapping of a file whose path contains `name`."""
+    part = line.split(maxsplit=5)
+    return len(part) == 6 and name in part[5] and "w" not in part[1]
+
+
+def _without_private_pages() -> dict[str, bool]:
+    """Every mapping's /proc/self/maps line (smaps heads each block with it) -> whether it holds no private page,
+    resident (Anonymous) or swapped out (Swap). Read once per new mapping: smaps walks every resident page
+    (milliseconds), maps does not."""
+    found, head = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[:1] in _HEX:                     # a mapping's line; its fields start with a capital letter
+                head = line.rstrip("\n")
+                found[head] = True
+            elif line.startswith(("Anonymous:", "Swap:")) and head is not None:
+                found[head] = found[head] and line.split()[1] == "0"
+    return found
 
 
 class Pager:

@@ -3,7 +3,9 @@
 The numpy trainer picks rank, weight decay, epochs, form and tap scaling by cross-validation and records the
 choice in the adapter (`training.chosen`, `training.settings`). A kit built from that record trains the same
 recipe on any onnxruntime (a browser page, Node, Kotlin): with the same data and seed its adapter equals the
-numpy one to float32 rounding. Choices the kit's graphs cannot express are refused by name.
+numpy one to float32 rounding. Tap statistics the adapter reads (files/tap_stats.py) are no choice of the
+recipe: the kit is built over the adapter's view (`edgelora kit --recipe-of` does), whose taps list them. Choices
+the kit's graphs cannot express are refused by name.
 """
 from __future__ import annotations
 
@@ -28,9 +30,6 @@ def kit_recipe_of(config: AdapterConfig, where: str = "adapter") -> tuple[KitRec
     refused = [f"form={chosen.get('form')!r} (expected 'skip')"] if chosen.get("form", "skip") != "skip" else []
     if chosen.get("tap_scaling", "none") not in ("none", None):
         refused.append(f"tap_scaling={chosen['tap_scaling']!r} (expected 'none': the kit's graphs read raw taps)")
-    if config.tap_statistics:
-        refused.append(f"tap_statistics={list(config.tap_statistics)} (expected none, --tap-statistics none: a kit's "
-                       f"clients feed the bundle's own taps)")
     if float(settings.get("lora_dropout") or 0.0) > 0:
         refused.append(f"lora_dropout={settings['lora_dropout']} (expected 0)")
     if config.recalibration is not None:   # clients compute the rows on the bundle's own statistics

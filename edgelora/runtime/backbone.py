@@ -9,6 +9,7 @@ import onnxruntime as ort
 from ..files.bundle import Manifest, checked_model, load_manifest, model_path, read_external, read_recalibration_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
+from ..files.memory import release_library
 from ..files.recalibration import Recalibration, recalibrated
 from ..files.tap_stats import view
 from . import stop
@@ -92,10 +93,15 @@ class Backbone:
         # the ones given here (measured with onnxruntime 1.32: outputs off by 1.1 with them on): a re-calibrated
         # session runs without them; tests/test_recalibrate.py checks its outputs against torch
         extra = {"disabled_optimizers": list(UNSAFE_WITH_OVERRIDES)} if self._overrides else {}
+        # onnxruntime's code that its import and the graph's loading ran, mapped (10-20 MB) though running the
+        # graph needs a small part of it: handed back before and after (files/memory.release_library)
+        release_library("onnxruntime")
         try:
-            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], **extra)
+            session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], **extra)
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        release_library("onnxruntime")
+        return session
 
     def recalibrated(self, recalibration: Recalibration | None) -> Backbone:
         """The same bundle with `recalibration`'s statistics (a new session; None: the lab's)."""

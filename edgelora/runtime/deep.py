@@ -5,9 +5,12 @@ Rule (`escalate`, form "auto" with cross-validation, at most AUTO_MAX_SAMPLES sa
 cross-validation chose scores S_cv (mean over folds; spread = standard deviation of the fold scores). The deep
 tier is considered when S_cv is below the ceiling by more than the spread: the ceiling is 100 % accuracy
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
-the deep tier is cross-validated on the same folds; it wins when its score is above S_cv by more than one standard error
-of the skip estimate (spread / sqrt(k), the one-standard-error rule of the skip recipes' choice: within it
-the cheaper model stays), else the skip adapter stays. Larger sets keep the skip adapter (the gaps the deep
+the deep tier is cross-validated on the same folds; once considered it wins unless the skip recipe scores
+above it by more than one standard error: of the per-fold differences (paired, as the skip recipes' own
+rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller. The skip adapters have
+been shown to fall short, and at 5-20 samples per class cross-validation under-rates the deep tier (on the
+input-shift protocols it tested better in 9 of 10 cells, docs/deep.md). Its cross-validation stops as soon
+as it can no longer reach that score. Larger sets keep the skip adapter (the gaps the deep
 tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
 does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
 from a few timed optimiser steps before any is paid (`projected_seconds`).
@@ -35,6 +38,8 @@ from ..files.tap_stats import view
 from .train_config import History, TrainConfig
 
 MIN_STEPS = 100            # the deep budget's floor in optimiser steps (a few samples still get enough)
+EPOCHS = 60                # the deep budget when `epochs` is "auto" (cross-validation picks 1/4, 1/2 or all of it)
+MIN_RANK = 32              # the deep tier's rank is at least this (r 8 measured 0.5-7 points lower on the shifts)
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
 RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
@@ -43,16 +48,17 @@ RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceili
 
 
 def settings(config: TrainConfig) -> dict:
-    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`), its weight decay."""
-    r = config.r if config.r != "auto" else max(config.rank_grid)
+    """Rank and alpha of the deep tier (the fine-tune's `r`, or the largest of `rank_grid`, at least MIN_RANK),
+    its weight decay."""
+    r = max(config.r if config.r != "auto" else max(config.rank_grid), MIN_RANK)
     return {"r": r, "lora_alpha": lora.default_alpha(r, config.lora_alpha), "weight_decay": WEIGHT_DECAY}
 
 
 def budget(config: TrainConfig, n: int) -> int:
-    """Epochs of the deep tier: config.epochs (30 when it is chosen automatically), raised so that they make
-    at least MIN_STEPS optimiser steps."""
+    """Epochs of the deep tier: config.epochs (EPOCHS when it is chosen automatically), raised so that they
+    make at least MIN_STEPS optimiser steps."""
     steps = math.ceil(n / config.batch_size)
-    return max(config.epochs if isinstance(config.epochs, int) else 30, math.ceil(MIN_STEPS / steps))
+    return max(config.epochs if isinstance(config.epochs, int) else EPOCHS, math.ceil(MIN_STEPS / steps))
 
 
 def recalibration_kind(manifest) -> str:
@@ -123,30 +129,39 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     return adapter, history
 
 
-def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int) -> dict:
-    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
-    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs."""
-    n, cap = len(targets), config.cv_rows_per_class * eng.chain.manifest.num_outputs
-    idx, subset = np.arange(n), ""
-    if cap and n > cap:  # as the skip recipes' cross-validation: an evenly spaced subset
+def cv_rows(config: TrainConfig, manifest, n: int) -> tuple[np.ndarray, str, int]:
+    """The rows the deep tier cross-validates on (all, or as the skip recipes' cross-validation an evenly
+    spaced subset of at most cv_rows_per_class x outputs), how to say so, and k."""
+    cap, idx, subset = config.cv_rows_per_class * manifest.num_outputs, np.arange(n), ""
+    if cap and n > cap:
         idx = np.unique(np.linspace(0, n - 1, cap).astype(np.int64))
         subset = f" on {len(idx)} of {n} samples, evenly spaced in sample order"
-    k = fold_count(config.cv_folds, len(idx))
+    return idx, subset, fold_count(config.cv_folds, len(idx))
+
+
+def cross_validate(eng, x, features, targets, config: TrainConfig, s: dict, epochs: int,
+                   reach: float | None = None) -> dict:
+    """The deep tier's k-fold estimate (History.selection's shape: method, chosen, no_finetune, helps,
+    candidates) at each epoch mark; the mark chosen has the best score, then the lowest loss, then fewest epochs.
+    `reach`: stop once the deep tier can no longer score that much (deep_loop.cross_validate); `folds_done`
+    then says after how many folds."""
+    idx, subset, k = cv_rows(config, eng.chain.manifest, len(targets))
     marks = sorted({max(1, int(round(f * epochs))) for f in config.epoch_fractions})
     task, start = eng.chain.manifest.task, time.perf_counter()
     table = deep_loop.cross_validate(eng, x[idx], targets[idx], config, k=k, marks=marks,
-                                     weight_decay=s["weight_decay"], task=task)
+                                     weight_decay=s["weight_decay"], task=task, reach=reach)
     best = max(marks, key=lambda e: (table[e]["score"], -table[e]["loss"], -e))
     base = deep_loop.summary(*deep_loop.scores(features(idx)[0], targets[idx], task),
                              deep_loop.fold_ids(targets[idx], k, task))
     row = table[best]
-    return {"method": f"{k}-fold cross-validation{subset}", "folds": k,
+    return {"method": f"{k}-fold cross-validation{subset}", "folds": k, "samples": len(idx),
             "metric": "accuracy" if task == "classification" else "neg_mse",
             "chosen": {"form": "deep", **s, "epochs": best, "score": row["score"], "score_spread": row["spread"],
                        "loss": row["loss"], "score_folds": row["folds"]},
             "no_finetune": {"score": base["score"], "score_spread": base["spread"], "loss": base["loss"],
                             "score_folds": base["folds"]},
             "helps": row["score"] > base["score"], "cv_seconds": time.perf_counter() - start,
+            "folds_done": row.get("folds_done", k), "bound": max(r.get("bound", r["score"]) for r in table.values()),
             "candidates": [{"form": "deep", **s, "epochs": e, "score": table[e]["score"], "loss": table[e]["loss"]}
                            for e in marks]}
 
@@ -204,18 +219,30 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
     except ValueError as e:
         report["unavailable"] = str(e)
         return None
-    start = time.perf_counter()
-    try:
-        found = cross_validate(eng, x, features, targets, config, s, epochs)
+    start, cv = time.perf_counter(), report["skip_score"]
+    idx, _, k = cv_rows(config, features.manifest, len(targets))
+    needed = -report["skip_spread"] / math.sqrt(k)   # the margin it needs: minus one standard error of the skip's
+    try:   # stopped as soon as it can no longer win: the same decision, at a fraction of the cost
+        found = cross_validate(eng, x, features, targets, config, s, epochs, reach=cv + needed)
     except FloatingPointError as e:   # the deep candidate diverged (e.g. a too large `lr`)
         report["unavailable"] = str(e)
         return None
-    d, cv = found["chosen"], report["skip_score"]
-    needed = report["skip_spread"] / math.sqrt(found["folds"])   # one standard error of the skip estimate
+    d = found["chosen"]
+    needed = max(needed, -_paired_error(chosen.get("score_folds"), d["score_folds"]))
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
-                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] > cv + needed), skip_chosen=chosen,
-                  cv_seconds=time.perf_counter() - start)
+                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] >= cv + needed), skip_chosen=chosen,
+                  cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
+                  deep_bound=found["bound"])
     return found
+
+
+def _paired_error(skip_folds, deep_folds) -> float:
+    """One standard error of the per-fold differences between the skip recipe's and the deep tier's scores on
+    the same folds (the skip recipes' paired rule); inf when they cannot be paired (a fold count differs: the
+    deep cross-validation stopped early, or the skip's was repeated)."""
+    if not skip_folds or len(skip_folds) != len(deep_folds) or None in skip_folds:
+        return math.inf
+    return float(np.std(np.subtract(skip_folds, deep_folds)) / math.sqrt(len(deep_folds)))
 
 
 def resumes(folder, resume: bool) -> bool:

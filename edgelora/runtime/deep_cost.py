@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from ..core.backprop import init_params
+from ..core.deep_loop import STEM_BYTES
 from ..core.lora import split
 from ..core.selection import fold_count
 from .train_config import TrainConfig
@@ -17,11 +18,13 @@ PROBE_STEPS = 3           # optimiser steps timed to project the deep tier's cos
 
 def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
     """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
-    im2col columns included, measured on one sample) and as much again for their gradients, the parameters
-    with their gradient and two optimiser buffers."""
+    im2col columns included, measured on one sample) and as much again for their gradients, the first layer's
+    Stem (core/deep_loop.STEM_BYTES at most), the parameters with their gradient and two optimiser buffers."""
     flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
     saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
-    return int(x.nbytes + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+    one = eng.stem(x[:1], math.inf)
+    stem = len(x) * one.nbytes if one is not None and len(x) * one.nbytes <= STEM_BYTES else 0
+    return int(x.nbytes + stem + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
 
 
 def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:

@@ -18,7 +18,7 @@ from ..core import scaling
 from ..files import tap_stats
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
-from ..files.memory import Pager, release
+from ..files.memory import Pager, release, release_library
 from .backbone import Backbone, NonFiniteError
 from .cache import SkipCache
 from .train_config import TrainConfig, training_split
@@ -51,6 +51,7 @@ class FeatureSource:
         chunk = chunk or n
         rows = []
         pagers = [Pager(v, cache.memory_budget and cache.memory_budget // 4) for v in inputs.values()]
+        cache.reserve(n)
         for a in range(0, n, chunk):
             try:
                 rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
@@ -61,6 +62,7 @@ class FeatureSource:
                 p.read(a, a + len(rows[-1]))
             if progress:
                 progress(a + len(rows[-1]))
+        release_library("onnxruntime")   # the backbone's code the fill ran: training reads the cache only
         return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)
 
     @classmethod

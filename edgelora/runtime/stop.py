@@ -88,6 +88,10 @@ def on_signals() -> Iterator[None]:
     finally:
         signal.set_wakeup_fd(previous)
         done.set()
+        try:
+            os.write(w, b"\0")   # wakes the watcher now, not at its next poll (up to 0.1 s of every command)
+        except BlockingIOError:   # the pipe is full: the watcher has bytes to read already
+            pass
         watcher.join(1.0)
         os.close(r), os.close(w)
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..core.losses import class_groups
+from ..core.losses import class_groups, classes_present
 from ..core.shape import AdapterShape, check_alpha, check_rank
 from ..files.bundle import Manifest
 from ..files.schema import check, normalize, to_dict
@@ -177,7 +177,7 @@ def split_or_reason(m: Manifest, targets: np.ndarray,
     """((train_idx, val_idx), "") when the checked targets can train as `config` asks, else (None, why not):
     fewer than 2 classes (it would only learn to predict the one), fewer training samples than a batch."""
     n = len(targets)
-    if m.task == "classification" and len(classes := np.unique(targets)) < 2:
+    if m.task == "classification" and len(classes := classes_present(targets)) < 2:
         seen = ", ".join(m.classes[int(c)] for c in classes) or "none"
         return None, (f"all {n} samples have the same class ({seen}); fine-tuning needs samples of at least "
                       f"2 classes, or it only learns to predict that one")

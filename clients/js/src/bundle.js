@@ -61,11 +61,32 @@ export async function loadKit(source) {
 const canon = (v) => JSON.stringify(v, (k, x) => (x && typeof x === 'object' && !Array.isArray(x)
   ? Object.fromEntries(Object.keys(x).sort().map((key) => [key, x[key]])) : x));
 
-/** The kit must have been built for exactly this backbone (the fields Manifest.identity hashes). */
+export const TAP_STATISTICS = ['std', 'map'];  // edgelora's files/manifest_parts.py, in its order
+
+/** The tap statistics a kit's taps read (a tap `<tap>:<statistic>` each; files/tap_stats.py), in TAP_STATISTICS order. */
+export function statisticsRead(taps) {
+  const read = new Set(taps.filter((t) => TAP_STATISTICS.includes(t.pooling) && t.name.includes(':')).map((t) => t.pooling));
+  return TAP_STATISTICS.filter((s) => read.has(s));
+}
+
+/** The bundle's taps as an adapter reading `statistics` sees them: each such statistic just before its tap. */
+function viewTaps(manifest, statistics, where) {
+  const offered = manifest.tap_statistics || [];
+  const missing = statistics.filter((s) => !offered.some((o) => o.statistic === s));
+  if (missing.length) {
+    throw new UserError(`${where} reads tap statistic(s) ${JSON.stringify(missing)}, which the bundle does not offer (it offers ${JSON.stringify([...new Set(offered.map((o) => o.statistic))])}); use the bundle the kit was built for`);
+  }
+  return manifest.taps.flatMap((t) => [...offered.filter((o) => o.tap === t.name && statistics.includes(o.statistic))
+    .map((o) => ({ name: `${o.tap}:${o.statistic}`, output: o.output, width: o.width, pooling: o.statistic, source: `${o.statistic} of ${o.tap}` })), t]);
+}
+
+/** The kit must have been built for exactly this backbone (the fields Manifest.identity hashes), over the view of
+ * the tap statistics its taps read. */
 export function checkKitFits(kit, manifest, where) {
   const b = kit.contract.backbone;
+  const taps = viewTaps(manifest, statisticsRead(b.taps || []), where);
   for (const field of ['fingerprint', 'inputs', 'output', 'taps', 'preprocess', 'task']) {
-    const want = field === 'preprocess' ? (manifest.preprocess || {}) : manifest[field];
+    const want = field === 'preprocess' ? (manifest.preprocess || {}) : field === 'taps' ? taps : manifest[field];
     if (canon(b[field]) !== canon(want)) {
       throw new UserError(`${where} was built for another backbone: expected ${field} ${canon(b[field]).slice(0, 120)} (the kit's), found ${canon(want).slice(0, 120)} (the bundle's); rebuild it with \`edgelora kit BUNDLE\``);
     }

@@ -2,7 +2,7 @@
 // Skip-Cache rows through the backbone, train with the kit, evaluate, and build the adapter's files.
 // Platform-free: files come from sources (bundle.js), onnxruntime is passed in, nothing is written here.
 import { adapterFiles } from './adapter.js';
-import { checkKitFits, loadBundle, loadKit } from './bundle.js';
+import { checkKitFits, loadBundle, loadKit, statisticsRead } from './bundle.js';
 import { prepareInputs, prepareTargets } from './data.js';
 import { sha256 } from './hash.js';
 import { UserError } from './npy.js';
@@ -88,6 +88,8 @@ export function adapterFor(ctx, params, settings, history, engine) {
     training: { engine, settings: { ...settings, ...recipe }, chosen, best_epoch: history.best_epoch,
       stopped: history.stopped, samples: history.samples, val_metrics: history.val_metrics },
   };
+  const statistics = statisticsRead(b.taps);  // recorded only when some, as edgelora does
+  if (statistics.length) config.tap_statistics = statistics;
   return adapterFiles(config, params, contract.layout);
 }
 

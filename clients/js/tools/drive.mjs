@@ -9,6 +9,7 @@
 //                        [--profile DIR]   keep the browser profile in DIR (default: a fresh one, removed)
 //                        [--flags "ARGS"]   extra browser command-line arguments (diagnostics: e.g. Chromium's
 //                                       --js-flags=--no-wasm-dynamic-tiering; a user's browser has none)
+//                        [--wait-warm 0]   click without waiting for the page's warm-up at load (the click stops it)
 //                        [--visits N]   fine-tune N times in one profile (a returning user: the browser's compiled
 //                                       wasm and HTTP caches are warm); the result is the last visit's
 import fs from 'node:fs';
@@ -105,7 +106,7 @@ function treeCpu(root) {
 async function fineTune(page, o, pid) {
   await page.goto(o.url, { waitUntil: 'load' });
   await page.waitForSelector('body[data-state="ready"]', { timeout: 30000 });
-  if (!o.url.includes('open=0')) await page.waitForSelector('body[data-warm]', { timeout: 60000 });  // as a user would
+  if (!o.url.includes('open=0') && o['wait-warm'] !== '0') await page.waitForSelector('body[data-warm]', { timeout: 60000 });  // as a user would
   for (let i = 0; i < Number(o.draw); i++) await drawDigit(page, i % 2 ? 7 : 1);
   if (o.demo !== '0') await page.click('#load-demo');
   await page.waitForFunction(() => !document.getElementById('finetune').disabled, { timeout: 30000 });

@@ -61,6 +61,7 @@ const sources = () => ({
   kit: $('kit-files').files.length ? [...$('kit-files').files] : `${ASSETS}kit/`,
   warm: query.get('warm') !== '0',
   budget: query.get('warmup') === null ? undefined : Number(query.get('warmup')),  // warm-up seconds at load
+  settle: query.get('settle') !== '0',  // 0: warm up for the whole budget (src/warm.js)
 });
 
 /** The trainer: one module worker for the page's life, opened and warmed up at load (see worker.js). */

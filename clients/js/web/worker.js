@@ -1,6 +1,6 @@
 // The page's trainer, off the main thread: opens the bundle and kit, fills the Skip-Cache (kept in IndexedDB),
 // fine-tunes with onnxruntime-web's wasm backend and posts progress events, then the adapter's files.
-//   in:  { type: 'open', bundle, kit (base URL or File[]), warm, budget (warm-up seconds) } opens and warms up
+//   in:  { type: 'open', bundle, kit (base URL or File[]), warm, budget (warm-up seconds), settle } opens and warms up
 //          ahead (while the user collects samples); { type: 'finetune', bundle, kit, train: { x, y },
 //          test: { x, y } | null (npy.js arrays), options (run settings), chart (evaluate the test rows after each
 //          epoch), warm (false: no warm-up; src/warm.js) }
@@ -22,6 +22,7 @@ const post = (m) => globalThis.postMessage(m);
 const source = (s, what) => (typeof s === 'string' ? urlSource(s) : fileSource(s, `the picked ${what} files`));
 
 let opened = null;  // { key, ctx, warm (seconds) } of the last bundle and kit given as URLs
+let clicked = false;  // a fine-tune is waiting: the warm-up at load stops at its next pass
 
 /** The kit context for these sources: reused when the same URLs were opened (and warmed) before. */
 async function open(msg) {
@@ -32,7 +33,7 @@ async function open(msg) {
   const ctx = await openKit({ ort, backend: 'wasm', bundle: source(msg.bundle, 'bundle'), kit: source(msg.kit, 'kit') });
   const load = clock() - t0;
   const budget = msg.type === 'open' ? msg.budget : 0;  // at page load: until settled (src/warm.js); at the click: one pass
-  const { seconds: warm, passes } = msg.warm === false ? { seconds: 0, passes: 0 } : await warmUp(ctx, { clock, budget });
+  const { seconds: warm, passes } = msg.warm === false ? { seconds: 0, passes: 0 } : await warmUp(ctx, { clock, budget, settle: msg.settle, stop: () => clicked });
   opened = { key, ctx, load, warm, passes, reused: false };
   post({ type: 'warm', seconds: warm, passes, load });
   return opened;
@@ -81,6 +82,7 @@ let queue = Promise.resolve();
 globalThis.onmessage = (e) => {
   const handle = { open, finetune }[e.data.type];
   if (!handle) return;
+  if (e.data.type === 'finetune') clicked = true;
   queue = queue.then(() => handle(e.data)).catch((err) => {
     post({ type: 'error', message: String(err.message || err), user: err instanceof UserError, during: e.data.type });
   });
