@@ -110,3 +110,10 @@ def explicit(**kw):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = dict(r=4, weight_decay=0.1, val_fraction=0.0, cv_folds=0, tap_scaling="none", form="skip", epochs=12)
     return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in fields})
+
+
+def default_ctrl_c() -> None:
+    """For subprocess's preexec_fn: SIGINT at its default in the child, as a terminal's foreground job has it (a
+    test run in the background of a script inherits it ignored, and Python then leaves it ignored)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

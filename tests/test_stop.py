@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from edgelora import Backbone
 from edgelora.files.bundle import write_bundle
-from tests.helpers import mlp_bundle, random_mlp
+from tests.helpers import default_ctrl_c, mlp_bundle, random_mlp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,8 @@ def test_a_signal_ends_a_command_inside_an_endless_backbone_run_within_a_second(
     np.savez(tmp_path / "d.npz", x=np.ones((3, 2), np.float32), y=np.zeros(3, np.int64))
     proc = subprocess.Popen([sys.executable, "-m", "edgelora.cli", "eval", str(bundle), "--data", str(tmp_path / "d.npz")],
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "PYTHONPATH": REPO, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+                            preexec_fn=default_ctrl_c)
     try:
         deadline = time.monotonic() + 60               # the command runs once its signal pipe is open
         while pipes(proc.pid) < 2 and time.monotonic() < deadline:   # (stderr is the first)

@@ -1,7 +1,8 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
 The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
-lines), demo_data and demo_plot (the demo's digits and figure), make_demo (a maintainer tool that
-rebuilds the shipped demo bundle).
+lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), demo_data and
+demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the shipped demo
+bundle).
 
 To add a subcommand: write `edgelora/cli/NAME.py` with a `register(subparsers)` that calls
 `common.add_command(subparsers, "name", run, report, ...)`, and add it with its one-line summary to
@@ -13,6 +14,10 @@ and each command load only what they use.
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback); 1 anything else.
 """
 from __future__ import annotations
+
+from .ctrl_c import during_work, outside_work
+
+outside_work()  # first: a Ctrl-C during the imports below (and numpy's, onnxruntime's) is one line, not a traceback
 
 import contextlib
 import json
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ..files.outputs import overwrite_allowed
         from .common import check_targets, hold_outputs
-        with _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
+        with during_work(), _quiet_warnings(args), _blas_threads(args.threads), _sigterm_raises():
             with overwrite_allowed(check_targets(args)), hold_outputs(args):  # before any work: safe, one writer
                 result = args.run(args)
     except (KeyboardInterrupt, Terminated) as e:

@@ -169,7 +169,7 @@ class Objective:
         self.task, self.targets = task, targets
         self.weights = None if task != "classification" else class_weights_of(class_weights, targets[train_idx], c)
         self.sample_w = None if self.weights is None else self.weights[targets]
-        self.rows = np.eye(c, dtype=np.float32)[targets] if task == "classification" else targets
+        self.one_hot = np.eye(c, dtype=np.float32) if task == "classification" else None  # rows taken per batch
 
     def loss(self, y: np.ndarray, idx: np.ndarray) -> float:
         if self.task != "classification":
@@ -178,5 +178,5 @@ class Objective:
 
     def grad(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
         w = None if self.sample_w is None else self.sample_w[idx]
-        return loss_grad(y, self.rows[idx], 1.0 / len(idx) if w is None else (w / np.add.reduce(w))[:, None],
-                         self.task)
+        rows = self.targets[idx] if self.one_hot is None else self.one_hot[self.targets[idx]]
+        return loss_grad(y, rows, 1.0 / len(idx) if w is None else (w / np.add.reduce(w))[:, None], self.task)

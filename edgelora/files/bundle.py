@@ -1,9 +1,13 @@
 """Backbone bundle: a folder holding the frozen ONNX backbone and its JSON manifest (its parts: manifest_parts.py)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import mmap
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -171,8 +175,33 @@ def model_path(bundle_dir: PathLike, manifest: Manifest) -> Path:
 def verify_bundle(bundle_dir: PathLike, manifest: Manifest | None = None) -> Manifest:
     """Load the manifest and check the ONNX file and its external-data files against their digests."""
     manifest = manifest or load_manifest(bundle_dir)
-    read_external(bundle_dir, manifest, read_model(bundle_dir, manifest))
+    with checked_model(bundle_dir, manifest):
+        pass
     return manifest
+
+
+@contextlib.contextmanager
+def checked_model(bundle_dir: PathLike, manifest: Manifest) -> Iterator[tuple[str | bytes, dict[str, bytes]]]:
+    """(the ONNX model, {location: bytes} of its checked external-data files) without holding the model in
+    memory: the file is opened once and read in 1 MB chunks for its fingerprint, and its external-data entries
+    are read through a memory map (only the pages around them are touched). The model is named by the open
+    file (/proc/self/fd/N), so whoever opens that path (onnxruntime) reads the very file that was checked, even
+    if the bundle's file is replaced meanwhile; where /proc is missing, the model is its checked bytes."""
+    if not os.path.isdir("/proc/self/fd"):
+        blob = read_model(bundle_dir, manifest)
+        yield blob, read_external(bundle_dir, manifest, blob)
+        return
+    with open(model_path(bundle_dir, manifest), "rb") as f:
+        before = os.fstat(f.fileno())
+        _check_fingerprint(bundle_dir, manifest, digest(iter(lambda: f.read(1 << 20), b""), tagged=True))
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if before.st_size else b""
+        external = read_external(bundle_dir, manifest, view)
+        del view  # unmapped once the walk's views are gone (closing it here could fail while they live)
+        yield f"/proc/self/fd/{f.fileno()}", external
+        after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise ValueError(f"bundle {bundle_dir}: {manifest.model_file} was written to while it was being "
+                             f"loaded; load the bundle again")
 
 
 def read_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
@@ -182,8 +211,8 @@ def read_model(bundle_dir: PathLike, manifest: Manifest) -> bytes:
     return blob
 
 
-def read_external(bundle_dir: PathLike, manifest: Manifest, blob: bytes) -> dict[str, bytes]:
-    """{location: bytes} of every external-data file the ONNX model `blob` uses, each a plain file inside the
+def read_external(bundle_dir: PathLike, manifest: Manifest, blob) -> dict[str, bytes]:
+    """{location: bytes} of every external-data file the ONNX model `blob` (bytes or a memory map) uses, each a plain file inside the
     bundle listed in the manifest's `external_data` and matching its SHA-256 there: a model that names a file
     outside the bundle or an unlisted one is refused, so nothing is read from wherever the process runs."""
     try:

@@ -8,6 +8,8 @@ that can hold a tensor and returns every location.
 """
 from __future__ import annotations
 
+from mmap import mmap
+
 # message -> {field number: message it holds}; only the fields on a path to a TensorProto
 _GRAPH, _NODE, _ATTR, _TENSOR, _SPARSE, _FUNCTION, _TRAINING, _ENTRY = range(8)
 _FIELDS = {
@@ -86,8 +88,9 @@ def _entry(buf: memoryview) -> tuple[str, str]:
     return key, value
 
 
-def external_locations(model: bytes) -> list[str]:
-    """Every distinct external-data `location` in the ONNX model bytes, in order of first use. A ValueError if
+def external_locations(model: bytes | memoryview | mmap) -> list[str]:
+    """Every distinct external-data `location` in the ONNX model bytes (or a memory map of the file: only the
+    pages holding field headers are read), in order of first use. A ValueError if
     the bytes are not a well-formed protobuf along the fields that can hold a tensor."""
     found: list[str] = []
     try:

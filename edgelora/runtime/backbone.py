@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..files.bundle import Manifest, load_manifest, model_path, read_external, read_model, read_recalibration_model
+from ..files.bundle import Manifest, checked_model, load_manifest, model_path, read_external, read_recalibration_model
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
 from ..files.memory import release_library
@@ -62,7 +62,8 @@ class Backbone:
         self.batch_size = batch_size
         self._overrides = _overrides(self.manifest, self.recalibration)  # kept alive as long as the sessions
         path = model_path(bundle_dir, self.lab_manifest)
-        self._session = self._open(read_model(bundle_dir, self.lab_manifest), path)
+        with checked_model(bundle_dir, self.lab_manifest) as (model, external):
+            self._session = self._open(model, external, path)
         self._moments_session = None   # the recalibration model, opened when moments are first asked for
         self._check_graph()
         self._outputs = [self.manifest.output.name] + [t.output for t in self.manifest.taps]
@@ -71,9 +72,10 @@ class Backbone:
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
 
-    def _open(self, blob: bytes, path: Path) -> ort.InferenceSession:
-        """An onnxruntime session over `blob` (the file at `path`) with this backbone's statistics; external
-        data is handed over as the bundle's checked bytes, never read from a path onnxruntime resolves itself."""
+    def _open(self, model: str | bytes, external: dict[str, bytes], path: Path) -> ort.InferenceSession:
+        """An onnxruntime session over `model` (the checked file at `path`, named by files/bundle.checked_model,
+        or its bytes) with this backbone's statistics; `external`: the model's external-data files as checked
+        bytes (never read from a path onnxruntime resolves itself)."""
         opts = ort.SessionOptions()
         for name, value in self._overrides.items():
             opts.add_initializer(name, value)
@@ -81,7 +83,6 @@ class Backbone:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        external = read_external(self.bundle_dir, self.lab_manifest, blob)
         if external:
             if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
                 raise ValueError(f"bundle {self.bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
@@ -96,7 +97,7 @@ class Backbone:
         # graph needs a small part of it: handed back before and after (files/memory.release_library)
         release_library("onnxruntime")
         try:
-            session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"], **extra)
+            session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], **extra)
         except Exception as e:  # onnxruntime raises its own exception types for unloadable models
             raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
         release_library("onnxruntime")
@@ -124,7 +125,8 @@ class Backbone:
         inputs = x if validated else as_inputs(x, self.manifest)
         if self._moments_session is None:
             m = self.lab_manifest
-            self._moments_session = self._open(read_recalibration_model(self.bundle_dir, m),
+            blob = read_recalibration_model(self.bundle_dir, m)
+            self._moments_session = self._open(blob, read_external(self.bundle_dir, m, blob),
                                                self.bundle_dir / m.recalibration_model["file"])
         n, total = num_samples(inputs), np.zeros(2 * spec.channels)
         for a in range(0, n, self.batch_size):

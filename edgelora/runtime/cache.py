@@ -22,6 +22,7 @@ from ..files.fileio import PathLike
 from ..files.memory import cap_arenas
 from ..files.outputs import folder_kind
 from .backbone import Backbone, NonFiniteError
+from .cache_index import KeyIndex, key_array
 from .cache_rows import CACHE_FORMAT_VERSION, KEY_BYTES, DiskRows, RamRows
 
 FILL_CHUNK = 256  # samples per step of a fill: bounds its temporaries (inputs + rows: 1.2 MB for the fan MLP)
@@ -76,7 +77,7 @@ class SkipCache:
         self.fill_seconds = 0.0
         self._store = self._disk_store(self.directory) if self.directory is not None else \
             RamRows(self.width, self.dtype)
-        self._index = {k: i for i, k in enumerate(self._store.keys)}
+        self._index = KeyIndex(self._store.stored_keys())
 
     def _disk_store(self, root: Path) -> DiskRows:
         meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": self.backbone.identity, "dtype": self.dtype.name,
@@ -89,22 +90,21 @@ class SkipCache:
         return self._store.values
 
     def __len__(self) -> int:
-        return len(self._store.keys)
+        return len(self._index)
 
     def rows(self, x, validated: bool = False, keys: list[bytes] | None = None) -> np.ndarray:
         """Row index of each sample of `x`, running the backbone only on samples not cached yet. `keys`: the
         samples' sample_keys when the caller already has them (they are not hashed again)."""
         inputs = x if validated else as_inputs(x, self.backbone.manifest)
-        keys = sample_keys(inputs) if keys is None else keys
-        new = {}
-        for i, k in enumerate(keys):
-            if k not in self._index and k not in new:
-                new[k] = i
+        keys = key_array(sample_keys(inputs) if keys is None else keys)
+        missing = np.flatnonzero(self._index.find(keys) < 0)
+        first = np.unique(keys[missing], axis=0, return_index=True)[1]  # a sample repeated in x is filled once
+        new = missing[np.sort(first)]
         self.misses += len(new)
         self.hits += len(keys) - len(new)
-        if new:
-            self._fill(inputs, list(new.keys()), np.fromiter(new.values(), np.int64, len(new)))
-        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+        if len(new):
+            self._fill(inputs, keys[new], new)
+        return self._index.find(keys)
 
     def reserve(self, extra: int) -> None:
         """Room for up to `extra` more rows in RAM before a fill given in parts (FeatureSource.from_cache), so
@@ -119,7 +119,7 @@ class SkipCache:
         v = self._store.values[rows].astype(np.float32, copy=False)
         return v[:, :self.y0_width], v[:, self.y0_width:]
 
-    def _fill(self, inputs: dict, keys: list[bytes], idx: np.ndarray) -> None:
+    def _fill(self, inputs: dict, keys: np.ndarray, idx: np.ndarray) -> None:
         start = time.perf_counter()
         self._maybe_spill(len(keys))
         if not self._store.on_disk:
@@ -137,9 +137,8 @@ class SkipCache:
                                  f"{float(np.abs(rows).max()):.3g} > 65504); use a float32 cache")
             stored = rows.astype(self.dtype, copy=False)
             chunk = keys[a:a + step]
-            base = len(self._store.keys)
             self._store.append(chunk, stored)
-            self._index.update((k, base + j) for j, k in enumerate(chunk))
+            self._index.add(chunk, len(self._index))
         self.fill_seconds += time.perf_counter() - start
 
     def _maybe_spill(self, extra: int) -> None:
@@ -151,8 +150,8 @@ class SkipCache:
         self._tmp = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)  # finalizer warns
         old = self._store
         self._store = self._disk_store(Path(folder))
-        if old.keys:
-            self._store.append(old.keys, old.values)
+        if len(self._index):
+            self._store.append(self._index.in_row_order(), old.values)
 
     def clear(self) -> None:
         """Forget every cached row (and delete the on-disk files of this backbone and dtype)."""
@@ -161,7 +160,7 @@ class SkipCache:
             self._store = self._disk_store(self._store.path.parent)
         else:
             self._store = RamRows(self.width, self.dtype)
-        self._index = {}
+        self._index = KeyIndex()
 
     def stats(self) -> dict:
         """Hits, misses, rows, bytes of cached values, where they live, time spent filling."""

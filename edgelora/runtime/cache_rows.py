@@ -21,9 +21,9 @@ import numpy as np
 from ..files.fileio import FileLock, atomic_write, dumps_json
 from ..files.formats import NewerFormatError, check_version, digest
 from ..files.readers import read_json
+from .cache_index import KEY_BYTES
 
 CACHE_FORMAT_VERSION = 3  # 2: meta.json carries a checksum; 3: bound to Manifest.identity
-KEY_BYTES = 16
 LOCK_TIMEOUT = 60.0  # seconds to wait while another process opens or appends to the same cache folder
 
 
@@ -32,33 +32,37 @@ class CacheConflictError(RuntimeError):
 
 
 class RamRows:
-    """Rows in a growable numpy array."""
+    """Rows in a growable numpy array (their keys are in the SkipCache's index only)."""
     on_disk, path = False, None
 
     def __init__(self, width: int, dtype: np.dtype):
-        self.keys: list[bytes] = []
+        self.count = 0
         self._buf = np.empty((0, width), dtype)
+
+    @staticmethod
+    def stored_keys() -> np.ndarray:
+        return np.empty((0, 2), np.uint64)
 
     @property
     def values(self) -> np.ndarray:
-        return self._buf[:len(self.keys)]
+        return self._buf[:self.count]
 
     def reserve(self, extra: int) -> None:
         """Room for exactly `extra` more rows (a fill knows its size: no doubling, no repeated growth copies)."""
-        n = len(self.keys)
+        n = self.count
         if n + extra > len(self._buf):
             grown = np.empty((n + extra, self._buf.shape[1]), self._buf.dtype)
             grown[:n] = self._buf[:n]
             self._buf = grown
 
-    def append(self, keys: list[bytes], rows: np.ndarray) -> None:
-        n = len(self.keys)
+    def append(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        n = self.count
         if n + len(rows) > len(self._buf):
             grown = np.empty((max(2 * len(self._buf), n + len(rows), 64), self._buf.shape[1]), self._buf.dtype)
             grown[:n] = self._buf[:n]
             self._buf = grown
         self._buf[n:n + len(rows)] = rows
-        self.keys.extend(keys)
+        self.count += len(rows)
 
 
 class DiskRows:
@@ -74,11 +78,17 @@ class DiskRows:
         # beside the folder, which a rebuild may delete
         self._lock = FileLock(path.with_name(f".{path.name}.lock"), f"cache {path}", LOCK_TIMEOUT,
                               read_only_ok=True)
-        self.keys: list[bytes] = []
+        self.count = 0
         self.repaired = self.cut_bytes = 0
         with self._lock:
             self._open()
             self._remove_other_generations()
+
+    def stored_keys(self) -> np.ndarray:
+        """The keys of the committed rows, (count, 2) uint64 in row order, read from the keys file."""
+        if not self.count:
+            return np.empty((0, 2), np.uint64)
+        return np.fromfile(self._file("keys"), np.uint64, 2 * self.count).reshape(-1, 2)
 
     def _file(self, kind: str) -> Path:
         return self.path / f"{kind}-{self.meta['generation']}.bin"
@@ -113,7 +123,7 @@ class DiskRows:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True)
         self.meta.update(count=0, generation=0)
-        self._write([], b"", b"")
+        self._write(b"", b"", b"")
 
     def _remove_other_generations(self) -> None:
         """Files of an older generation: left when a crash fell between a repair's commit and its cleanup."""
@@ -152,20 +162,20 @@ class DiskRows:
             if self.cut_bytes:
                 warnings.warn(f"cache {self.path}: discarded {self.cut_bytes} bytes of an interrupted write "
                               f"(rows never committed); they will be recomputed")
-            self.keys = [keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in range(count)]
+            self.count = count
             self._map()
             return
         # rewrite the good rows into a new generation, switch meta atomically, then drop the old files
         old = [self._file(k) for k in ("keys", "values", "crc")]
         self.meta.update(generation=self.meta["generation"] + 1, count=0)
-        self._write([keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good],
+        self._write(b"".join(keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good),
                      b"".join(values[i * rb:(i + 1) * rb].tobytes() for i in good),
                      b"".join(crcs[i * 4:i * 4 + 4] for i in good))
         del values
         for p in old:
             p.unlink(missing_ok=True)
 
-    def _commit(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
+    def _commit(self, keys: bytes, rows: bytes, crcs: bytes) -> None:
         with self._lock:
             self._check_unchanged()
             self._write(keys, rows, crcs)
@@ -184,11 +194,12 @@ class DiskRows:
                                      f"({now[0]} rows now, {self.meta['count']} then); nothing was written - "
                                      f"open the cache again (or use one cache folder per process)")
 
-    def _write(self, keys: list[bytes], rows: bytes, crcs: bytes) -> None:
+    def _write(self, keys: bytes, rows: bytes, crcs: bytes) -> None:
+        """Append rows: their keys, values and CRCs as bytes (KEY_BYTES, row_bytes and 4 per row)."""
         n = self.meta["count"]
-        meta = {**self.meta, "count": n + len(keys)}
+        meta = {**self.meta, "count": n + len(keys) // KEY_BYTES}
         try:
-            for kind, data, size in (("keys", b"".join(keys), KEY_BYTES), ("values", rows, self.row_bytes),
+            for kind, data, size in (("keys", keys, KEY_BYTES), ("values", rows, self.row_bytes),
                                      ("crc", crcs, 4)):
                 with open(self._file(kind), "r+b" if self._file(kind).exists() else "wb") as f:
                     f.truncate(n * size)  # cut anything an interrupted append left behind
@@ -201,7 +212,7 @@ class DiskRows:
             raise OSError(e.errno, f"could not add rows to the cache in {self.path}: {e.strerror or e}; "
                                    f"the rows cached before are kept") from e
         self.meta = meta
-        self.keys.extend(keys)
+        self.count = meta["count"]
         self._map()
 
     def _map(self) -> None:
@@ -214,10 +225,11 @@ class DiskRows:
     def values(self) -> np.ndarray:
         return self._values
 
-    def append(self, keys: list[bytes], rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, self.dtype)
-        crcs = b"".join(zlib.crc32(k + r.tobytes()).to_bytes(4, "little") for k, r in zip(keys, rows))
-        self._commit(keys, memoryview(rows).cast("B"), crcs)  # no copy of the rows
+    def append(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """keys: (k, 2) uint64 (cache_index.key_array); rows: (k, width)."""
+        rows, keys = np.ascontiguousarray(rows, self.dtype), np.ascontiguousarray(keys, np.uint64)
+        crcs = b"".join(zlib.crc32(k.tobytes() + r.tobytes()).to_bytes(4, "little") for k, r in zip(keys, rows))
+        self._commit(keys.tobytes(), memoryview(rows).cast("B"), crcs)  # no copy of the rows
 
 
 def _checksum(meta: dict) -> str:
