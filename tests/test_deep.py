@@ -155,7 +155,8 @@ def test_auto_escalates_by_the_stated_rule(bn_bundle):
     assert d["considered"] == (1.0 - d["skip_score"] > d["skip_spread"])
     if d["considered"]:
         assert d["needed"] <= 0 and d["needed"] >= -d["skip_spread"] / np.sqrt(d["deep_folds"][1])
-        assert d["won"] == (d["deep_score"] >= d["skip_score"] + d["needed"])
+        base = history.selection["no_finetune"]["score"]        # the backbone alone, on the same folds
+        assert d["won"] == (d["deep_score"] >= d["skip_score"] + d["needed"] and d["deep_score"] > base)
         assert (type(adapter).__name__ == "DeepAdapter") == d["won"] == (history.chosen.get("tier") == "deep")
     deep.AUTO_MAX_SAMPLES, was = 10, deep.AUTO_MAX_SAMPLES   # more samples than that: the skip adapter stays
     try:

@@ -30,8 +30,8 @@ def trained(tmp_path_factory):
     backbone = Backbone(folder / "bundle")
     x = (RNG.standard_normal((160, 10)) * 2 + 1).astype(np.float32)
     y = RNG.integers(0, 4, 160)
-    a1, _ = finetune(backbone, x, y, TrainConfig(epochs=4, r=4, seed=0))
-    a2, _ = finetune(backbone, x, (y + 1) % 4, TrainConfig(epochs=4, r=2, seed=1, bias=False))
+    a1, _ = finetune(backbone, x, y, TrainConfig(epochs=4, r=4, seed=0, form="skip"))
+    a2, _ = finetune(backbone, x, (y + 1) % 4, TrainConfig(epochs=4, r=2, seed=1, bias=False, form="skip"))
     a1.save(folder / "a1")
     return folder, backbone, x, a1, a2
 

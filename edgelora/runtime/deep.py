@@ -7,10 +7,11 @@ tier is considered when S_cv is below the ceiling by more than the spread: the c
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
 the deep tier is cross-validated on the same folds; once considered it wins unless the skip recipe scores
 above it by more than one standard error: of the per-fold differences (paired, as the skip recipes' own
-rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller. The skip adapters have
-been shown to fall short, and at 5-20 samples per class cross-validation under-rates the deep tier (on the
-input-shift protocols it tested better in 9 of 10 cells, docs/deep.md). Its cross-validation stops as soon
-as it can no longer reach that score. Larger sets keep the skip adapter (the gaps the deep
+rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller; with the identity candidate
+(`identity`) it must also score above no fine-tuning. The skip adapters have been shown to fall short, and
+at 5-20 samples per class cross-validation under-rates the deep tier (on the input-shift protocols it tested
+better in 9 of 10 cells, docs/deep.md). Its cross-validation stops as soon as it can no longer reach that
+score. Larger sets keep the skip adapter (the gaps the deep
 tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
 does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
 from a few timed optimiser steps before any is paid (`projected_seconds`).
@@ -229,8 +230,11 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         return None
     d = found["chosen"]
     needed = max(needed, -_paired_error(chosen.get("score_folds"), d["score_folds"]))
+    # and, with the identity candidate, above the backbone alone: never an adapter its estimate finds worse
+    above = not config.identity or d["score"] > found["no_finetune"]["score"]
     report.update(deep_score=d["score"], deep_spread=d["score_spread"], deep_epochs=d["epochs"],
-                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] >= cv + needed), skip_chosen=chosen,
+                  margin=d["score"] - cv, needed=needed, won=bool(d["score"] >= cv + needed and above),
+                  skip_chosen=chosen,
                   cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
                   deep_bound=found["bound"])
     return found
