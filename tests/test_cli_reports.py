@@ -165,3 +165,15 @@ def test_error_a_small_npz_that_inflates_past_the_budget_is_refused_unread(tmp_p
     code, _, err = run(capsys, "finetune", tmp_path / "b", "--data", tmp_path / "z.npz", *FAST,
                        "--out", tmp_path / "ad", "--memory-budget", "8")
     assert code == 2 and "its arrays take 18.3 MB, more than the 8.0 MB" in err, err
+
+
+def test_the_tier_line_says_when_the_deep_tier_stopped_early_and_what_it_could_still_reach():
+    from edgelora.cli.finetune_report import _tier_lines
+    d = {"considered": True, "won": False, "skip_fit": 1.0, "skip_score": 0.9, "skip_spread": 0.05,
+         "deep_score": 0.5, "deep_spread": 0.1, "margin": -0.4, "needed": -0.02, "seconds": 1.5,
+         "deep_folds": [2, 5], "deep_bound": 0.8}
+    line, = _tier_lines(d, "classification")
+    assert "tier       skip" in line and "stopped after 2 of 5 folds" in line and "at most 80.0 %" in line
+    line, = _tier_lines({**d, "deep_folds": [5, 5], "won": True, "deep_score": 0.92, "margin": 0.02},
+                        "classification")
+    assert line.startswith("  tier       deep") and "margin +2.0 points, needed >= -2.0" in line
