@@ -7,12 +7,10 @@ tier is considered when S_cv is below the ceiling by more than the spread: the c
 for classification, and for regression the skip adapter's own fit on the fine-tune samples (-MSE). Then
 the deep tier is cross-validated on the same folds; once considered it wins unless the skip recipe scores
 above it by more than one standard error: of the per-fold differences (paired, as the skip recipes' own
-rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller; with the identity candidate
-(`identity`) it must also score above no fine-tuning. The skip adapters have been shown to fall short, and
-at 5-20 samples per class cross-validation under-rates the deep tier (on the input-shift protocols it tested
-better in 9 of 10 cells, docs/deep.md). Its cross-validation stops as soon as it can no longer reach that
-score. Larger sets keep the skip adapter (the gaps the deep
-tier closes were measured at 20-45 samples and had closed at 100-135; its cost grows with the samples), and so
+rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller, and with the identity candidate
+above no fine-tuning: the skip adapters fell short, and at 5-20 samples per class cross-validation under-rates
+the deep tier (docs/deep.md). Its cross-validation stops once it can no longer reach that score. Larger sets
+keep the skip adapter (the gaps it closes were measured at 20-45 samples and had closed at 100-135), and so
 does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
 from a few timed optimiser steps before any is paid (`projected_seconds`).
 `form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
