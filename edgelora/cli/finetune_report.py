@@ -62,7 +62,8 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
     won = "deep" if d["won"] else "skip"
     done, k = d.get("deep_folds", (None, None))
     if done is not None and done < k:   # stopped once it could no longer win (runtime/deep.py)
-        best = f"{100 * d['deep_bound']:.1f} %" if task == "classification" else f"MSE {-d['deep_bound']:.4g}"
+        b = d.get("deep_bound")
+        best = "-" if b is None else f"{100 * b:.1f} %" if task == "classification" else f"MSE {-b:.4g}"
         return [f"  tier       skip ({fit}; deep tier stopped after {done} of {k} folds: it could reach at most "
                 f"{best}, needed at least {100 * d['needed']:+.1f} points from the skip estimate; deep tier cost "
                 f"{d['seconds']:.2f} s)"]

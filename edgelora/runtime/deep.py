@@ -234,7 +234,7 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
                   margin=d["score"] - cv, needed=needed, won=bool(d["score"] >= cv + needed and above),
                   skip_chosen=chosen,
                   cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
-                  deep_bound=found["bound"])
+                  deep_bound=found["bound"] if math.isfinite(found["bound"]) else None)
     return found
 
 
