@@ -63,6 +63,8 @@ def test_error_recipes_a_kit_cannot_train_are_refused_by_name():
     assert kit_recipe_of(_config())[1]["epochs"] == 20
     for config, message in ((_config({"tap_scaling": "standardize"}), "tap_scaling='standardize' (expected 'none'"),
                             (_config({"form": "last"}), "form='last' (expected 'skip')"),
+                            (_config({"tier": "deep", "form": "deep", "recalibration": "none"}),
+                             "cannot reproduce a deep adapter (tier 'deep'"),
                             (_config({"input_gain": True}), "cannot reproduce the chosen input_gain=True"),
                             (_config(lora_dropout=0.1), "lora_dropout=0.1 (expected 0)"),
                             (dataclasses.replace(_config(), recalibration=Recalibration("input", 20)),

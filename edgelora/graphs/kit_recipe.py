@@ -23,6 +23,9 @@ def kit_recipe_of(config: AdapterConfig, where: str = "adapter") -> tuple[KitRec
     if not isinstance(chosen, dict) or not isinstance(settings, dict):
         raise ValueError(f"{where}: expected an adapter trained by edgelora (training.chosen and training.settings "
                          f"in its config), found training keys {sorted(training)}")
+    if chosen.get("tier") == "deep":
+        raise ValueError(f"{where}: the kit cannot reproduce a deep adapter (tier 'deep': LoRA inside the backbone's own "
+                         f"layers); it trains skip adapters only: fine-tune with `--form skip` for the kit")
     unknown = sorted(set(chosen) - KIT_CHOICES)
     if unknown:
         raise ValueError(f"{where}: the kit cannot reproduce the chosen {', '.join(f'{k}={chosen[k]!r}' for k in unknown)}; "
