@@ -115,9 +115,8 @@ def cross_validate(eng: Engine, x: np.ndarray, targets: np.ndarray, cfg, *, k: i
         fit(eng, x, targets, cfg, epochs=max(marks), weight_decay=weight_decay, task=task,
             idx=np.flatnonzero(fold != f), on_epoch=mark, stem=stem)
         done[held] = True
-        bound = {m: float(score[m][done].sum()) / n for m in marks}   # the rest at their best: +1 or +0 each
-        if task == "classification":
-            bound = {m: b + float((~done).sum()) / n for m, b in bound.items()}
+        top = float((~done).sum()) if task == "classification" else 0.0   # the rest at their best: 1 or 0 each
+        bound = {m: (float(score[m][done].sum()) + top) / n for m in marks}
         if reach is not None and not done.all() and max(bound.values()) < reach:
             return {m: {**summary(score[m][done], loss[m][done], fold[done]), "folds_done": f + 1,
                         "bound": bound[m]} for m in marks}

@@ -219,7 +219,7 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         report["unavailable"] = str(e)
         return None
     start, cv = time.perf_counter(), report["skip_score"]
-    idx, _, k = cv_rows(config, features.manifest, len(targets))
+    k = cv_rows(config, features.manifest, len(targets))[2]   # the folds cross_validate will use
     needed = -report["skip_spread"] / math.sqrt(k)   # the margin it needs: minus one standard error of the skip's
     try:   # stopped as soon as it can no longer win: the same decision, at a fraction of the cost
         found = cross_validate(eng, x, features, targets, config, s, epochs, reach=cv + needed)
