@@ -19,7 +19,7 @@ from edgelora.files.adapter import load_adapter
 from edgelora.graphs.merge import export_ort_adapter, merge
 from edgelora.graphs.onnx_chain import load_chain
 from edgelora.graphs.onnx_taps import add_taps
-from edgelora.runtime import deep, deep_cost
+from edgelora.runtime import deep, deep_checkpoint, deep_cost
 from edgelora.runtime.cache import SkipCache
 from edgelora.runtime.predict import Predictor
 from edgelora.runtime.train import finetune
@@ -261,14 +261,14 @@ def test_mixed_batches_serve_deep_and_skip_adapters_row_by_row(bn_bundle, tmp_pa
 
 def _crash_after_4_saves(monkeypatch):
     """Make the deep tier's 4th checkpoint save end the run with Ctrl-C; returns the real save."""
-    real, calls = deep.save_checkpoint, []
+    real, calls = deep_checkpoint.save_checkpoint, []
 
     def crash_after_4(*args):
         real(*args)
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-    monkeypatch.setattr(deep, "save_checkpoint", crash_after_4)
+    monkeypatch.setattr(deep_checkpoint, "save_checkpoint", crash_after_4)
     return real
 
 
@@ -280,7 +280,7 @@ def test_an_interrupted_deep_fine_tune_resumes_to_the_same_adapter(bn_bundle, tm
     with pytest.raises(KeyboardInterrupt):
         finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
     later = []
-    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    monkeypatch.setattr(deep_checkpoint, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
     resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
     assert len(later) == h.chosen["epochs"] - 4           # it continued after the 4th epoch
     for name, (a, b) in whole.params.items():
@@ -297,14 +297,45 @@ def test_an_interrupted_auto_fine_tune_that_escalated_resumes_its_deep_refit(bn_
     real = _crash_after_4_saves(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck")
-    assert deep.resumes(tmp_path / "ck", True) and not deep.resumes(tmp_path / "ck", False)
+    assert deep_checkpoint.resumes(tmp_path / "ck", True) and not deep_checkpoint.resumes(tmp_path / "ck", False)
     later = []
-    monkeypatch.setattr(deep, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
+    monkeypatch.setattr(deep_checkpoint, "save_checkpoint", lambda *a: (real(*a), later.append(1)))
     resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "ck", resume=True)
-    assert len(later) == h.chosen["epochs"] - 4           # no skip run, no cross-validation: the refit went on
+    # the 4 saves: the tier decision (epoch 0), then 3 epochs; no skip run, no cross-validation: the refit went on
+    assert len(later) == h.chosen["epochs"] - 3
     assert h.selection["deep"]["won"] and h.selection["deep"]["skip_score"] == first.selection["deep"]["skip_score"]
     for name, (a, b) in whole.params.items():
         assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
+
+
+def test_an_auto_run_interrupted_after_the_tier_decision_does_not_cross_validate_the_deep_tier_again(
+        bn_bundle, tmp_path, monkeypatch):
+    bb, (x, y) = Backbone(bn_bundle), samples(seed=3)
+    config = TrainConfig(epochs=10)
+    whole, first = finetune(bb, x, y, config)
+    assert first.chosen["tier"] == "deep"
+    real = deep.finetune_deep
+
+    def interrupted(*a, **k):   # Ctrl-C once the deep tier has won, before its refit's first epoch
+        raise KeyboardInterrupt
+    monkeypatch.setattr(deep, "finetune_deep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bb, x, y, config, checkpoint_dir=tmp_path / "won")
+    monkeypatch.setattr(deep, "finetune_deep", real)
+    runs = []
+    monkeypatch.setattr(deep, "cross_validate", lambda *a, **k: runs.append(1))
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "won", resume=True)
+    assert not runs and h.selection["deep"]["won"] and h.chosen["epochs"] == first.chosen["epochs"]
+    for name, (a, b) in whole.params.items():
+        assert np.array_equal(a, resumed.params[name][0]) and np.array_equal(b, resumed.params[name][1])
+    monkeypatch.undo()
+    monkeypatch.setattr(deep, "_paired_error", lambda *a: -np.inf)   # the deep tier loses: the skip adapter stays
+    skip, lost = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "lost")
+    assert lost.selection["deep"]["considered"] and not lost.selection["deep"]["won"]
+    monkeypatch.setattr(deep, "cross_validate", lambda *a, **k: runs.append(1))
+    again, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "lost", resume=True)
+    assert not runs and h.selection["deep"] == lost.selection["deep"] and type(again).__name__ == "Adapter"
+    assert np.array_equal(again.flat, skip.flat)
 
 
 def test_cli_reports_a_deep_fine_tune(bn_bundle, tmp_path, capsys):

@@ -42,6 +42,13 @@ def restored(saved: tuple[dict, dict] | None) -> Plan | None:
                          f"checkpoint folder to start over") from None
 
 
+def with_selection(arrays: dict[str, np.ndarray], selection: dict) -> dict[str, np.ndarray]:
+    """The checkpoint arrays' outcome (KEY) with its selection replaced (the deep tier's decision added)."""
+    found = json.loads(np.asarray(arrays[KEY], np.uint8).tobytes())
+    text = json.dumps({**found, "selection": selection}, default=_plain)
+    return {KEY: np.frombuffer(text.encode(), np.uint8)}
+
+
 def save(folder: str | Path, key: dict, cv: dict[str, np.ndarray]) -> None:
     """A checkpoint holding only the outcome (no training run has started yet)."""
     save_checkpoint(folder, {"run_key": key, "session": uuid.uuid4().hex, "runs": []}, cv)

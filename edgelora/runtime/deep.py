@@ -20,18 +20,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import uuid
 
 import numpy as np
 
 from ..core import deep_loop, lora
 from ..core.lora import split
 from ..core.selection import fold_count
-from ..files.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from ..files.checkpoint import check_same_run, load_checkpoint
 from ..files.deep_adapter import DeepAdapter, DeepConfig, torch_module
 from ..files.recalibration import recalibrated
 from ..files.schema import to_dict
-from . import recalibrate
+from . import deep_checkpoint, recalibrate
 from .deep_cost import check_memory, projected_seconds
 from ..files.tap_stats import view
 from .train_config import History, TrainConfig
@@ -110,9 +109,10 @@ def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig,
     if found:
         epochs = found["chosen"]["epochs"]
         history.selection = history.selection or found   # a resumed auto run: the decision it checkpointed
-    state = None if saved is None else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
-                                        **{k: saved[0]["runs"][0][k] for k in ("epoch", "rng", "opt_t")}}
-    save = None if folder is None else _saver(folder, key, found)
+    last = saved[0]["runs"][0] if saved is not None else {}   # epoch 0: only the decision was saved
+    state = None if not last.get("epoch") else {**{k.split(".", 1)[1]: v for k, v in saved[1].items()},
+                                                **{k: last[k] for k in ("epoch", "rng", "opt_t")}}
+    save = None if folder is None else deep_checkpoint.saver(folder, key, found)
     flat = deep_loop.fit(eng, x, targets, config, epochs=epochs, weight_decay=s["weight_decay"], task=m.task,
                          idx=train_idx, on_epoch=save, state=state)
     adapter = _adapter(chain, eng, flat, s, rc)
@@ -170,10 +170,10 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     """The auto tier rule (module docstring): (adapter, history) of the skip adapter or of the deep one;
     history.selection["deep"] says whether the deep tier was considered, both scores, the margin and its cost,
     and when it wins history.selection holds its estimate (the skip recipe's stays in "deep"). `checkpoint`
-    (folder, resume, run key): the deep refit is checkpointed there, with the decision (see `resumes`)."""
+    (folder, resume, run key): the decision and the deep refit are checkpointed there (deep_checkpoint.py)."""
     sel = history.selection
-    if config.form != "auto" or not sel or "chosen" not in sel:
-        return adapter, history
+    if config.form != "auto" or not sel or "chosen" not in sel or "deep" in sel:   # "deep": decided before an
+        return adapter, history                                                    # interrupt, against the tier
     report = sel["deep"] = _consider(features, targets, adapter, sel["chosen"])  # history.chosen gets "tier"
     if not report["considered"]:                                                 # only when the deep tier wins
         return adapter, history
@@ -181,7 +181,9 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     found = _cross_validated(features, targets, config, report, sel["chosen"])
     report["seconds"] = time.perf_counter() - start
     history.train_seconds += report["seconds"]
-    if found is None or not report["won"]:
+    won = found is not None and report["won"]
+    deep_checkpoint.keep_decision(checkpoint, sel, {**found, "deep": report} if won else None)
+    if not won:
         return adapter, history
     history.selection = {**found, "deep": report}
     adapter, history = finetune_deep(features, targets, split_idx, config, history, {**found, "deep": report},
@@ -245,25 +247,6 @@ def _paired_error(skip_folds, deep_folds) -> float:
     if not skip_folds or len(skip_folds) != len(deep_folds) or None in skip_folds:
         return math.inf
     return float(np.std(np.subtract(skip_folds, deep_folds)) / math.sqrt(len(deep_folds)))
-
-
-def resumes(folder, resume: bool) -> bool:
-    """Whether `folder` holds a deep refit's checkpoint to resume: an interrupted `form` "auto" fine-tune that
-    had escalated (the refit's checkpoint replaces the skip runs', and carries the tier decision)."""
-    saved = load_checkpoint(folder) if folder is not None and resume else None
-    return bool(saved and saved[0].get("runs") and saved[0]["runs"][0].get("tier") == "deep")
-
-
-def _saver(folder, key: dict, found: dict | None):
-    """on_epoch for deep_loop.fit: the refit's state as a training checkpoint (files/checkpoint.py)."""
-    session = uuid.uuid4().hex
-
-    def save(epoch: int, flat: np.ndarray, opt, rng) -> None:
-        run = {"tier": "deep", "epoch": epoch, "rng": rng.bit_generator.state, "opt_t": getattr(opt, "t", 0),
-               "found": found, "epochs": [{"epoch": e} for e in range(1, epoch + 1)]}
-        arrays = {"0.flat": flat, **{f"0.{k}": v for k, v in opt.buffers().items()}}
-        save_checkpoint(folder, {"run_key": key, "session": session, "runs": [run]}, arrays)
-    return save
 
 
 def _skip_fit(features, targets: np.ndarray, adapter) -> float:

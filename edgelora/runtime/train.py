@@ -24,7 +24,7 @@ from ..files.adapter import Adapter, adapter_config, layout_for
 from ..files.checkpoint import Pacer, check_same_run, load_checkpoint, save_checkpoint
 from ..files.fileio import PathLike
 from ..files.schema import to_dict
-from . import cv_checkpoint, deep, recalibrate, tap_choice
+from . import cv_checkpoint, deep, deep_checkpoint, recalibrate, tap_choice
 from .backbone import Backbone
 from .cache import SkipCache
 from .features import FeatureSource, prepare
@@ -156,7 +156,7 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
                  deep_tier: bool = True, on_plan: Callable[[Plan], None] | None = None) -> tuple[Adapter, History]:
     """The numpy trainer, on a checked request: plan the candidate runs (plan.py), train them (core/loop.py),
     checkpoint them, keep the best and build the adapter."""
-    if config.form == "deep" or config.form == "auto" and deep.resumes(checkpoint_dir, resume):  # LoRA inside
+    if config.form == "deep" or config.form == "auto" and deep_checkpoint.resumes(checkpoint_dir, resume):  # LoRA inside
         # the backbone's layers, trained by backprop (deep.py); or an interrupted auto run's deep refit
         key = {} if checkpoint_dir is None else \
             run_key(features.manifest.identity, features.name, config, features.inputs, targets, None)
