@@ -7,6 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..core.bookkeeping import compact_labels
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
@@ -155,9 +156,11 @@ def run(args: argparse.Namespace) -> dict:
     backbone = common.open_backbone(args)
     m = backbone.manifest
     inputs, targets = common.load_data(args, m, labels=True)  # the one check of the samples
+    targets = compact_labels(targets, m.task, m.num_outputs)
     split = training_split(m, targets, config)
     budget = None if args.memory_budget is None else max(1, int(args.memory_budget * 2**20))
     cache = SkipCache(backbone, args.cache_dir, dtype=args.cache_dtype, memory_budget=budget)
+    cache.check_budget(inputs, targets)   # the per-sample bookkeeping fits the budget (core/bookkeeping.py)
     features = _fill(cache, inputs, not args.quiet)
     cache_stats = cache.stats()  # hits: samples cached by earlier runs; misses: computed now
 

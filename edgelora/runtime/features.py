@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..core import scaling
+from ..core.bookkeeping import compact_labels
 from ..files import tap_stats
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
@@ -170,13 +171,14 @@ def prepare(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache |
     backbone's manifest, split as `config` asks, then read into the Skip-Cache (a new one unless given)."""
     m = backbone.manifest
     inputs = as_inputs(x, m)
-    targets = as_targets(y, m, num_samples(inputs))
+    targets = compact_labels(as_targets(y, m, num_samples(inputs)), m.task, m.num_outputs)
     split = training_split(m, targets, config)
     if not use_cache:
         return FeatureSource.from_backbone(backbone, inputs), targets, split
     cache = cache if cache is not None else SkipCache(backbone)
     if cache.backbone.identity != backbone.identity:
         raise ValueError("the cache belongs to another backbone (fingerprints differ)")
+    cache.check_budget(inputs, targets)
     return FeatureSource.from_cache(cache, inputs), targets, split
 
 
