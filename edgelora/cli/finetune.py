@@ -126,7 +126,8 @@ def _cache_flags(c) -> None:
     c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
                    help="float16 halves the cache (default float32)")
     c.add_argument("--memory-budget", type=common.positive_float, default=None, metavar="MB",
-                   help="spill the cache to disk rather than hold more than this many MB in RAM")
+                   help="spill the cache to disk rather than hold more than this many MB in RAM; samples whose "
+                        "bookkeeping (about 37 bytes each) needs more than half of it are refused")
     c.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                    help="save the training state here (for --resume): at the end of each run, and in between as "
                         "--checkpoint-every says")

@@ -4,9 +4,9 @@ Besides the cached rows (which the memory budget already bounds: in RAM, or read
 fine-tune of N samples holds arrays of N entries for as long as it runs: the Skip-Cache's key index (two 64-bit
 halves of each key and its row), the samples' rows in the cache, the labels, the train/validation indices and,
 at every epoch, the shuffle's permutation and the shuffled indices. Indices are int32 below 2^31 samples and
-labels the smallest integer type holding every class, so that costs BYTES_PER_ROW + per_sample(...) bytes a
-sample; `check_budget` refuses, before anything is allocated, a fine-tune whose bookkeeping would not fit
-in its share of the memory budget.
+labels the smallest integer type holding every class: bytes_per_row (20) per cached row and bytes_per_sample
+(17 with one-byte labels) per sample. `check_budget` refuses, before the cache is filled, a fine-tune whose
+bookkeeping would not fit in its share of the memory budget.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-INDEX_LIMIT = 2**31          # indices below it fit int32
+INDEX_LIMIT = 2**31          # up to this many items, indices 0 .. n-1 fit int32
 BUDGET_SHARE = 2             # bookkeeping may take 1/BUDGET_SHARE of the budget; the rest is the rows' working set
-KEY_INDEX_BYTES = 8 + 8      # a cached row's key in the Skip-Cache's index (runtime/cache_index.py), with its row
+KEY_INDEX_BYTES = 8 + 8      # a cached row's key halves in the Skip-Cache's index (runtime/cache_index.py)
 INDEX_ARRAYS = 4             # per sample: its row in the cache, its train/validation index, the epoch's
                              # permutation and the shuffled indices (core/loop.py)
 

@@ -27,8 +27,7 @@ FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
 def cap_arenas(arenas: int = 2) -> bool:
     """Let glibc create at most `arenas` malloc arenas from now on, and map every block above MMAP_THRESHOLD
     (glibc raises its threshold to the largest block freed: a freed 8 MB index array then stays in the heap,
-    resident, where the next one is carved beside it; a fixed threshold gave 1,000,000 samples' fine-tune 10 MB
-    less peak RSS). False where that is not glibc."""
+    resident, and the next one is carved beside it). False where that is not glibc."""
     import ctypes.util  # imports subprocess (18 ms of every command's start): only when a budget asks for this
     name = ctypes.util.find_library("c")
     try:
