@@ -70,6 +70,9 @@ def test_a_warm_cache_counts_only_the_samples_it_does_not_hold(toy_bundle, toy_d
     other = as_inputs(x + 1, bb.manifest)
     with pytest.raises(ValueError, match="too small for 120 samples"):
         SkipCache(bb, tmp_path, memory_budget=budget).check_budget(other, labels)
+    from edgelora.runtime.features import FeatureSource
+    lazy = FeatureSource.from_cache(SkipCache(bb, tmp_path, memory_budget=1000), inputs, chunk=50)
+    assert lazy.lazy and lazy.values.rows.dtype == np.int32 and lazy.values.rows.tolist() == list(range(n))
 
 
 def test_error_finetune_refuses_the_budget_before_the_backbone_runs(toy_bundle, toy_data, tmp_path, capsys):

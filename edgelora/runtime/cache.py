@@ -20,7 +20,7 @@ import numpy as np
 from ..core.bookkeeping import BUDGET_SHARE, check_budget, need
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
-from ..files.memory import Pager, cap_arenas
+from ..files.memory import Pager, cap_arenas, release
 from ..files.outputs import folder_kind
 from .backbone import Backbone, NonFiniteError
 from .cache_index import KeyIndex, key_array
@@ -78,7 +78,9 @@ class SkipCache:
         self.fill_seconds = 0.0
         self._store = self._disk_store(self.directory) if self.directory is not None else \
             RamRows(self.width, self.dtype)
-        self._index = KeyIndex(self._store.stored_keys())
+        keys = self._store.stored_keys()
+        self._index = KeyIndex(keys)
+        release(keys)   # an on-disk cache's keys file, read once
 
     def _disk_store(self, root: Path) -> DiskRows:
         meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": self.backbone.identity, "dtype": self.dtype.name,

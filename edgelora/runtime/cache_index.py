@@ -34,7 +34,8 @@ class KeyIndex:
         """keys: (n, 2) uint64, the keys of rows 0..n-1 in row order."""
         keys = np.empty((0, 2), np.uint64) if keys is None else keys
         order = np.lexsort((keys[:, 1], keys[:, 0]))
-        self._hi, self._lo, self._row = keys[order, 0], keys[order, 1], order.astype(index_dtype(len(keys)))
+        self._hi, self._lo = np.asarray(keys[order, 0]), np.asarray(keys[order, 1])
+        self._row = order.astype(index_dtype(len(keys)))
         self._pending: list[tuple[np.ndarray, int]] = []   # (keys, first row) added since the last lookup
         self._count = len(keys)
 

@@ -87,10 +87,11 @@ class DiskRows:
             self._remove_other_generations()
 
     def stored_keys(self) -> np.ndarray:
-        """The keys of the committed rows, (count, 2) uint64 in row order, read from the keys file."""
+        """The keys of the committed rows, (count, 2) uint64 in row order: a read-only map of the keys file (read
+        once to build the index, its pages are the file's, which files/memory.release hands back)."""
         if not self.count:
             return np.empty((0, 2), np.uint64)
-        return np.fromfile(self._file("keys"), np.uint64, 2 * self.count).reshape(-1, 2)
+        return np.memmap(self._file("keys"), np.uint64, "r", shape=(self.count, 2))
 
     def _file(self, kind: str) -> Path:
         return self.path / f"{kind}-{self.meta['generation']}.bin"
