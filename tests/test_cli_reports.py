@@ -146,13 +146,18 @@ def test_error_data_larger_than_the_memory_budget_is_refused_before_it_is_read(f
 
 
 @pytest.mark.parametrize("name", ["train.npz", "x.npy"])
-def test_stored_arrays_larger_than_the_memory_budget_are_memory_mapped(files, capsys, name):
-    """An uncompressed .npz or a .npy above --memory-budget was refused: it is mapped, not read, and trains."""
-    tmp, bundle = files
-    args = ("--data", tmp / name) if name.endswith(".npz") else ("--data", tmp / "train.npz", "--x-key", "x")
-    code, _, err = run(capsys, "finetune", bundle, *args, *FAST, "--form", "skip", "--out", tmp / "ad",
-                       "--memory-budget", "0.001")
-    assert code == 0 and (tmp / "ad").is_dir(), err
+def test_stored_arrays_larger_than_the_memory_budget_are_memory_mapped(tmp_path, capsys, name):
+    """An uncompressed .npz or a .npy above --memory-budget was refused: it is mapped, not read, and trains.
+    (200 inputs a sample: 96 kB of data above a 20 kB budget that holds the samples' bookkeeping.)"""
+    from tests.helpers import mlp_bundle, random_mlp
+    mlp_bundle(tmp_path / "b", random_mlp([200, 3]))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.standard_normal((120, 200)).astype(np.float32), y=np.arange(120) % 3)
+    np.save(tmp_path / "x.npy", np.load(tmp_path / "train.npz")["x"])
+    args = ("--data", tmp_path / name) if name.endswith(".npz") else ("--data", tmp_path / "train.npz", "--x-key", "x")
+    code, _, err = run(capsys, "finetune", tmp_path / "b", *args, *FAST, "--form", "skip", "--out", tmp_path / "ad",
+                       "--memory-budget", "0.02")
+    assert code == 0 and (tmp_path / "ad").is_dir(), err
 
 
 def test_error_a_small_npz_that_inflates_past_the_budget_is_refused_unread(tmp_path, capsys):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edgelora.core import lora
-from edgelora.core.shuffle import SplitMix64, init_values
+from edgelora.core.shuffle import PERMUTE_CHUNK, SplitMix64, init_values
 
 
 def test_splitmix64_known_answers():
@@ -44,11 +44,32 @@ def test_error_seed_type():
         SplitMix64(1.5)
 
 
-def test_a_permutation_takes_about_32_bytes_a_sample_at_its_peak():
-    """Lists of Python ints took about 92 bytes a sample (1M samples: 92 MB at every epoch's shuffle)."""
+def whole_draws_permutation(rng: SplitMix64, n: int) -> np.ndarray:
+    """The spec with every draw made at once (the implementation before the draws came in chunks)."""
+    bound = np.arange(n, 1, -1, dtype=np.uint64)
+    js = ((rng.next_u64(max(n - 1, 0)) >> np.uint64(32)) * bound) >> np.uint64(32)
+    a = list(range(n))
+    for i, j in zip(range(n - 1, 0, -1), js.tolist()):
+        a[i], a[j] = a[j], a[i]
+    return np.array(a, np.int64)
+
+
+@pytest.mark.parametrize("n", [2, PERMUTE_CHUNK, PERMUTE_CHUNK + 1, PERMUTE_CHUNK + 2, 3 * PERMUTE_CHUNK + 5])
+def test_the_permutation_in_chunks_is_the_permutation_of_all_draws(n):
+    """The same order for the same seed, epoch after epoch (the JS client and the kit share it)."""
+    a, b = SplitMix64(11), SplitMix64(11)
+    for _ in range(2):
+        p = a.permutation(n)
+        assert p.dtype == np.int32 and np.array_equal(p, whole_draws_permutation(b, n)) and a.state == b.state
+
+
+def test_a_permutation_takes_4_bytes_a_sample_at_its_peak():
+    """Lists of Python ints took about 92 bytes a sample (1M samples: 92 MB at every epoch's shuffle), arrays
+    of 64-bit integers and of every draw 32; now the int32 result, swapped in place, and one chunk of draws."""
     import tracemalloc
+    n = 200_000
     tracemalloc.start()
-    SplitMix64(3).permutation(100_000)
+    p = SplitMix64(3).permutation(n)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak / 100_000 < 40, peak / 100_000
+    assert p.nbytes == 4 * n and peak < 4 * n + 2**20, peak / n

@@ -7,6 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..core.bookkeeping import compact_labels
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import ADAPTER_KIND
 from ..files.checkpoint import CHECKPOINT_KIND, load_checkpoint
@@ -125,7 +126,8 @@ def _cache_flags(c) -> None:
     c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
                    help="float16 halves the cache (default float32)")
     c.add_argument("--memory-budget", type=common.positive_float, default=None, metavar="MB",
-                   help="spill the cache to disk rather than hold more than this many MB in RAM")
+                   help="spill the cache to disk rather than hold more than this many MB in RAM; samples whose "
+                        "bookkeeping (about 37 bytes each) needs more than half of it are refused")
     c.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                    help="save the training state here (for --resume): at the end of each run, and in between as "
                         "--checkpoint-every says")
@@ -155,9 +157,11 @@ def run(args: argparse.Namespace) -> dict:
     backbone = common.open_backbone(args)
     m = backbone.manifest
     inputs, targets = common.load_data(args, m, labels=True)  # the one check of the samples
+    targets = compact_labels(targets, m.task, m.num_outputs)
     split = training_split(m, targets, config)
     budget = None if args.memory_budget is None else max(1, int(args.memory_budget * 2**20))
     cache = SkipCache(backbone, args.cache_dir, dtype=args.cache_dtype, memory_budget=budget)
+    cache.check_budget(inputs, targets)   # the per-sample bookkeeping fits the budget (core/bookkeeping.py)
     features = _fill(cache, inputs, not args.quiet)
     cache_stats = cache.stats()  # hits: samples cached by earlier runs; misses: computed now
 

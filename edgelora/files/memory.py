@@ -3,7 +3,7 @@
 Two costs that no array size shows. glibc gives each thread that allocates its own malloc arena, and each
 arena reserves 64 MB of address space (onnxruntime's thread pool, the stop watcher): under an
 address-space limit (RLIMIT_AS, a small board without swap) that reservation, not the data, is what
-fails first. And the pages of a memory-mapped file (the on-disk Skip-Cache, a large data file) count in
+fails first (and glibc keeps large freed blocks in its heap once it has raised its mmap threshold). And the pages of a memory-mapped file (the on-disk Skip-Cache, a large data file) count in
 the process's resident memory once read, until the kernel needs them back: reading a 700 MB cache once
 leaves 700 MB resident. `cap_arenas` limits the first; `Pager` hands mapped pages back as reading goes (the layers above
 use both: files/data.py, runtime/features.py, cli/finetune.py). The same holds for a shared library's code:
@@ -17,18 +17,23 @@ import mmap
 
 import numpy as np
 
-M_ARENA_MAX = -8   # glibc's mallopt parameter (malloc.h)
+M_ARENA_MAX = -8   # glibc's mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024   # glibc's initial threshold, kept: blocks above it are mapped, and unmapped when freed
 MADV_DONTNEED = 4  # Linux's madvise advice (sys/mman.h)
 FAULT_AROUND = 64 * 1024   # Linux's default fault_around_bytes
 
 
 def cap_arenas(arenas: int = 2) -> bool:
-    """Let glibc create at most `arenas` malloc arenas from now on; False where that is not glibc."""
+    """Let glibc create at most `arenas` malloc arenas from now on, and map every block above MMAP_THRESHOLD
+    (glibc raises its threshold to the largest block freed: a freed 8 MB index array then stays in the heap,
+    resident, and the next one is carved beside it). False where that is not glibc."""
     import ctypes.util  # imports subprocess (18 ms of every command's start): only when a budget asks for this
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas) == 1)
+        return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas) == 1
+                    and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1)
     except (OSError, AttributeError):
         return False
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.bookkeeping import BUDGET_SHARE, check_budget, need
 from ..files.data import as_inputs, num_samples
 from ..files.fileio import PathLike
-from ..files.memory import cap_arenas
+from ..files.memory import Pager, cap_arenas, release
 from ..files.outputs import folder_kind
 from .backbone import Backbone, NonFiniteError
 from .cache_index import KeyIndex, key_array
@@ -77,7 +78,9 @@ class SkipCache:
         self.fill_seconds = 0.0
         self._store = self._disk_store(self.directory) if self.directory is not None else \
             RamRows(self.width, self.dtype)
-        self._index = KeyIndex(self._store.stored_keys())
+        keys = self._store.stored_keys()
+        self._index = KeyIndex(keys)
+        release(keys)   # an on-disk cache's keys file, read once
 
     def _disk_store(self, root: Path) -> DiskRows:
         meta = {"format_version": CACHE_FORMAT_VERSION, "fingerprint": self.backbone.identity, "dtype": self.dtype.name,
@@ -105,6 +108,29 @@ class SkipCache:
         if len(new):
             self._fill(inputs, keys[new], new)
         return self._index.find(keys)
+
+    def check_budget(self, inputs: dict[str, np.ndarray], targets: np.ndarray) -> None:
+        """Refuse (ValueError, one line) a fine-tune of these checked samples whose per-sample bookkeeping would
+        exceed its share of the memory budget (core/bookkeeping.py), before the fill. The key index is counted
+        at its size after the fill: with every sample new, unless that alone decides and some rows are cached
+        already; then the samples not cached yet are counted (hashed once more, a pass without the backbone)."""
+        n, budget = num_samples(inputs), self.memory_budget
+        rows = len(self) + n
+        if budget is not None and len(self) and BUDGET_SHARE * need(n, targets, rows) > budget >= \
+                BUDGET_SHARE * need(n, targets, len(self)):
+            rows = len(self) + self._new_samples(inputs)
+        check_budget(n, targets, rows, budget)
+
+    def _new_samples(self, inputs: dict[str, np.ndarray]) -> int:
+        """How many samples of `inputs` are not cached (at most: a sample repeated far apart counts twice)."""
+        n, new, step = num_samples(inputs), 0, 16 * FILL_CHUNK
+        pagers = [Pager(v, self.memory_budget and self.memory_budget // 4) for v in inputs.values()]
+        for a in range(0, n, step):
+            keys = key_array(sample_keys({k: v[a:a + step] for k, v in inputs.items()}))
+            new += len(np.unique(keys[self._index.find(keys) < 0], axis=0))
+            for p in pagers:   # a mapped data file's pages read so far given back
+                p.read(a, min(a + step, n))
+        return new
 
     def reserve(self, extra: int) -> None:
         """Room for up to `extra` more rows in RAM before a fill given in parts (FeatureSource.from_cache), so

@@ -1,13 +1,15 @@
 """The Skip-Cache's index from sample key to row: sorted numpy arrays searched with np.searchsorted.
 
 A sample key (16 bytes: runtime/cache.sample_keys) is read as two 64-bit integers (hi, lo). The index keeps
-hi, lo and the row of every key, sorted by (hi, lo): 24 bytes per sample, where a dict of bytes keys and a
-list took about 130. Keys added are held aside and merged in at the next lookup, so that a fill adding its
-rows in many small steps pays for one merge (O(n)) per lookup, not one per step.
+hi, lo and the row of every key (int32 below 2^31 rows), sorted by (hi, lo): 20 bytes per sample, where a
+dict of bytes keys and a list took about 130. Keys added are held aside and merged in at the next lookup, so
+that a fill adding its rows in many small steps pays for one merge (O(n)) per lookup, not one per step.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..core.bookkeeping import index_dtype
 
 KEY_BYTES = 16
 
@@ -32,7 +34,8 @@ class KeyIndex:
         """keys: (n, 2) uint64, the keys of rows 0..n-1 in row order."""
         keys = np.empty((0, 2), np.uint64) if keys is None else keys
         order = np.lexsort((keys[:, 1], keys[:, 0]))
-        self._hi, self._lo, self._row = keys[order, 0], keys[order, 1], order.astype(np.int64)
+        self._hi, self._lo = np.asarray(keys[order, 0]), np.asarray(keys[order, 1])
+        self._row = order.astype(index_dtype(len(keys)))
         self._pending: list[tuple[np.ndarray, int]] = []   # (keys, first row) added since the last lookup
         self._count = len(keys)
 
@@ -48,7 +51,7 @@ class KeyIndex:
         """The row of each of `keys` ((m, 2) uint64), -1 where a key is not indexed."""
         self._merge()
         left, right = self._span(keys[:, 0])
-        found = np.full(len(keys), -1, np.int64)
+        found = np.full(len(keys), -1, self._row.dtype)
         one = np.flatnonzero(right - left == 1)
         hit = one[self._lo[left[one]] == keys[one, 1]]
         found[hit] = self._row[left[hit]]
@@ -73,7 +76,8 @@ class KeyIndex:
         if not self._pending:
             return
         keys = np.concatenate([k for k, _ in self._pending])
-        rows = np.concatenate([np.arange(first, first + len(k), dtype=np.int64) for k, first in self._pending])
+        dtype = index_dtype(self._count)
+        rows = np.concatenate([np.arange(first, first + len(k), dtype=dtype) for k, first in self._pending])
         self._pending = []
         order = np.lexsort((keys[:, 1], keys[:, 0]))
         keys, rows = keys[order], rows[order]
@@ -83,4 +87,4 @@ class KeyIndex:
             at[i] = left[i] + np.searchsorted(self._lo[left[i]:right[i]], keys[i, 1])
         self._hi = np.insert(self._hi, at, keys[:, 0])
         self._lo = np.insert(self._lo, at, keys[:, 1])
-        self._row = np.insert(self._row, at, rows)
+        self._row = np.insert(self._row.astype(dtype, copy=False), at, rows)

@@ -20,10 +20,12 @@ import numpy as np
 
 from ..files.fileio import FileLock, atomic_write, dumps_json
 from ..files.formats import NewerFormatError, check_version, digest
+from ..files.memory import release
 from ..files.readers import read_json
 from .cache_index import KEY_BYTES
 
 CACHE_FORMAT_VERSION = 3  # 2: meta.json carries a checksum; 3: bound to Manifest.identity
+CHECK_ROWS = 4096   # rows whose CRCs are checked between two hand-backs of their mapped pages
 LOCK_TIMEOUT = 60.0  # seconds to wait while another process opens or appends to the same cache folder
 
 
@@ -85,10 +87,11 @@ class DiskRows:
             self._remove_other_generations()
 
     def stored_keys(self) -> np.ndarray:
-        """The keys of the committed rows, (count, 2) uint64 in row order, read from the keys file."""
+        """The keys of the committed rows, (count, 2) uint64 in row order: a read-only map of the keys file (read
+        once to build the index, its pages are the file's, which files/memory.release hands back)."""
         if not self.count:
             return np.empty((0, 2), np.uint64)
-        return np.fromfile(self._file("keys"), np.uint64, 2 * self.count).reshape(-1, 2)
+        return np.memmap(self._file("keys"), np.uint64, "r", shape=(self.count, 2))
 
     def _file(self, kind: str) -> Path:
         return self.path / f"{kind}-{self.meta['generation']}.bin"
@@ -147,8 +150,11 @@ class DiskRows:
             return len(key) == KEY_BYTES and len(row) == rb and len(crc) == 4 \
                 and zlib.crc32(key + row.tobytes()) == int.from_bytes(crc, "little")
         present = max(0, min(count, len(keys) // KEY_BYTES, vsize // rb, len(crcs) // 4))  # a bogus count can't loop
-        good = [i for i in range(present) if ok(i)]
-        self.repaired = max(0, count) - len(good)
+        bad = set()
+        for a in range(0, present, CHECK_ROWS):
+            bad.update(i for i in range(a, min(a + CHECK_ROWS, present)) if not ok(i))
+            release(values)   # the pages checked, given back: a warm 1,000,000-row cache held 680 MB of them
+        self.repaired = max(0, count) - (present - len(bad))
         if self.repaired:
             names = ", ".join(self._file(k).name for k in ("keys", "values", "crc"))
             warnings.warn(f"cache {self.path}: {self.repaired} of {count} rows failed their checksum or were "
@@ -166,6 +172,7 @@ class DiskRows:
             self._map()
             return
         # rewrite the good rows into a new generation, switch meta atomically, then drop the old files
+        good = [i for i in range(present) if i not in bad]
         old = [self._file(k) for k in ("keys", "values", "crc")]
         self.meta.update(generation=self.meta["generation"] + 1, count=0)
         self._write(b"".join(keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in good),

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..core import scaling
+from ..core.bookkeeping import compact_labels, index_dtype
 from ..files import tap_stats
 from ..files.bundle import Manifest
 from ..files.data import as_inputs, as_targets, num_samples
@@ -49,21 +50,22 @@ class FeatureSource:
         start = time.perf_counter()
         n = num_samples(inputs)
         chunk = chunk or n
-        rows = []
+        rows = np.empty(n, index_dtype(len(cache) + n))   # filled in place: no list of parts copied at the end
         pagers = [Pager(v, cache.memory_budget and cache.memory_budget // 4) for v in inputs.values()]
         cache.reserve(n)
         for a in range(0, n, chunk):
+            b = min(a + chunk, n)
             try:
-                rows.append(cache.rows({k: v[a:a + chunk] for k, v in inputs.items()}, validated=True,
-                                       keys=None if keys is None else keys[a:a + chunk]))
+                rows[a:b] = cache.rows({k: v[a:b] for k, v in inputs.items()}, validated=True,
+                                       keys=None if keys is None else keys[a:b])
             except NonFiniteError as e:  # name the samples by their place in `inputs`
-                raise e.within(np.arange(a, min(a + chunk, n))) from None
+                raise e.within(np.arange(a, b)) from None
             for p in pagers:   # memory-mapped inputs (larger than the budget): their pages read so far given back
-                p.read(a, a + len(rows[-1]))
+                p.read(a, b)
             if progress:
-                progress(a + len(rows[-1]))
+                progress(b)
         release_library("onnxruntime")   # the backbone's code the fill ran: training reads the cache only
-        return cls._cached(cache, inputs, _cached_rows(cache, np.concatenate(rows)), time.perf_counter() - start)
+        return cls._cached(cache, inputs, _cached_rows(cache, rows), time.perf_counter() - start)
 
     @classmethod
     def _cached(cls, cache: SkipCache, inputs: dict[str, np.ndarray], values, seconds: float,
@@ -170,13 +172,14 @@ def prepare(backbone: Backbone, x, y, config: TrainConfig, *, cache: SkipCache |
     backbone's manifest, split as `config` asks, then read into the Skip-Cache (a new one unless given)."""
     m = backbone.manifest
     inputs = as_inputs(x, m)
-    targets = as_targets(y, m, num_samples(inputs))
+    targets = compact_labels(as_targets(y, m, num_samples(inputs)), m.task, m.num_outputs)
     split = training_split(m, targets, config)
     if not use_cache:
         return FeatureSource.from_backbone(backbone, inputs), targets, split
     cache = cache if cache is not None else SkipCache(backbone)
     if cache.backbone.identity != backbone.identity:
         raise ValueError("the cache belongs to another backbone (fingerprints differ)")
+    cache.check_budget(inputs, targets)
     return FeatureSource.from_cache(cache, inputs), targets, split
 
 

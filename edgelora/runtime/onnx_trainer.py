@@ -108,7 +108,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
     best, best_loss, best_epoch, since, stopped, records = params, None, 0, 0, None, []
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        out = s.train.run(None, {**feed, **state, "perm": shuffler.permutation(n),
+        out = s.train.run(None, {**feed, **state, "perm": shuffler.permutation(n).astype(np.int64),
                                  "lr": lrs[(epoch - 1) * steps:epoch * steps]})
         if not out[4]:
             stopped = "non_finite"  # keep the last good parameters (end of the previous epoch)
@@ -152,6 +152,8 @@ def train_features(features: FeatureSource, targets: np.ndarray, split: tuple[np
     """`train.finetune_features(engine="onnx")` on a checked request (request.check_request): train with `kit`
     (built from `config` unless given) on the cached rows of split = (train_idx, val_idx)."""
     m, (train_idx, val_idx) = features.manifest, split
+    if m.task == "classification":
+        targets = targets.astype(np.int64, copy=False)   # the kit's `targets` input (labels may be narrower)
     kit = kit or build_kit(m, recipe_from_config(config))
     recipe = recipe_of(kit)
     history = History(samples={"train": int(len(train_idx)), "val": int(len(val_idx))},

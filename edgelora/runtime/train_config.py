@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..core.bookkeeping import index_dtype
 from ..core.losses import class_groups, classes_present
 from ..core.shape import AdapterShape, check_alpha, check_rank
 from ..files.bundle import Manifest
@@ -142,15 +143,15 @@ class History:
 
 def validation_split(targets: np.ndarray, fraction: float, how: str, seed: int, task: str):
     """(train_idx, val_idx). 'tail': the last `fraction` of each class in sample order (most recent)."""
-    n = len(targets)
+    n, dtype = len(targets), index_dtype(len(targets))   # int32 below 2^31 samples (core/bookkeeping.py)
     if fraction == 0:
-        return np.arange(n), np.arange(0)
+        return np.arange(n, dtype=dtype), np.arange(0, dtype=dtype)
     if how == "random":
         perm = np.random.default_rng(seed).permutation(n)
         k = max(1, int(round(fraction * n)))
-        return np.sort(perm[k:]), np.sort(perm[:k])
+        return np.sort(perm[k:]).astype(dtype), np.sort(perm[:k]).astype(dtype)
     tail = holdout_mask(targets, fraction, task)
-    return np.flatnonzero(~tail), np.flatnonzero(tail)
+    return np.flatnonzero(~tail).astype(dtype), np.flatnonzero(tail).astype(dtype)
 
 
 def holdout_mask(targets: np.ndarray, fraction: float, task: str) -> np.ndarray:
