@@ -58,5 +58,7 @@ def run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targe
     data = [b for name in sorted(inputs) for b in (name.encode(), np.ascontiguousarray(inputs[name]).data)]
     return {"backbone": digest(identity.encode()), "feature source": source,
             "settings": digest(json.dumps(to_dict(config), sort_keys=True).encode()),
-            "data": digest(data + [targets.tobytes()]),   # streamed: the inputs are not copied
+            # streamed: the inputs are not copied; labels hashed as int64 whatever their narrowed type
+            # (core/bookkeeping.py), so checkpoints written before labels were narrowed still resume
+            "data": digest(data + [(targets.astype(np.int64) if targets.dtype.kind in "iu" else targets).tobytes()]),
             "starting adapter": None if init is None else digest(init.flat.tobytes())}
