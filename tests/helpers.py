@@ -117,3 +117,22 @@ def default_ctrl_c() -> None:
     test run in the background of a script inherits it ignored, and Python then leaves it ignored)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Rows:
+    """A cached feature source over fixed rows (what runtime/features.FeatureSource gives the loop)."""
+    static = True
+
+    def __init__(self, y0, t):
+        self.y0, self.t = y0, t
+
+    def __call__(self, idx):
+        return self.y0[idx].copy(), self.t[idx]
+
+
+def rows_data(n=37, c=3, widths=(6, 4), seed=0):
+    """Random cached rows: y0 (n, c), taps (n, sum(widths)) and labels 0 .. c - 1."""
+    rng = np.random.default_rng(seed)
+    y0 = rng.standard_normal((n, c)).astype(np.float32)
+    t = rng.standard_normal((n, sum(widths))).astype(np.float32)
+    return y0, t, rng.integers(0, c, n)

@@ -1,6 +1,7 @@
-"""The training loop: one run of skip adapters over cached (or computed) taps, with seeded epochs,
-validation, best-epoch restore and a NaN/Inf guard, around the training engine at M = 1 (stack.py).
-runtime/train.py chooses the runs and builds the adapter.
+"""The training loop: runs of skip adapters over cached (or computed) taps, with seeded epochs, validation,
+best-epoch restore and a NaN/Inf guard, each around the training engine at M = 1 (stack.py). `fit` trains a
+holdout's candidates side by side over shared batches, each ending where it would alone; runtime/train.py
+chooses the runs and builds the adapter.
 
 Everything a run needs to continue lives in `Run.state()` (flat arrays + JSON-able values), so a
 checkpoint written after any epoch resumes to the same adapter, bit for bit, as a run never stopped.
@@ -18,6 +19,7 @@ from .losses import class_weights as class_weights_of
 from .losses import cross_entropy, loss_grad, mse
 from .metrics import epoch_metrics
 from .optim import clip_grad_norm, from_config, learning_rate
+from .scaling import scaled
 from .shuffle import SplitMix64
 from .stack import Stack
 
@@ -35,11 +37,12 @@ class Run:
     """Training state of one candidate (form, rank, weight decay): the engine's stack at M = 1 (stack.py)."""
 
     def __init__(self, layout: lora.Layout, *, scale: float, weight_decay: float, cfg, task: str,
-                 init_flat: np.ndarray | None = None, form: str = "skip"):
+                 init_flat: np.ndarray | None = None, form: str = "skip", tap_scaling: str = "none"):
         """cfg: the TrainConfig (epochs, optimiser, schedule, ...); init_flat: warm-start parameters;
-        form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap)."""
+        form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap);
+        tap_scaling: how `fit` scales the taps it reads for this run (core/scaling.py)."""
         self.layout, self.scale, self.weight_decay, self.cfg, self.task = layout, scale, weight_decay, cfg, task
-        self.form = form
+        self.form, self.tap_scaling = form, tap_scaling
         # one model's flat buffer is lora's layout (A (1, d, 1, r) is A (d, r)): `flat` is what is saved
         self.stack = Stack(layout, 1, 1, scale, np.array([weight_decay], np.float32), cfg, init_flat, form)
         self.flat, self.grad = self.stack.flat, self.stack.grad
@@ -55,63 +58,27 @@ class Run:
 
     def fit(self, features: Features, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
             callback=None, on_epoch=None, val: tuple | None = None) -> None:
-        """Run the remaining epochs on the samples split = (train_idx, val_idx): the validation rows never enter
-        a batch (a fold whose rows weigh 0). callback(epoch record) and on_epoch(self) after every epoch;
-        `val`: the validation features when the caller already has them."""
-        cfg, (train_idx, val_idx) = self.cfg, split
-        obj = Objective(self.layout.num_outputs, cfg.class_weights, self.task, targets, train_idx)
-        steps = math.ceil(len(train_idx) / cfg.batch_size)
-        lrs = [learning_rate(i, cfg.epochs * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
-               for i in range(cfg.epochs * steps)]
-        if val is None and len(val_idx) and features.static:
-            val = features(val_idx)
-        # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
-        monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
-        train = features(monitor) if features.static else None
-        while self.stopped is None:
-            t0, good = time.perf_counter(), self.flat.copy()
-            perm = train_idx[self.shuffler.permutation(len(train_idx))]
-            with np.errstate(over="ignore", invalid="ignore"):  # the guard below handles overflow
-                batch_loss = self._epoch(features, perm, obj, lrs)
-            self.epoch += 1
-            if not np.isfinite(self.flat).all():
-                self.flat[:] = good  # keep the last good parameters (end of the previous epoch)
-                self.stopped = "non_finite"
-                break
-            with np.errstate(over="ignore", invalid="ignore"):
-                loss = obj.loss(self.outputs(*train), monitor) if train is not None else batch_loss
-            rec = self._record(loss, lrs[self.step - 1], time.perf_counter() - t0, targets, val_idx, val, features)
-            if callback:
-                callback({**rec, "epochs": cfg.epochs, "r": self.layout.rank, "weight_decay": self.weight_decay})
-            if on_epoch:
-                on_epoch(self)
+        """Run the remaining epochs on the samples split = (train_idx, val_idx) (`fit` with this run alone);
+        on_epoch(self) after every epoch; `val`: the validation features when the caller already has them."""
+        fit([self], features, targets, split, callback=callback, on_epoch=on_epoch and (lambda runs: on_epoch(self)),
+            val=None if val is None else {self.tap_scaling: val})
 
-    def _epoch(self, features: Features, perm: np.ndarray, obj: Objective, lrs: list[float]) -> float:
-        """One pass over the rows `perm` in batches; the mean loss of the batches when the rows are not cached
-        (Skip-LoRA without a cache: a running mean costs nothing next to the backbone), else 0."""
-        cfg, stack, static, total = self.cfg, self.stack, features.static, 0.0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            y0, t = features(idx)
-            if cfg.lora_dropout:
-                t = lora.tap_dropout(t, cfg.lora_dropout, self.rng)
-            y, h = stack.forward(y0, t[None])
-            if not static:
-                total += obj.loss(y[0], idx) * len(idx)
-            stack.backward(obj.grad(y, idx), h, t[None])
-            if cfg.clip_norm:
-                clip_grad_norm(self.grad, cfg.clip_norm)
-            self.opt.step(self.flat, self.grad, lrs[self.step])
-            self.step += 1
-        return total / len(perm)
-
-    def _record(self, train_loss: float, lr: float, seconds: float, targets: np.ndarray, val_idx: np.ndarray,
-                val: tuple | None, features: Features) -> dict:
-        """The epoch's record (appended to self.epochs), the best epoch so far and why the run stops, if it does."""
-        rec = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds}
-        if len(val_idx):
-            metrics = epoch_metrics(self.outputs(*(val if val is not None else features(val_idx))),
-                                    targets[val_idx], self.task)
+    def _end_epoch(self, good: np.ndarray, batch_loss: float, seconds: float, obj: Objective, data: dict) -> dict | None:
+        """Close the epoch just trained: the NaN/Inf guard (back to `good`, the parameters it started from, and stop),
+        else the epoch's record (with the run's settings, for the callback). data: what `fit` holds for this run
+        (targets, val_idx, the monitored rows, the learning rates, its scaled train and validation rows, a reader)."""
+        self.epoch += 1
+        if not np.isfinite(self.flat).all():
+            self.flat[:] = good  # keep the last good parameters (end of the previous epoch)
+            self.stopped = "non_finite"
+            return None
+        train, val = data["train"], data["val"]
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = obj.loss(self.outputs(*train), data["monitor"]) if train is not None else batch_loss
+        rec = {"epoch": self.epoch, "train_loss": loss, "lr": data["lrs"][self.step - 1], "seconds": seconds}
+        if len(val_idx := data["val_idx"]):
+            metrics = epoch_metrics(self.outputs(*(val if val is not None else data["read"](val_idx))),
+                                    data["targets"][val_idx], self.task)
             rec.update({f"val_{k}": v for k, v in metrics.items()})
         if not len(val_idx) or self.best_loss is None or rec["val_loss"] < self.best_loss:
             self.best_loss, self.best_epoch, self.since_best = rec.get("val_loss"), self.epoch, 0
@@ -123,7 +90,7 @@ class Run:
             self.stopped = "early_stopping"
         elif self.epoch >= self.cfg.epochs:
             self.stopped = "completed"
-        return rec
+        return {**rec, "epochs": self.cfg.epochs, "r": self.layout.rank, "weight_decay": self.weight_decay}
 
     def outputs(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The adapted outputs y (N, C) of rows (y0 (N, C), taps (N, D)) with the current parameters."""
@@ -159,6 +126,76 @@ class Run:
         self.epoch, self.step, self.best_epoch = meta["epoch"], meta["step"], meta["best_epoch"]
         self.since_best, self.best_loss, self.epochs, self.stopped = (meta["since_best"], meta["best_loss"],
                                                                        meta["epochs"], meta["stopped"])
+
+
+def fit(runs: list[Run], features: Features, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
+        standardizer: tuple | None = None, callback=None, on_epoch=None, val: dict | None = None) -> None:
+    """Train the runs' remaining epochs side by side on the samples split = (train_idx, val_idx); the validation
+    rows never enter a batch (a fold whose rows weigh 0: a holdout). Every mini-batch is read once for all runs,
+    its taps scaled once per tap scaling (`standardizer`: the taps' (mean, 1/std)) and dropped out with one draw;
+    then each run takes its own step. Runs at one epoch share its shuffle (one seed, the same epochs before: each
+    run ends exactly where it would alone); a run resumed at a later epoch waits until the others reach it.
+    callback(epoch record) after each run's epoch, on_epoch(runs) after every shared epoch; `val`: the
+    validation rows per tap scaling when the caller already has them."""
+    cfg, (train_idx, val_idx) = runs[0].cfg, split
+    obj = Objective(runs[0].layout.num_outputs, cfg.class_weights, runs[0].task, targets, train_idx)
+    steps = math.ceil(len(train_idx) / cfg.batch_size)
+    lrs = {run.cfg.epochs: [learning_rate(i, run.cfg.epochs * steps, cfg.lr, cfg.schedule,
+                                          int(round(cfg.warmup_epochs * steps))) for i in range(run.cfg.epochs * steps)]
+           for run in runs}
+    view = _scaler({run.tap_scaling for run in runs}, standardizer)
+    # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
+    monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
+    train, val = (view(*features(monitor)), val or view(*features(val_idx)) if len(val_idx) else {}) \
+        if features.static else ({}, val or {})
+    while live := [run for run in runs if run.stopped is None]:
+        cohort = [run for run in live if run.epoch == min(r.epoch for r in live)]
+        t0, good, lead = time.perf_counter(), [run.flat.copy() for run in cohort], cohort[0]
+        perm = train_idx[lead.shuffler.permutation(len(train_idx))]
+        with np.errstate(over="ignore", invalid="ignore"):  # the guard in _end_epoch handles overflow
+            losses = _epoch(cohort, features, view, perm, obj, lrs)
+        seconds = (time.perf_counter() - t0) / len(cohort)
+        for run, g, loss in zip(cohort, good, losses):
+            run.shuffler.state, run.rng.bit_generator.state = lead.shuffler.state, lead.rng.bit_generator.state
+            data = {"targets": targets, "val_idx": val_idx, "monitor": monitor, "lrs": lrs[run.cfg.epochs],
+                    "train": train.get(run.tap_scaling), "val": val.get(run.tap_scaling),
+                    "read": lambda idx, sc=run.tap_scaling: view(*features(idx))[sc]}
+            rec = run._end_epoch(g, loss, seconds, obj, data)
+            if callback and rec is not None:
+                callback(rec)
+        if on_epoch:
+            on_epoch(runs)
+
+
+def _scaler(scalings: set[str], standardizer: tuple | None):
+    """(y0, t) -> {tap scaling: (y0, the taps so scaled)} for each of `scalings` (t itself for "none")."""
+    def view(y0: np.ndarray, t: np.ndarray) -> dict:
+        return {sc: (y0, t if sc == "none" else scaled(t, sc, standardizer)) for sc in scalings}
+    return view
+
+
+def _epoch(cohort: list[Run], features: Features, view, perm: np.ndarray, obj: Objective, lrs: dict) -> list[float]:
+    """One pass of every run of the cohort over the rows `perm` in shared batches; each run's mean batch loss when
+    the rows are not cached (Skip-LoRA without a cache: a running mean costs nothing next to the backbone), else 0."""
+    cfg, static, totals = cohort[0].cfg, features.static, [0.0] * len(cohort)
+    for i in range(0, len(perm), cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        rows = view(*features(idx))
+        if cfg.lora_dropout:   # one draw for every run (each run's generator would draw the same)
+            t = next(iter(rows.values()))[1]
+            mask = cohort[0].rng.random(t.shape, np.float32) < 1.0 - cfg.lora_dropout
+            rows = {sc: (y0, lora.tap_dropout(t, cfg.lora_dropout, None, mask)) for sc, (y0, t) in rows.items()}
+        for j, run in enumerate(cohort):
+            y0, t = rows[run.tap_scaling]
+            y, h = run.stack.forward(y0, t[None])
+            if not static:
+                totals[j] += obj.loss(y[0], idx) * len(idx)
+            run.stack.backward(obj.grad(y, idx), h, t[None])
+            if cfg.clip_norm:
+                clip_grad_norm(run.grad, cfg.clip_norm)
+            run.opt.step(run.flat, run.grad, lrs[run.cfg.epochs][run.step])
+            run.step += 1
+    return [total / len(perm) for total in totals]
 
 
 class Objective:

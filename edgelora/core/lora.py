@@ -164,10 +164,11 @@ def peft_views(p: dict, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
-def tap_dropout(t: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Inverted dropout on the taps t (N, D): each value kept with probability 1 - rate and scaled by 1 / (1 - rate)."""
+def tap_dropout(t: np.ndarray, rate: float, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
+    """Inverted dropout on the taps t (N, D): each value kept with probability 1 - rate and scaled by 1 / (1 - rate).
+    mask: a draw to apply instead of drawing one (rng.random(t.shape, float32) < 1 - rate), shared by runs."""
     keep = 1.0 - rate
-    return t * (rng.random(t.shape, np.float32) < keep) / keep
+    return t * (rng.random(t.shape, np.float32) < keep if mask is None else mask) / keep
 
 
 def mask_classes(p: dict, layout: Layout, classes: np.ndarray) -> None:

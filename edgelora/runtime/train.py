@@ -1,7 +1,7 @@
 """Fine-tuning orchestration: `finetune` turns samples into an adapter.
 
 It checks the samples and reads them into the Skip-Cache (features.py), then chooses the candidate runs
-(a holdout, or k-fold cross-validation: core/crossval.py), trains each with the training loop
+(a holdout, or k-fold cross-validation: core/crossval.py), trains them side by side with the training loop
 (core/loop.py), checkpoints them, keeps the best and builds the adapter (files/adapter.py). The settings,
 the history and the train/validation split are in train_config.py; engine="onnx" hands the same features
 to the ONNX training kit (onnx_trainer.py) instead.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
-from ..core import crossval, lora
+from ..core import crossval, lora, loop
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
@@ -191,25 +191,22 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
 
 def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs_plan: Plan,
                 init: Adapter | None, callback, store: tuple | None, saved: tuple | None) -> list[Run]:
-    """Every run of the plan, trained in order (continued from `saved`, a checkpoint of the same plan), each
-    checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or None) as it goes."""
+    """Every run of the plan, trained side by side over shared batches (loop.fit; continued from `saved`, a
+    checkpoint of the same plan), checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or
+    None) as they go."""
     m, bias = features.manifest, init.config.bias if init is not None else config.bias
-    scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in runs_plan.recipes)}
-    val_features = {sc: f(split[1]) for sc, f in scaled.items()} if features.static and len(split[1]) else {}
-    runs: list[Run] = []
-    for i, rc in enumerate(runs_plan.recipes):
-        run = Run(layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
-                  weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
-                  init_flat=None if init is None else init.flat, form=rc.form)
-        if saved is not None and i < len(saved[0]["runs"]):
-            run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
-                                              if k.startswith(f"{i}.")})
-        on_epoch = None if store is None else (lambda r, done=runs + [run]: store[2](  # files.checkpoint.Pacer
-            lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
-            finished=r.stopped is not None))
-        run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
-                val=val_features.get(rc.tap_scaling))
-        runs.append(run)
+    runs = [Run(layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
+                weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
+                init_flat=None if init is None else init.flat, form=rc.form, tap_scaling=rc.tap_scaling)
+            for rc in runs_plan.recipes]
+    for i, state in enumerate(saved[0]["runs"] if saved is not None else []):
+        runs[i].restore(state, {k.split(".", 1)[1]: v for k, v in saved[1].items() if k.startswith(f"{i}.")})
+    on_epoch = None if store is None else (lambda done: store[2](  # files.checkpoint.Pacer
+        lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
+        finished=all(r.stopped is not None for r in done)))
+    scaling = any(run.tap_scaling != "none" for run in runs)
+    loop.fit(runs, features, targets, split, standardizer=features.standardizer if scaling else None,
+             callback=callback, on_epoch=on_epoch)
     return runs
 
 
