@@ -90,7 +90,7 @@ class Run:
             self.stopped = "early_stopping"
         elif self.epoch >= self.cfg.epochs:
             self.stopped = "completed"
-        return {**rec, "epochs": self.cfg.epochs, "r": self.layout.rank, "weight_decay": self.weight_decay}
+        return {**rec, "epochs": self.cfg.epochs, "r": self.layout.r, "weight_decay": self.weight_decay}
 
     def outputs(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The adapted outputs y (N, C) of rows (y0 (N, C), taps (N, D)) with the current parameters."""
@@ -98,7 +98,7 @@ class Run:
 
     def summary(self) -> dict:
         """The candidate's settings and outcome, for History.candidates."""
-        return {"form": self.form, "r": self.layout.rank, "lora_alpha": self.scale * self.layout.rank,
+        return {"form": self.form, "r": self.layout.r, "lora_alpha": self.scale * self.layout.r,
                 "weight_decay": self.weight_decay, "best_val_loss": self.best_loss, "best_epoch": self.best_epoch,
                 "stopped": self.stopped}
 

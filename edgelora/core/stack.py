@@ -45,13 +45,13 @@ class Stack:
     def layout_shapes(layout: lora.Layout, groups: int, per_group: int) -> dict[str, tuple[int, ...]]:
         """Named shapes of the stacked parameters (A per tap, B, bias), in buffer order."""
         m = groups * per_group
-        shapes = {**{key: (groups, d, per_group, layout.rank) for key, d in zip(layout.a_keys, layout.widths)},
-                  "B": (m, len(layout.taps) * layout.rank, layout.num_outputs)}
+        shapes = {**{key: (groups, d, per_group, layout.r) for key, d in zip(layout.a_keys, layout.widths)},
+                  "B": (m, len(layout.taps) * layout.r, layout.num_outputs)}
         return {**shapes, "bias": (m, layout.num_outputs)} if layout.bias else shapes
 
     def forward(self, y0: np.ndarray, t: np.ndarray, out: np.ndarray | None = None):
         """y0, t  # (b, C), (G, b, D)  ->  y (M, b, C) (into `out` if given), h (M, b, K r)."""
-        (g, mg, r), n = (self.groups, self.mg, self.layout.rank), t.shape[1]
+        (g, mg, r), n = (self.groups, self.mg, self.layout.r), t.shape[1]
         hk = np.empty((g, n, len(self.taps), mg * r), np.float32)                # per tap: (G, b, Mg r)
         for k, (cols, a, _) in enumerate(self.taps):
             np.matmul(t[:, :, cols], a, out=hk[:, :, k])
@@ -66,7 +66,7 @@ class Stack:
 
     def backward(self, g: np.ndarray, h: np.ndarray, t: np.ndarray) -> None:
         """Gradients into self.grads from g (M, b, C): each model's weighted dL/dy per sample (scaled in place)."""
-        (g_, mg, r), n = (self.groups, self.mg, self.layout.rank), t.shape[1]
+        (g_, mg, r), n = (self.groups, self.mg, self.layout.r), t.shape[1]
         if self.bias:                  # sum over the batch as a product: a short-axis reduction costs 5-15 us, this 1-2
             self.ones = self.ones if n <= self.ones.shape[1] else np.ones((1, n), np.float32)
             np.matmul(self.ones[:, :n], g, out=self.bias[1])

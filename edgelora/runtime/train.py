@@ -219,7 +219,7 @@ def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config:
     result = best.result.copy() if scaling == "none" else \
         lora.fold_standardizer(best.result, best.layout, best.scale, *features.standardizer)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
-    history.chosen = {"form": best.form, "r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
+    history.chosen = {"form": best.form, "r": best.layout.r, "lora_alpha": best.scale * best.layout.r,
                       "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.cache = features.cache.stats() if features.cache is not None else {}
@@ -230,7 +230,7 @@ def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config:
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    config_out = adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training)
+    config_out = adapter_config(m, best.layout.r, history.chosen["lora_alpha"], best.layout.bias, training)
     return Adapter(config_out, result)
 
 
@@ -285,4 +285,4 @@ def _select(runs: list[Run], tolerance: float) -> Run:
         return run.best_loss if run.best_loss is not None else math.inf
     floor = min(loss(run) for run in runs)
     ties = [run for run in runs if loss(run) <= floor + tolerance]
-    return min(ties, key=lambda run: (run.layout.rank, -run.weight_decay))
+    return min(ties, key=lambda run: (run.layout.r, -run.weight_decay))
