@@ -1,7 +1,7 @@
 """The training loop: runs of skip adapters over cached (or computed) taps, with seeded epochs, validation,
 best-epoch restore and a NaN/Inf guard, each around the training engine at M = 1 (stack.py). `fit` trains a
-holdout's candidates side by side over shared batches, each ending where it would alone; runtime/train.py
-chooses the runs and builds the adapter.
+holdout's candidates side by side over shared batches, a recipe's tap scalings as one stack (`side_by_side`),
+each ending where it would alone; runtime/train.py chooses the runs and builds the adapter.
 
 Everything a run needs to continue lives in `Run.state()` (flat arrays + JSON-able values), so a
 checkpoint written after any epoch resumes to the same adapter, bit for bit, as a run never stopped.
@@ -34,21 +34,27 @@ class Features(Protocol):
 
 
 class Run:
-    """Training state of one candidate (form, rank, weight decay): the engine's stack at M = 1 (stack.py)."""
+    """Training state of one candidate (form, rank, weight decay, tap scaling): the engine's stack at M = 1
+    (stack.py), or one model of a stack that trains a recipe under each tap scaling (`side_by_side`)."""
 
     def __init__(self, layout: lora.Layout, *, scale: float, weight_decay: float, cfg, task: str,
-                 init_flat: np.ndarray | None = None, form: str = "skip", tap_scaling: str = "none"):
+                 init_flat: np.ndarray | None = None, form: str = "skip", tap_scaling: str = "none",
+                 shared: tuple | None = None):
         """cfg: the TrainConfig (epochs, optimiser, schedule, ...); init_flat: warm-start parameters;
         form: "skip" (Skip-LoRA on every tap) or "last" (lora.init_last: B fixed, A dense on the last tap);
-        tap_scaling: how `fit` scales the taps it reads for this run (core/scaling.py)."""
+        tap_scaling: how `fit` scales the taps it reads for this run (core/scaling.py); shared: (stack,
+        optimiser, model index) when the run is one model of a stack (`side_by_side`), else its own."""
         self.layout, self.scale, self.weight_decay, self.cfg, self.task = layout, scale, weight_decay, cfg, task
         self.form, self.tap_scaling = form, tap_scaling
-        # one model's flat buffer is lora's layout (A (1, d, 1, r) is A (d, r)): `flat` is what is saved
-        self.stack = Stack(layout, 1, 1, scale, np.array([weight_decay], np.float32), cfg, init_flat, form)
-        self.flat, self.grad = self.stack.flat, self.stack.grad
+        if shared is None:
+            stack = Stack(layout, 1, 1, scale, np.array([weight_decay], np.float32), cfg, init_flat, form)
+            # B of the last form is held fixed: no gradient and no decay (the stack's per-element decays)
+            shared = (stack, from_config(cfg, stack.flat.size, stack.decay if form == "last" else weight_decay), 0)
+        self.stack, self.opt, self.model = shared
+        # one model's run of the stack's buffers is lora's layout (A (1, d, 1, r) is A (d, r)): `flat` is what is saved
+        self.flat, self.grad = self.stack.model(self.stack.flat, self.model), self.stack.model(self.stack.grad, self.model)
         self.best_flat = self.flat.copy()
-        # B of the last form is held fixed: no gradient and no decay (the stack's per-element decays)
-        self.opt = from_config(cfg, self.flat.size, self.stack.decay if form == "last" else weight_decay)
+        self.detached: tuple | None = None   # a stopped run's own (optimiser buffers, step count): its stack trains on
         self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
         self.shuffler = SplitMix64(cfg.seed)       # specified PRNG: every client shuffles identically
         self.epoch = self.step = self.best_epoch = self.since_best = 0
@@ -71,6 +77,7 @@ class Run:
         if not np.isfinite(self.flat).all():
             self.flat[:] = good  # keep the last good parameters (end of the previous epoch)
             self.stopped = "non_finite"
+            self._detach()
             return None
         train, val = data["train"], data["val"]
         with np.errstate(over="ignore", invalid="ignore"):
@@ -90,11 +97,24 @@ class Run:
             self.stopped = "early_stopping"
         elif self.epoch >= self.cfg.epochs:
             self.stopped = "completed"
+        if self.stopped is not None:
+            self._detach()
         return {**rec, "epochs": self.cfg.epochs, "r": self.layout.r, "weight_decay": self.weight_decay}
 
     def outputs(self, y0: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The adapted outputs y (N, C) of rows (y0 (N, C), taps (N, D)) with the current parameters."""
-        return self.stack.forward(y0, t[None])[0][0]
+        return self.stack.forward(y0, t[None])[0][self.model]
+
+    def _optimiser_state(self) -> tuple[dict[str, np.ndarray], int]:
+        """This run's part of its optimiser's buffers (lora's layout) and the optimiser's step count."""
+        if self.detached is not None:
+            return self.detached
+        return {k: self.stack.model(v, self.model) for k, v in self.opt.buffers().items()}, getattr(self.opt, "t", 0)
+
+    def _detach(self) -> None:
+        """Once stopped, keep this run's parameters and optimiser state as they are (its stack may train on)."""
+        buffers, t = self._optimiser_state()
+        self.flat, self.detached = self.flat.copy(), ({k: v.copy() for k, v in buffers.items()}, t)
 
     def summary(self) -> dict:
         """The candidate's settings and outcome, for History.candidates."""
@@ -109,23 +129,28 @@ class Run:
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able values, arrays) that restore this run exactly."""
-        arrays = {"flat": self.flat, "best_flat": self.best_flat, **{f"opt.{k}": v for k, v in self.opt.buffers().items()}}
+        buffers, t = self._optimiser_state()
+        arrays = {"flat": self.flat, "best_flat": self.best_flat, **{f"opt.{k}": v for k, v in buffers.items()}}
         meta = {"epoch": self.epoch, "step": self.step, "best_epoch": self.best_epoch, "since_best": self.since_best,
                 "best_loss": self.best_loss, "epochs": self.epochs, "stopped": self.stopped,
-                "rng": self.rng.bit_generator.state, "shuffle": self.shuffler.state, "opt_t": getattr(self.opt, "t", 0)}
+                "rng": self.rng.bit_generator.state, "shuffle": self.shuffler.state, "opt_t": t}
         return meta, arrays
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `state()`'s values (a stopped run's optimiser step count stays its own)."""
         self.flat[:], self.best_flat[:] = arrays["flat"], arrays["best_flat"]
-        for k, v in self.opt.buffers().items():
+        for k, v in self._optimiser_state()[0].items():
             v[:] = arrays[f"opt.{k}"]
-        if hasattr(self.opt, "t"):
+        if hasattr(self.opt, "t") and meta["stopped"] is None:
             self.opt.t = meta["opt_t"]
         self.rng.bit_generator.state = meta["rng"]
         self.shuffler.state = meta["shuffle"]
         self.epoch, self.step, self.best_epoch = meta["epoch"], meta["step"], meta["best_epoch"]
         self.since_best, self.best_loss, self.epochs, self.stopped = (meta["since_best"], meta["best_loss"],
                                                                        meta["epochs"], meta["stopped"])
+        if self.stopped is not None:
+            self.detached = ({k: np.array(arrays[f"opt.{k}"]) for k in self.opt.buffers()}, meta["opt_t"])
+            self.flat = self.flat.copy()
 
 
 def fit(runs: list[Run], features: Features, targets: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
@@ -144,6 +169,9 @@ def fit(runs: list[Run], features: Features, targets: np.ndarray, split: tuple[n
                                           int(round(cfg.warmup_epochs * steps))) for i in range(run.cfg.epochs * steps)]
            for run in runs}
     view = _scaler({run.tap_scaling for run in runs}, standardizer)
+    members: dict = {}   # each stack's runs in model order: a stack trains all its models (a stopped one, unread)
+    for run in sorted(runs, key=lambda run: run.model):
+        members.setdefault(id(run.stack), []).append(run)
     # train loss is monitored on a fixed sample of <= MONITOR rows: a full pass every epoch cost 10 % of training
     monitor = train_idx[::max(1, len(train_idx) // MONITOR)]
     train, val = (view(*features(monitor)), val or view(*features(val_idx)) if len(val_idx) else {}) \
@@ -153,7 +181,7 @@ def fit(runs: list[Run], features: Features, targets: np.ndarray, split: tuple[n
         t0, good, lead = time.perf_counter(), [run.flat.copy() for run in cohort], cohort[0]
         perm = train_idx[lead.shuffler.permutation(len(train_idx))]
         with np.errstate(over="ignore", invalid="ignore"):  # the guard in _end_epoch handles overflow
-            losses = _epoch(cohort, features, view, perm, obj, lrs)
+            losses = _epoch(cohort, features, view, perm, obj, lrs, members)
         seconds = (time.perf_counter() - t0) / len(cohort)
         for run, g, loss in zip(cohort, good, losses):
             run.shuffler.state, run.rng.bit_generator.state = lead.shuffler.state, lead.rng.bit_generator.state
@@ -174,10 +202,35 @@ def _scaler(scalings: set[str], standardizer: tuple | None):
     return view
 
 
-def _epoch(cohort: list[Run], features: Features, view, perm: np.ndarray, obj: Objective, lrs: dict) -> list[float]:
-    """One pass of every run of the cohort over the rows `perm` in shared batches; each run's mean batch loss when
-    the rows are not cached (Skip-LoRA without a cache: a running mean costs nothing next to the backbone), else 0."""
-    cfg, static, totals = cohort[0].cfg, features.static, [0.0] * len(cohort)
+def side_by_side(specs: list[dict], epochs_done: list[int] = ()) -> list[Run]:
+    """Runs of `specs` (each Run's keyword arguments), in order; runs that differ only in their tap scaling, and
+    that a checkpoint left at the same epoch (epochs_done[i], 0 for a new run), are the models of one stack (a
+    group each) with one optimiser. A batch's products are then batched over them, and each model's arithmetic
+    is that of its run alone (each group its own matrix product: a stack of several weight decays or ranks
+    side by side in one product would round differently)."""
+    alike: dict = {}
+    for i, spec in enumerate(specs):
+        key = (spec["layout"], spec["scale"], spec["weight_decay"], spec["cfg"].epochs, spec.get("form", "skip"),
+               id(spec.get("init_flat")), epochs_done[i] if i < len(epochs_done) else 0)
+        alike.setdefault(key, []).append(i)
+    runs: list = [None] * len(specs)
+    for group in alike.values():
+        one = {k: v for k, v in specs[group[0]].items() if k != "tap_scaling"}
+        stack = Stack(one["layout"], len(group), 1, one["scale"], np.array([one["weight_decay"]], np.float32),
+                      one["cfg"], one.get("init_flat"), one.get("form", "skip"))
+        opt = from_config(one["cfg"], stack.flat.size, stack.decay if one.get("form") == "last" else one["weight_decay"])
+        for g, i in enumerate(group):
+            runs[i] = Run(**specs[i], shared=(stack, opt, g))
+    return runs
+
+
+def _epoch(cohort: list[Run], features: Features, view, perm: np.ndarray, obj: Objective, lrs: dict,
+           members: dict) -> list[float]:
+    """One pass of every run of the cohort over the rows `perm` in shared batches (members: each stack's runs, in
+    model order); each run's mean batch loss when the rows are not cached (Skip-LoRA without a cache: a running
+    mean costs nothing next to the backbone), else 0."""
+    cfg, static, totals = cohort[0].cfg, features.static, {id(run): 0.0 for run in cohort}
+    stacks = {id(run.stack): (run.stack, run.opt, members[id(run.stack)], run) for run in cohort}.values()
     for i in range(0, len(perm), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         rows = view(*features(idx))
@@ -185,17 +238,21 @@ def _epoch(cohort: list[Run], features: Features, view, perm: np.ndarray, obj: O
             t = next(iter(rows.values()))[1]
             mask = cohort[0].rng.random(t.shape, np.float32) < 1.0 - cfg.lora_dropout
             rows = {sc: (y0, lora.tap_dropout(t, cfg.lora_dropout, None, mask)) for sc, (y0, t) in rows.items()}
-        for j, run in enumerate(cohort):
-            y0, t = rows[run.tap_scaling]
-            y, h = run.stack.forward(y0, t[None])
+        for stack, opt, runs, lead in stacks:
+            y0 = rows[lead.tap_scaling][0]
+            t = np.stack([rows[run.tap_scaling][1] for run in runs]) if len(runs) > 1 else rows[lead.tap_scaling][1][None]
+            y, h = stack.forward(y0, t)
             if not static:
-                totals[j] += obj.loss(y[0], idx) * len(idx)
-            run.stack.backward(obj.grad(y, idx), h, t[None])
+                for run in runs:
+                    totals[id(run)] = totals.get(id(run), 0.0) + obj.loss(y[run.model], idx) * len(idx)
+            stack.backward(obj.grad(y, idx), h, t)
             if cfg.clip_norm:
-                clip_grad_norm(run.grad, cfg.clip_norm)
-            run.opt.step(run.flat, run.grad, lrs[run.cfg.epochs][run.step])
+                for run in runs:
+                    clip_grad_norm(stack.model(stack.grad, run.model), cfg.clip_norm)
+            opt.step(stack.flat, stack.grad, lrs[lead.cfg.epochs][lead.step])
+        for run in cohort:
             run.step += 1
-    return [total / len(perm) for total in totals]
+    return [totals[id(run)] / len(perm) for run in cohort]
 
 
 class Objective:

@@ -195,11 +195,13 @@ def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, conf
     checkpoint of the same plan), checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or
     None) as they go."""
     m, bias = features.manifest, init.config.bias if init is not None else config.bias
-    runs = [Run(layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
-                weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
-                init_flat=None if init is None else init.flat, form=rc.form, tap_scaling=rc.tap_scaling)
-            for rc in runs_plan.recipes]
-    for i, state in enumerate(saved[0]["runs"] if saved is not None else []):
+    states = saved[0]["runs"] if saved is not None else []
+    runs = loop.side_by_side([dict(layout=layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
+                                   weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
+                                   init_flat=None if init is None else init.flat, form=rc.form,
+                                   tap_scaling=rc.tap_scaling) for rc in runs_plan.recipes],
+                             [state["epoch"] for state in states])
+    for i, state in enumerate(states):
         runs[i].restore(state, {k.split(".", 1)[1]: v for k, v in saved[1].items() if k.startswith(f"{i}.")})
     on_epoch = None if store is None else (lambda done: store[2](  # files.checkpoint.Pacer
         lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
