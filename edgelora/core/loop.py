@@ -52,7 +52,7 @@ class Run:
             shared = (stack, from_config(cfg, stack.flat.size, stack.decay if form == "last" else weight_decay), 0)
         self.stack, self.opt, self.model = shared
         # one model's run of the stack's buffers is lora's layout (A (1, d, 1, r) is A (d, r)): `flat` is what is saved
-        self.flat, self.grad = self.stack.model(self.stack.flat, self.model), self.stack.model(self.stack.grad, self.model)
+        self.flat = self.stack.model(self.stack.flat, self.model)
         self.best_flat = self.flat.copy()
         self.detached: tuple | None = None   # a stopped run's own (optimiser buffers, step count): its stack trains on
         self.rng = np.random.default_rng(cfg.seed)  # lora dropout only
@@ -230,7 +230,9 @@ def _epoch(cohort: list[Run], features: Features, view, perm: np.ndarray, obj: O
     model order); each run's mean batch loss when the rows are not cached (Skip-LoRA without a cache: a running
     mean costs nothing next to the backbone), else 0."""
     cfg, static, totals = cohort[0].cfg, features.static, {id(run): 0.0 for run in cohort}
+    # per stack: its optimiser, all its runs, and one of the cohort's (whose step indexes the learning rates)
     stacks = {id(run.stack): (run.stack, run.opt, members[id(run.stack)], run) for run in cohort}.values()
+    assert all(run.stopped or run in cohort for _, _, runs, _ in stacks for run in runs), "a stack trains in step"
     for i in range(0, len(perm), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         rows = view(*features(idx))
