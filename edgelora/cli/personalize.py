@@ -56,7 +56,7 @@ def register(subparsers) -> None:
                     help=f"with --recipe fixed (default {t.epochs}); the chosen recipe has its own")
     tr.add_argument("--batch-size", type=common.positive_int, default=t.batch_size, help=f"default {t.batch_size}")
     tr.add_argument("--lr", type=common.positive_float, default=t.lr, help=f"default {t.lr}")
-    tr.add_argument("--rank", dest="r", type=common.positive_int, default=t.r,
+    tr.add_argument("--rank", dest="r", type=common.positive_int, default=t.r, metavar="N",
                     help=f"rank of a new adapter (default {t.r})")
     tr.add_argument("--seed", type=int, default=t.seed, help=f"default {t.seed}")
     tr.add_argument("--cache-dtype", choices=("float32", "float16"), default=d.cache_dtype,
