@@ -55,7 +55,7 @@ def install_hook() -> None:
     from edgelora.core import loop
     fileio._exchange = step("exchange", fileio._exchange)
     cache.SkipCache.rows = within("cache", cache.SkipCache.rows, after="setup")
-    loop.Run.fit = within("training", loop.Run.fit, after="setup")
+    loop.fit = within("training", loop.fit, after="setup")
     train.save_checkpoint = within("checkpoint", train.save_checkpoint)
     adapter.Adapter.save = within("adapter", adapter.Adapter.save, after="exit")
 

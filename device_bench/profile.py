@@ -6,10 +6,12 @@ onnxruntime intra-op 1 (edgelora.Backbone's default), torch.set_num_threads(1) i
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
@@ -29,6 +31,23 @@ def check_threads() -> None:
     if wrong:
         raise RuntimeError(f"device profile: expected {sorted(THREADS_ENV)} = 1 in the environment before "
                            f"numpy is imported, found {wrong}; run workers through device_bench.run")
+
+
+def worker_spec(argv: list[str], module: str) -> dict | None:
+    """The SPEC.json a worker process (`python -m device_bench.<module> SPEC.json`) was given, its threads checked;
+    None after printing the usage when it was not given one."""
+    if len(argv) != 1:
+        print(f"usage: python -m device_bench.{module} SPEC.json", file=sys.stderr)
+        return None
+    check_threads()
+    return json.loads(Path(argv[0]).read_text())
+
+
+def torch_one_thread() -> None:
+    """torch's intra- and inter-op pools at one thread (a torch worker, after importing torch)."""
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
 
 
 def cap_address_space(megabytes: int | None) -> None:

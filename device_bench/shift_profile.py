@@ -31,7 +31,7 @@ from .shift_bench import OUT, parse_overrides, positive_ints
 
 # stage name -> (object, attribute) whose calls it times
 STAGES = {"cache fill": (train, "prepare"), "re-calibration estimates": (recalibrate, "estimate"),
-          "skip cross-validation": (crossval, "cross_validate"), "refit": (loop.Run, "fit"),
+          "skip cross-validation": (crossval, "cross_validate"), "refit": (loop, "fit"),
           "deep tier load": (deep, "load"), "deep cross-validation": (deep, "cross_validate"),
           "deep refit": (deep, "finetune_deep")}
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .profile import check_threads, peak_rss_mb, rss_mb
+from .profile import peak_rss_mb, rss_mb, torch_one_thread, worker_spec
 
 
 def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
@@ -42,11 +42,8 @@ def edgelora_run(backbone, data: dict, idx, seed: int, overrides: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m device_bench.shift_worker SPEC.json", file=sys.stderr)
+    if (spec := worker_spec(argv, "shift_worker")) is None:
         return 2
-    spec = json.loads(Path(argv[0]).read_text())
-    check_threads()
     t = time.perf_counter()
     import numpy as np
     method, folder = spec["method"], spec["folder"]
@@ -54,10 +51,8 @@ def main(argv: list[str]) -> int:
         from edgelora import Backbone, Predictor
         backbone = Backbone(Path(folder) / "bundle", threads=1)
     else:
-        import torch
         from . import shift_torch
-        torch.set_num_threads(1)
-        torch.set_num_interop_threads(1)
+        torch_one_thread()
     out = {"method": method, "import_seconds": time.perf_counter() - t, "rss_after_imports_mb": rss_mb(), "runs": []}
     with np.load(spec["data"], allow_pickle=False) as f:
         data = {k: f[k] for k in f.files}

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 T_START = time.perf_counter()
 
-from .profile import cap_address_space, check_threads, peak_rss_mb, rss_mb  # noqa: E402
+from .profile import cap_address_space, peak_rss_mb, rss_mb, torch_one_thread, worker_spec  # noqa: E402
 
 
 def _runner(method: str):
@@ -32,20 +31,15 @@ def _runner(method: str):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m device_bench.worker SPEC.json", file=sys.stderr)
+    if (spec := worker_spec(argv, "worker")) is None:
         return 2
-    spec = json.loads(Path(argv[0]).read_text())
-    check_threads()
     cap_address_space(spec.get("max_address_space_mb"))
     t = time.perf_counter()
     import numpy as np
     from .config import BenchConfig
     run = _runner(spec["method"])
     if spec["method"].startswith("torch-"):
-        import torch
-        torch.set_num_threads(1)
-        torch.set_num_interop_threads(1)
+        torch_one_thread()
     out = {"method": spec["method"], "import_seconds": time.perf_counter() - t,
            "rss_after_imports_mb": rss_mb(), "runs": []}
     cfg = BenchConfig(**spec["config"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgelora.files.bundle import FEATURE_MAP_POOLINGS, TAP_STATISTICS
+from edgelora.files.bundle import FEATURE_MAP_POOLINGS, TAP_STATISTICS, check_tap_names
 
 TAPPABLE = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1d", "Conv2d", "MultiheadAttention")  # auto
 CONV = ("Conv1d", "Conv2d", "Conv3d")           # channels first: pooled over the other dims
@@ -100,12 +100,8 @@ def plan_taps(model: nn.Module, args: tuple, taps="auto", mask_index: int | None
     else:
         names = [taps] if isinstance(taps, str) else list(taps)
         chosen = [n[:-len(".input")] if n.endswith(".input") and n[:-len(".input")] in modules else n for n in names]
-        unknown = [n for n in chosen if n not in available]
-        if unknown:
-            raise ValueError(f"unknown tap(s) {unknown}: expected module names whose input is a float tensor "
-                             f"that depends on the batch; available: {[n for n in available if n]}")
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"tap names should be unique, found {names}")
+        check_tap_names(chosen, available, "module names whose input is a float tensor that depends on the batch; "
+                                           f"available: {[n for n in available if n]}")
     if pooling not in FEATURE_MAP_POOLINGS:
         raise ValueError(f"`pooling` should be one of {FEATURE_MAP_POOLINGS}, found {pooling!r}")
     mask = args[mask_index] if mask_index is not None else None

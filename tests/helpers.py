@@ -1,37 +1,18 @@
-"""Test helpers: tiny bundles built with onnx.helper from numpy weights (no torch needed)."""
+"""Test helpers: tiny bundles built with onnx.helper from numpy weights (no torch needed; the demo backbone's
+graph builder, cli/make_demo.py)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from edgelora.cli import make_demo
 from edgelora.files.bundle import BUNDLE_FORMAT_VERSION, InputSpec, Manifest, OutputSpec, Standardize, TapSpec, write_bundle
 
 
 def mlp_onnx(layers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, list[str]]:
-    """ONNX bytes of an MLP x -> [Linear, ReLU]* -> Linear, with every Linear's input as an extra output."""
-    nodes, inits, outputs, taps = [], [], [], []
-    h = "x"
-    for i, (w, b) in enumerate(layers):  # w (d_in, d_out), b (d_out,)
-        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
-        tap = f"tap{i}"
-        nodes.append(helper.make_node("Identity", [h], [tap]))
-        taps.append((tap, w.shape[0]))
-        nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"z{i}"]))
-        h = f"z{i}"
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [h], [f"a{i}"]))
-            h = f"a{i}"
-    nodes.append(helper.make_node("Identity", [h], ["logits"]))
-    outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", layers[-1][0].shape[1]]))
-    outputs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", d]) for t, d in taps]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                           ["N", layers[0][0].shape[0]])],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    return model.SerializeToString(), [t for t, _ in taps]
+    """ONNX bytes of an MLP x -> [Linear, ReLU]* -> Linear, with every Linear's input as an extra output (the demo
+    backbone's graph), and those outputs' names."""
+    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]   # w (d_in, d_out), b (d_out,)
+    return make_demo.onnx_bytes(layers, "mlp", "tests/helpers.py"), [f"tap{i}" for i in range(len(layers))]
 
 
 def mlp_bundle(folder, layers, classes=None, mean=None, std=None, task="classification") -> Manifest:
@@ -117,3 +98,22 @@ def default_ctrl_c() -> None:
     test run in the background of a script inherits it ignored, and Python then leaves it ignored)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Rows:
+    """A cached feature source over fixed rows (what runtime/features.FeatureSource gives the loop)."""
+    static = True
+
+    def __init__(self, y0, t):
+        self.y0, self.t = y0, t
+
+    def __call__(self, idx):
+        return self.y0[idx].copy(), self.t[idx]
+
+
+def rows_data(n=37, c=3, widths=(6, 4), seed=0):
+    """Random cached rows: y0 (n, c), taps (n, sum(widths)) and labels 0 .. c - 1."""
+    rng = np.random.default_rng(seed)
+    y0 = rng.standard_normal((n, c)).astype(np.float32)
+    t = rng.standard_normal((n, sum(widths))).astype(np.float32)
+    return y0, t, rng.integers(0, c, n)

@@ -4,7 +4,7 @@ import pytest
 
 from edgelora import Backbone, TrainConfig, finetune
 from edgelora.cli import main
-from edgelora.core.loop import Run
+from edgelora.core import loop
 from edgelora.files.checkpoint import load_checkpoint
 from edgelora.runtime import cv_checkpoint, train
 from edgelora.runtime.plan import Plan
@@ -21,7 +21,7 @@ def test_resume_after_cross_validation_does_not_run_it_again(toy_bundle, toy_dat
     bb = Backbone(toy_bundle)
     reference, ref_history = finetune(bb, x, y, CONFIG)
     ck = tmp_path / "ck"
-    monkeypatch.setattr(Run, "fit", _interrupt)                        # stopped as the refit starts
+    monkeypatch.setattr(loop, "fit", _interrupt)                        # stopped as the refit starts
     with pytest.raises(KeyboardInterrupt):
         finetune(bb, x, y, CONFIG, checkpoint_dir=ck)
     monkeypatch.undo()
@@ -49,7 +49,7 @@ def test_ctrl_c_after_cross_validation_says_what_resumes(toy_bundle, toy_data, t
     args = ["finetune", str(toy_bundle), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "ad"),
             "--epochs", "4", "--batch-size", "16", "--cv-folds", "3", "--form", "skip",
             "--checkpoint-dir", str(tmp_path / "ck")]
-    monkeypatch.setattr(Run, "fit", _interrupt)
+    monkeypatch.setattr(loop, "fit", _interrupt)
     assert main(args) == 130
     err = capsys.readouterr().err.strip()
     assert "holds the finished cross-validation (not run again" in err and "--resume" in err, err

@@ -17,6 +17,17 @@ from edgelora_export.models import MLP  # noqa: E402
 from edgelora_export.taps import select_output  # noqa: E402
 
 
+class OneLinear(nn.Module):
+    """x -> then(fc, x) with fc = nn.Linear(4, width): a one-layer model whose forward does something odd."""
+
+    def __init__(self, width: int, then):
+        super().__init__()
+        self.fc, self.then = nn.Linear(4, width), then
+
+    def forward(self, x):
+        return self.then(self.fc, x)
+
+
 def _siblings(path):
     return sorted(p.name for p in path.parent.iterdir())
 
@@ -87,47 +98,27 @@ def test_error_unknown_tap_lists_available(tmp_path):
 
 def test_error_onnx_torch_mismatch_leaves_no_bundle(tmp_path):
     """A random op inside the model: onnxruntime and torch cannot agree -> an error, nothing written."""
-    class Noisy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.fc(x + torch.rand_like(x))
+    noisy = OneLinear(2, lambda fc, x: fc(x + torch.rand_like(x)))
     (tmp_path / "keep").mkdir()
     with pytest.raises(ValueError, match="onnxruntime and torch disagree on the example: base output"):
-        export_model(Noisy().eval(), torch.randn(3, 4), tmp_path / "b")
+        export_model(noisy.eval(), torch.randn(3, 4), tmp_path / "b")
     assert _siblings(tmp_path / "b") == ["keep"]
 
 
 def test_error_unsupported_op_names_it(tmp_path):
-    class Eig(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-
-        def forward(self, x):
-            a = self.fc(x).reshape(-1, 2, 2)
-            return torch.linalg.eigvalsh(a @ a.transpose(1, 2))
+    eig = OneLinear(4, lambda fc, x: torch.linalg.eigvalsh(fc(x).reshape(-1, 2, 2) @ fc(x).reshape(-1, 2, 2).mT))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="torch could not export the model to ONNX.*(linalg|eig)"):
-            export_model(Eig().eval(), torch.randn(3, 4), tmp_path / "b")
+            export_model(eig.eval(), torch.randn(3, 4), tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
 def test_error_several_outputs_need_a_choice(tmp_path):
-    class Two(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            y = self.fc(x)
-            return y, y.sum(1)
+    two = OneLinear(3, lambda fc, x: (fc(x), fc(x).sum(1)))
     with pytest.raises(ValueError, match="exactly one base output is needed: choose it with output=<index>"):
-        export_model(Two().eval(), torch.randn(3, 4), tmp_path / "b")
-    assert export_model(Two().eval(), torch.randn(3, 4), tmp_path / "b", output=0).output.width == 3
+        export_model(two.eval(), torch.randn(3, 4), tmp_path / "b")
+    assert export_model(two.eval(), torch.randn(3, 4), tmp_path / "b", output=0).output.width == 3
 
 
 def test_error_bad_examples(tmp_path):

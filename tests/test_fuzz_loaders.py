@@ -131,19 +131,24 @@ def load(path, **kw):
     check_loaded(x, y, kw.get("y_key", "y") is not None)
 
 
-def test_fuzz_npy_loader(work):
+def fuzz_binary_loader(work, suffix: str, files, y_keys) -> int:
+    """Load every drawn file (bytes from `files`, written as f<i><suffix>) with each `y_keys` draw; how many ran."""
     count = [0]
 
     @FUZZ
-    @given(data=npy_bytes())
-    def run(data):
+    @given(data=files, y_key=y_keys)
+    def run(data, y_key):
         count[0] += 1
-        path = work / f"f{count[0]}.npy"
+        path = work / f"f{count[0]}{suffix}"
         path.write_bytes(data)
-        load(path, y_key=None)
+        load(path, y_key=y_key)
         path.unlink()
     run()
-    assert count[0] >= 1000
+    return count[0]
+
+
+def test_fuzz_npy_loader(work):
+    assert fuzz_binary_loader(work, ".npy", npy_bytes(), st.just(None)) >= 1000
 
 
 @st.composite
@@ -162,18 +167,7 @@ def npz_bytes(draw):
 
 
 def test_fuzz_npz_loader(work):
-    count = [0]
-
-    @FUZZ
-    @given(data=npz_bytes(), y_key=st.sampled_from(["y", None]))
-    def run(data, y_key):
-        count[0] += 1
-        path = work / f"f{count[0]}.npz"
-        path.write_bytes(data)
-        load(path, y_key=y_key)
-        path.unlink()
-    run()
-    assert count[0] >= 1000
+    assert fuzz_binary_loader(work, ".npz", npz_bytes(), st.sampled_from(["y", None])) >= 1000
 
 
 def test_npz_claiming_a_huge_uncompressed_size_fails_fast(work):

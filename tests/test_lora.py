@@ -95,7 +95,7 @@ def test_views_share_the_flat_buffer():
 
 def reference_blocks(layout, p):
     """(A_k, B_k) per tap, sliced by hand from the flat layout: the reference for tap_A / tap_B users."""
-    r = layout.rank
+    r = layout.r
     return [(p[f"A.{name}"], p["B"][k * r:(k + 1) * r]) for k, name in enumerate(layout.taps)]
 
 
@@ -132,7 +132,7 @@ def test_peft_views_are_peft_orientation_and_round_trip(bias):
     assert list(v) == [f"t{k}.lora_{m}.weight" for k in range(3) for m in "AB"] + (["bias"] if bias else [])
     for k, (A, B) in enumerate(reference_blocks(layout, p)):
         lora_A, lora_B = v[f"t{k}.lora_A.weight"], v[f"t{k}.lora_B.weight"]
-        assert lora_A.shape == (layout.rank, layout.widths[k]) and lora_B.shape == (layout.num_outputs, layout.rank)
+        assert lora_A.shape == (layout.r, layout.widths[k]) and lora_B.shape == (layout.num_outputs, layout.r)
         np.testing.assert_array_equal(lora_A, A.T)
         # PEFT's get_delta_weight: scaling * lora_B @ lora_A, an (out, in) weight
         np.testing.assert_allclose(scale * lora_B @ lora_A, lora.tap_weight(p, layout, scale, k).T, rtol=1e-12)

@@ -92,7 +92,7 @@ def test_explicit_tensor_taps_and_bytes_input(tmp_path):
 
 def test_error_unknown_tap_lists_candidates(tmp_path):
     model, _ = _mlp()
-    with pytest.raises(ValueError, match=r"unknown tap tensor\(s\) \['nope'\].*\['x', 'a'\]"):
+    with pytest.raises(ValueError, match=r"unknown tap\(s\) \['nope'\].*\['x', 'a'\]"):
         add_taps(model, tmp_path / "b", taps=["nope"])
     assert not (tmp_path / "b").exists()
 

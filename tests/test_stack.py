@@ -9,24 +9,7 @@ from edgelora.core.losses import cross_entropy_grad
 from edgelora.core.optim import clip_grad_norm, from_config
 from edgelora.core.shuffle import SplitMix64
 from edgelora.core.stack import Stack
-
-
-class Rows:
-    """A cached feature source over fixed rows (what runtime/features.FeatureSource gives the loop)."""
-    static = True
-
-    def __init__(self, y0, t):
-        self.y0, self.t = y0, t
-
-    def __call__(self, idx):
-        return self.y0[idx].copy(), self.t[idx]
-
-
-def data(n=37, c=3, widths=(6, 4), seed=0):
-    rng = np.random.default_rng(seed)
-    y0 = rng.standard_normal((n, c)).astype(np.float32)
-    t = rng.standard_normal((n, sum(widths))).astype(np.float32)
-    return y0, t, rng.integers(0, c, n)
+from tests.helpers import Rows, rows_data as data
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -282,6 +282,7 @@ def test_error_all_zero_class_weights():
 
 def test_feature_source_reads_the_same_rows_from_ram_disk_and_backbone(toy_bundle, toy_data, tmp_path):
     from edgelora.files.data import as_inputs
+    from edgelora.core.scaling import scaled
     from edgelora.runtime.features import FeatureSource
     bb = Backbone(toy_bundle)
     inputs, idx = as_inputs(toy_data[0], bb.manifest), np.array([5, 0, 77, 5])
@@ -294,7 +295,7 @@ def test_feature_source_reads_the_same_rows_from_ram_disk_and_backbone(toy_bundl
             np.testing.assert_array_equal(a, b)
     width = bb.num_outputs + sum(bb.tap_widths)
     assert ram.cv_rows(2) is None and disk.cv_rows(2) == 1000 // (8 * width * 2)
-    t = ram.scaled("standard")(np.arange(len(ram)))[1]
+    t = scaled(ram(np.arange(len(ram)))[1], "standard", ram.standardizer)
     live_t = (live(np.arange(len(live)))[1] - ram.standardizer[0]) * ram.standardizer[1]
     np.testing.assert_allclose(t, live_t, atol=1e-6)
     assert np.abs(t.mean(axis=0)).max() < 1e-4 and np.abs(t.std(axis=0)[ram.standardizer[1] > 0] - 1).max() < 1e-3

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--epochs", type=common.positive_int, default=60,
                    help="most epochs to train; cross-validation picks 1/4, 1/2 or all of them (default 60)")
-    p.add_argument("--rank", type=common.rank, default=8, metavar="N|auto", help="adapter rank (default 8)")
+    p.add_argument("--rank", dest="r", type=common.rank, default=8, metavar="N|auto", help="adapter rank (default 8)")
     p.add_argument("--weight-decay", type=common.decay, default=TrainConfig().weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: chosen on the device by cross-validation "
                         f"(default {TrainConfig().weight_decay})")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # edgelora's default policy: cross-validation on the cache picks the tap scaling and the epoch count,
     # then the adapter is trained on all 400 scans
-    config = TrainConfig(r=args.rank, epochs=args.epochs, weight_decay=args.weight_decay, seed=args.seed)
+    config = TrainConfig(r=args.r, epochs=args.epochs, weight_decay=args.weight_decay, seed=args.seed)
     # On the device: the labelled scans are checked and go through the backbone once, into the Skip-Cache,
     # while the device checks how the deployed model does on them; fine-tuning then reuses those rows.
     features, targets, split = prepare(backbone, *data["finetune"], config)

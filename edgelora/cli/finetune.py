@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 def _recipe_flags(t, d: TrainConfig) -> None:
     """The adapter and how it trains."""
-    t.add_argument("--rank", type=common.rank, default=d.r, metavar="N|auto",
+    t.add_argument("--rank", dest="r", type=common.rank, default=d.r, metavar="N|auto",
                    help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} (default {d.r})")
     t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
                    help="LoRA alpha; the adapter output is scaled by alpha / r (default 2 r)")
@@ -207,7 +207,7 @@ def _settings(config: TrainConfig, args: argparse.Namespace) -> dict:
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     """The settings the flags ask for."""
-    return TrainConfig(r=args.rank, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+    return TrainConfig(r=args.r, lora_alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                        form=args.form, tap_scaling=args.tap_scaling, cv_folds=args.cv_folds,

@@ -65,8 +65,9 @@ def train(x: np.ndarray, y: np.ndarray, mean: float, std: float) -> Layers:
     return [(w.astype(np.float32), c.astype(np.float32)) for w, c in zip(W, b)]
 
 
-def onnx_bytes(layers: Layers) -> bytes:
-    """x -> [Gemm, Relu]* -> Gemm -> logits, with each Gemm's input also an output (tap0, tap1, ...)."""
+def onnx_bytes(layers: Layers, name: str = "demo_digits_mlp", producer: str = f"edgelora {PRODUCER}") -> bytes:
+    """x -> [Gemm, Relu]* -> Gemm -> logits, with each Gemm's input also an output (tap0, tap1, ...); layers:
+    float32 (weight (d_in, d_out), bias (d_out,)) pairs (the tests' toy backbones are built so too)."""
     nodes, inits, taps, h = [], [], [], "x"
     for i, (w, c) in enumerate(layers):
         inits += [numpy_helper.from_array(w, f"fc{i}.weight"), numpy_helper.from_array(c, f"fc{i}.bias")]
@@ -78,12 +79,11 @@ def onnx_bytes(layers: Layers) -> bytes:
             nodes.append(helper.make_node("Relu", [h], [f"relu{i}.out"]))
             h = f"relu{i}.out"
     nodes.append(helper.make_node("Identity", [h], ["logits"]))
-    graph = helper.make_graph(nodes, "demo_digits_mlp",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", SIZES[0]])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", SIZES[-1]])] + taps,
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
-                              producer_name=f"edgelora {PRODUCER}")
+    graph = helper.make_graph(nodes, name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", layers[0][0].shape[0]])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", layers[-1][0].shape[1]])]
+                              + taps, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name=producer)
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
                     help=f"with --recipe fixed (default {t.epochs}); the chosen recipe has its own")
     tr.add_argument("--batch-size", type=common.positive_int, default=t.batch_size, help=f"default {t.batch_size}")
     tr.add_argument("--lr", type=common.positive_float, default=t.lr, help=f"default {t.lr}")
-    tr.add_argument("--rank", type=common.positive_int, default=t.r, help=f"rank of a new adapter (default {t.r})")
+    tr.add_argument("--rank", dest="r", type=common.positive_int, default=t.r, metavar="N",
+                    help=f"rank of a new adapter (default {t.r})")
     tr.add_argument("--seed", type=int, default=t.seed, help=f"default {t.seed}")
     tr.add_argument("--cache-dtype", choices=("float32", "float16"), default=d.cache_dtype,
                     help=f"storage of the store's Skip-Cache (default {d.cache_dtype})")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.epochs is not None and args.recipe == "chosen":
         raise ValueError(f"--epochs {args.epochs}: the number of epochs is part of the recipe chosen on this device "
                          "(--recipe chosen, the default); add --recipe fixed to train a fixed number of epochs")
-    train = replace(SESSION_TRAINING, r=args.rank, epochs=args.epochs or SESSION_TRAINING.epochs, batch_size=args.batch_size, lr=args.lr,
+    train = replace(SESSION_TRAINING, r=args.r, epochs=args.epochs or SESSION_TRAINING.epochs, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed)
     config = PersonalizeConfig(train=train, recipe=args.recipe, margin=args.margin, holdout_fraction=args.holdout_fraction,
                                min_holdout=args.min_holdout, max_implausible=args.max_implausible,

@@ -28,7 +28,7 @@ class Layout:
     taps: tuple[str, ...]
     widths: tuple[int, ...]   # d_k per tap
     num_outputs: int          # C
-    rank: int                 # r
+    r: int                    # rank (PEFT's name, as in AdapterShape)
     bias: bool = False        # learn an output bias b (C,)
 
     @cached_property
@@ -39,8 +39,8 @@ class Layout:
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        s = {f"A.{name}": (d, self.rank) for name, d in zip(self.taps, self.widths)}
-        s["B"] = (len(self.taps) * self.rank, self.num_outputs)
+        s = {f"A.{name}": (d, self.r) for name, d in zip(self.taps, self.widths)}
+        s["B"] = (len(self.taps) * self.r, self.num_outputs)
         if self.bias:
             s["bias"] = (self.num_outputs,)
         return s
@@ -76,7 +76,7 @@ def tap_A(p: dict, layout: Layout, k: int) -> np.ndarray:
 
 def tap_B(p: dict, layout: Layout, k: int) -> np.ndarray:
     """B_k (r, C) of tap k."""
-    return p["B"][k * layout.rank:(k + 1) * layout.rank]
+    return p["B"][k * layout.r:(k + 1) * layout.r]
 
 
 def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
@@ -84,7 +84,7 @@ def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
     The draws come from `shuffle.SplitMix64`, so every training client starts from the same A."""
     flat = np.zeros(layout.size, dtype)
     p = views(flat, layout)
-    for k, a in enumerate(init_values(layout.widths, layout.rank, seed)):
+    for k, a in enumerate(init_values(layout.widths, layout.r, seed)):
         tap_A(p, layout, k)[:] = a
     return flat
 
@@ -92,15 +92,15 @@ def init(layout: Layout, seed: int, dtype=np.float32) -> np.ndarray:
 def init_last(layout: Layout, scale: float) -> np.ndarray:
     """The 'last' form (FT-Last on the cache): r = C, A = 0, and B = 0 except the last tap's block, I / s, held
     fixed while A trains, so y = y0 + t_K A_K (+ b): a dense update of the last layer through its input."""
-    assert layout.rank == layout.num_outputs, "the last form has r = C"
+    assert layout.r == layout.num_outputs, "the last form has r = C"
     flat = np.zeros(layout.size, np.float32)
-    tap_B(views(flat, layout), layout, len(layout.taps) - 1)[:] = np.eye(layout.rank, dtype=np.float32) / scale
+    tap_B(views(flat, layout), layout, len(layout.taps) - 1)[:] = np.eye(layout.r, dtype=np.float32) / scale
     return flat
 
 
 def forward(p: dict, y0: np.ndarray, t: np.ndarray, layout: Layout, scale: float):
     """y0, t  # (N, C), (N, D)  ->  y (N, C), saved = (t, h)  with h (N, K r)."""
-    r = layout.rank
+    r = layout.r
     h = np.empty((len(t), len(layout.taps) * r), t.dtype)
     for k, (a, b) in enumerate(layout.bounds):
         np.matmul(t[:, a:b], p[layout.a_keys[k]], out=h[:, k * r:(k + 1) * r])
@@ -120,7 +120,7 @@ def backward(g: np.ndarray, saved, p: dict, grads: dict, layout: Layout, scale: 
     g = g * scale
     np.matmul(h.T, g, out=grads["B"])                 # (K r, C)
     gh = g @ p["B"].T                                 # (N, K r)
-    r = layout.rank
+    r = layout.r
     for k, (a, b) in enumerate(layout.bounds):
         np.matmul(t[:, a:b].T, gh[:, k * r:(k + 1) * r], out=grads[layout.a_keys[k]])
 
@@ -164,10 +164,11 @@ def peft_views(p: dict, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
-def tap_dropout(t: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Inverted dropout on the taps t (N, D): each value kept with probability 1 - rate and scaled by 1 / (1 - rate)."""
+def tap_dropout(t: np.ndarray, rate: float, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
+    """Inverted dropout on the taps t (N, D): each value kept with probability 1 - rate and scaled by 1 / (1 - rate).
+    mask: a draw to apply instead of drawing one (rng.random(t.shape, float32) < 1 - rate), shared by runs."""
     keep = 1.0 - rate
-    return t * (rng.random(t.shape, np.float32) < keep) / keep
+    return t * (rng.random(t.shape, np.float32) < keep if mask is None else mask) / keep
 
 
 def mask_classes(p: dict, layout: Layout, classes: np.ndarray) -> None:

@@ -60,8 +60,7 @@ class Manifest:
               f"`fingerprint` should be 'sha256:' + 64 hex digits, found {self.fingerprint!r}")
         check(len(self.inputs) >= 1, "`inputs` should list at least one input")
         check(len(self.taps) >= 1, "`taps` should list at least one tap")
-        names = [t.name for t in self.taps]
-        check(len(set(names)) == len(names), f"tap names should be unique, found {names}")
+        check_tap_names([t.name for t in self.taps])
         if self.task == "classification":
             check(len(self.classes) == self.output.width,
                   f"`classes` should name {self.output.width} classes (output width), found {len(self.classes)}")
@@ -122,6 +121,16 @@ class Manifest:
             (("tap_statistics",) if self.tap_statistics else ())   # a bundle without these keeps its identity
         what = {k: to_dict(self)[k] for k in keys}
         return digest(dumps_json(what), tagged=True)
+
+
+def check_tap_names(names: list[str], known=None, expected: str = "") -> None:
+    """Refuse tap names that repeat or, when `known` is given, are not in it (saying what was `expected`):
+    a manifest's taps, and the taps asked of an export (ONNX tensors, PyTorch modules)."""
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise ValueError(f"unknown tap(s) {unknown}: expected {expected}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"tap names should be unique, found {names}")
 
 
 def manifest_dict(manifest: Manifest) -> dict:

@@ -109,7 +109,7 @@ def _contract(manifest: Manifest, recipe: KitRecipe, layout: Layout, train: byte
         "recipe": {**to_dict(recipe), "lora_alpha": recipe.alpha, "scale": recipe.alpha / recipe.r,
                    "betas": list(BETAS), "eps": EPS,
                    "loss": "weighted_cross_entropy" if cls else "mse"},
-        "layout": {"taps": list(layout.taps), "widths": list(layout.widths), "num_outputs": c, "rank": layout.rank,
+        "layout": {"taps": list(layout.taps), "widths": list(layout.widths), "num_outputs": c, "rank": layout.r,
                    "bias": layout.bias, "size": layout.size, "row_width": width, "tensors": tensors},
         "defaults": defaults,
         "prng": "splitmix64: see edgelora/core/shuffle.py (stream 0 initialises A, stream 1 draws one Fisher-Yates "

@@ -100,7 +100,7 @@ def _softmax(g: _Graph, y: str) -> str:
 
 def _backward(g: _Graph, gy: str, h: str, taps: list[str], p: dict[str, str], layout: Layout, scale: float) -> str:
     """The flat gradient (lora.backward), in the parameter buffer's layout."""
-    r, parts = layout.rank, {}
+    r, parts = layout.r, {}
     if layout.bias:
         parts["bias"] = g.op("ReduceSum", gy, g.const([0], np.int64), keepdims=0)
     gs = g.op("Mul", gy, g.const(scale, np.float32))

@@ -18,7 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from ..files.bundle import BUNDLE_FORMAT_VERSION, FEATURE_MAP_POOLINGS, InputSpec, Manifest, OutputSpec, TapSpec, as_preprocess, write_bundle
+from ..files.bundle import (BUNDLE_FORMAT_VERSION, FEATURE_MAP_POOLINGS, InputSpec, Manifest, OutputSpec, TapSpec,
+                            as_preprocess, check_tap_names, write_bundle)
 from ..files.fileio import PathLike
 from .onnx_utils import (OPSET, add_const, conservative, default_opset, load, mean_node, serialize, set_outputs,
                          sum_node, unique_name)
@@ -154,12 +155,7 @@ def _choose(taps, found: dict, shapes: dict, batch: set) -> list[str]:
             raise ValueError("auto taps found no MatMul/Gemm/Conv with constant weights; name tensors explicitly")
         return list(found)
     names = [taps] if isinstance(taps, str) else list(taps)
-    unknown = [n for n in names if n not in shapes]
-    if unknown:
-        raise ValueError(f"unknown tap tensor(s) {unknown}: expected tensor names of the graph; the inputs of "
-                         f"layers with weights are: {list(found)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"tap tensors should be unique, found {names}")
+    check_tap_names(names, shapes, f"tensor names of the graph; the inputs of layers with weights are: {list(found)}")
     later = [n for n in names if shapes[n][:1] and shapes[n][0] not in batch]
     if later:
         raise ValueError(f"tap tensor(s) {later} do not have the batch dimension first (shapes "

@@ -29,7 +29,7 @@ Read = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # sample indices -
 
 class FeatureSource:
     """The fine-tune samples' (y0, taps) by sample index: `features(idx)`. Built by `from_cache` or
-    `from_backbone`; `scaled("standard")` is the same source with each tap feature standardised."""
+    `from_backbone`. The taps are raw: the trainers scale them per batch (core/scaling.scaled)."""
 
     def __init__(self, read: Read, manifest: Manifest, inputs: dict[str, np.ndarray], *, name: str,
                  cache: SkipCache | None = None, values=None, seconds: float = 0.0, backbone: Backbone | None = None):
@@ -110,18 +110,6 @@ class FeatureSource:
     def standardizer(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, 1/std) of each tap feature over every sample (core/scaling.standardizer)."""
         return scaling.standardizer(self, len(self))
-
-    def scaled(self, how: str) -> FeatureSource:
-        """This source with the taps as they are ("none") or standardised ("standard": core/scaling.scaled)."""
-        if how == "none":
-            return self
-        standard = self.standardizer
-
-        def standardized(idx):
-            y0, t = self(idx)
-            return y0, scaling.scaled(t, how, standard)
-        return FeatureSource(standardized, self.manifest, self.inputs, name=self.name, cache=self.cache,
-                             seconds=self.seconds, backbone=self.backbone)
 
     def subset(self, idx: np.ndarray) -> FeatureSource:
         """The same (cached) source over the samples idx only, numbered 0 .. len(idx) - 1: no sample is read,

@@ -128,7 +128,7 @@ def train_rows(kit: Kit, rows: np.ndarray, targets: np.ndarray, config: TrainCon
             best, best_epoch = state["params"], epoch
         records.append(rec)
         if callback:
-            callback({**rec, "epochs": config.epochs, "r": layout.rank, "weight_decay": config.weight_decay})
+            callback({**rec, "epochs": config.epochs, "r": layout.r, "weight_decay": config.weight_decay})
         if config.patience and since >= config.patience:
             stopped = "early_stopping"
             break

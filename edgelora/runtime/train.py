@@ -1,7 +1,7 @@
 """Fine-tuning orchestration: `finetune` turns samples into an adapter.
 
 It checks the samples and reads them into the Skip-Cache (features.py), then chooses the candidate runs
-(a holdout, or k-fold cross-validation: core/crossval.py), trains each with the training loop
+(a holdout, or k-fold cross-validation: core/crossval.py), trains them side by side with the training loop
 (core/loop.py), checkpoints them, keeps the best and builds the adapter (files/adapter.py). The settings,
 the history and the train/validation split are in train_config.py; engine="onnx" hands the same features
 to the ONNX training kit (onnx_trainer.py) instead.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
-from ..core import crossval, lora
+from ..core import crossval, lora, loop
 from ..core.loop import Run
 from ..core.metrics import evaluate_outputs
 from ..files.adapter import Adapter, adapter_config, layout_for
@@ -191,25 +191,24 @@ def _train_numpy(features: FeatureSource, targets: np.ndarray, split: Split, con
 
 def _train_runs(features: FeatureSource, targets: np.ndarray, split: Split, config: TrainConfig, runs_plan: Plan,
                 init: Adapter | None, callback, store: tuple | None, saved: tuple | None) -> list[Run]:
-    """Every run of the plan, trained in order (continued from `saved`, a checkpoint of the same plan), each
-    checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or None) as it goes."""
+    """Every run of the plan, trained side by side over shared batches (loop.fit; continued from `saved`, a
+    checkpoint of the same plan), checkpointed to store = (folder, run key, Pacer, cross-validation's outcome or
+    None) as they go."""
     m, bias = features.manifest, init.config.bias if init is not None else config.bias
-    scaled = {sc: features.scaled(sc) for sc in dict.fromkeys(rc.tap_scaling for rc in runs_plan.recipes)}
-    val_features = {sc: f(split[1]) for sc, f in scaled.items()} if features.static and len(split[1]) else {}
-    runs: list[Run] = []
-    for i, rc in enumerate(runs_plan.recipes):
-        run = Run(layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
-                  weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
-                  init_flat=None if init is None else init.flat, form=rc.form)
-        if saved is not None and i < len(saved[0]["runs"]):
-            run.restore(saved[0]["runs"][i], {k.split(".", 1)[1]: v for k, v in saved[1].items()
-                                              if k.startswith(f"{i}.")})
-        on_epoch = None if store is None else (lambda r, done=runs + [run]: store[2](  # files.checkpoint.Pacer
-            lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
-            finished=r.stopped is not None))
-        run.fit(scaled[rc.tap_scaling], targets, split, callback=callback, on_epoch=on_epoch,
-                val=val_features.get(rc.tap_scaling))
-        runs.append(run)
+    states = saved[0]["runs"] if saved is not None else []
+    runs = loop.side_by_side([dict(layout=layout_for(m, rc.r, bias), scale=alpha(rc.form, rc.r, config, init) / rc.r,
+                                   weight_decay=rc.weight_decay, cfg=replace(config, epochs=rc.epochs), task=m.task,
+                                   init_flat=None if init is None else init.flat, form=rc.form,
+                                   tap_scaling=rc.tap_scaling) for rc in runs_plan.recipes],
+                             [state["epoch"] for state in states])
+    for i, state in enumerate(states):
+        runs[i].restore(state, {k.split(".", 1)[1]: v for k, v in saved[1].items() if k.startswith(f"{i}.")})
+    on_epoch = None if store is None else (lambda done: store[2](  # files.checkpoint.Pacer
+        lambda: save_checkpoint(store[0], *_checkpoint(store[1], runs_plan, done, store[3])),
+        finished=all(r.stopped is not None for r in done)))
+    scaling = any(run.tap_scaling != "none" for run in runs)
+    loop.fit(runs, features, targets, split, standardizer=features.standardizer if scaling else None,
+             callback=callback, on_epoch=on_epoch)
     return runs
 
 
@@ -222,7 +221,7 @@ def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config:
     result = best.result.copy() if scaling == "none" else \
         lora.fold_standardizer(best.result, best.layout, best.scale, *features.standardizer)
     history.epochs, history.best_epoch, history.stopped = best.epochs, best.best_epoch, best.stopped
-    history.chosen = {"form": best.form, "r": best.layout.rank, "lora_alpha": best.scale * best.layout.rank,
+    history.chosen = {"form": best.form, "r": best.layout.r, "lora_alpha": best.scale * best.layout.r,
                       "weight_decay": best.weight_decay, "tap_scaling": scaling, "epochs": best.cfg.epochs}
     history.candidates = [run.summary() for run in runs] if len(runs) > 1 else []
     history.cache = features.cache.stats() if features.cache is not None else {}
@@ -233,7 +232,7 @@ def _adapter(features: FeatureSource, targets: np.ndarray, split: Split, config:
     training = {"settings": to_dict(config), "chosen": history.chosen, "best_epoch": history.best_epoch,
                 "stopped": history.stopped, "samples": history.samples, "val_metrics": history.val_metrics,
                 "cross_validation": crossval.brief(history.selection)}
-    config_out = adapter_config(m, best.layout.rank, history.chosen["lora_alpha"], best.layout.bias, training)
+    config_out = adapter_config(m, best.layout.r, history.chosen["lora_alpha"], best.layout.bias, training)
     return Adapter(config_out, result)
 
 
@@ -288,4 +287,4 @@ def _select(runs: list[Run], tolerance: float) -> Run:
         return run.best_loss if run.best_loss is not None else math.inf
     floor = min(loss(run) for run in runs)
     ties = [run for run in runs if loss(run) <= floor + tolerance]
-    return min(ties, key=lambda run: (run.layout.rank, -run.weight_decay))
+    return min(ties, key=lambda run: (run.layout.r, -run.weight_decay))
