@@ -144,12 +144,17 @@ def targets(args: argparse.Namespace) -> tuple[list, list]:
              ("--cache-dir", args.cache_dir, CACHE_DIR_KIND)],
             [("input bundle", args.bundle), ("data file", args.data)])
 
-def run(args: argparse.Namespace) -> dict:
+def _check_resume(args: argparse.Namespace) -> None:
+    """--resume needs --checkpoint-dir; a folder with no checkpoint in it starts afresh, saying so."""
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder where the interrupted run saved its checkpoints")
     if args.resume and load_checkpoint(args.checkpoint_dir) is None:
         warnings.warn(f"--resume: {args.checkpoint_dir} holds no checkpoint (the run it continues stopped before its "
                       f"first epoch finished); starting from the beginning")
+
+
+def run(args: argparse.Namespace) -> dict:
+    _check_resume(args)
     config = _config(args)
     start = time.perf_counter()
     if args.memory_budget is not None:
@@ -195,6 +200,7 @@ def run(args: argparse.Namespace) -> dict:
             "seconds": {"cache_fill": cache.fill_seconds, "train": history.train_seconds,
                         "total": time.perf_counter() - start},
             "settings": _settings(config, args), "history": history.epochs}
+
 
 def _settings(config: TrainConfig, args: argparse.Namespace) -> dict:
     """The settings as the report shows them (the flags' names)."""
