@@ -1,13 +1,15 @@
 """What a fine-tune process pays besides its training: `edgelora finetune` split into its parts, beside the floor.
 
-    python -m device_bench.startup_parts BUNDLE DATA.npz [--repeats 5] [--python /tmp/device/bin/python]
+    python -m device_bench.startup_parts BUNDLE DATA.npz [--repeats 5] [--python /tmp/device/bin/python ...]
 
 Runs, interleaved, `python -c "import numpy, onnxruntime"` (the floor) and `edgelora finetune BUNDLE --data DATA`
 in a fresh process that stamps the time of each part (its functions wrapped from outside: nothing in edgelora
 changes): the interpreter's start, numpy and onnxruntime, edgelora's modules, building the parser, opening the
 backbone, reading the data, the split, the cache fill, the training (`seconds.train`), the adapter's save, the
 rest of the command (report, output), and the process's exit. Prints the medians in ms and the rest against
-the floor (the target of docs/footprint.md: whole process <= 1.5x the floor plus the training time). The
+the floor (the target of docs/footprint.md: whole process <= 1.5x the floor plus the training time); with
+--python given more than once (installs before and after a change), each install's fine-tune runs in every
+round. The
 cold_start data (`python -m device_bench.cold_start`) has the demo's files in bench_out/cold_start/demo.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ for owner, name, part in ((C, "build_parser", "parser"), (common, "open_backbone
 out = open(sys.argv[1], "w")
 sys.stdout, real = out, sys.stdout
 t3 = time.perf_counter()
-C.main(sys.argv[2:])
+code = C.main(sys.argv[2:])
 t4 = time.perf_counter()
 sys.stdout = real
 out.close()
@@ -63,6 +65,11 @@ spent["other in the command"] = (t4 - t3) - sum(v for k, v in spent.items() if k
                                                                                          "edgelora modules"))
 import atexit
 atexit.register(lambda: print(json.dumps({"parts": spent, "wall0": wall0, "end": time.time()}), file=sys.stderr))
+try:
+    from edgelora.cli.quick_exit import end   # as the `edgelora` process ends (main() ends only that one)
+except ImportError:   # an edgelora from before quick_exit: Python's ordinary exit
+    end = sys.exit
+end(code)
 """
 
 
@@ -96,30 +103,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("data", type=Path)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs of each (default 5)")
-    ap.add_argument("--python", default=sys.executable, help="the device install's interpreter (default this one)")
+    ap.add_argument("--python", action="append", default=None, metavar="PYTHON",
+                    help="the device install's interpreter (default this one); given twice or more, each install's "
+                         "fine-tune runs in every round (e.g. before and after a change), the floor with the first")
     a = ap.parse_args(argv)
     if a.repeats < 1:
         ap.error(f"--repeats: expected a positive integer, found {a.repeats}")
+    pythons = a.python or [sys.executable]
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)   # as installed: from bytecode (pip compiles it)
     load = "load %.2f %.2f %.2f" % os.getloadavg()
+    bundle, data = a.bundle.resolve(), a.data.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
-        run_once(a.python, a.bundle.resolve(), a.data.resolve(), Path(tmp)), floor_once(a.python)  # bytecode
-        runs, floors = [], []
+        for python in pythons:   # one round that writes the bytecode
+            run_once(python, bundle, data, Path(tmp))
+        floor_once(pythons[0])
+        runs, floors = {python: [] for python in pythons}, []
         for _ in range(a.repeats):
-            floors.append(floor_once(a.python))
-            runs.append(run_once(a.python, a.bundle.resolve(), a.data.resolve(), Path(tmp)))
+            floors.append(floor_once(pythons[0]))
+            for python in pythons:
+                runs[python].append(run_once(python, bundle, data, Path(tmp)))
     floor = statistics.median(f["wall"] for f in floors)
     print(f"edgelora finetune {a.bundle.name}: medians of {a.repeats} interleaved runs ({load}; "
           "load %.2f %.2f %.2f at the end)" % os.getloadavg())
     print(f"  {FLOOR:44s} {1000 * floor:7.1f} ms (" + ", ".join(
         f"{k} {1000 * statistics.median(f[k] for f in floors):.1f}" for k in ("interpreter", "numpy+onnxruntime",
                                                                               "exit")) + ")")
-    for part in PARTS:
-        print(f"  {part:44s} {1000 * statistics.median(r[part] for r in runs):7.1f} ms")
-    rest = statistics.median(r["wall"] - r["training"] for r in runs)
-    print(f"  {'whole process':44s} {1000 * statistics.median(r['wall'] for r in runs):7.1f} ms; less the training "
-          f"{1000 * rest:.1f} ms = {rest / floor:.2f}x the floor (target <= 1.5x)")
+    for python in pythons:
+        if len(pythons) > 1:
+            print(f"{python}:")
+        for part in PARTS:
+            print(f"  {part:44s} {1000 * statistics.median(r[part] for r in runs[python]):7.1f} ms")
+        rest = statistics.median(r["wall"] - r["training"] for r in runs[python])
+        print(f"  {'whole process':44s} {1000 * statistics.median(r['wall'] for r in runs[python]):7.1f} ms; less "
+              f"the training {1000 * rest:.1f} ms = {rest / floor:.2f}x the floor (target <= 1.5x)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
 The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
-lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), demo_data and
+lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), quick_exit (the
+process's end, at once once the command has returned), demo_data and
 demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the shipped demo
 bundle).
 
@@ -15,7 +16,7 @@ Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no tracebac
 """
 from __future__ import annotations
 
-from .ctrl_c import during_work, outside_work
+from .ctrl_c import during_work, is_the_command, outside_work
 
 outside_work()  # first: a Ctrl-C during the imports below (and numpy's, onnxruntime's) is one line, not a traceback
 
@@ -23,12 +24,11 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import signal
 import sys
-import traceback
 import warnings
 
+from . import quick_exit
 from .parser import COMMANDS, CommandError, build_parser, command_of
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
@@ -36,7 +36,15 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line `argv` (default sys.argv[1:]); returns the exit code."""
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit code. In the `edgelora` process
+    itself the process then ends at once (quick_exit.end): every file the command wrote is complete."""
+    code = _run(argv)
+    if is_the_command():
+        quick_exit.end(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(argv)  # imports the named command's module only
@@ -130,6 +138,7 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     holds = _checkpoint_holds(checkpoints[0]) if checkpoints else None
     if holds:
         resume = [*argv, "--resume"] if "--resume" not in argv else argv
+        import shlex
         text += f"; {checkpoints[0]} {holds}: continue with: edgelora {shlex.join(resume)}"
     elif checkpoints:
         text += (f"; no epoch had finished, so {checkpoints[0]} holds no checkpoint (what the Skip-Cache computed "
@@ -153,6 +162,7 @@ def _checkpoint_holds(folder) -> str | None:
 def _fail(args, e: Exception, unexpected: bool = False) -> None:
     """One line on stderr; the traceback too with --verbose."""
     if args.verbose:
+        import traceback
         traceback.print_exc(file=sys.stderr)
     message = " ".join(str(e).split()) or type(e).__name__
     kind = f"{type(e).__name__}: " if unexpected and not isinstance(e, CommandError) else ""
