@@ -196,6 +196,11 @@ def _blas_threads(n: int):
 def _plain(value):
     """`value` as strict JSON data (RFC 8259 has no NaN or Infinity): numpy scalars as numbers, a non-finite
     number as null, paths and other objects as text."""
+    kind = type(value)
+    if kind is float:   # the leaves first: a fine-tune's result holds hundreds of numbers
+        return value if math.isfinite(value) else None
+    if value is None or kind is str or kind is int or kind is bool:
+        return value
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         value = value.tolist()
     if isinstance(value, dict):
