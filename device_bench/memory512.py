@@ -30,7 +30,7 @@ TAG = "memory512:"
 
 def child(limit_mb: int, argv: list[str]) -> None:
     """Cap the address space, run `edgelora ARGV` in this process, print the peaks on stderr at exit (an atexit
-    handler: as the `edgelora` process, it ends in main(), edgelora/cli/quick_exit.py)."""
+    handler: as the `edgelora` process, it ends in main(), edgelora/cli/lifetime.py)."""
     resource.setrlimit(resource.RLIMIT_AS, (limit_mb * MB, limit_mb * MB))
     atexit.register(_print_peaks)
     code = 0

@@ -32,12 +32,21 @@ FLOOR = "floor: python -c 'import numpy, onnxruntime'"
 CHILD = r"""
 import sys, time
 wall0 = time.time(); t0 = time.perf_counter()
-import json
+import gc, importlib.util, json, os
+# an edgelora with cli/lifetime.py starts as the `edgelora` process does: no garbage collection until main() has
+# its command's module (lifetime.start, then .started in main)
+NEW = os.path.exists(os.path.join(importlib.util.find_spec("edgelora").submodule_search_locations[0], "cli",
+                                  "lifetime.py"))
+if NEW:
+    gc.disable()
 import numpy, onnxruntime
 t1 = time.perf_counter()
 import edgelora.cli as C, edgelora.cli.common as common, edgelora.cli.finetune as F
 import edgelora.files.adapter as A
 t2 = time.perf_counter()
+if NEW:
+    gc.enable()
+    C.lifetime.start()
 spent = {}
 def timed(owner, name, part):
     f = getattr(owner, name)
@@ -65,11 +74,7 @@ spent["other in the command"] = (t4 - t3) - sum(v for k, v in spent.items() if k
                                                                                          "edgelora modules"))
 import atexit
 atexit.register(lambda: print(json.dumps({"parts": spent, "wall0": wall0, "end": time.time()}), file=sys.stderr))
-try:
-    from edgelora.cli.quick_exit import end   # as the `edgelora` process ends (main() ends only that one)
-except ImportError:   # an edgelora from before quick_exit: Python's ordinary exit
-    end = sys.exit
-end(code)
+(C.lifetime.end if NEW else sys.exit)(code)   # as the `edgelora` process ends (main() ends only that one)
 """
 
 

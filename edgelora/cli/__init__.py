@@ -1,7 +1,7 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
 The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
-lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), quick_exit (the
-process's end, at once once the command has returned), demo_data and
+lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), lifetime (the
+process's start without garbage collection and its end at once once the command has returned), demo_data and
 demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the shipped demo
 bundle).
 
@@ -20,6 +20,11 @@ from .ctrl_c import during_work, is_the_command, outside_work
 
 outside_work()  # first: a Ctrl-C during the imports below (and numpy's, onnxruntime's) is one line, not a traceback
 
+from . import lifetime
+
+if is_the_command():
+    lifetime.start()  # no garbage collection while the modules load, until _run has the command's (lifetime.py)
+
 import contextlib
 import json
 import math
@@ -28,7 +33,6 @@ import signal
 import sys
 import warnings
 
-from . import quick_exit
 from .parser import COMMANDS, CommandError, build_parser, command_of
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
@@ -37,10 +41,10 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the exit code. In the `edgelora` process
-    itself the process then ends at once (quick_exit.end): every file the command wrote is complete."""
+    itself the process then ends at once (lifetime.end): every file the command wrote is complete."""
     code = _run(argv)
     if is_the_command():
-        quick_exit.end(code)
+        lifetime.end(code)
     return code
 
 
@@ -48,6 +52,7 @@ def _run(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(argv)  # imports the named command's module only
+        lifetime.started()
         args = parser.parse_args(argv)
     except ImportError as e:  # that command needs an optional extra that is not installed (e.g. onnx for kit)
         print(f"edgelora {command_of(argv)}: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The `edgelora` process's quick end (edgelora/cli/quick_exit.py): what Python's exit would have done that anyone
-can see (atexit handlers, every buffered byte, the exit code) still happens; a running thread still gets waited for."""
+"""The `edgelora` process's start and end (edgelora/cli/lifetime.py): no garbage collection while the modules load,
+only in that process; at the quick end, what Python's exit would have done that anyone can see (atexit handlers,
+every buffered byte, the exit code) still happens, and a running thread still gets waited for."""
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 def test_end_runs_atexit_flushes_python_and_c_buffers_and_keeps_the_code():
     p = python("import atexit, ctypes, sys\n"
-               "from edgelora.cli.quick_exit import end\n"
+               "from edgelora.cli.lifetime import end\n"
                "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
                "ctypes.CDLL(None).printf(b'from C;')\n"          # C's stdout buffer: a pipe, so held until flushed
                "sys.stdout.write('x' * 300000)\n"
@@ -39,7 +40,7 @@ def test_end_runs_atexit_flushes_python_and_c_buffers_and_keeps_the_code():
 def test_end_leaves_a_running_thread_to_the_ordinary_exit(tmp_path):
     done = tmp_path / "done"
     p = python("import threading, time\n"
-               "from edgelora.cli.quick_exit import end\n"
+               "from edgelora.cli.lifetime import end\n"
                f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(done)!r}, 'w').close())).start()\n"
                "end(0)\n"
                "print('returned')")
@@ -64,3 +65,24 @@ def test_error_exit_codes_pass_through(tmp_path, toy_bundle):
                         str(tmp_path / "ad")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 2 and p.stderr.startswith("edgelora finetune: error:"), p.stderr
+
+
+
+def test_the_collector_is_off_while_the_modules_load_and_on_for_the_work():
+    p = python("import gc, sys\n"
+               "sys.argv = ['edgelora', 'finetune', '--help']\n"   # as the `edgelora` process
+               "import edgelora.cli as C\n"
+               "print('loading', gc.isenabled())\n"
+               "started = C.lifetime.started\n"
+               "def check():\n"
+               "    started()\n"
+               "    print('working', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+               "C.lifetime.started = check\n"
+               "C._run(['finetune', '--help'])")
+    lines = p.stdout.splitlines()
+    assert "loading False" in lines and "working True True" in lines, p.stdout[-2000:] + p.stderr[-2000:]
+
+
+def test_a_program_that_imports_the_cli_keeps_its_collector():
+    p = python("import gc, edgelora.cli\nprint(gc.isenabled(), gc.get_freeze_count())")
+    assert p.stdout.split() == ["True", "0"], p.stderr
