@@ -82,8 +82,8 @@ spent.update({"numpy+onnxruntime": t1 - t0, "edgelora modules": t2 - t1, "traini
 spent["other in the command"] = (t4 - t3) - sum(v for k, v in spent.items() if k not in ("numpy+onnxruntime",
                                                                                          "edgelora modules"))
 import atexit
-atexit.register(lambda: print(json.dumps({"parts": spent, "wall0": wall0, "end": time.time(), "train_cpu": train_cpu[0]}),
-                              file=sys.stderr))
+atexit.register(lambda: print(json.dumps({"parts": spent, "wall0": wall0, "end": time.time(),
+                                          "train_cpu": train_cpu[0]}), file=sys.stderr))
 (C.lifetime.end if NEW else sys.exit)(code)   # as the `edgelora` process ends (main() ends only that one)
 """
 
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in PARTS:
             print(f"  {part:44s} {1000 * statistics.median(r[part] for r in runs[python]):7.1f} ms")
         rest_cpu = statistics.median(r["rest_cpu"] for r in runs[python])
-        print(f"  {'CPU time less the training':44s} {1000 * rest_cpu:7.1f} ms = {rest_cpu / floor_cpu:.2f}x the floor's "
-              f"CPU time ({1000 * floor_cpu:.1f} ms; CPU times move less with the load)")
+        print(f"  {'CPU time less the training':44s} {1000 * rest_cpu:7.1f} ms = {rest_cpu / floor_cpu:.2f}x the "
+              f"floor's CPU time ({1000 * floor_cpu:.1f} ms; CPU times move less with the load)")
         rest = statistics.median(r["wall"] - r["training"] for r in runs[python])
         print(f"  {'whole process':44s} {1000 * statistics.median(r['wall'] for r in runs[python]):7.1f} ms; less "
               f"the training {1000 * rest:.1f} ms = {rest / floor:.2f}x the floor (target <= 1.5x)")
