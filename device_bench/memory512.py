@@ -11,6 +11,7 @@ The fan bundle is the reference MLP (`python -m device_bench.reference --out art
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -28,8 +29,10 @@ TAG = "memory512:"
 
 
 def child(limit_mb: int, argv: list[str]) -> None:
-    """Cap the address space, run `edgelora ARGV` in this process, print the peaks on stderr at exit."""
+    """Cap the address space, run `edgelora ARGV` in this process, print the peaks on stderr at exit (an atexit
+    handler: as the `edgelora` process, it ends in main(), edgelora/cli/lifetime.py)."""
     resource.setrlimit(resource.RLIMIT_AS, (limit_mb * MB, limit_mb * MB))
+    atexit.register(_print_peaks)
     code = 0
     try:
         sys.argv = ["edgelora", *argv]
@@ -38,10 +41,13 @@ def child(limit_mb: int, argv: list[str]) -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MemoryError:
         code = 137
+    sys.exit(code)
+
+
+def _print_peaks() -> None:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kb = {k: int(status[k].split()[0]) for k in ("VmHWM", "VmPeak")}
     print(TAG, json.dumps(kb), file=sys.stderr, flush=True)
-    sys.exit(code)
 
 
 def limit_is_enforced() -> bool:

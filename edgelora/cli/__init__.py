@@ -1,8 +1,9 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
 The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
-lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), demo_data and
-demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the shipped demo
-bundle).
+lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), lifetime (the
+process's start without garbage collection, its end at once when the command has returned),
+demo_data and demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the
+shipped demo bundle).
 
 To add a subcommand: write `edgelora/cli/NAME.py` with a `register(subparsers)` that calls
 `common.add_command(subparsers, "name", run, report, ...)`, and add it with its one-line summary to
@@ -15,18 +16,21 @@ Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no tracebac
 """
 from __future__ import annotations
 
-from .ctrl_c import during_work, outside_work
+from .ctrl_c import during_work, is_the_command, outside_work
 
 outside_work()  # first: a Ctrl-C during the imports below (and numpy's, onnxruntime's) is one line, not a traceback
+
+from . import lifetime
+
+if is_the_command():
+    lifetime.start()  # no garbage collection while the modules load, until _run has the command's (lifetime.py)
 
 import contextlib
 import json
 import math
 import os
-import shlex
 import signal
 import sys
-import traceback
 import warnings
 
 from .parser import COMMANDS, CommandError, build_parser, command_of
@@ -36,10 +40,19 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line `argv` (default sys.argv[1:]); returns the exit code."""
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit code. In the `edgelora` process
+    itself the process then ends at once (lifetime.end): every file the command wrote is complete."""
+    code = _run(argv)
+    if is_the_command():
+        lifetime.end(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(argv)  # imports the named command's module only
+        lifetime.started()
         args = parser.parse_args(argv)
     except ImportError as e:  # that command needs an optional extra that is not installed (e.g. onnx for kit)
         print(f"edgelora {command_of(argv)}: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -130,6 +143,7 @@ def interrupted(args, argv: list[str], e: BaseException) -> str:
     holds = _checkpoint_holds(checkpoints[0]) if checkpoints else None
     if holds:
         resume = [*argv, "--resume"] if "--resume" not in argv else argv
+        import shlex
         text += f"; {checkpoints[0]} {holds}: continue with: edgelora {shlex.join(resume)}"
     elif checkpoints:
         text += (f"; no epoch had finished, so {checkpoints[0]} holds no checkpoint (what the Skip-Cache computed "
@@ -153,6 +167,7 @@ def _checkpoint_holds(folder) -> str | None:
 def _fail(args, e: Exception, unexpected: bool = False) -> None:
     """One line on stderr; the traceback too with --verbose."""
     if args.verbose:
+        import traceback
         traceback.print_exc(file=sys.stderr)
     message = " ".join(str(e).split()) or type(e).__name__
     kind = f"{type(e).__name__}: " if unexpected and not isinstance(e, CommandError) else ""
@@ -186,6 +201,11 @@ def _blas_threads(n: int):
 def _plain(value):
     """`value` as strict JSON data (RFC 8259 has no NaN or Infinity): numpy scalars as numbers, a non-finite
     number as null, paths and other objects as text."""
+    kind = type(value)
+    if kind is float:   # the leaves first: a fine-tune's result holds hundreds of numbers
+        return value if math.isfinite(value) else None
+    if value is None or kind is str or kind is int or kind is bool:
+        return value
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         value = value.tolist()
     if isinstance(value, dict):

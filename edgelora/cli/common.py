@@ -16,8 +16,6 @@ from ..files.checkpoint import parse_every
 from ..files.data import as_inputs, as_targets, csv_rows, load_arrays, num_samples
 from ..files.outputs import Kind, check_target
 from ..files.output_lock import OutputBusyError, OutputLock
-from ..ops.store import STORE_FILE, STORE_KIND, AdapterStore
-from ..ops.versions import parse_version
 from ..runtime.backbone import Backbone
 from .parser import CommandError, summary  # noqa: F401  - CommandError: commands raise common.CommandError
 
@@ -218,6 +216,8 @@ ADAPTER_HELP = "adapter folder, or a stored adapter STORE/NAME (its current vers
 def adapter_path(spec: str | Path) -> Path:
     """The folder of an adapter named as a folder, as STORE/NAME (the store's current version of NAME)
     or as STORE/NAME@vN (version N)."""
+    from ..ops.store import STORE_FILE, AdapterStore   # the store's modules: only for commands that read adapters
+    from ..ops.versions import parse_version
     path = Path(spec)
     if (path / CONFIG_FILE).exists() or "@" not in path.name and not (path.parent / STORE_FILE).is_file():
         return path  # a plain adapter folder (load_adapter says what is wrong with it, if anything)
@@ -267,12 +267,20 @@ def hold_outputs(args: argparse.Namespace) -> Iterator[None]:
     outputs = args.targets(args)[0] if getattr(args, "targets", None) else []
     with contextlib.ExitStack() as stack:
         for flag, path, kind in outputs:
-            if path is not None and kind is not STORE_KIND:
+            if path is not None and not _is_store(kind):
                 try:
                     stack.enter_context(OutputLock(path, flag))
                 except OutputBusyError as e:
                     raise CommandError(str(e)) from None
         yield
+
+
+def _is_store(kind: Kind) -> bool:
+    """Whether `kind` is an adapter store's (a container, with a lock of its own)."""
+    if not kind.container:
+        return False
+    from ..ops.store import STORE_KIND   # only for a command that writes into a container
+    return kind is STORE_KIND
 
 
 # --- text --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import InputSpec, Manifest
-from .csv_data import load_csv
 from .fileio import PathLike
 from .memory import Pager
 from .readers import check_file
@@ -183,6 +182,7 @@ def load_arrays(path: PathLike, x_key: str = "x", y_key: str | None = "y",
                 f.seek(0)
                 return _read_array(f, str(path)), None
         if suffix == ".csv":
+            from .csv_data import load_csv   # the csv module: only for a CSV
             return load_csv(path, label_column if y_key is not None else None)
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError,
             UnicodeDecodeError) as e:  # a zip member name that is not valid UTF-8 included

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 
 import numpy as np
 
@@ -63,10 +64,9 @@ def release_library(name: str) -> int:
         with open("/proc/self/maps") as f:
             maps = [line for line in f.read().splitlines() if _read_only_of(line, name)]
         madvise = ctypes.CDLL(None).madvise
+        _SHARED_ONLY.update(_without_private_pages([line for line in maps if line not in _SHARED_ONLY]))
     except (OSError, AttributeError):
         return 0
-    if any(line not in _SHARED_ONLY for line in maps):
-        _SHARED_ONLY.update(_without_private_pages())
     madvise.argtypes, done = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], 0
     for line in maps:
         start, end = (int(a, 16) for a in line.split(maxsplit=1)[0].split("-"))
@@ -76,7 +76,8 @@ def release_library(name: str) -> int:
 
 
 _SHARED_ONLY: dict[str, bool] = {}  # a mapping's /proc/self/maps line -> it holds no private (written) page
-_HEX = frozenset("0123456789abcdef")
+# the flags of a page in /proc/self/pagemap (one 64-bit entry per page; the kernel's admin-guide/mm/pagemap.rst)
+PM_PRESENT, PM_SWAP, PM_FILE = np.uint64(1 << 63), np.uint64(1 << 62), np.uint64(1 << 61)
 
 
 def _read_only_of(line: str, name: str) -> bool:
@@ -85,18 +86,22 @@ def _read_only_of(line: str, name: str) -> bool:
     return len(part) == 6 and name in part[5] and "w" not in part[1]
 
 
-def _without_private_pages() -> dict[str, bool]:
-    """Every mapping's /proc/self/maps line (smaps heads each block with it) -> whether it holds no private page,
-    resident (Anonymous) or swapped out (Swap). Read once per new mapping: smaps walks every resident page
-    (milliseconds), maps does not."""
-    found, head = {}, None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            if line[:1] in _HEX:                     # a mapping's line; its fields start with a capital letter
-                head = line.rstrip("\n")
-                found[head] = True
-            elif line.startswith(("Anonymous:", "Swap:")) and head is not None:
-                found[head] = found[head] and line.split()[1] == "0"
+def _without_private_pages(lines: list[str]) -> dict[str, bool]:
+    """Each of these /proc/self/maps lines -> whether its mapping holds no private page: none resident that is
+    not the file's own (a copy-on-write copy) and none swapped out. Read from /proc/self/pagemap, which walks the
+    page tables of these ranges only (/proc/self/smaps walks every mapping's: 2-10 ms)."""
+    if not lines:
+        return {}
+    found = {}
+    with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        for line in lines:
+            start, end = (int(a, 16) // mmap.PAGESIZE for a in line.split(maxsplit=1)[0].split("-"))
+            raw = os.pread(f.fileno(), 8 * (end - start), 8 * start)
+            if len(raw) != 8 * (end - start):   # a short read: left alone
+                found[line] = False
+                continue
+            flags = np.frombuffer(raw, np.uint64)
+            found[line] = not (((flags & (PM_PRESENT | PM_FILE)) == PM_PRESENT) | ((flags & PM_SWAP) != 0)).any()
     return found
 
 
