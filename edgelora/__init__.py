@@ -12,7 +12,13 @@ The package is layered; each layer imports only from the layers above it in this
 The names below are imported on first use, so `import edgelora` costs nothing and `edgelora.core`
 works with numpy alone.
 """
+import os
 from importlib import import_module
+
+# onnxruntime (1.32 on Linux, measured) writes a telemetry database under ~/.cache/Microsoft at every import
+# unless this is set: a device runtime writes nothing outside its own folders (and spares the flash). Set before
+# onnxruntime is imported; ORT_DISABLE_TELEMETRY=0 in the environment keeps onnxruntime's default.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 _PUBLIC = {

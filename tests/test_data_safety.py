@@ -170,3 +170,24 @@ def test_benchmarks_delete_only_their_own_output(tmp_path):
     remove_own(tmp_path / "ours", STORE_KIND)
     remove_own(tmp_path / "never_existed", STORE_KIND)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def _files_under_home(tmp_path, env_extra: dict) -> list[str]:
+    """The files a fresh process importing edgelora and running the demo backbone leaves under a fresh HOME."""
+    import subprocess
+    import sys
+    home = tmp_path / f"home{len(env_extra)}"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), **env_extra)
+    code = ("import numpy as np, edgelora; from edgelora import Backbone; "
+            f"Backbone({str(DEMO)!r}).features(np.zeros((2, 64), np.float32))")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+
+def test_nothing_is_written_outside_edgelora_folders_not_even_onnxruntime_telemetry(tmp_path):
+    control = _files_under_home(tmp_path, {"ORT_DISABLE_TELEMETRY": "0"})   # onnxruntime's own default
+    if not control:
+        pytest.skip("this onnxruntime writes no telemetry file under HOME")
+    assert _files_under_home(tmp_path, {}) == [], "edgelora left files under HOME"
