@@ -1,6 +1,7 @@
 """`edgelora` console command. One module per subcommand; each has `register(subparsers)`.
-The other modules are helpers, not subcommands: common (parser, output rule), progress (progress
-lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit 130), lifetime (the
+The other modules are helpers, not subcommands: common (parser, output rule), flags (flag value
+types), progress (progress lines), ctrl_c (Ctrl-C while the command starts or finishes: one line, exit
+130), lifetime (the
 process's start without garbage collection, its end at once when the command has returned),
 demo_data and demo_plot (the demo's digits and figure), make_demo (a maintainer tool that rebuilds the
 shipped demo bundle).

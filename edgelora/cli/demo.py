@@ -23,7 +23,7 @@ from ..runtime.features import prepare
 from ..runtime.predict import Predictor
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig
-from . import common, demo_data
+from . import common, demo_data, flags
 from .progress import Progress
 
 BUNDLE = Path(__file__).resolve().parent.parent / "data" / "demo_bundle"
@@ -49,10 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--png", type=Path, default=Path("edgelora_demo.png"), metavar="FILE",
                    help="where to write the figure (default edgelora_demo.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
-    p.add_argument("--epochs", type=common.positive_int, default=60,
+    p.add_argument("--epochs", type=flags.positive_int, default=60,
                    help="most epochs to train; cross-validation picks 1/4, 1/2 or all of them (default 60)")
-    p.add_argument("--rank", dest="r", type=common.rank, default=8, metavar="N|auto", help="adapter rank (default 8)")
-    p.add_argument("--weight-decay", type=common.decay, default=TrainConfig().weight_decay, metavar="W|auto",
+    p.add_argument("--rank", dest="r", type=flags.rank, default=8, metavar="N|auto", help="adapter rank (default 8)")
+    p.add_argument("--weight-decay", type=flags.decay, default=TrainConfig().weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: chosen on the device by cross-validation "
                         f"(default {TrainConfig().weight_decay})")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

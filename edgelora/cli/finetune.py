@@ -18,7 +18,7 @@ from ..runtime.features import FeatureSource
 from ..runtime.plan import Plan
 from ..runtime.train import finetune_features
 from ..runtime.train_config import TrainConfig, training_split
-from . import common
+from . import common, flags
 from .finetune_report import report, verdict
 from .progress import Progress
 
@@ -54,31 +54,31 @@ def register(subparsers) -> None:
 
 def _recipe_flags(t, d: TrainConfig) -> None:
     """The adapter and how it trains."""
-    t.add_argument("--rank", dest="r", type=common.rank, default=d.r, metavar="N|auto",
+    t.add_argument("--rank", dest="r", type=flags.rank, default=d.r, metavar="N|auto",
                    help=f"adapter rank r, or auto: pick from {list(d.rank_grid)} (default {d.r})")
-    t.add_argument("--alpha", type=common.positive_float, default=None, metavar="A",
+    t.add_argument("--alpha", type=flags.positive_float, default=None, metavar="A",
                    help="LoRA alpha; the adapter output is scaled by alpha / r (default 2 r)")
-    t.add_argument("--epochs", type=common.rank, default=d.epochs, metavar="N|auto",
+    t.add_argument("--epochs", type=flags.rank, default=d.epochs, metavar="N|auto",
                    help="passes over the samples; auto: a budget from the data, at least --min-steps optimiser steps "
                         "(and 30 epochs), which cross-validation extends while its score still improves at the "
                         f"largest count, within --time-budget (default {d.epochs})")
-    t.add_argument("--min-steps", type=common.positive_int, default=d.min_steps, metavar="STEPS",
+    t.add_argument("--min-steps", type=flags.positive_int, default=d.min_steps, metavar="STEPS",
                    help=f"--epochs auto: train at least this many optimiser steps (default {d.min_steps})")
-    t.add_argument("--time-budget", type=common.positive_float, default=d.cv_seconds, metavar="SECONDS",
+    t.add_argument("--time-budget", type=flags.positive_float, default=d.cv_seconds, metavar="SECONDS",
                    help="--epochs auto: cross-validation extends the budget only while its projected time stays "
                         f"within this (default {d.cv_seconds:g})")
-    t.add_argument("--batch-size", type=common.positive_int, default=d.batch_size, help=f"default {d.batch_size}")
-    t.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    t.add_argument("--batch-size", type=flags.positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=flags.positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=d.optimizer,
                    help=f"default {d.optimizer}")
-    t.add_argument("--weight-decay", type=common.decay, default=d.weight_decay, metavar="W|auto",
+    t.add_argument("--weight-decay", type=flags.decay, default=d.weight_decay, metavar="W|auto",
                    help=f"weight decay, or auto: pick from {list(d.weight_decay_grid)} (default {d.weight_decay})")
     t.add_argument("--form", choices=("skip", "last", "auto", "deep"), default=d.form,
                    help="skip: Skip-LoRA adapters on every tap; last: a dense update of the last layer through "
                         "its input tap (FT-Last on the cache); deep: LoRA inside the backbone's own layers, "
                         "backprop through it (docs/deep.md); auto: choose, deep only when the skip adapters "
                         f"fall short (default {d.form})")
-    t.add_argument("--deep-budget", type=common.positive_float, default=d.deep_seconds, metavar="SECONDS",
+    t.add_argument("--deep-budget", type=flags.positive_float, default=d.deep_seconds, metavar="SECONDS",
                    help="--form auto: try the deep tier only when its cross-validation and refit are projected to take "
                         f"at most this much CPU time (default {d.deep_seconds:g})")
     t.add_argument("--tap-scaling", choices=("none", "standard", "auto"), default=d.tap_scaling,
@@ -95,14 +95,14 @@ def _recipe_flags(t, d: TrainConfig) -> None:
 
 def _selection_flags(t, d: TrainConfig) -> None:
     """How the recipe is chosen and which trainer runs it."""
-    t.add_argument("--cv-folds", type=common.fold_count, default=d.cv_folds, metavar="K",
+    t.add_argument("--cv-folds", type=flags.fold_count, default=d.cv_folds, metavar="K",
                    help="choose the auto settings and how many of --epochs to train by K-fold cross-validation "
                         "(folds: blocks in sample order within each class), then train on every sample; 0: no "
                         f"selection, train exactly the given settings (default {d.cv_folds})")
-    t.add_argument("--cv-rows-per-class", type=common.count, default=d.cv_rows_per_class, metavar="N",
+    t.add_argument("--cv-rows-per-class", type=flags.count, default=d.cv_rows_per_class, metavar="N",
                    help="cross-validate on at most N x classes samples, evenly spaced in sample order (the final "
                         f"training uses every sample); 0: all (default {d.cv_rows_per_class})")
-    t.add_argument("--val-fraction", type=common.fraction, default=d.val_fraction, metavar="F",
+    t.add_argument("--val-fraction", type=flags.fraction, default=d.val_fraction, metavar="F",
                    help="instead of cross-validation, hold out this share of each class's most recent samples, "
                         f"choose on it and restore the best epoch (default {d.val_fraction}: cross-validation)")
     t.add_argument("--require-gain", action="store_true",
@@ -111,7 +111,7 @@ def _selection_flags(t, d: TrainConfig) -> None:
     t.add_argument("--force-adapter", action="store_true",
                    help="save the best adapter even when cross-validation estimates it worse than the backbone "
                         "alone (by default nothing is saved then, exit 1)")
-    t.add_argument("--patience", type=common.positive_int, default=None, metavar="EPOCHS",
+    t.add_argument("--patience", type=flags.positive_int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss (default: never)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     t.add_argument("--engine", choices=("numpy", "onnx"), default="numpy",
@@ -125,13 +125,13 @@ def _cache_flags(c) -> None:
                    help="keep the Skip-Cache on disk here, so later runs only compute new samples")
     c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
                    help="float16 halves the cache (default float32)")
-    c.add_argument("--memory-budget", type=common.positive_float, default=None, metavar="MB",
+    c.add_argument("--memory-budget", type=flags.positive_float, default=None, metavar="MB",
                    help="spill the cache to disk rather than hold more than this many MB in RAM; samples whose "
                         "bookkeeping (about 37 bytes each) needs more than half of it are refused")
     c.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                    help="save the training state here (for --resume): at the end of each run, and in between as "
                         "--checkpoint-every says")
-    c.add_argument("--checkpoint-every", type=common.interval, default=None, metavar="N|Ns|auto",
+    c.add_argument("--checkpoint-every", type=flags.interval, default=None, metavar="N|Ns|auto",
                    help="with --checkpoint-dir: save every N epochs, or at most every N seconds (30s); auto "
                         "(default): as often as costs at most about 10 %% of the run")
     c.add_argument("--resume", action="store_true",

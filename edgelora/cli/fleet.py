@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import common
+from . import common, flags
 
 EXAMPLE = """
 edgelora fleet link --port 9091 --home fleet_home                  # the server's endpoint (SuperLink), loopback
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("name", nargs="?", default=None, metavar="NAME", help="personalize: the personal adapter's name")
     n = p.add_argument_group("network (link, node, run)")
     n.add_argument("--host", default="127.0.0.1", help="link: address to listen on (default 127.0.0.1)")
-    n.add_argument("--port", type=common.positive_int, default=None, help="link: port (default 9091); node: its "
+    n.add_argument("--port", type=flags.positive_int, default=None, help="link: port (default 9091); node: its "
                    "local runtime port (default 9094; one per device on a machine)")
     n.add_argument("--superlink", default="127.0.0.1:9091", metavar="HOST:PORT",
                    help="node, run: the SuperLink's address (default 127.0.0.1:9091)")
@@ -76,7 +76,7 @@ def _security_flags(s) -> None:
                    "(refused off loopback without this flag; prints a warning)")
     s.add_argument("--names", nargs="+", default=["localhost"], metavar="NAME",
                    help="certs: the SuperLink's host names or addresses (default localhost)")
-    s.add_argument("--nodes", type=common.positive_int, default=1, metavar="N", help="certs: key pairs dev0.. (default 1)")
+    s.add_argument("--nodes", type=flags.positive_int, default=1, metavar="N", help="certs: key pairs dev0.. (default 1)")
 
 
 def _device_flags(d) -> None:
@@ -84,9 +84,9 @@ def _device_flags(d) -> None:
     d.add_argument("--x-key", default="x", metavar="KEY", help="inputs in a .npz (default x)")
     d.add_argument("--y-key", default="y", metavar="KEY", help="labels in a .npz (default y)")
     d.add_argument("--workdir", type=Path, default=None, metavar="DIR", help="node: its store and cache (kept)")
-    d.add_argument("--max-wait", type=common.positive_float, default=600.0, metavar="S",
+    d.add_argument("--max-wait", type=flags.positive_float, default=600.0, metavar="S",
                    help="node: exit after this many seconds without the SuperLink (default 600)")
-    d.add_argument("--max-shared-norm", type=common.positive_float, default=1e3, metavar="X",
+    d.add_argument("--max-shared-norm", type=flags.positive_float, default=1e3, metavar="X",
                    help="node: refuse a shared adapter with a larger L2 norm (default 1000)")
     d.add_argument("--bundle", type=Path, default=None, help="personalize: the backbone bundle")
     d.add_argument("--shared", type=Path, default=None, metavar="DIR", help="personalize: the shared adapter")
@@ -94,16 +94,16 @@ def _device_flags(d) -> None:
 
 def _round_flags(r) -> None:
     r.add_argument("--out", type=Path, default=None, metavar="DIR", help="the shared adapter's folder")
-    r.add_argument("--rounds", type=common.positive_int, default=10, help="default 10")
-    r.add_argument("--min-clients", type=common.positive_int, default=2,
+    r.add_argument("--rounds", type=flags.positive_int, default=10, help="default 10")
+    r.add_argument("--min-clients", type=flags.positive_int, default=2,
                    help="devices needed to start a round and valid updates to change the adapter (default 2)")
     r.add_argument("--strategy", choices=("fedavg", "fedavgm"), default="fedavg", help="default fedavg")
     r.add_argument("--aggregation", choices=("mean", "median", "trimmed", "fedavg"), default="mean",
                    help="robust rule over the round's updates, after capping each device's weight and clipping "
                         "update norms at 3x the round's median (default mean; fedavg: unbounded)")
-    r.add_argument("--rank", type=common.positive_int, default=4, help="adapter rank (default 4)")
-    r.add_argument("--local-epochs", type=common.positive_int, default=2, help="per device and round (default 2)")
-    r.add_argument("--round-timeout", type=common.positive_float, default=120.0, metavar="S",
+    r.add_argument("--rank", type=flags.positive_int, default=4, help="adapter rank (default 4)")
+    r.add_argument("--local-epochs", type=flags.positive_int, default=2, help="per device and round (default 2)")
+    r.add_argument("--round-timeout", type=flags.positive_float, default=120.0, metavar="S",
                    help="wait this long for replies; later ones are dropped (default 120)")
     r.add_argument("--update-dtype", choices=("float16", "float32"), default="float16", help="default float16")
     r.add_argument("--evaluate", action="store_true",
@@ -111,7 +111,7 @@ def _round_flags(r) -> None:
                         "--out keeps the round with the lowest loss")
     r.add_argument("--init", type=Path, default=None, metavar="DIR",
                    help="start from this adapter: its shape, and its recorded weight decay on every device")
-    r.add_argument("--timeout", type=common.positive_float, default=3600.0, metavar="S",
+    r.add_argument("--timeout", type=flags.positive_float, default=3600.0, metavar="S",
                    help="stop waiting for the whole run after this many seconds (default 3600)")
 
 

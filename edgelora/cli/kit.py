@@ -11,7 +11,7 @@ from ..files.tap_stats import view
 from ..graphs.kit import CONTRACT_FILE, EVAL_FILE, KIT_KIND, TRAIN_FILE, KitRecipe, build_kit
 from ..graphs.kit_recipe import kit_recipe_of
 from ..runtime.train_config import TrainConfig
-from . import common
+from . import common, flags
 
 EXAMPLE = """
 edgelora kit fan_bundle --out fan_kit
@@ -39,16 +39,16 @@ def register(subparsers) -> None:
                    help="kit folder to write (new, empty, or a kit, which is replaced atomically)")
     common.add_overwrite(p, "--out")
     g = p.add_argument_group("recipe baked into the graphs")
-    g.add_argument("--rank", type=common.positive_int, default=k.r, help=f"adapter rank r (default {k.r})")
-    g.add_argument("--alpha", type=common.positive_float, default=None, help="LoRA alpha (default 2 r)")
-    g.add_argument("--batch-size", type=common.positive_int, default=k.batch_size, help=f"default {k.batch_size}")
+    g.add_argument("--rank", type=flags.positive_int, default=k.r, help=f"adapter rank r (default {k.r})")
+    g.add_argument("--alpha", type=flags.positive_float, default=None, help="LoRA alpha (default 2 r)")
+    g.add_argument("--batch-size", type=flags.positive_int, default=k.batch_size, help=f"default {k.batch_size}")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=k.optimizer, help=f"default {k.optimizer}")
-    g.add_argument("--clip-norm", type=common.positive_float, default=None, help="clip the gradient norm (default off)")
+    g.add_argument("--clip-norm", type=flags.positive_float, default=None, help="clip the gradient norm (default off)")
     g.add_argument("--no-bias", action="store_true", help="do not learn an output bias")
     r = p.add_argument_group("run defaults recorded in the contract")
-    r.add_argument("--epochs", type=common.positive_int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    r.add_argument("--lr", type=common.positive_float, default=d.lr, help=f"default {d.lr}")
-    r.add_argument("--weight-decay", type=common.decay, default=0.1, metavar="W",
+    r.add_argument("--epochs", type=flags.positive_int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    r.add_argument("--lr", type=flags.positive_float, default=d.lr, help=f"default {d.lr}")
+    r.add_argument("--weight-decay", type=flags.decay, default=0.1, metavar="W",
                    help="weight decay (default 0.1; the kit takes it as an input, so one kit serves several)")
     r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--recipe-of", type=Path, default=None, metavar="ADAPTER",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..ops.personalize import SESSION_TRAINING, PersonalizeConfig, personalize
 from ..ops.store import STORE_KIND, AdapterStore
-from . import common
+from . import common, flags
 
 EXAMPLE = """
 edgelora personalize /var/lib/edgelora/store user-42 --bundle har_bundle --data today.npz
@@ -36,27 +36,27 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", required=True, type=Path, metavar="BUNDLE", help="backbone bundle folder")
     common.add_data_flags(p, labels=True, what="the new labelled samples, in time order")
     g = p.add_argument_group("gate")
-    g.add_argument("--margin", type=common.fraction, default=d.margin, metavar="M",
+    g.add_argument("--margin", type=flags.fraction, default=d.margin, metavar="M",
                    help=f"publish unless holdout accuracy drops by more than this (default {d.margin})")
-    g.add_argument("--holdout-fraction", type=common.fraction, default=d.holdout_fraction, metavar="F",
+    g.add_argument("--holdout-fraction", type=flags.fraction, default=d.holdout_fraction, metavar="F",
                    help=f"most recent share of each class of each session kept aside (default {d.holdout_fraction})")
-    g.add_argument("--min-holdout", type=common.positive_int, default=d.min_holdout, metavar="N",
+    g.add_argument("--min-holdout", type=flags.positive_int, default=d.min_holdout, metavar="N",
                    help=f"defer until the holdout has this many samples (default {d.min_holdout})")
     g.add_argument("--max-implausible", type=_fraction_or_none, default=d.max_implausible, metavar="F|none",
                    help=f"reject if the current version finds more than this share of new labels implausible "
                         f"(default {d.max_implausible}; none: no label check)")
-    g.add_argument("--keep-versions", type=common.positive_int, default=d.keep_versions, metavar="N",
+    g.add_argument("--keep-versions", type=flags.positive_int, default=d.keep_versions, metavar="N",
                    help=f"prune older unpinned versions beyond this many (default {d.keep_versions})")
     tr = p.add_argument_group("training")
     tr.add_argument("--recipe", choices=("chosen", "fixed"), default=d.recipe,
                     help="chosen: the recipe chosen on this device - the current version's recorded weight decay and "
                          "epochs, else (a new adapter) what cross-validation chooses, as `finetune` does; fixed: "
                          f"--epochs and --rank as given, weight decay {t.weight_decay} (default {d.recipe})")
-    tr.add_argument("--epochs", type=common.positive_int, default=None,
+    tr.add_argument("--epochs", type=flags.positive_int, default=None,
                     help=f"with --recipe fixed (default {t.epochs}); the chosen recipe has its own")
-    tr.add_argument("--batch-size", type=common.positive_int, default=t.batch_size, help=f"default {t.batch_size}")
-    tr.add_argument("--lr", type=common.positive_float, default=t.lr, help=f"default {t.lr}")
-    tr.add_argument("--rank", dest="r", type=common.positive_int, default=t.r, metavar="N",
+    tr.add_argument("--batch-size", type=flags.positive_int, default=t.batch_size, help=f"default {t.batch_size}")
+    tr.add_argument("--lr", type=flags.positive_float, default=t.lr, help=f"default {t.lr}")
+    tr.add_argument("--rank", dest="r", type=flags.positive_int, default=t.r, metavar="N",
                     help=f"rank of a new adapter (default {t.r})")
     tr.add_argument("--seed", type=int, default=t.seed, help=f"default {t.seed}")
     tr.add_argument("--cache-dtype", choices=("float32", "float16"), default=d.cache_dtype,
