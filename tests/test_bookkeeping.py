@@ -47,7 +47,9 @@ def test_error_bookkeeping_above_the_budget_names_samples_bytes_need_budget_and_
         check_budget(n, labels, n, 16 * 2**20)
     said = str(e.value)
     assert "\n" not in said and "--memory-budget 16 MB is too small for 1,000,000 samples" in said, said
-    assert "37.0 bytes a sample, 35.3 MB" in said and "at most 1/2 of the budget" in said, said
+    assert "needs 35.3 MB (cache index, labels, indices, the shuffle: 37.0 bytes a sample)" in said, said
+    assert "at most 1/2 of the budget" in said, said
+    assert "cache clear" not in said, said                   # no row was cached before: not the remedy
     smallest = int(said.split("use --memory-budget ")[1].split()[0])
     assert smallest == 71
     check_budget(n, labels, n, smallest * 2**20)             # the budget it names is enough
@@ -68,8 +70,10 @@ def test_a_warm_cache_counts_only_the_samples_it_does_not_hold(toy_bundle, toy_d
     budget = old + 100                                               # not that of 240
     SkipCache(bb, tmp_path, memory_budget=budget).check_budget(inputs, labels)
     other = as_inputs(x + 1, bb.manifest)
-    with pytest.raises(ValueError, match="too small for 120 samples"):
+    with pytest.raises(ValueError, match="too small for 120 samples") as e:
         SkipCache(bb, tmp_path, memory_budget=budget).check_budget(other, labels)
+    said = str(e.value)   # the rows cached before are named apart, with the way to fewer of them
+    assert "index of the 120 rows cached before" in said and "edgelora cache clear" in said, said
     from edgelora.runtime.features import FeatureSource
     lazy = FeatureSource.from_cache(SkipCache(bb, tmp_path, memory_budget=1000), inputs, chunk=50)
     assert lazy.lazy and lazy.values.rows.dtype == np.int32 and lazy.values.rows.tolist() == list(range(n))

@@ -336,6 +336,13 @@ def test_an_auto_run_interrupted_after_the_tier_decision_does_not_cross_validate
     again, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "lost", resume=True)
     assert not runs and h.selection["deep"] == lost.selection["deep"] and type(again).__name__ == "Adapter"
     assert np.array_equal(again.flat, skip.flat)
+    monkeypatch.undo()   # a deep tier that could not run is checked again on resume (its budget may differ)
+    monkeypatch.setattr(deep, "projected_seconds", lambda *a: 1e9)
+    kept, over = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "over")
+    assert "unavailable" in over.selection["deep"] and type(kept).__name__ == "Adapter"
+    monkeypatch.undo()
+    resumed, h = finetune(bb, x, y, config, checkpoint_dir=tmp_path / "over", resume=True)
+    assert h.selection["deep"]["won"] and type(resumed).__name__ == "DeepAdapter"
 
 
 def test_cli_reports_a_deep_fine_tune(bn_bundle, tmp_path, capsys):

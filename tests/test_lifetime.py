@@ -86,3 +86,16 @@ def test_the_collector_is_off_while_the_modules_load_and_on_for_the_work():
 def test_a_program_that_imports_the_cli_keeps_its_collector():
     p = python("import gc, edgelora.cli\nprint(gc.isenabled(), gc.get_freeze_count())")
     assert p.stdout.split() == ["True", "0"], p.stderr
+
+
+def test_a_program_named_edgelora_that_calls_main_goes_on_after_it(tmp_path):
+    wrapper = tmp_path / "edgelora"          # a wrapper script, a container's entrypoint: the command's own name
+    wrapper.write_text("import gc, sys\nfrom edgelora.cli import main\nrc = main(['--help'])\n"
+                       "print('after main', rc, gc.isenabled())\n")
+    p = subprocess.run([sys.executable, str(wrapper)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.splitlines()[-1] == "after main 0 True", p.stdout[-500:] + p.stderr
+
+
+def test_python_m_edgelora_runs_the_command():
+    p = subprocess.run([sys.executable, "-m", "edgelora", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "finetune" in p.stdout, p.stderr

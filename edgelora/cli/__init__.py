@@ -37,16 +37,20 @@ import warnings
 from .parser import COMMANDS, CommandError, build_parser, command_of
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)               # bad input: exit 2
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "entry", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line `argv` (default sys.argv[1:]); returns the exit code. In the `edgelora` process
-    itself the process then ends at once (lifetime.end): every file the command wrote is complete."""
-    code = _run(argv)
-    if is_the_command():
-        lifetime.end(code)
-    return code
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit code (the caller's process goes on)."""
+    return _run(argv)
+
+
+def entry() -> None:
+    """The `edgelora` console script and `python -m edgelora.cli`: main(), then the process ends at once
+    (lifetime.end: every file the command wrote is complete), or by the ordinary exit when it cannot."""
+    code = main()
+    lifetime.end(code)
+    sys.exit(code)
 
 
 def _run(argv: list[str] | None) -> int:

@@ -1,6 +1,4 @@
 """`python -m edgelora.cli ...` runs the `edgelora` command."""
-import sys
+from . import entry
 
-from . import main
-
-sys.exit(main())
+entry()

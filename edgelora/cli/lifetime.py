@@ -14,8 +14,10 @@
   e.g. removing a spilled cache's temporary folder); sys.stdout and sys.stderr are flushed, then C's stdio
   buffers (fflush(NULL), as C's exit does). It returns instead, for the ordinary exit, while a thread that is
   not a daemon still runs (Python would wait for it) or when a flush fails.
-Only the `edgelora` process itself (ctrl_c.is_the_command; main() checks): a program that imports edgelora.cli
-or calls main() keeps its collector and its process.
+Only the `edgelora` process itself: start() when ctrl_c.is_the_command (the script's name), end() only from
+cli.entry (the console script, `python -m edgelora.cli`); a program calling main() keeps its process, and gets
+its collector back when main() has loaded the command (a program named `edgelora` that imports edgelora.cli
+without calling main() keeps the collector off).
 """
 from __future__ import annotations
 

@@ -65,9 +65,18 @@ def check_budget(n: int, targets: np.ndarray, rows: int, budget: int | None) -> 
     total = need(n, targets, rows)
     if total * BUDGET_SHARE <= budget:
         return
-    per, mb = total / max(n, 1), total * BUDGET_SHARE / 2**20
+    mb = total * BUDGET_SHARE / 2**20
     smallest = math.ceil(mb) if mb >= 10 else math.ceil(mb * 100) / 100   # whole MB, or to 10 kB when small
-    raise ValueError(f"--memory-budget {budget / 2**20:g} MB is too small for {n:,} samples: their bookkeeping "
-                     f"(cache index, labels, indices, the shuffle) takes {per:.1f} bytes a sample, {total / 2**20:.1f}"
-                     f" MB, and may use at most 1/{BUDGET_SHARE} of the budget (the rest holds the rows being read); "
-                     f"use --memory-budget {smallest:g} or more, or fewer samples")
+    older = max(rows - n, 0) * bytes_per_row(rows)    # the index of rows cached by earlier runs
+    mine = (total - older) / max(n, 1)
+    cached = f"; the Skip-Cache's index of the {rows - n:,} rows cached before: {_mb(older)}" if older else ""
+    raise ValueError(f"--memory-budget {budget / 2**20:.3g} MB is too small for {n:,} samples: their bookkeeping "
+                     f"needs {_mb(total)} (cache index, labels, indices, the shuffle: {mine:.1f} bytes a sample{cached})"
+                     f" and may use at most 1/{BUDGET_SHARE} of the budget (the rest holds the rows being read); use "
+                     f"--memory-budget {smallest:g} or more, " + ("fewer samples, or a cache folder holding fewer rows "
+                     "(`edgelora cache clear`, or another --cache-dir)" if older else "or fewer samples"))
+
+
+def _mb(nbytes: float) -> str:
+    """Bytes as MB to three significant digits."""
+    return f"{nbytes / 2**20:.3g} MB"

@@ -56,8 +56,9 @@ def save(folder: str | Path, key: dict, cv: dict[str, np.ndarray]) -> None:
 
 def describe(saved: tuple[dict, dict]) -> str:
     """What a loaded checkpoint holds, for the interrupt message: its finished epochs and/or cross-validation."""
-    epochs = sum(len(run.get("epochs", [])) for run in saved[0].get("runs", []))
-    cv = KEY in saved[1]
+    runs = saved[0].get("runs", [])
+    epochs = sum(len(run.get("epochs", [])) for run in runs)
+    cv = KEY in saved[1] or bool(runs and runs[0].get("found"))   # a deep refit carries its cross-validation
     if epochs:
         return "holds the last finished epoch" + (" and the cross-validation's choice (not run again)" if cv else
                                                   " (cross-validation, if any, runs again)")

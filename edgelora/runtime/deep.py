@@ -181,7 +181,9 @@ def escalate(features, targets: np.ndarray, split_idx, config: TrainConfig, adap
     found = _cross_validated(features, targets, config, report, sel["chosen"])
     report["seconds"] = time.perf_counter() - start
     history.train_seconds += report["seconds"]
-    won = found is not None and report["won"]
+    if found is None:   # unavailable (memory, CPU time, an op, divergence): not saved, checked again on resume
+        return adapter, history
+    won = report["won"]
     deep_checkpoint.keep_decision(checkpoint, sel, {**found, "deep": report} if won else None)
     if not won:
         return adapter, history

@@ -4,7 +4,9 @@
 A decision for the deep tier is saved as the refit's checkpoint at epoch 0 (the run's "tier" "deep", the
 cross-validation's outcome in "found"; `resumes` finds it and the refit starts at its first epoch). A decision
 against it is written into the skip checkpoint's cross-validation outcome (cv_checkpoint.py: its selection's
-"deep" report), which `deep.escalate` reads back on resume and keeps the skip adapter.
+"deep" report), which `deep.escalate` reads back on resume and keeps the skip adapter. A deep tier that could
+not run (over the memory or CPU budget, an op it lacks, diverged) is not saved: a resume checks it again (its
+budget may differ).
 """
 from __future__ import annotations
 

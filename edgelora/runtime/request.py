@@ -2,6 +2,7 @@
 out (the settings, not the data), and `run_key` is what a checkpoint must match to be resumed."""
 from __future__ import annotations
 
+import itertools
 import json
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,14 @@ def run_key(identity: str, source: str, config: TrainConfig, inputs: dict, targe
     data = [b for name in sorted(inputs) for b in (name.encode(), np.ascontiguousarray(inputs[name]).data)]
     return {"backbone": digest(identity.encode()), "feature source": source,
             "settings": digest(json.dumps(to_dict(config), sort_keys=True).encode()),
-            # streamed: the inputs are not copied; labels hashed as int64 whatever their narrowed type
-            # (core/bookkeeping.py), so checkpoints written before labels were narrowed still resume
-            "data": digest(data + [(targets.astype(np.int64) if targets.dtype.kind in "iu" else targets).tobytes()]),
+            "data": digest(itertools.chain(data, _label_bytes(targets))),   # streamed: nothing copied whole
             "starting adapter": None if init is None else digest(init.flat.tobytes())}
+
+
+def _label_bytes(targets: np.ndarray, chunk: int = 1 << 16):
+    """The labels' bytes for the run key, integers as int64 whatever their narrowed type (core/bookkeeping.py):
+    checkpoints written before labels were narrowed still resume. In chunks: no int64 copy of them all."""
+    wide = targets.dtype.kind in "iu"
+    for a in range(0, len(targets), chunk):
+        part = targets[a:a + chunk]
+        yield np.ascontiguousarray(part.astype(np.int64) if wide else part).tobytes()
