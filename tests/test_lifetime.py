@@ -95,7 +95,3 @@ def test_a_program_named_edgelora_that_calls_main_goes_on_after_it(tmp_path):
     p = subprocess.run([sys.executable, str(wrapper)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.splitlines()[-1] == "after main 0 True", p.stdout[-500:] + p.stderr
 
-
-def test_python_m_edgelora_runs_the_command():
-    p = subprocess.run([sys.executable, "-m", "edgelora", "--help"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and "finetune" in p.stdout, p.stderr

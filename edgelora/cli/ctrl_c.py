@@ -24,11 +24,11 @@ _active = [False]   # whether this process is the `edgelora` command and the han
 
 
 def is_the_command() -> bool:
-    """Whether this process is the `edgelora` command (its console script, `python -m edgelora(.cli)`)."""
+    """Whether this process is the `edgelora` command (its console script or `python -m edgelora.cli`)."""
     if os.path.basename(sys.argv[0]) in ("edgelora", "edgelora.exe"):
         return True
     argv = list(getattr(sys, "orig_argv", []))
-    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] in (["edgelora.cli"], ["edgelora"])
+    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["edgelora.cli"]
 
 
 def _end_at_once(signum, frame) -> None:
