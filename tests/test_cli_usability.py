@@ -146,6 +146,17 @@ def test_output_into_a_closed_pipe_exits_quietly(toy_bundle, tmp_path):
     assert p.wait(timeout=60) == 141 and err == "", err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+def test_error_output_to_a_full_disk_is_one_line_and_exit_1_not_a_silent_success(toy_bundle, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 10), np.float32), y=np.arange(6) % 3)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "edgelora.cli", "eval", str(toy_bundle), "--data",
+                            str(tmp_path / "d.npz"), "--json"], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        "edgelora: error: could not write the output to stdout: No space left on device"], p.stderr
+
+
 def test_error_an_onnx_file_given_as_bundle_hints_at_export(toy_bundle, tmp_path, capsys):
     model = tmp_path / "model.onnx"
     model.write_bytes((toy_bundle / "backbone.onnx").read_bytes())

@@ -67,8 +67,10 @@ def _run(argv: list[str] | None) -> int:
               "read or written", file=sys.stderr)
         return 130
     except SystemExit as e:  # --help, --version, usage errors (argparse has already printed)
-        if not _flushed():
-            return 141
+        try:
+            sys.stdout.flush()
+        except OSError as failed:
+            return _unwritable(failed)
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -96,21 +98,21 @@ def _run(argv: list[str] | None) -> int:
             print(json.dumps(_plain(result), indent=None, sort_keys=True, allow_nan=False))
         elif not args.quiet:
             print(args.report(result))
-    except BrokenPipeError:
-        _flushed()
-        return 141
-    return 0 if _flushed() else 141
-
-
-def _flushed() -> bool:
-    """Flush stdout; False if its reader has gone (`edgelora ... | head -1`): then we stop quietly, as Unix
-    tools do, with stdout sent to /dev/null so that Python's exit does not report the pipe a second time."""
-    try:
         sys.stdout.flush()
-        return True
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return False
+    except OSError as failed:
+        return _unwritable(failed)
+    return 0
+
+
+def _unwritable(failed: OSError) -> int:
+    """Stdout could not be written. Its reader has gone (`edgelora ... | head -1`): stop quietly, as Unix tools
+    do (141). Anything else (a full disk): one line on stderr, exit 1. Either way stdout then goes to /dev/null,
+    so that Python's exit does not report it a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(failed, BrokenPipeError):
+        return 141
+    print(f"edgelora: error: could not write the output to stdout: {failed.strerror or failed}", file=sys.stderr)
+    return 1
 
 
 class Terminated(BaseException):
