@@ -203,21 +203,6 @@ def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeyp
     assert "deep_seconds" in d["unavailable"] and "--form deep" in d["unavailable"]
 
 
-def test_auto_shortens_a_deep_tier_over_its_cpu_budget_while_it_still_makes_min_steps(bn_bundle, monkeypatch):
-    bb, (x, y) = Backbone(bn_bundle), samples()         # 40 samples: 2 steps an epoch, 60 epochs planned
-    monkeypatch.setattr(deep, "projected_seconds", lambda *a: 10.0)
-    _, h = finetune(bb, x, y, TrainConfig(deep_seconds=9.0))
-    d = h.selection["deep"]                             # 54 epochs fit 9 s: 108 steps >= MIN_STEPS
-    assert d["shortened"] == [60, 54] and "unavailable" not in d
-    deep_sel = h.selection if d["won"] else None
-    marks = {c["epochs"] for c in (deep_sel or {}).get("candidates", [])}
-    assert not marks or max(marks) == 54
-    _, h = finetune(bb, x, y, TrainConfig(deep_seconds=5.0))   # 30 epochs would be 60 steps: not tried
-    assert "deep_seconds" in h.selection["deep"]["unavailable"] and "shortened" not in h.selection["deep"]
-    _, h = finetune(bb, x, y, TrainConfig(epochs=60, deep_seconds=9.0))   # epochs given: never shortened
-    assert "deep_seconds" in h.selection["deep"]["unavailable"]
-
-
 def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):
     add_taps(bn_graph("Sigmoid"), tmp_path / "b")
     with pytest.raises(ValueError, match="Sigmoid"):

@@ -10,10 +10,9 @@ above it by more than one standard error: of the per-fold differences (paired, a
 rule) or of the skip estimate (spread / sqrt(k)), whichever is smaller, and with the identity candidate
 above no fine-tuning: the skip adapters fell short, and at 5-20 samples per class cross-validation under-rates
 the deep tier (docs/deep.md). Its cross-validation stops once it can no longer reach that score. Larger sets
-keep the skip adapter (the gaps it closes were measured at 20-45 samples and had closed at 100-135). Its
-cross-validation and refit are held within `deep_seconds` of CPU time, projected from a few timed optimiser
-steps before any is paid (`projected_seconds`): automatic epochs are cut in proportion to fit while they
-still make MIN_STEPS steps; otherwise the skip adapter stays.
+keep the skip adapter (the gaps it closes were measured at 20-45 samples and had closed at 100-135), and so
+does a deep tier whose cross-validation and refit would take more than `deep_seconds` of CPU time, projected
+from a few timed optimiser steps before any is paid (`projected_seconds`).
 `form="deep"` trains the deep tier without the comparison; `form="skip"`/"last" never considers it.
 """
 from __future__ import annotations
@@ -216,7 +215,10 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
         check_memory(eng, x, config.batch_size, features.cache.memory_budget)
         report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
-        epochs = _within_seconds(config, len(targets), epochs, projected, report)
+        if projected > config.deep_seconds:
+            raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
+                             f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
+                             f"anyway")
     except ValueError as e:
         report["unavailable"] = str(e)
         return None
@@ -238,20 +240,6 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
                   cv_seconds=time.perf_counter() - start, deep_folds=[found["folds_done"], k],
                   deep_bound=found["bound"] if math.isfinite(found["bound"]) else None)
     return found
-
-
-def _within_seconds(config: TrainConfig, n: int, epochs: int, projected: float, report: dict) -> int:
-    """The deep tier's epochs within deep_seconds: as planned when its projected CPU time fits; shortened in
-    proportion when `epochs` is automatic and the shorter budget still makes MIN_STEPS optimiser steps (then
-    report["shortened"] = [from, to]); else ValueError (why it is unavailable)."""
-    if projected <= config.deep_seconds:
-        return epochs
-    fit = int(epochs * config.deep_seconds / projected)
-    if config.epochs == "auto" and fit * math.ceil(n / config.batch_size) >= MIN_STEPS:
-        report["shortened"] = [epochs, fit]
-        return fit
-    raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more than "
-                     f"deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it anyway")
 
 
 def _paired_error(skip_folds, deep_folds) -> float:
