@@ -165,9 +165,8 @@ def fit(runs: list[Run], features: Features, targets: np.ndarray, split: tuple[n
     cfg, (train_idx, val_idx) = runs[0].cfg, split
     obj = Objective(runs[0].layout.num_outputs, cfg.class_weights, runs[0].task, targets, train_idx)
     steps = math.ceil(len(train_idx) / cfg.batch_size)
-    lrs = {run.cfg.epochs: [learning_rate(i, run.cfg.epochs * steps, cfg.lr, cfg.schedule,
-                                          int(round(cfg.warmup_epochs * steps))) for i in range(run.cfg.epochs * steps)]
-           for run in runs}
+    lrs = {e: [learning_rate(i, e * steps, cfg.lr, cfg.schedule, int(round(cfg.warmup_epochs * steps)))
+               for i in range(e * steps)] for e in {run.cfg.epochs for run in runs}}   # once per epoch count
     view = _scaler({run.tap_scaling for run in runs}, standardizer)
     members: dict = {}   # each stack's runs in model order: a stack trains all its models (a stopped one, unread)
     for run in sorted(runs, key=lambda run: run.model):

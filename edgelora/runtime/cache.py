@@ -136,8 +136,8 @@ class SkipCache:
         """Room for up to `extra` more rows in RAM before a fill given in parts (FeatureSource.from_cache), so
         that no part copies the rows before it; nothing when they would go to disk. Rows reserved and never
         filled are never touched: they take address space, not memory."""
-        need = (len(self) + extra) * self.width * self.dtype.itemsize
-        if not self._store.on_disk and (self.memory_budget is None or need <= self.memory_budget):
+        nbytes = (len(self) + extra) * self.width * self.dtype.itemsize   # (not bookkeeping.need: the rows)
+        if not self._store.on_disk and (self.memory_budget is None or nbytes <= self.memory_budget):
             self._store.reserve(extra)
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

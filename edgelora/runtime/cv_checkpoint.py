@@ -25,9 +25,8 @@ KEY = "crossval"
 
 def state(plan: Plan) -> dict[str, np.ndarray]:
     """A cross-validation outcome as checkpoint arrays: {KEY: its JSON (numpy numbers as plain ones) as bytes}."""
-    text = json.dumps({"recipes": [asdict(r) for r in plan.recipes], "rows": plan.rows, "rule": plan.rule,
-                       "selection": plan.selection}, default=_plain)
-    return {KEY: np.frombuffer(text.encode(), np.uint8)}
+    return _encoded({"recipes": [asdict(r) for r in plan.recipes], "rows": plan.rows, "rule": plan.rule,
+                     "selection": plan.selection})
 
 
 def restored(saved: tuple[dict, dict] | None) -> Plan | None:
@@ -44,9 +43,12 @@ def restored(saved: tuple[dict, dict] | None) -> Plan | None:
 
 def with_selection(arrays: dict[str, np.ndarray], selection: dict) -> dict[str, np.ndarray]:
     """The checkpoint arrays' outcome (KEY) with its selection replaced (the deep tier's decision added)."""
-    found = json.loads(np.asarray(arrays[KEY], np.uint8).tobytes())
-    text = json.dumps({**found, "selection": selection}, default=_plain)
-    return {KEY: np.frombuffer(text.encode(), np.uint8)}
+    return _encoded({**json.loads(np.asarray(arrays[KEY], np.uint8).tobytes()), "selection": selection})
+
+
+def _encoded(outcome: dict) -> dict[str, np.ndarray]:
+    """{KEY: the outcome's JSON (numpy numbers as plain ones) as bytes}."""
+    return {KEY: np.frombuffer(json.dumps(outcome, default=_plain).encode(), np.uint8)}
 
 
 def save(folder: str | Path, key: dict, cv: dict[str, np.ndarray]) -> None:
