@@ -64,15 +64,17 @@ def _torch_grads(chain, modes, p, x, dy, r, scale):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("method", ["ft-all", "lora-all", "ft-last", "lora-last"])
+@pytest.mark.parametrize("method", ["ft-all", "lora-all", "lora-all-factored", "ft-last", "lora-last"])
 def test_engine_gradients_match_torch(bundles, method):
     for bundle, shape in bundles:
         chain = load_chain(bundle)
         n_layers = chain.num_layers
-        mode = MODES[method.replace("last", "all")]
-        modes = [mode] * n_layers if method.endswith("all") else ["frozen"] * (n_layers - 1) + [mode]
+        mode = MODES[method.replace("last", "all").removesuffix("-factored")]
+        modes = [mode] * n_layers if "all" in method else ["frozen"] * (n_layers - 1) + [mode]
         r, scale = 3, 2.0
         eng = Engine(chain, modes, r, scale)
+        if mode == "lora":   # both ways of running a LoRA layer: merged (x (W + s A B)) and factored
+            eng.merged = [m == "lora" and not method.endswith("factored") for m in modes]
         flat, shapes = init_params(chain, modes, r, seed=0)
         p = split(flat, shapes)
         rng = np.random.default_rng(1)
@@ -91,6 +93,28 @@ def test_engine_gradients_match_torch(bundles, method):
         for k, v in t_grads.items():
             np.testing.assert_allclose(g[k], v, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(v).max()),
                                        err_msg=f"{bundle.name} {method} d{k}")
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_engine_from_a_stem_gives_the_same_outputs_and_gradients(bundles, merged):
+    """The first trainable layer's columns and frozen output computed once (Stem) == computed every step."""
+    for bundle, shape in bundles:
+        chain = load_chain(bundle)
+        eng = Engine(chain, ["lora"] * chain.num_layers, 3, 2.0)
+        eng.merged = [merged] * chain.num_layers
+        flat, shapes = init_params(chain, eng.modes, 3, seed=0)
+        rng = np.random.default_rng(1)
+        flat += rng.standard_normal(flat.size).astype(np.float32) * 0.3
+        p, x = split(flat, shapes), chain.prep(rng.standard_normal((7,) + shape).astype(np.float32))
+        b = np.array([5, 1, 2])
+        grads = []
+        for first in (None, eng.stem(x, 1 << 30).rows(b)):
+            out, saved = eng.forward(p, None if first else eng.prefix(x[b]), first=first)
+            grad = np.zeros_like(flat)
+            eng.backward(np.ones_like(out), saved, p, split(grad, shapes))
+            grads.append((out, grad))
+        np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5, err_msg=bundle.name)
+        np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4, err_msg=bundle.name)
 
 
 @pytest.mark.torch

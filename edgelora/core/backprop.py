@@ -5,13 +5,18 @@ Each weight layer has a mode: "frozen", "full" (W and b trained) or "lora" (W fr
 A (d_in, r), B (r, d_out); conv layers use im2col columns as x, PEFT's conv LoRA: a k-sized conv to r
 channels, then a 1x1 conv). Trainable parameters live in one flat buffer (edgelora's convention), so the
 optimisers of edgelora.core.optim update them in one vectorised step.
+
+A LoRA layer whose d_in x d_out is small against the rank (a conv's few channels, a 96 x 96 layer at r 32)
+is run merged, as LoRA's own `merge` does: y = x (W + s A B), and the gradient of the merged update
+D = s A B, dD = x^T dy, gives dA = s dD B^T and dB = s A^T dD. The same function, fewer multiply-adds
+(`merged` counts them both ways per layer).
 """
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .chain import Chain, Op, layer_shapes, matrices, reshape_like
+from .kernels import col2im, im2col, maxpool, maxpool_back, mm
 from .lora import split
 
 MODES = ("frozen", "full", "lora")
@@ -75,6 +80,9 @@ class Engine:
         self.shapes = param_shapes(chain, modes, r)
         self.frozen = matrices(chain)
         self.start = first_trainable_op(chain, modes)
+        first = self.chain.ops[self.start].layer if self.start < len(self.chain.ops) else None
+        self.merged = [m == "lora" and merged(fi, fo, r, i == first)
+                       for i, ((fi, fo), m) in enumerate(zip(layer_shapes(chain), self.modes))]
 
     def prefix(self, x: np.ndarray) -> np.ndarray:
         """The frozen ops before the first trainable layer (no saved values)."""
@@ -109,11 +117,11 @@ class Engine:
     def _columns(self, op: Op, x: np.ndarray, wb: tuple | None = None):
         """(columns, output cols @ W + b, spatial shape) of a weight layer's input x (W, b: wb, or frozen)."""
         if op.kind == "conv":
-            cols, spatial = _im2col(x, self.chain.weights[op.layer][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+            cols, spatial = im2col(x, self.chain.weights[op.layer][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
         else:
             cols, spatial = x, None
         w, b = wb or self.frozen[op.layer]
-        z = cols @ w
+        z = mm(cols, w)
         z += b
         return cols, z, spatial
 
@@ -131,9 +139,11 @@ class Engine:
         if k == "relu":
             return np.maximum(x, 0.0), x > 0
         if k == "affine":
-            return x * _channel(op.attrs["a"], x) + _channel(op.attrs["c"], x), None
+            y = x * _channel(op.attrs["a"], x)
+            y += _channel(op.attrs["c"], x)
+            return y, None
         if k == "maxpool":
-            return _maxpool(x, op.attrs["k"])
+            return maxpool(x, op.attrs["k"])
         if k == "mean":
             axes = op.attrs["axes"] if op.attrs["axes"] is not None else tuple(range(2, x.ndim))
             return x.mean(axis=axes, keepdims=op.attrs["keepdims"]), (x.shape, axes)
@@ -145,19 +155,23 @@ class Engine:
 
     def _weight(self, op: Op, x: np.ndarray | None, p: dict | None, first: tuple | None = None):
         i, mode = op.layer, self.modes[op.layer]
+        lora = mode == "lora" and p is not None
+        d = self.scale * (p[f"A{i}"] @ p[f"B{i}"]) if lora and self.merged[i] else None   # merged weight W + d
         if first is not None:                  # a Stem's rows: columns and frozen output, computed once
             cols, z, spatial, n = first
             xshape = None                      # the first trainable layer passes no gradient further down
+            if d is not None:
+                z += mm(cols, d)
         else:
             n, xshape = len(x), x.shape
-            cols, z, spatial = self._columns(op, x, (p[f"W{i}"], p[f"b{i}"]) if mode == "full" and p is not None
-                                             else None)
-        h = None
-        if mode == "lora" and p is not None:
+            w, b = (p[f"W{i}"], p[f"b{i}"]) if mode == "full" and p is not None else self.frozen[i]
+            cols, z, spatial = self._columns(op, x, (w if d is None else w + d, b))
+        h = d
+        if lora and d is None:
             h = cols @ p[f"A{i}"]
-            z += self.scale * (h @ p[f"B{i}"])
-        if spatial is not None:
-            z = np.moveaxis(z.reshape(n, *spatial, -1), -1, 1)
+            z += mm(h, self.scale * p[f"B{i}"])
+        if spatial is not None:                    # (N S, O) rows -> (N, O, *S), a view when z is column-major
+            z = np.moveaxis(z.T.reshape(-1, n, *spatial), 0, 1)
         return z, (cols, h, xshape, spatial)
 
     def _back(self, op: Op, dy: np.ndarray, saved, p: dict, g: dict, need_dx: bool):
@@ -171,11 +185,7 @@ class Engine:
         if k == "affine":
             return dy * _channel(op.attrs["a"], dy)
         if k == "maxpool":
-            arg, k, xshape = saved
-            dx = np.zeros(xshape, dy.dtype)
-            for j, off in enumerate(np.ndindex(*k)):
-                dx[_window_slice(off, k, dy.shape[2:])] = np.where(arg == j, dy, 0)
-            return dx
+            return maxpool_back(dy, *saved)
         if k == "mean":
             xshape, axes = saved
             count = int(np.prod([xshape[a] for a in axes]))
@@ -191,75 +201,43 @@ class Engine:
     def _weight_back(self, op: Op, dy, saved, p, g, need_dx: bool):
         i, mode = op.layer, self.modes[op.layer]
         cols, h, xshape, spatial = saved
-        if spatial is not None:
-            dy = np.moveaxis(dy, 1, -1).reshape(len(cols), -1)
+        if spatial is not None:                    # (N, O, *S) -> (N S, O), a view when dy is channel-major
+            dy = np.moveaxis(dy, 1, 0).reshape(dy.shape[1], -1).T
         w = p[f"W{i}"] if mode == "full" else self.frozen[i][0]
         if mode == "full":
             np.matmul(cols.T, dy, out=g[f"W{i}"])
             np.add.reduce(dy, axis=0, out=g[f"b{i}"])
         elif mode == "lora":
             a, bm, s = p[f"A{i}"], p[f"B{i}"], self.scale
-            dh = dy @ bm.T                                 # (M, r)
-            np.matmul(h.T, dy, out=g[f"B{i}"])
-            g[f"B{i}"] *= s
-            np.matmul(cols.T, dh, out=g[f"A{i}"])
-            g[f"A{i}"] *= s
+            if self.merged[i]:
+                dd = s * (cols.T @ dy)                     # (d_in, d_out): s dL/dD
+                np.matmul(a.T, dd, out=g[f"B{i}"])
+                np.matmul(dd, bm.T, out=g[f"A{i}"])
+                w = w + h
+            else:
+                dh = dy @ (s * bm.T)                       # (M, r)
+                np.matmul(h.T, dy, out=g[f"B{i}"])
+                g[f"B{i}"] *= s
+                np.matmul(cols.T, dh, out=g[f"A{i}"])
         if not need_dx:
             return None
-        dcols = dy @ w.T
-        if mode == "lora":
-            dcols += (self.scale * dh) @ a.T
+        dcols = mm(dy, w.T)
+        if mode == "lora" and not self.merged[i]:
+            dcols += mm(dh, a.T)
         if spatial is None:
             return dcols
-        return _col2im(dcols, xshape, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+        return col2im(dcols, xshape, self.chain.weights[i][0].shape[2:], op.attrs["pads"], op.attrs["strides"])
+
+
+def merged(d_in: int, d_out: int, r: int, first: bool) -> bool:
+    """Whether a LoRA layer costs fewer multiply-adds a row merged (x (W + s A B): forward, dD, and dx unless
+    it is the first trainable layer) than factored (x A, h B, dh, dB, dA, dx; the first layer's frozen x W is
+    computed once, by a Stem)."""
+    dx = 0 if first else 1
+    factored = (0 if first else d_in * d_out) + 2 * d_in * r + 3 * r * d_out + dx * (d_in * d_out + r * d_in)
+    return d_in * d_out * (2 + dx) < factored
 
 
 def _channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
     """A per-channel vector shaped to broadcast along axis 1 of x (N, C, *S)."""
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
-
-
-def _im2col(x: np.ndarray, k: tuple, pads: tuple, strides: tuple):
-    """x (N, C, *S) -> columns (N * prod(S_out), C * prod(k)) ordered like W.reshape(O, -1), and S_out."""
-    nd = len(k)
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(q, q) for q in pads]) if any(pads) else x
-    win = sliding_window_view(xp, tuple(k), axis=tuple(range(2, 2 + nd)))        # (N, C, *S_full, *k)
-    win = win[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]  # (N, C, *S_out, *k)
-    spatial = win.shape[2:2 + nd]
-    perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
-    return win.transpose(perm).reshape(-1, x.shape[1] * int(np.prod(k))), spatial
-
-
-def _col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple, strides: tuple) -> np.ndarray:
-    """Adjoint of _im2col: scatter-add the column gradients back onto the (padded) input."""
-    n, c = xshape[0], xshape[1]
-    padded = tuple(s + 2 * q for s, q in zip(xshape[2:], pads))
-    spatial = tuple((s - kk) // st + 1 for s, kk, st in zip(padded, k, strides))
-    d = dcols.reshape(n, *spatial, c, *k)
-    dx = np.zeros((n, c) + padded, dcols.dtype)
-    for off in np.ndindex(*k):
-        sl = (slice(None), slice(None)) + tuple(slice(o, o + st * (s - 1) + 1, st)
-                                                for o, s, st in zip(off, spatial, strides))
-        dx[sl] += np.moveaxis(d[(Ellipsis,) + off], -1, 1)
-    return dx[(slice(None), slice(None)) + tuple(slice(q, q + s) for q, s in zip(pads, xshape[2:]))]
-
-
-def _window_slice(off: tuple, k: tuple, out: tuple) -> tuple:
-    """The elements at offset `off` of every non-overlapping pooling window (kernel k, output shape out)."""
-    return (slice(None), slice(None)) + tuple(slice(o, o + kk * n, kk) for o, kk, n in zip(off, k, out))
-
-
-def _maxpool(x: np.ndarray, k: tuple):
-    """Non-overlapping max pooling (floor mode): the max of each window and, saved for backward, the index of
-    its first largest element (argmax's choice) in np.ndindex(*k) order."""
-    out = tuple(s // kk for s, kk in zip(x.shape[2:], k))
-    best, arg = None, None
-    for j, off in enumerate(np.ndindex(*k)):
-        v = x[_window_slice(off, k, out)]
-        if best is None:
-            best, arg = v.copy(), np.zeros(v.shape, np.int16)
-            continue
-        more = v > best
-        np.copyto(best, v, where=more)
-        arg[more] = j
-    return best, (arg, tuple(k), x.shape)

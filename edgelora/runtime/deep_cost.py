@@ -22,9 +22,13 @@ def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
     Stem (core/deep_loop.STEM_BYTES at most), the parameters with their gradient and two optimiser buffers."""
     flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
     saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
+    return int(x.nbytes + stem_bytes(eng, x) + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+
+
+def stem_bytes(eng, x: np.ndarray) -> int:
+    """Bytes of the first layer's Stem that training keeps for inputs x (core/deep_loop.fit); 0 when none."""
     one = eng.stem(x[:1], math.inf)
-    stem = len(x) * one.nbytes if one is not None and len(x) * one.nbytes <= STEM_BYTES else 0
-    return int(x.nbytes + stem + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+    return len(x) * one.nbytes if one is not None and len(x) * one.nbytes <= STEM_BYTES else 0
 
 
 def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> None:
@@ -38,13 +42,16 @@ def check_memory(eng, x: np.ndarray, batch_size: int, budget: int | None) -> Non
 
 def projected_seconds(eng, x: np.ndarray, n: int, config: TrainConfig, epochs: int) -> float:
     """CPU seconds the deep tier's k-fold cross-validation and refit would take on n samples: the fastest of
-    PROBE_STEPS timed optimiser steps (forward and backward of one mini-batch) times the steps they make."""
+    PROBE_STEPS timed optimiser steps (forward and backward of one mini-batch, from the first layer's Stem when
+    training will have one) times the steps they make."""
     flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
     p, g, b = split(flat, shapes), split(np.zeros_like(flat), shapes), x[:config.batch_size]
+    stem = eng.stem(b, math.inf) if stem_bytes(eng, x) else None
     step = math.inf
     for _ in range(PROBE_STEPS):
         t = time.process_time()
-        out, saved = eng.forward(p, eng.prefix(b))
+        out, saved = (eng.forward(p, None, first=stem.rows(np.arange(len(b)))) if stem is not None
+                      else eng.forward(p, eng.prefix(b)))
         eng.backward(np.full_like(out, 1e-3, dtype=np.float32), saved, p, g)
         step = min(step, (time.process_time() - t) * config.batch_size / len(b))
     k = max(2, fold_count(config.cv_folds, n))
