@@ -111,8 +111,12 @@ class Engine:
         one = self._columns(op, self.prefix(x[:1]))
         if len(x) * (one[0].nbytes + one[1].nbytes) > max_bytes:
             return None
-        parts = [self._columns(op, self.prefix(x[a:a + 128])) for a in range(0, len(x), 128)]
-        return Stem(np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts]), one[2])
+        per = len(one[0])                      # rows a sample
+        cols = np.empty((len(x) * per, one[0].shape[1]), one[0].dtype)
+        base = np.empty((len(x) * per, one[1].shape[1]), one[1].dtype)
+        for a in range(0, len(x), 32):         # filled in place: no second copy while concatenating
+            cols[a * per:(a + 32) * per], base[a * per:(a + 32) * per] = self._columns(op, self.prefix(x[a:a + 32]))[:2]
+        return Stem(cols, base, one[2])
 
     def _columns(self, op: Op, x: np.ndarray, wb: tuple | None = None):
         """(columns, output cols @ W + b, spatial shape) of a weight layer's input x (W, b: wb, or frozen)."""

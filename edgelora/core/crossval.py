@@ -22,7 +22,7 @@ from . import budget, lora
 from .losses import class_weights, log_softmax, loss_grad
 from .optim import from_config, learning_rate
 from .selection import IDENTITY, choose, fold_count, held_out, improved, repeats_for, summarize
-from .scaling import SCALINGS, scaled
+from .scaling import scaled
 from .stack import Stack
 
 FORMS = ("skip", "last")   # Skip-LoRA on every tap; a dense update of the last layer through its tap (lora.init_last)

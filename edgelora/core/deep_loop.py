@@ -18,7 +18,7 @@ from .losses import class_groups, cross_entropy_grad
 from .lora import split
 from .optim import from_config, learning_rate
 
-EVAL_BATCH = 128          # rows per forward pass when scoring (bounds the im2col buffers)
+EVAL_BATCH = 32           # rows per forward pass when scoring (bounds the im2col buffers)
 STEM_BYTES = 32 << 20     # the first layer's columns and frozen output are kept for every sample up to this size
 
 

@@ -16,6 +16,7 @@ from . import stop
 
 RUN_TIME_LIMIT = 600.0  # seconds one run of the backbone (a batch) may take before it is stopped
 UNSAFE_WITH_OVERRIDES = ("ConvBNFusion", "ConstantFolding")  # graph optimisers blind to add_initializer
+MOMENTS_BATCH = 16      # samples per run of the batch-norm moments model: its activations are whole feature maps
 
 
 class NonFiniteError(ValueError):
@@ -72,10 +73,12 @@ class Backbone:
         self._pre = {name: (np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32))
                      for name, p in self.manifest.preprocess.items()}
 
-    def _open(self, model: str | bytes, external: dict[str, bytes], path: Path) -> ort.InferenceSession:
+    def _open(self, model: str | bytes, external: dict[str, bytes], path: Path,
+              arena: bool = True) -> ort.InferenceSession:
         """An onnxruntime session over `model` (the checked file at `path`, named by files/bundle.checked_model,
         or its bytes) with this backbone's statistics; `external`: the model's external-data files as checked
-        bytes (never read from a path onnxruntime resolves itself)."""
+        bytes (never read from a path onnxruntime resolves itself). `arena` False: memory handed back after
+        each run (the moments model's whole feature maps would otherwise stay held by onnxruntime's arena)."""
         opts = ort.SessionOptions()
         for name, value in self._overrides.items():
             opts.add_initializer(name, value)
@@ -83,6 +86,7 @@ class Backbone:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = arena
         if external:
             if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
                 raise ValueError(f"bundle {self.bundle_dir} keeps weights in {sorted(external)}, which needs a newer "
@@ -127,10 +131,11 @@ class Backbone:
             m = self.lab_manifest
             blob = read_recalibration_model(self.bundle_dir, m)
             self._moments_session = self._open(blob, read_external(self.bundle_dir, m, blob),
-                                               self.bundle_dir / m.recalibration_model["file"])
+                                               self.bundle_dir / m.recalibration_model["file"], arena=False)
         n, total = num_samples(inputs), np.zeros(2 * spec.channels)
-        for a in range(0, n, self.batch_size):
-            feed = {k: self._prep(k, v[a:a + self.batch_size]) for k, v in inputs.items()}
+        step = min(self.batch_size, MOMENTS_BATCH)
+        for a in range(0, n, step):
+            feed = {k: self._prep(k, v[a:a + step]) for k, v in inputs.items()}
             total += self._moments_session.run([spec.moments], feed)[0].sum(axis=0, dtype=np.float64)
         total /= max(n, 1)
         return total[:spec.channels], total[spec.channels:]
