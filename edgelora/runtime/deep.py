@@ -65,10 +65,11 @@ def recalibration_kind(manifest) -> str:
     return RECALIBRATE if RECALIBRATE in recalibrate.available(manifest) else "none"
 
 
-def load(features):
+def load(features, estimate: bool = True):
     """(chain, prepared inputs, recalibration) of a fine-tune's samples: the chain computes the backbone with
     its normalisation statistics re-estimated on the samples (recalibration_kind; those of an already
-    re-calibrated backbone as they are). ValueError when the backbone cannot be backpropagated."""
+    re-calibrated backbone as they are; `estimate` False: the lab's, enough to weigh its memory and time).
+    ValueError when the backbone cannot be backpropagated."""
     from ..graphs.onnx_chain import load_chain  # onnx: loaded only when the deep tier is tried
     if features.cache is None:
         raise ValueError("the deep tier needs the samples' inputs through the Skip-Cache (use_cache=True)")
@@ -76,7 +77,7 @@ def load(features):
         raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
     backbone = features.cache.backbone
     rc, kind = backbone.recalibration, recalibration_kind(backbone.lab_manifest)
-    if rc is None and kind != "none":
+    if rc is None and kind != "none" and estimate:
         rc = recalibrate.estimate(backbone, features.inputs, kind)
     rc = rc if rc is not None and not rc.empty else None
     chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
@@ -210,8 +211,8 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
     """The rule's second half: the deep tier's cross-validation (None, and why in `report`, when it cannot run:
     an op the numpy backward lacks, over the memory or CPU-time budget, or diverged), and whether it won."""
     s, epochs = settings(config), budget(config, len(targets))
-    try:
-        chain, x, _ = load(features)
+    try:   # memory and time weighed before the statistics are re-estimated (forward passes over every sample)
+        chain, x, _ = load(features, estimate=False)
         eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
         check_memory(eng, x, config.batch_size, features.cache.memory_budget)
         report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
@@ -219,6 +220,8 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
             raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
                              f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
                              f"anyway")
+        chain, x, _ = load(features)
+        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     except ValueError as e:
         report["unavailable"] = str(e)
         return None
