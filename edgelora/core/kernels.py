@@ -27,7 +27,7 @@ def im2col(x: np.ndarray, k: tuple, pads: tuple, strides: tuple):
 
 
 def col2im(dcols: np.ndarray, xshape: tuple, k: tuple, pads: tuple, strides: tuple) -> np.ndarray:
-    """Adjoint of _im2col: scatter-add the column gradients back onto the (padded) input; (N, C, *S), channel-
+    """Adjoint of im2col: scatter-add the column gradients back onto the (padded) input; (N, C, *S), channel-
     major in memory."""
     n, c = xshape[0], xshape[1]
     padded = tuple(s + 2 * q for s, q in zip(xshape[2:], pads))
