@@ -203,6 +203,17 @@ def test_auto_skips_a_deep_tier_projected_over_its_cpu_budget(bn_bundle, monkeyp
     assert "deep_seconds" in d["unavailable"] and "--form deep" in d["unavailable"]
 
 
+def test_memory_need_counts_a_merged_layers_update_once_a_step(tmp_path):
+    mlp_bundle(tmp_path / "m", random_mlp([64, 128, 128, 10]))
+    eng = deep_loop.engine(load_chain(tmp_path / "m"), 32, 2.0)
+    assert eng.merged[1:] == [True, True]              # 128 x 128 and 128 x 10 at r 32: merged, (d_in, d_out) saved
+    x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+    per_sample = (deep_cost.memory_need(eng, x, 34) - deep_cost.memory_need(eng, x, 2)) / 32
+    # what one more sample saves: columns and masks of three layers, and their gradients (~3 kB); a merged
+    # update (128 x 128 floats, 64 kB) counted per sample would make it 30 times that
+    assert 0 < per_sample < 4 * 4 * (64 + 128 + 128 + 10)
+
+
 def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):
     add_taps(bn_graph("Sigmoid"), tmp_path / "b")
     with pytest.raises(ValueError, match="Sigmoid"):

@@ -18,11 +18,13 @@ PROBE_STEPS = 3           # optimiser steps timed to project the deep tier's cos
 
 def memory_need(eng, x: np.ndarray, batch_size: int) -> int:
     """Bytes the deep tier holds while training: the prepared inputs, one mini-batch's saved activations (the
-    im2col columns included, measured on one sample) and as much again for their gradients, the first layer's
+    im2col columns included; measured on one and on two samples, so what a step saves once, such as a merged
+    layer's weight update, is not counted per sample) and as much again for their gradients, the first layer's
     Stem (core/deep_loop.STEM_BYTES at most), the parameters with their gradient and two optimiser buffers."""
     flat, shapes = init_params(eng.chain, eng.modes, eng.r, 0)
-    saved = eng.forward(split(flat, shapes), eng.prefix(x[:1]))[1]
-    return int(x.nbytes + stem_bytes(eng, x) + 2 * batch_size * _nbytes(saved) + 4 * flat.nbytes)
+    one, two = (_nbytes(eng.forward(split(flat, shapes), eng.prefix(np.repeat(x[:1], m, axis=0)))[1]) for m in (1, 2))
+    step = one + (batch_size - 1) * (two - one)
+    return int(x.nbytes + stem_bytes(eng, x) + 2 * step + 4 * flat.nbytes)
 
 
 def stem_bytes(eng, x: np.ndarray) -> int:
