@@ -218,8 +218,8 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
         if projected > config.deep_seconds:
             raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
-                             f"than deep_seconds {config.deep_seconds:g} s (--deep-budget); --form deep trains it "
-                             f"anyway")
+                             f"than deep_seconds {config.deep_seconds:g} s; --deep-budget {math.ceil(projected)} lets "
+                             f"--form auto weigh it, --form deep trains it anyway")
         del chain, x, eng                      # not held twice while the statistics are re-estimated
         chain, x, _ = load(features)
         eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
