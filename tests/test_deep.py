@@ -57,10 +57,13 @@ def samples(n=40, seed=0):
     return x.astype(np.float32), y
 
 
-def test_engine_with_batchnorm_matches_onnxruntime_and_numeric_gradients(bn_bundle):
+@pytest.mark.parametrize("merged", [True, False])
+def test_engine_with_batchnorm_matches_onnxruntime_and_numeric_gradients(bn_bundle, merged):
     chain = load_chain(bn_bundle)
     assert [op.kind for op in chain.ops] == ["conv", "affine", "relu", "reshape", "linear"]
     eng = Engine(chain, ["lora", "lora"], 2, 2.0)
+    assert [op.kind for op in eng.ops] == ["conv", "relu", "reshape", "linear"]   # the batch-norm folded in
+    eng.merged = [merged, merged]
     flat, shapes = init_params(chain, eng.modes, 2, 0)
     flat += np.random.default_rng(2).normal(size=flat.size).astype(np.float32) * 0.1   # B != 0
     p = split(flat, shapes)
@@ -73,7 +76,10 @@ def test_engine_with_batchnorm_matches_onnxruntime_and_numeric_gradients(bn_bund
     grad = np.zeros_like(flat)
     eng.backward(dy, saved, p, split(grad, shapes))
     f64 = Engine(chain, ["lora", "lora"], 2, 2.0)
-    for i in np.random.default_rng(4).choice(flat.size, 12, replace=False):
+    f64.merged = [merged, merged]
+    ends = np.cumsum([0] + [int(np.prod(v)) for v in shapes.values()])   # a few entries of every A and B
+    rng = np.random.default_rng(4)
+    for i in np.concatenate([rng.choice(np.arange(lo, hi), 4, replace=False) for lo, hi in zip(ends[:-1], ends[1:])]):
         e = np.zeros_like(flat, dtype=np.float64)
         e[i] = 1e-3
         hi = (f64.forward(split((flat + e).astype(np.float64), shapes), x.astype(np.float64), save=False)[0] * dy).sum()

@@ -48,10 +48,29 @@ def init_params(chain: Chain, modes: list[str], r: int, seed: int) -> tuple[np.n
     return flat, shapes
 
 
-def first_trainable_op(chain: Chain, modes: list[str]) -> int:
+def first_trainable_op(ops: list[Op], modes: list[str]) -> int:
     """Ops before this index touch no trainable parameter: the frozen prefix (FT-Last/LoRA-Last's backbone)."""
-    return next((j for j, op in enumerate(chain.ops) if op.kind in ("linear", "conv") and modes[op.layer] != "frozen"),
-                len(chain.ops))
+    return next((j for j, op in enumerate(ops) if op.kind in ("linear", "conv") and modes[op.layer] != "frozen"),
+                len(ops))
+
+
+def fold_affine(chain: Chain, modes: list[str]) -> tuple[list[Op], list[tuple], list]:
+    """The chain's ops with each per-channel affine (an inference batch-norm) that directly follows a frozen or
+    LoRA weight layer folded into it: (W, b) -> (W a, b a + c), and the layer's LoRA update scaled by a too
+    (one op fewer a step, forward and backward). Returns the ops, every layer's (W, b) and its gain a (None:
+    nothing folded). A fully trained layer keeps its affine: its W is a parameter."""
+    ops, frozen, gain = [], list(matrices(chain)), [None] * chain.num_layers
+    for op in chain.ops:
+        prev = ops[-1] if ops else None
+        if op.kind == "affine" and prev is not None and prev.kind in ("linear", "conv") \
+                and modes[prev.layer] != "full" and gain[prev.layer] is None:
+            w, b = frozen[prev.layer]
+            a, c = (np.asarray(op.attrs[k], w.dtype).ravel() for k in ("a", "c"))
+            if a.size == c.size == w.shape[1]:
+                frozen[prev.layer], gain[prev.layer] = (w * a, b * a + c), a
+                continue
+        ops.append(op)
+    return ops, frozen, gain
 
 
 class Stem:
@@ -63,9 +82,12 @@ class Stem:
         self.per = int(np.prod(spatial)) if spatial else 1
 
     def rows(self, b: np.ndarray) -> tuple:
-        """Engine.forward's `first` for samples b: copies of their columns and frozen output."""
-        i = (np.asarray(b)[:, None] * self.per + np.arange(self.per)).ravel()
-        return self.cols[i], self.base[i], self.spatial, len(b)
+        """Engine.forward's `first` for samples b: copies of their columns and frozen output (whole per-sample
+        blocks taken at once)."""
+        b, per = np.asarray(b), self.per
+        cols = self.cols.reshape(-1, per * self.cols.shape[1]).take(b, axis=0).reshape(-1, self.cols.shape[1])
+        base = self.base.reshape(-1, per * self.base.shape[1]).take(b, axis=0).reshape(-1, self.base.shape[1])
+        return cols, base, self.spatial, len(b)
 
     @property
     def nbytes(self) -> int:
@@ -78,15 +100,15 @@ class Engine:
     def __init__(self, chain: Chain, modes: list[str], r: int = 4, scale: float = 2.0):
         self.chain, self.modes, self.scale, self.r = chain, list(modes), scale, r
         self.shapes = param_shapes(chain, modes, r)
-        self.frozen = matrices(chain)
-        self.start = first_trainable_op(chain, modes)
-        first = self.chain.ops[self.start].layer if self.start < len(self.chain.ops) else None
+        self.ops, self.frozen, self.gain = fold_affine(chain, self.modes)
+        self.start = first_trainable_op(self.ops, modes)
+        first = self.ops[self.start].layer if self.start < len(self.ops) else None
         self.merged = [m == "lora" and merged(fi, fo, r, i == first)
                        for i, ((fi, fo), m) in enumerate(zip(layer_shapes(chain), self.modes))]
 
     def prefix(self, x: np.ndarray) -> np.ndarray:
         """The frozen ops before the first trainable layer (no saved values)."""
-        for op in self.chain.ops[:self.start]:
+        for op in self.ops[:self.start]:
             x = self._op(op, x, None)[0]
         return x
 
@@ -95,7 +117,7 @@ class Engine:
         """Run ops[start:] (default: after the frozen prefix); saved values for backward if `save`. `first`:
         the first trainable layer's rows of a Stem (Stem.rows) in place of x (its inputs never change)."""
         saved = []
-        for j, op in enumerate(self.chain.ops[self.start if start is None else start:]):
+        for j, op in enumerate(self.ops[self.start if start is None else start:]):
             x, s = self._weight(op, x, p, first) if j == 0 and first is not None else self._op(op, x, p)
             if save:
                 saved.append(s)
@@ -105,7 +127,7 @@ class Engine:
         """The first trainable layer's input columns and frozen output for every row of prepared inputs x:
         constant while LoRA trains (only its low-rank term moves), so computed once, not every step. None
         when that layer trains fully or the two arrays would take more than max_bytes."""
-        op = self.chain.ops[self.start] if self.start < len(self.chain.ops) else None
+        op = self.ops[self.start] if self.start < len(self.ops) else None
         if op is None or self.modes[op.layer] != "lora":
             return None
         one = self._columns(op, self.prefix(x[:1]))
@@ -131,7 +153,7 @@ class Engine:
 
     def backward(self, dy: np.ndarray, saved: list, p: dict, g: dict) -> None:
         """dL/dy -> dL/dparam written into g (views of a flat gradient buffer)."""
-        ops = self.chain.ops[self.start:]
+        ops = self.ops[self.start:]
         for j in range(len(ops) - 1, -1, -1):
             dy = self._back(ops[j], dy, saved[j], p, g, need_dx=j > 0)
 
@@ -160,7 +182,8 @@ class Engine:
     def _weight(self, op: Op, x: np.ndarray | None, p: dict | None, first: tuple | None = None):
         i, mode = op.layer, self.modes[op.layer]
         lora = mode == "lora" and p is not None
-        d = self.scale * (p[f"A{i}"] @ p[f"B{i}"]) if lora and self.merged[i] else None   # merged weight W + d
+        bg = self._b(p, i) if lora else None   # s B, the folded gain applied to its columns
+        d = p[f"A{i}"] @ bg if lora and self.merged[i] else None   # merged: the layer's weight is W + d
         if first is not None:                  # a Stem's rows: columns and frozen output, computed once
             cols, z, spatial, n = first
             xshape = None                      # the first trainable layer passes no gradient further down
@@ -173,10 +196,15 @@ class Engine:
         h = d
         if lora and d is None:
             h = cols @ p[f"A{i}"]
-            z += mm(h, self.scale * p[f"B{i}"])
+            z += mm(h, bg)
         if spatial is not None:                    # (N S, O) rows -> (N, O, *S), a view when z is column-major
             z = np.moveaxis(z.T.reshape(-1, n, *spatial), 0, 1)
         return z, (cols, h, xshape, spatial)
+
+    def _b(self, p: dict, i: int) -> np.ndarray:
+        """s B_i, times the gain folded into layer i (fold_affine) when there is one."""
+        b = self.scale * p[f"B{i}"]
+        return b if self.gain[i] is None else b * self.gain[i]
 
     def _back(self, op: Op, dy: np.ndarray, saved, p: dict, g: dict, need_dx: bool):
         k = op.kind
@@ -212,16 +240,18 @@ class Engine:
             np.matmul(cols.T, dy, out=g[f"W{i}"])
             np.add.reduce(dy, axis=0, out=g[f"b{i}"])
         elif mode == "lora":
-            a, bm, s = p[f"A{i}"], p[f"B{i}"], self.scale
+            a, bm, s, gn = p[f"A{i}"], p[f"B{i}"], self.scale, self.gain[i]
             if self.merged[i]:
-                dd = s * (cols.T @ dy)                     # (d_in, d_out): s dL/dD
+                dd = s * (cols.T @ dy)                     # (d_in, d_out): s dL/d(A B), times the gain
+                if gn is not None:
+                    dd *= gn
                 np.matmul(a.T, dd, out=g[f"B{i}"])
                 np.matmul(dd, bm.T, out=g[f"A{i}"])
                 w = w + h
             else:
-                dh = dy @ (s * bm.T)                       # (M, r)
+                dh = dy @ self._b(p, i).T                  # (M, r)
                 np.matmul(h.T, dy, out=g[f"B{i}"])
-                g[f"B{i}"] *= s
+                g[f"B{i}"] *= s if gn is None else s * gn
                 np.matmul(cols.T, dh, out=g[f"A{i}"])
         if not need_dx:
             return None
