@@ -2,6 +2,7 @@
 (files/deep_adapter.py), its merge (graphs/deep_merge.py) and serving, the auto rule, and bad input."""
 import dataclasses
 import json
+import math
 import shutil
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgelora import Backbone
+from edgelora.cli.finetune_report import _tier_lines
 from edgelora.core import deep_loop
 from edgelora.core.backprop import Engine, init_params
 from edgelora.core.lora import split
@@ -220,6 +222,20 @@ def test_memory_need_counts_a_merged_layers_update_once_a_step(tmp_path):
     # what one more sample saves: columns and masks of three layers, and their gradients (~3 kB); a merged
     # update (128 x 128 floats, 64 kB) counted per sample would make it 30 times that
     assert 0 < per_sample < 4 * 4 * (64 + 128 + 128 + 10)
+
+
+@pytest.mark.parametrize("ratio", [0.9, 1.1, 1.3])
+def test_a_projection_close_to_the_cpu_budget_is_reported_as_such(bn_bundle, monkeypatch, ratio):
+    bb, (x, y) = Backbone(bn_bundle), samples()
+    monkeypatch.setattr(deep, "projected_seconds", lambda *a: 10.0 * ratio)
+    _, h = finetune(bb, x, y, TrainConfig(epochs=3, deep_seconds=10.0))
+    d = h.selection["deep"]
+    assert d["near_budget"] == (ratio != 1.3)
+    if ratio > 1:
+        assert ("within 15% of the budget" in d["unavailable"]) == d["near_budget"]
+        assert f"--deep-budget {math.ceil(10 * ratio)}" in d["unavailable"]
+    else:
+        assert "unavailable" not in d and "close to --deep-budget" in "\n".join(_tier_lines(d, "classification"))
 
 
 def test_error_unsupported_op_is_named_and_auto_keeps_the_skip_adapter(tmp_path):

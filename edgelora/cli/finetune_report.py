@@ -60,16 +60,18 @@ def _tier_lines(d: dict | None, task: str) -> list[str]:
     if "unavailable" in d:
         return [f"  tier       skip ({fit}; deep tier unavailable: {d['unavailable']})"]
     won = "deep" if d["won"] else "skip"
+    near = (f"; its projected {d['projected_seconds']:.0f} s is close to --deep-budget: a run on a busier CPU may "
+            f"not weigh it" if d.get("near_budget") else "")
     done, k = d.get("deep_folds", (None, None))
     if done is not None and done < k:   # stopped once it could no longer win (runtime/deep.py)
         b = d.get("deep_bound")
         best = "-" if b is None else f"{100 * b:.1f} %" if task == "classification" else f"MSE {-b:.4g}"
         return [f"  tier       skip ({fit}; deep tier stopped after {done} of {k} folds: it could reach at most "
                 f"{best}, needed at least {100 * d['needed']:+.1f} points from the skip estimate; deep tier cost "
-                f"{d['seconds']:.2f} s)"]
+                f"{d['seconds']:.2f} s{near})"]
     return [f"  tier       {won} ({fit}; deep cross-validated {_pct(d['deep_score'], d['deep_spread'], task)}, "
             f"margin {100 * d['margin']:+.1f} points, needed >= {100 * d['needed']:+.1f}; deep tier cost "
-            f"{d['seconds']:.2f} s)"]
+            f"{d['seconds']:.2f} s{near})"]
 
 
 def _deep_min_steps() -> int:

@@ -41,6 +41,9 @@ MIN_RANK = 32              # the deep tier's rank is at least this (r 8 measured
 WEIGHT_DECAY = 1e-2        # AdamW's usual default: the skip adapters' 1.0 would pull LoRA inside layers to 0
 AUTO_MAX_SAMPLES = 256    # auto considers the deep tier on fine-tune sets up to this size
 RECALIBRATE = "bn"        # batch-norm statistics re-estimated on the samples before training (docs/deep.md)
+NEAR_BUDGET = 0.15        # a projection this close to deep_seconds (either side) is timing: another run may differ
+NEAR_NOTE = (f"; the projection is within {NEAR_BUDGET:.0%} of the budget, so a run on a less busy CPU may decide "
+             f"otherwise: a budget clear of it, or --form skip|deep, gives the same tier every run")
 RULE = ("ceiling - skip cross-validated score > spread of its fold scores (ceiling: 100 % accuracy; regression: "
         f"the skip fit on the samples); at most {AUTO_MAX_SAMPLES} samples; projected CPU time within deep_seconds")
 
@@ -216,10 +219,11 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
         eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
         check_memory(eng, x, config.batch_size, features.cache.memory_budget)
         report["projected_seconds"] = projected = projected_seconds(eng, x, len(targets), config, epochs)
+        report["near_budget"] = near = abs(projected - config.deep_seconds) <= NEAR_BUDGET * config.deep_seconds
         if projected > config.deep_seconds:
             raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
                              f"than deep_seconds {config.deep_seconds:g} s; --deep-budget {math.ceil(projected)} lets "
-                             f"--form auto weigh it, --form deep trains it anyway")
+                             f"--form auto weigh it, --form deep trains it anyway" + (NEAR_NOTE if near else ""))
         del chain, x, eng                      # not held twice while the statistics are re-estimated
         chain, x, _ = load(features)
         eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
