@@ -79,12 +79,18 @@ def load(features, estimate: bool = True):
     if len(features.inputs) != 1:
         raise ValueError(f"the deep tier supports one input, found {sorted(features.inputs)}")
     backbone = features.cache.backbone
-    rc, kind = backbone.recalibration, recalibration_kind(backbone.lab_manifest)
-    if rc is None and kind != "none" and estimate:
-        rc = recalibrate.estimate(backbone, features.inputs, kind)
+    rc = backbone.recalibration
+    if estimate and estimates(features):
+        rc = recalibrate.estimate(backbone, features.inputs, recalibration_kind(backbone.lab_manifest))
     rc = rc if rc is not None and not rc.empty else None
     chain = load_chain(backbone.bundle_dir, recalibrated(backbone.lab_manifest, rc))
     return chain, chain.prep(next(iter(features.inputs.values()))), rc
+
+
+def estimates(features) -> bool:
+    """Whether `load` re-estimates statistics on the samples (a bundle recording them, not re-calibrated yet)."""
+    backbone = features.cache.backbone
+    return backbone.recalibration is None and recalibration_kind(backbone.lab_manifest) != "none"
 
 
 def finetune_deep(features, targets: np.ndarray, split_idx, config: TrainConfig, history: History | None = None,
@@ -224,9 +230,10 @@ def _cross_validated(features, targets: np.ndarray, config: TrainConfig, report:
             raise ValueError(f"its cross-validation and refit would take about {projected:.0f} s of CPU time, more "
                              f"than deep_seconds {config.deep_seconds:g} s; --deep-budget {math.ceil(projected)} lets "
                              f"--form auto weigh it, --form deep trains it anyway" + (NEAR_NOTE if near else ""))
-        del chain, x, eng                      # not held twice while the statistics are re-estimated
-        chain, x, _ = load(features)
-        eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
+        if estimates(features):                # the chain again, over the statistics re-estimated
+            del chain, x, eng                  # (not held twice meanwhile)
+            chain, x, _ = load(features)
+            eng = deep_loop.engine(chain, s["r"], s["lora_alpha"] / s["r"])
     except ValueError as e:
         report["unavailable"] = str(e)
         return None
